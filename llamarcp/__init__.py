@@ -1,0 +1,27 @@
+"""llamarcp: generated, drift-checked Python bindings for llama.cpp.
+
+`from llamarcp import lib, ffi` gives the raw C API under its C names; both load lazily on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llamarcp._pin import LLAMA_CPP_COMMIT
+from llamarcp.errors import LlamaError
+
+__version__ = "0.1.0"
+__all__ = ["LLAMA_CPP_COMMIT", "LlamaError", "__version__", "ffi", "lib"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy so `import llamarcp` stays cheap and survives a missing library until it is used.
+    if name == "ffi":
+        from llamarcp._generated._llama_ffi import ffi
+
+        return ffi
+    if name == "lib":
+        from llamarcp._lib import load
+
+        return load()
+    raise AttributeError(f"module 'llamarcp' has no attribute {name!r}")

@@ -1,0 +1,93 @@
+"""Find and load libllama: env var -> build_lib.py cache -> system loader.
+
+The one place that calls dlopen. `load()` is cached, so `from llamarcp import lib` loads once.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from llamarcp import _cache
+from llamarcp.errors import LibraryNotFoundError
+
+#: Checked in this order; both names are accepted so llama-cpp-python users keep their setting.
+ENV_VARS = ("LLAMARCP_LIB_PATH", "LLAMA_CPP_LIB_PATH")
+
+BUILD_HINT = "build it with `python build_lib.py` (from a llamarcp checkout) or set LLAMARCP_LIB_PATH"
+
+if sys.platform == "darwin":
+    LIB_NAMES = ("libllama.dylib",)
+elif sys.platform == "win32":
+    LIB_NAMES = ("llama.dll", "libllama.dll")
+else:
+    LIB_NAMES = ("libllama.so",)
+
+
+def _in_dir(directory: Path) -> Path | None:
+    for name in LIB_NAMES:
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def candidates() -> list[tuple[str, Path | str | None]]:
+    """(where, what was found there) in lookup order; None where nothing usable was found."""
+    found: list[tuple[str, Path | str | None]] = []
+    for var in ENV_VARS:
+        value = os.environ.get(var)
+        if not value:
+            continue
+        path = Path(value).expanduser()
+        hit = path if path.is_file() else _in_dir(path) if path.is_dir() else None
+        found.append((f"${var}={value}", hit))
+    cache_dir = _cache.pinned_default_lib_dir()
+    stamp_ok = (cache_dir / _cache.STAMP_NAME).is_file()
+    found.append((f"build cache {cache_dir}", _in_dir(cache_dir) if stamp_ok else None))
+    system = ctypes.util.find_library("llama")
+    found.append(("system loader (find_library('llama'))", system))
+    return found
+
+
+def find_library() -> Path | str:
+    """The library to load; raises LibraryNotFoundError naming every place looked at."""
+    looked = candidates()
+    for where, hit in looked:
+        if hit is not None:
+            return hit
+        if where.startswith("$"):
+            # An explicit setting that points nowhere is an error, not a reason to fall through.
+            raise LibraryNotFoundError(f"{where} does not name libllama ({', '.join(LIB_NAMES)}); {BUILD_HINT}")
+    places = "\n  ".join(where for where, _ in looked)
+    raise LibraryNotFoundError(f"libllama not found; looked in:\n  {places}\n{BUILD_HINT}")
+
+
+_lock = threading.Lock()
+_loaded: dict[str, Any] = {}
+
+
+def load() -> Any:
+    """Load libllama once per process and return the raw cffi library object."""
+    if "lib" in _loaded:
+        return _loaded["lib"]
+    with _lock:
+        if "lib" not in _loaded:
+            from llamarcp._generated._llama_ffi import ffi
+
+            path = find_library()
+            try:
+                raw = ffi.dlopen(str(path))
+            except OSError as exc:
+                raise LibraryNotFoundError(f"could not load {path}: {exc}; {BUILD_HINT}") from exc
+            _loaded["path"] = str(path)
+            _loaded["lib"] = raw
+    return _loaded["lib"]
+
+
+def loaded_path() -> str | None:
+    """Path of the loaded library, or None before `load()`."""
+    return _loaded.get("path")
