@@ -35,8 +35,16 @@ sys.path.insert(0, str(_HERE))
 
 from llamarcp import _cache, _pin  # noqa: E402
 
-#: Tool name -> CMake target; the binary keeps the tool name.
-KNOWN_TOOLS = ("llama-bench", "llama-cli", "rpc-server", "llama-server", "llama-simple", "llama-tokenize")
+#: Tool name -> (CMake target, binary name, extra configure flags it needs). None of these flags change libllama.
+TOOLS = {
+    "llama-bench": ("llama-bench", "llama-bench", []),
+    "llama-completion": ("llama-completion", "llama-completion", []),
+    "llama-tokenize": ("llama-tokenize", "llama-tokenize", []),
+    "llama-cli": ("llama-cli", "llama-cli", ["-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_USE_PREBUILT_UI=OFF"]),
+    "llama-server": ("llama-server", "llama-server", ["-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_USE_PREBUILT_UI=OFF"]),
+    "rpc-server": ("ggml-rpc-server", "ggml-rpc-server", []),
+}
+KNOWN_TOOLS = tuple(TOOLS)
 
 BACKEND_FLAGS = {
     "cuda": "-DGGML_CUDA=ON",
@@ -44,6 +52,8 @@ BACKEND_FLAGS = {
     "vulkan": "-DGGML_VULKAN=ON",
     "rpc": "-DGGML_RPC=ON",
 }
+
+_LIB_PATTERNS = ["lib*.so*", "lib*.dylib", "*.dll"]
 
 #: Source sub-trees whose contents decide the binary (fingerprinted for --source builds).
 _FINGERPRINT_DIRS = ("include", "src", "ggml", "common", "tools", "CMakeLists.txt", "cmake")
@@ -147,7 +157,13 @@ def _extract_subdir(archive: Path, carrier: _pin.Carrier, dest: Path) -> None:
             members.append(member)
         if not members:
             raise BuildError(f"{archive.name} has no {carrier.subdir}/ directory")
-        tar.extractall(dest, members=members, filter="tar")
+        if hasattr(tarfile, "tar_filter"):  # Python >= 3.9.17/3.11.4: refuse links/paths escaping dest
+            tar.extractall(dest, members=members, filter="tar")
+        else:
+            for member in members:
+                if member.name.startswith("/") or ".." in Path(member.name).parts:
+                    raise BuildError(f"{archive.name}: unsafe path {member.name!r}")
+            tar.extractall(dest, members=members)
 
 
 def _recorded_commit(archive: Path, carrier: _pin.Carrier) -> str | None:
@@ -233,7 +249,7 @@ def _run_logged(cmd: list[str], log: Path, what: str) -> None:
             if match and int(match.group(1)) >= last_pct + 10:
                 last_pct = int(match.group(1))
                 _say(f"{what}: {last_pct}%")
-            if re.search(r"\berror\b|CMake Error", line, re.IGNORECASE) and not error_line:
+            if not error_line and re.search(r"\berror\b|CMake Error|\*\*\*", line, re.IGNORECASE):
                 error_line = line.strip()
         code = proc.wait()
     if code != 0:
@@ -241,12 +257,14 @@ def _run_logged(cmd: list[str], log: Path, what: str) -> None:
         raise BuildError(f"{what} failed (exit {code}){cause}", log)
 
 
-def _copy_outputs(build_bin: Path, dest: Path, patterns: list[str]) -> None:
+def _copy_outputs(build_bin: Path, dest: Path, patterns: list[str], keep_existing: bool = False) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for pattern in patterns:
         for path in sorted(build_bin.glob(pattern)):
             target = dest / path.name
-            if target.is_symlink() or target.exists():
+            if keep_existing and (target.is_symlink() or target.exists()):
+                continue
+            if target.is_symlink() or target.exists():  # unlink, never overwrite: a running process may map it
                 target.unlink()
             if path.is_symlink():
                 target.symlink_to(os.readlink(path))
@@ -280,7 +298,7 @@ def build(
         fp = commit if source is None else fingerprint(src)
         stamp = json.loads(stamp_path.read_text()) if stamp_path.exists() else None
         fresh = stamp is not None and stamp.get("fingerprint") == fp and not force
-        missing_tools = [t for t in tools if not (bins / t).exists()]
+        missing_tools = [t for t in tools if not (bins / TOOLS[t][1]).exists()]
         if fresh and not missing_tools:
             _say(f"cached build {print_id} is up to date (nothing to do)")
             return libs
@@ -292,26 +310,18 @@ def build(
         if force and build_tree.exists():
             shutil.rmtree(build_tree)
         log.write_text(f"llamarcp build {print_id}: source {src} commit {commit}\n")
-        if not fresh:
-            # The stamp goes first so a failure below can never leave a stale "complete" entry.
-            with contextlib.suppress(FileNotFoundError):
-                stamp_path.unlink()
         configure = ["cmake", "-S", str(src), "-B", str(build_tree), f"-DLLAMA_BUILD_COMMIT={commit[:8]}", *args]
-        started = time.monotonic()
-        _say(f"configuring {print_id} ({' '.join(args[len(_cache.FIXED_CMAKE_ARGS):]) or 'CPU defaults'})")
-        _run_logged(configure, log, "configure")
-        targets = (["llama"] if not fresh else []) + missing_tools
         n_jobs = str(jobs or os.cpu_count() or 2)
-        _run_logged(
-            ["cmake", "--build", str(build_tree), "--config", "Release", "-j", n_jobs, "--target", *targets],
-            log,
-            "build",
-        )
-        build_bin = build_tree / "bin"
+        started = time.monotonic()
         if not fresh:
+            with contextlib.suppress(FileNotFoundError):
+                stamp_path.unlink()  # an entry without a stamp is never used, even if the build dies below
+            _say(f"configuring {print_id} ({' '.join(args[len(_cache.FIXED_CMAKE_ARGS):]) or 'CPU defaults'})")
+            _run_logged(configure, log, "configure")
+            _run_logged(["cmake", "--build", str(build_tree), "-j", n_jobs, "--target", "llama"], log, "build")
             staging = entry / "lib.tmp"
             shutil.rmtree(staging, ignore_errors=True)
-            _copy_outputs(build_bin, staging, ["lib*.so*", "lib*.dylib", "*.dll"])
+            _copy_outputs(build_tree / "bin", staging, _LIB_PATTERNS)
             if not any(staging.glob("libllama*")) and not any(staging.glob("llama*.dll")):
                 raise BuildError("build finished but produced no libllama", log)
             shutil.rmtree(libs, ignore_errors=True)
@@ -326,8 +336,15 @@ def build(
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             stamp_path.write_text(json.dumps(stamp, indent=2) + "\n")
-        _copy_outputs(build_bin, bins, tools)
-        # Tools link libllama through $ORIGIN/../lib, so they run from the cache entry.
+        if missing_tools:
+            tool_flags = sorted({flag for t in missing_tools for flag in TOOLS[t][2]})
+            _say(f"building tools: {', '.join(missing_tools)}")
+            _run_logged([*configure, *tool_flags], log, "configure tools")
+            targets = [TOOLS[t][0] for t in missing_tools]
+            _run_logged(["cmake", "--build", str(build_tree), "-j", n_jobs, "--target", *targets], log, "build tools")
+            # Tools find libllama through $ORIGIN/../lib, so they run from the cache entry.
+            _copy_outputs(build_tree / "bin", bins, [TOOLS[t][1] for t in missing_tools])
+            _copy_outputs(build_tree / "bin", libs, _LIB_PATTERNS, keep_existing=True)  # the tools' own libs
         _say(f"built {print_id} in {time.monotonic() - started:.0f}s; log: {log}")
     return libs
 
@@ -353,6 +370,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         choices=sorted(_pin.KNOWN_CARRIERS),
         help="with --print-source: which known sdist's llama.cpp to fetch",
     )
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # CMake arguments start with "-", which argparse would take for an option: glue them to the flag.
+    for i in range(len(argv) - 2, -1, -1):
+        if argv[i] == "--cmake-arg":
+            argv[i : i + 2] = [f"--cmake-arg={argv[i + 1]}"]
     return parser.parse_args(argv)
 
 

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Set up a fresh checkout: venv in .venv, the package with its extras, and the pinned libllama (cached).
+# Usage: bash ci/setup.sh [extras]   (default extras: dev = codegen,drift,model,server,test)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-dev}"
+python3 -m venv .venv
+# Reinstall only when pyproject.toml or the extras changed; pip is slow even when nothing is to do.
+stamp=".venv/.llamarcp-installed"
+want="$(sha256sum pyproject.toml | cut -c1-16) $extras"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    .venv/bin/python -m pip install --disable-pip-version-check -q --upgrade pip
+    .venv/bin/python -m pip install --disable-pip-version-check -q -e ".[$extras]"
+    echo "$want" > "$stamp"
+fi
+.venv/bin/python build_lib.py >/dev/null
