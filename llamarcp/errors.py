@@ -26,3 +26,15 @@ class MissingSymbolError(LlamaError, AttributeError):
         self.library = library
         message = f"{symbol} is declared by llama.h but not exported by {library}"
         super().__init__(f"{message}; {hint}" if hint else message)
+
+
+class ChatTemplateError(LlamaError, ValueError):
+    """A chat template failed to compile or render, or rejected the conversation (its `raise_exception`)."""
+
+
+class ChatTemplateSecurityError(ChatTemplateError):
+    """A chat template tried something the sandbox forbids (Python internals, huge allocations, ...)."""
+
+
+class ChatMessageError(LlamaError, ValueError):
+    """The chat messages (or tools) are not in the OpenAI shape the chat API accepts."""

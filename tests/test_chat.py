@@ -1,0 +1,287 @@
+"""Chat formatting: the sandbox (CVE-2024-34359), template helpers, named formats, message validation."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+
+import pytest
+
+from llamarcp.chat import (
+    CHAT_FORMATS,
+    ChatFormat,
+    ChatFormatter,
+    formatter_for_model,
+    get_chat_format,
+    register_chat_format,
+)
+from llamarcp.errors import ChatMessageError, ChatTemplateError, ChatTemplateSecurityError, LlamaError
+
+CONVERSATION = [
+    {"role": "system", "content": "S"},
+    {"role": "user", "content": "U1"},
+    {"role": "assistant", "content": "A1"},
+    {"role": "user", "content": "U2"},
+]
+
+
+def render(template: str, messages: list[dict] | None = None, **kwargs: object) -> str:
+    return ChatFormatter(template, "<s>", "</s>").render(messages or CONVERSATION, **kwargs)
+
+
+# --- sandbox ------------------------------------------------------------------------------------------------
+
+
+def _payloads(sentinel: Path) -> dict[str, str]:
+    cmd = f"touch {sentinel}"
+    return {
+        # The published proof of concept for CVE-2024-34359 (llama-cpp-python rendered it unsandboxed).
+        "cve_2024_34359_poc": (
+            "{% for x in ().__class__.__base__.__subclasses__() %}"
+            "{% if 'warning' in x.__name__ %}"
+            "{{ x()._module.__builtins__['__import__']('os').popen('" + cmd + "') }}"
+            "{% endif %}{% endfor %}"
+        ),
+        "mro_subclasses": "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "cycler_globals": "{{ cycler.__init__.__globals__.os.popen('" + cmd + "').read() }}",
+        "joiner_globals": "{{ joiner.__init__.__globals__['os'].system('" + cmd + "') }}",
+        "namespace_globals": "{{ namespace.__init__.__globals__.os.system('" + cmd + "') }}",
+        "raise_exception_globals": "{{ raise_exception.__globals__['os'].system('" + cmd + "') }}",
+        "lipsum_globals": "{{ lipsum.__globals__['os'].popen('" + cmd + "') }}",
+        "self_context": "{{ self._TemplateReference__context.cycler.__init__.__globals__.os.system('" + cmd + "') }}",
+        "attr_filter": "{{ ''|attr('__class__')|attr('__mro__') }}",
+        "format_string": "{{ '{0.__class__.__mro__}'.format('') }}",
+        "getattr_on_message": "{{ messages[0].__class__.__init__.__globals__ }}",
+        "dict_mutation": "{{ messages[0].update({'role': 'pwned'}) }}",
+        "huge_string": "{{ 'x' * 1000000000000 }}",
+        "huge_power": "{{ 10 ** 100000000 }}",
+    }
+
+
+@pytest.mark.parametrize(
+    "name",
+    sorted(_payloads(Path("/nonexistent")).keys()),
+)
+def test_malicious_template_is_stopped_by_the_sandbox(name: str, tmp_path: Path) -> None:
+    sentinel = tmp_path / "pwned"
+    template = _payloads(sentinel)[name]
+    with pytest.raises(ChatTemplateSecurityError) as info:
+        render(template)
+    assert isinstance(info.value, ChatTemplateError) and isinstance(info.value, LlamaError)
+    assert not sentinel.exists(), "template executed a shell command"
+
+
+def test_malicious_template_cannot_read_files(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret.txt"
+    secret = "llamarcp-secret-4f1d9c"
+    secret_file.write_text(secret)
+    attempts = [
+        "{% include '" + str(secret_file) + "' %}",
+        "{% import '" + str(secret_file) + "' as s %}{{ s }}",
+        "{% extends '" + str(secret_file) + "' %}",
+        "{{ open('" + str(secret_file) + "').read() }}",
+        "{{ cycler.__init__.__globals__['__builtins__']['open']('" + str(secret_file) + "').read() }}",
+    ]
+    for template in attempts:
+        with pytest.raises(ChatTemplateError) as info:
+            render(template)
+        assert secret not in str(info.value), template
+
+
+def test_caller_messages_are_never_modified() -> None:
+    messages = [{"role": "user", "content": "hello", "extra": [1, 2]}]
+    snapshot = json.dumps(messages)
+    # list.append is allowed on the private copy the template sees (real templates keep queues that way).
+    out = render(
+        "{% set _ = messages.append({'role': 'x'}) %}{{ messages|length }}{{ messages[0].extra.pop() }}", messages
+    )
+    assert out == "22"
+    assert json.dumps(messages) == snapshot
+
+
+def test_runaway_output_is_bounded() -> None:
+    template = "{% for i in range(100000) %}{% for j in range(100000) %}{{ 'x' * 1000 }}{% endfor %}{% endfor %}"
+    with pytest.raises(ChatTemplateError, match="more than"):
+        render(template)
+
+
+# --- helpers real templates need ------------------------------------------------------------------------------
+
+
+def test_raise_exception_becomes_chat_template_error() -> None:
+    template = "{% if messages[0].role == 'system' %}{{ raise_exception('No system role, please') }}{% endif %}ok"
+    with pytest.raises(ChatTemplateError, match="rejected the conversation: No system role, please"):
+        render(template)
+    assert render(template, CONVERSATION[1:]) == "ok"
+
+
+def test_syntax_error_is_reported_with_line() -> None:
+    with pytest.raises(ChatTemplateError, match="syntax error on line 2"):
+        ChatFormatter("ok\n{% for %}")
+
+
+@pytest.mark.parametrize("bad", ["", "   ", None, 42])
+def test_empty_or_non_string_template_is_rejected(bad: object) -> None:
+    with pytest.raises(ChatTemplateError, match="non-empty string"):
+        ChatFormatter(bad)  # type: ignore[arg-type]
+
+
+def test_runtime_error_in_template_is_wrapped() -> None:
+    with pytest.raises(ChatTemplateError, match="ZeroDivisionError"):
+        render("{{ 1 // 0 }}")
+    with pytest.raises(ChatTemplateError, match="UndefinedError"):
+        render("{{ nothing.here }}")
+
+
+def test_strftime_now_uses_the_clock() -> None:
+    fixed = datetime.datetime(2026, 7, 14, 9, 30)
+    formatter = ChatFormatter("{{ strftime_now('%d %b %Y') }}", now=lambda: fixed)
+    assert formatter.render(CONVERSATION) == "14 Jul 2026"
+    today = datetime.datetime.now().strftime("%Y")
+    assert render("{{ strftime_now('%Y') }}") == today
+
+
+def test_tojson_is_hugging_face_compatible() -> None:
+    data = {"b": "é<>&", "a": [1, 2]}
+    assert render("{{ x | tojson }}", x=data) == json.dumps(data, ensure_ascii=False)
+    assert render("{{ x | tojson(indent=2) }}", x=data) == json.dumps(data, ensure_ascii=False, indent=2)
+    assert render("{{ x | tojson(ensure_ascii=True) }}", x=data) == json.dumps(data)
+    assert render("{{ x | tojson(sort_keys=True) }}", x=data) == json.dumps(data, ensure_ascii=False, sort_keys=True)
+    assert render("{{ x | tojson(separators=(',', ':')) }}", x=data) == json.dumps(
+        data, ensure_ascii=False, separators=(",", ":")
+    )
+
+
+def test_loop_controls() -> None:
+    template = (
+        "{% for m in messages %}{% if m.role == 'system' %}{% continue %}{% endif %}"
+        "{{ m.content }}{% if m.role == 'assistant' %}{% break %}{% endif %}{% endfor %}"
+    )
+    assert render(template) == "U1A1"
+
+
+def test_template_variables() -> None:
+    template = "{{ bos_token }}|{{ eos_token }}|{{ add_generation_prompt }}|{{ tools | length }}|{{ enable_thinking }}"
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    assert render(template, tools=tools, enable_thinking=False) == "<s>|</s>|True|1|False"
+    assert render(template, add_generation_prompt=False, tools=[]) == "<s>|</s>|False|0|"
+
+
+def test_trim_and_lstrip_blocks_like_transformers() -> None:
+    template = "{% for m in messages %}\n    {% if m.role == 'user' %}\n{{ m.content }}\n    {% endif %}\n{% endfor %}"
+    assert render(template) == "U1\nU2\n"
+
+
+# --- content parts and message validation --------------------------------------------------------------------
+
+
+def test_text_parts_are_flattened_for_string_only_templates() -> None:
+    messages = [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]
+    formatter = ChatFormatter.from_format("chatml")
+    assert not formatter.supports_typed_content
+    assert formatter.render(messages) == "<|im_start|>user\na\nb<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_text_parts_are_kept_for_templates_that_iterate_them() -> None:
+    template = (
+        "{% for m in messages %}{% if m.content is string %}{{ m.content }}"
+        "{% else %}{% for p in m.content %}[{{ p.type }}:{{ p.text }}]{% endfor %}{% endif %}{% endfor %}"
+    )
+    formatter = ChatFormatter(template)
+    assert formatter.supports_typed_content
+    messages = [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]
+    assert formatter.render(messages) == "[text:a][text:b]"
+
+
+def test_non_text_parts_are_refused_by_string_only_templates() -> None:
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]
+    with pytest.raises(ChatMessageError, match="image_url"):
+        ChatFormatter.from_format("chatml").render(messages)
+
+
+@pytest.mark.parametrize(
+    ("messages", "fragment"),
+    [
+        ([], "must not be empty"),
+        ("hello", "must be a list"),
+        ({"role": "user"}, "must be a list"),
+        (["hello"], r"messages\[0\] must be an object"),
+        ([{"content": "x"}], r"messages\[0\].role"),
+        ([{"role": "", "content": "x"}], r"messages\[0\].role"),
+        ([{"role": "user", "content": 5}], r"messages\[0\].content must be"),
+        ([{"role": "user", "content": ["x"]}], r"messages\[0\].content\[0\]"),
+        ([{"role": "user", "content": "x", "meta": object()}], r"messages\[0\].meta: unsupported value"),
+    ],
+)
+def test_malformed_messages_raise_clear_errors(messages: object, fragment: str) -> None:
+    with pytest.raises(ChatMessageError, match=fragment):
+        ChatFormatter.from_format("chatml").render(messages)  # type: ignore[arg-type]
+
+
+# --- named formats -------------------------------------------------------------------------------------------
+
+EXPECTED_NAMED = {
+    "chatml": "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU1<|im_end|>\n<|im_start|>assistant\nA1<|im_end|>\n"
+    "<|im_start|>user\nU2<|im_end|>\n<|im_start|>assistant\n",
+    "llama-2": "<s>[INST] <<SYS>>\nS\n<</SYS>>\n\nU1 [/INST] A1 </s><s>[INST] U2 [/INST]",
+    "llama-3": "<s><|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|><|start_header_id|>user<|end_header_id|>"
+    "\n\nU1<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nA1<|eot_id|><|start_header_id|>user"
+    "<|end_header_id|>\n\nU2<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+    "gemma": "<s><start_of_turn>user\nS\n\nU1<end_of_turn>\n<start_of_turn>model\nA1<end_of_turn>\n"
+    "<start_of_turn>user\nU2<end_of_turn>\n<start_of_turn>model\n",
+    "mistral-instruct": "<s>[INST] S\n\nU1[/INST] A1</s>[INST] U2[/INST]",
+    "mistral-v7": "<s>[SYSTEM_PROMPT] S[/SYSTEM_PROMPT][INST] U1[/INST] A1</s>[INST] U2[/INST]",
+    "phi-3": "<|system|>\nS<|end|>\n<|user|>\nU1<|end|>\n<|assistant|>\nA1<|end|>\n"
+    "<|user|>\nU2<|end|>\n<|assistant|>\n",
+    "zephyr": "<|system|>\nS</s>\n<|user|>\nU1</s>\n<|assistant|>\nA1</s>\n<|user|>\nU2</s>\n<|assistant|>\n",
+    "vicuna": "S\n\nUSER: U1\nASSISTANT: A1</s>\nUSER: U2\nASSISTANT:",
+    "alpaca": "S\n\n### Instruction:\nU1\n\n### Response:\nA1</s>\n\n### Instruction:\nU2\n\n### Response:\n",
+}
+
+
+def test_every_named_format_has_an_expected_rendering() -> None:
+    assert set(EXPECTED_NAMED) == set(CHAT_FORMATS)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_NAMED))
+def test_named_format_renders_published_layout(name: str) -> None:
+    assert ChatFormatter.from_format(name, "<s>", "</s>").render(CONVERSATION) == EXPECTED_NAMED[name]
+
+
+def test_format_aliases_and_unknown_names() -> None:
+    assert get_chat_format("llama3") is get_chat_format("llama-3")
+    assert get_chat_format("phi3").name == "phi-3"
+    with pytest.raises(ChatTemplateError, match="unknown chat_format 'nope'.*chatml"):
+        get_chat_format("nope")
+
+
+def test_named_formats_refuse_unknown_roles() -> None:
+    with pytest.raises(ChatTemplateError, match="got tool"):
+        ChatFormatter.from_format("llama-2").render([{"role": "tool", "content": "x"}])
+
+
+def test_register_chat_format() -> None:
+    fmt = ChatFormat("test-echo", "{% for m in messages %}{{ m.role }}={{ m.content }};{% endfor %}", ("END",))
+    try:
+        register_chat_format(fmt)
+        formatter = ChatFormatter.from_format("test-echo")
+        assert formatter.render(CONVERSATION[:2]) == "system=S;user=U1;"
+        assert formatter.stop == ("END",)
+        with pytest.raises(ValueError, match="already registered"):
+            register_chat_format(fmt)
+        with pytest.raises(ChatTemplateError, match="syntax error"):
+            register_chat_format(ChatFormat("test-broken", "{% if %}"))
+        assert "test-broken" not in CHAT_FORMATS
+    finally:
+        CHAT_FORMATS.pop("test-echo", None)
+
+
+def test_formatter_for_model_precedence() -> None:
+    meta = {"tokenizer.chat_template": "{{ 'gguf:' ~ messages[0].content }}"}
+    assert formatter_for_model(meta).render(CONVERSATION) == "gguf:S"
+    assert formatter_for_model(meta, chat_format="vicuna").name == "vicuna"
+    assert formatter_for_model(meta, chat_template="{{ 'own' }}", chat_format="vicuna").render(CONVERSATION) == "own"
+    # No template in the GGUF: llama.cpp's default, chatml.
+    assert formatter_for_model({}).name == "chatml"
+    assert formatter_for_model({"tokenizer.chat_template": "  "}).name == "chatml"
