@@ -1,0 +1,119 @@
+"""The one owner of C pointers: every llama.cpp object llamarcp allocates lives in a `Managed` subclass.
+
+Rules it enforces (and nothing else in the package calls a `*_free`):
+- `close()` frees exactly once; later calls do nothing (no double free).
+- using the pointer after `close()` raises `ClosedError` instead of touching freed memory.
+- children (a context of a model, a sampler of a context) are closed before their parent, and a child keeps
+  its parent alive, so freeing in the wrong order cannot happen even when only the parent is closed.
+- `__del__` frees what was not closed, and never raises (also at interpreter shutdown).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any, ClassVar
+
+from llamarcp.errors import ClosedError
+
+__all__ = ["Managed"]
+
+
+class Managed:
+    """Base class owning one C pointer; subclasses implement `_free(ptr)` with the matching `*_free` call."""
+
+    #: Used in error messages ("model", "context", ...).
+    kind: ClassVar[str] = "object"
+
+    _ptr: Any
+    _parent: Managed | None
+    _children: weakref.WeakSet[Managed]
+    _close_lock: threading.Lock
+
+    def __init__(self, ptr: Any, *, parent: Managed | None = None) -> None:
+        self._close_lock = threading.Lock()
+        self._children = weakref.WeakSet()
+        self._parent = None
+        self._ptr = None
+        if ptr is None or _is_null(ptr):
+            raise ValueError(f"cannot manage a NULL {self.kind} pointer")
+        if parent is not None:
+            parent._check_open()
+            parent._children.add(self)
+            self._parent = parent  # a strong reference: the parent is freed after the child
+        self._ptr = ptr
+
+    def _free(self, ptr: Any) -> None:
+        raise NotImplementedError
+
+    @property
+    def ptr(self) -> Any:
+        """The raw C pointer; raises ClosedError after `close()`."""
+        ptr = self._ptr
+        if ptr is None:
+            raise ClosedError(f"this {self.kind} is closed")
+        return ptr
+
+    @property
+    def closed(self) -> bool:
+        return self._ptr is None
+
+    def _check_open(self) -> None:
+        if self._ptr is None:
+            raise ClosedError(f"this {self.kind} is closed")
+
+    def close(self) -> None:
+        """Free the C object (children first). Idempotent."""
+        with self._close_lock:
+            ptr, self._ptr = self._ptr, None
+        if ptr is None:
+            return
+        for child in list(self._children):
+            child.close()
+        try:
+            self._free(ptr)
+        finally:
+            parent, self._parent = self._parent, None
+            if parent is not None:
+                parent._children.discard(self)
+
+    def release(self) -> Any:
+        """Give up ownership without freeing (e.g. a sampler handed to a chain that frees it) and return the pointer."""
+        with self._close_lock:
+            ptr, self._ptr = self._ptr, None
+        if ptr is None:
+            raise ClosedError(f"this {self.kind} is closed")
+        parent, self._parent = self._parent, None
+        if parent is not None:
+            parent._children.discard(self)
+        return ptr
+
+    def __enter__(self) -> Managed:
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # Attributes may be missing if __init__ failed early; anything may be half torn down at interpreter exit.
+        try:
+            if getattr(self, "_ptr", None) is not None:
+                self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self._ptr is None else "open"
+        return f"<{type(self).__name__} {self.kind} {state}>"
+
+
+def _is_null(ptr: Any) -> bool:
+    """True for a cffi NULL pointer; other objects (struct values, test doubles) are never NULL."""
+    try:
+        from llamarcp._generated._llama_ffi import ffi
+    except ImportError:  # the generated module is absent only in a broken checkout; let the caller fail later
+        return False
+    if isinstance(ptr, ffi.CData) and ffi.typeof(ptr).kind == "pointer":
+        return bool(ptr == ffi.NULL)
+    return False

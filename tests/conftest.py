@@ -1,0 +1,83 @@
+"""Shared fixtures: the pinned llama.cpp source, the tiny random model, the real default model.
+
+The tiny model (see tests/tiny_model.py) is written once and cached under the llamarcp cache dir, keyed by its
+version string, so every test session after the first gets it for free.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_tiny_model_module() -> Any:
+    # Loaded by path so it works whether or not tests/ is a package.
+    spec = importlib.util.spec_from_file_location("_llamarcp_tiny_model", Path(__file__).with_name("tiny_model.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+tiny_model = _load_tiny_model_module()
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_source() -> Path:
+    """The extracted, verified pinned llama.cpp tree (include/, models/ggml-vocab-*.gguf, templates)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import build_lib
+
+    return Path(build_lib.ensure_source())
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(llama_cpp_source: Path) -> Path:
+    """A small llama-architecture GGUF with random weights and the real llama SPM tokenizer (~9 MB, cached)."""
+    from llamarcp import _cache
+
+    cached = _cache.cache_root() / "test-models" / f"{tiny_model.TINY_MODEL_VERSION}.gguf"
+    if not cached.is_file():
+        # Atomic write (temp + rename): concurrent sessions may race, both produce identical bytes.
+        tiny_model.write_tiny_model(cached, llama_cpp_source / "models" / tiny_model.VOCAB_FILE)
+    return cached
+
+
+@pytest.fixture(scope="session")
+def default_model_path() -> Path:
+    """The real default model (gemma-3-270m Q4_K_M), assembled from the `model` extra; for @pytest.mark.slow tests.
+
+    Fails (never skips) when the extra is missing, so a CI without it cannot pass silently.
+    """
+    from llamarcp.models import default_model_path as resolve
+
+    return resolve()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_model_path: Path) -> Iterator[Any]:
+    """One shared Llama on the tiny model, for read-only tests (tokenizer, metadata, completions that reset)."""
+    from llamarcp import Llama
+
+    llm = Llama(str(tiny_model_path), n_ctx=512, n_threads=1, seed=1234)
+    yield llm
+    llm.close()
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process, from /proc (Linux) or psutil elsewhere."""
+    statm = Path("/proc/self/statm")
+    if statm.exists():
+        return int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)

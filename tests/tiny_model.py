@@ -1,0 +1,135 @@
+"""Write a tiny random-weight llama-architecture GGUF for fast tests.
+
+The tokenizer is copied from llama.cpp's `models/ggml-vocab-llama-spm.gguf` (a real SentencePiece vocab), so
+text round-trips through it exactly like through a real llama model; only the weights are random. Generation
+is therefore meaningless but deterministic, fast (a few ms per token) and exercises the whole C path.
+
+Used by the `tiny_model_path` fixture in conftest.py; also runnable for benchmarks:
+    python tests/tiny_model.py OUT.gguf [--vocab path/to/ggml-vocab-llama-spm.gguf]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+#: Part of every cache key; bump when the written file changes in any way.
+TINY_MODEL_VERSION = "tiny-llama-v1"
+
+VOCAB_FILE = "ggml-vocab-llama-spm.gguf"
+
+# Small enough to write in ~1 s and decode in a few ms per token, big enough to be a real transformer.
+N_EMBD = 64
+N_LAYER = 2
+N_HEAD = 4
+N_HEAD_KV = 2
+N_FF = 128
+N_CTX_TRAIN = 2048
+SEED = 1234
+
+# Copied verbatim from the vocab file: everything llama.cpp reads to build the tokenizer.
+_TOKENIZER_KEYS = (
+    "tokenizer.ggml.model",
+    "tokenizer.ggml.pre",
+    "tokenizer.ggml.tokens",
+    "tokenizer.ggml.scores",
+    "tokenizer.ggml.token_type",
+    "tokenizer.ggml.bos_token_id",
+    "tokenizer.ggml.eos_token_id",
+    "tokenizer.ggml.unknown_token_id",
+    "tokenizer.ggml.add_bos_token",
+    "tokenizer.ggml.add_eos_token",
+)
+
+
+def _field_value(field):  # type: ignore[no-untyped-def]
+    return field.contents()
+
+
+def write_tiny_model(out_path: str | os.PathLike[str], vocab_path: str | os.PathLike[str]) -> Path:
+    """Write the tiny model to `out_path` (atomically: a temp file renamed into place) and return the path."""
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(str(vocab_path))
+    n_vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
+    head_dim = N_EMBD // N_HEAD
+
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+
+    writer = gguf.GGUFWriter(str(tmp), "llama")
+    writer.add_name("llamarcp tiny random llama")
+    writer.add_context_length(N_CTX_TRAIN)
+    writer.add_embedding_length(N_EMBD)
+    writer.add_block_count(N_LAYER)
+    writer.add_feed_forward_length(N_FF)
+    writer.add_head_count(N_HEAD)
+    writer.add_head_count_kv(N_HEAD_KV)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(n_vocab)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+
+    for key in _TOKENIZER_KEYS:
+        field = reader.fields.get(key)
+        if field is None:
+            continue
+        value = _field_value(field)
+        value_type = field.types[0]
+        if value_type == gguf.GGUFValueType.ARRAY:
+            writer.add_array(key, value)
+        else:
+            writer.add_key_value(key, value, value_type)
+
+    rng = np.random.default_rng(SEED)
+
+    def rand(*shape: int, std: float) -> np.ndarray:
+        return (rng.standard_normal(shape) * std).astype(np.float32)
+
+    # Embeddings are tied to the output; std 0.5 makes the logits peaked enough that sampling is not uniform noise.
+    writer.add_tensor("token_embd.weight", rand(n_vocab, N_EMBD, std=0.5))
+    writer.add_tensor("output_norm.weight", np.ones(N_EMBD, dtype=np.float32))
+    proj_std = 1.0 / np.sqrt(N_EMBD)
+    for layer in range(N_LAYER):
+        prefix = f"blk.{layer}."
+        writer.add_tensor(prefix + "attn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
+        writer.add_tensor(prefix + "attn_q.weight", rand(N_HEAD * head_dim, N_EMBD, std=proj_std))
+        writer.add_tensor(prefix + "attn_k.weight", rand(N_HEAD_KV * head_dim, N_EMBD, std=proj_std))
+        writer.add_tensor(prefix + "attn_v.weight", rand(N_HEAD_KV * head_dim, N_EMBD, std=proj_std))
+        writer.add_tensor(prefix + "attn_output.weight", rand(N_EMBD, N_HEAD * head_dim, std=proj_std))
+        writer.add_tensor(prefix + "ffn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
+        writer.add_tensor(prefix + "ffn_gate.weight", rand(N_FF, N_EMBD, std=proj_std))
+        writer.add_tensor(prefix + "ffn_up.weight", rand(N_FF, N_EMBD, std=proj_std))
+        writer.add_tensor(prefix + "ffn_down.weight", rand(N_EMBD, N_FF, std=1.0 / np.sqrt(N_FF)))
+
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    os.replace(tmp, out)
+    return out
+
+
+def _main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", help="where to write the GGUF")
+    parser.add_argument("--vocab", help=f"path to {VOCAB_FILE} (default: from the pinned llama.cpp source)")
+    args = parser.parse_args(argv)
+    vocab = args.vocab
+    if vocab is None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        import build_lib
+
+        vocab = build_lib.ensure_source() / "models" / VOCAB_FILE
+    print(write_tiny_model(args.out, vocab))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
