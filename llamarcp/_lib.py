@@ -83,8 +83,10 @@ def load() -> Any:
                 raw = ffi.dlopen(str(path))
             except OSError as exc:
                 raise LibraryNotFoundError(f"could not load {path}: {exc}; {BUILD_HINT}") from exc
+            from llamarcp._libproxy import LibProxy
+
             _loaded["path"] = str(path)
-            _loaded["lib"] = raw
+            _loaded["lib"] = LibProxy(raw, str(path))
     return _loaded["lib"]
 
 

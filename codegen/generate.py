@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""Generate llamarcp/_generated/ from the pinned llama.h: parse -> model -> render -> write.
+
+python codegen/generate.py                    # regenerate from the pinned llama.cpp (writes changed files)
+python codegen/generate.py --check            # exit 1 listing files that differ from a fresh generation
+python codegen/generate.py --source DIR       # generate from another llama.cpp tree (bumping)
+python codegen/generate.py --header llama.h   # ... or from one llama.h (ggml headers from --source/pin)
+python codegen/generate.py --update-golden    # rewrite the expected outputs of tests/data/codegen/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from codegen import parse, render  # noqa: E402
+from codegen.model import Api  # noqa: E402
+
+DEFAULT_OUT = ROOT / "llamarcp" / "_generated"
+GOLDEN_DIR = ROOT / "tests" / "data" / "codegen"
+#: Golden outputs per test header (the ffi module is left out: it is cffi's byte format, covered by layout tests).
+GOLDEN_FILES = ("api.json", "llama.cdef.h", "lib.pyi")
+_SHA = re.compile(r"^[0-9a-f]{40}$")
+
+
+@dataclass
+class Generated:
+    api: Api
+    files: dict[str, str]
+    seconds: float
+
+
+def pinned_source() -> tuple[Path, str]:
+    """The verified pinned tree (fetched once by build_lib.py) and its commit."""
+    import build_lib
+    from llamarcp import _pin
+
+    return build_lib.ensure_source(_pin.PINNED), _pin.LLAMA_CPP_COMMIT
+
+
+def source_commit(source: Path, explicit: str | None) -> str:
+    """Commit of a llama.cpp tree: --commit, build_lib's verified marker, the directory name, or git."""
+    if explicit:
+        return explicit
+    marker = source / ".llamarcp-verified"
+    if marker.is_file():
+        return str(json.loads(marker.read_text())["commit"])
+    if _SHA.match(source.name):
+        return source.name
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except OSError:
+        out = None
+    if out is not None and out.returncode == 0 and _SHA.match(out.stdout.strip()):
+        return out.stdout.strip()
+    return "unknown"
+
+
+def generate(
+    source: Path,
+    commit: str,
+    header: Path | None = None,
+    groups: tuple[parse.Group, ...] = parse.GROUPS,
+) -> Generated:
+    """Every generated file's text, keyed by file name, from one llama.cpp tree (nothing is written)."""
+    start = time.perf_counter()
+    api = parse.parse_source(source, commit, groups=groups, header=header)
+    if commit == "unknown":
+        api.diagnostics.insert(0, "WARN: llama.cpp commit unknown (pass --commit SHA)")
+    files = render_all(api, groups)
+    return Generated(api, files, time.perf_counter() - start)
+
+
+def render_all(api: Api, groups: tuple[parse.Group, ...] = parse.GROUPS) -> dict[str, str]:
+    hints = {g.name: g.hint for g in groups if g.hint}
+    cdef = render.render_cdef(api)
+    return {
+        "__init__.py": f'# {render.do_not_edit(api)}\n"""Files written by codegen/generate.py only."""\n',
+        "llama.cdef.h": cdef,
+        "_llama_ffi.py": render.render_ffi_module(api, cdef),
+        "_llama_ffi.pyi": render.render_ffi_stub(api),
+        "lib.pyi": render.render_stub(api),
+        "api.json": render.render_manifest(api),
+        "_symbols.py": render.render_symbols(api, hints),
+        "codegen_report.md": render.render_report(api, groups),
+    }
+
+
+def write_if_changed(out: Path, files: dict[str, str]) -> list[str]:
+    """Write only files whose content differs (timestamps and diffs stay quiet); return their names."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in sorted(files.items()):
+        path = out / name
+        if path.is_file() and path.read_text(encoding="utf-8") == text:
+            continue
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+        written.append(name)
+    return written
+
+
+def differing(out: Path, files: dict[str, str]) -> list[str]:
+    """Names of generated files missing from `out` or differing from it."""
+    bad = []
+    for name, text in sorted(files.items()):
+        path = out / name
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            bad.append(name)
+    return bad
+
+
+# --------------------------------------------------------------------------------------------- golden
+
+
+def golden_headers() -> list[Path]:
+    return sorted(GOLDEN_DIR.glob("*.h"))
+
+
+def golden_outputs(header: Path) -> dict[str, str]:
+    """Expected files for one golden header (its own small API, commit 'golden')."""
+    api = parse.parse_header(header, commit="golden")
+    files = render_all(api, ())
+    return {name: files[name] for name in GOLDEN_FILES}
+
+
+def update_golden() -> list[str]:
+    written = []
+    for header in golden_headers():
+        out = GOLDEN_DIR / "expected" / header.stem
+        written += [f"{out.relative_to(ROOT)}/{name}" for name in write_if_changed(out, golden_outputs(header))]
+    return written
+
+
+# --------------------------------------------------------------------------------------------- cli
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="codegen/generate.py", description=__doc__.split("\n\n")[0] if __doc__ else "")
+    p.add_argument("--check", action="store_true", help="regenerate in memory; exit 1 listing differing files")
+    p.add_argument("--source", type=Path, help="llama.cpp source tree (default: the pinned one)")
+    p.add_argument("--header", type=Path, help="llama.h to use instead of the tree's include/llama.h")
+    p.add_argument("--commit", help="llama.cpp commit of --source/--header (default: detected)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+    p.add_argument("--update-golden", action="store_true", help="rewrite tests/data/codegen/expected/*")
+    p.add_argument("-q", "--quiet", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
+    try:
+        if args.update_golden:
+            for name in update_golden():
+                print(f"updated {name}")
+            return 0
+        if args.source is not None:
+            source = args.source.resolve()
+            commit = source_commit(source, args.commit)
+        else:
+            source, commit = pinned_source()
+            commit = args.commit or commit
+        result = generate(source, commit, header=args.header)
+    except parse.ParseError as exc:
+        print(f"codegen: error: {exc}", file=sys.stderr)
+        return 2
+    errors = [d for d in result.api.diagnostics if d.startswith("ERROR:")]
+    if args.check:
+        bad = differing(args.out, result.files)
+        if bad:
+            print(f"codegen: {len(bad)} generated file(s) in {args.out} are stale:", file=sys.stderr)
+            for name in bad:
+                print(f"  {name}", file=sys.stderr)
+            print("run: python codegen/generate.py", file=sys.stderr)
+            return 1
+        if not args.quiet:
+            print(f"codegen: {len(result.files)} files up to date ({result.seconds:.2f} s)")
+        return 1 if errors else 0
+    written = write_if_changed(args.out, result.files)
+    if not args.quiet:
+        api = result.api
+        print(
+            f"codegen: {len(api.functions)} functions, {len(api.structs)} structs, {len(api.enums)} enums, "
+            f"{len(api.callbacks)} callbacks, {len(api.typedefs)} typedefs, {len(api.defines)} defines "
+            f"from llama.cpp {commit[:12]} in {result.seconds:.2f} s; "
+            f"wrote {', '.join(written) if written else 'nothing (up to date)'}"
+        )
+        for line in api.diagnostics:
+            if line.startswith(("WARN:", "ERROR:")):
+                print(f"codegen: {line}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

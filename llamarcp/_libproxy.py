@@ -1,0 +1,92 @@
+"""`llamarcp.lib`: the raw cffi library, tolerant of functions the loaded build does not export.
+
+cffi's ABI-mode library resolves each symbol on first attribute access, so a missing function never
+breaks import. This wrapper turns the access of a declared-but-missing function into a callable that
+raises `MissingSymbolError` naming the symbol, the library and what to do, and caches every resolved
+attribute in the instance `__dict__` so later accesses are plain attribute hits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from llamarcp.errors import MissingSymbolError
+
+_REGENERATE = "regenerate the bindings (python codegen/generate.py) or rebuild the library (python build_lib.py)"
+
+
+class LibProxy:
+    """Wraps the object returned by `ffi.dlopen`; attribute names are the C names of llama.h."""
+
+    def __init__(self, raw: Any, path: str) -> None:
+        object.__setattr__(self, "_raw", raw)
+        object.__setattr__(self, "_path", path)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached on the first access of `name`: afterwards it sits in __dict__.
+        if name.startswith("__"):
+            raise AttributeError(name)
+        from llamarcp._generated._llama_ffi import ffi
+
+        try:
+            value = getattr(self._raw, name)
+        except (AttributeError, ffi.error):  # ffi.error: declared, but dlsym found no such symbol
+            value = _missing(name, self._path)
+        except NotImplementedError as exc:  # cffi: a declaration it cannot call in ABI mode
+            raise AttributeError(f"{name}: {exc}") from exc
+        self.__dict__[name] = value
+        return value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"llamarcp.lib is read-only (tried to set {name!r})")
+
+    def __dir__(self) -> list[str]:
+        from llamarcp._generated import _symbols
+
+        return sorted(set(dir(self._raw)) | set(_symbols.FUNCTIONS) | set(_symbols.EXTRA_CONSTANTS))
+
+    def __repr__(self) -> str:
+        return f"<llamarcp.lib {self._path}>"
+
+
+def _missing(name: str, path: str) -> Any:
+    """A stand-in for a declared function the library lacks, or AttributeError for an unknown name."""
+    from llamarcp._generated import _symbols
+
+    if name in _symbols.EXTRA_CONSTANTS:
+        return _symbols.EXTRA_CONSTANTS[name]
+    if name not in _symbols.FUNCTIONS:
+        raise AttributeError(f"llama.h (llama.cpp {_symbols.LLAMA_CPP_COMMIT[:12]}) declares no {name!r}")
+    return _raiser(name, path, hint_for(name))
+
+
+def hint_for(name: str) -> str:
+    """What to tell a user whose library lacks `name`."""
+    from llamarcp._generated import _symbols
+
+    if name in _symbols.DEPRECATED:
+        return f"it is deprecated upstream: {_symbols.DEPRECATED[name]}"
+    for group, names in _symbols.GROUPS.items():
+        if name in names and group in _symbols.HINTS:
+            return _symbols.HINTS[group]
+    return _REGENERATE
+
+
+def _raiser(name: str, path: str, hint: str) -> Callable[..., NoReturn]:
+    def missing_symbol(*args: Any, **kwargs: Any) -> NoReturn:
+        raise MissingSymbolError(name, path, hint)
+
+    missing_symbol.__name__ = missing_symbol.__qualname__ = name
+    missing_symbol.__doc__ = f"{name} is not exported by {path}: calling it raises MissingSymbolError."
+    missing_symbol.llamarcp_missing = True  # type: ignore[attr-defined]
+    return missing_symbol
+
+
+def is_available(lib: Any, name: str) -> bool:
+    """True when `lib.<name>` resolves to something the loaded library really provides."""
+    try:
+        value = getattr(lib, name)
+    except AttributeError:
+        return False
+    return not getattr(value, "llamarcp_missing", False)
