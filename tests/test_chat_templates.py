@@ -162,3 +162,190 @@ def test_generation_tag_is_rendered_transparently() -> None:
     prompt = formatter.render(CONVERSATION)
     assert "Paris." in prompt
     assert "generation" not in prompt.replace("add_generation_prompt", "")
+
+
+# --- comparison with llama.cpp's own renderer (llama_chat_apply_template) ------------------------------------
+# llama.cpp does not run jinja: it recognises a template family by substrings and prints its own layout of the
+# messages. Where it claims support we compare; every difference below was read in both outputs and explained.
+
+#: Rendered byte-for-byte the same by llamarcp (jinja, bos_token="") and by llama_chat_apply_template.
+NATIVE_IDENTICAL = {
+    "Bielik-11B-v3.0-Instruct.jinja",
+    "ByteDance-Seed-OSS.jinja",
+    "Kimi-K2-Instruct.jinja",
+    "LFM2-8B-A1B.jinja",
+    "LFM2.5-8B-A1B.jinja",
+    "LFM2.5-Instruct.jinja",
+    "MiMo-VL.jinja",
+    "Qwen-Qwen2.5-7B-Instruct.jinja",
+    "Qwen-Qwen3-0.6B.jinja",
+    "Qwen3-Coder.jinja",
+    "ibm-granite-granite-3.3-2B-Instruct.jinja",
+    "ibm-granite-granite-4.0.jinja",
+    "ibm-granite-granite-4.1.jinja",
+    "llama-cpp-rwkv-world.jinja",
+    "microsoft-Phi-3.5-mini-instruct.jinja",
+    "moonshotai-Kimi-K2.jinja",
+    "openbmb-MiniCPM5-1B.jinja",
+}
+
+_PREAMBLE = "the real template adds its own system preamble (date, knowledge cutoff, safety or tool instructions)"
+_THINK = "the real template adds reasoning markers (<think>, </think>) that llama.cpp's layout omits"
+_MISTRAL_TEKKEN = (
+    "llama.cpp detects this as 'mistral-v7' (a space after [INST]); the template is the tekken variant without "
+    "spaces, which equals llama.cpp's 'mistral-v7-tekken' (see test_mistral_tekken_matches_llama_cpp_by_name)"
+)
+_DEEPSEEK = "llama.cpp puts '\\n\\n' after the system prompt; " + _THINK
+
+#: file -> why llama.cpp's rendering differs from the real template's.
+NATIVE_DIFFERENCES = {
+    "Cohere2MoE.jinja": _PREAMBLE,
+    "CohereForAI-c4ai-command-r-plus-tool_use.jinja": _PREAMBLE,
+    "CohereForAI-c4ai-command-r7b-12-2024-tool_use.jinja": _PREAMBLE,
+    "GLM-4.6.jinja": _THINK + "; llama.cpp also ends with a newline after <|assistant|>",
+    "GLM-4.7-Flash.jinja": _THINK + "; llama.cpp also puts newlines after the role tags",
+    "HuggingFaceTB-SmolLM3-3B.jinja": _PREAMBLE,
+    "Kimi-K2-Thinking.jinja": _THINK,
+    "Mistral-Small-3.2-24B-Instruct-2506.jinja": _MISTRAL_TEKKEN,
+    "NVIDIA-Nemotron-3-Nano-30B-A3B-BF16.jinja": _THINK,
+    "NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use.jinja": _PREAMBLE,
+    "NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja": _PREAMBLE,
+    "Qwen-QwQ-32B.jinja": _THINK,
+    "Qwen3.5-4B.jinja": _THINK,
+    "StepFun3.5-Flash.jinja": _THINK,
+    "deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja": _DEEPSEEK,
+    "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja": _DEEPSEEK,
+    "deepseek-ai-DeepSeek-V3.1.jinja": _DEEPSEEK,
+    "deepseek-ai-DeepSeek-V3.2.jinja": _DEEPSEEK,
+    "deepseek-ai-DeepSeek-V4-Flash-0731.jinja": _DEEPSEEK,
+    "deepseek-ai-DeepSeek-V4.jinja": _DEEPSEEK,
+    "inclusionai-ling-3.0-flash.jinja": _THINK + " and a 'detailed thinking on' system line",
+    "llama-cpp-deepseek-r1.jinja": _DEEPSEEK + "; this template also closes user turns with end-of-sentence",
+    "meetkai-functionary-medium-v3.1.jinja": _PREAMBLE,
+    "meetkai-functionary-medium-v3.2.jinja": _PREAMBLE,
+    "meta-llama-Llama-3.1-8B-Instruct.jinja": _PREAMBLE,
+    "meta-llama-Llama-3.2-3B-Instruct.jinja": _PREAMBLE,
+    "meta-llama-Llama-3.3-70B-Instruct.jinja": _PREAMBLE,
+    "mistralai-Ministral-3-14B-Reasoning-2512.jinja": _MISTRAL_TEKKEN,
+    "mistralai-Mistral-Nemo-Instruct-2407.jinja": (
+        "the real template moves the system prompt into the last user turn; llama.cpp puts it in the first"
+    ),
+    "openai-gpt-oss-120b.jinja": _PREAMBLE + " and moves the system message to a developer turn",
+    "unsloth-Apriel-1.5.jinja": _PREAMBLE,
+    "unsloth-mistral-Devstral-Small-2507.jinja": _MISTRAL_TEKKEN,
+    "upstage-Solar-Open-100B.jinja": _PREAMBLE,
+}
+
+#: llama_chat_apply_template returns -1: no built-in layout recognises these templates.
+NATIVE_UNSUPPORTED = {
+    "Apertus-8B-Instruct.jinja",
+    "Apriel-1.6-15b-Thinker-fixed.jinja",
+    "GigaChat3-10B-A1.8B.jinja",
+    "GigaChat3.1-10B-A1.8B.jinja",
+    "Kimi-K3.jinja",
+    "MiniMax-M1.jinja",
+    "MiniMax-M2.jinja",
+    "MiniMax-M3.jinja",
+    "NVIDIA-Nemotron-Nano-v2.jinja",
+    "Reka-Edge.jinja",
+    "Spark2.5.jinja",
+    "google-gemma-4-31B-it-interleaved.jinja",
+    "google-gemma-4-31B-it.jinja",
+    "muse-glimmer.jinja",
+    "poolside-Laguna-S-2.1.jinja",
+    "poolside-Laguna-XS-2.1.jinja",
+    "poolside-Laguna-XS.2.jinja",
+    "tencent-Hy3.jinja",
+}
+
+#: eos_token to render with where llama.cpp hard-codes the model's end-of-turn text.
+NATIVE_EOS = {name: "</s>" for name in NATIVE_DIFFERENCES if "mistral" in name.lower() or "Devstral" in name}
+
+
+def test_native_classification_covers_every_template() -> None:
+    groups = [NATIVE_IDENTICAL, set(NATIVE_DIFFERENCES), NATIVE_UNSUPPORTED, set(EXPECTED_FAILURES)]
+    assert sum(len(g) for g in groups) == len(TEMPLATE_FILES)
+    assert set().union(*groups) == {p.name for p in TEMPLATE_FILES}
+
+
+@pytest.mark.parametrize("path", [p for p in TEMPLATE_FILES if p.name not in EXPECTED_FAILURES], ids=lambda p: p.name)
+def test_real_template_against_llama_cpp(path: Path) -> None:
+    from llamarcp.chat.native import llama_cpp_apply_template
+
+    source = path.read_text(encoding="utf-8")
+    if path.name in NATIVE_UNSUPPORTED:
+        with pytest.raises(ChatTemplateError, match="does not support this template"):
+            llama_cpp_apply_template(source, CONVERSATION)
+        return
+    native = llama_cpp_apply_template(source, CONVERSATION)
+    ours = ChatFormatter(source, "", NATIVE_EOS.get(path.name, "")).render(CONVERSATION)
+    if path.name in NATIVE_IDENTICAL:
+        assert ours == native
+    else:
+        assert path.name in NATIVE_DIFFERENCES
+        assert ours != native, "now identical: move it to NATIVE_IDENTICAL"
+        for message in CONVERSATION:  # both still carry the whole conversation
+            assert message["content"] in native
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Mistral-Small-3.2-24B-Instruct-2506.jinja",
+        "mistralai-Ministral-3-14B-Reasoning-2512.jinja",
+        "unsloth-mistral-Devstral-Small-2507.jinja",
+    ],
+)
+def test_mistral_tekken_matches_llama_cpp_by_name(name: str) -> None:
+    from llamarcp.chat.native import llama_cpp_apply_template
+
+    ours = ChatFormatter((TEMPLATES_DIR / name).read_text(encoding="utf-8"), "", "</s>").render(CONVERSATION)
+    assert ours == llama_cpp_apply_template("mistral-v7-tekken", CONVERSATION)
+
+
+#: llamarcp named format -> (llama.cpp built-in name, eos_token llama.cpp hard-codes for it)
+NAMED_VS_NATIVE = {
+    "chatml": ("chatml", ""),
+    "llama-3": ("llama3", ""),
+    "gemma": ("gemma", ""),
+    "mistral-instruct": ("mistral-v3", "</s>"),
+    "mistral-v7": ("mistral-v7", "</s>"),
+    "phi-3": ("phi3", ""),
+    "zephyr": ("zephyr", "<|endoftext|>"),
+    "vicuna": ("vicuna", "</s>"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NAMED_VS_NATIVE))
+def test_named_format_matches_llama_cpp_builtin(name: str) -> None:
+    from llamarcp.chat.native import llama_cpp_apply_template
+
+    native_name, eos = NAMED_VS_NATIVE[name]
+    for add in (True, False):
+        ours = ChatFormatter.from_format(name, "", eos).render(CONVERSATION, add_generation_prompt=add)
+        assert ours == llama_cpp_apply_template(native_name, CONVERSATION, add_generation_prompt=add)
+
+
+def test_llama2_differs_from_llama_cpp_only_in_assistant_spacing() -> None:
+    # Meta's published format wraps assistant replies as " {reply} </s>"; llama.cpp writes "{reply}</s>" and
+    # leaves out the <s> before the first turn (the tokenizer adds it).
+    from llamarcp.chat.native import llama_cpp_apply_template
+
+    ours = ChatFormatter.from_format("llama-2", "<s>", "</s>").render(CONVERSATION)
+    native = llama_cpp_apply_template("llama2-sys-bos", CONVERSATION)
+    assert ours == "<s>" + native.replace("[/INST]Paris.</s>", "[/INST] Paris. </s>")
+
+
+def test_llama_cpp_builtin_names_are_listed() -> None:
+    from llamarcp.chat.native import llama_cpp_builtin_templates
+
+    names = llama_cpp_builtin_templates()
+    assert {"chatml", "llama3", "gemma", "mistral-v7-tekken"} <= set(names)
+    assert len(names) == len(set(names)) > 40
+
+
+def test_unknown_template_is_refused_by_llama_cpp() -> None:
+    from llamarcp.chat.native import llama_cpp_apply_template
+
+    with pytest.raises(ChatTemplateError, match="does not support"):
+        llama_cpp_apply_template("{{ messages }} nothing llama.cpp recognises", CONVERSATION)
