@@ -83,7 +83,10 @@ def load() -> Any:
                 raw = ffi.dlopen(str(path))
             except OSError as exc:
                 raise LibraryNotFoundError(f"could not load {path}: {exc}; {BUILD_HINT}") from exc
+            from llamarcp._guard import check as guard_check
             from llamarcp._libproxy import LibProxy
+
+            guard_check(raw, path)
 
             _loaded["path"] = str(path)
             _loaded["lib"] = LibProxy(raw, str(path))

@@ -1,0 +1,152 @@
+"""`python -m llamarcp.drift symbols|diff|scan|used ...`: the drift checker's one entry point.
+
+Exit codes: 0 clean, 1 findings (errors; with --strict also warnings; for diff: breaking changes),
+2 unusable input (missing file, unparsable header, unknown library format).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from llamarcp.errors import DriftError
+
+EXIT_OK, EXIT_FINDINGS, EXIT_INPUT = 0, 1, 2
+
+
+def _write(text: str, output: str | None) -> None:
+    if output:
+        Path(output).write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    else:
+        print(text)
+
+
+def cmd_symbols(args: argparse.Namespace) -> int:
+    from llamarcp.drift.inputs import load_api
+    from llamarcp.drift.symbols import compare
+
+    library = args.library
+    if library is None:
+        from llamarcp._lib import find_library
+
+        library = str(find_library())
+    report = compare(load_api(args.api), library, undeclared_prefixes=tuple(args.prefix))
+    _write(json.dumps(report.as_dict(), indent=2) if args.json else report.render_text(), args.output)
+    return EXIT_FINDINGS if report.failed(strict=args.strict) else EXIT_OK
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from llamarcp.drift.diff import API_BREAK, diff_manifests
+    from llamarcp.drift.inputs import load_api
+
+    report = diff_manifests(load_api(args.old), load_api(args.new), args.old, args.new)
+    _write(report.to_json() if args.json else report.to_markdown(), args.output)
+    if args.output:
+        print(report.summary())
+    if args.fail_on == "never":
+        return EXIT_OK
+    if args.fail_on == "api":
+        return EXIT_FINDINGS if report.count(API_BREAK) else EXIT_OK
+    return EXIT_FINDINGS if report.breaking else EXIT_OK
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from llamarcp.drift.inputs import load_api
+    from llamarcp.drift.scan import ApiIndex, scan_paths
+
+    removed: dict[str, str] = {}
+    if args.since:
+        from llamarcp.drift.diff import diff_manifests
+
+        for change in diff_manifests(load_api(args.since), load_api(args.api)).sections["removed"]:
+            removed[change.name] = change.hint or "removed from llama.h; no replacement known"
+    index = ApiIndex.from_manifest(load_api(args.api), removed)
+    result = scan_paths(args.paths, index)
+    fmt = "json" if args.json else args.format
+    _write(result.render(fmt), args.output)
+    return EXIT_FINDINGS if result.failed(strict=args.strict) else EXIT_OK
+
+
+def cmd_used(args: argparse.Namespace) -> int:
+    from llamarcp.drift import used
+    from llamarcp.drift.inputs import load_api
+
+    text = used.render(used.compute(load_api(args.api)))
+    if args.write:
+        if used.current_text() != text:
+            used.USED_FILE.write_text(text, encoding="utf-8")
+            print(f"wrote {used.USED_FILE}")
+        return EXIT_OK
+    if args.check:
+        if used.current_text() != text:
+            print(
+                f"{used.USED_FILE} is stale: llamarcp now calls other C functions; "
+                "run `python -m llamarcp.drift used --write`",
+                file=sys.stderr,
+            )
+            return EXIT_FINDINGS
+        print(f"{used.USED_FILE.name} is current")
+        return EXIT_OK
+    print(text, end="")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m llamarcp.drift", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    api_help = "API to check against: pinned (default), an api.json, a llama.h, a llama.cpp dir, carrier:VERSION"
+
+    p = sub.add_parser("symbols", help="compare the API manifest with a built library's exported symbols")
+    p.add_argument(
+        "library", nargs="?", help="libllama file or the directory holding it (default: the one llamarcp loads)"
+    )
+    p.add_argument("--api", default="pinned", help=api_help)
+    p.add_argument("--strict", action="store_true", help="fail on warnings too")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.add_argument("--prefix", action="append", default=None, help="prefix of exports that must be declared (llama_)")
+    p.add_argument("-o", "--output", help="write the report to this file")
+    p.set_defaults(func=cmd_symbols)
+
+    p = sub.add_parser("diff", help="API diff between two llama.cpp versions (Markdown or --json)")
+    p.add_argument("old", help="old API: pinned, api.json, llama.h, llama.cpp dir or carrier:VERSION")
+    p.add_argument("new", help="new API, same forms")
+    p.add_argument("--json", action="store_true", help="JSON report (keys removed, added, changed, ...)")
+    p.add_argument("--fail-on", choices=("any", "api", "never"), default="any", help="which breaks exit 1")
+    p.add_argument("-o", "--output", help="write the report to this file (the summary still goes to stdout)")
+    p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("scan", help="find uses of removed/deprecated llama.cpp functions in Python code")
+    p.add_argument("paths", nargs="+", help="files or directories")
+    p.add_argument("--api", default="pinned", help=api_help)
+    p.add_argument("--since", help="also treat functions removed since this older API as removed (hints from it)")
+    p.add_argument("--format", choices=("text", "json", "github"), default="text")
+    p.add_argument("--json", action="store_true", help="same as --format json")
+    p.add_argument("--strict", action="store_true", help="fail on deprecated uses too")
+    p.add_argument("-o", "--output", help="write the report to this file")
+    p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("used", help="list the C functions llamarcp calls (for the runtime guard)")
+    p.add_argument("--api", default="pinned", help=api_help)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--write", action="store_true", help="rewrite llamarcp/drift/used_functions.py")
+    group.add_argument("--check", action="store_true", help="exit 1 if used_functions.py is stale")
+    p.set_defaults(func=cmd_used)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "prefix", "unset") is None:
+        args.prefix = ["llama_"]
+    try:
+        code: int = args.func(args)
+    except DriftError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,361 @@
+"""Find uses of removed, deprecated or undeclared llama.cpp functions in Python code (with `ast`).
+
+Recognised: `lib.llama_x(...)` on any alias of a loaded library (`L = lib`, `self._lib = lib`,
+`ffi.dlopen(...)`, `ctypes.CDLL(...)`), `llama_cpp.llama_x(...)`, `from m import llama_x`,
+`getattr(lib, "llama_x")`, `lib["llama_x"]`, and ctypes-style binding tables that name a
+function in a string argument (`ctypes_function("llama_x", ...)`).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llamarcp.drift.replacements import REMOVED_FUNCTIONS
+from llamarcp.errors import DriftError
+
+#: Modules whose attributes are the C functions themselves (llama-cpp-python re-exports them).
+LIB_MODULES = ("llama_cpp", "llama_cpp.llama_cpp", "llamarcp.lib")
+#: Calls whose result is a loaded library object.
+LOADER_CALLS = ("dlopen", "CDLL", "PyDLL", "WinDLL", "LoadLibrary", "load_shared_library")
+#: A name with this prefix that the pinned API does not declare is reported as undeclared.
+FUNCTION_PREFIXES = ("llama_",)
+SKIP_DIRS = frozenset({".git", ".hg", ".venv", "venv", "__pycache__", "node_modules", "build", "dist", ".tox"})
+
+SEVERITY = {"removed": "error", "undeclared": "error", "deprecated": "warning"}
+
+
+@dataclass(frozen=True)
+class Use:
+    path: str
+    line: int
+    col: int  # 1-based, as editors count
+    name: str
+    status: str  # "removed" | "deprecated" | "undeclared"
+    hint: str
+    how: str  # "attribute" | "import" | "name" | "string"
+
+    @property
+    def severity(self) -> str:
+        return SEVERITY[self.status]
+
+    def render(self) -> str:
+        return f"{self.path}:{self.line}:{self.col}: {self.status} {self.name} -> {self.hint}"
+
+    def render_github(self) -> str:
+        message = f"{self.status} {self.name} -> {self.hint}".replace("%", "%25").replace("\n", "%0A")
+        return f"::{self.severity} file={self.path},line={self.line},col={self.col}::{message}"
+
+
+@dataclass
+class ApiIndex:
+    """What the pinned API says about a name: declared, deprecated (with hint), known removed."""
+
+    functions: frozenset[str]
+    deprecated: dict[str, str]
+    other_names: frozenset[str]
+    removed: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any], removed: dict[str, str] | None = None) -> ApiIndex:
+        functions = frozenset(f["name"] for f in manifest.get("functions", []))
+        deprecated = {
+            f["name"]: (f["deprecated"] or "deprecated without a named replacement")
+            for f in manifest.get("functions", [])
+            if f.get("deprecated") is not None
+        }
+        others: set[str] = set()
+        for key in ("structs", "callbacks", "typedefs", "defines"):
+            others.update(item["name"] for item in manifest.get(key, []))
+        for enum in manifest.get("enums", []):
+            others.add(enum["name"])
+            others.update(c["name"] for c in enum.get("constants", []))
+        table = dict(REMOVED_FUNCTIONS)
+        table.update(removed or {})
+        # A name the pinned API declares again is not removed, whatever an old table says.
+        table = {k: v for k, v in table.items() if k not in functions}
+        return cls(functions, deprecated, frozenset(others), table)
+
+    def classify(self, name: str, *, strong: bool) -> tuple[str, str] | None:
+        """(status, hint) for a reportable name; `strong` when the context proves it is a C function."""
+        if name in self.deprecated:
+            return "deprecated", self.deprecated[name]
+        if name in self.functions or name in self.other_names:
+            return None
+        if name in self.removed:
+            return "removed", self.removed[name]
+        if strong and name.startswith(FUNCTION_PREFIXES):
+            return "undeclared", "not declared by the pinned llama.h (removed, renamed or misspelled)"
+        return None
+
+
+def _dotted(node: ast.AST) -> str | None:
+    """`a.b.c` for a Name/Attribute chain, else None."""
+    parts: list[str] = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+        return ".".join(reversed(parts))
+    return None
+
+
+def _module_kind(module: str) -> str:
+    return "lib" if module == "llamarcp.lib" else "module"
+
+
+def _call_name(node: ast.Call) -> str | None:
+    func = node.func
+    if isinstance(func, ast.Name):
+        return func.id
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    return None
+
+
+class _Visitor(ast.NodeVisitor):
+    def __init__(self, api: ApiIndex, path: str) -> None:
+        self.api = api
+        self.path = path
+        self.uses: list[Use] = []
+        #: dotted name -> "lib" (any attribute is a C function) or "module" (only calls are).
+        self.aliases: dict[str, str] = {}
+        #: local name -> imported C name (`from llama_cpp import llama_x as y`).
+        self.imported: dict[str, str] = {}
+        self.star = False
+        #: Dotted callables returning llamarcp's loaded library (`from llamarcp._lib import load`).
+        self.loaders = {"_lib.load", "llamarcp._lib.load"}
+        self._seen: set[tuple[int, int, str]] = set()
+        self._called: set[int] = set()
+
+    # -- helpers
+    def _report(self, node: ast.AST, name: str, how: str, *, strong: bool) -> None:
+        verdict = self.api.classify(name, strong=strong)
+        if verdict is None:
+            return
+        line, col = getattr(node, "lineno", 0), getattr(node, "col_offset", 0) + 1
+        key = (line, col, name)
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        status, hint = verdict
+        self.uses.append(Use(self.path, line, col, name, status, hint, how))
+
+    def _alias_kind(self, node: ast.AST) -> str | None:
+        dotted = _dotted(node)
+        if dotted is None:
+            return None
+        if dotted in self.aliases:
+            return self.aliases[dotted]
+        return None
+
+    def _is_lib_value(self, value: ast.AST) -> str | None:
+        """Kind of alias an assigned value creates, if any."""
+        kind = self._alias_kind(value)
+        if kind:
+            return kind
+        if isinstance(value, ast.Call) and (_call_name(value) in LOADER_CALLS or _dotted(value.func) in self.loaders):
+            return "lib"
+        return None
+
+    # -- imports
+    def visit_Import(self, node: ast.Import) -> None:
+        for alias in node.names:
+            local_root = alias.asname or alias.name
+            for module in LIB_MODULES:
+                if module == alias.name or module.startswith(alias.name + "."):
+                    # `import llama_cpp as lc` makes `lc` and `lc.llama_cpp` library modules.
+                    self.aliases[local_root + module[len(alias.name) :]] = _module_kind(module)
+                elif alias.asname is None and alias.name.startswith(module + "."):
+                    # `import llama_cpp.llama_cpp` also binds the package `llama_cpp` itself.
+                    self.aliases[module] = _module_kind(module)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        module = node.module or ""
+        from_lib = module in LIB_MODULES
+        for alias in node.names:
+            bound = alias.asname or alias.name
+            if alias.name == "*":
+                self.star = self.star or from_lib
+                continue
+            full = f"{module}.{alias.name}"
+            if full == "llamarcp._lib.load":
+                self.loaders.add(bound)
+            if full in LIB_MODULES:
+                self.aliases[bound] = _module_kind(full)
+                continue
+            if self.api.classify(alias.name, strong=from_lib) is not None:
+                self._report(alias, alias.name, "import", strong=from_lib)
+                self.imported[bound] = alias.name
+
+    # -- aliases
+    def visit_Assign(self, node: ast.Assign) -> None:
+        kind = self._is_lib_value(node.value)
+        if kind:
+            for target in node.targets:
+                dotted = _dotted(target)
+                if dotted:
+                    self.aliases[dotted] = kind
+        self.generic_visit(node)
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
+        if node.value is not None:
+            kind = self._is_lib_value(node.value)
+            dotted = _dotted(node.target)
+            if kind and dotted:
+                self.aliases[dotted] = kind
+        self.generic_visit(node)
+
+    # -- uses
+    def visit_Call(self, node: ast.Call) -> None:
+        self._called.add(id(node.func))
+        callee = _call_name(node)
+        if callee in ("getattr", "hasattr") and len(node.args) >= 2:
+            target, name = node.args[0], node.args[1]
+            if isinstance(name, ast.Constant) and isinstance(name.value, str):
+                strong = self._alias_kind(target) is not None
+                self._report(name, name.value, "string", strong=strong)
+        else:
+            # ctypes binding tables: `ctypes_function("llama_x", argtypes, restype)` and the like.
+            for arg in node.args:
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                    self._report(arg, arg.value, "string", strong=False)
+        self.generic_visit(node)
+
+    def visit_Subscript(self, node: ast.Subscript) -> None:
+        key = node.slice
+        if self._alias_kind(node.value) == "lib" and isinstance(key, ast.Constant) and isinstance(key.value, str):
+            self._report(key, key.value, "string", strong=True)
+        self.generic_visit(node)
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        kind = self._alias_kind(node.value)
+        strong = kind == "lib" or (kind == "module" and id(node) in self._called)
+        # Report at the attribute name itself, not at the start of `self._lib.llama_x`.
+        end = getattr(node, "end_col_offset", None)
+        anchor = ast.Name(id=node.attr, lineno=node.lineno, col_offset=node.col_offset)
+        if end is not None and getattr(node, "end_lineno", node.lineno) == node.lineno:
+            anchor.col_offset = end - len(node.attr)
+        self._report(anchor, node.attr, "attribute", strong=strong)
+        self.generic_visit(node)
+
+    def visit_Name(self, node: ast.Name) -> None:
+        if not isinstance(node.ctx, ast.Load):
+            return
+        if node.id in self.imported:
+            self._report(node, self.imported[node.id], "name", strong=True)
+        elif self.star:
+            self._report(node, node.id, "name", strong=id(node) in self._called)
+
+
+def scan_source(source: str, path: str, api: ApiIndex) -> list[Use]:
+    try:
+        tree = ast.parse(source, filename=path)
+    except SyntaxError as exc:
+        raise DriftError(f"{path}:{exc.lineno}: cannot parse Python: {exc.msg}") from exc
+    visitor = _Visitor(api, path)
+    visitor.visit(tree)
+    return sorted(visitor.uses, key=lambda u: (u.line, u.col, u.name))
+
+
+def iter_python_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
+    for raw in paths:
+        p = Path(raw)
+        if p.is_file():
+            yield p
+        elif p.is_dir():
+            for root, dirs, files in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.endswith(".egg-info"))
+                for name in sorted(files):
+                    if name.endswith(".py"):
+                        yield Path(root) / name
+        else:
+            raise DriftError(f"scan: {p} does not exist")
+
+
+@dataclass
+class ScanResult:
+    files: int
+    uses: list[Use]
+    errors: list[str] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(1 for u in self.uses if u.status == status)
+
+    def failed(self, strict: bool = False) -> bool:
+        bad = self.count("removed") + self.count("undeclared") + len(self.errors)
+        return bad > 0 or (strict and self.count("deprecated") > 0)
+
+    def summary(self) -> str:
+        return (
+            f"scan: {self.files} file(s); {self.count('removed')} removed, {self.count('undeclared')} undeclared, "
+            f"{self.count('deprecated')} deprecated use(s)"
+            + (f"; {len(self.errors)} unparsable" if self.errors else "")
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "files": self.files,
+            "summary": {s: self.count(s) for s in ("removed", "undeclared", "deprecated")},
+            "errors": self.errors,
+            "uses": [asdict(u) | {"severity": u.severity} for u in self.uses],
+        }
+
+    def render(self, fmt: str) -> str:
+        if fmt == "json":
+            return json.dumps(self.as_dict(), indent=2)
+        lines = [u.render_github() if fmt == "github" else u.render() for u in self.uses]
+        lines += [f"::error::{e}" if fmt == "github" else f"error: {e}" for e in self.errors]
+        lines.append(self.summary())
+        return "\n".join(lines)
+
+
+def scan_paths(paths: Iterable[str | os.PathLike[str]], api: ApiIndex) -> ScanResult:
+    """Scan every .py file under `paths`; unparsable files are reported, not fatal."""
+    uses: list[Use] = []
+    errors: list[str] = []
+    count = 0
+    for path in iter_python_files(paths):
+        count += 1
+        try:
+            source = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            errors.append(f"{path}: cannot read: {exc}")
+            continue
+        try:
+            uses.extend(scan_source(source, str(path), api))
+        except DriftError as exc:
+            errors.append(str(exc))
+    return ScanResult(count, uses, errors)
+
+
+# ------------------------------------------------------------------------- functions llamarcp calls
+
+
+def called_functions(paths: Iterable[str | os.PathLike[str]], declared: Iterable[str]) -> list[str]:
+    """Declared C functions referenced as `<anything>.name` or `getattr(x, "name")` under `paths`.
+
+    Inside llamarcp every attribute spelled like a llama.h function is a call through `lib`.
+    """
+    names = frozenset(declared)
+    found: set[str] = set()
+    for path in iter_python_files(paths):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in names:
+                found.add(node.attr)
+            elif (
+                isinstance(node, ast.Call)
+                and _call_name(node) in ("getattr", "hasattr")
+                and len(node.args) >= 2
+                and isinstance(node.args[1], ast.Constant)
+                and node.args[1].value in names
+            ):
+                found.add(str(node.args[1].value))
+    return sorted(found)

@@ -1,0 +1,284 @@
+"""Read the exported functions of a shared library and compare them with the API manifest.
+
+The reader is chosen by the file's magic bytes from `READERS`; ELF is read with pyelftools
+(`.dynsym`, never `nm` output). Mach-O or PE support is one more `SymbolReader` in that list.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from llamarcp.errors import DriftError
+
+
+@dataclass(frozen=True)
+class Exports:
+    """What one library file exports: defined, externally visible symbols."""
+
+    path: str
+    format: str
+    functions: frozenset[str]
+    objects: frozenset[str]
+    #: Sonames of the libraries it links against (DT_NEEDED on ELF), in link order.
+    needed: tuple[str, ...] = ()
+
+
+class SymbolReader(Protocol):
+    """One binary format. `sniff` looks at the first bytes; `read` returns the exports."""
+
+    format_name: str
+
+    def sniff(self, head: bytes) -> bool: ...
+
+    def read(self, path: Path) -> Exports: ...
+
+
+class ElfReader:
+    format_name = "ELF"
+
+    def sniff(self, head: bytes) -> bool:
+        return head[:4] == b"\x7fELF"
+
+    def read(self, path: Path) -> Exports:
+        try:
+            from elftools.common.exceptions import ELFError
+            from elftools.elf.dynamic import DynamicSection
+            from elftools.elf.elffile import ELFFile
+            from elftools.elf.sections import SymbolTableSection
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise DriftError("reading ELF symbols needs pyelftools: pip install 'llamarcp[drift]'") from exc
+
+        functions: set[str] = set()
+        objects: set[str] = set()
+        needed: list[str] = []
+        try:
+            with path.open("rb") as fh:
+                elf = ELFFile(fh)
+                for section in elf.iter_sections():
+                    if isinstance(section, DynamicSection):
+                        needed.extend(
+                            str(getattr(tag, "needed", ""))
+                            for tag in section.iter_tags()
+                            if tag.entry.d_tag == "DT_NEEDED"
+                        )
+                    # Only the dynamic table counts: that is what dlsym can see.
+                    if not isinstance(section, SymbolTableSection) or section["sh_type"] != "SHT_DYNSYM":
+                        continue
+                    for sym in section.iter_symbols():
+                        if not sym.name or sym["st_shndx"] == "SHN_UNDEF":
+                            continue
+                        if sym["st_info"]["bind"] not in ("STB_GLOBAL", "STB_WEAK", "STB_GNU_UNIQUE"):
+                            continue
+                        if sym["st_other"]["visibility"] not in ("STV_DEFAULT", "STV_PROTECTED"):
+                            continue
+                        kind = sym["st_info"]["type"]
+                        if kind in ("STT_FUNC", "STT_GNU_IFUNC", "STT_LOOS"):
+                            functions.add(sym.name)
+                        elif kind in ("STT_OBJECT", "STT_TLS", "STT_COMMON"):
+                            objects.add(sym.name)
+        except ELFError as exc:
+            raise DriftError(f"{path}: not a readable ELF file ({exc})") from exc
+        return Exports(str(path), self.format_name, frozenset(functions), frozenset(objects), tuple(needed))
+
+
+class _UnsupportedFormat:
+    """Recognised so the error names the format instead of saying 'unknown file'."""
+
+    def __init__(self, name: str, magics: Sequence[bytes]) -> None:
+        self.format_name = name
+        self._magics = tuple(magics)
+
+    def sniff(self, head: bytes) -> bool:
+        return any(head.startswith(m) for m in self._magics)
+
+    def read(self, path: Path) -> Exports:
+        raise DriftError(
+            f"{path}: {self.format_name} libraries are not supported yet; "
+            "add a SymbolReader to llamarcp.drift.symbols.READERS"
+        )
+
+
+#: Tried in order; the first whose `sniff` accepts the file's first bytes reads it.
+READERS: list[SymbolReader] = [
+    ElfReader(),
+    _UnsupportedFormat(
+        "Mach-O",
+        [b"\xfe\xed\xfa\xce", b"\xce\xfa\xed\xfe", b"\xfe\xed\xfa\xcf", b"\xcf\xfa\xed\xfe", b"\xca\xfe\xba\xbe"],
+    ),
+    _UnsupportedFormat("PE", [b"MZ"]),
+]
+
+
+def read_exports(path: str | os.PathLike[str]) -> Exports:
+    """Exports of one library file, via the first reader that recognises it."""
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise DriftError(f"cannot read library {p}: {exc.strerror or exc}") from exc
+    for reader in READERS:
+        if reader.sniff(head):
+            return reader.read(p)
+    raise DriftError(f"{p}: not a shared library in a known format (ELF; Mach-O and PE are recognised but unsupported)")
+
+
+LIB_FILE_NAMES = ("libllama.so", "libllama.dylib", "llama.dll", "libllama.dll")
+
+
+def resolve_library(path: str | os.PathLike[str]) -> Path:
+    """A library file, or the libllama inside a directory (e.g. the last line of `python build_lib.py`)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        for name in LIB_FILE_NAMES:
+            if (p / name).is_file():
+                return p / name
+        raise DriftError(f"{p} is a directory without libllama ({', '.join(LIB_FILE_NAMES)})")
+    if not p.exists():
+        raise DriftError(f"library {p} does not exist")
+    return p
+
+
+def read_with_siblings(library: Path) -> tuple[Exports, list[Exports]]:
+    """The library's exports plus those of its DT_NEEDED libraries found beside it (libggml*).
+
+    Functions from ggml headers that llama.h re-exposes live in those siblings.
+    """
+    main = read_exports(library)
+    siblings: list[Exports] = []
+    seen = {library.resolve()}
+    queue = list(main.needed)
+    while queue:
+        soname = queue.pop(0)
+        candidate = library.parent / soname
+        if not candidate.is_file() or candidate.resolve() in seen:
+            continue
+        seen.add(candidate.resolve())
+        ex = read_exports(candidate)
+        siblings.append(ex)
+        queue.extend(ex.needed)
+    return main, siblings
+
+
+# ------------------------------------------------------------------------------------------ comparison
+
+
+@dataclass
+class Finding:
+    severity: str  # "error" | "warning" | "note"
+    kind: str  # "missing" | "undeclared" | "deprecated" | "optional-missing"
+    name: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"severity": self.severity, "kind": self.kind, "name": self.name, "message": self.message}
+
+
+@dataclass
+class SymbolReport:
+    library: str
+    libraries: list[str]
+    declared: int
+    exported: int
+    findings: list[Finding] = field(default_factory=list)
+
+    def count(self, severity: str) -> int:
+        return sum(1 for f in self.findings if f.severity == severity)
+
+    def failed(self, strict: bool = False) -> bool:
+        return self.count("error") > 0 or (strict and self.count("warning") > 0)
+
+    def summary(self) -> str:
+        return (
+            f"symbols: {self.declared} declared, {self.exported} exported by {self.library}; "
+            f"{self.count('error')} error(s), {self.count('warning')} warning(s), {self.count('note')} note(s)"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "library": self.library,
+            "libraries": self.libraries,
+            "declared": self.declared,
+            "exported": self.exported,
+            "errors": self.count("error"),
+            "warnings": self.count("warning"),
+            "findings": [f.as_dict() for f in self.findings],
+        }
+
+    def render_text(self) -> str:
+        lines: list[str] = []
+        order = {"error": 0, "warning": 1, "note": 2}
+        for f in sorted(self.findings, key=lambda f: (order[f.severity], f.kind, f.name)):
+            lines.append(f"{f.severity}: {f.message}")
+        lines.append(self.summary())
+        return "\n".join(lines)
+
+
+def compare(
+    manifest: dict[str, Any],
+    library: str | os.PathLike[str],
+    *,
+    optional: dict[str, str] | None = None,
+    undeclared_prefixes: Iterable[str] = ("llama_",),
+) -> SymbolReport:
+    """Declared-but-not-exported (error), exported-but-undeclared (warning), deprecated (warning).
+
+    `optional` maps function groups (the manifest's "group") a build may lack to a hint; their
+    missing functions are notes, not errors. Default: the generated optional-group table.
+    """
+    if optional is None:
+        from llamarcp._guard import optional_groups
+
+        optional = optional_groups()
+    lib_path = resolve_library(library)
+    main, siblings = read_with_siblings(lib_path)
+    exported = set(main.functions)
+    for ex in siblings:
+        exported |= ex.functions
+    functions = manifest.get("functions", [])
+    declared = {f["name"]: f for f in functions}
+    report = SymbolReport(
+        library=str(lib_path),
+        libraries=[main.path] + [s.path for s in siblings],
+        declared=len(declared),
+        exported=len(main.functions),
+    )
+    for name in sorted(declared):
+        fn = declared[name]
+        header = fn.get("header") or "the header"
+        if name not in exported:
+            reason = optional.get(fn.get("group") or "")
+            if reason:
+                report.findings.append(
+                    Finding("note", "optional-missing", name, f"{name} not exported (optional: {reason})")
+                )
+            else:
+                report.findings.append(
+                    Finding(
+                        "error",
+                        "missing",
+                        name,
+                        f"{name} is declared in {header} but not exported by {lib_path}; a call would fail",
+                    )
+                )
+        if fn.get("deprecated") is not None:
+            hint = fn["deprecated"] or "no replacement named"
+            report.findings.append(Finding("warning", "deprecated", name, f"{name} is deprecated in {header}: {hint}"))
+    prefixes = tuple(undeclared_prefixes)
+    # Only libllama's own exports: libggml exports hundreds of functions llama.h never mentions.
+    for name in sorted(main.functions):
+        if name.startswith(prefixes) and name not in declared:
+            report.findings.append(
+                Finding(
+                    "warning",
+                    "undeclared",
+                    name,
+                    f"{name} is exported by {lib_path} but not declared in the API manifest "
+                    "(header and library from different commits?)",
+                )
+            )
+    return report
