@@ -14,8 +14,9 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:  # the typed view of lib/ffi comes from the generated stubs
     from llamarcp._generated import lib as lib
     from llamarcp._generated._llama_ffi import ffi as ffi
+    from llamarcp.llama import Llama as Llama
 
-__all__ = ["LLAMA_CPP_COMMIT", "LlamaError", "__version__", "ffi", "lib"]
+__all__ = ["LLAMA_CPP_COMMIT", "Llama", "LlamaError", "__version__", "ffi", "lib"]
 
 
 def __getattr__(name: str) -> Any:
@@ -28,4 +29,8 @@ def __getattr__(name: str) -> Any:
         from llamarcp._lib import load
 
         return load()
+    if name == "Llama":
+        from llamarcp.llama import Llama
+
+        return Llama
     raise AttributeError(f"module 'llamarcp' has no attribute {name!r}")

@@ -61,6 +61,9 @@ def ensure_backend() -> Any:
 
 
 def _shutdown(lib: Any, ffi: Any) -> None:
+    from llamarcp._managed import close_all
+
+    close_all()  # free models/contexts now, while their log lines can still reach `logging`
     # A Python callback must not run during interpreter teardown; late lines (rare) go to llama.cpp's stderr default.
     with contextlib.suppress(Exception):
         lib.llama_log_set(ffi.NULL, ffi.NULL)

@@ -16,7 +16,10 @@ from typing import Any, ClassVar
 
 from llamarcp.errors import ClosedError
 
-__all__ = ["Managed"]
+__all__ = ["Managed", "close_all"]
+
+#: Every open Managed object, so interpreter exit can free them while Python (and the log callback) still work.
+_live: weakref.WeakSet[Managed] = weakref.WeakSet()
 
 
 class Managed:
@@ -42,6 +45,7 @@ class Managed:
             parent._children.add(self)
             self._parent = parent  # a strong reference: the parent is freed after the child
         self._ptr = ptr
+        _live.add(self)
 
     def _free(self, ptr: Any) -> None:
         raise NotImplementedError
@@ -68,6 +72,7 @@ class Managed:
             ptr, self._ptr = self._ptr, None
         if ptr is None:
             return
+        _live.discard(self)
         for child in list(self._children):
             child.close()
         try:
@@ -83,6 +88,7 @@ class Managed:
             ptr, self._ptr = self._ptr, None
         if ptr is None:
             raise ClosedError(f"this {self.kind} is closed")
+        _live.discard(self)
         parent, self._parent = self._parent, None
         if parent is not None:
             parent._children.discard(self)
@@ -117,3 +123,18 @@ def _is_null(ptr: Any) -> bool:
     if isinstance(ptr, ffi.CData) and ffi.typeof(ptr).kind == "pointer":
         return bool(ptr == ffi.NULL)
     return False
+
+
+def close_all() -> None:
+    """Close every open Managed object, children before parents (called at interpreter exit)."""
+    for obj in list(_live):
+        if obj._parent is None:  # closing a root closes its whole tree
+            try:
+                obj.close()
+            except Exception:  # exit path: one failure must not keep the rest allocated
+                continue
+    for obj in list(_live):
+        try:
+            obj.close()
+        except Exception:
+            continue

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 #: Part of every cache key; bump when the written file changes in any way.
-TINY_MODEL_VERSION = "tiny-llama-v1"
+TINY_MODEL_VERSION = "tiny-llama-v2"
 
 VOCAB_FILE = "ggml-vocab-llama-spm.gguf"
 
@@ -90,9 +90,11 @@ def write_tiny_model(out_path: str | os.PathLike[str], vocab_path: str | os.Path
     def rand(*shape: int, std: float) -> np.ndarray:
         return (rng.standard_normal(shape) * std).astype(np.float32)
 
-    # Embeddings are tied to the output; std 0.5 makes the logits peaked enough that sampling is not uniform noise.
     writer.add_tensor("token_embd.weight", rand(n_vocab, N_EMBD, std=0.5))
     writer.add_tensor("output_norm.weight", np.ones(N_EMBD, dtype=np.float32))
+    # A separate output matrix: tied embeddings would make every token predict itself. Logit std ~2.4 keeps
+    # sampling neither uniform noise nor always the argmax.
+    writer.add_tensor("output.weight", rand(n_vocab, N_EMBD, std=0.3))
     proj_std = 1.0 / np.sqrt(N_EMBD)
     for layer in range(N_LAYER):
         prefix = f"blk.{layer}."

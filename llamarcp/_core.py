@@ -1,0 +1,358 @@
+"""Thin owners of llama.cpp objects: Model, Context, Batch (each a `Managed`), plus vocab helpers.
+
+Everything here is one C call deep: argument checks that keep bad input away from C (where a C++ exception
+would abort the process), return codes turned into exceptions, and buffers reused so the per-token path does
+not allocate.
+"""
+
+from __future__ import annotations
+
+import os
+from array import array
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from llamarcp._backend import get_lib, last_log_errors
+from llamarcp._managed import Managed
+from llamarcp.errors import (
+    ContextCreationError,
+    ModelLoadError,
+    ModelNotFoundError,
+    TokenizeError,
+)
+
+__all__ = ["Batch", "Context", "Model", "ffi"]
+
+from llamarcp._generated._llama_ffi import ffi
+
+GGUF_MAGIC = b"GGUF"
+
+# llama_load_mode values (see llama.h); passed as ints so older enum spellings do not matter.
+LOAD_MODE_NONE = 0
+LOAD_MODE_MMAP = 1
+LOAD_MODE_MLOCK = 2
+LOAD_MODE_MMAP_MLOCK = 3
+
+
+def _log_hint() -> str:
+    lines = last_log_errors(clear=True)
+    return f": {' | '.join(lines[-3:])}" if lines else ""
+
+
+class Model(Managed):
+    """A loaded `llama_model` and its vocab; tokenization lives here because it needs only the vocab."""
+
+    kind = "model"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        vocab_only: bool = False,
+        n_gpu_layers: int = 0,
+        main_gpu: int = 0,
+        split_mode: int | None = None,
+        use_mmap: bool = True,
+        use_mlock: bool = False,
+        check_tensors: bool = False,
+    ) -> None:
+        lib = get_lib()
+        self._lib = lib
+        self.path = Path(path)
+        _check_gguf_file(self.path)
+        params = lib.llama_model_default_params()
+        params.vocab_only = bool(vocab_only)
+        params.n_gpu_layers = int(n_gpu_layers)
+        params.main_gpu = int(main_gpu)
+        if split_mode is not None:
+            params.split_mode = int(split_mode)
+        if use_mmap:
+            params.load_mode = LOAD_MODE_MMAP_MLOCK if use_mlock else LOAD_MODE_MMAP
+        else:
+            params.load_mode = LOAD_MODE_MLOCK if use_mlock else LOAD_MODE_NONE
+        params.check_tensors = bool(check_tensors)
+        last_log_errors(clear=True)
+        ptr = lib.llama_model_load_from_file(os.fsencode(self.path), params)
+        if ptr == ffi.NULL:
+            raise ModelLoadError(f"llama.cpp could not load {self.path}{_log_hint()}")
+        super().__init__(ptr)
+        self.vocab_only = bool(vocab_only)
+        self.vocab = lib.llama_model_get_vocab(ptr)
+        self.n_vocab = int(lib.llama_vocab_n_tokens(self.vocab))
+        self._pieces: dict[int, bytes] = {}
+        self._special_pieces: dict[int, bytes] = {}
+        self._piece_buf = ffi.new("char[]", 256)
+        self._token_buf = ffi.new("int32_t[]", 512)
+
+    def _free(self, ptr: Any) -> None:
+        self._lib.llama_model_free(ptr)
+
+    # -- vocab ------------------------------------------------------------------------------------------------
+
+    def token_bos(self) -> int:
+        return int(self._lib.llama_vocab_bos(self.vocab))
+
+    def token_eos(self) -> int:
+        return int(self._lib.llama_vocab_eos(self.vocab))
+
+    def token_eot(self) -> int:
+        return int(self._lib.llama_vocab_eot(self.vocab))
+
+    def token_nl(self) -> int:
+        return int(self._lib.llama_vocab_nl(self.vocab))
+
+    def add_bos(self) -> bool:
+        return bool(self._lib.llama_vocab_get_add_bos(self.vocab))
+
+    def add_eos(self) -> bool:
+        return bool(self._lib.llama_vocab_get_add_eos(self.vocab))
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._lib.llama_vocab_is_eog(self.vocab, token))
+
+    def check_tokens(self, tokens: Sequence[int]) -> None:
+        """Refuse ids outside the vocab before they reach C (where they would be an out-of-range read)."""
+        n_vocab = self.n_vocab
+        for token in tokens:
+            if not 0 <= token < n_vocab:
+                raise TokenizeError(f"token id {token} is outside the vocab (0..{n_vocab - 1})")
+
+    def tokenize(self, text: bytes | str, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        """UTF-8 bytes -> token ids. Invalid UTF-8 raises TokenizeError (llama.cpp would abort on it)."""
+        self._check_open()
+        if isinstance(text, str):
+            text = _encode(text)
+        elif isinstance(text, (bytes, bytearray, memoryview)):
+            text = bytes(text)
+            try:
+                text.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise TokenizeError(f"text is not valid UTF-8: {exc}") from exc
+        else:
+            raise TypeError(f"text must be bytes or str, not {type(text).__name__}")
+        if len(text) >= 2**31 - 8:
+            raise TokenizeError("text too long to tokenize (2 GiB limit of llama_tokenize)")
+        lib = self._lib
+        capacity = len(text) + 8
+        buf = self._token_buf if capacity <= len(self._token_buf) else ffi.new("int32_t[]", capacity)
+        n = lib.llama_tokenize(self.vocab, text, len(text), buf, len(buf), add_special, parse_special)
+        if n < 0:
+            if n == -(2**31):
+                raise TokenizeError("tokenization result does not fit in int32")
+            buf = ffi.new("int32_t[]", -n)
+            n = lib.llama_tokenize(self.vocab, text, len(text), buf, len(buf), add_special, parse_special)
+            if n < 0:
+                raise TokenizeError(f"llama_tokenize failed ({n})")
+        return list(ffi.unpack(buf, n))
+
+    def token_to_piece(self, token: int, special: bool = False) -> bytes:
+        """The bytes of one token (cached: the generation loop calls this per token)."""
+        cache = self._special_pieces if special else self._pieces
+        piece = cache.get(token)
+        if piece is not None:
+            return piece
+        self._check_open()
+        if not 0 <= token < self.n_vocab:
+            raise TokenizeError(f"token id {token} is outside the vocab (0..{self.n_vocab - 1})")
+        lib = self._lib
+        n = lib.llama_token_to_piece(self.vocab, token, self._piece_buf, len(self._piece_buf), 0, special)
+        if n < 0:
+            self._piece_buf = ffi.new("char[]", -n + 16)
+            n = lib.llama_token_to_piece(self.vocab, token, self._piece_buf, len(self._piece_buf), 0, special)
+        piece = ffi.buffer(self._piece_buf, n)[:] if n > 0 else b""
+        cache[token] = piece
+        return piece
+
+    def detokenize(self, tokens: Sequence[int], special: bool = False) -> bytes:
+        """Token ids -> bytes, with llama.cpp's rules for the leading space and space clean-up."""
+        self._check_open()
+        tokens = list(tokens)
+        if not tokens:
+            return b""
+        self.check_tokens(tokens)
+        lib = self._lib
+        arr = ffi.new("int32_t[]", tokens)
+        size = max(64, 8 * len(tokens))
+        out = ffi.new("char[]", size)
+        n = lib.llama_detokenize(self.vocab, arr, len(tokens), out, size, False, special)
+        if n < 0:
+            size = -n
+            out = ffi.new("char[]", size)
+            n = lib.llama_detokenize(self.vocab, arr, len(tokens), out, size, False, special)
+        return ffi.buffer(out, n)[:] if n > 0 else b""
+
+    # -- model facts ------------------------------------------------------------------------------------------
+
+    def metadata(self) -> dict[str, str]:
+        """GGUF key/value pairs (scalar values as strings; arrays are not exposed by llama.cpp)."""
+        self._check_open()
+        lib, ptr = self._lib, self.ptr
+        result: dict[str, str] = {}
+        buf_size = 1024
+        buf = ffi.new("char[]", buf_size)
+        for i in range(int(lib.llama_model_meta_count(ptr))):
+            n = lib.llama_model_meta_key_by_index(ptr, i, buf, buf_size)
+            if n < 0:
+                continue
+            if n >= buf_size:
+                buf_size = n + 1
+                buf = ffi.new("char[]", buf_size)
+                lib.llama_model_meta_key_by_index(ptr, i, buf, buf_size)
+            key = ffi.string(buf).decode("utf-8", errors="replace")
+            n = lib.llama_model_meta_val_str_by_index(ptr, i, buf, buf_size)
+            if n < 0:
+                continue
+            if n >= buf_size:
+                buf_size = n + 1
+                buf = ffi.new("char[]", buf_size)
+                lib.llama_model_meta_val_str_by_index(ptr, i, buf, buf_size)
+            result[key] = ffi.string(buf).decode("utf-8", errors="replace")
+        return result
+
+    def chat_template(self, name: str | None = None) -> str | None:
+        self._check_open()
+        raw = self._lib.llama_model_chat_template(self.ptr, name.encode() if name else ffi.NULL)
+        return None if raw == ffi.NULL else ffi.string(raw).decode("utf-8", errors="replace")
+
+    def description(self) -> str:
+        buf = ffi.new("char[]", 256)
+        n = self._lib.llama_model_desc(self.ptr, buf, 256)
+        return ffi.string(buf).decode("utf-8", errors="replace") if n >= 0 else ""
+
+    def n_ctx_train(self) -> int:
+        return int(self._lib.llama_model_n_ctx_train(self.ptr))
+
+    def n_embd(self) -> int:
+        return int(self._lib.llama_model_n_embd(self.ptr))
+
+    def n_swa(self) -> int:
+        return int(self._lib.llama_model_n_swa(self.ptr))
+
+    def has_encoder(self) -> bool:
+        return bool(self._lib.llama_model_has_encoder(self.ptr))
+
+    def has_decoder(self) -> bool:
+        return bool(self._lib.llama_model_has_decoder(self.ptr))
+
+    def size(self) -> int:
+        return int(self._lib.llama_model_size(self.ptr))
+
+    def n_params(self) -> int:
+        return int(self._lib.llama_model_n_params(self.ptr))
+
+
+class Context(Managed):
+    """A `llama_context` of a Model (the model stays alive and open while the context exists)."""
+
+    kind = "context"
+
+    def __init__(self, model: Model, params: Any) -> None:
+        lib = model._lib
+        self._lib = lib
+        last_log_errors(clear=True)
+        ptr = lib.llama_init_from_model(model.ptr, params)
+        if ptr == ffi.NULL:
+            raise ContextCreationError(f"llama_init_from_model failed{_log_hint()}")
+        super().__init__(ptr, parent=model)
+        self.model = model
+        self.memory = lib.llama_get_memory(ptr)
+
+    def _free(self, ptr: Any) -> None:
+        self._lib.llama_free(ptr)
+
+    def n_ctx(self) -> int:
+        return int(self._lib.llama_n_ctx(self.ptr))
+
+    def n_batch(self) -> int:
+        return int(self._lib.llama_n_batch(self.ptr))
+
+    def n_ubatch(self) -> int:
+        return int(self._lib.llama_n_ubatch(self.ptr))
+
+    def n_seq_max(self) -> int:
+        return int(self._lib.llama_n_seq_max(self.ptr))
+
+    def pooling_type(self) -> int:
+        return int(self._lib.llama_pooling_type(self.ptr))
+
+
+class Batch(Managed):
+    """A `llama_batch` from llama_batch_init, allocated once and refilled for every decode."""
+
+    kind = "batch"
+
+    def __init__(self, n_tokens: int, n_seq_max: int = 1, *, parent: Managed | None = None) -> None:
+        lib = get_lib()
+        self._lib = lib
+        if n_tokens <= 0 or n_seq_max <= 0:
+            raise ValueError("a batch needs n_tokens > 0 and n_seq_max > 0")
+        batch = lib.llama_batch_init(n_tokens, 0, n_seq_max)
+        if batch.token == ffi.NULL:
+            raise MemoryError("llama_batch_init failed")
+        super().__init__(batch, parent=parent)
+        self.capacity = n_tokens
+        self.n_seq_max = n_seq_max
+        self._n_seq_one = array("i", [1]) * n_tokens
+
+    def _free(self, ptr: Any) -> None:
+        self._lib.llama_batch_free(ptr)
+
+    def fill(self, tokens: Sequence[int], pos0: int, seq_id: int = 0, logits_last: bool = True) -> Any:
+        """Put `tokens` of one sequence at positions pos0.. into the batch; only the last one outputs logits."""
+        batch = self.ptr
+        n = len(tokens)
+        if n > self.capacity:
+            raise ValueError(f"{n} tokens do not fit a batch of {self.capacity}")
+        ffi.memmove(batch.token, array("i", tokens), 4 * n)
+        ffi.memmove(batch.pos, array("i", range(pos0, pos0 + n)), 4 * n)
+        ffi.memmove(batch.n_seq_id, self._n_seq_one, 4 * n)
+        seq = batch.seq_id
+        for i in range(n):
+            seq[i][0] = seq_id
+        flags = bytearray(n)
+        if logits_last and n:
+            flags[-1] = 1
+        ffi.memmove(batch.logits, bytes(flags), n)
+        batch.n_tokens = n
+        return batch
+
+    def fill_sequences(self, sequences: Sequence[Sequence[int]], output_all: bool = True) -> Any:
+        """Several sequences (seq ids 0..k-1), each from position 0; every token outputs (for embeddings)."""
+        batch = self.ptr
+        total = sum(len(s) for s in sequences)
+        if total > self.capacity or len(sequences) > self.n_seq_max:
+            raise ValueError("sequences do not fit the batch")
+        i = 0
+        for seq_id, tokens in enumerate(sequences):
+            for pos, token in enumerate(tokens):
+                batch.token[i] = token
+                batch.pos[i] = pos
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = seq_id
+                batch.logits[i] = 1 if output_all or pos == len(tokens) - 1 else 0
+                i += 1
+        batch.n_tokens = total
+        return batch
+
+
+def _encode(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise TokenizeError(f"text cannot be encoded as UTF-8 (lone surrogate?): {exc}") from exc
+
+
+def _check_gguf_file(path: Path) -> None:
+    """Catch the common mistakes before llama.cpp sees the file: missing, a directory, not GGUF."""
+    if not path.exists():
+        raise ModelNotFoundError(f"model file not found: {path}")
+    if not path.is_file():
+        raise ModelLoadError(f"model path is not a file: {path}")
+    try:
+        with path.open("rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read model file {path}: {exc}") from exc
+    if magic != GGUF_MAGIC:
+        raise ModelLoadError(f"{path} is not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})")

@@ -1,0 +1,219 @@
+"""Sampling through llama.cpp's sampler chain: the per-token choice never leaves C.
+
+`SamplingParams` holds the llama-cpp-python-style knobs; `build_sampler_chain` turns them into one
+`llama_sampler_chain` in llama.cpp's usual order (logit bias, penalties, grammar, top-k, typical, top-p, min-p,
+temperature, then dist), or a greedy chain for `temperature <= 0`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from llamarcp._backend import get_lib, last_log_errors
+from llamarcp._managed import Managed
+from llamarcp.errors import GrammarError
+
+if TYPE_CHECKING:
+    from llamarcp._core import Model
+
+__all__ = ["LLAMA_DEFAULT_SEED", "Sampler", "SamplerChain", "SamplingParams", "build_sampler_chain"]
+
+#: llama.h LLAMA_DEFAULT_SEED: "pick a random seed".
+LLAMA_DEFAULT_SEED = 0xFFFFFFFF
+
+
+def _ffi() -> Any:
+    from llamarcp._generated._llama_ffi import ffi
+
+    return ffi
+
+
+class Sampler(Managed):
+    """One sampler not (yet) in a chain; `SamplerChain.add` takes it over."""
+
+    kind = "sampler"
+
+    def __init__(self, ptr: Any) -> None:
+        self._lib = get_lib()
+        super().__init__(ptr)
+
+    def _free(self, ptr: Any) -> None:
+        self._lib.llama_sampler_free(ptr)
+
+    def accept(self, token: int) -> None:
+        self._lib.llama_sampler_accept(self.ptr, token)
+
+
+class SamplerChain(Managed):
+    """A `llama_sampler_chain`; it owns (and frees) every sampler added to it."""
+
+    kind = "sampler chain"
+
+    def __init__(self) -> None:
+        lib = get_lib()
+        self._lib = lib
+        params = lib.llama_sampler_chain_default_params()
+        params.no_perf = True
+        super().__init__(lib.llama_sampler_chain_init(params))
+        self.names: list[str] = []
+
+    def _free(self, ptr: Any) -> None:
+        self._lib.llama_sampler_free(ptr)
+
+    def add(self, sampler: Sampler, name: str) -> None:
+        chain = self.ptr
+        self._lib.llama_sampler_chain_add(chain, sampler.release())
+        self.names.append(name)
+
+    def sample(self, ctx: Any, idx: int = -1) -> int:
+        """Sample (and accept) a token from the `idx`-th output of the last decode."""
+        return int(self._lib.llama_sampler_sample(self.ptr, ctx, idx))
+
+    def accept(self, token: int) -> None:
+        self._lib.llama_sampler_accept(self.ptr, token)
+
+    def reset(self) -> None:
+        self._lib.llama_sampler_reset(self.ptr)
+
+    def __len__(self) -> int:
+        return int(self._lib.llama_sampler_chain_n(self.ptr))
+
+
+@dataclass
+class SamplingParams:
+    """Knobs of one completion; defaults are llama-cpp-python's `create_completion` defaults."""
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    penalty_last_n: int = 64
+    seed: int = LLAMA_DEFAULT_SEED
+    grammar: str | None = None
+    grammar_root: str = "root"
+    logit_bias: Mapping[int, float] | None = None
+    mirostat_mode: int = 0
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
+    min_keep: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, n_vocab: int) -> None:
+        """Reject values llama.cpp would misbehave on, with a clear ValueError."""
+        for name in ("temperature", "top_p", "min_p", "typical_p", "repeat_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if self.repeat_penalty <= 0:
+            raise ValueError("repeat_penalty must be > 0 (1.0 disables it)")
+        if not 0.0 <= self.top_p <= 1.0:
+            raise ValueError("top_p must be in [0, 1]")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise ValueError("min_p must be in [0, 1]")
+        if self.mirostat_mode not in (0, 1, 2):
+            raise ValueError("mirostat_mode must be 0, 1 or 2")
+        if not 0 <= int(self.seed) <= 0xFFFFFFFF:
+            raise ValueError("seed must fit in uint32 (or be None for a random seed)")
+        if self.logit_bias:
+            for token, bias in self.logit_bias.items():
+                if not 0 <= int(token) < n_vocab:
+                    raise ValueError(f"logit_bias token {token} is outside the vocab (0..{n_vocab - 1})")
+                if math.isnan(float(bias)):
+                    raise ValueError(f"logit_bias for token {token} is NaN")
+
+    @property
+    def uses_penalties(self) -> bool:
+        return self.repeat_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
+
+
+def build_sampler_chain(model: Model, params: SamplingParams, history: Sequence[int] = ()) -> SamplerChain:
+    """One sampler chain for `params`; `history` (the prompt) primes the penalty sampler only."""
+    lib = get_lib()
+    ffi = _ffi()
+    params.validate(model.n_vocab)
+    chain = SamplerChain()
+    try:
+        if params.logit_bias:
+            items = [(int(t), float(b)) for t, b in params.logit_bias.items()]
+            arr = ffi.new("llama_logit_bias[]", len(items))
+            for i, (token, bias) in enumerate(items):
+                arr[i].token = token
+                arr[i].bias = bias
+            chain.add(Sampler(lib.llama_sampler_init_logit_bias(model.n_vocab, len(items), arr)), "logit_bias")
+        if params.uses_penalties:
+            penalties = Sampler(
+                lib.llama_sampler_init_penalties(
+                    model.n_vocab,
+                    params.penalty_last_n,
+                    params.repeat_penalty,
+                    params.frequency_penalty,
+                    params.presence_penalty,
+                )
+            )
+            # Only the penalty sampler sees the prompt: accepting it into the chain would also feed the grammar.
+            for token in list(history)[-params.penalty_last_n :] if params.penalty_last_n > 0 else ():
+                penalties.accept(token)
+            chain.add(penalties, "penalties")
+        if params.grammar is not None:
+            chain.add(grammar_sampler(model, params.grammar, params.grammar_root), "grammar")
+        seed = int(params.seed)
+        if params.temperature <= 0:
+            chain.add(Sampler(lib.llama_sampler_init_greedy()), "greedy")
+        elif params.mirostat_mode == 1:
+            chain.add(Sampler(lib.llama_sampler_init_temp(params.temperature)), "temp")
+            sampler = lib.llama_sampler_init_mirostat(
+                model.n_vocab, seed, params.mirostat_tau, params.mirostat_eta, 100
+            )
+            chain.add(Sampler(sampler), "mirostat")
+        elif params.mirostat_mode == 2:
+            chain.add(Sampler(lib.llama_sampler_init_temp(params.temperature)), "temp")
+            sampler = lib.llama_sampler_init_mirostat_v2(seed, params.mirostat_tau, params.mirostat_eta)
+            chain.add(Sampler(sampler), "mirostat_v2")
+        else:
+            min_keep = max(1, int(params.min_keep))
+            if params.top_k > 0:
+                chain.add(Sampler(lib.llama_sampler_init_top_k(params.top_k)), "top_k")
+            if params.typical_p < 1.0:
+                chain.add(Sampler(lib.llama_sampler_init_typical(params.typical_p, min_keep)), "typical")
+            if params.top_p < 1.0:
+                chain.add(Sampler(lib.llama_sampler_init_top_p(params.top_p, min_keep)), "top_p")
+            if params.min_p > 0.0:
+                chain.add(Sampler(lib.llama_sampler_init_min_p(params.min_p, min_keep)), "min_p")
+            chain.add(Sampler(lib.llama_sampler_init_temp(params.temperature)), "temp")
+            chain.add(Sampler(lib.llama_sampler_init_dist(seed)), "dist")
+    except BaseException:
+        chain.close()
+        raise
+    return chain
+
+
+def grammar_sampler(model: Model, grammar: Any, root: str = "root") -> Sampler:
+    """A GBNF grammar sampler; a grammar that does not parse raises GrammarError with llama.cpp's reason."""
+    from llamarcp.grammar import LlamaGrammar
+
+    if isinstance(grammar, LlamaGrammar):
+        grammar, root = grammar.text, grammar.root
+    if not isinstance(grammar, str):
+        raise TypeError(f"grammar must be GBNF text or a LlamaGrammar, not {type(grammar).__name__}")
+    try:
+        text = grammar.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise GrammarError(f"grammar is not valid UTF-8 text: {exc}") from exc
+    if b"\x00" in text:
+        raise GrammarError("grammar contains a NUL character")
+    if not text.strip():
+        raise GrammarError("grammar is empty")
+    lib = get_lib()
+    last_log_errors(clear=True)
+    ptr = lib.llama_sampler_init_grammar(model.vocab, text, root.encode("utf-8"))
+    if ptr == _ffi().NULL:
+        reason = " | ".join(last_log_errors(clear=True)[-3:])
+        raise GrammarError(f"invalid GBNF grammar{': ' + reason if reason else ''}")
+    return Sampler(ptr)

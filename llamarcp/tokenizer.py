@@ -1,0 +1,103 @@
+"""Tokenizer facade (llama-cpp-python's `LlamaTokenizer` shape) and the streaming text assembler.
+
+`TextStream` is what keeps streamed output correct: token pieces are bytes, and one UTF-8 character may be
+split across tokens, so pieces go through an incremental decoder that holds back an incomplete character;
+stop strings are found across piece boundaries, and text that might be the start of a stop string is held
+back until it is known not to be one.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+__all__ = ["LlamaTokenizer", "TextStream"]
+
+
+class LlamaTokenizer:
+    """Tokenize/detokenize with a Llama's vocab (what llama-cpp-python's `llama.tokenizer()` returns)."""
+
+    def __init__(self, llama: Any) -> None:
+        self._llama = llama
+
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        return list(self._llama.tokenize(text, add_bos=add_bos, special=special))
+
+    def detokenize(
+        self, tokens: Sequence[int], prev_tokens: Sequence[int] | None = None, special: bool = False
+    ) -> bytes:
+        return bytes(self._llama.detokenize(tokens, prev_tokens=prev_tokens, special=special))
+
+    def encode(self, text: str, add_bos: bool = True, special: bool = True) -> list[int]:
+        return self.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        return self.detokenize(tokens).decode("utf-8", errors="replace")
+
+
+class TextStream:
+    """Bytes pieces in, safe-to-emit text out: whole UTF-8 characters only, and nothing past a stop string."""
+
+    def __init__(self, stop: Iterable[str] = ()) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._stops = [s for s in stop if s]
+        self._pending = ""  # decoded, but may be the start of a stop string
+        self.text = ""  # everything emitted so far
+        self.stopped = False  # a stop string was found; the rest of the generation is discarded
+        self.stop_string: str | None = None
+
+    def push(self, piece: bytes) -> str:
+        """Add one token's bytes; return the text that can be emitted now (may be empty)."""
+        if self.stopped:
+            return ""
+        return self._take(self._pending + self._decoder.decode(piece))
+
+    def finish(self) -> str:
+        """End of generation: flush what was held back (an unfinished character becomes U+FFFD)."""
+        if self.stopped:
+            return ""
+        tail = self._pending + self._decoder.decode(b"", final=True)
+        self._pending = ""
+        out = self._cut_at_stop(tail)
+        if out is None:
+            out = tail
+        self.text += out
+        return out
+
+    def _cut_at_stop(self, buf: str) -> str | None:
+        first = -1
+        for stop in self._stops:
+            at = buf.find(stop)
+            if at != -1 and (first == -1 or at < first):
+                first, self.stop_string = at, stop
+        if first == -1:
+            return None
+        self.stopped = True
+        return buf[:first]
+
+    def _take(self, buf: str) -> str:
+        if not self._stops:
+            self.text += buf
+            return buf
+        out = self._cut_at_stop(buf)
+        if out is not None:
+            self._pending = ""
+            self.text += out
+            return out
+        hold = _longest_stop_prefix_suffix(buf, self._stops)
+        out = buf[: len(buf) - hold]
+        self._pending = buf[len(buf) - hold :]
+        self.text += out
+        return out
+
+
+def _longest_stop_prefix_suffix(buf: str, stops: Sequence[str]) -> int:
+    """Length of the longest end of `buf` that is the beginning of some stop string."""
+    best = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(buf)), best, -1):
+            if buf.endswith(stop[:n]):
+                best = n
+                break
+    return best
