@@ -197,14 +197,14 @@ def declarator(ctype, inner: str = "") -> str:  # type: ignore[no-untyped-def]
     if kind == ck.POINTER:
         pointee = ctype.get_pointee()
         const = " const" if ctype.is_const_qualified() else ""
-        if not inner:
+        if pointee.kind in (ck.FUNCTIONPROTO, ck.FUNCTIONNOPROTO, ck.CONSTANTARRAY, ck.INCOMPLETEARRAY):
+            text = f"(*{const}{' ' if const and inner else ''}{inner})"  # (*name), (*const name)
+        elif not inner:
             text = "*" + const
         elif inner.startswith("*") and not const:
             text = "*" + inner
         else:
-            text = f"*{const} {inner}"
-        if pointee.kind in (ck.FUNCTIONPROTO, ck.FUNCTIONNOPROTO, ck.CONSTANTARRAY, ck.INCOMPLETEARRAY):
-            text = f"({text})"
+            text = f"*{const} {inner}"  # the header's own style: `const char * text`
         return declarator(pointee, text)
     if kind == ck.CONSTANTARRAY:
         return declarator(ctype.element_type, f"{inner}[{ctype.element_count}]")
@@ -218,7 +218,9 @@ def declarator(ctype, inner: str = "") -> str:  # type: ignore[no-untyped-def]
     if kind == ck.FUNCTIONNOPROTO:
         return declarator(ctype.get_result(), f"{inner}()")
     base = _BOOL.sub("bool", ctype.spelling)
-    return f"{base} {inner}" if inner else base
+    if not inner:
+        return base
+    return f"{base}{inner}" if inner.startswith("[") else f"{base} {inner}"  # libclang prints `char[16]`
 
 
 def type_text(ctype) -> str:  # type: ignore[no-untyped-def]
@@ -588,7 +590,7 @@ def _need_enum(col: _Collector, cursor) -> None:  # type: ignore[no-untyped-def]
     )
     if not name:
         col.api.diagnostics.append(
-            f"WARN: anonymous enum in {_header_name(cursor)} emitted as constants only "
+            f"INFO: anonymous enum in {_header_name(cursor)} emitted as constants only "
             f"({', '.join(c.name for c in constants)})"
         )
     col.api.enums.append(
@@ -643,7 +645,7 @@ def _defines(col: _Collector, tu, include_dirs: list[Path], main_text: str) -> l
         literal_texts = [t.spelling for t in tokens if t.kind == ci.TokenKind.LITERAL]
         idents = [t.spelling for t in tokens if t.kind in (ci.TokenKind.IDENTIFIER, ci.TokenKind.KEYWORD)]
         if any(i not in macros and i not in known_types for i in idents) or any(
-            lit.startswith(("'", '"')) for lit in literal_texts
+            lit.startswith('"') for lit in literal_texts
         ):
             skipped.append(f"{name} ({header}: {expr})")
             continue

@@ -626,18 +626,18 @@ struct llama_sampler_data {
 };
 
 struct llama_sampler_i {
-    const char * (* name)(const struct llama_sampler *);
-    void (* accept)(struct llama_sampler *, llama_token);
-    void (* apply)(struct llama_sampler *, llama_token_data_array *);
-    void (* reset)(struct llama_sampler *);
-    struct llama_sampler * (* clone)(const struct llama_sampler *);
-    void (* free)(struct llama_sampler *);
-    bool (* backend_init)(struct llama_sampler *, ggml_backend_buffer_type_t, uint32_t);
-    void (* backend_accept)(struct llama_sampler *, struct ggml_context *, struct ggml_cgraph *, struct ggml_tensor *);
-    void (* backend_apply)(struct llama_sampler *, struct ggml_context *, struct ggml_cgraph *, struct llama_sampler_data *);
-    void (* backend_set_input)(struct llama_sampler *);
-    void (* backend_reset)(struct llama_sampler *);
-    void (* copy_state)(const struct llama_sampler *, struct llama_sampler *);
+    const char * (*name)(const struct llama_sampler *);
+    void (*accept)(struct llama_sampler *, llama_token);
+    void (*apply)(struct llama_sampler *, llama_token_data_array *);
+    void (*reset)(struct llama_sampler *);
+    struct llama_sampler * (*clone)(const struct llama_sampler *);
+    void (*free)(struct llama_sampler *);
+    bool (*backend_init)(struct llama_sampler *, ggml_backend_buffer_type_t, uint32_t);
+    void (*backend_accept)(struct llama_sampler *, struct ggml_context *, struct ggml_cgraph *, struct ggml_tensor *);
+    void (*backend_apply)(struct llama_sampler *, struct ggml_context *, struct ggml_cgraph *, struct llama_sampler_data *);
+    void (*backend_set_input)(struct llama_sampler *);
+    void (*backend_reset)(struct llama_sampler *);
+    void (*copy_state)(const struct llama_sampler *, struct llama_sampler *);
 };
 
 struct llama_sampler_seq_config {
