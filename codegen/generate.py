@@ -87,7 +87,7 @@ def render_all(api: Api, groups: tuple[parse.Group, ...] = parse.GROUPS) -> dict
     hints = {g.name: g.hint for g in groups if g.hint}
     cdef = render.render_cdef(api)
     return {
-        "__init__.py": f'# {render.do_not_edit(api)}\n"""Files written by codegen/generate.py only."""\n',
+        "__init__.py": f'{render.hash_notice(api)}\n"""Files written by codegen/generate.py only."""\n',
         "llama.cdef.h": cdef,
         "_llama_ffi.py": render.render_ffi_module(api, cdef),
         "_llama_ffi.pyi": render.render_ffi_stub(api),
