@@ -33,9 +33,38 @@ def load_manifest_file(path: str | Path) -> dict[str, Any]:
         raise DriftError(f"cannot read API manifest {p}: {exc.strerror or exc}{hint}") from exc
     except ValueError as exc:
         raise DriftError(f"{p} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("functions"), list):
-        raise DriftError(f"{p} is not an API manifest (no 'functions' list)")
+    validate_manifest(data, str(p))
     return data
+
+
+#: Keys every entry of a manifest section needs (the api.json schema; extra keys are allowed).
+REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
+    "functions": ("name", "return_type", "params"),
+    "structs": ("name", "fields"),
+    "enums": ("name", "constants"),
+    "callbacks": ("name", "return_type", "params"),
+    "typedefs": ("name", "type"),
+    "defines": ("name", "value"),
+}
+
+
+def validate_manifest(data: Any, source: str) -> None:
+    """Raise DriftError naming the first entry that does not follow the api.json schema."""
+    if not isinstance(data, dict) or not isinstance(data.get("functions"), list):
+        raise DriftError(f"{source} is not an API manifest (no 'functions' list)")
+    for section, keys in REQUIRED_KEYS.items():
+        entries = data.get(section, [])
+        if not isinstance(entries, list):
+            raise DriftError(f"{source}: '{section}' must be a list")
+        for i, entry in enumerate(entries):
+            missing = [k for k in keys if not isinstance(entry, dict) or k not in entry]
+            if missing:
+                label = entry.get("name", f"#{i}") if isinstance(entry, dict) else f"#{i}"
+                raise DriftError(f"{source}: {section} entry {label} lacks {', '.join(missing)}")
+            if section in ("functions", "callbacks"):
+                for param in entry["params"]:
+                    if not isinstance(param, dict) or "type" not in param or "name" not in param:
+                        raise DriftError(f"{source}: {section} entry {entry['name']} has a parameter without name/type")
 
 
 def pinned_manifest() -> dict[str, Any]:

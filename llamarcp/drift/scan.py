@@ -178,11 +178,10 @@ class _Visitor(ast.NodeVisitor):
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
         module = node.module or ""
-        from_lib = module in LIB_MODULES
         for alias in node.names:
             bound = alias.asname or alias.name
             if alias.name == "*":
-                self.star = self.star or from_lib
+                self.star = self.star or module in LIB_MODULES
                 continue
             full = f"{module}.{alias.name}"
             if full == "llamarcp._lib.load":
@@ -190,8 +189,10 @@ class _Visitor(ast.NodeVisitor):
             if full in LIB_MODULES:
                 self.aliases[bound] = _module_kind(full)
                 continue
-            if self.api.classify(alias.name, strong=from_lib) is not None:
-                self._report(alias, alias.name, "import", strong=from_lib)
+            # Modules also export Python helpers named llama_*: only known removed/deprecated names count.
+            if self.api.classify(alias.name, strong=False) is not None:
+                where = alias if hasattr(alias, "lineno") else node  # ast.alias has a position from 3.10 on
+                self._report(where, alias.name, "import", strong=False)
                 self.imported[bound] = alias.name
 
     # -- aliases
@@ -235,8 +236,9 @@ class _Visitor(ast.NodeVisitor):
         self.generic_visit(node)
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
-        kind = self._alias_kind(node.value)
-        strong = kind == "lib" or (kind == "module" and id(node) in self._called)
+        # Python modules (llama_cpp) define helpers and ctypes types named llama_*: only a loaded C library
+        # proves that an unknown llama_* attribute is a C function.
+        strong = self._alias_kind(node.value) == "lib"
         # Report at the attribute name itself, not at the start of `self._lib.llama_x`.
         end = getattr(node, "end_col_offset", None)
         anchor = ast.Name(id=node.attr, lineno=node.lineno, col_offset=node.col_offset)
@@ -264,6 +266,18 @@ def scan_source(source: str, path: str, api: ApiIndex) -> list[Use]:
     return sorted(visitor.uses, key=lambda u: (u.line, u.col, u.name))
 
 
+def _skipped_dir(path: Path) -> bool:
+    """Hidden, build and cache directories, and virtual environments (a venv is not the project's code)."""
+    name = path.name
+    return (
+        name in SKIP_DIRS
+        or name.startswith(".")
+        or name.endswith(".egg-info")
+        or name == "site-packages"
+        or (path / "pyvenv.cfg").is_file()
+    )
+
+
 def iter_python_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
     for raw in paths:
         p = Path(raw)
@@ -271,7 +285,7 @@ def iter_python_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]
             yield p
         elif p.is_dir():
             for root, dirs, files in os.walk(p):
-                dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.endswith(".egg-info"))
+                dirs[:] = sorted(d for d in dirs if not _skipped_dir(Path(root) / d))
                 for name in sorted(files):
                     if name.endswith(".py"):
                         yield Path(root) / name

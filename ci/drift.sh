@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Drift check (CI step): the generated API vs the freshly built libllama, the project's own code vs the
+# pinned API, the guard's list of used functions, and the generated files vs a fresh generation.
+# Every step runs; the script exits 1 if any failed, naming them.
+#
+# Overrides (tests use them): DRIFT_LIB=libllama file or dir (skips `python build_lib.py`),
+# DRIFT_API=manifest spec (default: pinned), DRIFT_STEPS="symbols scan used generated" (subset to run),
+# PYTHON=interpreter (default: .venv/bin/python if present, else python3).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+api="${DRIFT_API:-pinned}"
+steps="${DRIFT_STEPS:-symbols scan used generated}"
+failed=()
+
+run_step() {
+    local name="$1"
+    shift
+    echo "== drift: $name: $*"
+    if "$@"; then
+        echo "== drift: $name: ok"
+    else
+        echo "== drift: $name: FAILED (exit $?)"
+        failed+=("$name")
+    fi
+}
+
+for step in $steps; do
+    case "$step" in
+    symbols)
+        lib="${DRIFT_LIB:-}"
+        if [ -z "$lib" ]; then
+            # Last stdout line of build_lib.py is the lib dir (cached: < 2 s when already built).
+            lib="$("$PYTHON" build_lib.py | tail -n 1)" || { echo "== drift: symbols: build_lib.py failed"; failed+=(build); continue; }
+        fi
+        run_step symbols "$PYTHON" -m llamarcp.drift symbols "$lib" --api "$api"
+        ;;
+    scan)
+        run_step scan "$PYTHON" -m llamarcp.drift scan llamarcp codegen benchmarks build_lib.py --api "$api"
+        ;;
+    used)
+        run_step used "$PYTHON" -m llamarcp.drift used --check --api "$api"
+        ;;
+    generated)
+        run_step generated "$PYTHON" codegen/generate.py --check
+        ;;
+    *)
+        echo "== drift: unknown step '$step' (known: symbols scan used generated)"
+        failed+=("$step")
+        ;;
+    esac
+done
+
+if [ "${#failed[@]}" -gt 0 ]; then
+    echo "drift check FAILED: ${failed[*]}"
+    exit 1
+fi
+echo "drift check passed: $steps"
