@@ -1,0 +1,189 @@
+"""The three contenders and the environment they share: one pinned libllama, llama-bench, a llama-cpp-python venv.
+
+Everything here prepares or drives a process; the measuring loop lives in run.py and the report in report.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import venv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+WORK_DIR = BENCH_DIR / ".work"
+LCP_VENV = WORK_DIR / "venv-llama-cpp-python"
+LCP_VERSION = "0.3.36"
+
+
+class BenchmarkError(RuntimeError):
+    """A benchmark step could not run; the message says which and why."""
+
+
+# -- the shared library and llama-bench -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Toolchain:
+    lib_dir: Path
+    llama_bench: Path
+    commit: str
+
+
+def ensure_toolchain() -> Toolchain:
+    """Build (or reuse from the cache) the pinned libllama plus llama-bench, via build_lib.py."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "build_lib.py"), "--tools", "llama-bench"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise BenchmarkError(f"build_lib.py --tools llama-bench failed:\n{proc.stderr[-3000:]}")
+    lib_dir = Path(proc.stdout.strip().splitlines()[-1]).resolve()
+    bench = lib_dir.parent / "bin" / "llama-bench"
+    if not bench.is_file():
+        raise BenchmarkError(f"build_lib.py reported {lib_dir} but {bench} does not exist")
+    stamp = json.loads((lib_dir / "llamarcp-build.json").read_text())
+    return Toolchain(lib_dir=lib_dir, llama_bench=bench, commit=str(stamp["commit"]))
+
+
+def lib_env(toolchain: Toolchain) -> dict[str, str]:
+    """Environment that makes llamarcp and llama-cpp-python load exactly this build's libllama."""
+    env = dict(os.environ)
+    env["LLAMARCP_LIB_PATH"] = str(toolchain.lib_dir)
+    env["LLAMA_CPP_LIB_PATH"] = str(toolchain.lib_dir)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+# -- llama-cpp-python in its own venv, without its own llama.cpp -----------------------------------------
+def lcp_python() -> Path:
+    return LCP_VENV / "bin" / "python"
+
+
+def ensure_llama_cpp_python(log: Any = print) -> Path:
+    """Create the venv and install llama-cpp-python with LLAMA_BUILD=OFF (no bundled libllama); reused later."""
+    python = lcp_python()
+    if python.exists() and _installed_lcp_version(python) == LCP_VERSION:
+        return python
+    log(f"installing llama-cpp-python=={LCP_VERSION} into {LCP_VENV} (LLAMA_BUILD=OFF: uses our libllama)")
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    venv.EnvBuilder(with_pip=True, clear=True).create(LCP_VENV)
+    env = dict(os.environ, CMAKE_ARGS="-DLLAMA_BUILD=OFF")
+    proc = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", f"llama-cpp-python=={LCP_VERSION}"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise BenchmarkError(f"pip install llama-cpp-python=={LCP_VERSION} failed:\n{proc.stderr[-3000:]}")
+    if _installed_lcp_version(python) != LCP_VERSION:
+        raise BenchmarkError(f"llama-cpp-python {LCP_VERSION} not importable from {python} after install")
+    return python
+
+
+def _installed_lcp_version(python: Path) -> str | None:
+    code = "from importlib.metadata import version; print(version('llama-cpp-python'))"
+    proc = subprocess.run([str(python), "-c", code], capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+# -- persistent Python workers -----------------------------------------------------------------------------
+class WorkerClient:
+    """A bench_worker.py process for one implementation; `request` sends one op and waits for its reply."""
+
+    def __init__(self, impl: str, python: Path | str, env: dict[str, str], stderr_path: Path) -> None:
+        self.impl = impl
+        self.stderr_path = stderr_path
+        stderr_path.parent.mkdir(parents=True, exist_ok=True)
+        self._stderr = stderr_path.open("w")
+        self.proc = subprocess.Popen(
+            [str(python), str(BENCH_DIR / "bench_worker.py"), impl],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            env=env,
+            cwd=str(WORK_DIR),  # not the repo root: the llama-cpp-python venv must not see ./llamarcp shadowing
+        )
+
+    def request(self, op: str, **fields: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(json.dumps({"op": op, **fields}) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            raise BenchmarkError(f"{self.impl} worker died: {self._stderr_tail()}") from None
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait(timeout=10)
+            raise BenchmarkError(
+                f"{self.impl} worker exited with code {self.proc.returncode} during {op!r}: {self._stderr_tail()}"
+            )
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.request("quit")
+                self.proc.wait(timeout=30)
+            except (BenchmarkError, OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        self._stderr.close()
+
+    def _stderr_tail(self) -> str:
+        self._stderr.flush()
+        try:
+            return self.stderr_path.read_text()[-2000:]
+        except OSError:
+            return "(no stderr)"
+
+
+# -- llama-bench ------------------------------------------------------------------------------------------
+def run_llama_bench(
+    toolchain: Toolchain, model: Path, *, n_prompt: int, n_gen: int, threads: int, n_batch: int, flash_attn: bool
+) -> dict[str, Any]:
+    """One llama-bench test (pp when n_gen == 0, tg when n_prompt == 0), one repetition after its own warmup."""
+    cmd = [
+        str(toolchain.llama_bench),
+        "-m", str(model),
+        "-p", str(n_prompt),
+        "-n", str(n_gen),
+        "-t", str(threads),
+        "-b", str(n_batch),
+        "-ub", str(n_batch),
+        "-fa", "on" if flash_attn else "off",
+        "-r", "1",
+        "-o", "jsonl",
+    ]  # fmt: skip
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BenchmarkError(f"llama-bench failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}")
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.strip().startswith("{")]
+    if len(rows) != 1:
+        raise BenchmarkError(f"llama-bench printed {len(rows)} result rows, expected 1:\n{proc.stdout[-2000:]}")
+    row = rows[0]
+    return {
+        "tokens_per_s": float(row["samples_ts"][0]),
+        "build_commit": row.get("build_commit"),
+        "n_threads": row.get("n_threads"),
+        "wall_s": time.perf_counter() - started,
+    }
+
+
+# -- whole-process timings ----------------------------------------------------------------------------------
+def time_process(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, int, str]:
+    """Wall time of one process run to completion, its exit code and the tail of its output."""
+    started = time.perf_counter()
+    proc = subprocess.run(argv, env=env, cwd=str(cwd), capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    return elapsed, proc.returncode, (proc.stderr + proc.stdout)[-1500:]

@@ -1,0 +1,134 @@
+"""The benchmark runner: its statistics and report helpers, and a real smoke run so it cannot rot.
+
+The smoke run (`python benchmarks/run.py --smoke`) measures all three contenders once on the tiny model, with
+llama-cpp-python installed into benchmarks/.work/ on first use (LLAMA_BUILD=OFF, ~15 s) and pointed at the
+same libllama as llamarcp.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_report() -> Any:
+    spec = importlib.util.spec_from_file_location("_bench_report", ROOT / "benchmarks" / "report.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+report = _load_report()
+
+
+def test_summarize_median_and_spread() -> None:
+    s = report.summarize([3.0, 1.0, 2.0, 10.0])
+    assert s == {"median": 2.5, "min": 1.0, "max": 10.0, "spread": 9.0 / 2.5, "n": 4}
+    with pytest.raises(ValueError):
+        report.summarize([])
+
+
+def test_paired_ratio_uses_rounds_and_skips_failed_ones() -> None:
+    # Round 2 failed for the numerator, round 3 for the denominator: only rounds 1 and 4 pair up.
+    r = report.paired_ratio([10.0, None, 30.0, 8.0], [20.0, 5.0, None, 4.0])
+    assert r is not None
+    assert r["n"] == 2
+    assert r["median"] == pytest.approx((0.5 + 2.0) / 2)
+    assert report.paired_ratio([None], [1.0]) is None
+
+
+def test_write_markdown_keeps_hand_written_text(tmp_path: Path) -> None:
+    results = {
+        "meta": {
+            "finished_at": "2026-01-01 00:00 UTC",
+            "mode": "smoke",
+            "reps": 1,
+            "command": "python benchmarks/run.py --smoke",
+            "cpu": "cpu",
+            "physical_cores": 2,
+            "ram_gb": 1.0,
+            "load_before": "0",
+            "load_after": "0",
+            "git_commit": "abc",
+            "git_dirty": False,
+            "llama_cpp_commit": "def",
+            "lib_dir": "/lib",
+            "same_library": "yes",
+            "threads": 2,
+            "n_batch": 512,
+            "flash_attn": True,
+            "n_ctx": 1024,
+            "python": "3.11",
+        },
+        "models": {},
+    }
+    path = tmp_path / "RESULTS.md"
+    report.write_markdown(results, path, "Title")
+    text = path.read_text()
+    assert text.startswith("# Title\n") and report.GENERATED_BEGIN in text and report.GENERATED_END in text
+    path.write_text(text.replace("# Title\n", "# Title\n\nHand-written intro.\n") + "\n## Notes\nkept\n")
+    results["meta"]["git_commit"] = "0123456"
+    report.write_markdown(results, path, "Title")
+    text = path.read_text()
+    assert "Hand-written intro." in text and "## Notes\nkept" in text
+    assert "`0123456`" in text and "`abc`" not in text
+    assert text.count(report.GENERATED_BEGIN) == 1
+
+
+def _positive_rate(cell: dict[str, Any]) -> float:
+    assert not cell.get("error"), cell.get("error")
+    value = cell["summary"]["median"]
+    assert math.isfinite(value) and value > 0
+    return float(value)
+
+
+def test_smoke_run_produces_sane_numbers_and_files(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    meta = results["meta"]
+    assert meta["mode"] == "smoke" and meta["reps"] == 1
+    assert meta["same_library"].startswith("yes"), meta["same_library"]
+    assert results["failures"] == []
+
+    tiny = results["models"]["tiny"]
+    assert tiny["notes"] == []
+    for name in ("llama-bench", "llamarcp", "llama-cpp-python"):
+        for test in ("tg", "pp128", "pp512"):
+            rate = _positive_rate(tiny["tests"][test][name])
+            assert rate < 10_000_000, (name, test, rate)
+    for name, load in tiny["load"].items():
+        assert load["uses_pinned_library"], (name, load["libllama"])
+    # Greedy decoding over the same C library must give the same text through both Python bindings.
+    assert tiny["same_greedy_text"] is True
+    assert all(run["matches_unstreamed"] for runs in tiny["tg_runs"].values() for run in runs)
+
+    imports = results["imports"]
+    for key in ("from llamarcp import lib, ffi", "from llamarcp import Llama", "import llama_cpp"):
+        cell = imports[key]
+        assert not cell.get("error"), cell
+        assert 0 < cell["summary"]["median"] < 10
+    for cell in results["tools"].values():
+        assert not cell.get("error"), cell
+        assert 0 < cell["summary"]["median"] < 60
+
+    markdown = (tmp_path / "RESULTS.md").read_text()
+    assert "| llamarcp / llama-bench |" in markdown and "tiny random llama" in markdown
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
