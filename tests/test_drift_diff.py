@@ -324,3 +324,33 @@ def test_header_diff_speed_and_cli(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "d.json").read_text())
     assert "llama_kv_self_clear" in {c["name"] for c in data["removed"]}
     assert elapsed < 10.0, f"header diff took {elapsed:.1f} s"
+
+
+def test_two_standalone_headers(tmp_path: Path) -> None:
+    """Headers outside a llama.cpp tree are parsed on their own (libclang via codegen/parse.py)."""
+    old = tmp_path / "old" / "api.h"
+    new = tmp_path / "new" / "api.h"
+    old.parent.mkdir()
+    new.parent.mkdir()
+    old.write_text(
+        "#include <stdint.h>\n#include <stdbool.h>\n"
+        "struct llama_p { int32_t a; bool b; };\n"
+        "enum llama_e { LLAMA_E_A = 0, LLAMA_E_B = 1 };\n"
+        "int32_t llama_f(int32_t x);\nvoid llama_gone(void);\n"
+    )
+    new.write_text(
+        "#include <stdint.h>\n#include <stdbool.h>\n"
+        "struct llama_p { int32_t a; int64_t c; bool b; };\n"
+        "enum llama_e { LLAMA_E_A = 0, LLAMA_E_NEW = 1, LLAMA_E_B = 2 };\n"
+        "int32_t llama_f(int32_t x, float y);\n"
+    )
+    out = tmp_path / "d.json"
+    assert main(["diff", str(old), str(new), "--json", "-o", str(out)]) == 1
+    data = json.loads(out.read_text())
+    assert [c["name"] for c in data["removed"]] == ["llama_gone"]
+    assert data["changed"][0]["details"] == ["parameter added: `float y` at position 2"]
+    p_change = next(c for c in data["structs"] if c["name"] == "llama_p")
+    assert p_change["old_size"] == 8 and p_change["new_size"] == 24
+    assert "field added: `int64_t c` at offset 8" in p_change["details"]
+    e_change = next(c for c in data["enums"] if c["name"] == "llama_e")
+    assert "value changed for 1 constant(s): LLAMA_E_B 1->2" in e_change["details"]

@@ -90,6 +90,20 @@ def test_lib_object_aliases_and_unknown_names(api: ApiIndex) -> None:
     ]
 
 
+def test_llamarcp_lib_and_loader_aliases(api: ApiIndex) -> None:
+    found = scan(
+        api,
+        """\
+        import llamarcp
+        from llamarcp._lib import load as get_lib
+        llamarcp.lib.llama_kv_self_clear(ctx)
+        raw = get_lib()
+        raw.llama_nonexistent_fn()
+        """,
+    )
+    assert found == [(3, 14, "removed", "llama_kv_self_clear"), (5, 5, "undeclared", "llama_nonexistent_fn")]
+
+
 def test_dlopen_and_ctypes_style_access(api: ApiIndex) -> None:
     found = scan(
         api,

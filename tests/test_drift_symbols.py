@@ -111,7 +111,7 @@ def test_compare_finds_missing_undeclared_deprecated_and_optional(fake_lib: Path
     assert report.failed() and report.count("error") == 1
     text = report.render_text()
     assert text.splitlines()[0].startswith("error: llama_missing_one is declared in llama.h but not exported")
-    assert text.splitlines()[-1].startswith("symbols: 5 declared")
+    assert text.splitlines()[-1].startswith("symbols: 5 functions declared")
 
 
 def test_compare_clean_library_passes_unless_strict(fake_lib: Path) -> None:
@@ -209,3 +209,12 @@ def test_ci_drift_step_fails_on_scanned_removed_call(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1
     assert f"{bad}:2:11: removed llama_kv_self_clear -> use llama_memory_clear" in proc.stdout
+
+
+def test_truncated_elf_is_a_clear_error(fake_lib: Path, tmp_path: Path) -> None:
+    data = fake_lib.read_bytes()
+    for cut in (64, len(data) // 2, len(data) - 100):
+        broken = tmp_path / f"libllama-{cut}.so"
+        broken.write_bytes(data[:cut])
+        with pytest.raises(DriftError, match="not a readable ELF file"):
+            symbols.read_exports(broken)

@@ -11,9 +11,20 @@ import json
 import sys
 from pathlib import Path
 
-from llamarcp.errors import DriftError
+from llamarcp.errors import LlamaError
 
 EXIT_OK, EXIT_FINDINGS, EXIT_INPUT = 0, 1, 2
+
+EXAMPLES = """\
+examples:
+  python -m llamarcp.drift symbols "$(python build_lib.py | tail -n 1)"   # generated API vs the built lib
+  python -m llamarcp.drift diff carrier:0.3.16 pinned -o api-diff.md    # what changed since an older llama.cpp
+  python -m llamarcp.drift diff old/include/llama.h ~/llama.cpp --json  # headers, trees, api.json: any mix
+  python -m llamarcp.drift scan my_project/ --format github             # removed/deprecated calls in your code
+  python -m llamarcp.drift used --write                                 # refresh the runtime guard's list
+
+exit codes: 0 clean, 1 findings (errors, breaking changes; --strict: warnings too), 2 unusable input
+"""
 
 
 def _write(text: str, output: str | None) -> None:
@@ -94,7 +105,12 @@ def cmd_used(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m llamarcp.drift", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m llamarcp.drift",
+        description="llamarcp drift checker: the pinned llama.cpp API vs built libraries, other versions, Python code.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     api_help = "API to check against: pinned (default), an api.json, a llama.h, a llama.cpp dir, carrier:VERSION"
 
@@ -142,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         args.prefix = ["llama_"]
     try:
         code: int = args.func(args)
-    except DriftError as exc:
+    except LlamaError as exc:  # DriftError, LibraryNotFoundError (no library to check), ...
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
     return code

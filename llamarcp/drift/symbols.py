@@ -6,7 +6,9 @@ The reader is chosen by the file's magic bytes from `READERS`; ELF is read with 
 
 from __future__ import annotations
 
+import errno
 import os
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,8 +82,13 @@ class ElfReader:
                             functions.add(sym.name)
                         elif kind in ("STT_OBJECT", "STT_TLS", "STT_COMMON"):
                             objects.add(sym.name)
-        except ELFError as exc:
-            raise DriftError(f"{path}: not a readable ELF file ({exc})") from exc
+        except OSError as exc:
+            if not isinstance(exc, FileNotFoundError) and exc.errno != errno.EINVAL:
+                raise DriftError(f"cannot read library {path}: {exc.strerror or exc}") from exc
+            raise DriftError(f"{path}: not a readable ELF file (offsets point outside the file)") from exc
+        except (ELFError, ValueError, struct.error, IndexError, KeyError, TypeError, AttributeError) as exc:
+            # pyelftools raises any of these on a damaged file; all mean the same to the user.
+            raise DriftError(f"{path}: not a readable ELF file ({type(exc).__name__}: {exc})") from exc
         return Exports(str(path), self.format_name, frozenset(functions), frozenset(objects), tuple(needed))
 
 
@@ -194,7 +201,7 @@ class SymbolReport:
 
     def summary(self) -> str:
         return (
-            f"symbols: {self.declared} declared, {self.exported} exported by {self.library}; "
+            f"symbols: {self.declared} functions declared, {self.exported} exported by {self.library}; "
             f"{self.count('error')} error(s), {self.count('warning')} warning(s), {self.count('note')} note(s)"
         )
 
