@@ -618,6 +618,8 @@ def _defines(col: _Collector, tu, include_dirs: list[Path], main_text: str) -> l
     ci = _cindex()
     macros: dict[str, tuple[str, str, list]] = {}  # name -> (header, expr, tokens)
     skipped: list[str] = []
+    function_like: list[str] = []
+    empty: list[str] = []
     for cursor in tu.cursor.get_children():
         if cursor.kind != ci.CursorKind.MACRO_DEFINITION:
             continue
@@ -626,10 +628,12 @@ def _defines(col: _Collector, tu, include_dirs: list[Path], main_text: str) -> l
             continue
         name = cursor.spelling
         if ci.conf.lib.clang_Cursor_isMacroFunctionLike(cursor):
-            continue  # function-like macros are code, not constants
+            function_like.append(name)  # code, not a constant
+            continue
         tokens = _macro_tokens(cursor)
         if not tokens:
-            continue  # include guards and flags such as `#define LLAMA_H`
+            empty.append(name)  # include guards and flags such as `#define LLAMA_H`
+            continue
         expr = _source_text(file, tokens[0].extent.start.offset, tokens[-1].extent.end.offset)
         macros[name] = (os.path.basename(file), expr, tokens)
 
@@ -647,7 +651,7 @@ def _defines(col: _Collector, tu, include_dirs: list[Path], main_text: str) -> l
         if any(i not in macros and i not in known_types for i in idents) or any(
             lit.startswith('"') for lit in literal_texts
         ):
-            skipped.append(f"{name} ({header}: {expr})")
+            skipped.append(f"{name} ({header}): {expr if len(expr) <= 60 else expr[:57] + '...'}")
             continue
         if any(not _INT_SUFFIX.match(lit) and _FLOAT.match(lit) for lit in literal_texts):
             if len(tokens) == 1 or (len(tokens) == 2 and tokens[0].spelling == "-"):
@@ -665,8 +669,10 @@ def _defines(col: _Collector, tu, include_dirs: list[Path], main_text: str) -> l
             out.append(Define(name, values[name], expr, header))
         else:
             col.api.diagnostics.append(f"WARN: define {name} = {expr} is not an integer constant expression, skipped")
-    if skipped:
-        col.api.diagnostics.append("INFO: macros that are not constants (attributes, keywords): " + ", ".join(skipped))
+    col.api.diagnostics.extend(f"INFO: macro {item} is not a constant, not emitted" for item in skipped)
+    for what, names in (("function-like", function_like), ("empty", empty)):
+        if names:
+            col.api.diagnostics.append(f"INFO: {len(names)} {what} macros not emitted: {', '.join(sorted(set(names)))}")
     return out
 
 
