@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -285,3 +286,263 @@ def test_formatter_for_model_precedence() -> None:
     # No template in the GGUF: llama.cpp's default, chatml.
     assert formatter_for_model({}).name == "chatml"
     assert formatter_for_model({"tokenizer.chat_template": "  "}).name == "chatml"
+
+
+# --- tool-call recognition -----------------------------------------------------------------------------------
+
+from llamarcp.chat.tools import parse_tool_calls  # noqa: E402
+
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}},
+    {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}},
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "content", "calls"),
+    [
+        (
+            'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>',
+            "Let me check.",
+            [("get_weather", {"city": "Paris"})],
+        ),
+        (
+            '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>\n'
+            '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>',
+            "",
+            [("get_weather", {"city": "Oslo"}), ("get_time", {})],
+        ),
+        ('[TOOL_CALLS][{"name": "get_time", "arguments": {"tz": "UTC"}}]', "", [("get_time", {"tz": "UTC"})]),
+        ('[TOOL_CALLS]get_weather[ARGS]{"city": "Rome"}', "", [("get_weather", {"city": "Rome"})]),
+        ('{"name": "get_weather", "parameters": {"city": "Lima"}}', "", [("get_weather", {"city": "Lima"})]),
+        ('<|python_tag|>{"name": "get_time", "parameters": {}}', "", [("get_time", {})]),
+        ('functools[{"name": "get_time", "arguments": {}}]', "", [("get_time", {})]),
+        ('{"name": "get_weather", "arguments": "{\\"city\\": \\"Bern\\"}"}', "", [("get_weather", {"city": "Bern"})]),
+    ],
+)
+def test_tool_calls_are_recognised(text: str, content: str, calls: list[tuple[str, dict]]) -> None:
+    got_content, got_calls = parse_tool_calls(text, TOOLS)
+    assert got_content == content
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in got_calls] == calls
+    assert all(c["type"] == "function" and c["id"].startswith("call_") for c in got_calls)
+    assert len({c["id"] for c in got_calls}) == len(got_calls)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Just an answer.",
+        '{"name": "unknown_tool", "arguments": {}}',  # not one of the offered tools
+        '{"city": "Paris"}',
+        "<tool_call>not json</tool_call>",
+        '{"name": "get_time", "arguments": {}} and some trailing words',
+    ],
+)
+def test_text_without_a_valid_call_stays_content(text: str) -> None:
+    assert parse_tool_calls(text, TOOLS) == (text, [])
+
+
+def test_no_tools_means_no_calls() -> None:
+    text = '{"name": "get_time", "arguments": {}}'
+    assert parse_tool_calls(text, None) == (text, [])
+
+
+# --- create_chat_completion on a real (tiny, random-weight) model ---------------------------------------------
+
+from llamarcp.chat import chat_formatter, create_chat_completion  # noqa: E402
+
+CHAT = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hello."}]
+
+
+def _copy_gguf_with(src: Path, dst: Path, extra: dict[str, str]) -> Path:
+    """Rewrite `src` with extra string metadata (e.g. a chat template), tensors copied as they are."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(src))
+    arch = reader.fields["general.architecture"].contents()
+    writer = gguf.GGUFWriter(str(dst), arch)
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture" or key in extra:
+            continue
+        if field.types[0] == gguf.GGUFValueType.ARRAY:
+            writer.add_array(key, field.contents())
+        else:
+            writer.add_key_value(key, field.contents(), field.types[0])
+    for key, value in extra.items():
+        writer.add_string(key, value)
+    for tensor in reader.tensors:
+        writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return dst
+
+
+def test_chat_completion_shape_and_determinism(tiny_llama: Any) -> None:
+    first = create_chat_completion(tiny_llama, CHAT, max_tokens=12, temperature=0)
+    second = create_chat_completion(tiny_llama, CHAT, max_tokens=12, temperature=0)
+    assert first["object"] == "chat.completion" and first["id"].startswith("chatcmpl-")
+    choice = first["choices"][0]
+    assert choice["message"]["role"] == "assistant"
+    assert isinstance(choice["message"]["content"], str) and choice["message"]["content"]
+    assert choice["finish_reason"] in ("stop", "length")
+    usage = first["usage"]
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert 0 < usage["completion_tokens"] <= 12
+    assert second["choices"][0]["message"] == choice["message"]
+
+
+def test_chat_prompt_is_the_rendered_template(tiny_llama: Any) -> None:
+    formatter = chat_formatter(tiny_llama)
+    assert formatter.name == "chatml"  # the tiny model has no tokenizer.chat_template
+    prompt = formatter.render(CHAT)
+    expected = tiny_llama.tokenize(prompt.encode(), add_bos=True, special=True)
+    result = create_chat_completion(tiny_llama, CHAT, max_tokens=1, temperature=0)
+    assert result["usage"]["prompt_tokens"] == len(expected)
+    other = create_chat_completion(tiny_llama, CHAT, max_tokens=1, temperature=0, chat_format="vicuna")
+    vicuna = ChatFormatter.from_format("vicuna", "<s>", "</s>").render(CHAT)
+    assert other["usage"]["prompt_tokens"] == len(tiny_llama.tokenize(vicuna.encode(), add_bos=True, special=True))
+
+
+def test_template_bos_is_not_doubled(tiny_llama: Any) -> None:
+    template = "{{ bos_token }}{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:"
+    result = create_chat_completion(tiny_llama, CHAT, max_tokens=1, temperature=0, chat_template=template)
+    body = ChatFormatter(template, "", "").render(CHAT)
+    # One BOS (the template's), not the template's plus the tokenizer's.
+    assert result["usage"]["prompt_tokens"] == len(tiny_llama.tokenize(body.encode(), add_bos=True, special=True))
+
+
+def test_chat_stream_matches_non_stream(tiny_llama: Any) -> None:
+    whole = create_chat_completion(tiny_llama, CHAT, max_tokens=10, temperature=0)
+    chunks = list(create_chat_completion(tiny_llama, CHAT, max_tokens=10, temperature=0, stream=True))
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert len({c["id"] for c in chunks}) == 1
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert text == whole["choices"][0]["message"]["content"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"]
+    assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1])
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 12}, "unit": {"enum": ["C", "F"]}},
+            "required": ["city", "unit"],
+        },
+    },
+}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_json_schema_response_is_valid(tiny_llama: Any, seed: int) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}, "level": {"enum": ["low", "high"]}, "n": {"type": "integer"}},
+        "required": ["ok", "level", "n"],
+    }
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    result = create_chat_completion(tiny_llama, CHAT, max_tokens=64, seed=seed, temperature=1.0, response_format=fmt)
+    choice = result["choices"][0]
+    assert choice["finish_reason"] == "stop"
+    data = json.loads(choice["message"]["content"])
+    assert list(data) == ["ok", "level", "n"]
+    assert isinstance(data["ok"], bool) and data["level"] in ("low", "high") and isinstance(data["n"], int)
+
+
+def test_json_object_response_starts_an_object(tiny_llama: Any) -> None:
+    # Random weights wander inside strings, so only the start is checked here; the gemma test parses it whole.
+    result = create_chat_completion(tiny_llama, CHAT, max_tokens=8, response_format={"type": "json_object"}, seed=4)
+    assert result["choices"][0]["message"]["content"].startswith("{")
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_forced_tool_call(tiny_llama: Any, choice: Any) -> None:
+    result = create_chat_completion(tiny_llama, CHAT, tools=[WEATHER_TOOL], tool_choice=choice, max_tokens=64, seed=7)
+    out = result["choices"][0]
+    assert out["finish_reason"] == "tool_calls"
+    assert out["message"]["content"] is None
+    (call,) = out["message"]["tool_calls"]
+    assert call["type"] == "function" and call["function"]["name"] == "get_weather"
+    args = json.loads(call["function"]["arguments"])
+    assert isinstance(args["city"], str) and args["unit"] in ("C", "F")
+
+
+def test_forced_tool_call_streamed(tiny_llama: Any) -> None:
+    chunks = list(
+        create_chat_completion(
+            tiny_llama, CHAT, tools=[WEATHER_TOOL], tool_choice="required", max_tokens=64, seed=7, stream=True
+        )
+    )
+    last = chunks[-1]["choices"][0]
+    assert last["finish_reason"] == "tool_calls"
+    (call,) = last["delta"]["tool_calls"]
+    assert call["index"] == 0 and call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"])["unit"] in ("C", "F")
+
+
+def test_legacy_functions_become_function_call(tiny_llama: Any) -> None:
+    result = create_chat_completion(
+        tiny_llama,
+        CHAT,
+        functions=[WEATHER_TOOL["function"]],
+        function_call={"name": "get_weather"},
+        max_tokens=64,
+        seed=7,
+    )
+    out = result["choices"][0]
+    assert out["finish_reason"] == "function_call"
+    assert out["message"]["function_call"]["name"] == "get_weather"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"tool_choice": "required"}, "tool_choice needs tools"),
+        ({"tools": [WEATHER_TOOL], "tool_choice": {"type": "function", "function": {"name": "x"}}}, "not one of"),
+        ({"tools": [{"type": "function"}]}, "tools must be"),
+        ({"tools": ["get_weather"]}, "tools must be"),
+        ({"tools": [WEATHER_TOOL], "tool_choice": "sometimes"}, "tool_choice must be"),
+        ({"response_format": {"type": "yaml"}}, "response_format type"),
+        ({"response_format": {"type": "json_schema"}}, "json_schema needs"),
+        ({"response_format": {"type": "json_object"}, "grammar": 'root ::= "x"'}, "either grammar"),
+        ({"messages": []}, "must not be empty"),
+        ({"messages": [{"role": "user", "content": 3}]}, "content must be"),
+    ],
+)
+def test_bad_chat_arguments_raise_clear_errors(tiny_llama: Any, kwargs: dict, fragment: str) -> None:
+    messages = kwargs.pop("messages", CHAT)
+    with pytest.raises(ChatMessageError, match=fragment):
+        create_chat_completion(tiny_llama, messages, max_tokens=4, **kwargs)
+
+
+def test_malicious_gguf_chat_template_cannot_run_code(tiny_model_path: Path, tmp_path: Path) -> None:
+    from llamarcp import Llama
+
+    sentinel = tmp_path / "pwned"
+    payload = _payloads(sentinel)["cve_2024_34359_poc"]
+    model = _copy_gguf_with(tiny_model_path, tmp_path / "evil.gguf", {"tokenizer.chat_template": payload})
+    with Llama(str(model), n_ctx=128, n_threads=1) as llm:
+        assert llm.chat_template() == payload
+        with pytest.raises(ChatTemplateSecurityError):
+            create_chat_completion(llm, CHAT, max_tokens=2)
+    assert not sentinel.exists()
+
+
+def test_gguf_chat_template_is_used(tiny_model_path: Path, tmp_path: Path) -> None:
+    from llamarcp import Llama
+
+    template = "{% for m in messages %}<<{{ m.role }}>>{{ m.content }}{% endfor %}<<assistant>>"
+    model = _copy_gguf_with(tiny_model_path, tmp_path / "templated.gguf", {"tokenizer.chat_template": template})
+    with Llama(str(model), n_ctx=128, n_threads=1) as llm:
+        formatter = chat_formatter(llm)
+        assert formatter.name == "tokenizer.chat_template"
+        assert formatter.render(CHAT) == "<<system>>You are terse.<<user>>Say hello.<<assistant>>"
+        result = create_chat_completion(llm, CHAT, max_tokens=2, temperature=0)
+        expected = llm.tokenize(formatter.render(CHAT).encode(), add_bos=True, special=True)
+        assert result["usage"]["prompt_tokens"] == len(expected)

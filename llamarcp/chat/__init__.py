@@ -23,3 +23,7 @@ __all__ = [
     "normalize_messages",
     "register_chat_format",
 ]
+
+from llamarcp.chat.completion import chat_formatter, create_chat_completion  # noqa: E402
+
+__all__ += ["chat_formatter", "create_chat_completion"]

@@ -1,0 +1,327 @@
+"""`create_chat_completion`: OpenAI-shaped chat on top of `Llama.create_completion`.
+
+The conversation is rendered with the model's chat template (sandboxed, see templates.py), tokenized with special
+tokens parsed, and completed; the reply becomes a `chat.completion` dict or `chat.completion.chunk` stream.
+`response_format` (json_object / json_schema) and forced tool calls are enforced with GBNF grammars.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from llamarcp.chat.grammars import JSON_OBJECT_GRAMMAR, json_schema_grammar, tool_call_grammar
+from llamarcp.chat.templates import ChatFormatter, formatter_for_model
+from llamarcp.chat.tools import parse_tool_calls, tool_names
+from llamarcp.errors import ChatMessageError
+
+__all__ = ["chat_formatter", "create_chat_completion"]
+
+# One formatter per (Llama, format, template): compiling and probing a template once, not per request.
+_FORMATTERS: weakref.WeakKeyDictionary[Any, dict[tuple[str | None, str | None], ChatFormatter]] = (
+    weakref.WeakKeyDictionary()
+)
+
+# Prefixes that may open a tool call; while streaming with tools, text starting like this is held back.
+_TOOL_MARKERS = ("<tool_call>", "[TOOL_CALLS]", "{", "[", "functools", "<|python_tag|>")
+
+
+def _token_text(llama: Any, token: int) -> str:
+    if token is None or token < 0:
+        return ""
+    return bytes(llama.detokenize([token], special=True)).decode("utf-8", errors="replace")
+
+
+def chat_formatter(llama: Any, chat_format: str | None = None, chat_template: str | None = None) -> ChatFormatter:
+    """The formatter `llama` uses: explicit template > chat_format (argument, then `Llama(chat_format=)`) >
+    the GGUF's `tokenizer.chat_template` > chatml."""
+    if chat_format is None and chat_template is None:
+        chat_format = getattr(llama, "chat_format", None)
+    per_model = _FORMATTERS.setdefault(llama, {})
+    key = (chat_format, chat_template)
+    formatter = per_model.get(key)
+    if formatter is None:
+        metadata = dict(llama.metadata)
+        gguf_template = llama.chat_template() if hasattr(llama, "chat_template") else None
+        if gguf_template:
+            metadata["tokenizer.chat_template"] = gguf_template
+        formatter = formatter_for_model(
+            metadata,
+            _token_text(llama, int(llama.token_bos)),
+            _token_text(llama, int(llama.token_eos)),
+            chat_format=chat_format,
+            chat_template=chat_template,
+        )
+        per_model[key] = formatter
+    return formatter
+
+
+def _legacy_functions(
+    functions: Sequence[Mapping[str, Any]] | None, function_call: Any
+) -> tuple[list[dict[str, Any]] | None, Any]:
+    tools = [{"type": "function", "function": dict(f)} for f in functions] if functions else None
+    if isinstance(function_call, Mapping):
+        choice: Any = {"type": "function", "function": {"name": function_call.get("name")}}
+    else:
+        choice = function_call
+    return tools, choice
+
+
+def _select_tools(tools: list[dict[str, Any]] | None, tool_choice: Any) -> tuple[list[dict[str, Any]] | None, bool]:
+    """(tools to offer, whether a call is forced) for OpenAI's tool_choice values."""
+    if tools is not None and (not tool_names(tools) or len(tool_names(tools)) != len(tools)):
+        raise ChatMessageError("tools must be a non-empty list of {'type': 'function', 'function': {'name': ...}}")
+    if tool_choice is None or tool_choice == "auto":
+        return tools, False
+    if tool_choice == "none":
+        return None, False
+    if tools is None:
+        raise ChatMessageError("tool_choice needs tools")
+    if tool_choice == "required":
+        return tools, True
+    if isinstance(tool_choice, Mapping):
+        name = (tool_choice.get("function") or {}).get("name")
+        chosen = [t for t in tools if t["function"]["name"] == name]
+        if not chosen:
+            raise ChatMessageError(f"tool_choice names {name!r}, which is not one of the tools")
+        return chosen, True
+    raise ChatMessageError(f"tool_choice must be 'auto', 'none', 'required' or a function, got {tool_choice!r}")
+
+
+def _response_grammar(response_format: Any) -> str | None:
+    if response_format is None:
+        return None
+    if not isinstance(response_format, Mapping):
+        raise ChatMessageError("response_format must be an object like {'type': 'json_object'}")
+    kind = response_format.get("type", "text")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        schema = response_format.get("schema")
+        return json_schema_grammar(schema) if isinstance(schema, Mapping) else JSON_OBJECT_GRAMMAR
+    if kind == "json_schema":
+        wrapper = response_format.get("json_schema")
+        schema = wrapper.get("schema") if isinstance(wrapper, Mapping) else response_format.get("schema")
+        if not isinstance(schema, Mapping):
+            raise ChatMessageError("response_format json_schema needs {'json_schema': {'schema': {...}}}")
+        return json_schema_grammar(schema)
+    raise ChatMessageError(f"response_format type must be text, json_object or json_schema, got {kind!r}")
+
+
+def _chat_logprobs(lp: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Completion-style logprobs -> chat-style {'content': [{token, logprob, bytes, top_logprobs}]}."""
+    if not lp:
+        return None
+    content = []
+    tops = lp.get("top_logprobs") or [{} for _ in lp.get("tokens", [])]
+    for token, logprob, top in zip(lp.get("tokens", []), lp.get("token_logprobs", []), tops):
+        content.append(
+            {
+                "token": token,
+                "logprob": logprob,
+                "bytes": list(token.encode("utf-8")),
+                "top_logprobs": [
+                    {"token": t, "logprob": v, "bytes": list(t.encode("utf-8"))} for t, v in (top or {}).items()
+                ],
+            }
+        )
+    return {"content": content}
+
+
+def create_chat_completion(
+    llama: Any,
+    messages: Sequence[Mapping[str, Any]],
+    functions: Sequence[Mapping[str, Any]] | None = None,
+    function_call: Any = None,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+    tool_choice: Any = None,
+    temperature: float = 0.2,
+    top_p: float = 0.95,
+    top_k: int = 40,
+    min_p: float = 0.05,
+    typical_p: float = 1.0,
+    stream: bool = False,
+    stop: str | Sequence[str] | None = None,
+    seed: int | None = None,
+    response_format: Mapping[str, Any] | None = None,
+    max_tokens: int | None = None,
+    presence_penalty: float = 0.0,
+    frequency_penalty: float = 0.0,
+    repeat_penalty: float = 1.0,
+    model: str | None = None,
+    logit_bias: Mapping[Any, float] | None = None,
+    logprobs: bool | None = None,
+    top_logprobs: int | None = None,
+    grammar: Any = None,
+    chat_format: str | None = None,
+    chat_template: str | None = None,
+    template_kwargs: Mapping[str, Any] | None = None,
+    **completion_kwargs: Any,
+) -> Any:
+    """Chat completion in OpenAI's shape (a dict, or an iterator of chunks when `stream=True`).
+
+    - The prompt comes from the model's chat template, or `chat_format=` (a registered name) or `chat_template=`
+      (jinja source); `template_kwargs` become extra template variables (e.g. `{"enable_thinking": False}`).
+    - `response_format={"type": "json_object"}` constrains the reply to one JSON object;
+      `{"type": "json_schema", "json_schema": {"schema": ...}}` to a schema (common subset).
+    - `tools` are rendered by the template; calls in the reply are returned as `tool_calls`.
+      `tool_choice="required"` or a named function forces a call with a grammar.
+    - Remaining keyword arguments go to `create_completion` (e.g. `mirostat_mode`, `logits_processor`).
+    """
+    if functions is not None:
+        if tools is not None:
+            raise ChatMessageError("pass either tools or the legacy functions, not both")
+        tools, tool_choice = _legacy_functions(functions, function_call)
+    offered, forced = _select_tools(
+        [dict(t) if isinstance(t, Mapping) else t for t in tools] if tools is not None else None, tool_choice
+    )
+
+    constraint = _response_grammar(response_format)
+    if forced:
+        assert offered is not None
+        if constraint is not None:
+            raise ChatMessageError("a forced tool call cannot be combined with response_format")
+        constraint = tool_call_grammar(offered)
+    if constraint is not None and grammar is not None:
+        raise ChatMessageError("pass either grammar or response_format / a forced tool call, not both")
+    if constraint is not None:
+        grammar = constraint
+
+    formatter = chat_formatter(llama, chat_format, chat_template)
+    prompt = formatter.render(messages, add_generation_prompt=True, tools=offered, **dict(template_kwargs or {}))
+    bos = formatter.bos_token
+    prompt_tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=not (bos and prompt.startswith(bos)), special=True)
+
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    stops += [s for s in formatter.stop if s not in stops]
+    if logprobs and top_logprobs is None:
+        top_logprobs = 0
+    completion = llama.create_completion(
+        prompt_tokens,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        min_p=min_p,
+        typical_p=typical_p,
+        stream=stream,
+        stop=stops,
+        seed=seed,
+        presence_penalty=presence_penalty,
+        frequency_penalty=frequency_penalty,
+        repeat_penalty=repeat_penalty,
+        model=model,
+        logit_bias=logit_bias,
+        logprobs=top_logprobs if logprobs else None,
+        grammar=grammar,
+        **completion_kwargs,
+    )
+    legacy = functions is not None
+    parse_tools = offered if offered else None
+    if stream:
+        return _stream(completion, parse_tools, legacy)
+    return _finish(completion, parse_tools, legacy)
+
+
+def _message(text: str, tools: list[dict[str, Any]] | None, legacy: bool) -> tuple[dict[str, Any], bool]:
+    content, calls = parse_tool_calls(text, tools) if tools else (text, [])
+    if not calls:
+        return {"role": "assistant", "content": text}, False
+    message: dict[str, Any] = {"role": "assistant", "content": content or None}
+    if legacy:
+        message["function_call"] = calls[0]["function"]
+    else:
+        message["tool_calls"] = calls
+    return message, True
+
+
+def _finish(completion: Mapping[str, Any], tools: list[dict[str, Any]] | None, legacy: bool) -> dict[str, Any]:
+    choice = completion["choices"][0]
+    message, called = _message(choice["text"], tools, legacy)
+    finish = choice["finish_reason"]
+    if called:
+        finish = "function_call" if legacy else "tool_calls"
+    return {
+        "id": "chat" + completion["id"],
+        "object": "chat.completion",
+        "created": completion["created"],
+        "model": completion["model"],
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": _chat_logprobs(choice.get("logprobs")),
+                "finish_reason": finish,
+            }
+        ],
+        "usage": completion["usage"],
+    }
+
+
+def _stream(
+    chunks: Iterator[Mapping[str, Any]], tools: list[dict[str, Any]] | None, legacy: bool
+) -> Iterator[dict[str, Any]]:
+    completion_id = f"chatcmpl-{uuid.uuid4()}"
+    created = int(time.time())
+    model = ""
+    held: list[str] = []  # text held back while it might be a tool call
+    holding = tools is not None
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, lp: Any = None) -> dict[str, Any]:
+        return {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": _chat_logprobs(lp), "finish_reason": finish}],
+        }
+
+    sent_role = False
+    try:
+        for part in chunks:
+            model = part["model"]
+            choice = part["choices"][0]
+            if not sent_role:
+                yield chunk({"role": "assistant", "content": ""})
+                sent_role = True
+            text = choice["text"]
+            if choice["finish_reason"] is not None:
+                finish = choice["finish_reason"]
+                delta: dict[str, Any] = {}
+                if held:
+                    message, called = _message("".join(held) + text, tools, legacy)
+                    if called:
+                        finish = "function_call" if legacy else "tool_calls"
+                        if legacy:
+                            delta = {"function_call": message["function_call"]}
+                        else:
+                            delta = {"tool_calls": [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]}
+                        if message["content"]:
+                            yield chunk({"content": message["content"]})
+                    else:
+                        delta = {"content": message["content"]}
+                elif text:
+                    delta = {"content": text}
+                final = chunk(delta, finish)
+                if "usage" in part:
+                    final["usage"] = part["usage"]
+                yield final
+                return
+            if holding:
+                held.append(text)
+                so_far = "".join(held).lstrip()
+                if not so_far:
+                    continue
+                if any(m.startswith(so_far) or so_far.startswith(m) for m in _TOOL_MARKERS):
+                    continue  # could still become a tool call: keep holding
+                holding = False
+                text, held = "".join(held), []
+            if text:
+                yield chunk({"content": text}, lp=choice.get("logprobs"))
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
