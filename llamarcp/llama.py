@@ -65,7 +65,6 @@ _IGNORED_KWARGS = frozenset(
         "op_offload",
         "swa_full",
         "kv_overrides",
-        "rpc_servers",
         "embedding_normalize",
     }
 )
@@ -189,6 +188,7 @@ class Llama:
         chat_format: str | None = None,
         chat_handler: Any = None,
         verbose: bool = False,
+        rpc_servers: str | Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
         unknown = set(kwargs) - _IGNORED_KWARGS
@@ -215,14 +215,22 @@ class Llama:
         self.chat_handler = chat_handler
         self._lock = threading.RLock()
         self._busy = False
+        self._closing = False
         self._abort = _AbortState()
         self._abort_installed = False
         self._input_ids: list[int] = []
         self.last_timings: dict[str, float] = {}
         self.n_prompt_tokens_evaluated = 0  # tokens the last prompt evaluation actually decoded (prefix reuse)
 
+        devices = None
+        if rpc_servers is not None and not vocab_only:  # "host:port,..." like llama-cli --rpc; see llamarcp.rpc
+            from llamarcp import rpc
+
+            devices = rpc.rpc_devices(rpc_servers)
+            rpc.warn_if_unused(n_gpu_layers)
         self._model = Model(
             model_path,
+            devices=devices,
             vocab_only=vocab_only,
             n_gpu_layers=n_gpu_layers,
             main_gpu=main_gpu,
@@ -278,8 +286,20 @@ class Llama:
     # -- lifetime ---------------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Free the context and the model now (also done when the object is garbage collected)."""
-        self._model.close()  # closes the context and batch first (they are its children)
+        """Free the context and the model (also done when the object is garbage collected). Idempotent.
+
+        A generation still running (another thread, or a suspended stream) is stopped at its next token with
+        ClosedError and the memory is freed when it has let go of the context, never under its feet.
+        """
+        self._closing = True
+        self._abort.requested = True  # the per-token loop and the C abort callback both look at this
+        if not self._lock.acquire(blocking=False):
+            self._lock.acquire()  # another thread is generating; it stops at its next token or graph node
+        try:
+            if not self._busy:
+                self._model.close()  # closes the context and batch first (they are its children)
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> Llama:
         self._check_open()
@@ -290,10 +310,10 @@ class Llama:
 
     @property
     def closed(self) -> bool:
-        return self._model.closed
+        return self._closing or self._model.closed
 
     def _check_open(self) -> None:
-        if self._model.closed:
+        if self._closing or self._model.closed:
             raise ClosedError("this Llama is closed")
 
     def _context(self) -> Context:
@@ -411,15 +431,17 @@ class Llama:
                 lib.llama_set_abort_callback(self._context().ptr, ffi.NULL, ffi.NULL)
             self._abort_installed = on
 
-    def _raise_if_aborted(self) -> None:
+    def _raise_if_aborted(self, where: str = "generation") -> None:
         state = self._abort
-        if state.exc is not None:
+        if self._closing:
+            raise ClosedError(f"this Llama was closed during {where}")
+        if state.exc is not None:  # Ctrl-C caught inside the C abort callback
             exc, state.exc = state.exc, None
             state.requested = False
             raise exc
         if state.requested:
             state.requested = False
-            raise GenerationAborted("generation aborted by Llama.abort()")
+            raise GenerationAborted(f"{where} aborted by Llama.abort()")
 
     def _truncate_memory(self, n_keep: int) -> None:
         """Make the context hold exactly the first `n_keep` tokens of the history (after errors, or for reuse)."""
@@ -473,7 +495,7 @@ class Llama:
                 if rc != 0:
                     self._truncate_memory(pos)
                     if rc == DECODE_ABORTED:
-                        self._raise_if_aborted()
+                        self._raise_if_aborted("prompt evaluation (llama_decode)")
                     check_decode(rc)
                 self._input_ids.extend(chunk)
                 pos += len(chunk)
@@ -550,7 +572,11 @@ class Llama:
 
     def _leave(self) -> None:
         self._busy = False
-        self._lock.release()
+        try:
+            if self._closing:  # close() was called while this generation ran: free now that it is over
+                self._model.close()
+        finally:
+            self._lock.release()
 
     def _generate(
         self,
@@ -1052,7 +1078,7 @@ class Llama:
         self._seed = int(seed) & 0xFFFFFFFF
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else f"n_ctx={self._n_ctx if self._ctx else 0}"
+        state = "closed" if self.closed else f"n_ctx={self._n_ctx}" if self._ctx else "vocab_only"
         return f"<Llama {Path(self.model_path).name} {state}>"
 
 

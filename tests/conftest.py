@@ -7,7 +7,6 @@ version string, so every test session after the first gets it for free.
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,13 +70,3 @@ def tiny_llama(tiny_model_path: Path) -> Iterator[Any]:
     llm = Llama(str(tiny_model_path), n_ctx=512, n_threads=1, seed=1234)
     yield llm
     llm.close()
-
-
-def rss_bytes() -> int:
-    """Resident set size of this process, from /proc (Linux) or psutil elsewhere."""
-    statm = Path("/proc/self/statm")
-    if statm.exists():
-        return int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
