@@ -5,6 +5,18 @@ DO NOT EDIT: tests/test_guard.py fails when this list is stale.
 """
 
 USED_FUNCTIONS: tuple[str, ...] = (
+    "ggml_backend_dev_backend_reg",
+    "ggml_backend_dev_count",
+    "ggml_backend_dev_description",
+    "ggml_backend_dev_get",
+    "ggml_backend_dev_memory",
+    "ggml_backend_dev_name",
+    "ggml_backend_dev_type",
+    "ggml_backend_reg_by_name",
+    "ggml_backend_reg_dev_count",
+    "ggml_backend_reg_dev_get",
+    "ggml_backend_reg_get_proc_address",
+    "ggml_backend_reg_name",
     "llama_backend_init",
     "llama_batch_free",
     "llama_batch_get_one",
@@ -72,6 +84,7 @@ USED_FUNCTIONS: tuple[str, ...] = (
     "llama_state_get_data",
     "llama_state_get_size",
     "llama_state_set_data",
+    "llama_supports_rpc",
     "llama_token_to_piece",
     "llama_tokenize",
     "llama_vocab_bos",
