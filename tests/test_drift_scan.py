@@ -284,3 +284,10 @@ def test_real_llama_cpp_python_0_3_16_uses_removed_functions(tmp_path: Path) -> 
     assert {"llama_get_kv_self", "llama_kv_self_clear", "llama_kv_self_seq_rm", "llama_sampler_init_softmax"} <= removed
     assert result.count("undeclared") == 0, "\n".join(ln for ln in lines if "undeclared" in ln)
     assert result.failed()
+
+
+def test_github_annotations_are_escaped() -> None:
+    from llamarcp.drift.scan import Use
+
+    use = Use("dir,x/a:b.py", 4, 2, "llama_x", "removed", "use 100% y\nthen z", "attribute")
+    assert use.render_github() == "::error file=dir%2Cx/a%3Ab.py,line=4,col=2::removed llama_x -> use 100%25 y%0Athen z"

@@ -48,8 +48,14 @@ class Use:
         return f"{self.path}:{self.line}:{self.col}: {self.status} {self.name} -> {self.hint}"
 
     def render_github(self) -> str:
-        message = f"{self.status} {self.name} -> {self.hint}".replace("%", "%25").replace("\n", "%0A")
-        return f"::{self.severity} file={self.path},line={self.line},col={self.col}::{message}"
+        message = _gh_escape(f"{self.status} {self.name} -> {self.hint}")
+        path = _gh_escape(self.path).replace(":", "%3A").replace(",", "%2C")
+        return f"::{self.severity} file={path},line={self.line},col={self.col}::{message}"
+
+
+def _gh_escape(text: str) -> str:
+    """GitHub workflow-command escaping (`%`, CR, LF); property values also escape `:` and `,`."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 
 @dataclass
@@ -325,7 +331,7 @@ class ScanResult:
         if fmt == "json":
             return json.dumps(self.as_dict(), indent=2)
         lines = [u.render_github() if fmt == "github" else u.render() for u in self.uses]
-        lines += [f"::error::{e}" if fmt == "github" else f"error: {e}" for e in self.errors]
+        lines += [f"::error::{_gh_escape(e)}" if fmt == "github" else f"error: {e}" for e in self.errors]
         lines.append(self.summary())
         return "\n".join(lines)
 
