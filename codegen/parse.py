@@ -619,6 +619,7 @@ def _defines(col: _Collector, tu, include_dirs: list[Path], main_text: str) -> l
     macros: dict[str, tuple[str, str, list]] = {}  # name -> (header, expr, tokens)
     skipped: list[str] = []
     function_like: list[str] = []
+    sources: dict[str, bytes] = {}
     empty: list[str] = []
     for cursor in tu.cursor.get_children():
         if cursor.kind != ci.CursorKind.MACRO_DEFINITION:
@@ -634,7 +635,7 @@ def _defines(col: _Collector, tu, include_dirs: list[Path], main_text: str) -> l
         if not tokens:
             empty.append(name)  # include guards and flags such as `#define LLAMA_H`
             continue
-        expr = _source_text(file, tokens[0].extent.start.offset, tokens[-1].extent.end.offset)
+        expr = _source_text(sources, file, tokens[0].extent.start.offset, tokens[-1].extent.end.offset)
         macros[name] = (os.path.basename(file), expr, tokens)
 
     known_types = {"int", "unsigned", "long", "short", "char", "signed", *_BUILTIN_TYPEDEFS}
@@ -676,14 +677,11 @@ def _defines(col: _Collector, tu, include_dirs: list[Path], main_text: str) -> l
     return out
 
 
-@lru_cache(maxsize=64)
-def _file_bytes(path: str) -> bytes:
-    return Path(path).read_bytes()
-
-
-def _source_text(path: str, start: int, end: int) -> str:
+def _source_text(files: dict[str, bytes], path: str, start: int, end: int) -> str:
     """The macro body exactly as written (comments and line continuations collapsed)."""
-    text = _file_bytes(path)[start:end].decode("utf-8", "replace")
+    if path not in files:
+        files[path] = Path(path).read_bytes()  # per parse: the same path may hold another header next time
+    text = files[path][start:end].decode("utf-8", "replace")
     return " ".join(text.replace("\\\n", " ").split())
 
 

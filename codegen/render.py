@@ -241,13 +241,14 @@ class StubTypes:
     def param(self, ctype: str) -> str:
         """Type cffi accepts for an argument of this C type."""
         text = self._resolve(ctype)
+        # cffi takes no None for pointers (NULL is ffi.NULL), but it does copy bytes into a `char *` argument.
         if text in self.callbacks or "(*" in text:
-            return "CData | None"
+            return "CData"
         if text.endswith("*") or text.endswith("]"):
             base = re.sub(r"\s*(\*|\[\d*\])$", "", text).replace("const ", "").strip()
             if base == "char":
-                return "bytes | CData | None"
-            return "CData | None"
+                return "bytes | CData"
+            return "CData"
         v = self.value(ctype)
         if v == "float":
             return "float"  # cffi also takes ints for float parameters; mypy's int->float promotion covers it

@@ -111,7 +111,7 @@ def test_generate_from_another_header(tmp_path: Path) -> None:
     added = next(f for f in manifest["functions"] if f["name"] == "llama_zz_added")
     assert added["variadic"] is True and added["doc"] == "Added by the test."
     assert manifest["llama_cpp_commit"] == "f" * 40
-    assert "def llama_zz_added(name: bytes | CData | None, /, *args: Any) -> int:" in (out / "lib.pyi").read_text()
+    assert "def llama_zz_added(name: bytes | CData, /, *args: Any) -> int:" in (out / "lib.pyi").read_text()
 
 
 @pytest.mark.slow

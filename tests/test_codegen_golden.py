@@ -113,7 +113,7 @@ def test_deprecations_carry_their_messages() -> None:
     assert api.function("dp_new").doc == "Create a context.\nMulti-line comments become the doc."
     assert api.function("dp_free").doc == "C-style block comment doc."
     stub = render.render_stub(api)
-    assert '@deprecated("use dp_free instead")\ndef dp_old_free(ctx: CData | None, /) -> None:' in stub
+    assert '@deprecated("use dp_free instead")\ndef dp_old_free(ctx: CData, /) -> None:' in stub
 
 
 def test_symbols_and_manifest_follow_the_api() -> None:

@@ -35,14 +35,14 @@ GOOD = """
 """
 
 BAD = """
-    from llamarcp import lib
+    from llamarcp import ffi, lib
 
     lib.llama_backend_init(1)
-    name: str = lib.llama_vocab_n_tokens(None)
+    name: str = lib.llama_vocab_n_tokens(ffi.NULL)
     params = lib.llama_model_default_params()
     params.n_gpu_layers = "all"
-    lib.llama_tokenize(None, "text", 4, None, 8, True, False)
-    lib.llama_n_vocab(None)
+    lib.llama_tokenize(ffi.NULL, "text", 4, None, 8, True, False)
+    lib.llama_n_vocab(ffi.NULL)
     lib.llama_no_such_function()
 """
 
@@ -72,6 +72,7 @@ def test_wrong_calls_are_rejected(mypy_output: str) -> None:
         ("bad.py:5: error: Incompatible types in assignment", "assignment"),
         ('bad.py:7: error: Incompatible types in assignment (expression has type "str"', "assignment"),
         ('bad.py:8: error: Argument 2 to "llama_tokenize" has incompatible type "str"', "arg-type"),
+        ('bad.py:8: error: Argument 4 to "llama_tokenize" has incompatible type "None"', "arg-type"),
         ("bad.py:9: error: function llamarcp._generated.lib.llama_n_vocab is deprecated: "
          "use llama_vocab_n_tokens instead", "deprecated"),
         ('bad.py:10: error: Module has no attribute "llama_no_such_function"', "attr-defined"),

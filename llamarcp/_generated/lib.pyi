@@ -614,34 +614,34 @@ class struct_llama_token_data_array(CData):
 
 # ---- functions ----
 
-def ggml_backend_buft_is_host(buft: CData | None, /) -> bool:
+def ggml_backend_buft_is_host(buft: CData, /) -> bool:
     """bool ggml_backend_buft_is_host(ggml_backend_buffer_type_t buft)
 
     Exported by libggml (group ggml-backend)."""
 
-def ggml_backend_buft_name(buft: CData | None, /) -> CData:
+def ggml_backend_buft_name(buft: CData, /) -> CData:
     """const char * ggml_backend_buft_name(ggml_backend_buffer_type_t buft)
 
     Backend buffer type
 
     Exported by libggml (group ggml-backend)."""
 
-def ggml_backend_dev_backend_reg(device: CData | None, /) -> CData:
+def ggml_backend_dev_backend_reg(device: CData, /) -> CData:
     """ggml_backend_reg_t ggml_backend_dev_backend_reg(ggml_backend_dev_t device)
 
     Exported by libggml (group ggml-backend)."""
 
-def ggml_backend_dev_buffer_from_host_ptr(device: CData | None, ptr: CData | None, size: int, max_tensor_size: int, /) -> CData:
+def ggml_backend_dev_buffer_from_host_ptr(device: CData, ptr: CData, size: int, max_tensor_size: int, /) -> CData:
     """ggml_backend_buffer_t ggml_backend_dev_buffer_from_host_ptr(ggml_backend_dev_t device, void * ptr, size_t size, size_t max_tensor_size)
 
     Exported by libggml (group ggml-backend)."""
 
-def ggml_backend_dev_buffer_type(device: CData | None, /) -> CData:
+def ggml_backend_dev_buffer_type(device: CData, /) -> CData:
     """ggml_backend_buffer_type_t ggml_backend_dev_buffer_type(ggml_backend_dev_t device)
 
     Exported by libggml (group ggml-backend)."""
 
-def ggml_backend_dev_by_name(name: bytes | CData | None, /) -> CData:
+def ggml_backend_dev_by_name(name: bytes | CData, /) -> CData:
     """ggml_backend_dev_t ggml_backend_dev_by_name(const char * name)
 
     Exported by libggml (group ggml-backend)."""
@@ -658,7 +658,7 @@ def ggml_backend_dev_count() -> int:
 
     Exported by libggml (group ggml-backend)."""
 
-def ggml_backend_dev_description(device: CData | None, /) -> CData:
+def ggml_backend_dev_description(device: CData, /) -> CData:
     """const char * ggml_backend_dev_description(ggml_backend_dev_t device)
 
     Exported by libggml (group ggml-backend)."""
@@ -668,62 +668,62 @@ def ggml_backend_dev_get(index: int, /) -> CData:
 
     Exported by libggml (group ggml-backend)."""
 
-def ggml_backend_dev_get_props(device: CData | None, props: CData | None, /) -> None:
+def ggml_backend_dev_get_props(device: CData, props: CData, /) -> None:
     """void ggml_backend_dev_get_props(ggml_backend_dev_t device, struct ggml_backend_dev_props * props)
 
     Exported by libggml (group ggml-backend)."""
 
-def ggml_backend_dev_host_buffer_type(device: CData | None, /) -> CData:
+def ggml_backend_dev_host_buffer_type(device: CData, /) -> CData:
     """ggml_backend_buffer_type_t ggml_backend_dev_host_buffer_type(ggml_backend_dev_t device)
 
     Exported by libggml (group ggml-backend)."""
 
-def ggml_backend_dev_init(device: CData | None, params: bytes | CData | None, /) -> CData:
+def ggml_backend_dev_init(device: CData, params: bytes | CData, /) -> CData:
     """ggml_backend_t ggml_backend_dev_init(ggml_backend_dev_t device, const char * params)
 
     Exported by libggml (group ggml-backend)."""
 
-def ggml_backend_dev_memory(device: CData | None, free: CData | None, total: CData | None, /) -> None:
+def ggml_backend_dev_memory(device: CData, free: CData, total: CData, /) -> None:
     """void ggml_backend_dev_memory(ggml_backend_dev_t device, size_t * free, size_t * total)
 
     Exported by libggml (group ggml-backend)."""
 
-def ggml_backend_dev_name(device: CData | None, /) -> CData:
+def ggml_backend_dev_name(device: CData, /) -> CData:
     """const char * ggml_backend_dev_name(ggml_backend_dev_t device)
 
     Exported by libggml (group ggml-backend)."""
 
-def ggml_backend_dev_offload_op(device: CData | None, op: CData | None, /) -> bool:
+def ggml_backend_dev_offload_op(device: CData, op: CData, /) -> bool:
     """bool ggml_backend_dev_offload_op(ggml_backend_dev_t device, const struct ggml_tensor * op)
 
     Exported by libggml (group ggml-backend)."""
 
-def ggml_backend_dev_supports_buft(device: CData | None, buft: CData | None, /) -> bool:
+def ggml_backend_dev_supports_buft(device: CData, buft: CData, /) -> bool:
     """bool ggml_backend_dev_supports_buft(ggml_backend_dev_t device, ggml_backend_buffer_type_t buft)
 
     Exported by libggml (group ggml-backend)."""
 
-def ggml_backend_dev_supports_op(device: CData | None, op: CData | None, /) -> bool:
+def ggml_backend_dev_supports_op(device: CData, op: CData, /) -> bool:
     """bool ggml_backend_dev_supports_op(ggml_backend_dev_t device, const struct ggml_tensor * op)
 
     Exported by libggml (group ggml-backend)."""
 
-def ggml_backend_dev_type(device: CData | None, /) -> int:
+def ggml_backend_dev_type(device: CData, /) -> int:
     """enum ggml_backend_dev_type ggml_backend_dev_type(ggml_backend_dev_t device)
 
     Exported by libggml (group ggml-backend)."""
 
-def ggml_backend_device_register(device: CData | None, /) -> None:
+def ggml_backend_device_register(device: CData, /) -> None:
     """void ggml_backend_device_register(ggml_backend_dev_t device)
 
     Exported by libggml (group ggml-backend)."""
 
-def ggml_backend_free(backend: CData | None, /) -> None:
+def ggml_backend_free(backend: CData, /) -> None:
     """void ggml_backend_free(ggml_backend_t backend)
 
     Exported by libggml (group ggml-backend)."""
 
-def ggml_backend_get_device(backend: CData | None, /) -> CData:
+def ggml_backend_get_device(backend: CData, /) -> CData:
     """ggml_backend_dev_t ggml_backend_get_device(ggml_backend_t backend)
 
     Exported by libggml (group ggml-backend)."""
@@ -735,7 +735,7 @@ def ggml_backend_init_best() -> CData:
 
     Exported by libggml (group ggml-backend)."""
 
-def ggml_backend_init_by_name(name: bytes | CData | None, params: bytes | CData | None, /) -> CData:
+def ggml_backend_init_by_name(name: bytes | CData, params: bytes | CData, /) -> CData:
     """ggml_backend_t ggml_backend_init_by_name(const char * name, const char * params)
 
     Direct backend (stream) initialization
@@ -743,19 +743,19 @@ def ggml_backend_init_by_name(name: bytes | CData | None, params: bytes | CData 
 
     Exported by libggml (group ggml-backend)."""
 
-def ggml_backend_init_by_type(type: int, params: bytes | CData | None, /) -> CData:
+def ggml_backend_init_by_type(type: int, params: bytes | CData, /) -> CData:
     """ggml_backend_t ggml_backend_init_by_type(enum ggml_backend_dev_type type, const char * params)
 
     = ggml_backend_dev_init(ggml_backend_dev_by_type(type), params)
 
     Exported by libggml (group ggml-backend)."""
 
-def ggml_backend_is_rpc(backend: CData | None, /) -> bool:
+def ggml_backend_is_rpc(backend: CData, /) -> bool:
     """bool ggml_backend_is_rpc(ggml_backend_t backend)
 
     Exported by libggml-rpc (group ggml-rpc)."""
 
-def ggml_backend_load(path: bytes | CData | None, /) -> CData:
+def ggml_backend_load(path: bytes | CData, /) -> CData:
     """ggml_backend_reg_t ggml_backend_load(const char * path)
 
     Load a backend from a dynamic library and register it
@@ -769,17 +769,17 @@ def ggml_backend_load_all() -> None:
 
     Exported by libggml (group ggml-backend)."""
 
-def ggml_backend_load_all_from_path(dir_path: bytes | CData | None, /) -> None:
+def ggml_backend_load_all_from_path(dir_path: bytes | CData, /) -> None:
     """void ggml_backend_load_all_from_path(const char * dir_path)
 
     Exported by libggml (group ggml-backend)."""
 
-def ggml_backend_name(backend: CData | None, /) -> CData:
+def ggml_backend_name(backend: CData, /) -> CData:
     """const char * ggml_backend_name(ggml_backend_t backend)
 
     Exported by libggml (group ggml-backend)."""
 
-def ggml_backend_reg_by_name(name: bytes | CData | None, /) -> CData:
+def ggml_backend_reg_by_name(name: bytes | CData, /) -> CData:
     """ggml_backend_reg_t ggml_backend_reg_by_name(const char * name)
 
     Exported by libggml (group ggml-backend)."""
@@ -791,12 +791,12 @@ def ggml_backend_reg_count() -> int:
 
     Exported by libggml (group ggml-backend)."""
 
-def ggml_backend_reg_dev_count(reg: CData | None, /) -> int:
+def ggml_backend_reg_dev_count(reg: CData, /) -> int:
     """size_t ggml_backend_reg_dev_count(ggml_backend_reg_t reg)
 
     Exported by libggml (group ggml-backend)."""
 
-def ggml_backend_reg_dev_get(reg: CData | None, index: int, /) -> CData:
+def ggml_backend_reg_dev_get(reg: CData, index: int, /) -> CData:
     """ggml_backend_dev_t ggml_backend_reg_dev_get(ggml_backend_reg_t reg, size_t index)
 
     Exported by libggml (group ggml-backend)."""
@@ -806,41 +806,41 @@ def ggml_backend_reg_get(index: int, /) -> CData:
 
     Exported by libggml (group ggml-backend)."""
 
-def ggml_backend_reg_get_proc_address(reg: CData | None, name: bytes | CData | None, /) -> CData:
+def ggml_backend_reg_get_proc_address(reg: CData, name: bytes | CData, /) -> CData:
     """void * ggml_backend_reg_get_proc_address(ggml_backend_reg_t reg, const char * name)
 
     Exported by libggml (group ggml-backend)."""
 
-def ggml_backend_reg_name(reg: CData | None, /) -> CData:
+def ggml_backend_reg_name(reg: CData, /) -> CData:
     """const char * ggml_backend_reg_name(ggml_backend_reg_t reg)
 
     Backend (reg)
 
     Exported by libggml (group ggml-backend)."""
 
-def ggml_backend_register(reg: CData | None, /) -> None:
+def ggml_backend_register(reg: CData, /) -> None:
     """void ggml_backend_register(ggml_backend_reg_t reg)
 
     Backend registry
 
     Exported by libggml (group ggml-backend)."""
 
-def ggml_backend_rpc_add_server(endpoint: bytes | CData | None, /) -> CData:
+def ggml_backend_rpc_add_server(endpoint: bytes | CData, /) -> CData:
     """ggml_backend_reg_t ggml_backend_rpc_add_server(const char * endpoint)
 
     Exported by libggml-rpc (group ggml-rpc)."""
 
-def ggml_backend_rpc_buffer_type(endpoint: bytes | CData | None, device: int, /) -> CData:
+def ggml_backend_rpc_buffer_type(endpoint: bytes | CData, device: int, /) -> CData:
     """ggml_backend_buffer_type_t ggml_backend_rpc_buffer_type(const char * endpoint, uint32_t device)
 
     Exported by libggml-rpc (group ggml-rpc)."""
 
-def ggml_backend_rpc_get_device_memory(endpoint: bytes | CData | None, device: int, free: CData | None, total: CData | None, /) -> None:
+def ggml_backend_rpc_get_device_memory(endpoint: bytes | CData, device: int, free: CData, total: CData, /) -> None:
     """void ggml_backend_rpc_get_device_memory(const char * endpoint, uint32_t device, size_t * free, size_t * total)
 
     Exported by libggml-rpc (group ggml-rpc)."""
 
-def ggml_backend_rpc_init(endpoint: bytes | CData | None, device: int, /) -> CData:
+def ggml_backend_rpc_init(endpoint: bytes | CData, device: int, /) -> CData:
     """ggml_backend_t ggml_backend_rpc_init(const char * endpoint, uint32_t device)
 
     backend API
@@ -852,72 +852,72 @@ def ggml_backend_rpc_reg() -> CData:
 
     Exported by libggml-rpc (group ggml-rpc)."""
 
-def ggml_backend_rpc_start_server(endpoint: bytes | CData | None, cache_dir: bytes | CData | None, n_threads: int, n_devices: int, devices: CData | None, /) -> None:
+def ggml_backend_rpc_start_server(endpoint: bytes | CData, cache_dir: bytes | CData, n_threads: int, n_devices: int, devices: CData, /) -> None:
     """void ggml_backend_rpc_start_server(const char * endpoint, const char * cache_dir, size_t n_threads, size_t n_devices, ggml_backend_dev_t * devices)
 
     Exported by libggml-rpc (group ggml-rpc)."""
 
-def ggml_backend_unload(reg: CData | None, /) -> None:
+def ggml_backend_unload(reg: CData, /) -> None:
     """void ggml_backend_unload(ggml_backend_reg_t reg)
 
     Unload a backend if loaded dynamically and unregister it
 
     Exported by libggml (group ggml-backend)."""
 
-def llama_adapter_get_alora_invocation_tokens(adapter: CData | None, /) -> CData:
+def llama_adapter_get_alora_invocation_tokens(adapter: CData, /) -> CData:
     """const llama_token * llama_adapter_get_alora_invocation_tokens(const struct llama_adapter_lora * adapter)"""
 
-def llama_adapter_get_alora_n_invocation_tokens(adapter: CData | None, /) -> int:
+def llama_adapter_get_alora_n_invocation_tokens(adapter: CData, /) -> int:
     """uint64_t llama_adapter_get_alora_n_invocation_tokens(const struct llama_adapter_lora * adapter)
 
     Get the invocation tokens if the current lora is an alora"""
 
-def llama_adapter_lora_free(adapter: CData | None, /) -> None:
+def llama_adapter_lora_free(adapter: CData, /) -> None:
     """void llama_adapter_lora_free(struct llama_adapter_lora * adapter)
 
     Manually free a LoRA adapter
     NOTE: loaded adapters that are not manually freed will be freed when the associated model is deleted"""
 
-def llama_adapter_lora_init(model: CData | None, path_lora: bytes | CData | None, /) -> CData:
+def llama_adapter_lora_init(model: CData, path_lora: bytes | CData, /) -> CData:
     """struct llama_adapter_lora * llama_adapter_lora_init(struct llama_model * model, const char * path_lora)
 
     Load a LoRA adapter from file
     The adapter is valid as long as the associated model is not freed"""
 
-def llama_adapter_lora_init_from_file_ptr(model: CData | None, file: CData | None, /) -> CData:
+def llama_adapter_lora_init_from_file_ptr(model: CData, file: CData, /) -> CData:
     """struct llama_adapter_lora * llama_adapter_lora_init_from_file_ptr(struct llama_model * model, FILE * file)
 
     Load a LoRA adapter from an open FILE pointer, reading from its current position"""
 
-def llama_adapter_meta_count(adapter: CData | None, /) -> int:
+def llama_adapter_meta_count(adapter: CData, /) -> int:
     """int32_t llama_adapter_meta_count(const struct llama_adapter_lora * adapter)
 
     Get the number of metadata key/value pairs"""
 
-def llama_adapter_meta_key_by_index(adapter: CData | None, i: int, buf: bytes | CData | None, buf_size: int, /) -> int:
+def llama_adapter_meta_key_by_index(adapter: CData, i: int, buf: bytes | CData, buf_size: int, /) -> int:
     """int32_t llama_adapter_meta_key_by_index(const struct llama_adapter_lora * adapter, int32_t i, char * buf, size_t buf_size)
 
     Get metadata key name by index"""
 
-def llama_adapter_meta_val_str(adapter: CData | None, key: bytes | CData | None, buf: bytes | CData | None, buf_size: int, /) -> int:
+def llama_adapter_meta_val_str(adapter: CData, key: bytes | CData, buf: bytes | CData, buf_size: int, /) -> int:
     """int32_t llama_adapter_meta_val_str(const struct llama_adapter_lora * adapter, const char * key, char * buf, size_t buf_size)
 
     Get metadata value as a string by key name"""
 
-def llama_adapter_meta_val_str_by_index(adapter: CData | None, i: int, buf: bytes | CData | None, buf_size: int, /) -> int:
+def llama_adapter_meta_val_str_by_index(adapter: CData, i: int, buf: bytes | CData, buf_size: int, /) -> int:
     """int32_t llama_adapter_meta_val_str_by_index(const struct llama_adapter_lora * adapter, int32_t i, char * buf, size_t buf_size)
 
     Get metadata value as a string by index"""
 
 @deprecated("use llama_vocab_get_add_bos instead")
-def llama_add_bos_token(vocab: CData | None, /) -> bool:
+def llama_add_bos_token(vocab: CData, /) -> bool:
     """bool llama_add_bos_token(const struct llama_vocab * vocab)"""
 
 @deprecated("use llama_vocab_get_add_eos instead")
-def llama_add_eos_token(vocab: CData | None, /) -> bool:
+def llama_add_eos_token(vocab: CData, /) -> bool:
     """bool llama_add_eos_token(const struct llama_vocab * vocab)"""
 
-def llama_attach_threadpool(ctx: CData | None, threadpool: CData | None, threadpool_batch: CData | None, /) -> None:
+def llama_attach_threadpool(ctx: CData, threadpool: CData, threadpool_batch: CData, /) -> None:
     """void llama_attach_threadpool(struct llama_context * ctx, ggml_threadpool_t threadpool, ggml_threadpool_t threadpool_batch)
 
     Optional: an auto threadpool gets created in ggml if not passed explicitly"""
@@ -933,7 +933,7 @@ def llama_backend_init() -> None:
     Initialize the llama + ggml backend
     Call once at the start of the program"""
 
-def llama_batch_ext_add(batch: CData | None, seq_id: int, /) -> int:
+def llama_batch_ext_add(batch: CData, seq_id: int, /) -> int:
     """int32_t llama_batch_ext_add(struct llama_batch_ext * batch, llama_seq_id seq_id)
 
     Add an input token to the batch, with default values:
@@ -946,30 +946,30 @@ def llama_batch_ext_add(batch: CData | None, seq_id: int, /) -> int:
         -2: token is invalid (id == LLAMA_TOKEN_NULL or invalid embd)
         -3: invalid sequence id"""
 
-def llama_batch_ext_add_embd(batch: CData | None, seq_id: int, embd: struct_llama_embd, /) -> int:
+def llama_batch_ext_add_embd(batch: CData, seq_id: int, embd: struct_llama_embd, /) -> int:
     """int32_t llama_batch_ext_add_embd(struct llama_batch_ext * batch, llama_seq_id seq_id, struct llama_embd embd)"""
 
-def llama_batch_ext_add_seq(batch: CData | None, idx: int, seq_id: int, /) -> bool:
+def llama_batch_ext_add_seq(batch: CData, idx: int, seq_id: int, /) -> bool:
     """bool llama_batch_ext_add_seq(struct llama_batch_ext * batch, int32_t idx, llama_seq_id seq_id)
 
     Add the token at index idx in the batch to another sequence id. The position will stays the same.
     Note: this should be called before other _set() functions"""
 
-def llama_batch_ext_add_token(batch: CData | None, seq_id: int, id: int, /) -> int:
+def llama_batch_ext_add_token(batch: CData, seq_id: int, id: int, /) -> int:
     """int32_t llama_batch_ext_add_token(struct llama_batch_ext * batch, llama_seq_id seq_id, llama_token id)
 
     Add an input token to the batch, with a specified token ID or token embedding"""
 
-def llama_batch_ext_clear(batch: CData | None, /) -> None:
+def llama_batch_ext_clear(batch: CData, /) -> None:
     """void llama_batch_ext_clear(struct llama_batch_ext * batch)"""
 
-def llama_batch_ext_free(batch: CData | None, /) -> None:
+def llama_batch_ext_free(batch: CData, /) -> None:
     """void llama_batch_ext_free(struct llama_batch_ext * batch)"""
 
-def llama_batch_ext_init(ctx: CData | None, /) -> CData:
+def llama_batch_ext_init(ctx: CData, /) -> CData:
     """struct llama_batch_ext * llama_batch_ext_init(struct llama_context * ctx)"""
 
-def llama_batch_ext_set_embd_state(batch: CData | None, idx: int, embd: struct_llama_embd, /) -> bool:
+def llama_batch_ext_set_embd_state(batch: CData, idx: int, embd: struct_llama_embd, /) -> bool:
     """bool llama_batch_ext_set_embd_state(struct llama_batch_ext * batch, int32_t idx, struct llama_embd embd)
 
     Set the "state" embedding for the token at index idx in the batch
@@ -977,25 +977,25 @@ def llama_batch_ext_set_embd_state(batch: CData | None, idx: int, embd: struct_l
       - MTP: state from N layers of the target model
       - Qwen3 VL (deepstack): state from N layers of the vision encoder"""
 
-def llama_batch_ext_set_embd_token(batch: CData | None, idx: int, embd: struct_llama_embd, /) -> bool:
+def llama_batch_ext_set_embd_token(batch: CData, idx: int, embd: struct_llama_embd, /) -> bool:
     """bool llama_batch_ext_set_embd_token(struct llama_batch_ext * batch, int32_t idx, struct llama_embd embd)
 
     Set the token embedding for the token at index idx in the batch
     use it after llama_batch_ext_add_token() to have an entry with both a token id and an embedding"""
 
-def llama_batch_ext_set_output_embd(batch: CData | None, idx: int, value: bool, /) -> bool:
+def llama_batch_ext_set_output_embd(batch: CData, idx: int, value: bool, /) -> bool:
     """bool llama_batch_ext_set_output_embd(struct llama_batch_ext * batch, int32_t idx, bool value)
 
     Set if output embeddings should be available for the token at index idx in the batch
     Note: for now, this is equivalent to setting the output logits"""
 
-def llama_batch_ext_set_output_logits(batch: CData | None, idx: int, value: bool, /) -> bool:
+def llama_batch_ext_set_output_logits(batch: CData, idx: int, value: bool, /) -> bool:
     """bool llama_batch_ext_set_output_logits(struct llama_batch_ext * batch, int32_t idx, bool value)
 
     Set output logits for the token at index idx in the batch
     Note: for now, this is equivalent to setting the output embd"""
 
-def llama_batch_ext_set_pos(batch: CData | None, idx: int, pos: CData | None, /) -> bool:
+def llama_batch_ext_set_pos(batch: CData, idx: int, pos: CData, /) -> bool:
     """bool llama_batch_ext_set_pos(struct llama_batch_ext * batch, int32_t idx, const llama_pos * pos)
 
     Set custom position for the token at index idx in the batch
@@ -1008,7 +1008,7 @@ def llama_batch_free(batch: struct_llama_batch, /) -> None:
 
     Frees a batch of tokens allocated with llama_batch_init()"""
 
-def llama_batch_get_one(tokens: CData | None, n_tokens: int, /) -> struct_llama_batch:
+def llama_batch_get_one(tokens: CData, n_tokens: int, /) -> struct_llama_batch:
     """struct llama_batch llama_batch_get_one(llama_token * tokens, int32_t n_tokens)
 
     Return batch for single sequence of tokens
@@ -1028,7 +1028,7 @@ def llama_batch_init(n_tokens: int, embd: int, n_seq_max: int, /) -> struct_llam
     The rest of the llama_batch members are allocated with size n_tokens
     All members are left uninitialized"""
 
-def llama_chat_apply_template(tmpl: bytes | CData | None, chat: CData | None, n_msg: int, add_ass: bool, buf: bytes | CData | None, length: int, /) -> int:
+def llama_chat_apply_template(tmpl: bytes | CData, chat: CData, n_msg: int, add_ass: bool, buf: bytes | CData, length: int, /) -> int:
     """int32_t llama_chat_apply_template(const char * tmpl, const struct llama_chat_message * chat, size_t n_msg, bool add_ass, char * buf, int32_t length)
 
     Apply chat template. Inspired by hf apply_chat_template() on python.
@@ -1042,7 +1042,7 @@ def llama_chat_apply_template(tmpl: bytes | CData | None, chat: CData | None, n_
     @param length The size of the allocated buffer
     @return The total number of bytes of the formatted prompt. If is it larger than the size of buffer, you may need to re-alloc it and then re-apply the template."""
 
-def llama_chat_builtin_templates(output: CData | None, len: int, /) -> int:
+def llama_chat_builtin_templates(output: CData, len: int, /) -> int:
     """int32_t llama_chat_builtin_templates(const char ** output, size_t len)
 
     Get list of built-in chat templates"""
@@ -1051,10 +1051,10 @@ def llama_context_default_params() -> struct_llama_context_params:
     """struct llama_context_params llama_context_default_params(void)"""
 
 @deprecated("use llama_state_get_data instead")
-def llama_copy_state_data(ctx: CData | None, dst: CData | None, /) -> int:
+def llama_copy_state_data(ctx: CData, dst: CData, /) -> int:
     """size_t llama_copy_state_data(struct llama_context * ctx, uint8_t * dst)"""
 
-def llama_decode(ctx: CData | None, batch: struct_llama_batch, /) -> int:
+def llama_decode(ctx: CData, batch: struct_llama_batch, /) -> int:
     """int32_t llama_decode(struct llama_context * ctx, struct llama_batch batch)
 
     Process a batch of tokens.
@@ -1070,10 +1070,10 @@ def llama_decode(ctx: CData | None, batch: struct_llama_batch, /) -> int:
       -1 - invalid input batch
     < -1 - fatal error (processed ubatches will remain in the context's memory)"""
 
-def llama_detach_threadpool(ctx: CData | None, /) -> None:
+def llama_detach_threadpool(ctx: CData, /) -> None:
     """void llama_detach_threadpool(struct llama_context * ctx)"""
 
-def llama_detokenize(vocab: CData | None, tokens: CData | None, n_tokens: int, text: bytes | CData | None, text_len_max: int, remove_special: bool, unparse_special: bool, /) -> int:
+def llama_detokenize(vocab: CData, tokens: CData, n_tokens: int, text: bytes | CData, text_len_max: int, remove_special: bool, unparse_special: bool, /) -> int:
     """int32_t llama_detokenize(const struct llama_vocab * vocab, const llama_token * tokens, int32_t n_tokens, char * text, int32_t text_len_max, bool remove_special, bool unparse_special)
 
     @details Convert the provided tokens into text (inverse of llama_tokenize()).
@@ -1083,7 +1083,7 @@ def llama_detokenize(vocab: CData | None, tokens: CData | None, n_tokens: int, t
     @param remove_special Allow to remove BOS and EOS tokens if model is configured to do so.
     @param unparse_special If true, special tokens are rendered in the output."""
 
-def llama_encode(ctx: CData | None, batch: struct_llama_batch, /) -> int:
+def llama_encode(ctx: CData, batch: struct_llama_batch, /) -> int:
     """int32_t llama_encode(struct llama_context * ctx, struct llama_batch batch)
 
     Process a batch of tokens.
@@ -1096,13 +1096,13 @@ def llama_encode(ctx: CData | None, batch: struct_llama_batch, /) -> int:
 def llama_flash_attn_type_name(flash_attn_type: int, /) -> CData:
     """const char * llama_flash_attn_type_name(enum llama_flash_attn_type flash_attn_type)"""
 
-def llama_free(ctx: CData | None, /) -> None:
+def llama_free(ctx: CData, /) -> None:
     """void llama_free(struct llama_context * ctx)
 
     Frees all allocated memory"""
 
 @deprecated("use llama_model_free instead")
-def llama_free_model(model: CData | None, /) -> None:
+def llama_free_model(model: CData, /) -> None:
     """void llama_free_model(struct llama_model * model)"""
 
 def llama_ftype_name(ftype: int, /) -> CData:
@@ -1110,12 +1110,12 @@ def llama_ftype_name(ftype: int, /) -> CData:
 
     Get the model file type (quantization) as a string, e.g. "Q8_0" or "Q4_K - Medium\""""
 
-def llama_get_causal_attn(ctx: CData | None, /) -> bool:
+def llama_get_causal_attn(ctx: CData, /) -> bool:
     """bool llama_get_causal_attn(const struct llama_context * ctx)
 
     Returns whether the context is currently using causal attention"""
 
-def llama_get_embeddings(ctx: CData | None, /) -> CData:
+def llama_get_embeddings(ctx: CData, /) -> CData:
     """float * llama_get_embeddings(struct llama_context * ctx)
 
     Get all output token embeddings.
@@ -1126,7 +1126,7 @@ def llama_get_embeddings(ctx: CData | None, /) -> CData:
     Otherwise, returns NULL.
     TODO: deprecate in favor of llama_get_embeddings_ith() (ref: https://github.com/ggml-org/llama.cpp/pull/14853#issuecomment-3113143522)"""
 
-def llama_get_embeddings_ith(ctx: CData | None, i: int, /) -> CData:
+def llama_get_embeddings_ith(ctx: CData, i: int, /) -> CData:
     """float * llama_get_embeddings_ith(struct llama_context * ctx, int32_t i)
 
     Get the embeddings for the ith token. For positive indices, Equivalent to:
@@ -1135,7 +1135,7 @@ def llama_get_embeddings_ith(ctx: CData | None, i: int, /) -> CData:
     shape: [n_embd] (1-dimensional)
     returns NULL for invalid ids."""
 
-def llama_get_embeddings_seq(ctx: CData | None, seq_id: int, /) -> CData:
+def llama_get_embeddings_seq(ctx: CData, seq_id: int, /) -> CData:
     """float * llama_get_embeddings_seq(struct llama_context * ctx, llama_seq_id seq_id)
 
     Get the embeddings for a sequence id
@@ -1143,7 +1143,7 @@ def llama_get_embeddings_seq(ctx: CData | None, seq_id: int, /) -> CData:
     when pooling_type == LLAMA_POOLING_TYPE_RANK, returns float[n_cls_out] with the rank(s) of the sequence
     otherwise: float[n_embd] (1-dimensional)"""
 
-def llama_get_logits(ctx: CData | None, /) -> CData:
+def llama_get_logits(ctx: CData, /) -> CData:
     """float * llama_get_logits(struct llama_context * ctx)
 
     Token logits obtained from the last call to llama_decode()
@@ -1153,7 +1153,7 @@ def llama_get_logits(ctx: CData | None, /) -> CData:
     Cols: n_vocab
     TODO: deprecate in favor of llama_get_logits_ith() (ref: https://github.com/ggml-org/llama.cpp/pull/14853#issuecomment-3113143522)"""
 
-def llama_get_logits_ith(ctx: CData | None, i: int, /) -> CData:
+def llama_get_logits_ith(ctx: CData, i: int, /) -> CData:
     """float * llama_get_logits_ith(struct llama_context * ctx, int32_t i)
 
     Logits for the ith token. For positive indices, Equivalent to:
@@ -1161,42 +1161,42 @@ def llama_get_logits_ith(ctx: CData | None, i: int, /) -> CData:
     Negative indices can be used to access logits in reverse order, -1 is the last logit.
     returns NULL for invalid ids."""
 
-def llama_get_memory(ctx: CData | None, /) -> CData:
+def llama_get_memory(ctx: CData, /) -> CData:
     """llama_memory_t llama_get_memory(const struct llama_context * ctx)"""
 
-def llama_get_model(ctx: CData | None, /) -> CData:
+def llama_get_model(ctx: CData, /) -> CData:
     """const struct llama_model * llama_get_model(const struct llama_context * ctx)"""
 
-def llama_get_sampled_candidates_count_ith(ctx: CData | None, i: int, /) -> int:
+def llama_get_sampled_candidates_count_ith(ctx: CData, i: int, /) -> int:
     """uint32_t llama_get_sampled_candidates_count_ith(struct llama_context * ctx, int32_t i)"""
 
-def llama_get_sampled_candidates_ith(ctx: CData | None, i: int, /) -> CData:
+def llama_get_sampled_candidates_ith(ctx: CData, i: int, /) -> CData:
     """llama_token * llama_get_sampled_candidates_ith(struct llama_context * ctx, int32_t i)
 
     Get the backend sampled candidates (token ids) for the ith token
     These are needed to map probability/logit indices to vocab token ids.
     Returns NULL if no candidates were sampled."""
 
-def llama_get_sampled_logits_count_ith(ctx: CData | None, i: int, /) -> int:
+def llama_get_sampled_logits_count_ith(ctx: CData, i: int, /) -> int:
     """uint32_t llama_get_sampled_logits_count_ith(struct llama_context * ctx, int32_t i)"""
 
-def llama_get_sampled_logits_ith(ctx: CData | None, i: int, /) -> CData:
+def llama_get_sampled_logits_ith(ctx: CData, i: int, /) -> CData:
     """float * llama_get_sampled_logits_ith(struct llama_context * ctx, int32_t i)
 
     Get the backend sampled logits for the ith token
     Returns NULL if no logits were sampled."""
 
-def llama_get_sampled_probs_count_ith(ctx: CData | None, i: int, /) -> int:
+def llama_get_sampled_probs_count_ith(ctx: CData, i: int, /) -> int:
     """uint32_t llama_get_sampled_probs_count_ith(struct llama_context * ctx, int32_t i)"""
 
-def llama_get_sampled_probs_ith(ctx: CData | None, i: int, /) -> CData:
+def llama_get_sampled_probs_ith(ctx: CData, i: int, /) -> CData:
     """float * llama_get_sampled_probs_ith(struct llama_context * ctx, int32_t i)
 
     Get the backend sampled probabilities for the ith token
     The index matches llama_get_sampled_token_ith().
     Returns NULL if no probabilities were generated."""
 
-def llama_get_sampled_token_ith(ctx: CData | None, i: int, /) -> int:
+def llama_get_sampled_token_ith(ctx: CData, i: int, /) -> int:
     """llama_token llama_get_sampled_token_ith(struct llama_context * ctx, int32_t i)
 
     Get the backend sampled token for the ith token.
@@ -1206,34 +1206,34 @@ def llama_get_sampled_token_ith(ctx: CData | None, i: int, /) -> int:
     Returns LLAMA_TOKEN_NULL if no token was sampled."""
 
 @deprecated("use llama_state_get_size instead")
-def llama_get_state_size(ctx: CData | None, /) -> int:
+def llama_get_state_size(ctx: CData, /) -> int:
     """size_t llama_get_state_size(struct llama_context * ctx)"""
 
-def llama_init_from_model(model: CData | None, params: struct_llama_context_params, /) -> CData:
+def llama_init_from_model(model: CData, params: struct_llama_context_params, /) -> CData:
     """struct llama_context * llama_init_from_model(struct llama_model * model, struct llama_context_params params)"""
 
-def llama_load_mode_from_str(str: bytes | CData | None, /) -> int:
+def llama_load_mode_from_str(str: bytes | CData, /) -> int:
     """enum llama_load_mode llama_load_mode_from_str(const char * str)"""
 
 def llama_load_mode_name(load_mode: int, /) -> CData:
     """const char * llama_load_mode_name(enum llama_load_mode load_mode)"""
 
 @deprecated("use llama_model_load_from_file instead")
-def llama_load_model_from_file(path_model: bytes | CData | None, params: struct_llama_model_params, /) -> CData:
+def llama_load_model_from_file(path_model: bytes | CData, params: struct_llama_model_params, /) -> CData:
     """struct llama_model * llama_load_model_from_file(const char * path_model, struct llama_model_params params)"""
 
 @deprecated("use llama_state_load_file instead")
-def llama_load_session_file(ctx: CData | None, path_session: bytes | CData | None, tokens_out: CData | None, n_token_capacity: int, n_token_count_out: CData | None, /) -> bool:
+def llama_load_session_file(ctx: CData, path_session: bytes | CData, tokens_out: CData, n_token_capacity: int, n_token_count_out: CData, /) -> bool:
     """bool llama_load_session_file(struct llama_context * ctx, const char * path_session, llama_token * tokens_out, size_t n_token_capacity, size_t * n_token_count_out)"""
 
-def llama_log_get(log_callback: CData | None, user_data: CData | None, /) -> None:
+def llama_log_get(log_callback: CData, user_data: CData, /) -> None:
     """void llama_log_get(ggml_log_callback * log_callback, void ** user_data)
 
     Set callback for all future logging events.
     If this is not called, or NULL is supplied, everything is output on stderr.
     The logger state is global so these functions are NOT thread safe."""
 
-def llama_log_set(log_callback: CData | None, user_data: CData | None, /) -> None:
+def llama_log_set(log_callback: CData, user_data: CData, /) -> None:
     """void llama_log_set(ggml_log_callback log_callback, void * user_data)"""
 
 def llama_max_devices() -> int:
@@ -1245,51 +1245,51 @@ def llama_max_parallel_sequences() -> int:
 def llama_max_tensor_buft_overrides() -> int:
     """size_t llama_max_tensor_buft_overrides(void)"""
 
-def llama_memory_can_shift(mem: CData | None, /) -> bool:
+def llama_memory_can_shift(mem: CData, /) -> bool:
     """bool llama_memory_can_shift(llama_memory_t mem)
 
     Check if the memory supports shifting"""
 
-def llama_memory_clear(mem: CData | None, data: bool, /) -> None:
+def llama_memory_clear(mem: CData, data: bool, /) -> None:
     """void llama_memory_clear(llama_memory_t mem, bool data)
 
     Clear the memory contents
     If data == true, the data buffers will also be cleared together with the metadata"""
 
-def llama_memory_seq_add(mem: CData | None, seq_id: int, p0: int, p1: int, delta: int, /) -> None:
+def llama_memory_seq_add(mem: CData, seq_id: int, p0: int, p1: int, delta: int, /) -> None:
     """void llama_memory_seq_add(llama_memory_t mem, llama_seq_id seq_id, llama_pos p0, llama_pos p1, llama_pos delta)
 
     Adds relative position "delta" to all tokens that belong to the specified sequence and have positions in [p0, p1)
     p0 < 0 : [0,  p1]
     p1 < 0 : [p0, inf)"""
 
-def llama_memory_seq_cp(mem: CData | None, seq_id_src: int, seq_id_dst: int, p0: int, p1: int, /) -> None:
+def llama_memory_seq_cp(mem: CData, seq_id_src: int, seq_id_dst: int, p0: int, p1: int, /) -> None:
     """void llama_memory_seq_cp(llama_memory_t mem, llama_seq_id seq_id_src, llama_seq_id seq_id_dst, llama_pos p0, llama_pos p1)
 
     Copy all tokens that belong to the specified sequence to another sequence
     p0 < 0 : [0,  p1]
     p1 < 0 : [p0, inf)"""
 
-def llama_memory_seq_div(mem: CData | None, seq_id: int, p0: int, p1: int, d: int, /) -> None:
+def llama_memory_seq_div(mem: CData, seq_id: int, p0: int, p1: int, d: int, /) -> None:
     """void llama_memory_seq_div(llama_memory_t mem, llama_seq_id seq_id, llama_pos p0, llama_pos p1, int d)
 
     Integer division of the positions by factor of `d > 1`
     p0 < 0 : [0,  p1]
     p1 < 0 : [p0, inf)"""
 
-def llama_memory_seq_keep(mem: CData | None, seq_id: int, /) -> None:
+def llama_memory_seq_keep(mem: CData, seq_id: int, /) -> None:
     """void llama_memory_seq_keep(llama_memory_t mem, llama_seq_id seq_id)
 
     Removes all tokens that do not belong to the specified sequence"""
 
-def llama_memory_seq_pos_max(mem: CData | None, seq_id: int, /) -> int:
+def llama_memory_seq_pos_max(mem: CData, seq_id: int, /) -> int:
     """llama_pos llama_memory_seq_pos_max(llama_memory_t mem, llama_seq_id seq_id)
 
     Returns the largest position present in the memory for the specified sequence
     Note that all positions in the range [pos_min, pos_max] are guaranteed to be present in the memory
     Return -1 if the sequence is empty"""
 
-def llama_memory_seq_pos_min(mem: CData | None, seq_id: int, /) -> int:
+def llama_memory_seq_pos_min(mem: CData, seq_id: int, /) -> int:
     """llama_pos llama_memory_seq_pos_min(llama_memory_t mem, llama_seq_id seq_id)
 
     Returns the smallest position present in the memory for the specified sequence
@@ -1297,7 +1297,7 @@ def llama_memory_seq_pos_min(mem: CData | None, seq_id: int, /) -> int:
     Note that all positions in the range [pos_min, pos_max] are guaranteed to be present in the memory
     Return -1 if the sequence is empty"""
 
-def llama_memory_seq_rm(mem: CData | None, seq_id: int, p0: int, p1: int, /) -> bool:
+def llama_memory_seq_rm(mem: CData, seq_id: int, p0: int, p1: int, /) -> bool:
     """bool llama_memory_seq_rm(llama_memory_t mem, llama_seq_id seq_id, llama_pos p0, llama_pos p1)
 
     Removes all tokens that belong to the specified sequence and have positions in [p0, p1)
@@ -1306,18 +1306,18 @@ def llama_memory_seq_rm(mem: CData | None, seq_id: int, p0: int, p1: int, /) -> 
     p0 < 0     : [0,  p1]
     p1 < 0     : [p0, inf)"""
 
-def llama_model_chat_template(model: CData | None, name: bytes | CData | None, /) -> CData:
+def llama_model_chat_template(model: CData, name: bytes | CData, /) -> CData:
     """const char * llama_model_chat_template(const struct llama_model * model, const char * name)
 
     Get the default chat template. Returns nullptr if not available
     If name is NULL, returns the default chat template"""
 
-def llama_model_cls_label(model: CData | None, i: int, /) -> CData:
+def llama_model_cls_label(model: CData, i: int, /) -> CData:
     """const char * llama_model_cls_label(const struct llama_model * model, uint32_t i)
 
     Returns label of classifier output by index (<n_cls_out). Returns nullptr if no label provided"""
 
-def llama_model_decoder_start_token(model: CData | None, /) -> int:
+def llama_model_decoder_start_token(model: CData, /) -> int:
     """llama_token llama_model_decoder_start_token(const struct llama_model * model)
 
     For encoder-decoder models, this function returns id of the token that must be provided
@@ -1329,80 +1329,80 @@ def llama_model_default_params() -> struct_llama_model_params:
     Helpers for getting default parameters
     TODO: update API to start accepting pointers to params structs (https://github.com/ggml-org/llama.cpp/discussions/9172)"""
 
-def llama_model_desc(model: CData | None, buf: bytes | CData | None, buf_size: int, /) -> int:
+def llama_model_desc(model: CData, buf: bytes | CData, buf_size: int, /) -> int:
     """int32_t llama_model_desc(const struct llama_model * model, char * buf, size_t buf_size)
 
     Get a string describing the model type"""
 
-def llama_model_free(model: CData | None, /) -> None:
+def llama_model_free(model: CData, /) -> None:
     """void llama_model_free(struct llama_model * model)"""
 
-def llama_model_ftype(model: CData | None, /) -> int:
+def llama_model_ftype(model: CData, /) -> int:
     """enum llama_ftype llama_model_ftype(const struct llama_model * model)
 
     Get the model file type (quantization), e.g. LLAMA_FTYPE_MOSTLY_Q8_0"""
 
-def llama_model_get_vocab(model: CData | None, /) -> CData:
+def llama_model_get_vocab(model: CData, /) -> CData:
     """const struct llama_vocab * llama_model_get_vocab(const struct llama_model * model)"""
 
-def llama_model_has_decoder(model: CData | None, /) -> bool:
+def llama_model_has_decoder(model: CData, /) -> bool:
     """bool llama_model_has_decoder(const struct llama_model * model)
 
     Returns true if the model contains a decoder that requires llama_decode() call"""
 
-def llama_model_has_encoder(model: CData | None, /) -> bool:
+def llama_model_has_encoder(model: CData, /) -> bool:
     """bool llama_model_has_encoder(const struct llama_model * model)
 
     Returns true if the model contains an encoder that requires llama_encode() call"""
 
-def llama_model_init_from_user(metadata: CData | None, set_tensor_data: CData | None, set_tensor_data_ud: CData | None, params: struct_llama_model_params, /) -> CData:
+def llama_model_init_from_user(metadata: CData, set_tensor_data: CData, set_tensor_data_ud: CData, params: struct_llama_model_params, /) -> CData:
     """struct llama_model * llama_model_init_from_user(struct gguf_context * metadata, llama_model_set_tensor_data_t set_tensor_data, void * set_tensor_data_ud, struct llama_model_params params)
 
     Create a new model from GGUF metadata as well as a function to set the tensor data
       - tensors are created as GGML_TYPE_F32 by default,
         override by adding a tensor with the same name but a different name to the context"""
 
-def llama_model_is_diffusion(model: CData | None, /) -> bool:
+def llama_model_is_diffusion(model: CData, /) -> bool:
     """bool llama_model_is_diffusion(const struct llama_model * model)
 
     Returns true if the model is diffusion-based (like LLaDA, Dream, etc.)"""
 
-def llama_model_is_hybrid(model: CData | None, /) -> bool:
+def llama_model_is_hybrid(model: CData, /) -> bool:
     """bool llama_model_is_hybrid(const struct llama_model * model)
 
     Returns true if the model is hybrid (like Jamba, Granite, etc.)"""
 
-def llama_model_is_recurrent(model: CData | None, /) -> bool:
+def llama_model_is_recurrent(model: CData, /) -> bool:
     """bool llama_model_is_recurrent(const struct llama_model * model)
 
     Returns true if the model is recurrent (like Mamba, RWKV, etc.)"""
 
-def llama_model_load_from_file(path_model: bytes | CData | None, params: struct_llama_model_params, /) -> CData:
+def llama_model_load_from_file(path_model: bytes | CData, params: struct_llama_model_params, /) -> CData:
     """struct llama_model * llama_model_load_from_file(const char * path_model, struct llama_model_params params)
 
     Load a model from a file
     If the file is split into multiple parts, the file name must follow this pattern: <name>-%05d-of-%05d.gguf
     If the split file name does not follow this pattern, use llama_model_load_from_splits"""
 
-def llama_model_load_from_file_ptr(file: CData | None, params: struct_llama_model_params, /) -> CData:
+def llama_model_load_from_file_ptr(file: CData, params: struct_llama_model_params, /) -> CData:
     """struct llama_model * llama_model_load_from_file_ptr(FILE * file, struct llama_model_params params)
 
     Load a model from an open FILE pointer
     The GGUF is read from the current position, so it can be embedded in a larger file
     mmap needs the GGUF data section at a file offset to be aligned to the CPU tensor alignment (32 bytes)"""
 
-def llama_model_load_from_splits(paths: CData | None, n_paths: int, params: struct_llama_model_params, /) -> CData:
+def llama_model_load_from_splits(paths: CData, n_paths: int, params: struct_llama_model_params, /) -> CData:
     """struct llama_model * llama_model_load_from_splits(const char ** paths, size_t n_paths, struct llama_model_params params)
 
     Load a model from multiple splits (support custom naming scheme)
     The paths must be in the correct order"""
 
-def llama_model_meta_count(model: CData | None, /) -> int:
+def llama_model_meta_count(model: CData, /) -> int:
     """int32_t llama_model_meta_count(const struct llama_model * model)
 
     Get the number of metadata key/value pairs"""
 
-def llama_model_meta_key_by_index(model: CData | None, i: int, buf: bytes | CData | None, buf_size: int, /) -> int:
+def llama_model_meta_key_by_index(model: CData, i: int, buf: bytes | CData, buf_size: int, /) -> int:
     """int32_t llama_model_meta_key_by_index(const struct llama_model * model, int32_t i, char * buf, size_t buf_size)
 
     Get metadata key name by index"""
@@ -1412,55 +1412,55 @@ def llama_model_meta_key_str(key: int, /) -> CData:
 
     Get sampling metadata key name. Returns nullptr if the key is invalid"""
 
-def llama_model_meta_val_str(model: CData | None, key: bytes | CData | None, buf: bytes | CData | None, buf_size: int, /) -> int:
+def llama_model_meta_val_str(model: CData, key: bytes | CData, buf: bytes | CData, buf_size: int, /) -> int:
     """int32_t llama_model_meta_val_str(const struct llama_model * model, const char * key, char * buf, size_t buf_size)
 
     Get metadata value as a string by key name"""
 
-def llama_model_meta_val_str_by_index(model: CData | None, i: int, buf: bytes | CData | None, buf_size: int, /) -> int:
+def llama_model_meta_val_str_by_index(model: CData, i: int, buf: bytes | CData, buf_size: int, /) -> int:
     """int32_t llama_model_meta_val_str_by_index(const struct llama_model * model, int32_t i, char * buf, size_t buf_size)
 
     Get metadata value as a string by index"""
 
-def llama_model_n_cls_out(model: CData | None, /) -> int:
+def llama_model_n_cls_out(model: CData, /) -> int:
     """uint32_t llama_model_n_cls_out(const struct llama_model * model)
 
     Returns the number of classifier outputs (only valid for classifier models)
     Undefined behavior for non-classifier models"""
 
-def llama_model_n_ctx_train(model: CData | None, /) -> int:
+def llama_model_n_ctx_train(model: CData, /) -> int:
     """int32_t llama_model_n_ctx_train(const struct llama_model * model)"""
 
-def llama_model_n_embd(model: CData | None, /) -> int:
+def llama_model_n_embd(model: CData, /) -> int:
     """int32_t llama_model_n_embd(const struct llama_model * model)"""
 
-def llama_model_n_embd_inp(model: CData | None, /) -> int:
+def llama_model_n_embd_inp(model: CData, /) -> int:
     """int32_t llama_model_n_embd_inp(const struct llama_model * model)"""
 
-def llama_model_n_embd_out(model: CData | None, /) -> int:
+def llama_model_n_embd_out(model: CData, /) -> int:
     """int32_t llama_model_n_embd_out(const struct llama_model * model)"""
 
-def llama_model_n_head(model: CData | None, /) -> int:
+def llama_model_n_head(model: CData, /) -> int:
     """int32_t llama_model_n_head(const struct llama_model * model)"""
 
-def llama_model_n_head_kv(model: CData | None, /) -> int:
+def llama_model_n_head_kv(model: CData, /) -> int:
     """int32_t llama_model_n_head_kv(const struct llama_model * model)"""
 
-def llama_model_n_layer(model: CData | None, /) -> int:
+def llama_model_n_layer(model: CData, /) -> int:
     """int32_t llama_model_n_layer(const struct llama_model * model)"""
 
-def llama_model_n_layer_nextn(model: CData | None, /) -> int:
+def llama_model_n_layer_nextn(model: CData, /) -> int:
     """int32_t llama_model_n_layer_nextn(const struct llama_model * model)"""
 
-def llama_model_n_params(model: CData | None, /) -> int:
+def llama_model_n_params(model: CData, /) -> int:
     """uint64_t llama_model_n_params(const struct llama_model * model)
 
     Returns the total number of parameters in the model"""
 
-def llama_model_n_swa(model: CData | None, /) -> int:
+def llama_model_n_swa(model: CData, /) -> int:
     """int32_t llama_model_n_swa(const struct llama_model * model)"""
 
-def llama_model_quantize(fname_inp: bytes | CData | None, fname_out: bytes | CData | None, params: CData | None, /) -> int:
+def llama_model_quantize(fname_inp: bytes | CData, fname_out: bytes | CData, params: CData, /) -> int:
     """uint32_t llama_model_quantize(const char * fname_inp, const char * fname_out, const llama_model_quantize_params * params)
 
     Returns 0 on success"""
@@ -1468,76 +1468,76 @@ def llama_model_quantize(fname_inp: bytes | CData | None, fname_out: bytes | CDa
 def llama_model_quantize_default_params() -> struct_llama_model_quantize_params:
     """struct llama_model_quantize_params llama_model_quantize_default_params(void)"""
 
-def llama_model_rope_freq_scale_train(model: CData | None, /) -> float:
+def llama_model_rope_freq_scale_train(model: CData, /) -> float:
     """float llama_model_rope_freq_scale_train(const struct llama_model * model)
 
     Get the model's RoPE frequency scaling factor"""
 
-def llama_model_rope_type(model: CData | None, /) -> int:
+def llama_model_rope_type(model: CData, /) -> int:
     """enum llama_rope_type llama_model_rope_type(const struct llama_model * model)"""
 
-def llama_model_save_to_file(model: CData | None, path_model: bytes | CData | None, /) -> None:
+def llama_model_save_to_file(model: CData, path_model: bytes | CData, /) -> None:
     """void llama_model_save_to_file(const struct llama_model * model, const char * path_model)"""
 
-def llama_model_size(model: CData | None, /) -> int:
+def llama_model_size(model: CData, /) -> int:
     """uint64_t llama_model_size(const struct llama_model * model)
 
     Returns the total size of all the tensors in the model in bytes"""
 
-def llama_n_batch(ctx: CData | None, /) -> int:
+def llama_n_batch(ctx: CData, /) -> int:
     """uint32_t llama_n_batch(const struct llama_context * ctx)"""
 
-def llama_n_ctx(ctx: CData | None, /) -> int:
+def llama_n_ctx(ctx: CData, /) -> int:
     """uint32_t llama_n_ctx(const struct llama_context * ctx)
 
     NOTE: After creating a llama_context, it is recommended to query the actual values using these functions
           In some cases the requested values via llama_context_params may differ from the actual values used by the context
           ref: https://github.com/ggml-org/llama.cpp/pull/17046#discussion_r2503085732"""
 
-def llama_n_ctx_seq(ctx: CData | None, /) -> int:
+def llama_n_ctx_seq(ctx: CData, /) -> int:
     """uint32_t llama_n_ctx_seq(const struct llama_context * ctx)"""
 
 @deprecated("use llama_model_n_ctx_train instead")
-def llama_n_ctx_train(model: CData | None, /) -> int:
+def llama_n_ctx_train(model: CData, /) -> int:
     """int32_t llama_n_ctx_train(const struct llama_model * model)"""
 
 @deprecated("use llama_model_n_embd instead")
-def llama_n_embd(model: CData | None, /) -> int:
+def llama_n_embd(model: CData, /) -> int:
     """int32_t llama_n_embd(const struct llama_model * model)"""
 
 @deprecated("use llama_model_n_head instead")
-def llama_n_head(model: CData | None, /) -> int:
+def llama_n_head(model: CData, /) -> int:
     """int32_t llama_n_head(const struct llama_model * model)"""
 
 @deprecated("use llama_model_n_layer instead")
-def llama_n_layer(model: CData | None, /) -> int:
+def llama_n_layer(model: CData, /) -> int:
     """int32_t llama_n_layer(const struct llama_model * model)"""
 
-def llama_n_rs_seq(ctx: CData | None, /) -> int:
+def llama_n_rs_seq(ctx: CData, /) -> int:
     """uint32_t llama_n_rs_seq(const struct llama_context * ctx)"""
 
-def llama_n_seq_max(ctx: CData | None, /) -> int:
+def llama_n_seq_max(ctx: CData, /) -> int:
     """uint32_t llama_n_seq_max(const struct llama_context * ctx)"""
 
-def llama_n_threads(ctx: CData | None, /) -> int:
+def llama_n_threads(ctx: CData, /) -> int:
     """int32_t llama_n_threads(struct llama_context * ctx)
 
     Get the number of threads used for generation of a single token."""
 
-def llama_n_threads_batch(ctx: CData | None, /) -> int:
+def llama_n_threads_batch(ctx: CData, /) -> int:
     """int32_t llama_n_threads_batch(struct llama_context * ctx)
 
     Get the number of threads used for prompt and batch processing (multiple token)."""
 
-def llama_n_ubatch(ctx: CData | None, /) -> int:
+def llama_n_ubatch(ctx: CData, /) -> int:
     """uint32_t llama_n_ubatch(const struct llama_context * ctx)"""
 
 @deprecated("use llama_vocab_n_tokens instead")
-def llama_n_vocab(vocab: CData | None, /) -> int:
+def llama_n_vocab(vocab: CData, /) -> int:
     """int32_t llama_n_vocab(const struct llama_vocab * vocab)"""
 
 @deprecated("use llama_init_from_model instead")
-def llama_new_context_with_model(model: CData | None, params: struct_llama_context_params, /) -> CData:
+def llama_new_context_with_model(model: CData, params: struct_llama_context_params, /) -> CData:
     """struct llama_context * llama_new_context_with_model(struct llama_model * model, struct llama_context_params params)"""
 
 def llama_numa_init(numa: int, /) -> None:
@@ -1546,38 +1546,38 @@ def llama_numa_init(numa: int, /) -> None:
     Optional: enable numa optimizations
     TODO: deprecate and make part of llama_backend_init()"""
 
-def llama_opt_epoch(lctx: CData | None, dataset: CData | None, result_train: CData | None, result_eval: CData | None, idata_split: int, callback_train: CData | None, callback_eval: CData | None, /) -> None:
+def llama_opt_epoch(lctx: CData, dataset: CData, result_train: CData, result_eval: CData, idata_split: int, callback_train: CData, callback_eval: CData, /) -> None:
     """void llama_opt_epoch(struct llama_context * lctx, ggml_opt_dataset_t dataset, ggml_opt_result_t result_train, ggml_opt_result_t result_eval, int64_t idata_split, ggml_opt_epoch_callback callback_train, ggml_opt_epoch_callback callback_eval)"""
 
-def llama_opt_init(lctx: CData | None, model: CData | None, lopt_params: struct_llama_opt_params, /) -> None:
+def llama_opt_init(lctx: CData, model: CData, lopt_params: struct_llama_opt_params, /) -> None:
     """void llama_opt_init(struct llama_context * lctx, struct llama_model * model, struct llama_opt_params lopt_params)"""
 
-def llama_opt_param_filter_all(tensor: CData | None, userdata: CData | None, /) -> bool:
+def llama_opt_param_filter_all(tensor: CData, userdata: CData, /) -> bool:
     """bool llama_opt_param_filter_all(const struct ggml_tensor * tensor, void * userdata)
 
     always returns true"""
 
-def llama_perf_context(ctx: CData | None, /) -> struct_llama_perf_context_data:
+def llama_perf_context(ctx: CData, /) -> struct_llama_perf_context_data:
     """struct llama_perf_context_data llama_perf_context(const struct llama_context * ctx)"""
 
-def llama_perf_context_print(ctx: CData | None, /) -> None:
+def llama_perf_context_print(ctx: CData, /) -> None:
     """void llama_perf_context_print(const struct llama_context * ctx)"""
 
-def llama_perf_context_reset(ctx: CData | None, /) -> None:
+def llama_perf_context_reset(ctx: CData, /) -> None:
     """void llama_perf_context_reset(struct llama_context * ctx)"""
 
-def llama_perf_sampler(chain: CData | None, /) -> struct_llama_perf_sampler_data:
+def llama_perf_sampler(chain: CData, /) -> struct_llama_perf_sampler_data:
     """struct llama_perf_sampler_data llama_perf_sampler(const struct llama_sampler * chain)
 
     NOTE: the following work only with samplers constructed via llama_sampler_chain_init"""
 
-def llama_perf_sampler_print(chain: CData | None, /) -> None:
+def llama_perf_sampler_print(chain: CData, /) -> None:
     """void llama_perf_sampler_print(const struct llama_sampler * chain)"""
 
-def llama_perf_sampler_reset(chain: CData | None, /) -> None:
+def llama_perf_sampler_reset(chain: CData, /) -> None:
     """void llama_perf_sampler_reset(struct llama_sampler * chain)"""
 
-def llama_pooling_type(ctx: CData | None, /) -> int:
+def llama_pooling_type(ctx: CData, /) -> int:
     """enum llama_pooling_type llama_pooling_type(const struct llama_context * ctx)"""
 
 def llama_print_system_info() -> CData:
@@ -1585,18 +1585,18 @@ def llama_print_system_info() -> CData:
 
     Print system information"""
 
-def llama_process(ctx: CData | None, type: int, batch: CData | None, /) -> int:
+def llama_process(ctx: CData, type: int, batch: CData, /) -> int:
     """int32_t llama_process(struct llama_context * ctx, enum llama_process_type type, struct llama_batch_ext * batch)
 
     Return values are the same as llama_decode()"""
 
-def llama_sampler_accept(smpl: CData | None, token: int, /) -> None:
+def llama_sampler_accept(smpl: CData, token: int, /) -> None:
     """void llama_sampler_accept(struct llama_sampler * smpl, llama_token token)"""
 
-def llama_sampler_apply(smpl: CData | None, cur_p: CData | None, /) -> None:
+def llama_sampler_apply(smpl: CData, cur_p: CData, /) -> None:
     """void llama_sampler_apply(struct llama_sampler * smpl, llama_token_data_array * cur_p)"""
 
-def llama_sampler_chain_add(chain: CData | None, smpl: CData | None, /) -> None:
+def llama_sampler_chain_add(chain: CData, smpl: CData, /) -> None:
     """void llama_sampler_chain_add(struct llama_sampler * chain, struct llama_sampler * smpl)
 
     important: takes ownership of the sampler object and will free it when llama_sampler_free is called"""
@@ -1604,7 +1604,7 @@ def llama_sampler_chain_add(chain: CData | None, smpl: CData | None, /) -> None:
 def llama_sampler_chain_default_params() -> struct_llama_sampler_chain_params:
     """struct llama_sampler_chain_params llama_sampler_chain_default_params(void)"""
 
-def llama_sampler_chain_get(chain: CData | None, i: int, /) -> CData:
+def llama_sampler_chain_get(chain: CData, i: int, /) -> CData:
     """struct llama_sampler * llama_sampler_chain_get(struct llama_sampler * chain, int32_t i)
 
     return NULL if:
@@ -1619,33 +1619,33 @@ def llama_sampler_chain_init(params: struct_llama_sampler_chain_params, /) -> CD
     llama_sampler_chain
     a type of llama_sampler that can chain multiple samplers one after another"""
 
-def llama_sampler_chain_n(chain: CData | None, /) -> int:
+def llama_sampler_chain_n(chain: CData, /) -> int:
     """int32_t llama_sampler_chain_n(const struct llama_sampler * chain)
 
     the total number of samplers in the chain"""
 
-def llama_sampler_chain_remove(chain: CData | None, i: int, /) -> CData:
+def llama_sampler_chain_remove(chain: CData, i: int, /) -> CData:
     """struct llama_sampler * llama_sampler_chain_remove(struct llama_sampler * chain, int32_t i)
 
     after removing a sampler, the chain will no longer own it, and it will not be freed when the chain is freed"""
 
-def llama_sampler_clone(smpl: CData | None, /) -> CData:
+def llama_sampler_clone(smpl: CData, /) -> CData:
     """struct llama_sampler * llama_sampler_clone(const struct llama_sampler * smpl)"""
 
-def llama_sampler_copy(src: CData | None, dst: CData | None, /) -> None:
+def llama_sampler_copy(src: CData, dst: CData, /) -> None:
     """void llama_sampler_copy(const struct llama_sampler * src, struct llama_sampler * dst)"""
 
-def llama_sampler_free(smpl: CData | None, /) -> None:
+def llama_sampler_free(smpl: CData, /) -> None:
     """void llama_sampler_free(struct llama_sampler * smpl)
 
     important: do not free if the sampler has been added to a llama_sampler_chain (via llama_sampler_chain_add)"""
 
-def llama_sampler_get_seed(smpl: CData | None, /) -> int:
+def llama_sampler_get_seed(smpl: CData, /) -> int:
     """uint32_t llama_sampler_get_seed(const struct llama_sampler * smpl)
 
     Returns the seed used by the sampler if applicable, LLAMA_DEFAULT_SEED otherwise"""
 
-def llama_sampler_init(iface: CData | None, ctx: CData | None, /) -> CData:
+def llama_sampler_init(iface: CData, ctx: CData, /) -> CData:
     """struct llama_sampler * llama_sampler_init(struct llama_sampler_i * iface, llama_sampler_context_t ctx)
 
     mirror of llama_sampler_i:"""
@@ -1680,12 +1680,12 @@ def llama_sampler_init_dist(seed: int, /) -> CData:
 
     seed == LLAMA_DEFAULT_SEED to use a random seed."""
 
-def llama_sampler_init_dry(vocab: CData | None, dry_multiplier: float, dry_base: float, dry_allowed_length: int, dry_penalty_last_n: int, seq_breakers: CData | None, num_breakers: int, /) -> CData:
+def llama_sampler_init_dry(vocab: CData, dry_multiplier: float, dry_base: float, dry_allowed_length: int, dry_penalty_last_n: int, seq_breakers: CData, num_breakers: int, /) -> CData:
     """struct llama_sampler * llama_sampler_init_dry(const struct llama_vocab * vocab, float dry_multiplier, float dry_base, int32_t dry_allowed_length, int32_t dry_penalty_last_n, const char ** seq_breakers, size_t num_breakers)
 
      @details DRY sampler, designed by p-e-w, as described in: https://github.com/oobabooga/text-generation-webui/pull/5677, porting Koboldcpp implementation authored by pi6am: https://github.com/LostRuins/koboldcpp/pull/982"""
 
-def llama_sampler_init_grammar(vocab: CData | None, grammar_str: bytes | CData | None, grammar_root: bytes | CData | None, /) -> CData:
+def llama_sampler_init_grammar(vocab: CData, grammar_str: bytes | CData, grammar_root: bytes | CData, /) -> CData:
     """struct llama_sampler * llama_sampler_init_grammar(const struct llama_vocab * vocab, const char * grammar_str, const char * grammar_root)
 
     @details Initializes a GBNF grammar, see grammars/README.md for details.
@@ -1694,10 +1694,10 @@ def llama_sampler_init_grammar(vocab: CData | None, grammar_str: bytes | CData |
     @param grammar_root The name of the start symbol for the grammar."""
 
 @deprecated("use llama_sampler_init_grammar_lazy_patterns instead")
-def llama_sampler_init_grammar_lazy(vocab: CData | None, grammar_str: bytes | CData | None, grammar_root: bytes | CData | None, trigger_words: CData | None, num_trigger_words: int, trigger_tokens: CData | None, num_trigger_tokens: int, /) -> CData:
+def llama_sampler_init_grammar_lazy(vocab: CData, grammar_str: bytes | CData, grammar_root: bytes | CData, trigger_words: CData, num_trigger_words: int, trigger_tokens: CData, num_trigger_tokens: int, /) -> CData:
     """struct llama_sampler * llama_sampler_init_grammar_lazy(const struct llama_vocab * vocab, const char * grammar_str, const char * grammar_root, const char ** trigger_words, size_t num_trigger_words, const llama_token * trigger_tokens, size_t num_trigger_tokens)"""
 
-def llama_sampler_init_grammar_lazy_patterns(vocab: CData | None, grammar_str: bytes | CData | None, grammar_root: bytes | CData | None, trigger_patterns: CData | None, num_trigger_patterns: int, trigger_tokens: CData | None, num_trigger_tokens: int, /) -> CData:
+def llama_sampler_init_grammar_lazy_patterns(vocab: CData, grammar_str: bytes | CData, grammar_root: bytes | CData, trigger_patterns: CData, num_trigger_patterns: int, trigger_tokens: CData, num_trigger_tokens: int, /) -> CData:
     """struct llama_sampler * llama_sampler_init_grammar_lazy_patterns(const struct llama_vocab * vocab, const char * grammar_str, const char * grammar_root, const char ** trigger_patterns, size_t num_trigger_patterns, const llama_token * trigger_tokens, size_t num_trigger_tokens)
 
     @details Lazy grammar sampler, introduced in https://github.com/ggml-org/llama.cpp/pull/9639
@@ -1709,7 +1709,7 @@ def llama_sampler_init_greedy() -> CData:
 
     available samplers:"""
 
-def llama_sampler_init_infill(vocab: CData | None, /) -> CData:
+def llama_sampler_init_infill(vocab: CData, /) -> CData:
     """struct llama_sampler * llama_sampler_init_infill(const struct llama_vocab * vocab)
 
     this sampler is meant to be used for fill-in-the-middle infilling
@@ -1733,7 +1733,7 @@ def llama_sampler_init_infill(vocab: CData | None, /) -> CData:
     3. discard non-EOG tokens with low prob
     4. if no tokens are left -> pick EOT"""
 
-def llama_sampler_init_logit_bias(n_vocab: int, n_logit_bias: int, logit_bias: CData | None, /) -> CData:
+def llama_sampler_init_logit_bias(n_vocab: int, n_logit_bias: int, logit_bias: CData, /) -> CData:
     """struct llama_sampler * llama_sampler_init_logit_bias(int32_t n_vocab, int32_t n_logit_bias, const llama_logit_bias * logit_bias)"""
 
 def llama_sampler_init_min_p(p: float, min_keep: int, /) -> CData:
@@ -1801,13 +1801,13 @@ def llama_sampler_init_xtc(p: float, t: float, min_keep: int, seed: int, /) -> C
 
     @details XTC sampler as described in https://github.com/oobabooga/text-generation-webui/pull/6335"""
 
-def llama_sampler_name(smpl: CData | None, /) -> CData:
+def llama_sampler_name(smpl: CData, /) -> CData:
     """const char * llama_sampler_name(const struct llama_sampler * smpl)"""
 
-def llama_sampler_reset(smpl: CData | None, /) -> None:
+def llama_sampler_reset(smpl: CData, /) -> None:
     """void llama_sampler_reset(struct llama_sampler * smpl)"""
 
-def llama_sampler_sample(smpl: CData | None, ctx: CData | None, idx: int, /) -> int:
+def llama_sampler_sample(smpl: CData, ctx: CData, idx: int, /) -> int:
     """llama_token llama_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t idx)
 
     @details Sample and accept a token from the idx-th output of the last evaluation
@@ -1823,15 +1823,15 @@ def llama_sampler_sample(smpl: CData | None, ctx: CData | None, idx: int, /) -> 
     Returns the sampled token"""
 
 @deprecated("use llama_state_save_file instead")
-def llama_save_session_file(ctx: CData | None, path_session: bytes | CData | None, tokens: CData | None, n_token_count: int, /) -> bool:
+def llama_save_session_file(ctx: CData, path_session: bytes | CData, tokens: CData, n_token_count: int, /) -> bool:
     """bool llama_save_session_file(struct llama_context * ctx, const char * path_session, const llama_token * tokens, size_t n_token_count)"""
 
-def llama_set_abort_callback(ctx: CData | None, abort_callback: CData | None, abort_callback_data: CData | None, /) -> None:
+def llama_set_abort_callback(ctx: CData, abort_callback: CData, abort_callback_data: CData, /) -> None:
     """void llama_set_abort_callback(struct llama_context * ctx, ggml_abort_callback abort_callback, void * abort_callback_data)
 
     Set abort callback"""
 
-def llama_set_adapter_cvec(ctx: CData | None, data: CData | None, len: int, n_embd: int, il_start: int, il_end: int, /) -> int:
+def llama_set_adapter_cvec(ctx: CData, data: CData, len: int, n_embd: int, il_start: int, il_end: int, /) -> int:
     """int32_t llama_set_adapter_cvec(struct llama_context * ctx, const float * data, size_t len, int32_t n_embd, int32_t il_start, int32_t il_end)
 
     Apply a loaded control vector to a llama_context, or if data is NULL, clear
@@ -1841,31 +1841,31 @@ def llama_set_adapter_cvec(ctx: CData | None, data: CData | None, len: int, n_em
     il_start and il_end are the layer range the vector should apply to (both inclusive)
     See llama_control_vector_load in common to load a control vector."""
 
-def llama_set_adapters_lora(ctx: CData | None, adapters: CData | None, n_adapters: int, scales: CData | None, /) -> int:
+def llama_set_adapters_lora(ctx: CData, adapters: CData, n_adapters: int, scales: CData, /) -> int:
     """int32_t llama_set_adapters_lora(struct llama_context * ctx, struct llama_adapter_lora ** adapters, size_t n_adapters, float * scales)
 
     Set LoRa adapters on the context. Will only modify if the adapters currently in context are different."""
 
-def llama_set_causal_attn(ctx: CData | None, causal_attn: bool, /) -> None:
+def llama_set_causal_attn(ctx: CData, causal_attn: bool, /) -> None:
     """void llama_set_causal_attn(struct llama_context * ctx, bool causal_attn)
 
     Set whether to use causal attention or not
     If set to true, the model will only attend to the past tokens"""
 
-def llama_set_embeddings(ctx: CData | None, embeddings: bool, /) -> None:
+def llama_set_embeddings(ctx: CData, embeddings: bool, /) -> None:
     """void llama_set_embeddings(struct llama_context * ctx, bool embeddings)
 
     Set whether the context outputs embeddings or not
     TODO: rename to avoid confusion with llama_get_embeddings()"""
 
-def llama_set_n_threads(ctx: CData | None, n_threads: int, n_threads_batch: int, /) -> None:
+def llama_set_n_threads(ctx: CData, n_threads: int, n_threads_batch: int, /) -> None:
     """void llama_set_n_threads(struct llama_context * ctx, int32_t n_threads, int32_t n_threads_batch)
 
     Set the number of threads used for decoding
     n_threads is the number of threads used for generation (single token)
     n_threads_batch is the number of threads used for prompt and batch processing (multiple tokens)"""
 
-def llama_set_sampler(ctx: CData | None, seq_id: int, smpl: CData | None, /) -> bool:
+def llama_set_sampler(ctx: CData, seq_id: int, smpl: CData, /) -> bool:
     """bool llama_set_sampler(struct llama_context * ctx, llama_seq_id seq_id, struct llama_sampler * smpl)
 
     [EXPERIMENTAL]
@@ -1873,11 +1873,11 @@ def llama_set_sampler(ctx: CData | None, seq_id: int, smpl: CData | None, /) -> 
     note: prefer initializing the context with llama_context_params.samplers when possible"""
 
 @deprecated("use llama_state_set_data instead")
-def llama_set_state_data(ctx: CData | None, src: CData | None, /) -> int:
+def llama_set_state_data(ctx: CData, src: CData, /) -> int:
     """size_t llama_set_state_data(struct llama_context * ctx, const uint8_t * src)"""
 
 @deprecated("user code should do warmup runs manually [TAG_LLAMA_GRAPH_NO_WARMUP]")
-def llama_set_warmup(ctx: CData | None, warmup: bool, /) -> None:
+def llama_set_warmup(ctx: CData, warmup: bool, /) -> None:
     """void llama_set_warmup(struct llama_context * ctx, bool warmup)
 
     Set whether the model is in warmup mode or not
@@ -1886,67 +1886,67 @@ def llama_set_warmup(ctx: CData | None, warmup: bool, /) -> None:
     note: using this can cause extra graph reallocations because it changes the graph topology with MoE models,
           so it is generally not recommended to use in practice. will be removed in the future"""
 
-def llama_split_path(split_path: bytes | CData | None, maxlen: int, path_prefix: bytes | CData | None, split_no: int, split_count: int, /) -> int:
+def llama_split_path(split_path: bytes | CData, maxlen: int, path_prefix: bytes | CData, split_no: int, split_count: int, /) -> int:
     """int32_t llama_split_path(char * split_path, size_t maxlen, const char * path_prefix, int32_t split_no, int32_t split_count)
 
     @details Build a split GGUF final path for this chunk.
              llama_split_path(split_path, sizeof(split_path), "/models/ggml-model-q4_0", 2, 4) => split_path = "/models/ggml-model-q4_0-00002-of-00004.gguf"
      Returns the split_path length."""
 
-def llama_split_prefix(split_prefix: bytes | CData | None, maxlen: int, split_path: bytes | CData | None, split_no: int, split_count: int, /) -> int:
+def llama_split_prefix(split_prefix: bytes | CData, maxlen: int, split_path: bytes | CData, split_no: int, split_count: int, /) -> int:
     """int32_t llama_split_prefix(char * split_prefix, size_t maxlen, const char * split_path, int32_t split_no, int32_t split_count)
 
     @details Extract the path prefix from the split_path if and only if the split_no and split_count match.
              llama_split_prefix(split_prefix, 64, "/models/ggml-model-q4_0-00002-of-00004.gguf", 2, 4) => split_prefix = "/models/ggml-model-q4_0"
      Returns the split_prefix length."""
 
-def llama_state_get_data(ctx: CData | None, dst: CData | None, size: int, /) -> int:
+def llama_state_get_data(ctx: CData, dst: CData, size: int, /) -> int:
     """size_t llama_state_get_data(struct llama_context * ctx, uint8_t * dst, size_t size)
 
     Copies the state to the specified destination address.
     Destination needs to have allocated enough memory.
     Returns the number of bytes copied"""
 
-def llama_state_get_size(ctx: CData | None, /) -> int:
+def llama_state_get_size(ctx: CData, /) -> int:
     """size_t llama_state_get_size(struct llama_context * ctx)
 
     Returns the *actual* size in bytes of the state
     (logits, embedding and memory)
     Only use when saving the state, not when restoring it, otherwise the size may be too small."""
 
-def llama_state_load_file(ctx: CData | None, path_session: bytes | CData | None, tokens_out: CData | None, n_token_capacity: int, n_token_count_out: CData | None, /) -> bool:
+def llama_state_load_file(ctx: CData, path_session: bytes | CData, tokens_out: CData, n_token_capacity: int, n_token_count_out: CData, /) -> bool:
     """bool llama_state_load_file(struct llama_context * ctx, const char * path_session, llama_token * tokens_out, size_t n_token_capacity, size_t * n_token_count_out)
 
     Save/load session file"""
 
-def llama_state_save_file(ctx: CData | None, path_session: bytes | CData | None, tokens: CData | None, n_token_count: int, /) -> bool:
+def llama_state_save_file(ctx: CData, path_session: bytes | CData, tokens: CData, n_token_count: int, /) -> bool:
     """bool llama_state_save_file(struct llama_context * ctx, const char * path_session, const llama_token * tokens, size_t n_token_count)"""
 
-def llama_state_seq_get_data(ctx: CData | None, dst: CData | None, size: int, seq_id: int, /) -> int:
+def llama_state_seq_get_data(ctx: CData, dst: CData, size: int, seq_id: int, /) -> int:
     """size_t llama_state_seq_get_data(struct llama_context * ctx, uint8_t * dst, size_t size, llama_seq_id seq_id)
 
     Copy the state of a single sequence into the specified buffer"""
 
-def llama_state_seq_get_data_ext(ctx: CData | None, dst: CData | None, size: int, seq_id: int, flags: int, /) -> int:
+def llama_state_seq_get_data_ext(ctx: CData, dst: CData, size: int, seq_id: int, flags: int, /) -> int:
     """size_t llama_state_seq_get_data_ext(struct llama_context * ctx, uint8_t * dst, size_t size, llama_seq_id seq_id, llama_state_seq_flags flags)"""
 
-def llama_state_seq_get_size(ctx: CData | None, seq_id: int, /) -> int:
+def llama_state_seq_get_size(ctx: CData, seq_id: int, /) -> int:
     """size_t llama_state_seq_get_size(struct llama_context * ctx, llama_seq_id seq_id)
 
     Get the exact size needed to copy the state of a single sequence"""
 
-def llama_state_seq_get_size_ext(ctx: CData | None, seq_id: int, flags: int, /) -> int:
+def llama_state_seq_get_size_ext(ctx: CData, seq_id: int, flags: int, /) -> int:
     """size_t llama_state_seq_get_size_ext(struct llama_context * ctx, llama_seq_id seq_id, llama_state_seq_flags flags)"""
 
-def llama_state_seq_load_file(ctx: CData | None, filepath: bytes | CData | None, dest_seq_id: int, tokens_out: CData | None, n_token_capacity: int, n_token_count_out: CData | None, /) -> int:
+def llama_state_seq_load_file(ctx: CData, filepath: bytes | CData, dest_seq_id: int, tokens_out: CData, n_token_capacity: int, n_token_count_out: CData, /) -> int:
     """size_t llama_state_seq_load_file(struct llama_context * ctx, const char * filepath, llama_seq_id dest_seq_id, llama_token * tokens_out, size_t n_token_capacity, size_t * n_token_count_out)
 
     If tokens_out is NULL, only the token count is reported through n_token_count_out and no state is loaded"""
 
-def llama_state_seq_save_file(ctx: CData | None, filepath: bytes | CData | None, seq_id: int, tokens: CData | None, n_token_count: int, /) -> int:
+def llama_state_seq_save_file(ctx: CData, filepath: bytes | CData, seq_id: int, tokens: CData, n_token_count: int, /) -> int:
     """size_t llama_state_seq_save_file(struct llama_context * ctx, const char * filepath, llama_seq_id seq_id, const llama_token * tokens, size_t n_token_count)"""
 
-def llama_state_seq_set_data(ctx: CData | None, src: CData | None, size: int, dest_seq_id: int, /) -> int:
+def llama_state_seq_set_data(ctx: CData, src: CData, size: int, dest_seq_id: int, /) -> int:
     """size_t llama_state_seq_set_data(struct llama_context * ctx, const uint8_t * src, size_t size, llama_seq_id dest_seq_id)
 
     Copy the sequence data (originally copied with `llama_state_seq_get_data`) into the specified sequence
@@ -1954,10 +1954,10 @@ def llama_state_seq_set_data(ctx: CData | None, src: CData | None, size: int, de
      - Positive: Ok
      - Zero: Failed to load"""
 
-def llama_state_seq_set_data_ext(ctx: CData | None, src: CData | None, size: int, dest_seq_id: int, flags: int, /) -> int:
+def llama_state_seq_set_data_ext(ctx: CData, src: CData, size: int, dest_seq_id: int, flags: int, /) -> int:
     """size_t llama_state_seq_set_data_ext(struct llama_context * ctx, const uint8_t * src, size_t size, llama_seq_id dest_seq_id, llama_state_seq_flags flags)"""
 
-def llama_state_set_data(ctx: CData | None, src: CData | None, size: int, /) -> int:
+def llama_state_set_data(ctx: CData, src: CData, size: int, /) -> int:
     """size_t llama_state_set_data(struct llama_context * ctx, const uint8_t * src, size_t size)
 
     Set the state reading from the specified address
@@ -1975,7 +1975,7 @@ def llama_supports_mmap() -> bool:
 def llama_supports_rpc() -> bool:
     """bool llama_supports_rpc(void)"""
 
-def llama_synchronize(ctx: CData | None, /) -> None:
+def llama_synchronize(ctx: CData, /) -> None:
     """void llama_synchronize(struct llama_context * ctx)
 
     Wait until all computations are finished
@@ -1986,78 +1986,78 @@ def llama_time_us() -> int:
     """int64_t llama_time_us(void)"""
 
 @deprecated("use llama_vocab_bos instead")
-def llama_token_bos(vocab: CData | None, /) -> int:
+def llama_token_bos(vocab: CData, /) -> int:
     """llama_token llama_token_bos(const struct llama_vocab * vocab)"""
 
 @deprecated("use llama_vocab_cls instead")
-def llama_token_cls(vocab: CData | None, /) -> int:
+def llama_token_cls(vocab: CData, /) -> int:
     """llama_token llama_token_cls(const struct llama_vocab * vocab)"""
 
 @deprecated("use llama_vocab_eos instead")
-def llama_token_eos(vocab: CData | None, /) -> int:
+def llama_token_eos(vocab: CData, /) -> int:
     """llama_token llama_token_eos(const struct llama_vocab * vocab)"""
 
 @deprecated("use llama_vocab_eot instead")
-def llama_token_eot(vocab: CData | None, /) -> int:
+def llama_token_eot(vocab: CData, /) -> int:
     """llama_token llama_token_eot(const struct llama_vocab * vocab)"""
 
 @deprecated("use llama_vocab_fim_mid instead")
-def llama_token_fim_mid(vocab: CData | None, /) -> int:
+def llama_token_fim_mid(vocab: CData, /) -> int:
     """llama_token llama_token_fim_mid(const struct llama_vocab * vocab)"""
 
 @deprecated("use llama_vocab_fim_pad instead")
-def llama_token_fim_pad(vocab: CData | None, /) -> int:
+def llama_token_fim_pad(vocab: CData, /) -> int:
     """llama_token llama_token_fim_pad(const struct llama_vocab * vocab)"""
 
 @deprecated("use llama_vocab_fim_pre instead")
-def llama_token_fim_pre(vocab: CData | None, /) -> int:
+def llama_token_fim_pre(vocab: CData, /) -> int:
     """llama_token llama_token_fim_pre(const struct llama_vocab * vocab)"""
 
 @deprecated("use llama_vocab_fim_rep instead")
-def llama_token_fim_rep(vocab: CData | None, /) -> int:
+def llama_token_fim_rep(vocab: CData, /) -> int:
     """llama_token llama_token_fim_rep(const struct llama_vocab * vocab)"""
 
 @deprecated("use llama_vocab_fim_sep instead")
-def llama_token_fim_sep(vocab: CData | None, /) -> int:
+def llama_token_fim_sep(vocab: CData, /) -> int:
     """llama_token llama_token_fim_sep(const struct llama_vocab * vocab)"""
 
 @deprecated("use llama_vocab_fim_suf instead")
-def llama_token_fim_suf(vocab: CData | None, /) -> int:
+def llama_token_fim_suf(vocab: CData, /) -> int:
     """llama_token llama_token_fim_suf(const struct llama_vocab * vocab)"""
 
 @deprecated("use llama_vocab_get_attr instead")
-def llama_token_get_attr(vocab: CData | None, token: int, /) -> int:
+def llama_token_get_attr(vocab: CData, token: int, /) -> int:
     """enum llama_token_attr llama_token_get_attr(const struct llama_vocab * vocab, llama_token token)"""
 
 @deprecated("use llama_vocab_get_score instead")
-def llama_token_get_score(vocab: CData | None, token: int, /) -> float:
+def llama_token_get_score(vocab: CData, token: int, /) -> float:
     """float llama_token_get_score(const struct llama_vocab * vocab, llama_token token)"""
 
 @deprecated("use llama_vocab_get_text instead")
-def llama_token_get_text(vocab: CData | None, token: int, /) -> CData:
+def llama_token_get_text(vocab: CData, token: int, /) -> CData:
     """const char * llama_token_get_text(const struct llama_vocab * vocab, llama_token token)"""
 
 @deprecated("use llama_vocab_is_control instead")
-def llama_token_is_control(vocab: CData | None, token: int, /) -> bool:
+def llama_token_is_control(vocab: CData, token: int, /) -> bool:
     """bool llama_token_is_control(const struct llama_vocab * vocab, llama_token token)"""
 
 @deprecated("use llama_vocab_is_eog instead")
-def llama_token_is_eog(vocab: CData | None, token: int, /) -> bool:
+def llama_token_is_eog(vocab: CData, token: int, /) -> bool:
     """bool llama_token_is_eog(const struct llama_vocab * vocab, llama_token token)"""
 
 @deprecated("use llama_vocab_nl instead")
-def llama_token_nl(vocab: CData | None, /) -> int:
+def llama_token_nl(vocab: CData, /) -> int:
     """llama_token llama_token_nl(const struct llama_vocab * vocab)"""
 
 @deprecated("use llama_vocab_pad instead")
-def llama_token_pad(vocab: CData | None, /) -> int:
+def llama_token_pad(vocab: CData, /) -> int:
     """llama_token llama_token_pad(const struct llama_vocab * vocab)"""
 
 @deprecated("use llama_vocab_sep instead")
-def llama_token_sep(vocab: CData | None, /) -> int:
+def llama_token_sep(vocab: CData, /) -> int:
     """llama_token llama_token_sep(const struct llama_vocab * vocab)"""
 
-def llama_token_to_piece(vocab: CData | None, token: int, buf: bytes | CData | None, length: int, lstrip: int, special: bool, /) -> int:
+def llama_token_to_piece(vocab: CData, token: int, buf: bytes | CData, length: int, lstrip: int, special: bool, /) -> int:
     """int32_t llama_token_to_piece(const struct llama_vocab * vocab, llama_token token, char * buf, int32_t length, int32_t lstrip, bool special)
 
     Token Id -> Piece.
@@ -2066,7 +2066,7 @@ def llama_token_to_piece(vocab: CData | None, token: int, buf: bytes | CData | N
     User can skip up to 'lstrip' leading spaces before copying (useful when encoding/decoding multiple tokens with 'add_space_prefix')
     @param special If true, special tokens are rendered in the output."""
 
-def llama_tokenize(vocab: CData | None, text: bytes | CData | None, text_len: int, tokens: CData | None, n_tokens_max: int, add_special: bool, parse_special: bool, /) -> int:
+def llama_tokenize(vocab: CData, text: bytes | CData, text_len: int, tokens: CData, n_tokens_max: int, add_special: bool, parse_special: bool, /) -> int:
     """int32_t llama_tokenize(const struct llama_vocab * vocab, const char * text, int32_t text_len, llama_token * tokens, int32_t n_tokens_max, bool add_special, bool parse_special)
 
     @details Convert the provided text into tokens.
@@ -2081,90 +2081,90 @@ def llama_tokenize(vocab: CData | None, text: bytes | CData | None, text_len: in
 def llama_version() -> CData:
     """const char * llama_version(void)"""
 
-def llama_vocab_bos(vocab: CData | None, /) -> int:
+def llama_vocab_bos(vocab: CData, /) -> int:
     """llama_token llama_vocab_bos(const struct llama_vocab * vocab)
 
     Special tokens"""
 
 @deprecated("use llama_vocab_bos instead")
-def llama_vocab_cls(vocab: CData | None, /) -> int:
+def llama_vocab_cls(vocab: CData, /) -> int:
     """llama_token llama_vocab_cls(const struct llama_vocab * vocab)
 
     CLS is equivalent to BOS"""
 
-def llama_vocab_eos(vocab: CData | None, /) -> int:
+def llama_vocab_eos(vocab: CData, /) -> int:
     """llama_token llama_vocab_eos(const struct llama_vocab * vocab)"""
 
-def llama_vocab_eot(vocab: CData | None, /) -> int:
+def llama_vocab_eot(vocab: CData, /) -> int:
     """llama_token llama_vocab_eot(const struct llama_vocab * vocab)"""
 
-def llama_vocab_fim_mid(vocab: CData | None, /) -> int:
+def llama_vocab_fim_mid(vocab: CData, /) -> int:
     """llama_token llama_vocab_fim_mid(const struct llama_vocab * vocab)"""
 
-def llama_vocab_fim_pad(vocab: CData | None, /) -> int:
+def llama_vocab_fim_pad(vocab: CData, /) -> int:
     """llama_token llama_vocab_fim_pad(const struct llama_vocab * vocab)"""
 
-def llama_vocab_fim_pre(vocab: CData | None, /) -> int:
+def llama_vocab_fim_pre(vocab: CData, /) -> int:
     """llama_token llama_vocab_fim_pre(const struct llama_vocab * vocab)"""
 
-def llama_vocab_fim_rep(vocab: CData | None, /) -> int:
+def llama_vocab_fim_rep(vocab: CData, /) -> int:
     """llama_token llama_vocab_fim_rep(const struct llama_vocab * vocab)"""
 
-def llama_vocab_fim_sep(vocab: CData | None, /) -> int:
+def llama_vocab_fim_sep(vocab: CData, /) -> int:
     """llama_token llama_vocab_fim_sep(const struct llama_vocab * vocab)"""
 
-def llama_vocab_fim_suf(vocab: CData | None, /) -> int:
+def llama_vocab_fim_suf(vocab: CData, /) -> int:
     """llama_token llama_vocab_fim_suf(const struct llama_vocab * vocab)"""
 
-def llama_vocab_get_add_bos(vocab: CData | None, /) -> bool:
+def llama_vocab_get_add_bos(vocab: CData, /) -> bool:
     """bool llama_vocab_get_add_bos(const struct llama_vocab * vocab)"""
 
-def llama_vocab_get_add_eos(vocab: CData | None, /) -> bool:
+def llama_vocab_get_add_eos(vocab: CData, /) -> bool:
     """bool llama_vocab_get_add_eos(const struct llama_vocab * vocab)"""
 
-def llama_vocab_get_add_sep(vocab: CData | None, /) -> bool:
+def llama_vocab_get_add_sep(vocab: CData, /) -> bool:
     """bool llama_vocab_get_add_sep(const struct llama_vocab * vocab)"""
 
-def llama_vocab_get_attr(vocab: CData | None, token: int, /) -> int:
+def llama_vocab_get_attr(vocab: CData, token: int, /) -> int:
     """enum llama_token_attr llama_vocab_get_attr(const struct llama_vocab * vocab, llama_token token)"""
 
-def llama_vocab_get_score(vocab: CData | None, token: int, /) -> float:
+def llama_vocab_get_score(vocab: CData, token: int, /) -> float:
     """float llama_vocab_get_score(const struct llama_vocab * vocab, llama_token token)"""
 
-def llama_vocab_get_suppress_tokens(vocab: CData | None, n_suppress_tokens: CData | None, /) -> CData:
+def llama_vocab_get_suppress_tokens(vocab: CData, n_suppress_tokens: CData, /) -> CData:
     """const llama_token * llama_vocab_get_suppress_tokens(const struct llama_vocab * vocab, int32_t * n_suppress_tokens)
 
     model-specific suppress tokens (gguf key: tokenizer.ggml.suppress_tokens)"""
 
-def llama_vocab_get_text(vocab: CData | None, token: int, /) -> CData:
+def llama_vocab_get_text(vocab: CData, token: int, /) -> CData:
     """const char * llama_vocab_get_text(const struct llama_vocab * vocab, llama_token token)
 
     Vocab"""
 
-def llama_vocab_is_control(vocab: CData | None, token: int, /) -> bool:
+def llama_vocab_is_control(vocab: CData, token: int, /) -> bool:
     """bool llama_vocab_is_control(const struct llama_vocab * vocab, llama_token token)
 
     Identify if Token Id is a control token or a render-able token"""
 
-def llama_vocab_is_eog(vocab: CData | None, token: int, /) -> bool:
+def llama_vocab_is_eog(vocab: CData, token: int, /) -> bool:
     """bool llama_vocab_is_eog(const struct llama_vocab * vocab, llama_token token)
 
     Check if the token is supposed to end generation (end-of-generation, eg. EOS, EOT, etc.)"""
 
-def llama_vocab_mask(vocab: CData | None, /) -> int:
+def llama_vocab_mask(vocab: CData, /) -> int:
     """llama_token llama_vocab_mask(const struct llama_vocab * vocab)"""
 
-def llama_vocab_n_tokens(vocab: CData | None, /) -> int:
+def llama_vocab_n_tokens(vocab: CData, /) -> int:
     """int32_t llama_vocab_n_tokens(const struct llama_vocab * vocab)"""
 
-def llama_vocab_nl(vocab: CData | None, /) -> int:
+def llama_vocab_nl(vocab: CData, /) -> int:
     """llama_token llama_vocab_nl(const struct llama_vocab * vocab)"""
 
-def llama_vocab_pad(vocab: CData | None, /) -> int:
+def llama_vocab_pad(vocab: CData, /) -> int:
     """llama_token llama_vocab_pad(const struct llama_vocab * vocab)"""
 
-def llama_vocab_sep(vocab: CData | None, /) -> int:
+def llama_vocab_sep(vocab: CData, /) -> int:
     """llama_token llama_vocab_sep(const struct llama_vocab * vocab)"""
 
-def llama_vocab_type(vocab: CData | None, /) -> int:
+def llama_vocab_type(vocab: CData, /) -> int:
     """enum llama_vocab_type llama_vocab_type(const struct llama_vocab * vocab)"""

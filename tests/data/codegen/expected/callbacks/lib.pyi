@@ -36,29 +36,29 @@ class struct_cb_vtable(CData):
 
 # ---- functions ----
 
-def cb_log(level: int, fmt: bytes | CData | None, /, *args: Any) -> int:
+def cb_log(level: int, fmt: bytes | CData, /, *args: Any) -> int:
     """int cb_log(int level, const char * fmt, ...)
 
     Exported by libllama (group callbacks)."""
 
-def cb_make(factory: CData | None, /) -> CData:
+def cb_make(factory: CData, /) -> CData:
     """struct cb_thing * cb_make(cb_factory factory)
 
     Exported by libllama (group callbacks)."""
 
-def cb_names(n_out: CData | None, /) -> CData:
+def cb_names(n_out: CData, /) -> CData:
     """const char * const * cb_names(size_t * n_out)
 
     Exported by libllama (group callbacks)."""
 
-def cb_set_progress(progress: CData | None, user_data: CData | None, /) -> None:
+def cb_set_progress(progress: CData, user_data: CData, /) -> None:
     """void cb_set_progress(cb_progress progress, void * user_data)
 
     Register a progress callback (doc comment with three slashes).
 
     Exported by libllama (group callbacks)."""
 
-def cb_visit(thing: CData | None, visitor: CData | None, user_data: CData | None, /) -> None:
+def cb_visit(thing: CData, visitor: CData, user_data: CData, /) -> None:
     """void cb_visit(struct cb_thing * thing, void (*visitor)(struct cb_thing *, void *), void * user_data)
 
     Exported by libllama (group callbacks)."""

@@ -36,12 +36,12 @@ def dp_bare() -> None:
 
     Exported by libllama (group deprecated)."""
 
-def dp_count(ctx: CData | None, /) -> int:
+def dp_count(ctx: CData, /) -> int:
     """int32_t dp_count(const struct dp_ctx * ctx)
 
     Exported by libllama (group deprecated)."""
 
-def dp_free(ctx: CData | None, /) -> None:
+def dp_free(ctx: CData, /) -> None:
     """void dp_free(struct dp_ctx * ctx)
 
     C-style block comment doc.
@@ -57,13 +57,13 @@ def dp_new() -> CData:
     Exported by libllama (group deprecated)."""
 
 @deprecated("use dp_count instead (split message)")
-def dp_old_count(ctx: CData | None, /) -> int:
+def dp_old_count(ctx: CData, /) -> int:
     """int32_t dp_old_count(const struct dp_ctx * ctx)
 
     Exported by libllama (group deprecated)."""
 
 @deprecated("use dp_free instead")
-def dp_old_free(ctx: CData | None, /) -> None:
+def dp_old_free(ctx: CData, /) -> None:
     """void dp_old_free(struct dp_ctx * ctx)
 
     Exported by libllama (group deprecated)."""

@@ -65,12 +65,12 @@ class union_st_value(CData):
 
 # ---- functions ----
 
-def st_close(handle: CData | None, /) -> None:
+def st_close(handle: CData, /) -> None:
     """void st_close(st_handle handle)
 
     Exported by libllama (group structs)."""
 
-def st_open(path: bytes | CData | None, records: CData | None, n_records: int, /) -> CData:
+def st_open(path: bytes | CData, records: CData, n_records: int, /) -> CData:
     """st_handle st_open(const char * path, const struct st_record * records, int32_t n_records)
 
     Exported by libllama (group structs)."""
