@@ -110,7 +110,8 @@ def test_compare_finds_missing_undeclared_deprecated_and_optional(fake_lib: Path
     assert ("missing", "llama_present") not in by_kind
     assert report.failed() and report.count("error") == 1
     text = report.render_text()
-    assert text.splitlines()[0].startswith("error: llama_missing_one is declared in llama.h but not exported")
+    assert text.splitlines()[0] == f"library: {fake_lib}"  # libc is not beside it, so no siblings
+    assert text.splitlines()[1].startswith("error: llama_missing_one is declared in llama.h but not exported")
     assert text.splitlines()[-1].startswith("symbols: 5 functions declared")
 
 
@@ -187,8 +188,9 @@ def test_ci_drift_step_fails_on_missing_symbol(fake_lib: Path, tmp_path: Path) -
     proc = run_ci({"DRIFT_LIB": str(fake_lib), "DRIFT_API": str(api), "DRIFT_STEPS": "symbols"})
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
-    assert f"error: llama_missing_one is declared in llama.h but not exported by {fake_lib}" in out
-    assert "warning: llama_extra_undeclared is exported by" in out
+    assert f"library: {fake_lib}" in out
+    assert "error: llama_missing_one is declared in llama.h but not exported; a call would fail" in out
+    assert "warning: llama_extra_undeclared is exported but not declared in the API manifest" in out
     assert "drift check FAILED: symbols" in out
 
 

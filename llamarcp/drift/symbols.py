@@ -217,12 +217,21 @@ class SymbolReport:
         }
 
     def render_text(self) -> str:
-        lines: list[str] = []
+        others = [Path(p).name for p in self.libraries[1:]]
+        lines = [f"library: {self.library}" + (f" (+ {', '.join(others)})" if others else "")]
         order = {"error": 0, "warning": 1, "note": 2}
         for f in sorted(self.findings, key=lambda f: (order[f.severity], f.kind, f.name)):
             lines.append(f"{f.severity}: {f.message}")
         lines.append(self.summary())
         return "\n".join(lines)
+
+
+def _removed_note(name: str) -> str:
+    """For a header older than the library: what llama.cpp replaced the function with."""
+    from llamarcp.drift.replacements import REMOVED_FUNCTIONS
+
+    hint = REMOVED_FUNCTIONS.get(name)
+    return f" (removed upstream -> {hint})" if hint else ""
 
 
 def compare(
@@ -269,7 +278,7 @@ def compare(
                         "error",
                         "missing",
                         name,
-                        f"{name} is declared in {header} but not exported by {lib_path}; a call would fail",
+                        f"{name} is declared in {header} but not exported; a call would fail{_removed_note(name)}",
                     )
                 )
         if fn.get("deprecated") is not None:
@@ -284,7 +293,7 @@ def compare(
                     "warning",
                     "undeclared",
                     name,
-                    f"{name} is exported by {lib_path} but not declared in the API manifest "
+                    f"{name} is exported but not declared in the API manifest "
                     "(header and library from different commits?)",
                 )
             )
