@@ -950,6 +950,18 @@ class Llama:
             "usage": last["usage"],
         }
 
+    def create_chat_completion(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> Any:
+        """OpenAI-shaped chat completion (dict, or chunks when `stream=True`); see `llamarcp.chat`.
+
+        The prompt comes from the model's chat template unless `chat_format=`/`chat_template=` (or the
+        constructor's `chat_format`) says otherwise.
+        """
+        from llamarcp.chat import create_chat_completion
+
+        if kwargs.get("chat_format") is None and kwargs.get("chat_template") is None and self.chat_format:
+            kwargs["chat_format"] = self.chat_format
+        return create_chat_completion(self, messages, **kwargs)
+
     # -- embeddings -------------------------------------------------------------------------------------------
 
     def embed(
