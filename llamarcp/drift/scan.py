@@ -130,7 +130,8 @@ class _Visitor(ast.NodeVisitor):
         self.api = api
         self.path = path
         self.uses: list[Use] = []
-        #: dotted name -> "lib" (any attribute is a C function) or "module" (only calls are).
+        #: dotted name -> "lib" (a loaded C library: any llama_* attribute is a C function) or "module"
+        #: (a Python module re-exporting them: only known removed/deprecated names are reported).
         self.aliases: dict[str, str] = {}
         #: local name -> imported C name (`from llama_cpp import llama_x as y`).
         self.imported: dict[str, str] = {}
@@ -141,11 +142,12 @@ class _Visitor(ast.NodeVisitor):
         self._called: set[int] = set()
 
     # -- helpers
-    def _report(self, node: ast.AST, name: str, how: str, *, strong: bool) -> None:
+    def _report(self, node: ast.AST, name: str, how: str, *, strong: bool, col: int | None = None) -> None:
         verdict = self.api.classify(name, strong=strong)
         if verdict is None:
             return
-        line, col = getattr(node, "lineno", 0), getattr(node, "col_offset", 0) + 1
+        line = getattr(node, "lineno", 0)
+        col = (getattr(node, "col_offset", 0) if col is None else col) + 1
         key = (line, col, name)
         if key in self._seen:
             return
@@ -226,8 +228,7 @@ class _Visitor(ast.NodeVisitor):
         if callee in ("getattr", "hasattr") and len(node.args) >= 2:
             target, name = node.args[0], node.args[1]
             if isinstance(name, ast.Constant) and isinstance(name.value, str):
-                strong = self._alias_kind(target) is not None
-                self._report(name, name.value, "string", strong=strong)
+                self._report(name, name.value, "string", strong=self._alias_kind(target) == "lib")
         else:
             # ctypes binding tables: `ctypes_function("llama_x", argtypes, restype)` and the like.
             for arg in node.args:
@@ -245,12 +246,11 @@ class _Visitor(ast.NodeVisitor):
         # Python modules (llama_cpp) define helpers and ctypes types named llama_*: only a loaded C library
         # proves that an unknown llama_* attribute is a C function.
         strong = self._alias_kind(node.value) == "lib"
-        # Report at the attribute name itself, not at the start of `self._lib.llama_x`.
+        # Point at the attribute name itself, not at the start of `self._lib.llama_x`.
         end = getattr(node, "end_col_offset", None)
-        anchor = ast.Name(id=node.attr, lineno=node.lineno, col_offset=node.col_offset)
-        if end is not None and getattr(node, "end_lineno", node.lineno) == node.lineno:
-            anchor.col_offset = end - len(node.attr)
-        self._report(anchor, node.attr, "attribute", strong=strong)
+        same_line = getattr(node, "end_lineno", node.lineno) == node.lineno
+        col = end - len(node.attr) if end is not None and same_line else None
+        self._report(node, node.attr, "attribute", strong=strong, col=col)
         self.generic_visit(node)
 
     def visit_Name(self, node: ast.Name) -> None:
