@@ -9,6 +9,7 @@ import ctypes.util
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,28 +36,31 @@ def _in_dir(directory: Path) -> Path | None:
     return None
 
 
-def candidates() -> list[tuple[str, Path | str | None]]:
-    """(where, what was found there) in lookup order; None where nothing usable was found."""
-    found: list[tuple[str, Path | str | None]] = []
+def _iter_candidates() -> Iterator[tuple[str, Path | str | None]]:
+    # Lazy: the system loader query spawns ldconfig (tens of ms), so it runs only when nothing earlier hit.
     for var in ENV_VARS:
         value = os.environ.get(var)
         if not value:
             continue
         path = Path(value).expanduser()
         hit = path if path.is_file() else _in_dir(path) if path.is_dir() else None
-        found.append((f"${var}={value}", hit))
+        yield (f"${var}={value}", hit)
     cache_dir = _cache.pinned_default_lib_dir()
     stamp_ok = (cache_dir / _cache.STAMP_NAME).is_file()
-    found.append((f"build cache {cache_dir}", _in_dir(cache_dir) if stamp_ok else None))
-    system = ctypes.util.find_library("llama")
-    found.append(("system loader (find_library('llama'))", system))
-    return found
+    yield (f"build cache {cache_dir}", _in_dir(cache_dir) if stamp_ok else None)
+    yield ("system loader (find_library('llama'))", ctypes.util.find_library("llama"))
+
+
+def candidates() -> list[tuple[str, Path | str | None]]:
+    """(where, what was found there) in lookup order; None where nothing usable was found."""
+    return list(_iter_candidates())
 
 
 def find_library() -> Path | str:
     """The library to load; raises LibraryNotFoundError naming every place looked at."""
-    looked = candidates()
-    for where, hit in looked:
+    looked = []
+    for where, hit in _iter_candidates():
+        looked.append((where, hit))
         if hit is not None:
             return hit
         if where.startswith("$"):
