@@ -137,6 +137,14 @@ def golden_outputs(header: Path) -> dict[str, str]:
     return {name: files[name] for name in GOLDEN_FILES}
 
 
+def stale_golden() -> list[str]:
+    bad = []
+    for header in golden_headers():
+        out = GOLDEN_DIR / "expected" / header.stem
+        bad += [str((out / name).relative_to(ROOT)) for name in differing(out, golden_outputs(header))]
+    return bad
+
+
 def update_golden() -> list[str]:
     written = []
     for header in golden_headers():
@@ -180,14 +188,21 @@ def main(argv: list[str] | None = None) -> int:
     errors = [d for d in result.api.diagnostics if d.startswith("ERROR:")]
     if args.check:
         bad = differing(args.out, result.files)
+        if args.out == DEFAULT_OUT and args.source is None and args.header is None:
+            bad += stale_golden()  # the checked-in golden outputs must follow the generator too
         if bad:
-            print(f"codegen: {len(bad)} generated file(s) in {args.out} are stale:", file=sys.stderr)
+            print(f"codegen: {len(bad)} generated file(s) are stale (in {args.out} unless named):", file=sys.stderr)
             for name in bad:
                 print(f"  {name}", file=sys.stderr)
-            print("run: python codegen/generate.py", file=sys.stderr)
+            fix = (
+                "python codegen/generate.py --update-golden"
+                if all("/" in n for n in bad)
+                else "python codegen/generate.py"
+            )
+            print(f"run: {fix}", file=sys.stderr)
             return 1
         if not args.quiet:
-            print(f"codegen: {len(result.files)} files up to date ({result.seconds:.2f} s)")
+            print(f"codegen: generated files and golden outputs up to date ({result.seconds:.2f} s)")
         return 1 if errors else 0
     written = write_if_changed(args.out, result.files)
     if not args.quiet:
