@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from llamarcp import _cache
-from llamarcp._pin import LLAMA_CPP_COMMIT
 from llamarcp.errors import LibraryMismatchError
 
 #: Set to 1 to skip the guard (you vouch that header and library agree).
@@ -47,6 +46,15 @@ FIX_HINT = (
 )
 
 _UNKNOWN_COMMITS = ("", "unknown", None)
+
+
+def bindings_commit() -> str:
+    """The llama.cpp commit the generated bindings describe (the pin, unless regenerated with --source)."""
+    try:
+        from llamarcp._generated._symbols import LLAMA_CPP_COMMIT
+    except ImportError:
+        from llamarcp._pin import LLAMA_CPP_COMMIT
+    return LLAMA_CPP_COMMIT
 
 
 def skipped() -> bool:
@@ -103,11 +111,13 @@ def check(
     library_path: str | os.PathLike[str],
     *,
     used: Iterable[str] | None = None,
-    expected_commit: str = LLAMA_CPP_COMMIT,
+    expected_commit: str | None = None,
 ) -> None:
     """Raise LibraryMismatchError naming every problem at once; return quietly when the library fits."""
     if skipped():
         return
+    if expected_commit is None:
+        expected_commit = bindings_commit()
     missing = missing_functions(lib, used_functions() if used is None else used)
     commit, stamp = stamp_commit(library_path)
     wrong_commit = commit is not None and commit != expected_commit
@@ -117,7 +127,7 @@ def check(
     if wrong_commit:
         lines.append(
             f"  it was built from llama.cpp commit {commit} (stamp {stamp}), "
-            f"but llamarcp expects {expected_commit} (llamarcp._pin.LLAMA_CPP_COMMIT)"
+            f"but llamarcp's bindings were generated from {expected_commit}"
         )
     if missing:
         lines.append(f"  {len(missing)} function(s) llamarcp calls are not exported: {', '.join(missing)}")

@@ -70,7 +70,7 @@ def test_wrong_build_commit_is_refused(tmp_path: Path) -> None:
         _guard.check(FakeLib("llama_a"), path, used=["llama_a"])
     message = str(info.value)
     assert "built from llama.cpp commit 4227c9be4268ac844921b90f31595f81236bd317" in message
-    assert f"llamarcp expects {LLAMA_CPP_COMMIT}" in message
+    assert f"llamarcp's bindings were generated from {LLAMA_CPP_COMMIT}" in message
     assert str(tmp_path / "llamarcp-build.json") in message
     assert info.value.found_commit == "4227c9be4268ac844921b90f31595f81236bd317"
 
@@ -80,6 +80,12 @@ def test_unknown_or_unreadable_stamp_skips_the_commit_check(tmp_path: Path, stam
     path = lib_dir(tmp_path, None)
     (tmp_path / "llamarcp-build.json").write_text(stamp)
     _guard.check(FakeLib("llama_a"), path, used=["llama_a"])
+
+
+def test_expected_commit_is_the_generated_bindings_commit() -> None:
+    from llamarcp._generated import _symbols
+
+    assert _guard.bindings_commit() == _symbols.LLAMA_CPP_COMMIT == LLAMA_CPP_COMMIT
 
 
 def test_bare_soname_from_system_loader_has_no_stamp() -> None:
