@@ -291,3 +291,12 @@ def test_github_annotations_are_escaped() -> None:
 
     use = Use("dir,x/a:b.py", 4, 2, "llama_x", "removed", "use 100% y\nthen z", "attribute")
     assert use.render_github() == "::error file=dir%2Cx/a%3Ab.py,line=4,col=2::removed llama_x -> use 100%25 y%0Athen z"
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [("x = 1\0\n", "cannot parse Python"), ("x = " + "(" * 5000 + ")" * 5000 + "\n", "cannot parse|too deeply")],
+)
+def test_pathological_sources_are_clear_errors(api: ApiIndex, source: str, message: str) -> None:
+    with pytest.raises(DriftError, match=message):
+        scan_source(source, "weird.py", api)

@@ -220,3 +220,12 @@ def test_truncated_elf_is_a_clear_error(fake_lib: Path, tmp_path: Path) -> None:
         broken.write_bytes(data[:cut])
         with pytest.raises(DriftError, match="not a readable ELF file"):
             symbols.read_exports(broken)
+
+
+def test_object_file_without_dynsym_is_rejected(tmp_path: Path) -> None:
+    src = tmp_path / "obj.c"
+    src.write_text("int llama_present(int x) { return x; }\n")
+    obj = tmp_path / "obj.o"
+    subprocess.run(["gcc", "-c", "-fPIC", "-o", str(obj), str(src)], check=True, capture_output=True)
+    with pytest.raises(DriftError, match="without a dynamic symbol table"):
+        symbols.read_exports(obj)

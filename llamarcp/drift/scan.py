@@ -267,8 +267,13 @@ def scan_source(source: str, path: str, api: ApiIndex) -> list[Use]:
         tree = ast.parse(source, filename=path)
     except SyntaxError as exc:
         raise DriftError(f"{path}:{exc.lineno}: cannot parse Python: {exc.msg}") from exc
+    except (ValueError, RecursionError, MemoryError) as exc:  # null bytes, absurdly deep nesting
+        raise DriftError(f"{path}: cannot parse Python: {exc}") from exc
     visitor = _Visitor(api, path)
-    visitor.visit(tree)
+    try:
+        visitor.visit(tree)
+    except RecursionError as exc:
+        raise DriftError(f"{path}: code nested too deeply to scan") from exc
     return sorted(visitor.uses, key=lambda u: (u.line, u.col, u.name))
 
 

@@ -57,6 +57,7 @@ class ElfReader:
         functions: set[str] = set()
         objects: set[str] = set()
         needed: list[str] = []
+        has_dynsym = False
         try:
             with path.open("rb") as fh:
                 elf = ELFFile(fh)
@@ -70,6 +71,7 @@ class ElfReader:
                     # Only the dynamic table counts: that is what dlsym can see.
                     if not isinstance(section, SymbolTableSection) or section["sh_type"] != "SHT_DYNSYM":
                         continue
+                    has_dynsym = True
                     for sym in section.iter_symbols():
                         if not sym.name or sym["st_shndx"] == "SHN_UNDEF":
                             continue
@@ -89,6 +91,8 @@ class ElfReader:
         except (ELFError, ValueError, struct.error, IndexError, KeyError, TypeError, AttributeError) as exc:
             # pyelftools raises any of these on a damaged file; all mean the same to the user.
             raise DriftError(f"{path}: not a readable ELF file ({type(exc).__name__}: {exc})") from exc
+        if not has_dynsym:
+            raise DriftError(f"{path}: ELF file without a dynamic symbol table (an object file or static binary?)")
         return Exports(str(path), self.format_name, frozenset(functions), frozenset(objects), tuple(needed))
 
 
