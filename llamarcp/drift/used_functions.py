@@ -5,7 +5,9 @@ DO NOT EDIT: tests/test_guard.py fails when this list is stale.
 """
 
 USED_FUNCTIONS: tuple[str, ...] = (
+    "ggml_backend_buft_name",
     "ggml_backend_dev_backend_reg",
+    "ggml_backend_dev_by_type",
     "ggml_backend_dev_count",
     "ggml_backend_dev_description",
     "ggml_backend_dev_get",
