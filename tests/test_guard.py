@@ -187,3 +187,22 @@ def test_guard_on_the_pinned_library_is_fast() -> None:
     _guard.check(raw, path)
     elapsed = time.perf_counter() - started
     assert elapsed < 0.05, f"guard took {elapsed * 1000:.1f} ms"
+
+
+def test_used_check_names_the_difference(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from llamarcp.drift import used, used_functions
+    from llamarcp.drift.__main__ import main
+
+    stale = tmp_path / "used_functions.py"
+    stale.write_text(used.render(["llama_not_called_anymore"]))
+    monkeypatch.setattr(used, "USED_FILE", stale)
+    monkeypatch.setattr(used_functions, "USED_FUNCTIONS", ("llama_not_called_anymore",))
+    assert main(["used", "--check"]) == 1
+    err = capsys.readouterr().err
+    assert "no longer called: llama_not_called_anymore" in err and "new: llama_backend_init" in err
+    assert main(["used", "--write"]) == 0
+    from llamarcp.drift.inputs import pinned_manifest
+
+    assert stale.read_text() == used.render(used.compute(pinned_manifest()))

@@ -84,7 +84,8 @@ def cmd_used(args: argparse.Namespace) -> int:
     from llamarcp.drift import used
     from llamarcp.drift.inputs import load_api
 
-    text = used.render(used.compute(load_api(args.api)))
+    names = used.compute(load_api(args.api))
+    text = used.render(names)
     if args.write:
         if used.current_text() != text:
             used.USED_FILE.write_text(text, encoding="utf-8")
@@ -92,8 +93,13 @@ def cmd_used(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.check:
         if used.current_text() != text:
+            from llamarcp.drift.used_functions import USED_FUNCTIONS
+
+            added = sorted(set(names) - set(USED_FUNCTIONS))
+            dropped = sorted(set(USED_FUNCTIONS) - set(names))
             print(
-                f"{used.USED_FILE} is stale: llamarcp now calls other C functions; "
+                f"{used.USED_FILE} is stale: llamarcp now calls other C functions "
+                f"(new: {', '.join(added) or '-'}; no longer called: {', '.join(dropped) or '-'}); "
                 "run `python -m llamarcp.drift used --write`",
                 file=sys.stderr,
             )
