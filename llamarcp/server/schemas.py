@@ -1,0 +1,67 @@
+"""Request bodies of the OpenAI-compatible endpoints (pydantic); unknown fields are ignored like OpenAI does.
+
+No `from __future__ import annotations` here: pydantic evaluates these at runtime, and Python 3.9 has no `X | Y`.
+"""
+
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Field bounds follow OpenAI's documented ranges so the same client code gets the same 400s.
+_Stop = Optional[Union[str, list[str]]]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: Optional[str] = None
+    max_tokens: Optional[int] = None
+    temperature: float = Field(0.8, ge=0.0, le=2.0)
+    top_p: float = Field(0.95, ge=0.0, le=1.0)
+    top_k: int = Field(40, ge=0)
+    min_p: float = Field(0.05, ge=0.0, le=1.0)
+    typical_p: float = Field(1.0, ge=0.0, le=1.0)
+    repeat_penalty: float = Field(1.0, ge=0.0)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    seed: Optional[int] = None
+    stop: _Stop = None
+    stream: bool = False
+    n: int = Field(1, ge=1, le=1, description="only one choice per request is supported")
+    logit_bias: Optional[dict[str, float]] = None
+    grammar: Optional[str] = Field(None, description="llama.cpp extension: GBNF grammar constraining the output")
+
+
+class CompletionRequest(_Request):
+    prompt: Union[str, list[str], list[int]] = ""
+    max_tokens: Optional[int] = 16
+    logprobs: Optional[int] = Field(None, ge=0, le=20)
+    echo: bool = False
+    suffix: Optional[str] = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: Optional[dict[str, Any]] = None
+    schema_: Optional[dict[str, Any]] = Field(None, alias="schema")
+
+
+class ChatCompletionRequest(_Request):
+    messages: list[dict[str, Any]]
+    max_completion_tokens: Optional[int] = None
+    tools: Optional[list[dict[str, Any]]] = None
+    tool_choice: Optional[Union[str, dict[str, Any]]] = None
+    response_format: Optional[ResponseFormat] = None
+    logprobs: Optional[bool] = False
+    top_logprobs: Optional[int] = Field(None, ge=0, le=20)
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    input: Union[str, list[str], list[int], list[list[int]]]
+    model: Optional[str] = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Optional[int] = None

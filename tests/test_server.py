@@ -1,0 +1,421 @@
+"""The OpenAI-compatible server, started for real on loopback and driven by the official `openai` client and httpx.
+
+Servers run the tiny random-weight model (a few ms per token), so answers are gibberish but complete, and
+timing-based checks (disconnect stops generation) have a wide margin.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+N_CTX = 2048
+LONG = 1500  # tokens: several seconds on the tiny model, far longer than any disconnect check waits
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    api_key: str | None = None
+
+    def client(self, **kwargs: Any) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=self.api_key or "unused", max_retries=0, **kwargs)
+
+    def health(self) -> dict[str, Any]:
+        response = httpx.get(self.url + "/health", timeout=10)
+        assert response.status_code == 200
+        return response.json()
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def post(self, path: str, body: Any, **kwargs: Any) -> httpx.Response:
+        return httpx.post(self.url + path, json=body, headers=self.headers(), timeout=60, **kwargs)
+
+    def wait_idle(self, timeout: float = 10.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            health = self.health()
+            if health["queue"]["active"] == 0 and health["queue"]["waiting"] == 0:
+                return health
+            if time.monotonic() > deadline:
+                raise AssertionError(f"server still busy after {timeout}s: {health}")
+            time.sleep(0.05)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start(model: Path, tmp: Path, *extra: str, api_key: str | None = None) -> Iterator[Server]:
+    port = _free_port()
+    log = tmp / f"server-{port}.log"
+    args = [sys.executable, "-m", "llamarcp.server", "--model", str(model), "--alias", "tiny", "--port", str(port)]
+    args += ["-c", str(N_CTX), "-t", "1", "--log-level", "warning", *extra]
+    if api_key:
+        args += ["--api-key", api_key]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    server = Server(f"http://127.0.0.1:{port}", proc, log, api_key)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"server exited with {proc.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(server.url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"server did not come up:\n{log.read_text()}")
+            time.sleep(0.1)
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from _start(tiny_model_path, tmp_path_factory.mktemp("server"), "--max-queue", "16")
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from _start(tiny_model_path, tmp_path_factory.mktemp("keyed"), api_key="sk-test-4242")
+
+
+@pytest.fixture(scope="module")
+def small_queue_server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from _start(tiny_model_path, tmp_path_factory.mktemp("small"), "--max-queue", "2")
+
+
+CHAT = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hello."}]
+
+
+# --- the official client ---------------------------------------------------------------------------------------
+
+
+def test_health_and_models(server: Server) -> None:
+    health = server.health()
+    assert health["status"] == "ok" and health["model"] == "tiny"
+    models = server.client().models.list()
+    assert [m.id for m in models.data] == ["tiny"]
+    assert server.client().models.retrieve("tiny").id == "tiny"
+
+
+def test_completion(server: Server) -> None:
+    result = server.client().completions.create(model="tiny", prompt="Once upon a time", max_tokens=8, temperature=0)
+    assert result.object == "text_completion"
+    choice = result.choices[0]
+    assert choice.text and choice.finish_reason in ("stop", "length")
+    assert result.usage is not None and 0 < result.usage.completion_tokens <= 8
+    again = server.client().completions.create(model="tiny", prompt="Once upon a time", max_tokens=8, temperature=0)
+    assert again.choices[0].text == choice.text
+
+
+def test_completion_stream(server: Server) -> None:
+    client = server.client()
+    whole = client.completions.create(model="tiny", prompt="Hello", max_tokens=10, temperature=0)
+    chunks = list(client.completions.create(model="tiny", prompt="Hello", max_tokens=10, temperature=0, stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+
+
+def test_chat(server: Server) -> None:
+    client = server.client()
+    result = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=8, temperature=0)  # type: ignore[arg-type]
+    assert result.object == "chat.completion"
+    message = result.choices[0].message
+    assert message.role == "assistant" and message.content
+    assert result.usage is not None and result.usage.prompt_tokens > 0
+
+
+def test_chat_stream_equals_non_stream(server: Server) -> None:
+    client = server.client()
+    whole = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=12, temperature=0)  # type: ignore[arg-type]
+    stream = client.chat.completions.create(
+        model="tiny",
+        messages=CHAT,  # type: ignore[arg-type]
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+
+
+def test_chat_json_schema_and_forced_tool(server: Server) -> None:
+    client = server.client()
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    result = client.chat.completions.create(
+        model="tiny",
+        messages=CHAT,  # type: ignore[arg-type]
+        max_tokens=32,
+        seed=1,
+        response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": schema}},  # type: ignore[typeddict-item]
+    )
+    assert isinstance(json.loads(result.choices[0].message.content or "")["ok"], bool)
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"unit": {"enum": ["C", "F"]}}, "required": ["unit"]},
+        },
+    }
+    result = client.chat.completions.create(
+        model="tiny",
+        messages=CHAT,  # type: ignore[arg-type]
+        max_tokens=32,
+        seed=1,
+        tools=[tool],  # type: ignore[list-item]
+        tool_choice="required",
+    )
+    choice = result.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    call = (choice.message.tool_calls or [])[0]
+    assert call.function.name == "get_weather"  # type: ignore[union-attr]
+    assert json.loads(call.function.arguments)["unit"] in ("C", "F")  # type: ignore[union-attr]
+
+
+def test_embeddings(server: Server) -> None:
+    client = server.client()
+    one = client.embeddings.create(model="tiny", input="the same text")
+    again = client.embeddings.create(model="tiny", input="the same text")
+    batch = client.embeddings.create(model="tiny", input=["the same text", "another text", "the same text"])
+    vector = one.data[0].embedding
+    assert len(vector) == 64  # the tiny model's n_embd
+    assert again.data[0].embedding == vector
+    assert [d.index for d in batch.data] == [0, 1, 2]
+    assert batch.data[0].embedding == pytest.approx(vector, abs=1e-5)
+    assert batch.data[2].embedding == pytest.approx(vector, abs=1e-5)
+    assert batch.data[1].embedding != pytest.approx(vector, abs=1e-5)
+    # Raw HTTP with float encoding gives the same numbers the client decoded from base64.
+    raw = server.post("/v1/embeddings", {"input": "the same text", "encoding_format": "float"}).json()
+    assert raw["data"][0]["embedding"] == pytest.approx(vector, rel=1e-6)
+    assert raw["usage"]["prompt_tokens"] > 0
+
+
+# --- errors: OpenAI's shape, 4xx, and the server keeps serving ------------------------------------------------
+
+
+def _error(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["message"]
+    return body["error"]
+
+
+def test_malformed_json_is_400(server: Server) -> None:
+    response = httpx.post(
+        server.url + "/v1/chat/completions", content=b'{"messages": [', headers={"content-type": "application/json"}
+    )
+    assert _error(response, 400)["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "fragment"),
+    [
+        ("/v1/chat/completions", {"model": "gpt-4o", "messages": CHAT}, 404, "does not exist"),
+        ("/v1/completions", {"model": "nope", "prompt": "x"}, 404, "does not exist"),
+        ("/v1/chat/completions", {"messages": CHAT, "max_tokens": 10**9}, 400, "max_tokens must be between"),
+        ("/v1/chat/completions", {"messages": CHAT, "max_tokens": 0}, 400, "max_tokens must be between"),
+        ("/v1/completions", {"prompt": "x", "max_tokens": -5}, 400, "max_tokens must be between"),
+        ("/v1/chat/completions", {"messages": CHAT, "max_completion_tokens": 10**6}, 400, "max_completion_tokens"),
+        ("/v1/completions", {"prompt": "word " * (N_CTX + 10), "max_tokens": 4}, 400, "context holds"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "word " * (N_CTX + 10)}]}, 400, "context"),
+        ("/v1/chat/completions", {"messages": CHAT, "n": 3}, 400, "n"),
+        ("/v1/chat/completions", {"messages": CHAT, "temperature": "hot"}, 400, "temperature"),
+        ("/v1/chat/completions", {"messages": CHAT, "temperature": 9}, 400, "temperature"),
+        ("/v1/chat/completions", {"max_tokens": 4}, 400, "messages"),
+        ("/v1/chat/completions", {"messages": []}, 400, "must not be empty"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, 400, "content must be"),
+        ("/v1/chat/completions", {"messages": CHAT, "tool_choice": "required"}, 400, "needs tools"),
+        ("/v1/chat/completions", {"messages": CHAT, "grammar": "root ::= ("}, 400, "grammar"),
+        ("/v1/chat/completions", {"messages": CHAT, "logit_bias": {"abc": 1}}, 400, "logit_bias"),
+        ("/v1/chat/completions", {"messages": CHAT, "response_format": {"type": "xml"}}, 400, "response_format"),
+        ("/v1/completions", {"prompt": ["a", "b"]}, 400, "one prompt"),
+        ("/v1/completions", {"prompt": [10**9]}, 400, "token"),
+        ("/v1/embeddings", {"input": ""}, 400, "empty"),
+        ("/v1/embeddings", {"input": "x", "encoding_format": "hex"}, 400, "encoding_format"),
+        ("/v1/nothing-here", {}, 404, "Not Found"),
+    ],
+)
+def test_bad_requests_get_openai_errors(server: Server, path: str, body: Any, status: int, fragment: str) -> None:
+    error = _error(server.post(path, body), status)
+    assert fragment.lower() in error["message"].lower(), error
+
+
+def test_server_keeps_serving_after_errors(server: Server) -> None:
+    for _ in range(3):
+        _error(server.post("/v1/chat/completions", {"messages": []}), 400)
+        _error(
+            httpx.post(server.url + "/v1/completions", content=b"{", headers={"content-type": "application/json"}), 400
+        )
+    result = server.client().chat.completions.create(model="tiny", messages=CHAT, max_tokens=4)  # type: ignore[arg-type]
+    assert result.choices[0].message.content
+    health = server.wait_idle()
+    assert health["status"] == "ok"
+
+
+def test_api_key(keyed_server: Server) -> None:
+    url = keyed_server.url
+    error = _error(httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 2}), 401)
+    assert error["code"] == "invalid_api_key"
+    wrong = {"Authorization": "Bearer sk-wrong"}
+    _error(httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 2}, headers=wrong), 401)
+    _error(httpx.get(url + "/v1/models"), 401)
+    assert httpx.get(url + "/health").status_code == 200  # health checks need no key
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=url + "/v1", api_key="sk-wrong", max_retries=0).models.list()
+    result = keyed_server.client().completions.create(model="tiny", prompt="x", max_tokens=2)
+    assert result.choices[0].text
+
+
+# --- queueing, concurrency, disconnects ------------------------------------------------------------------------
+
+
+def test_concurrent_clients_all_complete(server: Server) -> None:
+    before = server.wait_idle()["queue"]
+
+    def client_session(worker: int) -> list[tuple[str, str | None]]:
+        client = server.client(timeout=120)
+        results: list[tuple[str, str | None]] = []
+        for round_ in range(3):
+            kind = (worker + round_) % 3
+            if kind == 0:
+                chat = client.chat.completions.create(
+                    model="tiny",
+                    messages=[{"role": "user", "content": f"worker {worker} round {round_}"}],
+                    max_tokens=16,
+                    seed=worker,
+                )
+                results.append((chat.choices[0].message.content or "", chat.choices[0].finish_reason))
+            elif kind == 1:
+                text = client.completions.create(model="tiny", prompt=f"w{worker} r{round_}", max_tokens=16)
+                results.append((text.choices[0].text, text.choices[0].finish_reason))
+            else:
+                chunks = list(
+                    client.chat.completions.create(
+                        model="tiny",
+                        messages=[{"role": "user", "content": f"stream {worker}"}],
+                        max_tokens=16,
+                        stream=True,
+                    )
+                )
+                content = "".join(c.choices[0].delta.content or "" for c in chunks)
+                results.append((content, chunks[-1].choices[0].finish_reason))
+        return results
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        outcomes = [r for rs in pool.map(client_session, range(8)) for r in rs]
+    assert len(outcomes) == 24
+    for content, finish in outcomes:
+        assert content and finish in ("stop", "length")
+    after = server.wait_idle()["queue"]
+    assert after["served"] - before["served"] == 24
+    assert after["failed"] == before["failed"] and after["rejected"] == before["rejected"]
+
+
+def test_full_queue_answers_503(small_queue_server: Server) -> None:
+    server = small_queue_server
+    body = {"prompt": "long", "max_tokens": 300}
+
+    def call(_: int) -> httpx.Response:
+        return httpx.post(server.url + "/v1/completions", json=body, timeout=120)
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(call, range(6)))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses.count(200) >= 2, statuses
+    busy = [r for r in responses if r.status_code == 503]
+    assert busy, statuses
+    for response in busy:
+        assert _error(response, 503)["code"] == "server_overloaded"
+        assert response.headers["retry-after"] == "1"
+    for response in responses:
+        if response.status_code == 200:
+            assert response.json()["usage"]["completion_tokens"] == 300
+    health = server.wait_idle()
+    assert health["queue"]["rejected"] == len(busy)
+    ok = httpx.post(server.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2}, timeout=60)
+    assert ok.status_code == 200
+
+
+def test_stream_disconnect_stops_generation(server: Server) -> None:
+    before = server.wait_idle()["queue"]
+    body = {"model": "tiny", "messages": CHAT, "max_tokens": LONG, "stream": True}
+    received = 0
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                received += 1
+                if received == 5:
+                    break
+    started = time.monotonic()
+    after = server.wait_idle(timeout=LONG * 0.003)["queue"]  # well before the full generation could finish
+    stopped_in = time.monotonic() - started
+    assert after["cancelled"] == before["cancelled"] + 1
+    generated = after["streamed_chunks"] - before["streamed_chunks"]
+    assert generated < LONG / 3, f"{generated} chunks were generated after the client left"
+    assert stopped_in < 3.0
+
+
+def test_non_stream_disconnect_stops_generation(server: Server) -> None:
+    before = server.wait_idle()["queue"]
+    started = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            server.url + "/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": LONG}, timeout=0.5
+        )
+    after = server.wait_idle(timeout=10)["queue"]
+    elapsed = time.monotonic() - started
+    assert after["cancelled"] == before["cancelled"] + 1
+    # Stopping well before the time the whole generation needs shows it was cut short, not run to the end.
+    full = _timed_generation(server, 300) * (LONG / 300)
+    assert elapsed < 0.6 * full, (elapsed, full)
+
+
+def _timed_generation(server: Server, n: int) -> float:
+    started = time.monotonic()
+    response = server.post("/v1/completions", {"prompt": "x", "max_tokens": n})
+    assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] == n
+    return time.monotonic() - started
+
+
+def test_oversized_body_is_413(server: Server) -> None:
+    body = json.dumps({"prompt": "x" * (9 * 1024 * 1024)}).encode()
+    response = httpx.post(
+        server.url + "/v1/completions", content=body, headers={"content-type": "application/json"}, timeout=60
+    )
+    assert "larger than" in _error(response, 413)["message"]
+    assert server.health()["status"] == "ok"
