@@ -27,7 +27,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
@@ -218,11 +218,11 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def user_cmake_args(backends: list[str], extra: list[str], env: dict[str, str] | None = None) -> list[str]:
-    env = os.environ if env is None else env
+def user_cmake_args(backends: list[str], extra: list[str], env: Mapping[str, str] | None = None) -> list[str]:
+    source = os.environ if env is None else env
     args = [BACKEND_FLAGS[b] for b in backends]
     args += extra
-    args += shlex.split(env.get("CMAKE_ARGS", ""))
+    args += shlex.split(source.get("CMAKE_ARGS", ""))
     return args
 
 
