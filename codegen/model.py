@@ -58,6 +58,13 @@ class Struct:
     fields: tuple[Field, ...] = ()
     header: str = ""
     doc: str | None = None
+    #: Declared as `typedef struct { ... } name;`: no tag, C code names it by the typedef only.
+    typedef: bool = False
+
+    @property
+    def c_name(self) -> str:
+        """How C code names the type: `struct x`, `union x`, or the typedef name of an untagged one."""
+        return self.name if self.typedef else f"{self.kind} {self.name}"
 
     def flat_fields(self) -> list[Field]:
         """Fields as C code reaches them: members of anonymous structs/unions lifted into the parent."""
@@ -84,6 +91,12 @@ class Enum:
     #: Underlying integer type as the compiler chose it ("unsigned int", "int", ...).
     underlying: str = "int"
     doc: str | None = None
+    #: Declared as `typedef enum { ... } name;` (no tag).
+    typedef: bool = False
+
+    @property
+    def c_name(self) -> str:
+        return self.name if self.typedef or not self.name else f"enum {self.name}"
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -349,8 +349,16 @@ def parse_headers(headers: list[tuple[Group, Path]], include_dirs: list[Path], c
             if cursor.kind == ci.CursorKind.TYPEDEF_DECL:
                 _need_typedef(col, cursor)
             elif cursor.kind in (ci.CursorKind.STRUCT_DECL, ci.CursorKind.UNION_DECL):
+                if _typedef_named(cursor):
+                    continue  # taken with its typedef
+                if _is_unnamed_record(cursor):
+                    api.diagnostics.append(f"WARN: untagged {_record_key(cursor).split()[0]} without a typedef "
+                                           f"in {_header_name(cursor)} skipped")  # fmt: skip
+                    continue
                 _need_record(col, col.records.get(_record_key(cursor), cursor))
             elif cursor.kind == ci.CursorKind.ENUM_DECL:
+                if _typedef_named(cursor):
+                    continue  # taken with its typedef
                 _need_enum(col, cursor)
             elif cursor.kind == ci.CursorKind.VAR_DECL:
                 api.diagnostics.append(f"WARN: global variable {cursor.spelling} skipped (not supported)")
@@ -426,9 +434,9 @@ def _need_type(col: _Collector, ctype) -> None:  # type: ignore[no-untyped-def]
         _need_typedef(col, col.typedefs_by_name.get(decl.spelling, decl))
     elif kind == ck.RECORD:
         decl = ctype.get_declaration()
-        if decl.spelling and not decl.is_anonymous():
+        if decl.spelling and not decl.is_anonymous() and not _typedef_named(decl):
             _need_record(col, col.records.get(_record_key(decl), decl))
-    elif kind == ck.ENUM:
+    elif kind == ck.ENUM and not _typedef_named(ctype.get_declaration()):  # untagged: taken with its typedef
         _need_enum(col, ctype.get_declaration())
 
 
@@ -448,18 +456,16 @@ def _need_typedef(col: _Collector, cursor) -> None:  # type: ignore[no-untyped-d
     underlying = cursor.underlying_typedef_type
     _need_type(col, underlying)
     target = underlying.get_named_type() if underlying.kind == ck.ELABORATED else underlying
-    if target.kind == ck.RECORD:
-        decl = target.get_declaration()
-        if decl.is_anonymous() or not decl.spelling or "(unnamed" in decl.spelling or "(anonymous" in decl.spelling:
-            col.api.diagnostics.append(
-                f"WARN: typedef {name} of an unnamed {target.spelling.split()[0]} skipped (not supported yet)"
-            )
-            return
-    if target.kind == ck.ENUM:
-        decl = target.get_declaration()
-        if decl.is_anonymous() or "(unnamed" in decl.spelling or "(anonymous" in decl.spelling:
-            col.api.diagnostics.append(f"WARN: typedef {name} of an unnamed enum skipped (not supported yet)")
-            return
+    if target.kind == ck.RECORD and _typedef_named(target.get_declaration()):
+        # `typedef struct { ... } name;`: the struct is known by the typedef name only.
+        record = _record(col, target.get_declaration(), named=False)
+        col.api.structs.append(replace(record, name=name, typedef=True, doc=_clean_comment(cursor.raw_comment)))
+        col.api.typedefs.append(Typedef(name, f"{record.kind} {{...}}", _header_name(cursor)))
+        return
+    if target.kind == ck.ENUM and _typedef_named(target.get_declaration()):
+        _need_enum(col, target.get_declaration(), typedef_name=name)
+        col.api.typedefs.append(Typedef(name, "enum {...}", _header_name(cursor)))
+        return
     pointee = underlying.get_pointee() if underlying.kind == ck.POINTER else None
     if pointee is not None and pointee.kind == ck.FUNCTIONPROTO:
         params = []
@@ -503,6 +509,13 @@ def _need_record(col: _Collector, cursor) -> None:  # type: ignore[no-untyped-de
 
 def _is_unnamed_record(decl) -> bool:  # type: ignore[no-untyped-def]
     return bool(decl.is_anonymous() or not decl.spelling or "(" in decl.spelling)
+
+
+def _typedef_named(decl) -> bool:  # type: ignore[no-untyped-def]
+    """`typedef struct { ... } name;`: libclang spells the untagged record by the typedef's name."""
+    return bool(
+        decl.spelling and "(" not in decl.spelling and not decl.type.spelling.startswith(("struct ", "union ", "enum "))
+    )
 
 
 def _record(col: _Collector, cursor, named: bool, outer=None) -> Struct:  # type: ignore[no-untyped-def]
@@ -574,10 +587,10 @@ def _first_offset(inner: Struct) -> int | None:
     return flat[0].offset if flat else None
 
 
-def _need_enum(col: _Collector, cursor) -> None:  # type: ignore[no-untyped-def]
+def _need_enum(col: _Collector, cursor, typedef_name: str = "") -> None:  # type: ignore[no-untyped-def]
     name = cursor.spelling
     if cursor.is_anonymous() or "(unnamed" in name or "(anonymous" in name:
-        name = ""
+        name = typedef_name
     key = f"enum {name or cursor.hash}"
     if key in col.seen_types:
         return
@@ -590,7 +603,7 @@ def _need_enum(col: _Collector, cursor) -> None:  # type: ignore[no-untyped-def]
     )
     if not name:
         col.api.diagnostics.append(
-            f"INFO: anonymous enum in {_header_name(cursor)} emitted as constants only "
+            f"INFO: untagged enum in {_header_name(cursor)} emitted as constants only "
             f"({', '.join(c.name for c in constants)})"
         )
     col.api.enums.append(
@@ -600,6 +613,7 @@ def _need_enum(col: _Collector, cursor) -> None:  # type: ignore[no-untyped-def]
             header=_header_name(cursor),
             underlying=definition.enum_type.spelling,
             doc=_clean_comment(cursor.raw_comment),
+            typedef=bool(typedef_name),
         )
     )
 

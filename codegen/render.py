@@ -114,13 +114,18 @@ def cdef_sections(api: Api) -> dict[str, list[str]]:
     enums = []
     for e in api.enums:
         body = ",\n".join(f"    {c.name} = {c.value}" for c in e.constants)
-        enums.append(f"enum {e.name} {{\n{body}\n}};" if e.name else f"enum {{\n{body}\n}};")
+        if e.typedef:
+            enums.append(f"typedef enum {{\n{body}\n}} {e.name};")
+        else:
+            enums.append(f"enum {e.name} {{\n{body}\n}};" if e.name else f"enum {{\n{body}\n}};")
 
-    forward = [f"{s.kind} {s.name};" for s in api.structs]
+    forward = [f"{s.c_name};" for s in api.structs if not s.typedef]
 
     decls: dict[str, str] = {}
     deps: dict[str, set[str]] = {}
     for t in api.typedefs:
+        if t.type.endswith("{...}"):
+            continue  # `typedef struct { ... } name;` is emitted with the struct (or enum) itself
         decls[t.name] = f"typedef {t.decl};"
         deps[t.name] = set(_WORD.findall(t.type)) & typedef_names - {t.name}
     for c in api.callbacks:
@@ -131,7 +136,7 @@ def cdef_sections(api: Api) -> dict[str, list[str]]:
     complete = [s for s in api.structs if not s.opaque]
     sdeps: dict[str, set[str]] = {}
     for s in complete:
-        key = f"{s.kind} {s.name}"
+        key = s.c_name
         needed: set[str] = set()
         for f in s.flat_fields():
             if "*" in f.type or "(" in f.type:
@@ -139,11 +144,12 @@ def cdef_sections(api: Api) -> dict[str, list[str]]:
             base = re.sub(r"\[\d*\]", "", f.type).replace("const ", "").strip()
             needed.add(alias_of.get(base, base))
         sdeps[key] = needed
-    by_key = {f"{s.kind} {s.name}": s for s in complete}
+    by_key = {s.c_name: s for s in complete}
     structs = []
     for key in _toposort(sorted(by_key), sdeps):
         s = by_key[key]
-        structs.append("\n".join([f"{key} {{", *_struct_body(s, "    "), "};"]))
+        head, tail = (f"typedef {s.kind} {{", f"}} {s.name};") if s.typedef else (f"{key} {{", "};")
+        structs.append("\n".join([head, *_struct_body(s, "    "), tail]))
 
     functions = [f"{f.decl};" for f in api.functions]
     defines = [f"#define {d.name} {d.value}" for d in api.defines if _is_int_define(d)]
@@ -202,13 +208,14 @@ class StubTypes:
     def __init__(self, api: Api) -> None:
         self.typedefs = {t.name: t.type for t in api.typedefs}
         self.callbacks = {c.name for c in api.callbacks}
-        self.structs = {f"{s.kind} {s.name}": s for s in api.structs}
-        self.enums = {f"enum {e.name}" for e in api.enums if e.name}
+        self.structs = {s.c_name: s for s in api.structs}
+        self.enums = {e.c_name for e in api.enums if e.name}
 
     def _resolve(self, ctype: str) -> str:
         seen = 0
         text = ctype.replace("const ", "").replace("volatile ", "").strip()
-        while text in self.typedefs and seen < 32:
+        # Stop at an untagged struct/enum: its typedef name is the only name it has.
+        while text in self.typedefs and text not in self.structs and text not in self.enums and seen < 32:
             text = self.typedefs[text].replace("const ", "").replace("volatile ", "").strip()
             seen += 1
         return text
@@ -302,7 +309,7 @@ def _stub_struct(s: Struct, types: StubTypes) -> dict[str, object]:
             fields.append((py_name(f.name, 0), "CData"))
         else:
             fields.append((py_name(f.name, 0), types.value(f.type)))
-    return {"class": class_name(s), "c_name": f"{s.kind} {s.name}", "fields": fields}
+    return {"class": class_name(s), "c_name": s.c_name, "fields": fields}
 
 
 def render_stub(api: Api) -> str:

@@ -51,3 +51,14 @@ st_rect st_union_of(st_rect a, st_rect b);
 st_handle st_open(const char * path, const struct st_record * records, int32_t n_records);
 void st_close(st_handle handle);
 union st_value st_value_of(uint32_t bits);
+
+// Untagged types known only by their typedef names.
+typedef struct { uint16_t bits; } st_bf16;
+typedef enum { ST_MODE_A = 1, ST_MODE_B = 4 } st_mode;
+
+struct st_holder {
+    st_bf16 value;
+    st_mode mode;
+};
+
+st_bf16 st_to_bf16(float f, st_mode mode);

@@ -23,9 +23,22 @@ class CData:
     def __sub__(self, other: int) -> CData: ...
 
 # ---- constants: enum values and #defines ----
+ST_MODE_A: Final = 1
+ST_MODE_B: Final = 4
 ST_NAME_MAX: Final = 16
 
 # ---- structs and unions (by-value results and fields) ----
+
+class struct_st_bf16(CData):
+    """`st_bf16`"""
+
+    bits: int
+
+class struct_st_holder(CData):
+    """`struct st_holder`"""
+
+    value: struct_st_bf16
+    mode: int
 
 class struct_st_point(CData):
     """`struct st_point`"""
@@ -72,6 +85,11 @@ def st_close(handle: CData, /) -> None:
 
 def st_open(path: bytes | CData, records: CData, n_records: int, /) -> CData:
     """st_handle st_open(const char * path, const struct st_record * records, int32_t n_records)
+
+    Exported by libllama (group structs)."""
+
+def st_to_bf16(f: float, mode: int, /) -> struct_st_bf16:
+    """st_bf16 st_to_bf16(float f, st_mode mode)
 
     Exported by libllama (group structs)."""
 

@@ -6,8 +6,13 @@
  */
 
 /* ---- enums ---- */
+typedef enum {
+    ST_MODE_A = 1,
+    ST_MODE_B = 4
+} st_mode;
 
 /* ---- struct and union tags ---- */
+struct st_holder;
 struct st_opaque;
 struct st_point;
 struct st_record;
@@ -20,6 +25,15 @@ typedef int32_t st_id;
 typedef struct st_rect st_rect;
 
 /* ---- structs and unions ---- */
+typedef struct {
+    uint16_t bits;
+} st_bf16;
+
+struct st_holder {
+    st_bf16 value;
+    st_mode mode;
+};
+
 struct st_point {
     float x;
     float y;
@@ -60,6 +74,7 @@ union st_value {
 /* ---- functions ---- */
 void st_close(st_handle handle);
 st_handle st_open(const char * path, const struct st_record * records, int32_t n_records);
+st_bf16 st_to_bf16(float f, st_mode mode);
 st_rect st_union_of(st_rect a, st_rect b);
 union st_value st_value_of(uint32_t bits);
 
