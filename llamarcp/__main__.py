@@ -116,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-escape", dest="escape", action="store_false", help="take the prompt literally")
     p.add_argument("--no-mmap", dest="use_mmap", action="store_false", help="read the model instead of mapping it")
     p.add_argument("--mlock", action="store_true", help="keep the model in RAM")
+    p.add_argument(
+        "-nr",
+        "--no-repack",
+        dest="repack",
+        action="store_false",
+        default=None,
+        help="no weight repacking / extra CPU buffer types (default: on unless ggml would use AMX)",
+    )
+    p.add_argument("--repack", dest="repack", action="store_true", help="force weight repacking on")
     p.add_argument("-fa", "--flash-attn", dest="flash_attn", choices=("on", "off", "auto"), default="auto")
     p.add_argument("-v", "--verbose", action="store_true", help="print llama.cpp's log to stderr")
     return p
@@ -280,6 +289,7 @@ def main(
             seed=args.seed if args.seed >= 0 else 0xFFFFFFFF,
             use_mmap=args.use_mmap,
             use_mlock=args.mlock,
+            use_extra_bufts=args.repack,
             flash_attn={"on": True, "off": False}.get(args.flash_attn),
             last_n_tokens_size=args.repeat_last_n,
             chat_format=args.chat_format,

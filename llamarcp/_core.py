@@ -56,12 +56,18 @@ class Model(Managed):
         use_mmap: bool = True,
         use_mlock: bool = False,
         check_tensors: bool = False,
+        use_extra_bufts: bool | None = None,
+        devices: Any = None,
     ) -> None:
         lib = get_lib()
         self._lib = lib
         self.path = Path(path)
         _check_gguf_file(self.path)
         params = lib.llama_model_default_params()
+        # Offload devices (llamarcp.rpc.RpcDevices): its NULL-terminated array must outlive the model.
+        self._devices = devices
+        if devices is not None:
+            params.devices = devices.array
         params.vocab_only = bool(vocab_only)
         params.n_gpu_layers = int(n_gpu_layers)
         params.main_gpu = int(main_gpu)
@@ -72,6 +78,11 @@ class Model(Managed):
         else:
             params.load_mode = LOAD_MODE_MLOCK if use_mlock else LOAD_MODE_NONE
         params.check_tensors = bool(check_tensors)
+        if use_extra_bufts is None:
+            from llamarcp._cpu import default_use_extra_bufts
+
+            use_extra_bufts = default_use_extra_bufts(lib, ffi)
+        params.use_extra_bufts = bool(use_extra_bufts)
         last_log_errors(clear=True)
         ptr = lib.llama_model_load_from_file(os.fsencode(self.path), params)
         if ptr == ffi.NULL:

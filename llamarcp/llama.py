@@ -169,6 +169,7 @@ class Llama:
         use_mmap: bool = True,
         use_mlock: bool = False,
         check_tensors: bool = False,
+        use_extra_bufts: bool | None = None,
         seed: int = LLAMA_DEFAULT_SEED,
         n_ctx: int = 512,
         n_batch: int = 512,
@@ -238,6 +239,7 @@ class Llama:
             use_mmap=use_mmap,
             use_mlock=use_mlock,
             check_tensors=check_tensors,
+            use_extra_bufts=use_extra_bufts,
         )
         self._ctx: Context | None = None
         self._batch: Batch | None = None
