@@ -18,7 +18,7 @@ from pathlib import Path
 
 import jinja2
 
-from codegen.model import Api, Callback, Define, Enum, Field, Function, Struct, Typedef
+from codegen.model import Api, Define, Field, Function, Struct
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 FFI_MODULE = "llamarcp._generated._llama_ffi"
@@ -369,7 +369,7 @@ def render_symbols(api: Api, optional_hints: dict[str, str]) -> str:
     )
 
 
-def render_report(api: Api, groups: Iterable[object], timings: dict[str, float] | None = None) -> str:
+def render_report(api: Api, groups: Iterable[object]) -> str:
     deprecated = [f for f in api.functions if f.deprecated]
     by_group: dict[str, int] = {}
     for f in api.functions:
@@ -386,19 +386,8 @@ def render_report(api: Api, groups: Iterable[object], timings: dict[str, float] 
             constants=sum(len(e.constants) for e in api.enums),
             opaque=[s.name for s in api.structs if s.opaque],
             diagnostics=api.diagnostics,
+            levels={
+                level: sum(d.startswith(level + ":") for d in api.diagnostics) for level in ("ERROR", "WARN", "INFO")
+            },
         )
     )
-
-
-__all__ = [
-    "Callback",
-    "Enum",
-    "Typedef",
-    "cdef_sections",
-    "render_cdef",
-    "render_ffi_module",
-    "render_manifest",
-    "render_report",
-    "render_stub",
-    "render_symbols",
-]
