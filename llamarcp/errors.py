@@ -122,3 +122,27 @@ class ChatTemplateSecurityError(ChatTemplateError):
 
 class ChatMessageError(LlamaError, ValueError):
     """The chat messages (or tools) are not in the OpenAI shape the chat API accepts."""
+
+
+# --- backends and distributed inference (llamarcp.rpc) ------------------------------------------------------------
+
+
+class BackendUnavailableError(LlamaError, RuntimeError):
+    """The loaded llama.cpp was built without a backend that was asked for (RPC, CUDA, ...)."""
+
+
+class RpcServerError(LlamaError, ConnectionError):
+    """An RPC worker (`ggml-rpc-server`) cannot be used; `endpoint` is its host:port."""
+
+    def __init__(self, endpoint: str, reason: str) -> None:
+        self.endpoint = endpoint
+        self.reason = reason
+        super().__init__(f"RPC server {endpoint}: {reason}")
+
+
+class RpcServerUnreachableError(RpcServerError):
+    """Nothing answers at the endpoint: unknown host, connection refused, timeout, or busy with another client."""
+
+
+class RpcProtocolError(RpcServerError):
+    """The endpoint answered, but not as a ggml-rpc-server speaking this llama.cpp's RPC protocol."""

@@ -1,0 +1,97 @@
+"""Child process for tests/test_rpc.py: one RPC scenario per run, in a process of its own.
+
+A process loads one libllama for good, and llama.cpp's RPC client aborts its process when a worker dies, so
+the tests run every scenario here with LLAMARCP_LIB_PATH chosen by the parent and read the JSON line printed
+last on stdout (or, for the worker-loss scenario, the exit status and stderr).
+
+    python tests/rpc_child.py generate MODEL [--rpc H:P,H:P] [--ngl N] [--n-predict N]
+    python tests/rpc_child.py error MODEL --rpc H:P          # prints the exception class and message
+    python tests/rpc_child.py stream-then-wait MODEL --rpc H:P  # 1st token, "READY", waits for a stdin line
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+PROMPT = "Once upon a time"
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def _emit(payload: dict[str, object]) -> None:
+    print(json.dumps(payload), flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scenario", choices=["generate", "error", "stream-then-wait"])
+    parser.add_argument("model")
+    parser.add_argument("--rpc", default=None)
+    parser.add_argument("--ngl", type=int, default=99)
+    parser.add_argument("--n-predict", type=int, default=48)
+    opts = parser.parse_args()
+
+    capture = _Capture()
+    llama_log = logging.getLogger("llamarcp.llama_cpp")
+    llama_log.addHandler(capture)
+    llama_log.setLevel(logging.DEBUG)
+
+    from llamarcp import Llama
+    from llamarcp._lib import loaded_path
+
+    kwargs = {"n_ctx": 512, "n_threads": 1, "seed": 7, "n_gpu_layers": opts.ngl}
+    if opts.scenario == "error":
+        try:
+            Llama(opts.model, rpc_servers=opts.rpc, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - reporting whatever was raised is the point
+            _emit({"error": type(exc).__name__, "mro": [c.__name__ for c in type(exc).__mro__], "message": str(exc)})
+            return 0
+        _emit({"error": None})
+        return 0
+
+    llm = Llama(opts.model, rpc_servers=opts.rpc, **kwargs)
+    if opts.scenario == "stream-then-wait":
+        for i, chunk in enumerate(llm.create_completion(PROMPT, max_tokens=400, temperature=0, stream=True)):
+            if i == 0:
+                print("READY", flush=True)
+                sys.stdin.readline()  # the parent kills a worker now
+            print(f"TOKEN {json.dumps(chunk['choices'][0]['text'])}", flush=True)
+        _emit({"finished": True})
+        return 0
+
+    start = time.perf_counter()
+    out = llm.create_completion(PROMPT, max_tokens=opts.n_predict, temperature=0)
+    seconds = time.perf_counter() - start
+    devices = [d.name for d in llm._model._devices.devices] if llm._model._devices is not None else []
+    placement = [line.strip() for line in capture.lines if "model buffer size" in line or "assigned to device" in line]
+    _emit(
+        {
+            "text": out["choices"][0]["text"],
+            "completion_tokens": out["usage"]["completion_tokens"],
+            "seconds": seconds,
+            "timings": llm.last_timings,
+            "devices": devices,
+            "placement_log": placement,
+            "library": str(loaded_path()),
+        }
+    )
+    llm.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

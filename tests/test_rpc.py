@@ -1,0 +1,342 @@
+"""llamarcp.rpc: endpoint parsing, the Python-side server check, and real `ggml-rpc-server` workers on loopback.
+
+The slow tests build the RPC variant of the pinned llama.cpp once (`build_lib.build(backends=["rpc"])`, cached)
+and start `ggml-rpc-server` processes on free 127.0.0.1 ports. Every model load runs in a child process
+(tests/rpc_child.py) because a process keeps the one libllama it loaded and llama.cpp aborts the process that
+loses an RPC worker; each child runs under a timeout so a hang fails the test instead of blocking the suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llamarcp import rpc
+from llamarcp.errors import LlamaError, RpcProtocolError, RpcServerUnreachableError
+
+ROOT = Path(__file__).resolve().parent.parent
+CHILD = Path(__file__).with_name("rpc_child.py")
+CHILD_TIMEOUT = 180
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _run_child(lib_dir: Path, *args: str, timeout: float = CHILD_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, LLAMARCP_LIB_PATH=str(lib_dir), GGML_NO_BACKTRACE="1")
+    env.pop("LLAMA_CPP_LIB_PATH", None)
+    return subprocess.run(
+        [sys.executable, str(CHILD), *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
+    )
+
+
+def _child_json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+# ------------------------------------------------------------------------------------------------ endpoints
+
+
+def test_parse_servers_accepts_llama_cli_syntax() -> None:
+    assert rpc.parse_servers("127.0.0.1:50052, worker-2:50053") == ["127.0.0.1:50052", "worker-2:50053"]
+    assert rpc.parse_servers(["a:1", "b:00065535"]) == ["a:1", "b:65535"]
+
+
+@pytest.mark.parametrize(
+    ("servers", "message"),
+    [
+        ("", "is not 'host:port'"),
+        ([], "no RPC servers"),
+        ("localhost", "is not 'host:port'"),
+        (":50052", "is not 'host:port'"),
+        ("host:", "is not 'host:port'"),
+        ("host:port", "port must be a number"),
+        ("host:0", "port must be a number"),
+        ("host:70000", "port must be a number"),
+        ("[::1]:50052", "IPv6"),
+        ("::1:50052", "is not 'host:port'"),
+        ("a:1,a:1", "listed twice"),
+        ("a:1,,b:2", "is not 'host:port'"),
+    ],
+)
+def test_parse_servers_rejects(servers: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        rpc.parse_servers(servers)
+
+
+def test_parse_servers_rejects_non_strings() -> None:
+    with pytest.raises(TypeError, match="host:port"):
+        rpc.parse_servers([("127.0.0.1", 50052)])  # type: ignore[list-item]
+
+
+# ------------------------------------------------------------------------- server check against fake servers
+
+
+def test_check_server_connection_refused() -> None:
+    endpoint = f"127.0.0.1:{_free_port()}"
+    with pytest.raises(RpcServerUnreachableError, match="cannot connect") as info:
+        rpc.check_server(endpoint, timeout=2)
+    assert info.value.endpoint == endpoint
+    assert isinstance(info.value, LlamaError) and isinstance(info.value, ConnectionError)
+
+
+def test_check_server_unknown_host() -> None:
+    with pytest.raises(RpcServerUnreachableError, match="cannot resolve host"):
+        rpc.check_server("no-such-host.invalid:50052", timeout=2)
+
+
+def test_check_server_silent_listener_times_out() -> None:
+    # The kernel accepts the connection (backlog) but nobody answers: what a busy ggml-rpc-server looks like.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        endpoint = f"127.0.0.1:{listener.getsockname()[1]}"
+        start = time.monotonic()
+        with pytest.raises(RpcServerUnreachableError, match="did not answer the RPC handshake within 0.5 s"):
+            rpc.check_server(endpoint, timeout=0.5)
+        assert time.monotonic() - start < 5
+
+
+def _one_shot_server(reply: Callable[[socket.socket], None]) -> tuple[str, threading.Thread]:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve() -> None:
+        with listener:
+            conn, _ = listener.accept()
+            with conn:
+                reply(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return f"127.0.0.1:{listener.getsockname()[1]}", thread
+
+
+def test_check_server_peer_closes() -> None:
+    endpoint, thread = _one_shot_server(lambda conn: None)
+    with pytest.raises(RpcProtocolError, match="closed the connection during the RPC handshake"):
+        rpc.check_server(endpoint, timeout=5)
+    thread.join(5)
+
+
+def test_check_server_wrong_answer() -> None:
+    def reply(conn: socket.socket) -> None:
+        conn.recv(64)
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+    endpoint, thread = _one_shot_server(reply)
+    with pytest.raises(RpcProtocolError, match="unexpected handshake answer"):
+        rpc.check_server(endpoint, timeout=5)
+    thread.join(5)
+
+
+def test_check_server_reads_version() -> None:
+    received: list[bytes] = []
+
+    def reply(conn: socket.socket) -> None:
+        received.append(conn.recv(64))
+        conn.sendall(struct.pack("<Q", 28) + bytes([7, 1, 2, 0]) + bytes(24))
+
+    endpoint, thread = _one_shot_server(reply)
+    assert rpc.check_server(endpoint, timeout=5) == (7, 1, 2)
+    thread.join(5)
+    assert received == [bytes([14]) + struct.pack("<Q", 24) + bytes(24)]  # HELLO, 24 capability bytes
+
+
+# ------------------------------------------------------------------------------- library without RPC support
+
+
+@pytest.fixture(scope="session")
+def cpu_lib_dir() -> Path:
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import build_lib
+
+    return Path(build_lib.build())
+
+
+def test_rpc_servers_need_rpc_build(cpu_lib_dir: Path, tiny_model_path: Path) -> None:
+    report = _child_json(_run_child(cpu_lib_dir, "error", str(tiny_model_path), "--rpc", "127.0.0.1:50052"))
+    assert report["error"] == "BackendUnavailableError", report
+    assert "LlamaError" in report["mro"]
+    assert "built without the RPC backend" in report["message"]
+    assert "build_lib.py --rpc" in report["message"]
+
+
+# ------------------------------------------------------------------------- real ggml-rpc-server on loopback
+
+
+@pytest.fixture(scope="session")
+def rpc_lib_dir() -> Path:
+    """The pinned llama.cpp built with GGML_RPC=ON plus ggml-rpc-server (one extra build per CI run, cached)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import build_lib
+
+    return Path(build_lib.build(backends=["rpc"]))
+
+
+class RpcWorkers:
+    """Starts ggml-rpc-server processes on free loopback ports; `close()` kills every one still running."""
+
+    def __init__(self, binary: Path, log_dir: Path) -> None:
+        self.binary = binary
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, count: int = 1) -> list[str]:
+        started = []
+        for _ in range(count):
+            port = _free_port()
+            endpoint = f"127.0.0.1:{port}"
+            log = (self.log_dir / f"rpc-server-{port}.log").open("wb")
+            cmd = [str(self.binary), "-H", "127.0.0.1", "-p", str(port), "-t", "1"]
+            self.procs[endpoint] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            log.close()
+            started.append(endpoint)
+        for endpoint in started:
+            self._wait_ready(endpoint)
+        return started
+
+    def _wait_ready(self, endpoint: str) -> None:
+        deadline = time.monotonic() + 30
+        while True:
+            if self.procs[endpoint].poll() is not None:
+                pytest.fail(f"ggml-rpc-server {endpoint} exited: {self.log(endpoint)}")
+            try:
+                rpc.check_server(endpoint, timeout=2)
+                return
+            except (RpcServerUnreachableError, RpcProtocolError):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"ggml-rpc-server {endpoint} not ready after 30 s: {self.log(endpoint)}")
+                time.sleep(0.1)
+
+    def log(self, endpoint: str) -> str:
+        return (self.log_dir / f"rpc-server-{endpoint.rpartition(':')[2]}.log").read_text(errors="replace")
+
+    def kill(self, endpoint: str) -> None:
+        proc = self.procs[endpoint]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+@pytest.fixture
+def rpc_workers(rpc_lib_dir: Path, tmp_path: Path) -> Iterator[RpcWorkers]:
+    binary = rpc_lib_dir.parent / "bin" / "ggml-rpc-server"
+    assert binary.is_file(), f"build_lib.py --rpc did not install {binary}"
+    workers = RpcWorkers(binary, tmp_path)
+    try:
+        yield workers
+    finally:
+        workers.close()
+
+
+@pytest.mark.slow
+def test_greedy_output_over_two_rpc_servers_equals_local(
+    rpc_lib_dir: Path, rpc_workers: RpcWorkers, tiny_model_path: Path
+) -> None:
+    servers = rpc_workers.start(2)
+    local = _child_json(_run_child(rpc_lib_dir, "generate", str(tiny_model_path), "--n-predict", "48"))
+    remote = _child_json(
+        _run_child(rpc_lib_dir, "generate", str(tiny_model_path), "--rpc", ",".join(servers), "--n-predict", "48")
+    )
+    assert local["library"] == remote["library"] and Path(local["library"]).parent == rpc_lib_dir
+    assert local["devices"] == []
+    assert [d[:3] for d in remote["devices"]] == ["RPC", "RPC"], remote["devices"]
+    # both workers hold part of the weights, and no layer was assigned to the local CPU
+    for endpoint in servers:
+        assert any(f"[{endpoint}] model buffer size" in line for line in remote["placement_log"]), remote
+    assigned = [line for line in remote["placement_log"] if "assigned to device" in line]
+    assert len(assigned) == 3 and all("device RPC" in line for line in assigned), assigned  # 2 layers + output
+    local_assigned = [line for line in local["placement_log"] if "assigned to device" in line]
+    assert len(local_assigned) == 3 and all("device CPU" in line for line in local_assigned), local_assigned
+    assert remote["completion_tokens"] == local["completion_tokens"] == 48
+    assert remote["text"] == local["text"]
+    for endpoint in servers:
+        assert "Accepted client connection" in rpc_workers.log(endpoint)
+
+
+@pytest.mark.slow
+def test_unreachable_rpc_server_is_a_python_error(rpc_lib_dir: Path, tiny_model_path: Path) -> None:
+    endpoint = f"127.0.0.1:{_free_port()}"
+    report = _child_json(_run_child(rpc_lib_dir, "error", str(tiny_model_path), "--rpc", endpoint, timeout=60))
+    assert report["error"] == "RpcServerUnreachableError", report
+    assert endpoint in report["message"] and "cannot connect" in report["message"]
+
+
+@pytest.mark.slow
+def test_busy_rpc_server_times_out_instead_of_hanging(
+    rpc_lib_dir: Path, rpc_workers: RpcWorkers, tiny_model_path: Path
+) -> None:
+    (endpoint,) = rpc_workers.start(1)
+    host, _, port = endpoint.rpartition(":")
+    # Another client holds the worker (it serves one at a time); llama.cpp alone would wait for it forever.
+    with socket.create_connection((host, int(port)), timeout=5) as other_client:
+        other_client.sendall(bytes([14]) + struct.pack("<Q", 24) + bytes(24))
+        other_client.recv(64)
+        start = time.monotonic()
+        report = _child_json(_run_child(rpc_lib_dir, "error", str(tiny_model_path), "--rpc", endpoint, timeout=60))
+        elapsed = time.monotonic() - start
+    assert report["error"] == "RpcServerUnreachableError", report
+    assert "did not answer the RPC handshake" in report["message"]
+    assert elapsed < rpc.DEFAULT_TIMEOUT + 30
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_generation_ends_child_with_clear_error(
+    rpc_lib_dir: Path, rpc_workers: RpcWorkers, tiny_model_path: Path
+) -> None:
+    servers = rpc_workers.start(2)
+    env = dict(os.environ, LLAMARCP_LIB_PATH=str(rpc_lib_dir), GGML_NO_BACKTRACE="1")
+    env.pop("LLAMA_CPP_LIB_PATH", None)
+    cmd = [sys.executable, str(CHILD), "stream-then-wait", str(tiny_model_path), "--rpc", ",".join(servers)]
+    child = subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
+    )
+    try:
+        assert child.stdout is not None and child.stdin is not None and child.stderr is not None
+        ready = ""
+        timer = threading.Timer(CHILD_TIMEOUT, child.kill)  # readline below must not wait forever
+        timer.start()
+        try:
+            ready = child.stdout.readline()
+        finally:
+            timer.cancel()
+        assert ready.strip() == "READY", f"child did not start generating: {ready!r} {child.stderr.read()[-3000:]}"
+        rpc_workers.kill(servers[1])  # mid-generation: the first token is out, the rest needs the worker
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        start = time.monotonic()
+        stdout, stderr = child.communicate(timeout=60)  # TimeoutExpired here would be the hang this test forbids
+        elapsed = time.monotonic() - start
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+    assert '"finished": true' not in stdout
+    assert child.returncode != 0
+    assert "Remote RPC server crashed or returned malformed response" in stderr, stderr[-3000:]
+    assert elapsed < 60
