@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import signal
 import subprocess
 import sys
 import time
@@ -34,10 +36,11 @@ class Toolchain:
     commit: str
 
 
-def ensure_toolchain() -> Toolchain:
+def ensure_toolchain(cmake_args: list[str] | None = None) -> Toolchain:
     """Build (or reuse from the cache) the pinned libllama plus llama-bench, via build_lib.py."""
+    extra = [f"--cmake-arg={arg}" for arg in cmake_args or []]
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "build_lib.py"), "--tools", "llama-bench"],
+        [sys.executable, str(ROOT / "build_lib.py"), "--tools", "llama-bench", *extra],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -124,7 +127,7 @@ class WorkerClient:
         if not line:
             self.proc.wait(timeout=10)
             raise BenchmarkError(
-                f"{self.impl} worker exited with code {self.proc.returncode} during {op!r}: {self._stderr_tail()}"
+                f"{self.impl} worker {describe_exit(self.proc.returncode)} during {op!r}: {self._stderr_tail()}"
             )
         reply: dict[str, Any] = json.loads(line)
         return reply
@@ -167,7 +170,7 @@ def run_llama_bench(
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise BenchmarkError(f"llama-bench failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}")
+        raise BenchmarkError(f"llama-bench {describe_exit(proc.returncode)}: {' '.join(cmd)}\n{proc.stderr[-600:]}")
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.strip().startswith("{")]
     if len(rows) != 1:
         raise BenchmarkError(f"llama-bench printed {len(rows)} result rows, expected 1:\n{proc.stdout[-2000:]}")
@@ -180,10 +183,29 @@ def run_llama_bench(
     }
 
 
+def describe_exit(returncode: int | None) -> str:
+    """'exited with code 2' or 'was killed by SIGILL' (a crash inside the C library shows up as a signal)."""
+    if returncode is not None and returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            pass
+    return f"exited with code {returncode}"
+
+
 # -- whole-process timings ----------------------------------------------------------------------------------
-def time_process(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, int, str]:
-    """Wall time of one process run to completion, its exit code and the tail of its output."""
+def time_process(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, int, str]:
+    """Wall and CPU seconds of one process run to completion, its exit code and the tail of its output.
+
+    CPU time (user + system of the child) is much steadier than wall time when other jobs share the cores.
+    """
+    cpu_before = _children_cpu()
     started = time.perf_counter()
     proc = subprocess.run(argv, env=env, cwd=str(cwd), capture_output=True, text=True)
     elapsed = time.perf_counter() - started
-    return elapsed, proc.returncode, (proc.stderr + proc.stdout)[-1500:]
+    return elapsed, _children_cpu() - cpu_before, proc.returncode, (proc.stderr + proc.stdout)[-1500:]
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime

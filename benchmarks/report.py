@@ -183,8 +183,8 @@ def _timing_lines(results: dict[str, Any]) -> list[str]:
             "### Import time (ms, whole `python -c ...` process: median (min–max); over bare = minus the same "
             "interpreter's `python -c pass`)",
             "",
-            "| command | interpreter | wall | over bare |",
-            "|---|---|---:|---:|",
+            "| command | interpreter | wall | over bare (wall, paired) | CPU | CPU over bare |",
+            "|---|---|---:|---:|---:|---:|",
         ]
         for key, cell in imports.items():
             if cell.get("error"):
@@ -192,11 +192,22 @@ def _timing_lines(results: dict[str, Any]) -> list[str]:
                 continue
             s = cell["summary"]
             over = "" if cell.get("baseline") else f"{cell['over_bare_ms']:.1f}"
+            cpu_over = "" if cell.get("baseline") else f"{cell['cpu_over_bare_ms']:.1f}"
             out.append(
                 f"| `{key}` | {cell['interpreter']} | {s['median'] * 1000:.1f} ({s['min'] * 1000:.1f}–"
-                f"{s['max'] * 1000:.1f}) | {over} |"
+                f"{s['max'] * 1000:.1f}) | {over} | {cell['cpu_ms']:.1f} | {cpu_over} |"
             )
         out.append("")
+        script = results.get("import_time_script")
+        if script and not script.get("error"):
+            out += [
+                f"Cross-check with `benchmarks/import_time.py` (`{script['command']}`, {script['runs']} paired runs): "
+                f"overhead {script['overhead_median_ms']:.1f} ms median, {script['overhead_min_ms']:.1f} ms best "
+                f"case, {script['overhead_cpu_median_ms']:.1f} ms CPU.",
+                "",
+            ]
+        elif script:
+            out += [f"`benchmarks/import_time.py` failed: {script['error']}", ""]
     tools = results.get("tools", {})
     if tools:
         out += ["### Tool run times (s, median (min–max))", "", "| command | time |", "|---|---:|"]

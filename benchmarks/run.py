@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -157,16 +158,18 @@ def measure_imports(toolchain: Toolchain, lcp_python: Path | None, reps: int) ->
             ("from llama_cpp import Llama", str(lcp_python), "from llama_cpp import Llama", WORK_DIR, False),
         ]
     times: dict[str, list[float]] = {key: [] for key, *_ in snippets}
+    cpu_times: dict[str, list[float]] = {key: [] for key, *_ in snippets}
     errors: dict[str, str] = {}
     for rep in range(reps + 1):  # round 0 warms the page cache and is dropped
         for key, python, code, cwd, _ in snippets:
             if key in errors:
                 continue
-            elapsed, rc, tail = contenders.time_process([python, "-c", code], env, cwd)
+            elapsed, cpu, rc, tail = contenders.time_process([python, "-c", code], env, cwd)
             if rc != 0:
                 errors[key] = f"exit {rc}: {tail.strip().splitlines()[-1] if tail.strip() else ''}"
             elif rep > 0:
                 times[key].append(elapsed)
+                cpu_times[key].append(cpu)
     out: dict[str, Any] = {}
     baseline_for = {sys.executable: "python -c pass", str(lcp_python): "python -c pass (llama-cpp-python venv)"}
     for key, python, _code, _cwd, is_baseline in snippets:
@@ -176,11 +179,28 @@ def measure_imports(toolchain: Toolchain, lcp_python: Path | None, reps: int) ->
             continue
         summary = report.summarize(times[key])
         cell = {"interpreter": interpreter, "samples": times[key], "summary": summary, "baseline": is_baseline}
-        base = times.get(baseline_for[python])
-        if not is_baseline and base:
-            cell["over_bare_ms"] = (summary["median"] - report.summarize(base)["median"]) * 1000
+        cell["cpu_ms"] = statistics.median(cpu_times[key]) * 1000
+        base_key = baseline_for[python]
+        if not is_baseline and times.get(base_key):
+            # Paired: each run minus the bare start of the same round, then the median (noise hits both alike).
+            pairs = zip(times[key], times[base_key])
+            cell["over_bare_ms"] = statistics.median(a - b for a, b in pairs) * 1000
+            cell["cpu_over_bare_ms"] = cell["cpu_ms"] - statistics.median(cpu_times[base_key]) * 1000
         out[key] = cell
     return out
+
+
+def codegen_import_time(runs: int) -> dict[str, Any]:
+    """The codegen engineer's benchmarks/import_time.py (lib + ffi only), run as a cross-check of the table."""
+    spec = importlib.util.spec_from_file_location("_import_time", Path(__file__).resolve().parent / "import_time.py")
+    if spec is None or spec.loader is None:
+        return {"error": "benchmarks/import_time.py not found"}
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        return dict(module.measure(runs), command=module.IMPORT)
+    except Exception as exc:  # recorded in the report rather than aborting the run
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def measure_tools(toolchain: Toolchain, reps: int) -> dict[str, Any]:
@@ -195,7 +215,7 @@ def measure_tools(toolchain: Toolchain, reps: int) -> dict[str, Any]:
     for key, argv in commands.items():
         samples, error = [], None
         for _ in range(reps):
-            elapsed, rc, tail = contenders.time_process(argv, env, ROOT)
+            elapsed, _cpu, rc, tail = contenders.time_process(argv, env, ROOT)
             if rc != 0:
                 error = f"exit {rc}: {tail.strip()[-300:]}"
                 break
@@ -261,17 +281,16 @@ class ThroughputRun:
             assert python is not None
             stderr_path = WORK_DIR / "logs" / f"{model_key.replace('@', '-t')}-{name}.stderr"
             client = WorkerClient(PYTHON_CONTENDERS[name], python, env, stderr_path)
-            reply = client.request(
-                "load",
-                model=str(model_path),
-                n_ctx=self.args.n_ctx,
-                n_batch=self.args.n_batch,
-                n_threads=self.threads,
-                flash_attn=self.args.flash_attn,
-                seed=1234,
-            )
+            try:
+                reply = self._load(client, model_path)
+                if reply["ok"]:  # warm up: one short pp (the first tg request adds an unstreamed reference run)
+                    warm = client.request("pp", tokens=self._random_tokens(reply["n_vocab"], 32, seed=-1))
+                    if not warm["ok"]:
+                        reply = warm
+            except BenchmarkError as exc:
+                reply = {"ok": False, "error": str(exc)}
             if not reply["ok"]:
-                result["notes"].append(f"{name} could not load the model: {reply['error']}")
+                result["notes"].append(f"{name} could not load the model or warm up: {reply['error']}")
                 client.close()
                 workers[name] = None
                 continue
@@ -284,9 +303,18 @@ class ThroughputRun:
                 result["notes"].append(f"{name} Llama() does not accept {', '.join(reply['not_set'])} (left default)")
             result["load"][name] = reply
             workers[name] = client
-            # Warm up: one pp, plus the unstreamed reference the first tg request makes.
-            client.request("pp", tokens=self._random_tokens(reply["n_vocab"], 32, seed=-1))
         return workers
+
+    def _load(self, client: WorkerClient, model_path: Path) -> dict[str, Any]:
+        return client.request(
+            "load",
+            model=str(model_path),
+            n_ctx=self.args.n_ctx,
+            n_batch=self.args.n_batch,
+            n_threads=self.threads,
+            flash_attn=self.args.flash_attn,
+            seed=1234,
+        )
 
     def _random_tokens(self, n_vocab: int, n: int, seed: int) -> list[int]:
         rng = random.Random(seed * 7919 + n)
@@ -319,12 +347,18 @@ class ThroughputRun:
             return float(out["tokens_per_s"])
         worker = workers.get(name)
         if worker is None:
-            return "not loaded"
-        if test["n_gen"]:
-            reply = worker.request("tg", prompt=TG_PROMPTS[model_key], n_predict=test["n_gen"])
-        else:
-            n_vocab = result["load"][name]["n_vocab"]
-            reply = worker.request("pp", tokens=self._random_tokens(n_vocab, test["n_prompt"], seed=rnd))
+            return "not loaded (see the notes)"
+        try:
+            if test["n_gen"]:
+                reply = worker.request("tg", prompt=TG_PROMPTS[model_key], n_predict=test["n_gen"])
+            else:
+                n_vocab = result["load"][name]["n_vocab"]
+                reply = worker.request("pp", tokens=self._random_tokens(n_vocab, test["n_prompt"], seed=rnd))
+        except BenchmarkError as exc:  # the worker process died (e.g. a crash inside libllama)
+            worker.close()
+            workers[name] = None
+            result["notes"].append(f"{name} worker died: {exc}")
+            return str(exc)
         if not reply["ok"]:
             return reply["error"]
         if test["n_gen"]:
@@ -380,6 +414,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--n-batch", type=int, default=512)
     p.add_argument("--n-ctx", type=int, default=1024)
     p.add_argument("--flash-attn", choices=("on", "off"), default="on")
+    p.add_argument(
+        "--cmake-arg",
+        action="append",
+        default=[],
+        help="extra CMake argument for the library build (repeatable; a separate cached build of the same pin)",
+    )
     p.add_argument("--no-llama-cpp-python", action="store_true", help="skip the llama-cpp-python contender")
     p.add_argument("--skip-imports", action="store_true")
     p.add_argument("--skip-tools", action="store_true")
@@ -420,7 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     results: dict[str, Any] = {"meta": meta, "models": {}, "failures": []}
 
-    toolchain = contenders.ensure_toolchain()
+    toolchain = contenders.ensure_toolchain(args.cmake_arg)
+    meta["cmake_args"] = args.cmake_arg
     meta.update(
         lib_dir=str(toolchain.lib_dir), llama_cpp_commit=toolchain.commit, llama_bench=str(toolchain.llama_bench)
     )
@@ -438,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_imports:
         log(f"import times ({args.import_reps} interleaved runs each)")
         results["imports"] = measure_imports(toolchain, lcp_python, args.import_reps)
+        results["import_time_script"] = codegen_import_time(args.import_reps)
     if not args.skip_tools:
         log("codegen / drift run times")
         results["tools"] = measure_tools(toolchain, 1 if args.smoke else 3)
