@@ -66,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="layers to offload to the GPU (-1 = all)",
     )
+    p.add_argument(
+        "--rpc",
+        dest="rpc_servers",
+        metavar="SERVERS",
+        default=None,
+        help="comma-separated RPC servers (host:port) to offload -ngl layers to (library from build_lib.py --rpc)",
+    )
     p.add_argument("-s", "--seed", type=int, default=-1, help="RNG seed (-1 = random)")
     p.add_argument("--temp", type=float, default=0.8, help="temperature (0 = greedy; default 0.8)")
     p.add_argument("--top-k", dest="top_k", type=int, default=40)
@@ -286,6 +293,7 @@ def main(
             n_threads=args.threads,
             n_threads_batch=args.threads_batch,
             n_gpu_layers=args.n_gpu_layers,
+            rpc_servers=args.rpc_servers,
             seed=args.seed if args.seed >= 0 else 0xFFFFFFFF,
             use_mmap=args.use_mmap,
             use_mlock=args.mlock,

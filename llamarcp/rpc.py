@@ -295,6 +295,6 @@ def warn_if_unused(n_gpu_layers: int) -> None:
     if n_gpu_layers == 0:
         warnings.warn(
             "rpc_servers given with n_gpu_layers=0: every layer stays on the local CPU "
-            "(pass n_gpu_layers=-1 or 99 to offload all layers to the servers)",
+            "(pass n_gpu_layers=-1, or -ngl 99 on the command line, to offload all layers to the servers)",
             stacklevel=3,
         )

@@ -340,3 +340,32 @@ def test_worker_killed_mid_generation_ends_child_with_clear_error(
     assert child.returncode != 0
     assert "Remote RPC server crashed or returned malformed response" in stderr, stderr[-3000:]
     assert elapsed < 60
+
+
+@pytest.mark.slow
+def test_cli_rpc_flag(rpc_lib_dir: Path, rpc_workers: RpcWorkers, tiny_model_path: Path, cpu_lib_dir: Path) -> None:
+    servers = ",".join(rpc_workers.start(2))
+
+    def cli(lib_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, LLAMARCP_LIB_PATH=str(lib_dir), GGML_NO_BACKTRACE="1")
+        env.pop("LLAMA_CPP_LIB_PATH", None)
+        cmd = [sys.executable, "-m", "llamarcp", "-m", str(tiny_model_path), "-p", "Once upon a time", "-n", "16"]
+        return subprocess.run(
+            [*cmd, "--temp", "0", "-t", "1", *args], capture_output=True, text=True, timeout=CHILD_TIMEOUT, env=env
+        )
+
+    remote = cli(rpc_lib_dir, "--rpc", servers, "-ngl", "99")
+    local = cli(rpc_lib_dir)
+    assert remote.returncode == 0 and local.returncode == 0, remote.stderr[-2000:] + local.stderr[-2000:]
+    assert remote.stdout == local.stdout and remote.stdout.startswith("Once upon a time")
+    assert "eval time" in remote.stderr  # the llama-cli style timing lines
+    refused = cli(rpc_lib_dir, "--rpc", f"127.0.0.1:{_free_port()}", "-ngl", "99")
+    assert (
+        refused.returncode == 1
+        and "error: RPC server 127.0.0.1:" in refused.stderr
+        and "cannot connect" in refused.stderr
+    )
+    malformed = cli(rpc_lib_dir, "--rpc", "127.0.0.1", "-ngl", "99")
+    assert malformed.returncode == 2 and "is not 'host:port'" in malformed.stderr
+    no_backend = cli(cpu_lib_dir, "--rpc", servers, "-ngl", "99")
+    assert no_backend.returncode == 1 and "built without the RPC backend" in no_backend.stderr
