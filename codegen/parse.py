@@ -77,7 +77,7 @@ GROUPS: tuple[Group, ...] = (
             "ggml_backend_buft_is_host",
         ),
         optional=True,
-        hint="it belongs to libggml of the loaded build",
+        hint="the loaded build does not export this libggml function; rebuild with `python build_lib.py`",
     ),
     Group(
         "ggml-rpc",

@@ -672,7 +672,7 @@ DEPRECATED: dict[str, str] = {
 
 #: Function group -> what to do when its functions are missing from the loaded library.
 HINTS: dict[str, str] = {
-    "ggml-backend": "it belongs to libggml of the loaded build",
+    "ggml-backend": "the loaded build does not export this libggml function; rebuild with `python build_lib.py`",
     "ggml-rpc": "the loaded llama.cpp was built without RPC; rebuild with `python build_lib.py --rpc`",
 }
 
