@@ -186,3 +186,9 @@ def test_golden_cdef_loads_in_cffi_with_gcc_layouts(header: Path, tmp_path: Path
     for s in api.structs:
         if not s.opaque:
             assert ffi.sizeof(s.c_name) == s.size
+
+
+def test_manifest_reads_back_into_the_same_model() -> None:
+    manifest = json.loads((Path(generate.DEFAULT_OUT) / "api.json").read_text())
+    manifest.pop("_comment")
+    assert Api.from_manifest(manifest).to_manifest() == manifest
