@@ -5,10 +5,7 @@ Shared by build_lib.py (writer) and llamarcp._lib (reader) so both agree on one 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import platform
 from pathlib import Path
 
 #: Written next to the libraries of a finished build; its presence marks the build complete.
@@ -27,12 +24,22 @@ def cache_root() -> Path:
 
 def build_key(source_id: str, cmake_args: list[str]) -> str:
     """Key a build by what decides the binary: the source identity, the CMake flags and the machine."""
+    # Imported here: this runs once per process at library lookup, and these imports cost ~5 ms.
+    import hashlib
+    import json
+
+    if hasattr(os, "uname"):
+        machine, system = os.uname().machine, os.uname().sysname
+    else:
+        import platform
+
+        machine, system = platform.machine(), platform.system()
     payload = json.dumps(
         {
             "source": source_id,
             "cmake_args": sorted(cmake_args),
-            "machine": platform.machine(),
-            "system": platform.system(),
+            "machine": machine,
+            "system": system,
         },
         sort_keys=True,
     )

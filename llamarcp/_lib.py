@@ -5,7 +5,6 @@ The one place that calls dlopen. `load()` is cached, so `from llamarcp import li
 
 from __future__ import annotations
 
-import ctypes.util
 import os
 import sys
 import threading
@@ -29,6 +28,12 @@ else:
     LIB_NAMES = ("libllama.so",)
 
 
+def system_find_library(name: str) -> str | None:
+    import ctypes.util  # lazy: only needed when nothing earlier hit, and costs ~5 ms of import time
+
+    return ctypes.util.find_library(name)
+
+
 def _in_dir(directory: Path) -> Path | None:
     for name in LIB_NAMES:
         if (directory / name).is_file():
@@ -48,7 +53,7 @@ def _iter_candidates() -> Iterator[tuple[str, Path | str | None]]:
     cache_dir = _cache.pinned_default_lib_dir()
     stamp_ok = (cache_dir / _cache.STAMP_NAME).is_file()
     yield (f"build cache {cache_dir}", _in_dir(cache_dir) if stamp_ok else None)
-    yield ("system loader (find_library('llama'))", ctypes.util.find_library("llama"))
+    yield ("system loader (find_library('llama'))", system_find_library("llama"))
 
 
 def candidates() -> list[tuple[str, Path | str | None]]:

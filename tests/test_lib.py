@@ -19,7 +19,7 @@ def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         monkeypatch.delenv(var, raising=False)
     cache = tmp_path / "empty-cache"
     monkeypatch.setenv("LLAMARCP_CACHE_DIR", str(cache))
-    monkeypatch.setattr(_lib.ctypes.util, "find_library", lambda name: None)
+    monkeypatch.setattr(_lib, "system_find_library", lambda name: None)
     return cache
 
 
@@ -70,14 +70,14 @@ def test_unstamped_cache_entry_is_ignored(clean_env: Path) -> None:
 
 
 def test_system_loader_is_last(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_lib.ctypes.util, "find_library", lambda name: "libllama.so.0")
+    monkeypatch.setattr(_lib, "system_find_library", lambda name: "libllama.so.0")
     assert _lib.find_library() == "libllama.so.0"
 
 
 def test_env_var_pointing_nowhere_is_an_error_not_a_fallthrough(
     clean_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_lib.ctypes.util, "find_library", lambda name: "libllama.so.0")
+    monkeypatch.setattr(_lib, "system_find_library", lambda name: "libllama.so.0")
     monkeypatch.setenv("LLAMARCP_LIB_PATH", str(tmp_path / "nope"))
     with pytest.raises(LibraryNotFoundError, match=r"\$LLAMARCP_LIB_PATH=.*nope"):
         _lib.find_library()
