@@ -546,3 +546,60 @@ def test_gguf_chat_template_is_used(tiny_model_path: Path, tmp_path: Path) -> No
         result = create_chat_completion(llm, CHAT, max_tokens=2, temperature=0)
         expected = llm.tokenize(formatter.render(CHAT).encode(), add_bos=True, special=True)
         assert result["usage"]["prompt_tokens"] == len(expected)
+
+
+@pytest.mark.parametrize(
+    ("metadata", "expected"),
+    [
+        ({"general.architecture": "gemma3"}, "gemma"),
+        ({"general.architecture": "gemma2"}, "gemma"),
+        ({"general.architecture": "phi3"}, "phi-3"),
+        ({"general.architecture": "qwen2"}, "chatml"),
+        ({"general.architecture": "llama", "tokenizer.ggml.pre": "llama-bpe"}, "llama-3"),
+        ({"general.architecture": "llama", "tokenizer.ggml.pre": "default"}, "chatml"),  # Llama 2 or Mistral: unknown
+        ({}, "chatml"),
+    ],
+)
+def test_format_guessed_from_architecture_when_gguf_has_no_template(metadata: dict, expected: str) -> None:
+    assert formatter_for_model(metadata).name == expected
+    # A template in the file always wins over the guess.
+    assert formatter_for_model({**metadata, "tokenizer.chat_template": "{{ 'x' }}"}).name == "tokenizer.chat_template"
+
+
+# --- the real default model (gemma-3-270m, no chat template in its GGUF) -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gemma(default_model_path: Path) -> Any:
+    from llamarcp import Llama
+
+    with Llama(str(default_model_path), n_ctx=1024) as llm:
+        yield llm
+
+
+@pytest.mark.slow
+def test_gemma_prompt_uses_gemma_turns_and_one_bos(gemma: Any) -> None:
+    formatter = chat_formatter(gemma)
+    assert formatter.name == "gemma" and formatter.bos_token == "<bos>"
+    prompt = formatter.render(CHAT)
+    tokens = gemma.tokenize(prompt.encode(), add_bos=False, special=True)
+    start, end, bos = (
+        gemma.tokenize(t.encode(), add_bos=False, special=True) for t in ("<start_of_turn>", "<end_of_turn>", "<bos>")
+    )
+    assert len(start) == len(end) == len(bos) == 1  # real special tokens, not text
+    assert tokens.count(bos[0]) == 1 and tokens[0] == bos[0]
+    assert tokens.count(start[0]) == 2 and tokens.count(end[0]) == 1
+    result = create_chat_completion(gemma, CHAT, max_tokens=8, temperature=0)
+    assert result["usage"]["prompt_tokens"] == len(tokens)
+    assert result["choices"][0]["message"]["content"]
+
+
+@pytest.mark.slow
+def test_gemma_json_schema_reply_parses(gemma: Any) -> None:
+    schema = {"type": "object", "properties": {"capital": {"type": "string", "maxLength": 24}}, "required": ["capital"]}
+    messages = [{"role": "user", "content": "What is the capital of France? Reply in JSON."}]
+    fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+    result = create_chat_completion(gemma, messages, max_tokens=40, temperature=0, response_format=fmt)
+    choice = result["choices"][0]
+    assert choice["finish_reason"] == "stop"
+    assert isinstance(json.loads(choice["message"]["content"])["capital"], str)

@@ -9,6 +9,7 @@ from llamarcp.chat.templates import (
     ChatFormatter,
     formatter_for_model,
     get_chat_format,
+    guess_chat_format,
     normalize_messages,
     register_chat_format,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "ChatFormatter",
     "formatter_for_model",
     "get_chat_format",
+    "guess_chat_format",
     "normalize_messages",
     "register_chat_format",
 ]

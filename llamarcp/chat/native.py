@@ -35,6 +35,8 @@ def llama_cpp_apply_template(
     """
     from llamarcp import ffi, lib
 
+    if not isinstance(template, str) or not template:
+        raise ChatTemplateError("llama_chat_apply_template needs a template (jinja source or a built-in name)")
     msgs = normalize_messages(messages)
     keep_alive = []
     chat = ffi.new("struct llama_chat_message[]", len(msgs))

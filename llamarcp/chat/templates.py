@@ -496,6 +496,22 @@ for _fmt in (
 DEFAULT_CHAT_FORMAT = "chatml"
 
 
+#: general.architecture prefix -> format, for GGUFs that carry no template (the default gemma-3-270m has none).
+#: Only families whose chat layout is unambiguous from the architecture are listed.
+_ARCHITECTURE_FORMATS = (("gemma", "gemma"), ("phi3", "phi-3"), ("qwen", "chatml"))
+
+
+def guess_chat_format(metadata: Mapping[str, Any]) -> str:
+    """Named format for a model without `tokenizer.chat_template`, from its architecture; else chatml."""
+    arch = str(metadata.get("general.architecture", ""))
+    for prefix, name in _ARCHITECTURE_FORMATS:
+        if arch.startswith(prefix):
+            return name
+    if arch == "llama" and metadata.get("tokenizer.ggml.pre") in ("llama-bpe", "llama3"):
+        return "llama-3"
+    return DEFAULT_CHAT_FORMAT
+
+
 def formatter_for_model(
     metadata: Mapping[str, Any],
     bos_token: str = "",
@@ -504,7 +520,8 @@ def formatter_for_model(
     chat_format: str | None = None,
     chat_template: str | None = None,
 ) -> ChatFormatter:
-    """Pick the formatter for a model: explicit template > named format > GGUF template > default format."""
+    """Pick the formatter for a model: explicit template > named format > GGUF template > a format guessed from
+    the architecture (chatml when unknown)."""
     if chat_template is not None:
         return ChatFormatter(chat_template, bos_token, eos_token, name="chat_template")
     if chat_format is not None:
@@ -512,4 +529,4 @@ def formatter_for_model(
     source = metadata.get("tokenizer.chat_template")
     if isinstance(source, str) and source.strip():
         return ChatFormatter(source, bos_token, eos_token, name="tokenizer.chat_template")
-    return ChatFormatter.from_format(DEFAULT_CHAT_FORMAT, bos_token, eos_token)
+    return ChatFormatter.from_format(guess_chat_format(metadata), bos_token, eos_token)
