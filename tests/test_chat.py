@@ -603,3 +603,89 @@ def test_gemma_json_schema_reply_parses(gemma: Any) -> None:
     choice = result["choices"][0]
     assert choice["finish_reason"] == "stop"
     assert isinstance(json.loads(choice["message"]["content"])["capital"], str)
+
+
+# --- tools in "auto" mode: the model's own tool-call syntax is recognised ----------------------------------------
+# A grammar makes the tiny model write exactly the reply under test, so the real generation path is exercised.
+
+HERMES_CALL = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}}</tool_call>'
+
+
+def _literal_grammar(text: str) -> str:
+    return "root ::= " + json.dumps(text)
+
+
+def test_auto_tool_call_is_parsed(tiny_llama: Any) -> None:
+    result = create_chat_completion(
+        tiny_llama, CHAT, tools=[WEATHER_TOOL], max_tokens=128, grammar=_literal_grammar(HERMES_CALL)
+    )
+    choice = result["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    (call,) = choice["message"]["tool_calls"]
+    assert call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"]) == {"city": "Paris", "unit": "C"}
+
+
+def test_auto_tool_call_streamed_is_held_back_and_parsed(tiny_llama: Any) -> None:
+    chunks = list(
+        create_chat_completion(
+            tiny_llama, CHAT, tools=[WEATHER_TOOL], max_tokens=128, grammar=_literal_grammar(HERMES_CALL), stream=True
+        )
+    )
+    # No fragment of the raw call leaks out as content.
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == ""
+    last = chunks[-1]["choices"][0]
+    assert last["finish_reason"] == "tool_calls"
+    assert json.loads(last["delta"]["tool_calls"][0]["function"]["arguments"]) == {"city": "Paris", "unit": "C"}
+
+
+def test_plain_answer_with_tools_streams_as_content(tiny_llama: Any) -> None:
+    answer = "It is sunny in Paris today, no tool needed."
+    chunks = list(
+        create_chat_completion(
+            tiny_llama, CHAT, tools=[WEATHER_TOOL], max_tokens=64, grammar=_literal_grammar(answer), stream=True
+        )
+    )
+    contents = [c["choices"][0]["delta"].get("content") for c in chunks[1:-1]]
+    assert "".join(contents) == answer
+    assert len(contents) > 3  # streamed as it was generated, not held to the end
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    whole = create_chat_completion(
+        tiny_llama, CHAT, tools=[WEATHER_TOOL], max_tokens=64, grammar=_literal_grammar(answer)
+    )
+    assert whole["choices"][0]["message"] == {"role": "assistant", "content": answer}
+
+
+def test_tool_choice_none_hides_tools(tiny_llama: Any) -> None:
+    result = create_chat_completion(
+        tiny_llama,
+        CHAT,
+        tools=[WEATHER_TOOL],
+        tool_choice="none",
+        max_tokens=128,
+        grammar=_literal_grammar(HERMES_CALL),
+    )
+    assert result["choices"][0]["finish_reason"] == "stop"
+    assert result["choices"][0]["message"]["content"] == HERMES_CALL
+
+
+def test_chat_logprobs(tiny_llama: Any) -> None:
+    result = create_chat_completion(tiny_llama, CHAT, max_tokens=4, temperature=0, logprobs=True, top_logprobs=2)
+    content = result["choices"][0]["logprobs"]["content"]
+    assert len(content) == result["usage"]["completion_tokens"]
+    assert "".join(item["token"] for item in content) == result["choices"][0]["message"]["content"]
+    for item in content:
+        assert item["logprob"] <= 0 and len(item["top_logprobs"]) == 2
+        assert item["top_logprobs"][0]["logprob"] >= item["top_logprobs"][1]["logprob"]
+        assert bytes(item["bytes"]).decode() == item["token"]
+
+
+def test_template_kwargs_reach_the_template(tiny_llama: Any) -> None:
+    template = "{% if enable_thinking %}THINK {% endif %}{% for m in messages %}{{ m.content }}{% endfor %}"
+    on = create_chat_completion(
+        tiny_llama, CHAT, max_tokens=1, chat_template=template, template_kwargs={"enable_thinking": True}
+    )
+    off = create_chat_completion(tiny_llama, CHAT, max_tokens=1, chat_template=template)
+    think = len(tiny_llama.tokenize(b"THINK ", add_bos=False))
+    assert on["usage"]["prompt_tokens"] - off["usage"]["prompt_tokens"] in (think - 1, think, think + 1)
+    assert on["usage"]["prompt_tokens"] > off["usage"]["prompt_tokens"]

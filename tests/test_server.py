@@ -419,3 +419,18 @@ def test_oversized_body_is_413(server: Server) -> None:
     )
     assert "larger than" in _error(response, 413)["message"]
     assert server.health()["status"] == "ok"
+
+
+def test_chat_logprobs_and_template_kwargs(server: Server) -> None:
+    result = server.client().chat.completions.create(
+        model="tiny",
+        messages=CHAT,  # type: ignore[arg-type]
+        max_tokens=3,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+        extra_body={"chat_template_kwargs": {"enable_thinking": False}},
+    )
+    content = result.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert content is not None and len(content) == result.usage.completion_tokens  # type: ignore[union-attr]
+    assert all(len(item.top_logprobs) == 2 and item.logprob <= 0 for item in content)

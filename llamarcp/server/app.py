@@ -432,6 +432,7 @@ def create_app(settings: ServerSettings, llama: Any = None) -> FastAPI:
             response_format=response_format,
             logprobs=body.logprobs,
             top_logprobs=body.top_logprobs,
+            template_kwargs=body.chat_template_kwargs,
             model=state.model_id,
         )
         llama = state.llama

@@ -55,6 +55,9 @@ class ChatCompletionRequest(_Request):
     tool_choice: Optional[Union[str, dict[str, Any]]] = None
     response_format: Optional[ResponseFormat] = None
     logprobs: Optional[bool] = False
+    chat_template_kwargs: Optional[dict[str, Any]] = Field(
+        None, description="llama.cpp extension: extra chat template variables, e.g. {'enable_thinking': false}"
+    )
     top_logprobs: Optional[int] = Field(None, ge=0, le=20)
 
 
