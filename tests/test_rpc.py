@@ -369,3 +369,56 @@ def test_cli_rpc_flag(rpc_lib_dir: Path, rpc_workers: RpcWorkers, tiny_model_pat
     assert malformed.returncode == 2 and "is not 'host:port'" in malformed.stderr
     no_backend = cli(cpu_lib_dir, "--rpc", servers, "-ngl", "99")
     assert no_backend.returncode == 1 and "built without the RPC backend" in no_backend.stderr
+
+
+_SYMBOL_PROBE = """
+import json
+import llamarcp
+from llamarcp._generated import _symbols
+from llamarcp._libproxy import is_available
+from llamarcp.errors import MissingSymbolError
+lib = llamarcp.lib
+names = _symbols.GROUPS["ggml-rpc"]
+report = {"available": {n: is_available(lib, n) for n in names}, "supports_rpc": bool(lib.llama_supports_rpc())}
+if not report["supports_rpc"]:  # with RPC, the raw call would connect (and abort on a refused connection)
+    try:
+        lib.ggml_backend_rpc_add_server(b"127.0.0.1:1")
+    except MissingSymbolError as exc:
+        report["missing_error"] = str(exc)
+print(json.dumps(report))
+"""
+
+
+def _symbol_report(lib_dir: Path) -> dict[str, Any]:
+    env = dict(os.environ, LLAMARCP_LIB_PATH=str(lib_dir))
+    env.pop("LLAMA_CPP_LIB_PATH", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", _SYMBOL_PROBE], capture_output=True, text=True, timeout=60, env=env, cwd=ROOT
+    )
+    return _child_json(proc)
+
+
+def test_rpc_functions_absent_from_cpu_build_raise_missing_symbol(cpu_lib_dir: Path) -> None:
+    report = _symbol_report(cpu_lib_dir)
+    assert report["supports_rpc"] is False
+    assert report["available"] and not any(report["available"].values()), report
+    assert "ggml_backend_rpc_add_server" in report["missing_error"]
+    assert "build_lib.py --rpc" in report["missing_error"]
+
+
+@pytest.mark.slow
+def test_rpc_build_exports_every_generated_rpc_function(rpc_lib_dir: Path) -> None:
+    report = _symbol_report(rpc_lib_dir)
+    assert report["supports_rpc"] is True
+    assert all(report["available"].values()), report
+    assert "missing_error" not in report
+    drift = subprocess.run(
+        [sys.executable, "-m", "llamarcp.drift", "symbols", str(rpc_lib_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert drift.returncode == 0, drift.stdout + drift.stderr
+    assert "0 error(s)" in drift.stdout + drift.stderr
+    assert "ggml_backend_rpc" not in drift.stdout + drift.stderr  # no "not exported" note for the RPC group
