@@ -434,3 +434,11 @@ def test_chat_logprobs_and_template_kwargs(server: Server) -> None:
     content = result.choices[0].logprobs.content  # type: ignore[union-attr]
     assert content is not None and len(content) == result.usage.completion_tokens  # type: ignore[union-attr]
     assert all(len(item.top_logprobs) == 2 and item.logprob <= 0 for item in content)
+
+
+def test_lone_surrogate_in_message_is_400(server: Server) -> None:
+    body = b'{"messages": [{"role": "user", "content": "broken \\ud800 text"}], "max_tokens": 2}'
+    response = httpx.post(
+        server.url + "/v1/chat/completions", content=body, headers={"content-type": "application/json"}, timeout=30
+    )
+    assert "not valid unicode" in _error(response, 400)["message"].lower()

@@ -193,7 +193,11 @@ def create_chat_completion(
     formatter = chat_formatter(llama, chat_format, chat_template)
     prompt = formatter.render(messages, add_generation_prompt=True, tools=offered, **dict(template_kwargs or {}))
     bos = formatter.bos_token
-    prompt_tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=not (bos and prompt.startswith(bos)), special=True)
+    try:
+        prompt_bytes = prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ChatMessageError(f"the conversation contains text that is not valid Unicode ({exc.reason})") from exc
+    prompt_tokens = llama.tokenize(prompt_bytes, add_bos=not (bos and prompt.startswith(bos)), special=True)
 
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     stops += [s for s in formatter.stop if s not in stops]

@@ -104,8 +104,12 @@ class ModelRunner:
                     return
                 yield item  # type: ignore[misc]
         finally:
-            closing = self._executor.submit(gen.close)  # type: ignore[attr-defined]
-            await asyncio.shield(asyncio.wrap_future(closing))
+            try:
+                closing = self._executor.submit(gen.close)  # type: ignore[attr-defined]
+            except RuntimeError:  # executor already shut down (server stopping): nothing else can run now
+                gen.close()  # type: ignore[attr-defined]
+            else:
+                await asyncio.shield(asyncio.wrap_future(closing))
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
