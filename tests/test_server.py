@@ -7,6 +7,7 @@ timing-based checks (disconnect stops generation) have a wide margin.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import socket
@@ -65,11 +66,13 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start(model: Path, tmp: Path, *extra: str, api_key: str | None = None) -> Iterator[Server]:
+def _start(model: Path | None, tmp: Path, *extra: str, api_key: str | None = None) -> Iterator[Server]:
     port = _free_port()
     log = tmp / f"server-{port}.log"
-    args = [sys.executable, "-m", "llamarcp.server", "--model", str(model), "--alias", "tiny", "--port", str(port)]
-    args += ["-c", str(N_CTX), "-t", "1", "--log-level", "warning", *extra]
+    args = [sys.executable, "-m", "llamarcp.server", "--port", str(port), "-c", str(N_CTX), "--log-level", "warning"]
+    if model is not None:
+        args += ["--model", str(model), "--alias", "tiny", "-t", "1"]
+    args += list(extra)
     if api_key:
         args += ["--api-key", api_key]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -442,3 +445,25 @@ def test_lone_surrogate_in_message_is_400(server: Server) -> None:
         server.url + "/v1/chat/completions", content=body, headers={"content-type": "application/json"}, timeout=30
     )
     assert "not valid unicode" in _error(response, 400)["message"].lower()
+
+
+@pytest.mark.slow
+def test_default_model_server(default_model_path: Path, tmp_path: Path) -> None:
+    # No --model: the server loads the default gemma-3-270m, like `python -m llamarcp`.
+    with contextlib.contextmanager(_start)(None, tmp_path) as server:
+        client = server.client(timeout=300)
+        (model,) = client.models.list().data
+        assert model.id == default_model_path.name
+        result = client.chat.completions.create(model=model.id, messages=CHAT, max_tokens=8, temperature=0)  # type: ignore[arg-type]
+        assert result.choices[0].message.content
+        stream = client.chat.completions.create(
+            model=model.id,
+            messages=CHAT,  # type: ignore[arg-type]
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in stream)
+        assert text == result.choices[0].message.content
+        vector = client.embeddings.create(model=model.id, input="hello").data[0].embedding
+        assert len(vector) == 640  # gemma-3-270m's n_embd
