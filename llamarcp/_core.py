@@ -88,6 +88,8 @@ class Model(Managed):
         if ptr == ffi.NULL:
             raise ModelLoadError(f"llama.cpp could not load {self.path}{_log_hint()}")
         super().__init__(ptr)
+        if devices is not None:
+            devices.claim()  # its RPC servers now serve this model (llamarcp.rpc refuses to share them)
         self.vocab_only = bool(vocab_only)
         self.vocab = lib.llama_model_get_vocab(ptr)
         self.n_vocab = int(lib.llama_vocab_n_tokens(self.vocab))
@@ -98,6 +100,8 @@ class Model(Managed):
 
     def _free(self, ptr: Any) -> None:
         self._lib.llama_model_free(ptr)
+        if self._devices is not None:
+            self._devices.release()
 
     # -- vocab ------------------------------------------------------------------------------------------------
 

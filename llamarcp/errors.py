@@ -144,5 +144,9 @@ class RpcServerUnreachableError(RpcServerError):
     """Nothing answers at the endpoint: unknown host, connection refused, timeout, or busy with another client."""
 
 
+class RpcServerInUseError(RpcServerError):
+    """The worker already serves another open model of this process; each open model needs its own workers."""
+
+
 class RpcProtocolError(RpcServerError):
     """The endpoint answered, but not as a ggml-rpc-server speaking this llama.cpp's RPC protocol."""

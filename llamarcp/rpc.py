@@ -10,6 +10,10 @@ llama.cpp's RPC client aborts the whole process when a worker disappears or answ
 checked from Python first (TCP connect + the protocol's HELLO handshake, both with a timeout): an unreachable,
 busy or incompatible server becomes a Python exception instead of an abort or an endless wait. A worker lost
 *during* a llama_decode still ends the process (llama.cpp cannot recover from it); see the README.
+
+One worker serves one open model of a process: the pinned llama.cpp's client re-runs a worker's cached graph by
+id, and the worker drops that cache whenever any of its buffers is freed, so closing one of two models sharing a
+worker would abort the process at the other's next decode. `rpc_devices` refuses the second model instead.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from llamarcp.errors import BackendUnavailableError, RpcProtocolError, RpcServerUnreachableError
+from llamarcp.errors import BackendUnavailableError, RpcProtocolError, RpcServerInUseError, RpcServerUnreachableError
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -50,7 +54,7 @@ _ADD_SERVER = b"ggml_backend_rpc_add_server"
 _ADD_SERVER_TYPE = "ggml_backend_reg_t (*)(const char *)"
 
 _live_lock = threading.Lock()
-#: Device lists handed to models that may still be open: their servers are busy serving this process.
+#: Device lists of loaded, not yet freed models (claimed by `_core.Model`): their servers serve this process.
 _live: weakref.WeakSet[RpcDevices] = weakref.WeakSet()
 
 
@@ -165,6 +169,16 @@ class RpcDevices:
         self.devices = tuple(devices)
         self.array = ffi.new("ggml_backend_dev_t[]", [*handles, ffi.NULL])
 
+    def claim(self) -> None:
+        """Mark the servers as serving a loaded model (called by the model owner once the load succeeded)."""
+        with _live_lock:
+            _live.add(self)
+
+    def release(self) -> None:
+        """The model using these devices was freed: its servers may serve another model of this process."""
+        with _live_lock:
+            _live.discard(self)
+
     def __len__(self) -> int:
         return len(self.devices)
 
@@ -262,9 +276,16 @@ def rpc_devices(
     add_server = _add_server_function(lib)
     busy = _busy_endpoints()
     for endpoint in endpoints:
-        # A server an open model of this process is connected to would not answer a second client: connect only.
-        major, minor, _ = check_server(endpoint, timeout, handshake=endpoint not in busy)
-        if endpoint not in busy and (major != int(lib.RPC_PROTO_MAJOR_VERSION) or minor > lib.RPC_PROTO_MINOR_VERSION):
+        if endpoint in busy:
+            # llama.cpp would share its one connection, but freeing either model makes the server drop the graph
+            # the other one re-runs by id, and the next decode aborts the process: one worker per open model.
+            raise RpcServerInUseError(
+                endpoint,
+                "already serves another open model of this process (llama.cpp cannot share one worker between "
+                "models safely); close that model first or start another ggml-rpc-server",
+            )
+        major, minor, _ = check_server(endpoint, timeout)
+        if major != int(lib.RPC_PROTO_MAJOR_VERSION) or minor > lib.RPC_PROTO_MINOR_VERSION:
             raise RpcProtocolError(
                 endpoint,
                 f"speaks RPC protocol {major}.{minor}, this llama.cpp speaks {lib.RPC_PROTO_MAJOR_VERSION}."
@@ -284,10 +305,7 @@ def rpc_devices(
         for dev in _local_gpus(lib):
             handles.append(dev)
             described.append(_describe(lib, dev, None))
-    result = RpcDevices(endpoints, handles, described)
-    with _live_lock:
-        _live.add(result)
-    return result
+    return RpcDevices(endpoints, handles, described)
 
 
 def warn_if_unused(n_gpu_layers: int) -> None:

@@ -7,6 +7,7 @@ last on stdout (or, for the worker-loss scenario, the exit status and stderr).
     python tests/rpc_child.py generate MODEL [--rpc H:P,H:P] [--ngl N] [--n-predict N]
     python tests/rpc_child.py error MODEL --rpc H:P          # prints the exception class and message
     python tests/rpc_child.py stream-then-wait MODEL --rpc H:P  # 1st token, "READY", waits for a stdin line
+    python tests/rpc_child.py share MODEL --rpc H:P          # two open models on one worker, then one after close
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def _emit(payload: dict[str, object]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario", choices=["generate", "error", "stream-then-wait"])
+    parser.add_argument("scenario", choices=["generate", "error", "stream-then-wait", "share"])
     parser.add_argument("model")
     parser.add_argument("--rpc", default=None)
     parser.add_argument("--ngl", type=int, default=99)
@@ -64,6 +65,20 @@ def main() -> int:
         return 0
 
     llm = Llama(opts.model, rpc_servers=opts.rpc, **kwargs)
+    if opts.scenario == "share":  # a second open model on the same worker, then one after the first is closed
+        first = llm("Hello", max_tokens=8, temperature=0)["choices"][0]["text"]
+        try:
+            Llama(opts.model, rpc_servers=opts.rpc, **kwargs)
+            second_error = None
+        except Exception as exc:  # noqa: BLE001 - reported to the parent
+            second_error = [type(exc).__name__, str(exc)]
+        again = llm("Hello", max_tokens=8, temperature=0)["choices"][0]["text"]
+        llm.close()
+        third = Llama(opts.model, rpc_servers=opts.rpc, **kwargs)
+        after = third("Hello", max_tokens=8, temperature=0)["choices"][0]["text"]
+        third.close()
+        _emit({"first": first, "again": again, "after_close": after, "second_error": second_error})
+        return 0
     if opts.scenario == "stream-then-wait":
         for i, chunk in enumerate(llm.create_completion(PROMPT, max_tokens=400, temperature=0, stream=True)):
             if i == 0:

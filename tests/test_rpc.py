@@ -306,6 +306,19 @@ def test_busy_rpc_server_times_out_instead_of_hanging(
 
 
 @pytest.mark.slow
+def test_one_worker_serves_one_open_model_per_process(
+    rpc_lib_dir: Path, rpc_workers: RpcWorkers, tiny_model_path: Path
+) -> None:
+    (endpoint,) = rpc_workers.start(1)
+    report = _child_json(_run_child(rpc_lib_dir, "share", str(tiny_model_path), "--rpc", endpoint))
+    assert report["second_error"] is not None, report
+    assert report["second_error"][0] == "RpcServerInUseError"
+    assert endpoint in report["second_error"][1] and "another open model" in report["second_error"][1]
+    # the refused load left the first model working, and closing it frees the worker for the next one
+    assert report["first"] == report["again"] == report["after_close"] != ""
+
+
+@pytest.mark.slow
 def test_worker_killed_mid_generation_ends_child_with_clear_error(
     rpc_lib_dir: Path, rpc_workers: RpcWorkers, tiny_model_path: Path
 ) -> None:
