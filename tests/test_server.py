@@ -254,6 +254,8 @@ def test_malformed_json_is_400(server: Server) -> None:
         ("/v1/completions", {"prompt": "x", "max_tokens": -5}, 400, "max_tokens must be between"),
         ("/v1/chat/completions", {"messages": CHAT, "max_completion_tokens": 10**6}, 400, "max_completion_tokens"),
         ("/v1/completions", {"prompt": "word " * (N_CTX + 10), "max_tokens": 4}, 400, "context holds"),
+        ("/v1/completions", {"prompt": "word " * (N_CTX + 10), "stream": True}, 400, "context holds"),
+        ("/v1/chat/completions", {"messages": CHAT, "stream": True, "grammar": "root ::= ("}, 400, "grammar"),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "word " * (N_CTX + 10)}]}, 400, "context"),
         ("/v1/chat/completions", {"messages": CHAT, "n": 3}, 400, "n"),
         ("/v1/chat/completions", {"messages": CHAT, "temperature": "hot"}, 400, "temperature"),
@@ -388,7 +390,7 @@ def test_stream_disconnect_stops_generation(server: Server) -> None:
     after = server.wait_idle(timeout=LONG * 0.003)["queue"]  # well before the full generation could finish
     stopped_in = time.monotonic() - started
     assert after["cancelled"] == before["cancelled"] + 1
-    generated = after["streamed_chunks"] - before["streamed_chunks"]
+    generated = after["produced_chunks"] - before["produced_chunks"]
     assert generated < LONG / 3, f"{generated} chunks were generated after the client left"
     assert stopped_in < 3.0
 

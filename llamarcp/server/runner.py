@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from collections.abc import AsyncGenerator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -16,7 +17,7 @@ from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
 
-_END = object()
+_ITEM, _ERROR, _DONE = range(3)
 
 
 class ServerOverloaded(Exception):
@@ -29,6 +30,8 @@ class RunnerStats:
     failed: int = 0
     rejected: int = 0
     cancelled: int = 0
+    #: Chunks the model thread generated / chunks sent to clients (they differ when a client leaves).
+    produced_chunks: int = 0
     streamed_chunks: int = 0
 
 
@@ -91,25 +94,51 @@ class ModelRunner:
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
 
     async def iterate(self, make: Callable[[], Iterator[T]]) -> AsyncGenerator[T, None]:
-        """Drive a blocking generator on the model thread, one item per hop; on early exit close it there.
+        """Run a blocking generator on the model thread and hand its items to this task as they come.
 
-        The caller holds the slot. Closing is submitted synchronously, so it is queued on the model thread
-        behind the in-flight step and ahead of any later request, even if this task is being cancelled.
+        The model thread produces at full speed (no round trip per token); when this async generator is closed
+        early (client gone), the producer stops before its next item and closes the generator itself. The caller
+        holds the slot; anything it runs next on the model thread queues behind the producer.
         """
-        gen = await self.call(make)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+        stop = threading.Event()
+        stats = self.stats
+
+        def deliver(kind: int, value: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+            except RuntimeError:  # the event loop is gone (server shutting down)
+                stop.set()
+
+        def produce() -> None:
+            try:
+                gen = make()
+                try:
+                    for item in gen:
+                        stats.produced_chunks += 1
+                        deliver(_ITEM, item)
+                        if stop.is_set():
+                            break
+                finally:
+                    gen.close()  # type: ignore[attr-defined]
+            except BaseException as exc:  # handed to the consumer, which re-raises it
+                deliver(_ERROR, exc)
+            else:
+                deliver(_DONE, None)
+
+        producer = loop.run_in_executor(self._executor, produce)
         try:
             while True:
-                item = await self.call(next, gen, _END)
-                if item is _END:
+                kind, value = await queue.get()
+                if kind == _DONE:
                     return
-                yield item  # type: ignore[misc]
+                if kind == _ERROR:
+                    raise value
+                yield value
         finally:
-            try:
-                closing = self._executor.submit(gen.close)  # type: ignore[attr-defined]
-            except RuntimeError:  # executor already shut down (server stopping): nothing else can run now
-                gen.close()  # type: ignore[attr-defined]
-            else:
-                await asyncio.shield(asyncio.wrap_future(closing))
+            stop.set()
+            await asyncio.shield(producer)
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
