@@ -63,6 +63,7 @@ class Worker:
             "not_set": not_set,
             "version": _version(self.impl),
             "libraries": _mapped_libraries(),
+            "extra_bufts": _extra_bufts(self.impl, self.llm),
         }
 
     def tg(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -136,6 +137,23 @@ def _accepted_keywords(cls: Any) -> set[str] | None:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return None
     return {p.name for p in params}
+
+
+def _extra_bufts(impl: str, llm: Any) -> bool | None:
+    """Whether the model was loaded with llama.cpp's extra CPU buffer types (weight repacking, AMX)."""
+    if impl == "llama_cpp":
+        return bool(llm.model_params.use_extra_bufts)
+    model = getattr(llm, "_model", None)
+    params = getattr(model, "params", None)
+    if params is not None and hasattr(params, "use_extra_bufts"):
+        return bool(params.use_extra_bufts)
+    try:
+        from llamarcp import ffi, lib
+        from llamarcp._cpu import default_use_extra_bufts
+
+        return bool(default_use_extra_bufts(lib, ffi))
+    except ImportError:
+        return None
 
 
 def _version(impl: str) -> str:

@@ -152,7 +152,15 @@ class WorkerClient:
 
 # -- llama-bench ------------------------------------------------------------------------------------------
 def run_llama_bench(
-    toolchain: Toolchain, model: Path, *, n_prompt: int, n_gen: int, threads: int, n_batch: int, flash_attn: bool
+    toolchain: Toolchain,
+    model: Path,
+    *,
+    n_prompt: int,
+    n_gen: int,
+    threads: int,
+    n_batch: int,
+    flash_attn: bool,
+    repack: bool = True,
 ) -> dict[str, Any]:
     """One llama-bench test (pp when n_gen == 0, tg when n_prompt == 0), one repetition after its own warmup."""
     cmd = [
@@ -164,6 +172,7 @@ def run_llama_bench(
         "-b", str(n_batch),
         "-ub", str(n_batch),
         "-fa", "on" if flash_attn else "off",
+        "--repack", "1" if repack else "0",
         "-r", "1",
         "-o", "jsonl",
     ]  # fmt: skip

@@ -37,6 +37,8 @@ TG_PROMPTS = {
     "tiny": "Once upon a time",
     "gemma": "The history of the printing press begins in",
 }
+#: Keeps -march=native but drops AMX, whose ggml kernel dies on this VM (ggml-org/llama.cpp#26954).
+NO_AMX_FLAGS = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 MODEL_LABELS = {"tiny": "tiny random llama (2M, F32)", "gemma": "gemma-3-270m Q4_K_M"}
 #: Default model list per mode (key: smoke?). The tiny model also runs on 1 thread: with 2 threads its ~0.4 ms
 #: decode is dominated by thread hand-offs, which other processes on a shared machine make very noisy.
@@ -303,6 +305,13 @@ class ThroughputRun:
                 result["notes"].append(f"{name} Llama() does not accept {', '.join(reply['not_set'])} (left default)")
             result["load"][name] = reply
             workers[name] = client
+        llamarcp_extra = result["load"].get("llamarcp", {}).get("extra_bufts")
+        if llamarcp_extra is False:
+            # llamarcp leaves repacking/AMX off on a build that offers AMX (llamarcp/_cpu.py): match it.
+            result["repack"] = False
+            result["notes"].append(
+                "llamarcp loaded without extra buffer types (AMX build): llama-bench gets --repack 0"
+            )
         return workers
 
     def _load(self, client: WorkerClient, model_path: Path) -> dict[str, Any]:
@@ -341,6 +350,7 @@ class ThroughputRun:
                     threads=self.threads,
                     n_batch=args.n_batch,
                     flash_attn=args.flash_attn,
+                    repack=result.get("repack", True),
                 )
             except BenchmarkError as exc:
                 return str(exc)
@@ -420,6 +430,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         help="extra CMake argument for the library build (repeatable; a separate cached build of the same pin)",
     )
+    p.add_argument(
+        "--no-amx",
+        action="store_true",
+        help="use a build of the same pin compiled without AMX (ggml's AMX kernel crashes on this VM; see RESULTS.md)",
+    )
     p.add_argument("--no-llama-cpp-python", action="store_true", help="skip the llama-cpp-python contender")
     p.add_argument("--skip-imports", action="store_true")
     p.add_argument("--skip-tools", action="store_true")
@@ -460,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     results: dict[str, Any] = {"meta": meta, "models": {}, "failures": []}
 
+    if args.no_amx:
+        args.cmake_arg += [f"-DCMAKE_{lang}_FLAGS={NO_AMX_FLAGS}" for lang in ("C", "CXX")]
     toolchain = contenders.ensure_toolchain(args.cmake_arg)
     meta["cmake_args"] = args.cmake_arg
     meta.update(
