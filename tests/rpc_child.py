@@ -8,6 +8,7 @@ last on stdout (or, for the worker-loss scenario, the exit status and stderr).
     python tests/rpc_child.py error MODEL --rpc H:P          # prints the exception class and message
     python tests/rpc_child.py stream-then-wait MODEL --rpc H:P  # 1st token, "READY", waits for a stdin line
     python tests/rpc_child.py share MODEL --rpc H:P          # two open models on one worker, then one after close
+    python tests/rpc_child.py server-state MODEL --rpc H:P   # the OpenAI server's model state with --rpc
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def _emit(payload: dict[str, object]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario", choices=["generate", "error", "stream-then-wait", "share"])
+    parser.add_argument("scenario", choices=["generate", "error", "stream-then-wait", "share", "server-state"])
     parser.add_argument("model")
     parser.add_argument("--rpc", default=None)
     parser.add_argument("--ngl", type=int, default=99)
@@ -64,6 +65,20 @@ def main() -> int:
         _emit({"error": None})
         return 0
 
+    if opts.scenario == "server-state":  # what `python -m llamarcp.server --rpc ... -ngl 99` loads
+        from llamarcp.server.app import ServerSettings, ServerState
+
+        state = ServerState(ServerSettings(model=opts.model, rpc_servers=opts.rpc, n_gpu_layers=opts.ngl, n_threads=1))
+        state.load()
+        text = state.llama("Hello", max_tokens=8, temperature=0)["choices"][0]["text"]
+        served = state.llama._model._devices
+        vector = state.embedding_model().embed("Hello")
+        devices = [d.name for d in served.devices] if served else []
+        state.close()
+        with Llama(opts.model, n_ctx=512, n_threads=1) as local:
+            local_text = local("Hello", max_tokens=8, temperature=0)["choices"][0]["text"]
+        _emit({"text": text, "local_text": local_text, "devices": devices, "embedding": len(vector)})
+        return 0
     llm = Llama(opts.model, rpc_servers=opts.rpc, **kwargs)
     if opts.scenario == "share":  # a second open model on the same worker, then one after the first is closed
         first = llm("Hello", max_tokens=8, temperature=0)["choices"][0]["text"]

@@ -435,3 +435,15 @@ def test_rpc_build_exports_every_generated_rpc_function(rpc_lib_dir: Path) -> No
     assert drift.returncode == 0, drift.stdout + drift.stderr
     assert "0 error(s)" in drift.stdout + drift.stderr
     assert "ggml_backend_rpc" not in drift.stdout + drift.stderr  # no "not exported" note for the RPC group
+
+
+@pytest.mark.slow
+def test_server_settings_rpc_servers(rpc_lib_dir: Path, rpc_workers: RpcWorkers, tiny_model_path: Path) -> None:
+    (endpoint,) = rpc_workers.start(1)
+    report = _child_json(_run_child(rpc_lib_dir, "server-state", str(tiny_model_path), "--rpc", endpoint))
+    assert [d[:3] for d in report["devices"]] == ["RPC"]
+    assert report["text"] == report["local_text"] != ""  # generated through the worker, same as on the CPU
+    assert report["embedding"] > 0  # the embeddings model loads locally beside it (one model per worker)
+    from llamarcp.server.__main__ import build_parser
+
+    assert build_parser().parse_args(["--rpc", endpoint, "-ngl", "99"]).rpc_servers == endpoint

@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-b", "--batch-size", dest="n_batch", type=int, default=512, help="batch size (default 512)")
     p.add_argument("-t", "--threads", dest="n_threads", type=int, help="threads (default: physical cores)")
     p.add_argument("-ngl", "--n-gpu-layers", dest="n_gpu_layers", type=int, default=0, help="layers to offload")
+    p.add_argument("--rpc", dest="rpc_servers", metavar="SERVERS", help="comma-separated RPC servers (host:port)")
     p.add_argument("--seed", type=int, help="default sampling seed")
     p.add_argument("--chat-format", help="named chat format instead of the model's template (e.g. chatml)")
     p.add_argument(
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         n_batch=args.n_batch,
         n_threads=args.n_threads,
         n_gpu_layers=args.n_gpu_layers,
+        rpc_servers=args.rpc_servers,
         seed=args.seed,
         chat_format=args.chat_format,
         max_queue=args.max_queue,

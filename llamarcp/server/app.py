@@ -53,6 +53,8 @@ class ServerSettings:
     n_batch: int = 512
     n_threads: int | None = None
     n_gpu_layers: int = 0
+    #: "host:port,..." of ggml-rpc-server workers for the served model (the embeddings model stays local).
+    rpc_servers: str | None = None
     seed: int | None = None
     chat_format: str | None = None
     max_queue: int = 16
@@ -149,7 +151,8 @@ class ServerState:
         if self.llama is None:
             from llamarcp import Llama
 
-            self.llama = Llama(self.settings.model, **self._llama_kwargs())
+            # A worker serves one open model per process, so only the served model gets the RPC workers.
+            self.llama = Llama(self.settings.model, rpc_servers=self.settings.rpc_servers, **self._llama_kwargs())
             self.model_path = self.llama.model_path
             if not self.settings.model_alias:
                 self.model_id = Path(self.model_path).name
