@@ -597,7 +597,10 @@ class Llama:
             started = time.perf_counter()
             n_eval = self.eval(prompt_tokens)
             prompt_done = time.perf_counter()
-            chain: SamplerChain = build_sampler_chain(model, params, history=prompt_tokens)
+            grammar = self._grammar_checker(params)
+            chain: SamplerChain = build_sampler_chain(
+                model, params, history=prompt_tokens, grammar_in_chain=grammar is None
+            )
             n_generated = 0
             try:
                 lib = _backend.get_lib()
@@ -623,7 +626,10 @@ class Llama:
                             import numpy as np
 
                             scores[:] = logits_processor(np.asarray(input_ids, dtype=np.intc), scores)
-                    token = int(sample(chain_ptr, ctx_ptr, -1))
+                    if grammar is None:
+                        token = int(sample(chain_ptr, ctx_ptr, -1))
+                    else:
+                        token = self._sample_with_grammar(chain_ptr, grammar.ptr)
                     if is_eog(vocab, token):
                         self.finish_reason = "stop"
                         break
@@ -660,6 +666,8 @@ class Llama:
                 raise
             finally:
                 chain.close()
+                if grammar is not None:
+                    grammar.close()
                 done = time.perf_counter()
                 self.last_timings = {
                     "prompt_n": float(len(prompt_tokens)),
@@ -670,6 +678,63 @@ class Llama:
                 }
         finally:
             self._leave()
+
+    def _grammar_checker(self, params: SamplingParams) -> Any:
+        """The grammar as a separate sampler for `_sample_with_grammar`, or None (no grammar, or no numpy:
+        then the grammar runs inside the chain over every candidate, which is correct but slower)."""
+        if params.grammar is None:
+            return None
+        try:
+            import numpy as np
+        except ImportError:  # pragma: no cover - numpy is a test dependency
+            return None
+        from llamarcp.sampling import grammar_sampler
+
+        if getattr(self, "_cand", None) is None:
+            n_vocab = self._model.n_vocab
+            cand = ffi.new("llama_token_data[]", n_vocab)
+            view = np.frombuffer(ffi.buffer(cand), dtype=np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]))
+            self._cand = (cand, view, np.arange(n_vocab, dtype=np.int32))
+            self._cur_p = ffi.new("llama_token_data_array *")
+            self._single = ffi.new("llama_token_data[1]")
+            self._single_p = ffi.new("llama_token_data_array *")
+        return grammar_sampler(self._model, params.grammar, params.grammar_root)
+
+    def _fill_candidates(self) -> Any:
+        cand, view, ids = self._cand
+        view["id"] = ids
+        view["logit"] = self._logits_view()
+        view["p"] = 0.0
+        cur_p = self._cur_p
+        cur_p.data, cur_p.size, cur_p.selected, cur_p.sorted = cand, len(ids), -1, False
+        return cur_p
+
+    def _sample_with_grammar(self, chain: Any, grammar: Any) -> int:
+        """llama.cpp's common sampler strategy: let the chain pick, check only that pick against the grammar,
+        and constrain the full vocab (then pick again) only when the grammar rejects it."""
+        from llamarcp.errors import GrammarError
+
+        lib = _backend.get_lib()
+        cur_p = self._fill_candidates()
+        lib.llama_sampler_apply(chain, cur_p)
+        token = int(cur_p.data[cur_p.selected].id) if cur_p.selected >= 0 else -1
+        single, single_p = self._single, self._single_p
+        single[0].id, single[0].logit, single[0].p = max(token, 0), 1.0, 0.0
+        single_p.data, single_p.size, single_p.selected, single_p.sorted = single, 1, -1, False
+        rejected = token < 0
+        if not rejected:
+            lib.llama_sampler_apply(grammar, single_p)  # grammar state only advances on accept
+            rejected = math.isinf(single_p.data[0].logit)
+        if rejected:
+            cur_p = self._fill_candidates()
+            lib.llama_sampler_apply(grammar, cur_p)
+            lib.llama_sampler_apply(chain, cur_p)
+            if cur_p.selected < 0 or math.isinf(cur_p.data[cur_p.selected].logit):
+                raise GrammarError("the grammar allows no next token here")
+            token = int(cur_p.data[cur_p.selected].id)
+        lib.llama_sampler_accept(grammar, token)
+        lib.llama_sampler_accept(chain, token)
+        return token
 
     def _sync_history(self) -> None:
         if self._ctx is None or self._ctx.closed:

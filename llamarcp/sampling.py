@@ -133,8 +133,15 @@ class SamplingParams:
         return self.repeat_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
 
 
-def build_sampler_chain(model: Model, params: SamplingParams, history: Sequence[int] = ()) -> SamplerChain:
-    """One sampler chain for `params`; `history` (the prompt) primes the penalty sampler only."""
+def build_sampler_chain(
+    model: Model, params: SamplingParams, history: Sequence[int] = (), *, grammar_in_chain: bool = True
+) -> SamplerChain:
+    """One sampler chain for `params`; `history` (the prompt) primes the penalty sampler only.
+
+    With `grammar_in_chain=False` the grammar is left out, for callers that check the chain's pick against a
+    separate grammar sampler and only constrain the whole vocab when the pick is rejected (much faster on
+    large vocabs than running the grammar over every candidate of every token).
+    """
     lib = get_lib()
     ffi = _ffi()
     params.validate(model.n_vocab)
@@ -161,7 +168,7 @@ def build_sampler_chain(model: Model, params: SamplingParams, history: Sequence[
             for token in list(history)[-params.penalty_last_n :] if params.penalty_last_n > 0 else ():
                 penalties.accept(token)
             chain.add(penalties, "penalties")
-        if params.grammar is not None:
+        if params.grammar is not None and grammar_in_chain:
             chain.add(grammar_sampler(model, params.grammar, params.grammar_root), "grammar")
         seed = int(params.seed)
         if params.temperature <= 0:
