@@ -63,6 +63,7 @@ USED_FUNCTIONS: tuple[str, ...] = (
     "llama_n_ubatch",
     "llama_pooling_type",
     "llama_sampler_accept",
+    "llama_sampler_apply",
     "llama_sampler_chain_add",
     "llama_sampler_chain_default_params",
     "llama_sampler_chain_init",
