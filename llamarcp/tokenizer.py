@@ -43,9 +43,14 @@ class TextStream:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stops = [s for s in stop if s]
         self._pending = ""  # decoded, but may be the start of a stop string
-        self.text = ""  # everything emitted so far
+        self._emitted: list[str] = []  # everything emitted so far (joined on demand: += would be quadratic)
         self.stopped = False  # a stop string was found; the rest of the generation is discarded
         self.stop_string: str | None = None
+
+    @property
+    def text(self) -> str:
+        """All text emitted so far."""
+        return "".join(self._emitted)
 
     def push(self, piece: bytes) -> str:
         """Add one token's bytes; return the text that can be emitted now (may be empty)."""
@@ -62,7 +67,7 @@ class TextStream:
         out = self._cut_at_stop(tail)
         if out is None:
             out = tail
-        self.text += out
+        self._emitted.append(out)
         return out
 
     def _cut_at_stop(self, buf: str) -> str | None:
@@ -78,17 +83,17 @@ class TextStream:
 
     def _take(self, buf: str) -> str:
         if not self._stops:
-            self.text += buf
+            self._emitted.append(buf)
             return buf
         out = self._cut_at_stop(buf)
         if out is not None:
             self._pending = ""
-            self.text += out
+            self._emitted.append(out)
             return out
         hold = _longest_stop_prefix_suffix(buf, self._stops)
         out = buf[: len(buf) - hold]
         self._pending = buf[len(buf) - hold :]
-        self.text += out
+        self._emitted.append(out)
         return out
 
 

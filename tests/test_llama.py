@@ -535,3 +535,27 @@ def test_embedding_needs_embedding_mode(tiny_llama: Llama, fresh: Any) -> None:
     with pytest.raises(PromptTooLongError):
         llm.embed("word " * 50, truncate=False)
     assert len(llm.embed("word " * 50)) == 64  # truncated to n_batch tokens
+
+
+def test_close_from_another_thread_stops_generation(fresh: Any) -> None:
+    llm = fresh(n_ctx=2048)
+    errors: list[BaseException] = []
+    started = threading.Event()
+
+    def work() -> None:
+        try:
+            for _ in llm(PROMPT, max_tokens=None, stream=True, logit_bias={llm.token_eos(): -1000.0}):
+                started.set()
+        except BaseException as exc:  # noqa: BLE001 - the test inspects what the worker saw
+            errors.append(exc)
+        finally:
+            started.set()
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    started.wait(30)
+    llm.close()  # waits for the worker to let go of the context, then frees
+    worker.join(30)
+    assert not worker.is_alive()
+    assert llm.closed
+    assert len(errors) == 1 and isinstance(errors[0], ClosedError)
