@@ -170,6 +170,7 @@ def test_module_entry_point(tiny_model_path: Path) -> None:
 
 @pytest.mark.slow
 def test_default_model(default_model_path: Path) -> None:
-    code, out, err = run_cli("-p", "The capital of France is", "-n", "8", "--temp", "0", "-c", "512")
+    code, out, err = run_cli("-p", "The three primary colors are", "-n", "8", "--temp", "0", "-c", "512")
     assert code == 0, err
-    assert "Paris" in out
+    assert out.startswith("The three primary colors are") and "red" in out
+    assert "tokens per second" in err
