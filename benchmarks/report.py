@@ -114,6 +114,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         "llama-bench `-p N -n 0`.",
         "",
     ]
+    settings = [f"- {m['label']}: {s}" for m in results.get("models", {}).values() for s in m.get("settings", [])]
+    if settings:
+        lines += ["Per-model settings:", "", *settings, ""]
     lines += _overhead_lines(results)
     lines += _target_lines(results)
     lines += _timing_lines(results)

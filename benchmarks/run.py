@@ -248,7 +248,8 @@ class ThroughputRun:
         cells: dict[str, dict[str, dict[str, Any]]] = {
             t: {c: {"rounds": [], "errors": []} for c in names} for t in tests
         }
-        result: dict[str, Any] = {"label": spec.label, "path": str(model_path), "threads": spec.threads, "notes": []}
+        result: dict[str, Any] = {"label": spec.label, "path": str(model_path), "threads": spec.threads}
+        result.update(notes=[], settings=[])
         workers = self._start_workers(spec.key, model_path, result)
         try:
             for rnd in range(args.reps):
@@ -309,7 +310,7 @@ class ThroughputRun:
         if llamarcp_extra is False:
             # llamarcp leaves repacking/AMX off on a build that offers AMX (llamarcp/_cpu.py): match it.
             result["repack"] = False
-            result["notes"].append(
+            result["settings"].append(
                 "llamarcp loaded without extra buffer types (AMX build): llama-bench gets --repack 0"
             )
         return workers
