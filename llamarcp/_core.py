@@ -22,7 +22,7 @@ from llamarcp.errors import (
     TokenizeError,
 )
 
-__all__ = ["Batch", "Context", "Model", "ffi"]
+__all__ = ["Batch", "Context", "LoraAdapter", "Model", "ffi"]
 
 from llamarcp._generated._llama_ffi import ffi
 
@@ -290,6 +290,26 @@ class Context(Managed):
 
     def pooling_type(self) -> int:
         return int(self._lib.llama_pooling_type(self.ptr))
+
+
+class LoraAdapter(Managed):
+    """A LoRA adapter GGUF loaded for a Model (freed before the model, as llama.cpp requires)."""
+
+    kind = "LoRA adapter"
+
+    def __init__(self, model: Model, path: str | os.PathLike[str]) -> None:
+        lib = model._lib
+        self._lib = lib
+        self.path = Path(path)
+        _check_gguf_file(self.path)
+        last_log_errors(clear=True)
+        ptr = lib.llama_adapter_lora_init(model.ptr, os.fsencode(self.path))
+        if ptr == ffi.NULL:
+            raise ModelLoadError(f"llama.cpp could not load the LoRA adapter {self.path}{_log_hint()}")
+        super().__init__(ptr, parent=model)
+
+    def _free(self, ptr: Any) -> None:
+        self._lib.llama_adapter_lora_free(ptr)
 
 
 class Batch(Managed):

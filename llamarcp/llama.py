@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from llamarcp import _backend
-from llamarcp._core import Batch, Context, Model, ffi
+from llamarcp._core import Batch, Context, LoraAdapter, Model, ffi
 from llamarcp.errors import (
     DECODE_ABORTED,
     ClosedError,
@@ -47,8 +47,6 @@ _IGNORED_KWARGS = frozenset(
         "logits_all",
         "numa",
         "lora_base",
-        "lora_scale",
-        "lora_path",
         "draft_model",
         "spm_infill",
         "tokenizer",
@@ -188,6 +186,8 @@ class Llama:
         last_n_tokens_size: int = 64,
         chat_format: str | None = None,
         chat_handler: Any = None,
+        lora_path: str | os.PathLike[str] | None = None,
+        lora_scale: float = 1.0,
         verbose: bool = False,
         rpc_servers: str | Sequence[str] | None = None,
         **kwargs: Any,
@@ -271,6 +271,8 @@ class Llama:
             if type_v is not None:
                 params.type_v = type_v
             self._ctx = Context(self._model, params)
+            if lora_path is not None:
+                self._apply_lora(lora_path, lora_scale)
             self._batch = Batch(self._ctx.n_batch(), 1, parent=self._ctx)
             self._n_ctx = self._ctx.n_ctx()
             self._n_batch = self._ctx.n_batch()
@@ -284,6 +286,15 @@ class Llama:
         except BaseException:
             self._model.close()
             raise
+
+    def _apply_lora(self, path: str | os.PathLike[str], scale: float) -> None:
+        adapter = LoraAdapter(self._model, path)
+        self._lora = adapter
+        adapters = ffi.new("struct llama_adapter_lora *[1]", [adapter.ptr])
+        scales = ffi.new("float[1]", [float(scale)])
+        rc = _backend.get_lib().llama_set_adapters_lora(self._context().ptr, adapters, 1, scales)
+        if rc != 0:
+            raise LlamaError(f"llama_set_adapters_lora failed ({rc}) for {path}")
 
     # -- lifetime ---------------------------------------------------------------------------------------------
 

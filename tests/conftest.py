@@ -40,6 +40,12 @@ def llama_cpp_source() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_model_writer() -> Any:
+    """tests/tiny_model.py as a module (write_tiny_model, write_tiny_lora, the model's dimensions)."""
+    return tiny_model
+
+
+@pytest.fixture(scope="session")
 def tiny_model_path(llama_cpp_source: Path) -> Path:
     """A small llama-architecture GGUF with random weights and the real llama SPM tokenizer (~9 MB, cached)."""
     from llamarcp import _cache

@@ -559,3 +559,19 @@ def test_close_from_another_thread_stops_generation(fresh: Any) -> None:
     assert not worker.is_alive()
     assert llm.closed
     assert len(errors) == 1 and isinstance(errors[0], ClosedError)
+
+
+def test_lora_adapter(fresh: Any, tmp_path: Path, tiny_model_writer: Any) -> None:
+    writer = tiny_model_writer
+    good = writer.write_tiny_lora(tmp_path / "lora.gguf")
+    base = text_of(fresh()(PROMPT, max_tokens=16, temperature=0))
+    adapted = fresh(lora_path=str(good))
+    changed = text_of(adapted(PROMPT, max_tokens=16, temperature=0))
+    assert changed != base
+    assert text_of(fresh(lora_path=str(good), lora_scale=0.0)(PROMPT, max_tokens=16, temperature=0)) == base
+    adapted.close()  # adapter, context and model are freed in the right order
+    wrong = writer.write_tiny_lora(tmp_path / "wrong.gguf", n_in=32)
+    with pytest.raises(ModelLoadError, match="LoRA"):
+        fresh(lora_path=str(wrong))
+    with pytest.raises(ModelNotFoundError):
+        fresh(lora_path=str(tmp_path / "missing.gguf"))

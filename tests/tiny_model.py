@@ -118,6 +118,33 @@ def write_tiny_model(out_path: str | os.PathLike[str], vocab_path: str | os.Path
     return out
 
 
+def write_tiny_lora(out_path: str | os.PathLike[str], rank: int = 4, seed: int = 7, n_in: int = N_EMBD) -> Path:
+    """A random LoRA adapter for the tiny model's attn_q/attn_v of every layer (n_in != N_EMBD: a wrong one)."""
+    import gguf
+    import numpy as np
+
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(out), "llama")
+    writer.add_type("adapter")
+    writer.add_string("adapter.type", "lora")
+    writer.add_float32("adapter.lora.alpha", float(rank))
+    rng = np.random.default_rng(seed)
+    head_dim = N_EMBD // N_HEAD
+    for layer in range(N_LAYER):
+        for name, n_out in (("attn_q", N_HEAD * head_dim), ("attn_v", N_HEAD_KV * head_dim)):
+            base = f"blk.{layer}.{name}.weight"
+            writer.add_tensor(base + ".lora_a", (rng.standard_normal((rank, n_in)) * 0.5).astype(np.float32))
+            writer.add_tensor(base + ".lora_b", (rng.standard_normal((n_out, rank)) * 0.5).astype(np.float32))
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    return out
+
+
 def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", help="where to write the GGUF")
