@@ -689,3 +689,16 @@ def test_template_kwargs_reach_the_template(tiny_llama: Any) -> None:
     think = len(tiny_llama.tokenize(b"THINK ", add_bos=False))
     assert on["usage"]["prompt_tokens"] - off["usage"]["prompt_tokens"] in (think - 1, think, think + 1)
     assert on["usage"]["prompt_tokens"] > off["usage"]["prompt_tokens"]
+
+
+def test_llama_method_delegates_to_chat_module(tiny_llama: Any, tiny_model_path: Path) -> None:
+    from llamarcp import Llama
+
+    via_method = tiny_llama.create_chat_completion(CHAT, max_tokens=4, temperature=0)
+    via_module = create_chat_completion(tiny_llama, CHAT, max_tokens=4, temperature=0)
+    assert via_method["choices"][0]["message"] == via_module["choices"][0]["message"]
+    with Llama(str(tiny_model_path), n_ctx=256, n_threads=1, chat_format="vicuna") as llm:
+        assert chat_formatter(llm).name == "vicuna"
+        result = llm.create_chat_completion(CHAT, max_tokens=1)
+        vicuna = ChatFormatter.from_format("vicuna", "<s>", "</s>").render(CHAT)
+        assert result["usage"]["prompt_tokens"] == len(llm.tokenize(vicuna.encode(), add_bos=True, special=True))
