@@ -4,7 +4,9 @@ Rules it enforces (and nothing else in the package calls a `*_free`):
 - `close()` frees exactly once; later calls do nothing (no double free).
 - using the pointer after `close()` raises `ClosedError` instead of touching freed memory.
 - children (a context of a model, a sampler of a context) are closed before their parent, and a child keeps
-  its parent alive, so freeing in the wrong order cannot happen even when only the parent is closed.
+  its parent alive, so freeing in the wrong order cannot happen even when only the parent is closed. When the
+  garbage collector finalizes a parent before a child of the same cycle (weak references are cleared first,
+  so the parent cannot reach the child), the parent's free waits until its last open child is freed.
 - `__del__` frees what was not closed, and never raises (also at interpreter shutdown).
 """
 
@@ -31,17 +33,23 @@ class Managed:
     _ptr: Any
     _parent: Managed | None
     _children: weakref.WeakSet[Managed]
+    _open_children: int
+    _deferred_ptr: Any
     _close_lock: threading.Lock
 
     def __init__(self, ptr: Any, *, parent: Managed | None = None) -> None:
         self._close_lock = threading.Lock()
         self._children = weakref.WeakSet()
+        self._open_children = 0
+        self._deferred_ptr = None
         self._parent = None
         self._ptr = None
         if ptr is None or _is_null(ptr):
             raise ValueError(f"cannot manage a NULL {self.kind} pointer")
         if parent is not None:
             parent._check_open()
+            with parent._close_lock:
+                parent._open_children += 1
             parent._children.add(self)
             self._parent = parent  # a strong reference: the parent is freed after the child
         self._ptr = ptr
@@ -75,12 +83,30 @@ class Managed:
         _live.discard(self)
         for child in list(self._children):
             child.close()
+        with self._close_lock:
+            if self._open_children > 0:  # children we can no longer reach (GC finalization): free after them
+                self._deferred_ptr = ptr
+                return
+        self._free_and_detach(ptr)
+
+    def _free_and_detach(self, ptr: Any) -> None:
         try:
             self._free(ptr)
         finally:
-            parent, self._parent = self._parent, None
-            if parent is not None:
-                parent._children.discard(self)
+            self._detach_from_parent()
+
+    def _detach_from_parent(self) -> None:
+        parent, self._parent = self._parent, None
+        if parent is None:
+            return
+        parent._children.discard(self)
+        with parent._close_lock:
+            parent._open_children -= 1
+            deferred = parent._deferred_ptr if parent._open_children == 0 else None
+            if deferred is not None:
+                parent._deferred_ptr = None
+        if deferred is not None:
+            parent._free_and_detach(deferred)
 
     def release(self) -> Any:
         """Give up ownership without freeing (e.g. a sampler handed to a chain that frees it) and return the pointer."""
@@ -89,9 +115,7 @@ class Managed:
         if ptr is None:
             raise ClosedError(f"this {self.kind} is closed")
         _live.discard(self)
-        parent, self._parent = self._parent, None
-        if parent is not None:
-            parent._children.discard(self)
+        self._detach_from_parent()
         return ptr
 
     def __enter__(self) -> Managed:

@@ -134,3 +134,30 @@ def test_free_error_still_marks_closed() -> None:
         thing.close()
     assert thing.closed
     thing.close()  # no second attempt
+
+
+def test_parent_finalized_first_waits_for_child() -> None:
+    """The GC may finalize a parent before its child (weakrefs cleared first): the free order must still hold."""
+    log: list[object] = []
+    parent = Recorder("model", log)
+    child = Recorder("ctx", log, parent=parent)
+    parent._children.clear()  # what the collector does to weak references before running finalizers
+    parent.close()
+    assert parent.closed and log == []  # marked closed for users, memory kept for the child
+    child.close()
+    assert log == ["ctx", "model"]
+
+
+def test_cycle_collection_frees_child_first() -> None:
+    log: list[object] = []
+
+    class Holder:
+        pass
+
+    holder = Holder()
+    holder.self = holder  # type: ignore[attr-defined]  # a reference cycle, like a Llama kept by a generator
+    holder.model = Recorder("model", log)  # type: ignore[attr-defined]
+    holder.ctx = Recorder("ctx", log, parent=holder.model)  # type: ignore[attr-defined]
+    del holder
+    gc.collect()
+    assert log == ["ctx", "model"]
