@@ -49,7 +49,7 @@ def _payloads(sentinel: Path) -> dict[str, str]:
         "joiner_globals": "{{ joiner.__init__.__globals__['os'].system('" + cmd + "') }}",
         "namespace_globals": "{{ namespace.__init__.__globals__.os.system('" + cmd + "') }}",
         "raise_exception_globals": "{{ raise_exception.__globals__['os'].system('" + cmd + "') }}",
-        "lipsum_globals": "{{ lipsum.__globals__['os'].popen('" + cmd + "') }}",
+        "range_globals": "{{ range.__globals__['os'].popen('" + cmd + "') }}",
         "self_context": "{{ self._TemplateReference__context.cycler.__init__.__globals__.os.system('" + cmd + "') }}",
         "attr_filter": "{{ ''|attr('__class__')|attr('__mro__') }}",
         "format_string": "{{ '{0.__class__.__mro__}'.format('') }}",
@@ -57,6 +57,14 @@ def _payloads(sentinel: Path) -> dict[str, str]:
         "dict_mutation": "{{ messages[0].update({'role': 'pwned'}) }}",
         "huge_string": "{{ 'x' * 1000000000000 }}",
         "huge_power": "{{ 10 ** 100000000 }}",
+        "huge_printf_width": "{{ '%999999999d' % 1 }}",
+        "huge_format_width": "{{ '{:>999999999}'.format('x') }}",
+        "huge_format_filter": "{{ '%0999999999d' | format(1) }}",
+        "huge_ljust": "{{ 'x'.ljust(10000000000) }}",
+        "huge_center_filter": "{{ 'x' | center(10000000000) }}",
+        "huge_indent_filter": "{{ 'a\nb' | indent(10000000000) }}",
+        "huge_replace": "{{ ('x' * 1000000).replace('x', 'yyyyyyyyyy') }}",
+        "huge_join": "{{ ('x' * 1000000).join(['a'] * 1000) }}",
     }
 
 
@@ -99,6 +107,19 @@ def test_caller_messages_are_never_modified() -> None:
     )
     assert out == "22"
     assert json.dumps(messages) == snapshot
+
+
+def test_lipsum_is_not_available() -> None:
+    with pytest.raises(ChatTemplateError, match="lipsum"):
+        render("{{ lipsum(n=100000000) }}")
+
+
+def test_string_helpers_still_work_at_normal_sizes() -> None:
+    template = (
+        "{{ '%-5s|' % 'ab' }}{{ '{:>4}'.format('x') }}{{ 'x'.ljust(3, '.') }}{{ 'ab' | center(6) }}"
+        "{{ 'a-b'.replace('-', '+') }}{{ ','.join(['1', '2']) }}{{ '%03d' | format(7) }}"
+    )
+    assert render(template) == "ab   |   xx..  ab  a+b1,2007"
 
 
 def test_runaway_output_is_bounded() -> None:

@@ -11,11 +11,13 @@ import datetime
 import functools
 import json
 import operator
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import jinja2
+import jinja2.filters
 from jinja2 import nodes
 from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
@@ -78,8 +80,33 @@ class _GenerationBlock(Extension):
 _ALLOWED_LIST_MUTATIONS = frozenset({"append", "pop", "extend", "insert"})
 
 
+def _check_size(n: int, what: str) -> None:
+    if n > MAX_REPEAT_ITEMS:
+        raise SecurityError(f"template tried to build {what} of {n} items (limit {MAX_REPEAT_ITEMS})")
+
+
+_PRINTF_SPEC = re.compile(r"%[-+ #0]*(\d*)(?:\.(\d+))?[a-zA-Z%]")
+_BRACE_FIELD = re.compile(r"\{[^{}]*\}")
+
+
+def _check_format_widths(fmt: str, braces: bool) -> None:
+    """Refuse printf-style or str.format() fields whose width/precision would allocate huge strings."""
+    if braces:
+        numbers = [
+            n for field in _BRACE_FIELD.findall(fmt) if ":" in field for n in re.findall(r"\d+", field.split(":", 1)[1])
+        ]
+    else:
+        numbers = [n for spec in _PRINTF_SPEC.findall(fmt) for n in spec if n]
+    for number in numbers:
+        _check_size(int(number), "a formatted field")
+
+
+# str methods whose integer arguments are output widths.
+_WIDTH_METHODS = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs"})
+
+
 class _ChatSandbox(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "%"})
 
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
         if isinstance(obj, list) and attr in _ALLOWED_LIST_MUTATIONS:
@@ -93,15 +120,59 @@ class _ChatSandbox(ImmutableSandboxedEnvironment):
     def call_binop(self, context: Any, op: str, left: Any, right: Any) -> Any:
         if op == "*":
             for seq, count in ((left, right), (right, left)):
-                too_big = isinstance(seq, (str, list, tuple)) and isinstance(count, int)
-                if too_big and len(seq) * count > MAX_REPEAT_ITEMS:
-                    raise SecurityError(f"template tried to build a sequence of {len(seq) * count} items")
+                if isinstance(seq, (str, list, tuple)) and isinstance(count, int):
+                    _check_size(len(seq) * count, "a repeated sequence")
             return operator.mul(left, right)
         if op == "**":
             if isinstance(right, int) and abs(right) > MAX_POWER_EXPONENT:
                 raise SecurityError(f"template tried to compute a power with exponent {right}")
             return operator.pow(left, right)
+        if op == "%" and isinstance(left, str):
+            _check_format_widths(left, braces=False)
         return super().call_binop(context, op, left, right)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        wrapped = super().wrap_str_format(value)
+        if wrapped is not None:
+            _check_format_widths(str(value.__self__), braces=True)
+        return wrapped
+
+    def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        owner = getattr(obj, "__self__", None)
+        if isinstance(owner, str):
+            name = getattr(obj, "__name__", "")
+            if name in _WIDTH_METHODS:
+                for arg in (*args, *kwargs.values()):
+                    if isinstance(arg, int):
+                        _check_size(arg, f"a str.{name} result")
+            elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+                hits = owner.count(args[0]) if args[0] else len(owner) + 1
+                _check_size(len(owner) + hits * max(0, len(args[1]) - len(args[0])), "a str.replace result")
+            elif name == "join" and args and isinstance(args[0], (list, tuple)):
+                parts = args[0]
+                _check_size(len(owner) * max(0, len(parts) - 1) + sum(len(str(p)) for p in parts), "a joined string")
+        return super().call(context, obj, *args, **kwargs)
+
+
+def _width_checked(fn: Callable[..., str], *positions: int) -> Callable[..., str]:
+    """Wrap a builtin filter so its width arguments (by position after the value, or any int kwarg) are bounded."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> str:
+        for i in positions:
+            if len(args) > i and isinstance(args[i], int):
+                _check_size(args[i], f"a {fn.__name__} result")
+        for value in kwargs.values():
+            if isinstance(value, int) and not isinstance(value, bool):
+                _check_size(value, f"a {fn.__name__} result")
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _format_filter(value: Any, *args: Any, **kwargs: Any) -> str:
+    _check_format_widths(str(value), braces=False)
+    return jinja2.filters.do_format(value, *args, **kwargs)  # type: ignore[no-any-return]
 
 
 @functools.lru_cache(maxsize=1)
@@ -114,6 +185,12 @@ def _environment() -> _ChatSandbox:
         autoescape=False,
     )
     env.filters["tojson"] = _tojson
+    env.filters["format"] = _format_filter
+    env.filters["center"] = _width_checked(jinja2.filters.do_center, 1)
+    env.filters["indent"] = _width_checked(jinja2.filters.do_indent, 1)
+    env.filters["wordwrap"] = _width_checked(jinja2.filters.do_wordwrap, 2)
+    # Lorem ipsum generator: no chat template needs it, and lipsum(n=10**8) would run for ages.
+    env.globals.pop("lipsum", None)
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     return env
