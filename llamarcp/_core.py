@@ -8,6 +8,7 @@ not allocate.
 from __future__ import annotations
 
 import os
+import threading
 from array import array
 from collections.abc import Sequence
 from pathlib import Path
@@ -96,7 +97,7 @@ class Model(Managed):
         self._pieces: dict[int, bytes] = {}
         self._special_pieces: dict[int, bytes] = {}
         self._piece_buf = ffi.new("char[]", 256)
-        self._token_buf = ffi.new("int32_t[]", 512)
+        self._piece_lock = threading.Lock()  # the piece buffer is shared; tokenizing is allowed from many threads
 
     def _free(self, ptr: Any) -> None:
         self._lib.llama_model_free(ptr)
@@ -150,7 +151,7 @@ class Model(Managed):
             raise TokenizeError("text too long to tokenize (2 GiB limit of llama_tokenize)")
         lib = self._lib
         capacity = len(text) + 8
-        buf = self._token_buf if capacity <= len(self._token_buf) else ffi.new("int32_t[]", capacity)
+        buf = ffi.new("int32_t[]", capacity)  # per call: other threads may tokenize at the same time
         n = lib.llama_tokenize(self.vocab, text, len(text), buf, len(buf), add_special, parse_special)
         if n < 0:
             if n == -(2**31):
@@ -171,11 +172,12 @@ class Model(Managed):
         if not 0 <= token < self.n_vocab:
             raise TokenizeError(f"token id {token} is outside the vocab (0..{self.n_vocab - 1})")
         lib = self._lib
-        n = lib.llama_token_to_piece(self.vocab, token, self._piece_buf, len(self._piece_buf), 0, special)
-        if n < 0:
-            self._piece_buf = ffi.new("char[]", -n + 16)
+        with self._piece_lock:
             n = lib.llama_token_to_piece(self.vocab, token, self._piece_buf, len(self._piece_buf), 0, special)
-        piece = ffi.buffer(self._piece_buf, n)[:] if n > 0 else b""
+            if n < 0:
+                self._piece_buf = ffi.new("char[]", -n + 16)
+                n = lib.llama_token_to_piece(self.vocab, token, self._piece_buf, len(self._piece_buf), 0, special)
+            piece = ffi.buffer(self._piece_buf, n)[:] if n > 0 else b""
         cache[token] = piece
         return piece
 

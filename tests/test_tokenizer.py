@@ -201,3 +201,24 @@ def test_stream_earliest_of_several_stops() -> None:
     stream = TextStream(stop=["world", "lo w"])
     assert stream.push(b"hello world") == "hel"
     assert stream.stop_string == "lo w"
+
+
+def test_tokenize_from_many_threads() -> None:
+    import threading
+
+    llm = vocab_llama("ggml-vocab-llama-spm.gguf")
+    texts = [f"thread {i} says héllo wörld {'x' * i}" for i in range(16)]
+    expected = [llm.tokenize(t.encode()) for t in texts]
+    failures: list[int] = []
+
+    def work(i: int) -> None:
+        for _ in range(200):
+            if llm.tokenize(texts[i].encode()) != expected[i] or llm.detokenize(expected[i]) != texts[i].encode():
+                failures.append(i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
