@@ -3,6 +3,11 @@
 A model file's template is untrusted input: it is compiled in an `ImmutableSandboxedEnvironment`, so it can
 read the conversation it is given but cannot reach Python internals (`__class__`, `__globals__`, ...),
 import anything, open files or mutate the caller's objects (CVE-2024-34359 came from skipping this).
+Helpers that could allocate without bound (`*`, `**`, printf/format widths, `ljust`, `replace`, `join`, a few
+filters) are capped, and the rendered text is limited to MAX_RENDERED_CHARS.
+
+Known limit: CPU time is not capped. A hostile template can loop for a long time (nested `range` loops, each
+capped at 100000 by the sandbox) without producing output; it cannot escape the sandbox while doing so.
 """
 
 from __future__ import annotations
