@@ -308,46 +308,53 @@ def test_api_key(keyed_server: Server) -> None:
 # --- queueing, concurrency, disconnects ------------------------------------------------------------------------
 
 
+def _session_request(client: openai.OpenAI, worker: int, round_: int) -> tuple[str, str | None]:
+    """One greedy request of a mixed kind (chat, completion, streamed chat); returns (text, finish_reason)."""
+    kind = (worker + round_) % 3
+    if kind == 0:
+        chat = client.chat.completions.create(
+            model="tiny",
+            messages=[{"role": "user", "content": f"worker {worker} round {round_}"}],
+            max_tokens=16,
+            temperature=0,
+        )
+        return chat.choices[0].message.content or "", chat.choices[0].finish_reason
+    if kind == 1:
+        text = client.completions.create(model="tiny", prompt=f"w{worker} r{round_}", max_tokens=16, temperature=0)
+        return text.choices[0].text, text.choices[0].finish_reason
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny",
+            messages=[{"role": "user", "content": f"stream {worker} {round_}"}],
+            max_tokens=16,
+            temperature=0,
+            stream=True,
+        )
+    )
+    return "".join(c.choices[0].delta.content or "" for c in chunks), chunks[-1].choices[0].finish_reason
+
+
 def test_concurrent_clients_all_complete(server: Server) -> None:
     before = server.wait_idle()["queue"]
 
     def client_session(worker: int) -> list[tuple[str, str | None]]:
         client = server.client(timeout=120)
-        results: list[tuple[str, str | None]] = []
-        for round_ in range(3):
-            kind = (worker + round_) % 3
-            if kind == 0:
-                chat = client.chat.completions.create(
-                    model="tiny",
-                    messages=[{"role": "user", "content": f"worker {worker} round {round_}"}],
-                    max_tokens=16,
-                    seed=worker,
-                )
-                results.append((chat.choices[0].message.content or "", chat.choices[0].finish_reason))
-            elif kind == 1:
-                text = client.completions.create(model="tiny", prompt=f"w{worker} r{round_}", max_tokens=16)
-                results.append((text.choices[0].text, text.choices[0].finish_reason))
-            else:
-                chunks = list(
-                    client.chat.completions.create(
-                        model="tiny",
-                        messages=[{"role": "user", "content": f"stream {worker}"}],
-                        max_tokens=16,
-                        stream=True,
-                    )
-                )
-                content = "".join(c.choices[0].delta.content or "" for c in chunks)
-                results.append((content, chunks[-1].choices[0].finish_reason))
-        return results
+        return [_session_request(client, worker, round_) for round_ in range(3)]
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        outcomes = [r for rs in pool.map(client_session, range(8)) for r in rs]
-    assert len(outcomes) == 24
-    for content, finish in outcomes:
-        assert content and finish in ("stop", "length")
+        outcomes = list(pool.map(client_session, range(8)))
+    assert sum(len(o) for o in outcomes) == 24
+    for session in outcomes:
+        for content, finish in session:
+            assert content and finish in ("stop", "length")
     after = server.wait_idle()["queue"]
     assert after["served"] - before["served"] == 24
     assert after["failed"] == before["failed"] and after["rejected"] == before["rejected"]
+    # No cross-talk between interleaved requests: each greedy answer equals the same request run alone.
+    client = server.client(timeout=120)
+    for worker, session in enumerate(outcomes):
+        for round_, outcome in enumerate(session):
+            assert _session_request(client, worker, round_) == outcome, (worker, round_)
 
 
 def test_full_queue_answers_503(small_queue_server: Server) -> None:
