@@ -222,3 +222,23 @@ def test_tokenize_from_many_threads() -> None:
     for t in threads:
         t.join()
     assert not failures
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.text(alphabet="ab中😀\n ", max_size=30),
+    cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=12),
+    stops=st.lists(st.text(alphabet="ab中 ", min_size=1, max_size=3), max_size=3),
+)
+def test_stream_property_matches_reference(text: str, cuts: list[int], stops: list[str]) -> None:
+    """However the bytes are split into pieces, the output is the text cut at the earliest stop string."""
+    data = text.encode()
+    points = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
+    stream = TextStream(stop=stops)
+    out = [stream.push(data[a:b]) for a, b in zip(points, points[1:])]
+    out.append(stream.finish())
+    hits = [text.find(s) for s in stops if s in text]
+    expected = text[: min(hits)] if hits else text
+    assert "".join(out) == expected
+    assert all("\ufffd" not in part for part in out)
+    assert stream.stopped == bool(hits)
