@@ -476,3 +476,36 @@ def test_default_model_server(default_model_path: Path, tmp_path: Path) -> None:
         assert text == result.choices[0].message.content
         vector = client.embeddings.create(model=model.id, input="hello").data[0].embedding
         assert len(vector) == 640  # gemma-3-270m's n_embd
+
+
+def test_forced_tool_call_streamed_through_openai_client(server: Server) -> None:
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "set_mode",
+            "parameters": {"type": "object", "properties": {"mode": {"enum": ["on", "off"]}}, "required": ["mode"]},
+        },
+    }
+    stream = server.client().chat.completions.create(
+        model="tiny",
+        messages=CHAT,  # type: ignore[arg-type]
+        max_tokens=128,
+        seed=3,
+        tools=[tool],  # type: ignore[list-item]
+        tool_choice={"type": "function", "function": {"name": "set_mode"}},
+        stream=True,
+    )
+    chunks = list(stream)
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    calls = [call for c in chunks for call in (c.choices[0].delta.tool_calls or [])]
+    assert len(calls) == 1 and calls[0].index == 0 and calls[0].id
+    assert calls[0].function.name == "set_mode"  # type: ignore[union-attr]
+    assert json.loads(calls[0].function.arguments or "") in ({"mode": "on"}, {"mode": "off"})  # type: ignore[union-attr]
+
+
+def test_help_lists_the_options() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "llamarcp.server", "--help"], capture_output=True, text=True, cwd=ROOT, check=True
+    ).stdout
+    for flag in ("--model", "--host", "--port", "--api-key", "--max-queue", "--ctx-size", "--chat-format"):
+        assert flag in out

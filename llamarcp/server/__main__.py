@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # llama.cpp's own log is routed to this logger; keep it to warnings unless asked
         logging.getLogger("llamarcp.llama_cpp").setLevel(logging.WARNING)
+    if args.api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger("llamarcp.server").warning(
+            "listening on %s without --api-key: anyone who can reach this address can use the model", args.host
+        )
     app = create_app(settings)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
     return 0
