@@ -5,6 +5,8 @@
 Four loops over the same context, interleaved round by round (the machine is noisy):
   decode        llama_decode of one token through cffi, like llama-bench tg (no sampling at all)
   decode+greedy the same plus llama_sampler_sample on a greedy chain (argmax over the whole vocab, in C)
+  decode+numpy argmax  the same greedy pick done by numpy.argmax on the logits (no token-data array)
+  decode+backend greedy  llama.cpp's experimental backend sampling (argmax inside the decode graph)
   generate      Llama.generate(temp=0): the Python generation loop, token ids only
   stream        Llama.create_completion(stream=True, temperature=0): detokenize, stop handling, chunk dicts
 The differences between neighbouring rows are the cost of each layer. Then cProfile of the stream loop.
@@ -84,6 +86,20 @@ def raw_loops(llm: Any, n: int) -> dict[str, Any]:
             lib.llama_set_sampler(ctx, 0, ffi.NULL)
             lib.llama_sampler_free(bchain)
 
+    def decode_argmax() -> float:
+        # Greedy without the sampler's token-data array: numpy argmax straight on the logits (same token, first max).
+        import numpy as np
+
+        lib.llama_memory_clear(memory, True)
+        decode, logits_ith, n_vocab = lib.llama_decode, lib.llama_get_logits_ith, int(llm.n_vocab)
+        token[0] = llm.token_bos
+        started = time.perf_counter()
+        for _ in range(n):
+            if decode(ctx, batch) != 0:
+                raise RuntimeError("llama_decode failed")
+            token[0] = int(np.argmax(np.frombuffer(ffi.buffer(logits_ith(ctx, -1), 4 * n_vocab), dtype=np.float32)))
+        return (time.perf_counter() - started) / n
+
     def sample_only() -> float:
         sample = lib.llama_sampler_sample
         started = time.perf_counter()
@@ -95,6 +111,7 @@ def raw_loops(llm: Any, n: int) -> dict[str, Any]:
         return {
             "decode": decode_only(),
             "decode+greedy": decode_greedy(),
+            "decode+numpy argmax": decode_argmax(),
             "greedy sample alone": sample_only(),
             "decode+backend greedy": decode_backend_greedy(),
         }
@@ -218,7 +235,15 @@ def main() -> int:
     print(f"model {path}, {args.threads} threads, {args.tokens} tokens/loop, {args.rounds} rounds (median)")
     print(f"stream loop produced {n_stream} tokens (greedy may stop early at end-of-generation)")
     print(f"{'loop':22s} {'us/token':>10s} {'min us':>10s} {'tokens/s':>10s} {'vs decode':>10s}")
-    names = ("decode", "decode+greedy", "decode+backend greedy", "generate", "stream", "greedy sample alone")
+    names = (
+        "decode",
+        "decode+greedy",
+        "decode+numpy argmax",
+        "decode+backend greedy",
+        "generate",
+        "stream",
+        "greedy sample alone",
+    )
     for name in names:
         us, ratio = medians[name] * 1e6, medians["decode"] / medians[name]
         print(f"{name:22s} {us:10.1f} {minima[name] * 1e6:10.1f} {1e6 / us:10.0f} {ratio:10.3f}")
