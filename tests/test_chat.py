@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,26 @@ def test_string_helpers_still_work_at_normal_sizes() -> None:
         "{{ 'a-b'.replace('-', '+') }}{{ ','.join(['1', '2']) }}{{ '%03d' | format(7) }}"
     )
     assert render(template) == "ab   |   xx..  ab  a+b1,2007"
+
+
+def test_endless_loops_hit_the_render_deadline() -> None:
+    template = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}never"
+    formatter = ChatFormatter(template, render_timeout=0.3)
+    started = time.monotonic()
+    with pytest.raises(ChatTemplateSecurityError, match="longer than 0.3 s"):
+        formatter.render(CONVERSATION)
+    assert time.monotonic() - started < 3
+    assert ChatFormatter("x").render_timeout == 5.0
+
+
+def test_loop_guard_keeps_loop_semantics() -> None:
+    template = (
+        "{% for m in messages %}{{ loop.index }}/{{ loop.length }}{{ '!' if loop.last }} {% endfor %}"
+        "{% for a in [[1, [2]]] recursive %}<{% if a is iterable %}{{ loop(a) }}{% else %}{{ a }}{% endif %}>"
+        "{% endfor %}"
+        "{% for k, v in {'a': 1}.items() if v %}{{ k }}={{ v }}{% else %}none{% endfor %}"
+    )
+    assert render(template) == "1/4 2/4 3/4 4/4! <<1><<2>>>a=1"
 
 
 def test_runaway_output_is_bounded() -> None:

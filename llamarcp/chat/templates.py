@@ -6,18 +6,20 @@ import anything, open files or mutate the caller's objects (CVE-2024-34359 came 
 Helpers that could allocate without bound (`*`, `**`, printf/format widths, `ljust`, `replace`, `join`, a few
 filters) are capped, and the rendered text is limited to MAX_RENDERED_CHARS.
 
-Known limit: CPU time is not capped. A hostile template can loop for a long time (nested `range` loops, each
-capped at 100000 by the sandbox) without producing output; it cannot escape the sandbox while doing so.
+Every `{% for %}` loop draws from a per-render budget with a deadline (`render_timeout`, default 5 s), so a
+template cannot hang its caller with nested loops either.
 """
 
 from __future__ import annotations
 
+import contextvars
 import datetime
 import functools
 import json
 import operator
 import re
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -43,6 +45,10 @@ MAX_RENDERED_CHARS = 16 * 1024 * 1024
 MAX_REPEAT_ITEMS = 1024 * 1024
 #: Largest exponent of `**` on ints (`10 ** 10**9` would hang while computing).
 MAX_POWER_EXPONENT = 1024
+#: Default wall-clock limit of one render; real templates take well under a millisecond.
+DEFAULT_RENDER_TIMEOUT = 5.0
+#: Total `{% for %}` iterations one render may run.
+MAX_LOOP_ITERATIONS = 10_000_000
 
 
 class _TemplateRaised(Exception):
@@ -106,17 +112,53 @@ def _check_format_widths(fmt: str, braces: bool) -> None:
         _check_size(int(number), "a formatted field")
 
 
+class _RenderBudget:
+    __slots__ = ("deadline", "left", "timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.left = MAX_LOOP_ITERATIONS
+
+
+_budget: contextvars.ContextVar[_RenderBudget | None] = contextvars.ContextVar("llamarcp_render_budget", default=None)
+
+
+def _loop_guard(iterable: Any) -> Iterator[Any]:
+    budget = _budget.get()
+    if budget is None:
+        yield from iterable
+        return
+    for item in iterable:
+        budget.left -= 1
+        if budget.left & 1023 == 0 and time.monotonic() > budget.deadline:
+            raise SecurityError(f"template ran longer than {budget.timeout:g} s")
+        if budget.left <= 0:
+            raise SecurityError(f"template ran more than {MAX_LOOP_ITERATIONS} loop iterations")
+        yield item
+
+
 # str methods whose integer arguments are output widths.
 _WIDTH_METHODS = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs"})
 
 
 class _ChatSandbox(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "%"})
+    loop_guard = staticmethod(_loop_guard)
 
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
         if isinstance(obj, list) and attr in _ALLOWED_LIST_MUTATIONS:
             return super(ImmutableSandboxedEnvironment, self).is_safe_attribute(obj, attr, value)
         return super().is_safe_attribute(obj, attr, value)
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        # Route every for-loop's iterable through the render budget (checked per iteration).
+        tree = super()._parse(source, name, filename)
+        # `environment.loop_guard`, which a template cannot rebind (a global name could be shadowed by `set`).
+        for loop in tree.find_all(nodes.For):
+            guard = nodes.EnvironmentAttribute("loop_guard", lineno=loop.lineno)
+            loop.iter = nodes.Call(guard, [loop.iter], [], None, None, lineno=loop.lineno)
+        return tree
 
     def unsafe_undefined(self, obj: Any, attribute: str) -> Any:
         # Fail at the first forbidden access instead of yielding an Undefined that prints as "".
@@ -287,6 +329,7 @@ class ChatFormatter:
         stop: Sequence[str] = (),
         name: str | None = None,
         now: Callable[[], datetime.datetime] | None = None,
+        render_timeout: float = DEFAULT_RENDER_TIMEOUT,
     ) -> None:
         if not isinstance(template, str) or not template.strip():
             raise ChatTemplateError("chat template must be a non-empty string")
@@ -296,6 +339,7 @@ class ChatFormatter:
         self.stop = tuple(stop)
         self.name = name or "custom"
         self._now = now
+        self.render_timeout = float(render_timeout)
         try:
             self._template = _compile(template)
         except jinja2.TemplateSyntaxError as exc:
@@ -356,6 +400,7 @@ class ChatFormatter:
         if self._now is not None:
             now = self._now
             context.setdefault("strftime_now", lambda fmt: now().strftime(fmt))
+        token = _budget.set(_RenderBudget(self.render_timeout))
         try:
             pieces = []
             total = 0
@@ -379,6 +424,8 @@ class ChatFormatter:
             raise ChatTemplateError(f"chat template {self.name!r} failed: {type(exc).__name__}: {exc}") from exc
         except RecursionError as exc:
             raise ChatTemplateError(f"chat template {self.name!r} recursed too deeply") from exc
+        finally:
+            _budget.reset(token)
 
 
 # ---------------------------------------------------------------------------------------------------------
