@@ -243,17 +243,22 @@ def _run_logged(cmd: list[str], log: Path, what: str) -> None:
         assert proc.stdout is not None
         last_pct = -10
         error_line = ""
+        context = 0  # a CMake error says what is wrong on the lines after "CMake Error at file:line (...):"
         for line in proc.stdout:
             out.write(line)
             match = re.match(r"\[\s*(\d+)%\]", line)
             if match and int(match.group(1)) >= last_pct + 10:
                 last_pct = int(match.group(1))
                 _say(f"{what}: {last_pct}%")
+            if context and line.strip():
+                error_line += " " + line.strip()
+                context -= 1
             if not error_line and re.search(r"\berror\b|CMake Error|\*\*\*", line, re.IGNORECASE):
                 error_line = line.strip()
+                context = 3 if error_line.startswith("CMake Error") and error_line.endswith(":") else 0
         code = proc.wait()
     if code != 0:
-        cause = f": {error_line[:200]}" if error_line else ""
+        cause = f": {error_line[:300]}" if error_line else ""
         raise BuildError(f"{what} failed (exit {code}){cause}", log)
 
 

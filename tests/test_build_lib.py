@@ -182,3 +182,26 @@ def test_pinned_build_is_cached_and_a_second_run_is_fast() -> None:
     stamp = json.loads((lib_dir / _cache.STAMP_NAME).read_text())
     assert stamp["commit"] == _pin.LLAMA_CPP_COMMIT
     assert stamp["pinned"] is True
+
+
+def test_cmake_error_message_quotes_what_is_wrong(tmp_path: Path) -> None:
+    # CMake names the problem on the lines after "CMake Error at file:line (command):" (e.g. a CUDA toolkit
+    # without cuBLAS); the one-line BuildError must carry them, not just the location.
+    script = (
+        "print('-- Found CUDAToolkit')\n"
+        "print('CMake Error at ggml/src/ggml-cuda/CMakeLists.txt:178 (target_link_libraries):')\n"
+        "print('  Target \"ggml-cuda\" links to:')\n"
+        "print('')\n"
+        "print('    CUDA::cublas')\n"
+        "print('  but the target was not found.')\n"
+        "print('-- Generating done')\n"
+        "raise SystemExit(1)\n"
+    )
+    log = tmp_path / "build.log"
+    with pytest.raises(build_lib.BuildError) as info:
+        build_lib._run_logged([sys.executable, "-c", script], log, "configure")
+    message = str(info.value)
+    assert message.startswith("configure failed (exit 1): CMake Error at ggml/src/ggml-cuda/CMakeLists.txt:178")
+    assert 'Target "ggml-cuda" links to: CUDA::cublas but the target was not found.' in message
+    assert "Generating done" not in message
+    assert info.value.log == log and "CUDA::cublas" in log.read_text()
