@@ -73,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated RPC servers (host:port) to offload -ngl layers to (library from build_lib.py --rpc)",
     )
+    p.add_argument(
+        "-ts",
+        "--tensor-split",
+        dest="tensor_split",
+        metavar="N0,N1,...",
+        type=_tensor_split,
+        default=None,
+        help="share of the offloaded layers per device (RPC servers first, then GPUs), e.g. 3,1",
+    )
     p.add_argument("-s", "--seed", type=int, default=-1, help="RNG seed (-1 = random)")
     p.add_argument("--temp", type=float, default=0.8, help="temperature (0 = greedy; default 0.8)")
     p.add_argument("--top-k", dest="top_k", type=int, default=40)
@@ -138,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "'": "'", '"': '"', "\\": "\\", "0": "\0"}
+
+
+def _tensor_split(text: str) -> list[float]:
+    """llama-cli's -ts syntax: proportions separated by ',' or '/'."""
+    try:
+        return [float(part) for part in re.split(r"[,/]", text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 3,1 or 3/1, got {text!r}") from None
 
 
 def _unescape(text: str) -> str:
@@ -294,6 +311,7 @@ def main(
             n_threads_batch=args.threads_batch,
             n_gpu_layers=args.n_gpu_layers,
             rpc_servers=args.rpc_servers,
+            tensor_split=args.tensor_split,
             seed=args.seed if args.seed >= 0 else 0xFFFFFFFF,
             use_mmap=args.use_mmap,
             use_mlock=args.mlock,

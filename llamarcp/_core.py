@@ -59,6 +59,7 @@ class Model(Managed):
         check_tensors: bool = False,
         use_extra_bufts: bool | None = None,
         devices: Any = None,
+        tensor_split: Sequence[float] | None = None,
     ) -> None:
         lib = get_lib()
         self._lib = lib
@@ -69,6 +70,9 @@ class Model(Managed):
         self._devices = devices
         if devices is not None:
             params.devices = devices.array
+        self._tensor_split = _tensor_split_array(lib, tensor_split)
+        if self._tensor_split is not None:
+            params.tensor_split = self._tensor_split
         params.vocab_only = bool(vocab_only)
         params.n_gpu_layers = int(n_gpu_layers)
         params.main_gpu = int(main_gpu)
@@ -378,6 +382,19 @@ def _encode(text: str) -> bytes:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise TokenizeError(f"text cannot be encoded as UTF-8 (lone surrogate?): {exc}") from exc
+
+
+def _tensor_split_array(lib: Any, tensor_split: Sequence[float] | None) -> Any:
+    """`tensor_split` -> the float[llama_max_devices()] llama.cpp reads (share of the layers per device), or None."""
+    if tensor_split is None:
+        return None
+    values = [float(v) for v in tensor_split]
+    n_max = int(lib.llama_max_devices())
+    if len(values) > n_max:
+        raise ValueError(f"tensor_split has {len(values)} entries; this llama.cpp supports at most {n_max} devices")
+    if any(not v >= 0 or v == float("inf") for v in values):  # `not v >= 0` also catches NaN
+        raise ValueError(f"tensor_split entries must be finite and >= 0, got {list(tensor_split)}")
+    return ffi.new("float[]", values + [0.0] * (n_max - len(values)))  # all zeros: split by free memory
 
 
 def _check_gguf_file(path: Path) -> None:

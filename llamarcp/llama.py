@@ -203,8 +203,6 @@ class Llama:
             raise TypeError(f"Llama() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
         if kwargs:
             warnings.warn(f"Llama(): ignoring {', '.join(sorted(kwargs))} (not used by llamarcp)", stacklevel=2)
-        if tensor_split is not None:
-            raise ValueError("tensor_split is not supported yet; use split_mode/main_gpu")
         for name, value in (("n_ctx", n_ctx), ("n_batch", n_batch)):
             if not isinstance(value, int) or value < 0 or (name == "n_batch" and value == 0):
                 raise ValueError(f"{name} must be a positive int (n_ctx=0 means the model's training context)")
@@ -238,6 +236,7 @@ class Llama:
         self._model = Model(
             model_path,
             devices=devices,
+            tensor_split=tensor_split,
             vocab_only=vocab_only,
             n_gpu_layers=n_gpu_layers,
             main_gpu=main_gpu,

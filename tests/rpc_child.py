@@ -19,6 +19,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -45,6 +46,7 @@ def main() -> int:
     parser.add_argument("--rpc", default=None)
     parser.add_argument("--ngl", type=int, default=99)
     parser.add_argument("--n-predict", type=int, default=48)
+    parser.add_argument("--tensor-split", default=None, help="comma-separated shares per device")
     opts = parser.parse_args()
 
     capture = _Capture()
@@ -55,7 +57,9 @@ def main() -> int:
     from llamarcp import Llama
     from llamarcp._lib import loaded_path
 
-    kwargs = {"n_ctx": 512, "n_threads": 1, "seed": 7, "n_gpu_layers": opts.ngl}
+    kwargs: dict[str, Any] = {"n_ctx": 512, "n_threads": 1, "seed": 7, "n_gpu_layers": opts.ngl}
+    if opts.tensor_split:
+        kwargs["tensor_split"] = [float(v) for v in opts.tensor_split.split(",")]
     if opts.scenario == "error":
         try:
             Llama(opts.model, rpc_servers=opts.rpc, **kwargs)

@@ -160,6 +160,47 @@ def test_check_server_reads_version() -> None:
     assert received == [bytes([14]) + struct.pack("<Q", 24) + bytes(24)]  # HELLO, 24 capability bytes
 
 
+# ------------------------------------------------------------------------------------------- tensor_split
+
+
+@pytest.mark.parametrize(
+    ("split", "message"),
+    [([-1.0], "finite and >= 0"), ([float("nan")], "finite and >= 0"), ([float("inf")], "finite and >= 0")],
+)
+def test_tensor_split_rejects_bad_values(tiny_model_path: Path, split: list[float], message: str) -> None:
+    from llamarcp import Llama
+
+    with pytest.raises(ValueError, match=message):
+        Llama(str(tiny_model_path), tensor_split=split, n_threads=1)
+
+
+def test_tensor_split_longer_than_llama_max_devices(tiny_model_path: Path) -> None:
+    from llamarcp import Llama, lib
+
+    with pytest.raises(ValueError, match="at most"):
+        Llama(str(tiny_model_path), tensor_split=[1.0] * (int(lib.llama_max_devices()) + 1), n_threads=1)
+
+
+def test_tensor_split_on_a_cpu_only_build_changes_nothing(tiny_model_path: Path) -> None:
+    from llamarcp import Llama
+
+    outputs = []
+    for split in (None, [3.0, 1.0]):
+        with Llama(str(tiny_model_path), tensor_split=split, n_gpu_layers=99, n_threads=1) as llm:
+            outputs.append(llm("Once upon a time", max_tokens=8, temperature=0)["choices"][0]["text"])
+    assert outputs[0] == outputs[1] != ""
+
+
+def test_cli_tensor_split_syntax() -> None:
+    from llamarcp.__main__ import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["-ts", "3,1"]).tensor_split == [3.0, 1.0]
+    assert parser.parse_args(["--tensor-split", "1/0/2"]).tensor_split == [1.0, 0.0, 2.0]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["-ts", "3;1"])
+
+
 # ------------------------------------------------------------------------------- library without RPC support
 
 
@@ -277,6 +318,21 @@ def test_greedy_output_over_two_rpc_servers_equals_local(
     assert remote["text"] == local["text"]
     for endpoint in servers:
         assert "Accepted client connection" in rpc_workers.log(endpoint)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("split", ["1,0", "0,1"])
+def test_tensor_split_chooses_the_worker(
+    rpc_lib_dir: Path, rpc_workers: RpcWorkers, tiny_model_path: Path, split: str
+) -> None:
+    servers = rpc_workers.start(2)
+    local = _child_json(_run_child(rpc_lib_dir, "generate", str(tiny_model_path), "--n-predict", "16"))
+    args = ["--rpc", ",".join(servers), "--tensor-split", split, "--n-predict", "16"]
+    remote = _child_json(_run_child(rpc_lib_dir, "generate", str(tiny_model_path), *args))
+    chosen = remote["devices"][split.split(",").index("1")]
+    assigned = [line for line in remote["placement_log"] if "assigned to device" in line]
+    assert len(assigned) == 3 and all(f"device {chosen}," in line for line in assigned), (chosen, assigned)
+    assert remote["text"] == local["text"]
 
 
 @pytest.mark.slow
