@@ -26,6 +26,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 N_CTX = 2048
 LONG = 1500  # tokens: several seconds on the tiny model, far longer than any disconnect check waits
+NO_EOS = {"2": -100.0}  # logit_bias banning the tiny vocab's EOS, so long generations run their full length
 
 
 @dataclass
@@ -285,7 +286,7 @@ def test_server_keeps_serving_after_errors(server: Server) -> None:
         _error(
             httpx.post(server.url + "/v1/completions", content=b"{", headers={"content-type": "application/json"}), 400
         )
-    result = server.client().chat.completions.create(model="tiny", messages=CHAT, max_tokens=4)  # type: ignore[arg-type]
+    result = server.client().chat.completions.create(model="tiny", messages=CHAT, max_tokens=4, temperature=0)  # type: ignore[arg-type]
     assert result.choices[0].message.content
     health = server.wait_idle()
     assert health["status"] == "ok"
@@ -301,7 +302,7 @@ def test_api_key(keyed_server: Server) -> None:
     assert httpx.get(url + "/health").status_code == 200  # health checks need no key
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=url + "/v1", api_key="sk-wrong", max_retries=0).models.list()
-    result = keyed_server.client().completions.create(model="tiny", prompt="x", max_tokens=2)
+    result = keyed_server.client().completions.create(model="tiny", prompt="x", max_tokens=2, temperature=0)
     assert result.choices[0].text
 
 
@@ -359,7 +360,7 @@ def test_concurrent_clients_all_complete(server: Server) -> None:
 
 def test_full_queue_answers_503(small_queue_server: Server) -> None:
     server = small_queue_server
-    body = {"prompt": "long", "max_tokens": 300}
+    body = {"prompt": "long", "max_tokens": 300, "logit_bias": NO_EOS}
 
     def call(_: int) -> httpx.Response:
         return httpx.post(server.url + "/v1/completions", json=body, timeout=120)
@@ -384,7 +385,7 @@ def test_full_queue_answers_503(small_queue_server: Server) -> None:
 
 def test_stream_disconnect_stops_generation(server: Server) -> None:
     before = server.wait_idle()["queue"]
-    body = {"model": "tiny", "messages": CHAT, "max_tokens": LONG, "stream": True}
+    body = {"model": "tiny", "messages": CHAT, "max_tokens": LONG, "stream": True, "logit_bias": NO_EOS}
     received = 0
     with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as response:
         assert response.status_code == 200
@@ -407,7 +408,9 @@ def test_non_stream_disconnect_stops_generation(server: Server) -> None:
     started = time.monotonic()
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(
-            server.url + "/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": LONG}, timeout=0.5
+            server.url + "/v1/completions",
+            json={"model": "tiny", "prompt": "x", "max_tokens": LONG, "logit_bias": NO_EOS},
+            timeout=0.5,
         )
     after = server.wait_idle(timeout=10)["queue"]
     elapsed = time.monotonic() - started
@@ -419,7 +422,7 @@ def test_non_stream_disconnect_stops_generation(server: Server) -> None:
 
 def _timed_generation(server: Server, n: int) -> float:
     started = time.monotonic()
-    response = server.post("/v1/completions", {"prompt": "x", "max_tokens": n})
+    response = server.post("/v1/completions", {"prompt": "x", "max_tokens": n, "logit_bias": NO_EOS})
     assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] == n
     return time.monotonic() - started
 
