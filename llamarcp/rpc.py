@@ -219,7 +219,10 @@ def _local_gpus(lib: Any) -> list[Any]:
     """Local GPUs llama.cpp would offload to by default: discrete GPUs, else integrated ones (never CPU/RPC)."""
     from llamarcp._generated._llama_ffi import ffi
 
-    gpus, igpus = [], []
+    gpus: list[Any] = []
+    igpus: list[Any] = []
+    seen_ids: set[bytes] = set()  # one physical GPU may be listed by two backends (e.g. CUDA and Vulkan)
+    props = ffi.new("struct ggml_backend_dev_props *")
     for i in range(int(lib.ggml_backend_dev_count())):
         dev = lib.ggml_backend_dev_get(i)
         reg = lib.ggml_backend_dev_backend_reg(dev)
@@ -227,8 +230,16 @@ def _local_gpus(lib: Any) -> list[Any]:
             continue
         kind = int(lib.ggml_backend_dev_type(dev))
         if kind == int(lib.GGML_BACKEND_DEVICE_TYPE_GPU):
+            lib.ggml_backend_dev_get_props(dev, props)
+            device_id = ffi.string(props.device_id) if props.device_id != ffi.NULL else None
+            if device_id is not None and device_id in seen_ids:
+                continue
+            if device_id is not None:
+                seen_ids.add(device_id)
             gpus.append(dev)
-        elif kind == int(lib.GGML_BACKEND_DEVICE_TYPE_IGPU):
+        elif kind == int(lib.GGML_BACKEND_DEVICE_TYPE_IGPU) and (
+            not igpus or lib.ggml_backend_dev_backend_reg(igpus[-1]) == reg  # as llama.cpp: one iGPU backend
+        ):
             igpus.append(dev)
     return gpus or igpus
 
