@@ -108,9 +108,16 @@ def server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     yield from _start(tiny_model_path, tmp_path_factory.mktemp("server"), "--max-queue", "16")
 
 
+#: The keyed server also runs with --chat-template-file, so one startup covers both options.
+CUSTOM_TEMPLATE = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}[assistant]"
+
+
 @pytest.fixture(scope="module")
 def keyed_server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    yield from _start(tiny_model_path, tmp_path_factory.mktemp("keyed"), api_key="sk-test-4242")
+    tmp = tmp_path_factory.mktemp("keyed")
+    template = tmp / "template.jinja"
+    template.write_text(CUSTOM_TEMPLATE)
+    yield from _start(tiny_model_path, tmp, "--chat-template-file", str(template), api_key="sk-test-4242")
 
 
 @pytest.fixture(scope="module")
@@ -512,3 +519,40 @@ def test_help_lists_the_options() -> None:
     ).stdout
     for flag in ("--model", "--host", "--port", "--api-key", "--max-queue", "--ctx-size", "--chat-format"):
         assert flag in out
+
+
+def test_chat_template_file(keyed_server: Server, tiny_llama: Any) -> None:
+    from llamarcp.chat import ChatFormatter
+
+    result = keyed_server.client().chat.completions.create(model="tiny", messages=CHAT, max_tokens=2, temperature=0)  # type: ignore[arg-type]
+    prompt = ChatFormatter(CUSTOM_TEMPLATE).render(CHAT)
+    assert prompt.startswith("[system] You are terse.\n[user] Say hello.")
+    expected = tiny_llama.tokenize(prompt.encode(), add_bos=True, special=True)
+    assert result.usage is not None and result.usage.prompt_tokens == len(expected)
+
+
+def test_unreadable_chat_template_file_is_refused(tiny_model_path: Path, tmp_path: Path) -> None:
+    args = [sys.executable, "-m", "llamarcp.server", "--model", str(tiny_model_path)]
+    missing = subprocess.run(
+        [*args, "--chat-template-file", str(tmp_path / "nope.jinja")], capture_output=True, text=True, cwd=ROOT
+    )
+    assert missing.returncode == 2 and "cannot read --chat-template-file" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--chat-template-file", "BROKEN"], "syntax error on line 1"),
+        (["--model", "/nonexistent/model.gguf"], "model file not found"),
+    ],
+)
+def test_startup_failures_exit_with_a_clear_error(
+    tiny_model_path: Path, tmp_path: Path, extra: list[str], fragment: str
+) -> None:
+    broken = tmp_path / "broken.jinja"
+    broken.write_text("{% for %}")
+    args = [sys.executable, "-m", "llamarcp.server", "--model", str(tiny_model_path), "--port", str(_free_port())]
+    args += [str(broken) if a == "BROKEN" else a for a in extra]
+    done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode != 0
+    assert fragment in done.stderr

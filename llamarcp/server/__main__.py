@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rpc", dest="rpc_servers", metavar="SERVERS", help="comma-separated RPC servers (host:port)")
     p.add_argument("--seed", type=int, help="default sampling seed")
     p.add_argument("--chat-format", help="named chat format instead of the model's template (e.g. chatml)")
+    p.add_argument("--chat-template-file", help="jinja chat template to use instead of the model's own")
     p.add_argument(
         "--max-queue", type=int, default=16, help="requests running or waiting before new ones get 503 (default 16)"
     )
@@ -49,6 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:
         print(f"error: the server needs its extra: pip install 'llamarcp[server]' ({exc})", file=sys.stderr)
         return 2
+    chat_template = None
+    if args.chat_template_file:
+        try:
+            with open(args.chat_template_file, encoding="utf-8") as f:
+                chat_template = f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"error: cannot read --chat-template-file: {exc}", file=sys.stderr)
+            return 2
     settings = ServerSettings(
         model=args.model,
         model_alias=args.model_alias,
@@ -60,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         rpc_servers=args.rpc_servers,
         seed=args.seed,
         chat_format=args.chat_format,
+        chat_template=chat_template,
         max_queue=args.max_queue,
         embeddings=args.embeddings,
         verbose=args.verbose,

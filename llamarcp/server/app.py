@@ -57,6 +57,8 @@ class ServerSettings:
     rpc_servers: str | None = None
     seed: int | None = None
     chat_format: str | None = None
+    #: Jinja chat template source used instead of the model's own (like llama-server's --chat-template-file).
+    chat_template: str | None = None
     max_queue: int = 16
     embeddings: bool = True
     max_body_bytes: int = 8 * 1024 * 1024
@@ -128,6 +130,7 @@ class ServerState:
         self.llama = llama
         self._owns_llama = llama is None
         self.embedder: Any = None
+        self._n_ctx: int | None = None
         self.created = int(time.time())
         path = settings.model or (getattr(llama, "model_path", None) if llama is not None else None)
         self.model_path = str(path) if path else None
@@ -156,6 +159,11 @@ class ServerState:
             self.model_path = self.llama.model_path
             if not self.settings.model_alias:
                 self.model_id = Path(self.model_path).name
+        self.n_ctx()
+        if self.settings.chat_template is not None:  # compile (and reject a broken template) before serving
+            from llamarcp.chat import chat_formatter
+
+            chat_formatter(self.llama, chat_template=self.settings.chat_template)
 
     def embedding_model(self) -> Any:
         """A second context on the same file with embeddings on (created on first use, on the model thread).
@@ -187,7 +195,10 @@ class ServerState:
             self.llama.close()
 
     def n_ctx(self) -> int:
-        return int(self.llama.n_ctx)
+        # Read once on the model thread at load; handlers on the event loop never touch the context.
+        if self._n_ctx is None:
+            self._n_ctx = int(self.llama.n_ctx)
+        return self._n_ctx
 
     def check_model(self, requested: str | None) -> None:
         if requested is None:
@@ -436,6 +447,7 @@ def create_app(settings: ServerSettings, llama: Any = None) -> FastAPI:
             logprobs=body.logprobs,
             top_logprobs=body.top_logprobs,
             template_kwargs=body.chat_template_kwargs,
+            chat_template=settings.chat_template,
             model=state.model_id,
         )
         llama = state.llama
