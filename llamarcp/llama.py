@@ -282,9 +282,9 @@ class Llama:
             self._n_ctx = self._ctx.n_ctx()
             self._n_batch = self._ctx.n_batch()
             self._memory = self._ctx.memory
-            # The single-token step reuses one llama_batch_get_one view of a 1-token buffer: no allocation.
-            self._one_token = ffi.new("int32_t[1]")
-            self._one_batch = lib.llama_batch_get_one(self._one_token, 1)
+            # The single-token step reuses a 1-token batch set up once: per token only its id and position change.
+            self._one = Batch(1, 1, parent=self._ctx)
+            self._one_batch = self._one.fill([0], 0, 0, logits_last=True)
             self._abort_cb = ffi.callback(
                 "ggml_abort_callback", _make_abort_fn(self._abort), onerror=_abort_onerror(self._abort)
             )
@@ -624,7 +624,8 @@ class Llama:
                 is_eog = lib.llama_vocab_is_eog
                 decode = lib.llama_decode
                 chain_ptr, ctx_ptr, vocab = chain.ptr, ctx.ptr, model.vocab
-                one_token, one_batch = self._one_token, self._one_batch
+                one_batch = self._one_batch
+                one_token, one_pos = one_batch.token, one_batch.pos
                 input_ids = self._input_ids
                 pieces = model._pieces
                 token_to_piece = model.token_to_piece
@@ -668,6 +669,7 @@ class Llama:
                     if len(input_ids) >= n_ctx:
                         break  # no room to decode this token; finish_reason stays "length"
                     one_token[0] = token
+                    one_pos[0] = len(input_ids)
                     input_ids.append(token)
                     rc = decode(ctx_ptr, one_batch)
                     if rc != 0:

@@ -24,7 +24,6 @@ USED_FUNCTIONS: tuple[str, ...] = (
     "llama_adapter_lora_init",
     "llama_backend_init",
     "llama_batch_free",
-    "llama_batch_get_one",
     "llama_batch_init",
     "llama_chat_apply_template",
     "llama_chat_builtin_templates",
