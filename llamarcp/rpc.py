@@ -295,6 +295,9 @@ def rpc_devices(
                 "already serves another open model of this process (llama.cpp cannot share one worker between "
                 "models safely); close that model first or start another ggml-rpc-server",
             )
+        if int(lib.RPC_PROTO_MAJOR_VERSION) != _HELLO_PROTOCOL_MAJOR:  # bindings for another protocol: connect only
+            check_server(endpoint, timeout, handshake=False)
+            continue
         major, minor, _ = check_server(endpoint, timeout)
         if major != int(lib.RPC_PROTO_MAJOR_VERSION) or minor > lib.RPC_PROTO_MINOR_VERSION:
             raise RpcProtocolError(

@@ -160,6 +160,21 @@ def test_check_server_reads_version() -> None:
     assert received == [bytes([14]) + struct.pack("<Q", 24) + bytes(24)]  # HELLO, 24 capability bytes
 
 
+def test_handshake_constants_match_the_pinned_llama_cpp(llama_cpp_source: Path) -> None:
+    # check_server speaks the HELLO of protocol 7 itself; a llama.cpp bump that changes it must fail here.
+    rpc_header = (llama_cpp_source / "ggml/include/ggml-rpc.h").read_text()
+    transport = (llama_cpp_source / "ggml/src/ggml-rpc/transport.h").read_text()
+    client = (llama_cpp_source / "ggml/src/ggml-rpc/ggml-rpc.cpp").read_text()
+    assert f"#define RPC_PROTO_MAJOR_VERSION    {rpc._HELLO_PROTOCOL_MAJOR}" in rpc_header
+    assert f"RPC_CONN_CAPS_SIZE = {rpc._CONN_CAPS_SIZE};" in transport
+    assert f"static_assert(RPC_CMD_HELLO == {rpc._CMD_HELLO}" in client
+    request = client.split("struct rpc_msg_hello_req {")[1].split("};")[0]
+    response = client.split("struct rpc_msg_hello_rsp {")[1].split("};")[0]
+    assert [line.split()[1] for line in request.strip().splitlines()] == ["conn_caps[RPC_CONN_CAPS_SIZE];"]
+    fields = [line.split()[1] for line in response.strip().splitlines()]
+    assert fields == ["major;", "minor;", "patch;", "padding;", "conn_caps[RPC_CONN_CAPS_SIZE];"]  # 4 + caps bytes
+
+
 # ------------------------------------------------------------------------------------------- tensor_split
 
 
