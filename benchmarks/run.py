@@ -263,6 +263,7 @@ class ThroughputRun:
                             cell["errors"].append(value)
                         else:
                             cell["rounds"].append(value)
+                result.setdefault("load_per_round", []).append(_load_average().split()[0])
                 self.log(f"  {spec.key} round {rnd + 1}/{args.reps} done (load {_load_average()})")
         finally:
             for worker in workers.values():
@@ -521,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     report.write_markdown(results, args.out / "RESULTS.md", "Benchmarks: llamarcp vs llama-bench vs llama-cpp-python")
     report.write_chart(results, args.out / "results.png")
     log(f"wrote {args.out / 'RESULTS.md'}, results.png, results.json")
