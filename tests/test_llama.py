@@ -575,3 +575,26 @@ def test_lora_adapter(fresh: Any, tmp_path: Path, tiny_model_writer: Any) -> Non
         fresh(lora_path=str(wrong))
     with pytest.raises(ModelNotFoundError):
         fresh(lora_path=str(tmp_path / "missing.gguf"))
+
+
+def test_corrupt_state_is_refused(fresh: Any) -> None:
+    from llamarcp.errors import StateError
+    from llamarcp.llama import LlamaState
+
+    llm = fresh()
+    expected = text_of(llm(PROMPT, max_tokens=6, temperature=0))
+    good = llm.save_state()
+    for junk in (b"", b"garbage" * 100, good.llama_state[: len(good.llama_state) // 2], bytes(len(good.llama_state))):
+        with pytest.raises(StateError, match="could not restore"):
+            llm.load_state(LlamaState([1, 2], junk, good.n_ctx, 0))
+        assert llm.n_tokens == 0
+    assert text_of(llm(PROMPT, max_tokens=6, temperature=0)) == expected
+
+
+def test_context_too_big_for_memory(tiny_model_path: Path) -> None:
+    from llamarcp.errors import ContextCreationError
+
+    with pytest.raises(ContextCreationError, match="kv cache"):
+        Llama(str(tiny_model_path), n_ctx=2**32 - 1, n_threads=1)
+    with pytest.raises(ValueError):
+        Llama(str(tiny_model_path), n_ctx=-5)
