@@ -58,6 +58,17 @@ def tiny_model_path(llama_cpp_source: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_bert_path(llama_cpp_source: Path) -> Path:
+    """A small random BERT (non-causal, mean pooling, no KV cache) with the real bge vocab, for embeddings."""
+    from llamarcp import _cache
+
+    cached = _cache.cache_root() / "test-models" / f"{tiny_model.TINY_MODEL_VERSION}-bert.gguf"
+    if not cached.is_file():
+        tiny_model.write_tiny_bert(cached, llama_cpp_source / "models" / tiny_model.BERT_VOCAB_FILE)
+    return cached
+
+
+@pytest.fixture(scope="session")
 def default_model_path() -> Path:
     """The real default model (gemma-3-270m Q4_K_M), assembled from the `model` extra; for @pytest.mark.slow tests.
 

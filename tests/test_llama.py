@@ -598,3 +598,20 @@ def test_context_too_big_for_memory(tiny_model_path: Path) -> None:
         Llama(str(tiny_model_path), n_ctx=2**32 - 1, n_threads=1)
     with pytest.raises(ValueError):
         Llama(str(tiny_model_path), n_ctx=-5)
+
+
+def test_bert_embeddings(tiny_bert_path: Path) -> None:
+    """An encoder-style model without KV cache (llama_get_memory is NULL): embeddings batch and stay per input."""
+    with Llama(str(tiny_bert_path), embedding=True, n_ctx=128, n_batch=128, n_threads=1) as llm:
+        texts = ["hello world", "another sentence here", "hello world", "x"]
+        vectors = llm.embed(texts, normalize=True)
+        assert [len(v) for v in vectors] == [64] * 4
+        assert vectors[0] == pytest.approx(vectors[2], abs=1e-5)
+        assert vectors[0] != pytest.approx(vectors[1], abs=1e-3)
+        assert all(sum(x * x for x in v) == pytest.approx(1.0, abs=1e-5) for v in vectors)
+        assert llm.embed("another sentence here", normalize=True) == pytest.approx(vectors[1], abs=1e-5)
+        response = llm.create_embedding("hello world")
+        assert response["usage"]["prompt_tokens"] == len(llm.tokenize(b"hello world"))  # [CLS] ... [SEP]
+    with Llama(str(tiny_bert_path), embedding=True, pooling_type=0, n_ctx=128, n_batch=128, n_threads=1) as llm:
+        rows = llm.embed("hello world")
+        assert len(rows) == len(llm.tokenize(b"hello world")) and len(rows[0]) == 64

@@ -118,6 +118,72 @@ def write_tiny_model(out_path: str | os.PathLike[str], vocab_path: str | os.Path
     return out
 
 
+BERT_VOCAB_FILE = "ggml-vocab-bert-bge.gguf"
+
+
+def write_tiny_bert(out_path: str | os.PathLike[str], vocab_path: str | os.PathLike[str], pooling: int = 1) -> Path:
+    """A tiny random BERT (non-causal, no KV cache) with the real bge WordPiece vocab, for embedding tests."""
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(str(vocab_path))
+    n_vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
+    n_ctx_train = 128
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    writer = gguf.GGUFWriter(str(tmp), "bert")
+    writer.add_name("llamarcp tiny random bert")
+    writer.add_context_length(n_ctx_train)
+    writer.add_embedding_length(N_EMBD)
+    writer.add_block_count(N_LAYER)
+    writer.add_feed_forward_length(N_FF)
+    writer.add_head_count(N_HEAD)
+    writer.add_layer_norm_eps(1e-12)
+    writer.add_causal_attention(False)
+    writer.add_pooling_type(gguf.PoolingType(pooling))
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    for key, field in reader.fields.items():
+        if key.startswith("tokenizer."):
+            value, value_type = field.contents(), field.types[0]
+            if value_type == gguf.GGUFValueType.ARRAY:
+                writer.add_array(key, value)
+            else:
+                writer.add_key_value(key, value, value_type)
+    rng = np.random.default_rng(SEED)
+
+    def rand(*shape: int, std: float = 0.2) -> np.ndarray:
+        return (rng.standard_normal(shape) * std).astype(np.float32)
+
+    ones, zeros = np.ones(N_EMBD, dtype=np.float32), np.zeros(N_EMBD, dtype=np.float32)
+    writer.add_tensor("token_embd.weight", rand(n_vocab, N_EMBD, std=1.0))
+    writer.add_tensor("token_types.weight", rand(2, N_EMBD))
+    writer.add_tensor("position_embd.weight", rand(n_ctx_train, N_EMBD))
+    writer.add_tensor("token_embd_norm.weight", ones)
+    writer.add_tensor("token_embd_norm.bias", zeros)
+    for layer in range(N_LAYER):
+        prefix = f"blk.{layer}."
+        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            writer.add_tensor(prefix + name + ".weight", rand(N_EMBD, N_EMBD))
+            writer.add_tensor(prefix + name + ".bias", rand(N_EMBD, std=0.02))
+        writer.add_tensor(prefix + "attn_output_norm.weight", ones)
+        writer.add_tensor(prefix + "attn_output_norm.bias", zeros)
+        writer.add_tensor(prefix + "ffn_up.weight", rand(N_FF, N_EMBD))
+        writer.add_tensor(prefix + "ffn_up.bias", rand(N_FF, std=0.02))
+        writer.add_tensor(prefix + "ffn_down.weight", rand(N_EMBD, N_FF))
+        writer.add_tensor(prefix + "ffn_down.bias", rand(N_EMBD, std=0.02))
+        writer.add_tensor(prefix + "layer_output_norm.weight", ones)
+        writer.add_tensor(prefix + "layer_output_norm.bias", zeros)
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    os.replace(tmp, out)
+    return out
+
+
 def write_tiny_lora(out_path: str | os.PathLike[str], rank: int = 4, seed: int = 7, n_in: int = N_EMBD) -> Path:
     """A random LoRA adapter for the tiny model's attn_q/attn_v of every layer (n_in != N_EMBD: a wrong one)."""
     import gguf
