@@ -286,6 +286,22 @@ def test_real_template_against_llama_cpp(path: Path) -> None:
         assert ours != native, "now identical: move it to NATIVE_IDENTICAL"
         for message in CONVERSATION:  # both still carry the whole conversation
             assert message["content"] in native
+        _assert_documented_difference(NATIVE_DIFFERENCES[path.name], ours, native)
+
+
+def _assert_documented_difference(reason: str, ours: str, native: str) -> None:
+    """Check the stated reason on the two renderings, so the table cannot drift into fiction."""
+    system, first_user = CONVERSATION[0]["content"], CONVERSATION[1]["content"]
+    if reason.startswith(_PREAMBLE):
+        assert len(ours) > len(native) + 40, "expected the real template to add a preamble"
+    if _THINK in reason:
+        assert "think>" in ours and "think>" not in native
+    if reason.startswith("llama.cpp puts '\\n\\n' after the system prompt"):
+        assert system + "\n\n" in native and system + "\n\n" not in ours
+    if reason == _MISTRAL_TEKKEN:
+        assert "[INST] " in native and "[INST] " not in ours
+    if "last user turn" in reason:
+        assert ours.index(system) > ours.index("Paris.") and native.index(system) < native.index(first_user)
 
 
 @pytest.mark.parametrize(
