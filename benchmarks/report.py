@@ -276,27 +276,33 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
     groups: list[str] = []
     series: dict[str, list[tuple[float, float, float]]] = {"llamarcp": [], "llama-cpp-python": []}
     for model_key, model in results.get("models", {}).items():
+        short = model_key.split("@")[0]
         for test_key in model.get("tests", {}):
-            groups.append(f"{model['label']}\n{test_key}")
+            groups.append(f"{short} {model.get('threads', '?')}t\n{test_key}")
             for contender in series:
                 r = ratio(results, model_key, test_key, contender, "llama-bench")
                 series[contender].append((r["median"], r["min"], r["max"]) if r else (0.0, 0.0, 0.0))
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(16, 5.2), gridspec_kw={"width_ratios": [3, 1.4]})
+    cap = 2.0  # bars above this are clipped (a noisy round can make one ratio huge); the label shows the value
     width = 0.38
     colors = {"llamarcp": "#2b7bba", "llama-cpp-python": "#e08a2c"}
     for i, (contender, values) in enumerate(series.items()):
         xs = [x + (i - 0.5) * width for x in range(len(groups))]
-        med = [v[0] for v in values]
-        err = [[v[0] - v[1] for v in values], [v[2] - v[0] for v in values]]
-        ax1.bar(xs, med, width, yerr=err, capsize=3, label=contender, color=colors[contender])
-        for x, m in zip(xs, med):
-            ax1.text(x, m + 0.02, f"{m:.2f}", ha="center", va="bottom", fontsize=7)
+        med = [min(v[0], cap) for v in values]
+        err = [
+            [m - min(v[1], m) for m, v in zip(med, values)],
+            [max(min(v[2], cap) - m, 0) for m, v in zip(med, values)],
+        ]
+        ax1.bar(xs, med, width, yerr=err, capsize=2, label=contender, color=colors[contender])
+        for x, m, v in zip(xs, med, values):
+            ax1.text(x, m + 0.03, f"{v[0]:.2f}", ha="center", va="bottom", fontsize=6.5, rotation=90)
     ax1.axhline(1.0, color="black", linewidth=0.8, linestyle="--", label="llama-bench = 1")
     ax1.set_xticks(range(len(groups)))
-    ax1.set_xticklabels(groups, fontsize=8)
-    ax1.set_ylabel("tokens/s relative to llama-bench (median of rounds)")
-    ax1.set_title(f"Throughput, same libllama, {results['meta']['threads']} threads")
+    ax1.set_xticklabels(groups, fontsize=7.5)
+    ax1.set_ylim(0, cap + 0.35)
+    ax1.set_ylabel("tokens/s relative to llama-bench (median of per-round ratios)")
+    ax1.set_title("Throughput on the same libllama (bars: median, whiskers: range over rounds)")
     ax1.legend(fontsize=8, loc="upper right")
 
     imports = {k: v for k, v in results.get("imports", {}).items() if not v.get("baseline") and not v.get("error")}
