@@ -180,14 +180,15 @@ def measure_imports(toolchain: Toolchain, lcp_python: Path | None, reps: int) ->
             out[key] = {"interpreter": interpreter, "error": errors[key]}
             continue
         summary = report.summarize(times[key])
-        cell = {"interpreter": interpreter, "samples": times[key], "summary": summary, "baseline": is_baseline}
-        cell["cpu_ms"] = statistics.median(cpu_times[key]) * 1000
+        cpu_ms = statistics.median(cpu_times[key]) * 1000
+        cell: dict[str, Any] = {"interpreter": interpreter, "samples": times[key], "summary": summary}
+        cell.update(baseline=is_baseline, cpu_ms=cpu_ms)
         base_key = baseline_for[python]
         if not is_baseline and times.get(base_key):
             # Paired: each run minus the bare start of the same round, then the median (noise hits both alike).
             pairs = zip(times[key], times[base_key])
             cell["over_bare_ms"] = statistics.median(a - b for a, b in pairs) * 1000
-            cell["cpu_over_bare_ms"] = cell["cpu_ms"] - statistics.median(cpu_times[base_key]) * 1000
+            cell["cpu_over_bare_ms"] = cpu_ms - statistics.median(cpu_times[base_key]) * 1000
         out[key] = cell
     return out
 
