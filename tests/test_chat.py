@@ -744,3 +744,28 @@ def test_llama_method_delegates_to_chat_module(tiny_llama: Any, tiny_model_path:
         result = llm.create_chat_completion(CHAT, max_tokens=1)
         vicuna = ChatFormatter.from_format("vicuna", "<s>", "</s>").render(CHAT)
         assert result["usage"]["prompt_tokens"] == len(llm.tokenize(vicuna.encode(), add_bos=True, special=True))
+
+
+def test_tools_are_described_when_the_template_ignores_them(tiny_llama: Any) -> None:
+    from llamarcp.chat.completion import render_chat_prompt
+
+    formatter = chat_formatter(tiny_llama)  # chatml: no notion of tools
+    assert not formatter.supports_tools
+    prompt = render_chat_prompt(formatter, CHAT, [WEATHER_TOOL])
+    assert prompt.startswith("<|im_start|>system\nYou are terse.\n\nYou can call these tools")
+    assert '"name": "get_weather"' in prompt and "<tool_call>" in prompt
+    result = create_chat_completion(tiny_llama, CHAT, tools=[WEATHER_TOOL], max_tokens=1)
+    expected = tiny_llama.tokenize(prompt.encode(), add_bos=True, special=True)
+    assert result["usage"]["prompt_tokens"] == len(expected)
+    # Without a system message one is added for the tools.
+    alone = render_chat_prompt(formatter, CHAT[1:], [WEATHER_TOOL])
+    assert alone.startswith("<|im_start|>system\nYou can call these tools")
+
+
+def test_tojson_accepts_map_results_like_llama_cpp() -> None:
+    assert render("{{ tools | map(attribute='function') | tojson }}", tools=[{"function": {"name": "f"}}]) == (
+        '[{"name": "f"}]'
+    )
+    assert render("{{ range(3) | tojson }}") == "[0, 1, 2]"
+    with pytest.raises(ChatTemplateError, match="not JSON serializable"):
+        render("{{ cycler | tojson }}")

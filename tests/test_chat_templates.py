@@ -365,3 +365,60 @@ def test_unknown_template_is_refused_by_llama_cpp() -> None:
 
     with pytest.raises(ChatTemplateError, match="does not support"):
         llama_cpp_apply_template("{{ messages }} nothing llama.cpp recognises", CONVERSATION)
+
+
+# --- tools reach the model with every template -----------------------------------------------------------------
+
+from llamarcp.chat.completion import render_chat_prompt  # noqa: E402
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+#: Templates that ignore OpenAI-style `tools`; llamarcp describes the tools in the system message for them.
+IGNORES_TOOLS = {
+    "HuggingFaceTB-SmolLM3-3B.jinja",  # takes `xml_tools` instead
+    "deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja",
+    "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja",
+    "deepseek-ai-DeepSeek-V3.1.jinja",
+    "llama-cpp-rwkv-world.jinja",
+    "microsoft-Phi-3.5-mini-instruct.jinja",
+}
+
+#: file -> (error fragment, why) for templates that cannot take OpenAI-style tools at all.
+TOOLS_FAILURES = {
+    "CohereForAI-c4ai-command-r-plus-tool_use.jinja": (
+        "has no attribute 'description'",
+        "expects Cohere's own tool format (name/description/parameter_definitions at top level)",
+    ),
+}
+
+
+@pytest.mark.parametrize("path", [p for p in TEMPLATE_FILES if p.name not in EXPECTED_FAILURES], ids=lambda p: p.name)
+def test_tools_reach_the_prompt(path: Path) -> None:
+    formatter = _formatter(path)
+    if path.name in TOOLS_FAILURES:
+        with pytest.raises(ChatTemplateError, match=TOOLS_FAILURES[path.name][0]):
+            render_chat_prompt(formatter, CONVERSATION, [WEATHER])
+        return
+    assert formatter.supports_tools == (path.name not in IGNORES_TOOLS)
+    prompt = render_chat_prompt(formatter, CONVERSATION, [WEATHER])
+    assert "get_weather" in prompt and "Weather for a city" in prompt
+    if path.name in IGNORES_TOOLS:
+        assert "<tool_call>" in prompt  # llamarcp's own instructions, in the system message
+        assert "You are a terse assistant." in prompt
+    else:
+        assert prompt == formatter.render(CONVERSATION, tools=[WEATHER])
+
+
+def test_tool_instructions_go_to_the_first_user_turn_when_system_is_refused() -> None:
+    formatter = _formatter(TEMPLATES_DIR / "google-gemma-2-2b-it.jinja")
+    assert not formatter.supports_tools
+    prompt = render_chat_prompt(formatter, CONVERSATION[1:], [WEATHER])
+    assert prompt.startswith("<s><start_of_turn>user\nYou can call these tools")
+    assert prompt.index("get_weather") < prompt.index("What is the capital of France?")

@@ -7,6 +7,7 @@ tokens parsed, and completed; the reply becomes a `chat.completion` dict or `cha
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 import weakref
@@ -14,11 +15,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from llamarcp.chat.grammars import JSON_OBJECT_GRAMMAR, json_schema_grammar, tool_call_grammar
-from llamarcp.chat.templates import ChatFormatter, formatter_for_model
+from llamarcp.chat.templates import ChatFormatter, formatter_for_model, normalize_messages
 from llamarcp.chat.tools import parse_tool_calls, tool_names
-from llamarcp.errors import ChatMessageError
+from llamarcp.errors import ChatMessageError, ChatTemplateError
 
-__all__ = ["chat_formatter", "create_chat_completion"]
+__all__ = ["chat_formatter", "create_chat_completion", "render_chat_prompt", "tools_system_prompt"]
 
 # One formatter per (Llama, format, template): compiling and probing a template once, not per request.
 _FORMATTERS: weakref.WeakKeyDictionary[Any, dict[tuple[str | None, str | None], ChatFormatter]] = (
@@ -111,6 +112,45 @@ def _response_grammar(response_format: Any) -> str | None:
     raise ChatMessageError(f"response_format type must be text, json_object or json_schema, got {kind!r}")
 
 
+def tools_system_prompt(tools: Sequence[Mapping[str, Any]]) -> str:
+    """Tool instructions for templates that ignore `tools`; the reply syntax is one parse_tool_calls reads."""
+    listing = "\n".join(json.dumps(t.get("function", t), ensure_ascii=False) for t in tools)
+    return (
+        "You can call these tools (parameters are JSON Schema):\n"
+        f"{listing}\n"
+        "To call a tool, reply with only:\n"
+        '<tool_call>{"name": "<tool name>", "arguments": {<arguments as JSON>}}</tool_call>\n'
+        "Otherwise answer normally."
+    )
+
+
+def render_chat_prompt(
+    formatter: ChatFormatter,
+    messages: Sequence[Mapping[str, Any]],
+    tools: Sequence[Mapping[str, Any]] | None = None,
+    template_kwargs: Mapping[str, Any] | None = None,
+) -> str:
+    """The prompt text for `messages`. When the template ignores `tools`, they are described in the system
+    message instead (or, if the template refuses system messages, at the start of the first user message)."""
+    kwargs = dict(template_kwargs or {})
+    if not tools or formatter.supports_tools:
+        return formatter.render(messages, add_generation_prompt=True, tools=tools, **kwargs)
+    msgs = normalize_messages(messages)
+    note = tools_system_prompt(tools)
+    if msgs[0]["role"] == "system" and isinstance(msgs[0].get("content"), str):
+        with_system = [{**msgs[0], "content": msgs[0]["content"] + "\n\n" + note}, *msgs[1:]]
+    else:
+        with_system = [{"role": "system", "content": note}, *msgs]
+    try:
+        return formatter.render(with_system, add_generation_prompt=True, tools=tools, **kwargs)
+    except ChatTemplateError:
+        for i, m in enumerate(msgs):  # e.g. Gemma 2's template rejects the system role
+            if m["role"] == "user" and isinstance(m.get("content"), str):
+                msgs[i] = {**m, "content": note + "\n\n" + m["content"]}
+                break
+        return formatter.render(msgs, add_generation_prompt=True, tools=tools, **kwargs)
+
+
 def _chat_logprobs(lp: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """Completion-style logprobs -> chat-style {'content': [{token, logprob, bytes, top_logprobs}]}."""
     if not lp:
@@ -191,7 +231,7 @@ def create_chat_completion(
         grammar = constraint
 
     formatter = chat_formatter(llama, chat_format, chat_template)
-    prompt = formatter.render(messages, add_generation_prompt=True, tools=offered, **dict(template_kwargs or {}))
+    prompt = render_chat_prompt(formatter, messages, offered, template_kwargs)
     bos = formatter.bos_token
     try:
         prompt_bytes = prompt.encode("utf-8")

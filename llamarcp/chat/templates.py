@@ -72,7 +72,21 @@ def _tojson(
 ) -> str:
     # Same signature and defaults as Hugging Face transformers' override: no HTML escaping, unicode kept.
     seps = tuple(separators) if separators is not None else None
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=seps, sort_keys=sort_keys)  # type: ignore[arg-type]
+    return json.dumps(
+        value,
+        ensure_ascii=ensure_ascii,
+        indent=indent,  # type: ignore[arg-type]
+        separators=seps,  # type: ignore[arg-type]
+        sort_keys=sort_keys,
+        default=_json_fallback,
+    )
+
+
+def _json_fallback(value: Any) -> Any:
+    # `xs | map(...) | tojson` hands json a generator (llama.cpp's own jinja engine gives a list there).
+    if isinstance(value, (Iterator, range)):
+        return list(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 class _GenerationBlock(Extension):
@@ -349,6 +363,7 @@ class ChatFormatter:
         except SecurityError as exc:
             raise ChatTemplateSecurityError(f"chat template {self.name!r} was refused by the sandbox: {exc}") from exc
         self._typed_content: bool | None = None
+        self._tools: bool | None = None
 
     @classmethod
     def from_format(cls, chat_format: str | ChatFormat, bos_token: str = "", eos_token: str = "") -> ChatFormatter:
@@ -371,6 +386,24 @@ class ChatFormatter:
             except ChatTemplateError:
                 self._typed_content = False
         return self._typed_content
+
+    @property
+    def supports_tools(self) -> bool:
+        """Whether the template shows the `tools` it is given to the model (many simple templates ignore them)."""
+        if self._tools is None:
+            probe = "llamarcp_tool_probe"
+            params = {
+                "type": "object",
+                "properties": {"text": {"type": "string", "description": probe}},
+                "required": [],
+            }
+            tool = {"type": "function", "function": {"name": probe, "description": probe, "parameters": params}}
+            try:
+                out = self._render_plain([{"role": "user", "content": "hi"}], add_generation_prompt=True, tools=[tool])
+                self._tools = probe in out
+            except ChatTemplateError:
+                self._tools = False
+        return self._tools
 
     def render(
         self,
