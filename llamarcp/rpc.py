@@ -18,8 +18,10 @@ worker would abort the process at the other's next decode. `rpc_devices` refuses
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
+import sys
 import threading
 import warnings
 import weakref
@@ -34,6 +36,7 @@ __all__ = [
     "RpcDevice",
     "RpcDevices",
     "check_server",
+    "harden_connections",
     "parse_servers",
     "rpc_devices",
     "supports_rpc",
@@ -48,6 +51,15 @@ _CMD_HELLO = 14
 _HELLO_PROTOCOL_MAJOR = 7
 _CONN_CAPS_SIZE = 24
 _HELLO_RESPONSE_SIZE = 4 + _CONN_CAPS_SIZE
+
+#: TCP settings put on llama.cpp's own connections to the workers (Linux), whose RPC client has no timeouts: a
+#: worker whose host or network vanished is noticed after KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_COUNT
+#: seconds of silence, or USER_TIMEOUT_MS after a request went unacknowledged, instead of never. A long graph
+#: computation is unaffected (the worker's kernel keeps acknowledging). A frozen worker process is not detected.
+KEEPALIVE_IDLE = 10
+KEEPALIVE_INTERVAL = 5
+KEEPALIVE_COUNT = 3
+USER_TIMEOUT_MS = 30_000
 
 _RPC_REG_NAME = b"RPC"
 _ADD_SERVER = b"ggml_backend_rpc_add_server"
@@ -170,9 +182,13 @@ class RpcDevices:
         self.array = ffi.new("ggml_backend_dev_t[]", [*handles, ffi.NULL])
 
     def claim(self) -> None:
-        """Mark the servers as serving a loaded model (called by the model owner once the load succeeded)."""
+        """Mark the servers as serving a loaded model (called by the model owner once the load succeeded).
+
+        The model's buffers now hold llama.cpp's connections to the workers open: they get their timeouts here.
+        """
         with _live_lock:
             _live.add(self)
+        harden_connections(self)
 
     def release(self) -> None:
         """The model using these devices was freed: its servers may serve another model of this process."""
@@ -320,6 +336,59 @@ def rpc_devices(
             handles.append(dev)
             described.append(_describe(lib, dev, None))
     return RpcDevices(endpoints, handles, described)
+
+
+def _established_sockets(endpoints: Iterable[str]) -> list[int]:
+    """File descriptors of this process's established IPv4 TCP connections to `endpoints` (Linux /proc)."""
+    wanted: set[tuple[str, int]] = set()
+    for endpoint in endpoints:
+        host, _, port = endpoint.rpartition(":")
+        try:
+            infos = socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM)
+        except OSError:
+            continue
+        wanted.update((str(info[4][0]), int(port)) for info in infos)
+    by_inode: dict[str, int] = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            by_inode[target[8:-1]] = int(name)
+    fds = []
+    with open("/proc/self/net/tcp") as table:
+        for row in table.read().splitlines()[1:]:
+            fields = row.split()
+            remote_ip, remote_port = fields[2].split(":")
+            raw = bytes.fromhex(remote_ip)  # the kernel prints the address as a host-order u32
+            ip = socket.inet_ntoa(raw[::-1] if sys.byteorder == "little" else raw)
+            if fields[3] == "01" and (ip, int(remote_port, 16)) in wanted and fields[9] in by_inode:  # 01 = ESTABLISHED
+                fds.append(by_inode[fields[9]])
+    return fds
+
+
+def harden_connections(devices: RpcDevices) -> int:
+    """Put keepalive and a user timeout on llama.cpp's connections to `devices`' workers; return how many.
+
+    llama.cpp opens and owns these sockets; the options are set through a duplicate of each descriptor (the
+    duplicate is closed, the connection is not). Linux only (elsewhere nothing is changed and 0 is returned).
+    """
+    if not sys.platform.startswith("linux") or not hasattr(socket, "TCP_USER_TIMEOUT"):
+        return 0
+    count = 0
+    for fd in _established_sockets(devices.endpoints):
+        try:
+            with socket.socket(fileno=os.dup(fd)) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
+        except OSError:
+            continue  # the descriptor went away between listing and duplicating it
+        count += 1
+    return count
 
 
 def warn_if_unused(n_gpu_layers: int) -> None:

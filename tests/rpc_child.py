@@ -41,7 +41,10 @@ def _emit(payload: dict[str, object]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario", choices=["generate", "error", "stream-then-wait", "share", "server-state"])
+    parser.add_argument(
+        "scenario", choices=["generate", "error", "stream-then-wait", "share", "server-state", "vanish"]
+    )
+    parser.add_argument("--server-binary", help="vanish: ggml-rpc-server to start inside this network namespace")
     parser.add_argument("model")
     parser.add_argument("--rpc", default=None)
     parser.add_argument("--ngl", type=int, default=99)
@@ -56,6 +59,9 @@ def main() -> int:
 
     from llamarcp import Llama
     from llamarcp._lib import loaded_path
+
+    if opts.scenario == "vanish":
+        return _vanish(opts)
 
     kwargs: dict[str, Any] = {"n_ctx": 512, "n_threads": 1, "seed": 7, "n_gpu_layers": opts.ngl}
     if opts.tensor_split:
@@ -111,6 +117,7 @@ def main() -> int:
     out = llm.create_completion(PROMPT, max_tokens=opts.n_predict, temperature=0)
     seconds = time.perf_counter() - start
     devices = [d.name for d in llm._model._devices.devices] if llm._model._devices is not None else []
+    socket_options = _socket_options(llm._model._devices.endpoints) if llm._model._devices is not None else []
     placement = [line.strip() for line in capture.lines if "model buffer size" in line or "assigned to device" in line]
     _emit(
         {
@@ -120,10 +127,65 @@ def main() -> int:
             "timings": llm.last_timings,
             "devices": devices,
             "placement_log": placement,
+            "socket_options": socket_options,
             "library": str(loaded_path()),
         }
     )
     llm.close()
+    return 0
+
+
+def _socket_options(endpoints: tuple[str, ...]) -> list[list[int]]:
+    """[SO_KEEPALIVE, TCP_KEEPIDLE, TCP_USER_TIMEOUT] of llama.cpp's connections to the workers."""
+    import os
+    import socket
+
+    from llamarcp import rpc
+
+    options = []
+    for fd in rpc._established_sockets(endpoints):
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            options.append(
+                [
+                    sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+                ]
+            )
+    return options
+
+
+def _vanish(opts: argparse.Namespace) -> int:
+    """Run inside `unshare -n`: a worker on this namespace's loopback, which is taken down mid-generation."""
+    import subprocess
+
+    from llamarcp import Llama, rpc
+
+    rpc.KEEPALIVE_IDLE, rpc.KEEPALIVE_INTERVAL, rpc.KEEPALIVE_COUNT, rpc.USER_TIMEOUT_MS = 2, 1, 2, 3000
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    server = subprocess.Popen(
+        [opts.server_binary, "-H", "127.0.0.1", "-p", "50052", "-t", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                rpc.check_server("127.0.0.1:50052", timeout=2)
+                break
+            except rpc.RpcServerUnreachableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        llm = Llama(opts.model, rpc_servers="127.0.0.1:50052", n_gpu_layers=99, n_ctx=512, n_threads=1)
+        print("FIRST", json.dumps(llm(PROMPT, max_tokens=4, temperature=0)["choices"][0]["text"]), flush=True)
+        subprocess.run(["ip", "link", "set", "lo", "down"], check=True)  # the worker's network is gone
+        print("NETWORK DOWN", flush=True)
+        llm(PROMPT + " again", max_tokens=4, temperature=0)
+        _emit({"finished": True})
+    finally:
+        server.kill()
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -329,6 +330,8 @@ def test_greedy_output_over_two_rpc_servers_equals_local(
     assert len(assigned) == 3 and all("device RPC" in line for line in assigned), assigned  # 2 layers + output
     local_assigned = [line for line in local["placement_log"] if "assigned to device" in line]
     assert len(local_assigned) == 3 and all("device CPU" in line for line in local_assigned), local_assigned
+    # llama.cpp's own connections to both workers carry llamarcp's keepalive and user timeout
+    assert sorted(remote["socket_options"]) == [[1, rpc.KEEPALIVE_IDLE, rpc.USER_TIMEOUT_MS]] * 2
     assert remote["completion_tokens"] == local["completion_tokens"] == 48
     assert remote["text"] == local["text"]
     for endpoint in servers:
@@ -518,3 +521,30 @@ def test_server_settings_rpc_servers(rpc_lib_dir: Path, rpc_workers: RpcWorkers,
     from llamarcp.server.__main__ import build_parser
 
     assert build_parser().parse_args(["--rpc", endpoint, "-ngl", "99"]).rpc_servers == endpoint
+
+
+def _can_unshare_network() -> bool:
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return False
+    probe = subprocess.run(["unshare", "-n", "ip", "link", "set", "lo", "up"], capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+@pytest.mark.slow
+def test_worker_network_vanishing_mid_generation_is_bounded(rpc_lib_dir: Path, tiny_model_path: Path) -> None:
+    # The worker stays alive but its network goes away (loopback down in a private network namespace): without
+    # llamarcp's TCP timeouts on llama.cpp's connection the client would wait forever.
+    if not _can_unshare_network():
+        pytest.skip("needs `unshare -n` (root or user namespaces) to take a private loopback down")
+    binary = rpc_lib_dir.parent / "bin" / "ggml-rpc-server"
+    env = dict(os.environ, LLAMARCP_LIB_PATH=str(rpc_lib_dir), GGML_NO_BACKTRACE="1")
+    env.pop("LLAMA_CPP_LIB_PATH", None)
+    cmd = ["unshare", "-n", sys.executable, str(CHILD), "vanish", str(tiny_model_path), "--server-binary", str(binary)]
+    start = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    elapsed = time.monotonic() - start
+    assert "FIRST" in proc.stdout and "NETWORK DOWN" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    assert '"finished": true' not in proc.stdout
+    assert proc.returncode != 0
+    assert "Remote RPC server crashed or returned malformed response" in proc.stderr, proc.stderr[-3000:]
+    assert elapsed < 60  # user timeout 3 s in the child; generous for a loaded CI machine
