@@ -376,8 +376,12 @@ def harden_connections(devices: RpcDevices) -> int:
     """
     if not sys.platform.startswith("linux") or not hasattr(socket, "TCP_USER_TIMEOUT"):
         return 0
+    try:
+        fds = _established_sockets(devices.endpoints)
+    except OSError:  # /proc unreadable (some sandboxes): keep llama.cpp's defaults
+        return 0
     count = 0
-    for fd in _established_sockets(devices.endpoints):
+    for fd in fds:
         try:
             with socket.socket(fileno=os.dup(fd)) as sock:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
