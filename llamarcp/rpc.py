@@ -9,7 +9,9 @@ a `Llama` without `rpc_servers` in the same process keeps using the local device
 llama.cpp's RPC client aborts the whole process when a worker disappears or answers garbage, so every server is
 checked from Python first (TCP connect + the protocol's HELLO handshake, both with a timeout): an unreachable,
 busy or incompatible server becomes a Python exception instead of an abort or an endless wait. A worker lost
-*during* a llama_decode still ends the process (llama.cpp cannot recover from it); see the README.
+once a model uses it still ends the process (llama.cpp cannot recover from it); llama.cpp's connections get TCP
+keepalive and a user timeout (`harden_connections`), so a worker whose host vanishes does too, instead of
+leaving the client waiting forever. See the README.
 
 One worker serves one open model of a process: the pinned llama.cpp's client re-runs a worker's cached graph by
 id, and the worker drops that cache whenever any of its buffers is freed, so closing one of two models sharing a
