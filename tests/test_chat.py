@@ -769,3 +769,42 @@ def test_tojson_accepts_map_results_like_llama_cpp() -> None:
     assert render("{{ range(3) | tojson }}") == "[0, 1, 2]"
     with pytest.raises(ChatTemplateError, match="not JSON serializable"):
         render("{{ cycler | tojson }}")
+
+
+CALL_MESSAGES = [
+    {"role": "user", "content": "hi"},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"id": "abc123def", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}],
+    },
+]
+
+
+def test_arguments_parsed_for_templates_that_apply_tojson() -> None:
+    template = (
+        "{% for m in messages %}{% for c in m.tool_calls or [] %}{{ c.function.arguments | tojson }}"
+        "{% endfor %}{% endfor %}"
+    )
+    formatter = ChatFormatter(template)
+    assert formatter.wants_object_arguments
+    assert formatter.render(CALL_MESSAGES) == '{"a": 1}'
+
+
+def test_arguments_kept_as_text_for_templates_that_print_them() -> None:
+    template = (
+        "{% for m in messages %}{% for c in m.tool_calls or [] %}{{ c.function.arguments }}{% endfor %}{% endfor %}"
+    )
+    formatter = ChatFormatter(template)
+    assert not formatter.wants_object_arguments
+    assert formatter.render(CALL_MESSAGES) == '{"a": 1}'
+    # An object handed in by the caller is turned into the JSON text such a template expects.
+    as_object = json.loads(json.dumps(CALL_MESSAGES))
+    as_object[1]["tool_calls"][0]["function"]["arguments"] = {"a": 1}
+    assert formatter.render(as_object) == '{"a": 1}'
+
+
+def test_from_json_filter() -> None:
+    assert render("{{ ('{\"k\": [1, 2]}' | from_json).k[1] }}") == "2"
+    with pytest.raises(ChatTemplateError, match="JSONDecodeError|Expecting"):
+        render("{{ 'nope' | from_json }}")

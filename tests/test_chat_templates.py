@@ -422,3 +422,45 @@ def test_tool_instructions_go_to_the_first_user_turn_when_system_is_refused() ->
     prompt = render_chat_prompt(formatter, CONVERSATION[1:], [WEATHER])
     assert prompt.startswith("<s><start_of_turn>user\nYou can call these tools")
     assert prompt.index("get_weather") < prompt.index("What is the capital of France?")
+
+
+TOOL_ROUND_TRIP = [
+    {"role": "user", "content": "Weather in Paris?"},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            # OpenAI clients send arguments as JSON text; the id has the 9-character shape Mistral requires.
+            {
+                "id": "call12345",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            }
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call12345", "name": "get_weather", "content": "sunny"},
+    {"role": "assistant", "content": "It is sunny."},
+    {"role": "user", "content": "Thanks"},
+]
+
+#: file -> (error fragment, why) for templates that cannot render an OpenAI tool-call round trip.
+ROUND_TRIP_FAILURES = {
+    **TOOLS_FAILURES,
+    "fireworks-ai-llama-3-firefunction-v2.jinja": EXPECTED_FAILURES["fireworks-ai-llama-3-firefunction-v2.jinja"],
+    "google-gemma-2-2b-it.jinja": ("roles must alternate", "Gemma 2 has no tool role"),
+}
+
+
+@pytest.mark.parametrize("path", TEMPLATE_FILES, ids=lambda p: p.name)
+def test_tool_call_round_trip(path: Path) -> None:
+    formatter = _formatter(path)
+    if path.name in ROUND_TRIP_FAILURES:
+        with pytest.raises(ChatTemplateError, match=ROUND_TRIP_FAILURES[path.name][0]):
+            formatter.render(TOOL_ROUND_TRIP, tools=[WEATHER])
+        return
+    prompt = formatter.render(TOOL_ROUND_TRIP, tools=[WEATHER])
+    assert "Paris" in prompt and "sunny" in prompt and "It is sunny." in prompt
+    # Arguments reach the model as JSON (or the template's own key/value layout), never double-encoded or as a
+    # Python dict repr: the JSON text was parsed for templates that want an object.
+    assert '\\"city\\"' not in prompt
+    assert "{'city': 'Paris'}" not in prompt

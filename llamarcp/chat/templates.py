@@ -82,6 +82,12 @@ def _tojson(
     )
 
 
+def _from_json(text: str) -> Any:
+    if not isinstance(text, str) or len(text) > MAX_RENDERED_CHARS:
+        raise ValueError("from_json expects a JSON string")
+    return json.loads(text)
+
+
 def _json_fallback(value: Any) -> Any:
     # `xs | map(...) | tojson` hands json a generator (llama.cpp's own jinja engine gives a list there).
     if isinstance(value, (Iterator, range)):
@@ -246,6 +252,7 @@ def _environment() -> _ChatSandbox:
         autoescape=False,
     )
     env.filters["tojson"] = _tojson
+    env.filters["from_json"] = _from_json  # llama.cpp's jinja engine has it; DeepSeek V3.2/V4 templates use it
     env.filters["format"] = _format_filter
     env.filters["center"] = _width_checked(jinja2.filters.do_center, 1)
     env.filters["indent"] = _width_checked(jinja2.filters.do_indent, 1)
@@ -315,6 +322,25 @@ def _text_parts_joined(content: list[dict[str, Any]], where: str) -> str:
     return "\n".join(texts)
 
 
+def _convert_arguments(messages: list[dict[str, Any]], to_object: bool) -> None:
+    """OpenAI sends tool-call arguments as JSON text; most templates want the object (and apply tojson)."""
+    for message in messages:
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(function, dict) or "arguments" not in function:
+                continue
+            arguments = function["arguments"]
+            if to_object and isinstance(arguments, str):
+                try:
+                    parsed = json.loads(arguments)
+                except ValueError:
+                    continue
+                if isinstance(parsed, dict):
+                    function["arguments"] = parsed
+            elif not to_object and isinstance(arguments, dict):
+                function["arguments"] = json.dumps(arguments, ensure_ascii=False)
+
+
 @dataclass(frozen=True)
 class ChatFormat:
     """A named prompt format: a jinja template plus the stop strings that end an assistant turn."""
@@ -364,6 +390,7 @@ class ChatFormatter:
             raise ChatTemplateSecurityError(f"chat template {self.name!r} was refused by the sandbox: {exc}") from exc
         self._typed_content: bool | None = None
         self._tools: bool | None = None
+        self._object_args: bool | None = None
 
     @classmethod
     def from_format(cls, chat_format: str | ChatFormat, bos_token: str = "", eos_token: str = "") -> ChatFormatter:
@@ -386,6 +413,26 @@ class ChatFormatter:
             except ChatTemplateError:
                 self._typed_content = False
         return self._typed_content
+
+    @property
+    def wants_object_arguments(self) -> bool:
+        """Whether the template takes a tool call's `arguments` as an object (most apply `tojson` or iterate its
+        items) rather than OpenAI's JSON string; decided once by rendering a probe call with an object."""
+        if self._object_args is None:
+            arguments = {"probe_key": "probe_value"}
+            # A 9-character alphanumeric id: Mistral's templates reject any other shape.
+            call = {"id": "probe0001", "type": "function", "function": {"name": "probe_tool", "arguments": arguments}}
+            messages: list[dict[str, Any]] = [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "", "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "probe0001", "name": "probe_tool", "content": "done"},
+            ]
+            try:
+                out = self._render_plain(messages, add_generation_prompt=True)
+                self._object_args = "probe_value" in out and "'probe_key'" not in out
+            except ChatTemplateError:
+                self._object_args = False
+        return self._object_args
 
     @property
     def supports_tools(self) -> bool:
@@ -422,6 +469,8 @@ class ChatFormatter:
             for i, m in enumerate(msgs):
                 if isinstance(m.get("content"), list):
                     m["content"] = _text_parts_joined(m["content"], f"messages[{i}].content")
+        if any(m.get("tool_calls") for m in msgs):
+            _convert_arguments(msgs, to_object=self.wants_object_arguments)
         extra = {k: _plain(v, k) for k, v in kwargs.items()}
         if tools is not None:
             extra["tools"] = _plain(list(tools), "tools")
