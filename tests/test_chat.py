@@ -808,3 +808,75 @@ def test_from_json_filter() -> None:
     assert render("{{ ('{\"k\": [1, 2]}' | from_json).k[1] }}") == "2"
     with pytest.raises(ChatTemplateError, match="JSONDecodeError|Expecting"):
         render("{{ 'nope' | from_json }}")
+
+
+# --- <think> reasoning is split from the answer ------------------------------------------------------------------
+
+from llamarcp.chat.completion import ThinkSplitter  # noqa: E402
+
+
+def _split_all(text: str, pieces: int, in_reasoning: bool = False) -> tuple[str, str]:
+    splitter = ThinkSplitter(in_reasoning)
+    size = max(1, len(text) // pieces)
+    parts = []
+    for i in range(0, len(text), size):
+        parts += splitter.push(text[i : i + size])
+    parts += splitter.finish()
+    return (
+        "".join(t for k, t in parts if k == "reasoning"),
+        "".join(t for k, t in parts if k == "content"),
+    )
+
+
+@pytest.mark.parametrize("pieces", [1, 3, 1000])  # whole, in thirds, character by character
+@pytest.mark.parametrize(
+    ("text", "in_reasoning", "reasoning", "content"),
+    [
+        ("<think>\nplan it\n</think>\n\nThe answer.", False, "\nplan it\n", "The answer."),
+        ("  <think>a</think>b", False, "a", "b"),
+        ("plan</think>\nanswer", True, "plan", "answer"),
+        ("no thinking here", False, "", "no thinking here"),
+        ("<thinking is fine>", False, "", "<thinking is fine>"),
+        ("<think>never closed", False, "never closed", ""),
+        ("a < b </think", True, "a < b </think", ""),
+    ],
+)
+def test_think_splitter(text: str, in_reasoning: bool, reasoning: str, content: str, pieces: int) -> None:
+    assert _split_all(text, pieces, in_reasoning) == (reasoning, content)
+
+
+THINK_TEMPLATE = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant: <think>\n"
+
+
+def test_reasoning_content_in_chat_completion(tiny_llama: Any) -> None:
+    grammar = _literal_grammar("I should greet.\n</think>\n\nHello!")
+    result = create_chat_completion(tiny_llama, CHAT, chat_template=THINK_TEMPLATE, grammar=grammar, max_tokens=128)
+    message = result["choices"][0]["message"]
+    assert message == {"role": "assistant", "content": "Hello!", "reasoning_content": "I should greet."}
+    raw = create_chat_completion(
+        tiny_llama, CHAT, chat_template=THINK_TEMPLATE, grammar=grammar, max_tokens=128, reasoning_format="none"
+    )
+    assert raw["choices"][0]["message"]["content"] == "I should greet.\n</think>\n\nHello!"
+    with pytest.raises(ChatMessageError, match="reasoning_format"):
+        create_chat_completion(tiny_llama, CHAT, max_tokens=1, reasoning_format="xml")
+
+
+def test_reasoning_content_streamed(tiny_llama: Any) -> None:
+    grammar = _literal_grammar("I should greet.\n</think>\n\nHello!")
+    chunks = list(
+        create_chat_completion(
+            tiny_llama, CHAT, chat_template=THINK_TEMPLATE, grammar=grammar, max_tokens=128, stream=True
+        )
+    )
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    reasoning = "".join(d.get("reasoning_content", "") for d in deltas)
+    content = "".join(d.get("content") or "" for d in deltas)
+    assert reasoning == "I should greet.\n" and content == "Hello!"
+    first_answer = next(i for i, d in enumerate(deltas) if d.get("content"))
+    assert all("reasoning_content" not in d for d in deltas[first_answer:])
+
+
+def test_templates_without_think_are_not_split(tiny_llama: Any) -> None:
+    text = "<think>x</think>y"
+    result = create_chat_completion(tiny_llama, CHAT, grammar=_literal_grammar(text), max_tokens=64)
+    assert result["choices"][0]["message"] == {"role": "assistant", "content": text}

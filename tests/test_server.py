@@ -275,6 +275,7 @@ def test_malformed_json_is_400(server: Server) -> None:
         ("/v1/chat/completions", {"messages": CHAT, "grammar": "root ::= ("}, 400, "grammar"),
         ("/v1/chat/completions", {"messages": CHAT, "logit_bias": {"abc": 1}}, 400, "logit_bias"),
         ("/v1/chat/completions", {"messages": CHAT, "response_format": {"type": "xml"}}, 400, "response_format"),
+        ("/v1/chat/completions", {"messages": CHAT, "reasoning_format": "xml"}, 400, "reasoning_format"),
         ("/v1/completions", {"prompt": ["a", "b"]}, 400, "one prompt"),
         ("/v1/completions", {"prompt": [10**9]}, 400, "token"),
         ("/v1/embeddings", {"input": ""}, 400, "empty"),

@@ -19,7 +19,7 @@ from llamarcp.chat.templates import ChatFormatter, formatter_for_model, normaliz
 from llamarcp.chat.tools import parse_tool_calls, tool_names
 from llamarcp.errors import ChatMessageError, ChatTemplateError
 
-__all__ = ["chat_formatter", "create_chat_completion", "render_chat_prompt", "tools_system_prompt"]
+__all__ = ["ThinkSplitter", "chat_formatter", "create_chat_completion", "render_chat_prompt", "tools_system_prompt"]
 
 # One formatter per (Llama, format, template): compiling and probing a template once, not per request.
 _FORMATTERS: weakref.WeakKeyDictionary[Any, dict[tuple[str | None, str | None], ChatFormatter]] = (
@@ -199,6 +199,7 @@ def create_chat_completion(
     chat_format: str | None = None,
     chat_template: str | None = None,
     template_kwargs: Mapping[str, Any] | None = None,
+    reasoning_format: str | None = "auto",
     **completion_kwargs: Any,
 ) -> Any:
     """Chat completion in OpenAI's shape (a dict, or an iterator of chunks when `stream=True`).
@@ -209,6 +210,9 @@ def create_chat_completion(
       `{"type": "json_schema", "json_schema": {"schema": ...}}` to a schema (common subset).
     - `tools` are rendered by the template; calls in the reply are returned as `tool_calls`.
       `tool_choice="required"` or a named function forces a call with a grammar.
+    - `reasoning_format="auto"`: for templates with `<think>` blocks, the reasoning goes to
+      `message.reasoning_content` (streamed as `delta.reasoning_content`), the answer to `content`;
+      "deepseek" always splits, "none" leaves the text as generated.
     - Remaining keyword arguments go to `create_completion` (e.g. `mirostat_mode`, `logits_processor`).
     """
     if functions is not None:
@@ -232,6 +236,7 @@ def create_chat_completion(
 
     formatter = chat_formatter(llama, chat_format, chat_template)
     prompt = render_chat_prompt(formatter, messages, offered, template_kwargs)
+    splitter = _reasoning_splitter(formatter, prompt, reasoning_format)
     bos = formatter.bos_token
     try:
         prompt_bytes = prompt.encode("utf-8")
@@ -266,25 +271,114 @@ def create_chat_completion(
     legacy = functions is not None
     parse_tools = offered if offered else None
     if stream:
-        return _stream(completion, parse_tools, legacy)
-    return _finish(completion, parse_tools, legacy)
+        return _stream(completion, parse_tools, legacy, splitter)
+    return _finish(completion, parse_tools, legacy, splitter)
 
 
-def _message(text: str, tools: list[dict[str, Any]] | None, legacy: bool) -> tuple[dict[str, Any], bool]:
+class ThinkSplitter:
+    """Separates `<think>...</think>` reasoning from the answer as text arrives (streaming-safe: a tag split
+    across chunks is held until it is complete)."""
+
+    OPEN, CLOSE = "<think>", "</think>"
+
+    def __init__(self, in_reasoning: bool = False) -> None:
+        self._mode = "reasoning" if in_reasoning else "start"
+        self._buf = ""
+
+    def push(self, text: str) -> list[tuple[str, str]]:
+        """Feed text; returns ("reasoning" | "content", text) pieces that are settled."""
+        self._buf += text
+        out: list[tuple[str, str]] = []
+        while True:
+            if self._mode == "start":
+                head = self._buf.lstrip()
+                if head.startswith(self.OPEN):
+                    self._buf, self._mode = head[len(self.OPEN) :], "reasoning"
+                elif self.OPEN.startswith(head):
+                    return out  # still could be the opening tag
+                else:
+                    self._mode = "content"
+            elif self._mode == "reasoning":
+                end = self._buf.find(self.CLOSE)
+                if end >= 0:
+                    if end:
+                        out.append(("reasoning", self._buf[:end]))
+                    self._buf, self._mode = self._buf[end + len(self.CLOSE) :], "after"
+                    continue
+                keep = _partial_suffix(self._buf, self.CLOSE)
+                if len(self._buf) > keep:
+                    out.append(("reasoning", self._buf[: len(self._buf) - keep]))
+                    self._buf = self._buf[len(self._buf) - keep :]
+                return out
+            elif self._mode == "after":  # the answer starts after the blank lines that follow </think>
+                head = self._buf.lstrip()
+                if not head:
+                    self._buf = ""
+                    return out
+                self._buf, self._mode = head, "content"
+            else:
+                if self._buf:
+                    out.append(("content", self._buf))
+                    self._buf = ""
+                return out
+
+    def finish(self) -> list[tuple[str, str]]:
+        rest, self._buf = self._buf, ""
+        if not rest or self._mode == "after":
+            return []
+        return [("reasoning" if self._mode == "reasoning" else "content", rest)]
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    """Length of the longest end of `text` that is a proper beginning of `tag`."""
+    for n in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:n]):
+            return n
+    return 0
+
+
+def _reasoning_splitter(formatter: ChatFormatter, prompt: str, reasoning_format: str | None) -> ThinkSplitter | None:
+    if reasoning_format in (None, "none"):
+        return None
+    if reasoning_format not in ("auto", "deepseek"):
+        raise ChatMessageError(f"reasoning_format must be 'auto', 'deepseek' or 'none', got {reasoning_format!r}")
+    if reasoning_format == "auto" and ThinkSplitter.OPEN not in formatter.template_source:
+        return None
+    # Templates that open the block in the generation prompt leave the model inside it from the first token.
+    opened = prompt.rstrip().endswith(ThinkSplitter.OPEN)
+    return ThinkSplitter(in_reasoning=opened)
+
+
+def _split_reasoning(text: str, splitter: ThinkSplitter | None) -> tuple[str, str]:
+    if splitter is None:
+        return "", text
+    parts = splitter.push(text) + splitter.finish()
+    reasoning = "".join(t for kind, t in parts if kind == "reasoning")
+    return reasoning.strip(), "".join(t for kind, t in parts if kind == "content")
+
+
+def _message(
+    text: str, tools: list[dict[str, Any]] | None, legacy: bool, reasoning: str = ""
+) -> tuple[dict[str, Any], bool]:
     content, calls = parse_tool_calls(text, tools) if tools else (text, [])
-    if not calls:
-        return {"role": "assistant", "content": text}, False
-    message: dict[str, Any] = {"role": "assistant", "content": content or None}
-    if legacy:
-        message["function_call"] = calls[0]["function"]
-    else:
-        message["tool_calls"] = calls
-    return message, True
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if calls:
+        message["content"] = content or None
+        if legacy:
+            message["function_call"] = calls[0]["function"]
+        else:
+            message["tool_calls"] = calls
+    if reasoning:
+        message["reasoning_content"] = reasoning
+    return message, bool(calls)
 
 
-def _finish(completion: Mapping[str, Any], tools: list[dict[str, Any]] | None, legacy: bool) -> dict[str, Any]:
+def _finish(
+    completion: Mapping[str, Any], tools: list[dict[str, Any]] | None, legacy: bool, splitter: ThinkSplitter | None
+) -> dict[str, Any]:
     choice = completion["choices"][0]
-    message, called = _message(choice["text"], tools, legacy)
+    reasoning, text = _split_reasoning(choice["text"], splitter)
+    message, called = _message(text, tools, legacy, reasoning)
     finish = choice["finish_reason"]
     if called:
         finish = "function_call" if legacy else "tool_calls"
@@ -306,12 +400,15 @@ def _finish(completion: Mapping[str, Any], tools: list[dict[str, Any]] | None, l
 
 
 def _stream(
-    chunks: Iterator[Mapping[str, Any]], tools: list[dict[str, Any]] | None, legacy: bool
+    chunks: Iterator[Mapping[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    legacy: bool,
+    splitter: ThinkSplitter | None,
 ) -> Iterator[dict[str, Any]]:
     completion_id = f"chatcmpl-{uuid.uuid4()}"
     created = int(time.time())
     model = ""
-    held: list[str] = []  # text held back while it might be a tool call
+    held: list[str] = []  # answer text held back while it might be a tool call
     holding = tools is not None
 
     def chunk(delta: dict[str, Any], finish: str | None = None, lp: Any = None) -> dict[str, Any]:
@@ -323,6 +420,11 @@ def _stream(
             "choices": [{"index": 0, "delta": delta, "logprobs": _chat_logprobs(lp), "finish_reason": finish}],
         }
 
+    def split(text: str, final: bool) -> list[tuple[str, str]]:
+        if splitter is None:
+            return [("content", text)] if text else []
+        return splitter.push(text) + (splitter.finish() if final else [])
+
     sent_role = False
     try:
         for part in chunks:
@@ -331,8 +433,16 @@ def _stream(
             if not sent_role:
                 yield chunk({"role": "assistant", "content": ""})
                 sent_role = True
-            text = choice["text"]
-            if choice["finish_reason"] is not None:
+            final_part = choice["finish_reason"] is not None
+            pieces = split(choice["text"], final_part)
+            answer = []
+            for kind, piece in pieces:
+                if kind == "reasoning":
+                    yield chunk({"reasoning_content": piece})
+                else:
+                    answer.append(piece)
+            text = "".join(answer)
+            if final_part:
                 finish = choice["finish_reason"]
                 delta: dict[str, Any] = {}
                 if held:
@@ -354,7 +464,7 @@ def _stream(
                     final["usage"] = part["usage"]
                 yield final
                 return
-            if holding:
+            if holding and text:
                 held.append(text)
                 so_far = "".join(held).lstrip()
                 if not so_far:

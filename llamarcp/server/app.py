@@ -447,6 +447,7 @@ def create_app(settings: ServerSettings, llama: Any = None) -> FastAPI:
             logprobs=body.logprobs,
             top_logprobs=body.top_logprobs,
             template_kwargs=body.chat_template_kwargs,
+            reasoning_format=body.reasoning_format,
             chat_template=settings.chat_template,
             model=state.model_id,
         )

@@ -58,6 +58,9 @@ class ChatCompletionRequest(_Request):
     chat_template_kwargs: Optional[dict[str, Any]] = Field(
         None, description="llama.cpp extension: extra chat template variables, e.g. {'enable_thinking': false}"
     )
+    reasoning_format: Literal["auto", "deepseek", "none"] = Field(
+        "auto", description="llama.cpp extension: split <think> reasoning into reasoning_content"
+    )
     top_logprobs: Optional[int] = Field(None, ge=0, le=20)
 
 
