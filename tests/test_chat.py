@@ -133,6 +133,27 @@ def test_endless_loops_hit_the_render_deadline() -> None:
     assert ChatFormatter("x").render_timeout == 5.0
 
 
+@pytest.mark.parametrize(
+    "template",
+    [
+        # Exponential macro recursion: no loop at all, 2**60 calls.
+        "{% macro f(n) %}{% if n > 0 %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(60) }}",
+        # Few iterations, each one expensive.
+        "{% set big = range(100000) | list %}{% for i in range(100000) %}{% set y = big | sort %}{% endfor %}",
+    ],
+)
+def test_recursion_and_heavy_iterations_hit_the_deadline(template: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(ChatTemplateSecurityError, match="longer than 0.3 s"):
+        ChatFormatter(template, render_timeout=0.3).render(CONVERSATION)
+    assert time.monotonic() - started < 3
+
+
+def test_unbounded_recursion_is_an_error() -> None:
+    with pytest.raises(ChatTemplateError, match="recursed too deeply"):
+        render("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}")
+
+
 def test_loop_guard_keeps_loop_semantics() -> None:
     template = (
         "{% for m in messages %}{{ loop.index }}/{{ loop.length }}{{ '!' if loop.last }} {% endfor %}"

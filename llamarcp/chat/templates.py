@@ -6,8 +6,8 @@ import anything, open files or mutate the caller's objects (CVE-2024-34359 came 
 Helpers that could allocate without bound (`*`, `**`, printf/format widths, `ljust`, `replace`, `join`, a few
 filters) are capped, and the rendered text is limited to MAX_RENDERED_CHARS.
 
-Every `{% for %}` loop draws from a per-render budget with a deadline (`render_timeout`, default 5 s), so a
-template cannot hang its caller with nested loops either.
+Every `{% for %}` iteration and every call (macros included) draws from a per-render budget with a deadline
+(`render_timeout`, default 5 s), so a template cannot hang its caller with nested loops or recursion either.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ MAX_REPEAT_ITEMS = 1024 * 1024
 MAX_POWER_EXPONENT = 1024
 #: Default wall-clock limit of one render; real templates take well under a millisecond.
 DEFAULT_RENDER_TIMEOUT = 5.0
-#: Total `{% for %}` iterations one render may run.
+#: Total `{% for %}` iterations plus calls one render may run.
 MAX_LOOP_ITERATIONS = 10_000_000
 
 
@@ -144,17 +144,21 @@ class _RenderBudget:
 _budget: contextvars.ContextVar[_RenderBudget | None] = contextvars.ContextVar("llamarcp_render_budget", default=None)
 
 
-def _loop_guard(iterable: Any) -> Iterator[Any]:
+def _spend_budget() -> None:
+    """One step of template work (a loop iteration or a call); raises once the render is over its budget."""
     budget = _budget.get()
     if budget is None:
-        yield from iterable
         return
+    budget.left -= 1
+    if budget.left <= 0:
+        raise SecurityError(f"template ran more than {MAX_LOOP_ITERATIONS} loop iterations and calls")
+    if time.monotonic() > budget.deadline:
+        raise SecurityError(f"template ran longer than {budget.timeout:g} s")
+
+
+def _loop_guard(iterable: Any) -> Iterator[Any]:
     for item in iterable:
-        budget.left -= 1
-        if budget.left & 1023 == 0 and time.monotonic() > budget.deadline:
-            raise SecurityError(f"template ran longer than {budget.timeout:g} s")
-        if budget.left <= 0:
-            raise SecurityError(f"template ran more than {MAX_LOOP_ITERATIONS} loop iterations")
+        _spend_budget()
         yield item
 
 
@@ -205,6 +209,7 @@ class _ChatSandbox(ImmutableSandboxedEnvironment):
         return wrapped
 
     def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        _spend_budget()  # macros can recurse (and fan out) without any loop
         owner = getattr(obj, "__self__", None)
         if isinstance(owner, str):
             name = getattr(obj, "__name__", "")
