@@ -615,3 +615,23 @@ def test_bert_embeddings(tiny_bert_path: Path) -> None:
     with Llama(str(tiny_bert_path), embedding=True, pooling_type=0, n_ctx=128, n_batch=128, n_threads=1) as llm:
         rows = llm.embed("hello world")
         assert len(rows) == len(llm.tokenize(b"hello world")) and len(rows[0]) == 64
+
+
+def test_generate_yields_the_completion_tokens(tiny_llama: Llama) -> None:
+    prompt = tiny_llama.tokenize(PROMPT.encode())
+    tokens = []
+    for token in tiny_llama.generate(prompt, temp=0):
+        tokens.append(token)
+        if len(tokens) == 10:
+            break
+    text = text_of(tiny_llama(PROMPT, max_tokens=10, temperature=0))
+    assert tiny_llama.detokenize(tokens, prev_tokens=prompt).decode("utf-8", errors="replace") == text
+    assert tiny_llama.input_ids[: len(prompt)] == prompt
+
+
+def test_set_seed(tiny_llama: Llama) -> None:
+    tiny_llama.set_seed(77)
+    a = text_of(tiny_llama(PROMPT, max_tokens=12))
+    tiny_llama.set_seed(77)
+    assert text_of(tiny_llama(PROMPT, max_tokens=12)) == a
+    tiny_llama.set_seed(1234)
