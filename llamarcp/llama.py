@@ -98,6 +98,14 @@ def physical_core_count() -> int:
             return len(pairs)
     except OSError:
         pass
+    try:  # other systems (macOS, Windows): psutil knows, when installed
+        import psutil
+
+        physical = psutil.cpu_count(logical=False)
+        if physical:
+            return max(1, min(int(physical), len(allowed)))
+    except ImportError:
+        pass
     return max(1, len(allowed))
 
 
