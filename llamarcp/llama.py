@@ -8,6 +8,7 @@ a handful of C calls and no allocations unless logprobs/logits are asked for.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -440,9 +441,10 @@ class Llama:
 
     def reset(self) -> None:
         """Forget the cached prefix: clear the context memory."""
-        ctx = self._context()
-        _backend.get_lib().llama_memory_clear(ctx.memory, True)
-        self._input_ids = []
+        with self._exclusive():
+            ctx = self._context()
+            _backend.get_lib().llama_memory_clear(ctx.memory, True)
+            self._input_ids = []
 
     def abort(self) -> None:
         """Ask a running decode/generation (e.g. in another thread) to stop; it raises GenerationAborted."""
@@ -482,6 +484,10 @@ class Llama:
 
         The last token is always decoded again so its logits are fresh for sampling.
         """
+        with self._exclusive():
+            return self._eval(tokens)
+
+    def _eval(self, tokens: Sequence[int]) -> int:
         ctx = self._context()
         tokens = list(tokens)
         if not tokens:
@@ -596,6 +602,16 @@ class Llama:
             raise LlamaError("another generation of this Llama is still running in this thread; finish or close it")
         self._busy = True
 
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the context alone (other threads wait; a suspended stream in this thread is an error)."""
+        self._check_open()
+        self._enter()
+        try:
+            yield
+        finally:
+            self._leave()
+
     def _leave(self) -> None:
         self._busy = False
         try:
@@ -619,7 +635,7 @@ class Llama:
             ctx = self._context()
             model = self._model
             started = time.perf_counter()
-            n_eval = self.eval(prompt_tokens)
+            n_eval = self._eval(prompt_tokens)
             prompt_done = time.perf_counter()
             grammar = self._grammar_checker(params)
             chain: SamplerChain = build_sampler_chain(
@@ -1151,6 +1167,10 @@ class Llama:
 
     def save_state(self) -> LlamaState:
         """Snapshot of the context (memory, logits) and its token history."""
+        with self._exclusive():
+            return self._save_state()
+
+    def _save_state(self) -> LlamaState:
         ctx = self._context()
         lib = _backend.get_lib()
         size = int(lib.llama_state_get_size(ctx.ptr))
@@ -1162,6 +1182,10 @@ class Llama:
 
     def load_state(self, state: LlamaState) -> None:
         """Restore a snapshot taken from a Llama with the same model and context size."""
+        with self._exclusive():
+            self._load_state(state)
+
+    def _load_state(self, state: LlamaState) -> None:
         ctx = self._context()
         if not isinstance(state, LlamaState):
             raise TypeError("load_state expects a LlamaState from save_state()")
