@@ -628,8 +628,14 @@ class Llama:
         logprobs: int | None,
         logits_processor: Any,
         stopping_criteria: Any,
+        outcome: dict[str, Any] | None = None,
     ) -> Generator[tuple[int, bytes, dict[str, Any] | None], None, None]:
-        """Core loop: evaluate the prompt, then sample/decode; yields (token, piece bytes, logprob info)."""
+        """Core loop: evaluate the prompt, then sample/decode; yields (token, piece bytes, logprob info).
+
+        `outcome` (owned by the caller, so concurrent generations cannot mix them up) receives
+        "finish_reason" and "timings" when the loop ends.
+        """
+        outcome = {} if outcome is None else outcome
         self._enter()
         try:
             ctx = self._context()
@@ -656,7 +662,7 @@ class Llama:
                 n_ctx = self._n_ctx
                 abort = self._abort
                 limit = max_tokens if max_tokens is not None else n_ctx
-                self.finish_reason = "length"
+                outcome["finish_reason"] = "length"
                 while n_generated < limit:
                     if abort.requested:
                         self._raise_if_aborted()
@@ -672,7 +678,7 @@ class Llama:
                     else:
                         token = self._sample_with_grammar(chain_ptr, grammar.ptr)
                     if is_eog(vocab, token):
-                        self.finish_reason = "stop"
+                        outcome["finish_reason"] = "stop"
                         break
                     info = self._logprob_info(scores, token, logprobs) if logprobs is not None else None
                     piece = pieces.get(token)
@@ -684,8 +690,8 @@ class Llama:
 
                         ids = np.asarray([*input_ids, token], dtype=np.intc)
                         if stopping_criteria(ids, scores):
+                            outcome["finish_reason"] = "stop"
                             yield token, piece, info
-                            self.finish_reason = "stop"
                             break
                     yield token, piece, info
                     if n_generated >= limit:
@@ -711,13 +717,14 @@ class Llama:
                 if grammar is not None:
                     grammar.close()
                 done = time.perf_counter()
-                self.last_timings = {
+                timings = {
                     "prompt_n": float(len(prompt_tokens)),
                     "prompt_eval_n": float(n_eval),
                     "prompt_ms": (prompt_done - started) * 1e3,
                     "predicted_n": float(n_generated),
                     "predicted_ms": (done - prompt_done) * 1e3,
                 }
+                outcome["timings"] = self.last_timings = timings
         finally:
             self._leave()
 
@@ -957,6 +964,7 @@ class Llama:
         completion_id = f"cmpl-{uuid.uuid4()}"
         created = int(time.time())
         text_stream = TextStream(prepared.stop)
+        outcome: dict[str, Any] = {}
         offset = 0
         pending_lp: list[dict[str, Any]] = []
 
@@ -987,8 +995,8 @@ class Llama:
             prepared.logprobs,
             prepared.logits_processor,
             prepared.stopping_criteria,
+            outcome,
         )
-        self.finish_reason = "length"
         try:
             for _token, piece, info in generator:
                 if info is not None:
@@ -997,7 +1005,6 @@ class Llama:
                 if text_stream.stopped:
                     if text:
                         yield chunk(text, None, pending_lp if prepared.logprobs is not None else None)
-                    self.finish_reason = "stop"
                     break
                 if text:
                     yield chunk(text, None, pending_lp if prepared.logprobs is not None else None)
@@ -1005,15 +1012,16 @@ class Llama:
                     pending_lp = []
         finally:
             generator.close()
-        finish_reason = "stop" if text_stream.stopped else self.finish_reason
+        finish_reason = "stop" if text_stream.stopped else outcome.get("finish_reason", "length")
+        n_completion = int(outcome.get("timings", {}).get("predicted_n", 0))
         tail = text_stream.finish()
         if tail:
             yield chunk(tail, None, pending_lp if prepared.logprobs is not None else None)
         final = chunk("", finish_reason, None)
         final["usage"] = {
             "prompt_tokens": len(prepared.prompt_tokens),
-            "completion_tokens": int(self.last_timings.get("predicted_n", 0)),
-            "total_tokens": len(prepared.prompt_tokens) + int(self.last_timings.get("predicted_n", 0)),
+            "completion_tokens": n_completion,
+            "total_tokens": len(prepared.prompt_tokens) + n_completion,
         }
         yield final
 
