@@ -1211,6 +1211,33 @@ class Llama:
         self._input_ids = list(state.input_ids)
         self._seed = state.seed
 
+    def save_state_file(self, path: str | os.PathLike[str]) -> None:
+        """Write the context state and its tokens to a llama.cpp session file (reload with `load_state_file`)."""
+        with self._exclusive():
+            ctx = self._context()
+            tokens = ffi.new("int32_t[]", self._input_ids or [0])
+            _backend.last_log_errors(clear=True)
+            if not _backend.get_lib().llama_state_save_file(ctx.ptr, os.fsencode(path), tokens, len(self._input_ids)):
+                reason = " | ".join(_backend.last_log_errors(clear=True)[-2:])
+                raise StateError(f"could not save the session to {path}{': ' + reason if reason else ''}")
+
+    def load_state_file(self, path: str | os.PathLike[str]) -> None:
+        """Restore a session file written by `save_state_file` (same model; its tokens must fit this context)."""
+        with self._exclusive():
+            ctx = self._context()
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"session file not found: {path}")
+            lib = _backend.get_lib()
+            tokens = ffi.new("int32_t[]", self._n_ctx)
+            count = ffi.new("size_t *")
+            _backend.last_log_errors(clear=True)
+            if not lib.llama_state_load_file(ctx.ptr, os.fsencode(path), tokens, self._n_ctx, count):
+                self._input_ids = []
+                lib.llama_memory_clear(self._memory, True)
+                reason = " | ".join(_backend.last_log_errors(clear=True)[-2:])
+                raise StateError(f"could not load the session {path}{': ' + reason if reason else ''}")
+            self._input_ids = list(ffi.unpack(tokens, int(count[0])))
+
     def set_seed(self, seed: int) -> None:
         self._seed = int(seed) & 0xFFFFFFFF
 

@@ -635,3 +635,26 @@ def test_set_seed(tiny_llama: Llama) -> None:
     tiny_llama.set_seed(77)
     assert text_of(tiny_llama(PROMPT, max_tokens=12)) == a
     tiny_llama.set_seed(1234)
+
+
+def test_state_files(fresh: Any, tmp_path: Path) -> None:
+    from llamarcp.errors import StateError
+
+    llm = fresh()
+    llm.eval(llm.tokenize(PROMPT.encode()))
+    session = tmp_path / "session.bin"
+    llm.save_state_file(session)
+    expected = text_of(llm(PROMPT, max_tokens=12, seed=4))
+    other = fresh()
+    other.load_state_file(session)
+    assert other.input_ids == llm.tokenize(PROMPT.encode())
+    assert text_of(other(PROMPT, max_tokens=12, seed=4)) == expected
+    assert other.n_prompt_tokens_evaluated == 1  # the restored prefix was reused
+    with pytest.raises(FileNotFoundError):
+        other.load_state_file(tmp_path / "missing.bin")
+    (tmp_path / "junk.bin").write_bytes(b"not a session" * 10)
+    with pytest.raises(StateError, match="could not load"):
+        other.load_state_file(tmp_path / "junk.bin")
+    assert other.n_tokens == 0
+    with pytest.raises(StateError, match="could not save"):
+        llm.save_state_file(tmp_path / "no-such-dir" / "s.bin")
