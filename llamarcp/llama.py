@@ -31,10 +31,26 @@ from llamarcp.errors import (
     StateError,
     check_decode,
 )
-from llamarcp.sampling import LLAMA_DEFAULT_SEED, SamplerChain, SamplingParams, build_sampler_chain
+from llamarcp.sampling import (
+    LLAMA_DEFAULT_SEED,
+    LogitsProcessorList,
+    SamplerChain,
+    SamplingParams,
+    StoppingCriteriaList,
+    as_logits_processor,
+    as_stopping_criteria,
+    build_sampler_chain,
+)
 from llamarcp.tokenizer import LlamaTokenizer, TextStream
 
-__all__ = ["LLAMA_DEFAULT_SEED", "Llama", "LlamaState", "physical_core_count"]
+__all__ = [
+    "LLAMA_DEFAULT_SEED",
+    "Llama",
+    "LlamaState",
+    "LogitsProcessorList",
+    "StoppingCriteriaList",
+    "physical_core_count",
+]
 
 # enum llama_pooling_type / llama_flash_attn_type values (llama.h)
 POOLING_UNSPECIFIED = -1
@@ -893,8 +909,8 @@ class Llama:
             echo=echo,
             logprobs=logprobs,
             model_name=model or self.model_path,
-            logits_processor=logits_processor,
-            stopping_criteria=stopping_criteria,
+            logits_processor=as_logits_processor(logits_processor),
+            stopping_criteria=as_stopping_criteria(stopping_criteria),
         )
 
     def create_completion(

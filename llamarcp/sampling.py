@@ -19,7 +19,15 @@ from llamarcp.errors import GrammarError
 if TYPE_CHECKING:
     from llamarcp._core import Model
 
-__all__ = ["LLAMA_DEFAULT_SEED", "Sampler", "SamplerChain", "SamplingParams", "build_sampler_chain"]
+__all__ = [
+    "LLAMA_DEFAULT_SEED",
+    "LogitsProcessorList",
+    "Sampler",
+    "SamplerChain",
+    "SamplingParams",
+    "StoppingCriteriaList",
+    "build_sampler_chain",
+]
 
 #: llama.h LLAMA_DEFAULT_SEED: "pick a random seed".
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF
@@ -224,3 +232,36 @@ def grammar_sampler(model: Model, grammar: Any, root: str = "root") -> Sampler:
         reason = " | ".join(last_log_errors(clear=True)[-3:])
         raise GrammarError(f"invalid GBNF grammar{': ' + reason if reason else ''}")
     return Sampler(ptr)
+
+
+class LogitsProcessorList(list):  # type: ignore[type-arg]
+    """Callables `(input_ids, scores) -> scores` applied in order (llama-cpp-python's class of the same name)."""
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        for processor in self:
+            scores = processor(input_ids, scores)
+        return scores
+
+
+class StoppingCriteriaList(list):  # type: ignore[type-arg]
+    """Callables `(input_ids, scores) -> bool`; generation stops when any says True (llama-cpp-python's class)."""
+
+    def __call__(self, input_ids: Any, scores: Any) -> bool:
+        return any(criterion(input_ids, scores) for criterion in self)
+
+
+def as_logits_processor(value: Any) -> Any:
+    """None, a callable, or a plain list of callables (wrapped so it can be called)."""
+    if value is None or callable(value):
+        return value
+    if isinstance(value, (list, tuple)):
+        return LogitsProcessorList(value)
+    raise TypeError("logits_processor must be a callable or a list of callables")
+
+
+def as_stopping_criteria(value: Any) -> Any:
+    if value is None or callable(value):
+        return value
+    if isinstance(value, (list, tuple)):
+        return StoppingCriteriaList(value)
+    raise TypeError("stopping_criteria must be a callable or a list of callables")

@@ -658,3 +658,32 @@ def test_state_files(fresh: Any, tmp_path: Path) -> None:
     assert other.n_tokens == 0
     with pytest.raises(StateError, match="could not save"):
         llm.save_state_file(tmp_path / "no-such-dir" / "s.bin")
+
+
+def test_processor_and_criteria_lists(tiny_llama: Llama) -> None:
+    from llamarcp.llama import LogitsProcessorList, StoppingCriteriaList
+
+    target = tiny_llama.tokenize(b" banana", add_bos=False)[-1]
+
+    def prefer(_ids: Any, scores: Any) -> Any:
+        scores[target] += 1000.0
+        return scores
+
+    seen: list[int] = []
+
+    def stop_after_three(ids: Any, _scores: Any) -> bool:
+        seen.append(len(ids))
+        return len(seen) >= 3
+
+    for processors, criteria in (
+        (LogitsProcessorList([prefer]), StoppingCriteriaList([stop_after_three])),
+        ([prefer], [stop_after_three]),
+    ):
+        seen.clear()
+        result = tiny_llama(
+            PROMPT, max_tokens=10, temperature=0, logits_processor=processors, stopping_criteria=criteria
+        )
+        assert text_of(result) == tiny_llama.detokenize([target] * 3).decode()
+        assert result["choices"][0]["finish_reason"] == "stop"
+    with pytest.raises(TypeError):
+        tiny_llama(PROMPT, logits_processor=42)
