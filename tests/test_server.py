@@ -188,7 +188,7 @@ def test_chat_json_schema_and_forced_tool(server: Server) -> None:
     result = client.chat.completions.create(
         model="tiny",
         messages=CHAT,  # type: ignore[arg-type]
-        max_tokens=32,
+        max_tokens=128,
         seed=1,
         response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": schema}},  # type: ignore[typeddict-item]
     )
@@ -203,7 +203,7 @@ def test_chat_json_schema_and_forced_tool(server: Server) -> None:
     result = client.chat.completions.create(
         model="tiny",
         messages=CHAT,  # type: ignore[arg-type]
-        max_tokens=32,
+        max_tokens=128,
         seed=1,
         tools=[tool],  # type: ignore[list-item]
         tool_choice="required",
