@@ -510,7 +510,7 @@ def test_json_schema_response_is_valid(tiny_llama: Any, seed: int) -> None:
         "required": ["ok", "level", "n"],
     }
     fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
-    result = create_chat_completion(tiny_llama, CHAT, max_tokens=64, seed=seed, temperature=1.0, response_format=fmt)
+    result = create_chat_completion(tiny_llama, CHAT, max_tokens=256, seed=seed, temperature=1.0, response_format=fmt)
     choice = result["choices"][0]
     assert choice["finish_reason"] == "stop"
     data = json.loads(choice["message"]["content"])
@@ -526,7 +526,7 @@ def test_json_object_response_starts_an_object(tiny_llama: Any) -> None:
 
 @pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
 def test_forced_tool_call(tiny_llama: Any, choice: Any) -> None:
-    result = create_chat_completion(tiny_llama, CHAT, tools=[WEATHER_TOOL], tool_choice=choice, max_tokens=64, seed=7)
+    result = create_chat_completion(tiny_llama, CHAT, tools=[WEATHER_TOOL], tool_choice=choice, max_tokens=256, seed=7)
     out = result["choices"][0]
     assert out["finish_reason"] == "tool_calls"
     assert out["message"]["content"] is None
@@ -539,7 +539,7 @@ def test_forced_tool_call(tiny_llama: Any, choice: Any) -> None:
 def test_forced_tool_call_streamed(tiny_llama: Any) -> None:
     chunks = list(
         create_chat_completion(
-            tiny_llama, CHAT, tools=[WEATHER_TOOL], tool_choice="required", max_tokens=64, seed=7, stream=True
+            tiny_llama, CHAT, tools=[WEATHER_TOOL], tool_choice="required", max_tokens=256, seed=7, stream=True
         )
     )
     last = chunks[-1]["choices"][0]
@@ -555,7 +555,7 @@ def test_legacy_functions_become_function_call(tiny_llama: Any) -> None:
         CHAT,
         functions=[WEATHER_TOOL["function"]],
         function_call={"name": "get_weather"},
-        max_tokens=64,
+        max_tokens=256,
         seed=7,
     )
     out = result["choices"][0]
@@ -680,7 +680,7 @@ def _literal_grammar(text: str) -> str:
 
 def test_auto_tool_call_is_parsed(tiny_llama: Any) -> None:
     result = create_chat_completion(
-        tiny_llama, CHAT, tools=[WEATHER_TOOL], max_tokens=128, grammar=_literal_grammar(HERMES_CALL)
+        tiny_llama, CHAT, tools=[WEATHER_TOOL], max_tokens=256, grammar=_literal_grammar(HERMES_CALL)
     )
     choice = result["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
@@ -692,7 +692,7 @@ def test_auto_tool_call_is_parsed(tiny_llama: Any) -> None:
 def test_auto_tool_call_streamed_is_held_back_and_parsed(tiny_llama: Any) -> None:
     chunks = list(
         create_chat_completion(
-            tiny_llama, CHAT, tools=[WEATHER_TOOL], max_tokens=128, grammar=_literal_grammar(HERMES_CALL), stream=True
+            tiny_llama, CHAT, tools=[WEATHER_TOOL], max_tokens=256, grammar=_literal_grammar(HERMES_CALL), stream=True
         )
     )
     # No fragment of the raw call leaks out as content.
@@ -706,7 +706,7 @@ def test_plain_answer_with_tools_streams_as_content(tiny_llama: Any) -> None:
     answer = "It is sunny in Paris today, no tool needed."
     chunks = list(
         create_chat_completion(
-            tiny_llama, CHAT, tools=[WEATHER_TOOL], max_tokens=64, grammar=_literal_grammar(answer), stream=True
+            tiny_llama, CHAT, tools=[WEATHER_TOOL], max_tokens=256, grammar=_literal_grammar(answer), stream=True
         )
     )
     contents = [c["choices"][0]["delta"].get("content") for c in chunks[1:-1]]
@@ -714,7 +714,7 @@ def test_plain_answer_with_tools_streams_as_content(tiny_llama: Any) -> None:
     assert len(contents) > 3  # streamed as it was generated, not held to the end
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
     whole = create_chat_completion(
-        tiny_llama, CHAT, tools=[WEATHER_TOOL], max_tokens=64, grammar=_literal_grammar(answer)
+        tiny_llama, CHAT, tools=[WEATHER_TOOL], max_tokens=256, grammar=_literal_grammar(answer)
     )
     assert whole["choices"][0]["message"] == {"role": "assistant", "content": answer}
 
@@ -725,7 +725,7 @@ def test_tool_choice_none_hides_tools(tiny_llama: Any) -> None:
         CHAT,
         tools=[WEATHER_TOOL],
         tool_choice="none",
-        max_tokens=128,
+        max_tokens=256,
         grammar=_literal_grammar(HERMES_CALL),
     )
     assert result["choices"][0]["finish_reason"] == "stop"
