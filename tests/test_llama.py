@@ -687,3 +687,15 @@ def test_processor_and_criteria_lists(tiny_llama: Llama) -> None:
         assert result["choices"][0]["finish_reason"] == "stop"
     with pytest.raises(TypeError):
         tiny_llama(PROMPT, logits_processor=42)
+
+
+def test_gguf_without_weights_or_unknown_arch(llama_cpp_source: Path, tiny_model_path: Path, tmp_path: Path) -> None:
+    # A vocab-only GGUF (no tensors) cannot be loaded as a full model.
+    with pytest.raises(ModelLoadError, match="could not load"):
+        Llama(str(llama_cpp_source / "models" / "ggml-vocab-llama-spm.gguf"), n_ctx=64)
+    # An architecture name llama.cpp does not know (the GGUF string "llama": u64 length 5, then the bytes).
+    data = tiny_model_path.read_bytes()
+    patched = tmp_path / "unknown-arch.gguf"
+    patched.write_bytes(data.replace(b"\x05" + b"\x00" * 7 + b"llama", b"\x05" + b"\x00" * 7 + b"xxxxx", 1))
+    with pytest.raises(ModelLoadError, match="unknown model architecture"):
+        Llama(str(patched), n_ctx=64)
