@@ -24,8 +24,8 @@ import openai
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-N_CTX = 2048
-LONG = 1500  # tokens: several seconds on the tiny model, far longer than any disconnect check waits
+N_CTX = 4096
+LONG = 4000  # tokens: seconds even on a fast CPU, far longer than any disconnect check waits
 NO_EOS = {"2": -100.0}  # logit_bias banning the tiny vocab's EOS, so long generations run their full length
 
 
@@ -413,26 +413,19 @@ def test_stream_disconnect_stops_generation(server: Server) -> None:
 
 def test_non_stream_disconnect_stops_generation(server: Server) -> None:
     before = server.wait_idle()["queue"]
-    started = time.monotonic()
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(
             server.url + "/v1/completions",
             json={"model": "tiny", "prompt": "x", "max_tokens": LONG, "logit_bias": NO_EOS},
-            timeout=0.5,
+            timeout=0.3,
         )
+    left = time.monotonic()
     after = server.wait_idle(timeout=10)["queue"]
-    elapsed = time.monotonic() - started
+    assert time.monotonic() - left < 3.0
     assert after["cancelled"] == before["cancelled"] + 1
-    # Stopping well before the time the whole generation needs shows it was cut short, not run to the end.
-    full = _timed_generation(server, 300) * (LONG / 300)
-    assert elapsed < 0.6 * full, (elapsed, full)
-
-
-def _timed_generation(server: Server, n: int) -> float:
-    started = time.monotonic()
-    response = server.post("/v1/completions", {"prompt": "x", "max_tokens": n, "logit_bias": NO_EOS})
-    assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] == n
-    return time.monotonic() - started
+    assert after["served"] == before["served"]  # nobody got that answer
+    generated = after["completion_tokens"] - before["completion_tokens"]
+    assert 0 < generated < LONG, f"{generated} tokens: generation was not cut short"
 
 
 def test_oversized_body_is_413(server: Server) -> None:

@@ -334,7 +334,11 @@ def create_app(settings: ServerSettings, llama: Any = None) -> FastAPI:
                     gone = True
                     runner.stats.cancelled += 1
             result = task.result()
-            runner.stats.served += 1
+            usage = result.get("usage") if isinstance(result, dict) else None
+            if isinstance(usage, dict):
+                runner.stats.completion_tokens += int(usage.get("completion_tokens", 0))
+            if not gone:
+                runner.stats.served += 1
             return result
         except BaseException:
             runner.stats.failed += 1
