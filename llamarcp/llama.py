@@ -243,8 +243,12 @@ class Llama:
         self.last_n_tokens_size = last_n_tokens_size
         self.chat_format = chat_format
         self.chat_handler = chat_handler
-        self._lock = threading.RLock()
+        # Lifetime and turn-taking, not tied to a thread (a stream may be resumed from any thread):
+        # `_users` counts calls inside C right now, `_busy_thread` owns the context (generation, eval, state).
+        self._cond = threading.Condition()
+        self._users = 0
         self._busy = False
+        self._busy_thread: int | None = None
         self._closing = False
         self._abort = _AbortState()
         self._abort_installed = False
@@ -331,18 +335,14 @@ class Llama:
     def close(self) -> None:
         """Free the context and the model (also done when the object is garbage collected). Idempotent.
 
-        A generation still running (another thread, or a suspended stream) is stopped at its next token with
-        ClosedError and the memory is freed when it has let go of the context, never under its feet.
+        Never blocks: a call still using the model (another thread, or a suspended stream) stops at its next token
+        with ClosedError, and the memory is freed as soon as the last such call has let go, never under its feet.
         """
-        self._closing = True
-        self._abort.requested = True  # the per-token loop and the C abort callback both look at this
-        if not self._lock.acquire(blocking=False):
-            self._lock.acquire()  # another thread is generating; it stops at its next token or graph node
-        try:
-            if not self._busy:
+        with self._cond:
+            self._closing = True
+            self._abort.requested = True  # the per-token loop and the C abort callback both look at this
+            if self._users == 0:
                 self._model.close()  # closes the context and batch first (they are its children)
-        finally:
-            self._lock.release()
 
     def __enter__(self) -> Llama:
         self._check_open()
@@ -359,6 +359,24 @@ class Llama:
         if self._closing or self._model.closed:
             raise ClosedError("this Llama is closed")
 
+    @contextlib.contextmanager
+    def _using(self) -> Iterator[None]:
+        """Keep the model alive for a short call (tokenize, metadata, ...) that other threads may run meanwhile."""
+        with self._cond:
+            self._check_open()
+            self._users += 1
+        try:
+            yield
+        finally:
+            self._let_go()
+
+    def _let_go(self) -> None:
+        with self._cond:
+            self._users -= 1
+            if self._users == 0 and self._closing:
+                self._model.close()
+            self._cond.notify_all()
+
     def _context(self) -> Context:
         self._check_open()
         if self._ctx is None:
@@ -370,7 +388,8 @@ class Llama:
     @property
     def n_ctx(self) -> _Count:
         """Context size in tokens (also callable, like llama-cpp-python's `n_ctx()`)."""
-        return _Count(self._context().n_ctx())
+        with self._using():
+            return _Count(self._context().n_ctx())
 
     @property
     def n_vocab(self) -> _Count:
@@ -379,8 +398,8 @@ class Llama:
 
     @property
     def n_embd(self) -> _Count:
-        self._check_open()
-        return _Count(self._model.n_embd())
+        with self._using():
+            return _Count(self._model.n_embd())
 
     @property
     def n_tokens(self) -> int:
@@ -393,33 +412,34 @@ class Llama:
 
     @property
     def token_bos(self) -> _Count:
-        self._check_open()
-        return _Count(self._model.token_bos())
+        with self._using():
+            return _Count(self._model.token_bos())
 
     @property
     def token_eos(self) -> _Count:
-        self._check_open()
-        return _Count(self._model.token_eos())
+        with self._using():
+            return _Count(self._model.token_eos())
 
     @property
     def token_nl(self) -> _Count:
-        self._check_open()
-        return _Count(self._model.token_nl())
+        with self._using():
+            return _Count(self._model.token_nl())
 
     @property
     def metadata(self) -> dict[str, str]:
         """GGUF metadata key/values (scalars, as strings)."""
-        self._check_open()
         cached: dict[str, str] | None = getattr(self, "_metadata", None)
         if cached is None:
-            cached = self._model.metadata()
+            with self._using():
+                cached = self._model.metadata()
             self._metadata = cached
+        self._check_open()
         return dict(cached)
 
     def chat_template(self, name: str | None = None) -> str | None:
         """The model's `tokenizer.chat_template` (or a named one), None when it has none."""
-        self._check_open()
-        return self._model.chat_template(name)
+        with self._using():
+            return self._model.chat_template(name)
 
     def tokenizer(self) -> LlamaTokenizer:
         return LlamaTokenizer(self)
@@ -429,20 +449,20 @@ class Llama:
     def tokenize(self, text: bytes | str, add_bos: bool = True, special: bool = False) -> list[int]:
         """Text (UTF-8 bytes, or str) -> token ids; `add_bos` adds the vocab's BOS/EOS rules, `special` parses
         special-token text like `<s>`. Invalid UTF-8 raises TokenizeError."""
-        self._check_open()
-        return self._model.tokenize(text, add_special=add_bos, parse_special=special)
+        with self._using():
+            return self._model.tokenize(text, add_special=add_bos, parse_special=special)
 
     def detokenize(
         self, tokens: Sequence[int], prev_tokens: Sequence[int] | None = None, special: bool = False
     ) -> bytes:
         """Token ids -> bytes. With `prev_tokens`, only the bytes the new tokens add after them (streaming)."""
-        self._check_open()
-        if prev_tokens:
-            prev = list(prev_tokens)
-            full = self._detok(prev + list(tokens), special)
-            head = self._detok(prev, special)
-            return full[len(head) :] if full.startswith(head) else full
-        return self._detok(list(tokens), special)
+        with self._using():
+            if prev_tokens:
+                prev = list(prev_tokens)
+                full = self._detok(prev + list(tokens), special)
+                head = self._detok(prev, special)
+                return full[len(head) :] if full.startswith(head) else full
+            return self._detok(list(tokens), special)
 
     def _detok(self, tokens: list[int], special: bool) -> bytes:
         model = self._model
@@ -611,17 +631,24 @@ class Llama:
         return int(seed) & 0xFFFFFFFF
 
     def _enter(self) -> None:
-        if not self._lock.acquire(blocking=True):  # pragma: no cover - blocking acquire always succeeds
-            raise LlamaError("could not lock the Llama")
-        if self._busy:
-            self._lock.release()
-            raise LlamaError("another generation of this Llama is still running in this thread; finish or close it")
-        self._busy = True
+        """Take the context for a generation/eval/state call: wait while another thread has it."""
+        me = threading.get_ident()
+        with self._cond:
+            while True:
+                self._check_open()
+                if not self._busy:
+                    break
+                if self._busy_thread == me:
+                    raise LlamaError(
+                        "another generation of this Llama is still running in this thread; finish or close it"
+                    )
+                self._cond.wait()
+            self._busy, self._busy_thread = True, me
+            self._users += 1
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
         """Hold the context alone (other threads wait; a suspended stream in this thread is an error)."""
-        self._check_open()
         self._enter()
         try:
             yield
@@ -629,12 +656,9 @@ class Llama:
             self._leave()
 
     def _leave(self) -> None:
-        self._busy = False
-        try:
-            if self._closing:  # close() was called while this generation ran: free now that it is over
-                self._model.close()
-        finally:
-            self._lock.release()
+        with self._cond:
+            self._busy, self._busy_thread = False, None
+        self._let_go()  # frees the model here if close() was called meanwhile
 
     def _generate(
         self,
@@ -943,31 +967,32 @@ class Llama:
     ) -> Any:
         """Complete `prompt` (text or token ids); an OpenAI `text_completion` dict, or an iterator of chunks
         when `stream=True`. `temperature=0` is greedy. Stop strings never appear in the output."""
-        prepared = self._prepare(
-            prompt,
-            suffix,
-            max_tokens,
-            temperature,
-            top_p,
-            min_p,
-            typical_p,
-            logprobs,
-            echo,
-            stop,
-            frequency_penalty,
-            presence_penalty,
-            repeat_penalty,
-            top_k,
-            seed,
-            mirostat_mode,
-            mirostat_tau,
-            mirostat_eta,
-            model,
-            grammar,
-            logit_bias,
-            logits_processor,
-            stopping_criteria,
-        )
+        with self._using():  # tokenizing and parsing the grammar touch the model
+            prepared = self._prepare(
+                prompt,
+                suffix,
+                max_tokens,
+                temperature,
+                top_p,
+                min_p,
+                typical_p,
+                logprobs,
+                echo,
+                stop,
+                frequency_penalty,
+                presence_penalty,
+                repeat_penalty,
+                top_k,
+                seed,
+                mirostat_mode,
+                mirostat_tau,
+                mirostat_eta,
+                model,
+                grammar,
+                logit_bias,
+                logits_processor,
+                stopping_criteria,
+            )
         chunks = self._stream_chunks(prepared)
         if stream:
             return chunks

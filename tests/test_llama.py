@@ -699,3 +699,33 @@ def test_gguf_without_weights_or_unknown_arch(llama_cpp_source: Path, tiny_model
     patched.write_bytes(data.replace(b"\x05" + b"\x00" * 7 + b"llama", b"\x05" + b"\x00" * 7 + b"xxxxx", 1))
     with pytest.raises(ModelLoadError, match="unknown model architecture"):
         Llama(str(patched), n_ctx=64)
+
+
+def test_stream_resumed_from_other_threads(tiny_llama: Llama) -> None:
+    """asyncio.to_thread(next, stream) style: each chunk may be pulled by a different worker thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    expected = text_of(tiny_llama(PROMPT, max_tokens=20, temperature=0))
+    stream = tiny_llama(PROMPT, max_tokens=20, temperature=0, stream=True)
+    texts: list[str] = []
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        while True:
+            chunk = pool.submit(next, stream, None).result()
+            if chunk is None:
+                break
+            texts.append(chunk["choices"][0]["text"])
+    assert "".join(texts) == expected
+    assert text_of(tiny_llama(PROMPT, max_tokens=20, temperature=0)) == expected  # the context was let go
+
+
+def test_close_does_not_wait_for_a_suspended_stream(fresh: Any) -> None:
+    llm = fresh()
+    stream = llm(PROMPT, max_tokens=20, stream=True)
+    next(stream)
+    closer = threading.Thread(target=llm.close)
+    closer.start()
+    closer.join(5)
+    assert not closer.is_alive() and llm.closed
+    assert llm._model.closed is False  # still in use by the suspended stream...
+    stream.close()
+    assert llm._model.closed  # ...and freed the moment the stream lets go
