@@ -1131,71 +1131,70 @@ class Llama:
     ) -> Any:
         """Embedding of one text (a list of floats) or of each text of a list; per-token lists when the
         context's pooling is NONE. Needs `Llama(..., embedding=True)`."""
-        ctx = self._context()
-        if not self.embedding:
-            raise LlamaError("embeddings need a Llama created with embedding=True")
-        single = isinstance(input, str)
-        texts = [input] if isinstance(input, str) else list(input)
-        if not all(isinstance(t, str) for t in texts):
-            raise TypeError("input must be a string or a list of strings")
-        lib = _backend.get_lib()
-        n_batch = self._n_batch
-        n_seq_max = ctx.n_seq_max()
-        pooling = ctx.pooling_type()
-        n_embd = self._model.n_embd()
-        if pooling == POOLING_RANK:
-            n_embd = int(lib.llama_model_n_cls_out(self._model.ptr))
-        encoder_only = self._model.has_encoder() and not self._model.has_decoder()
-        all_tokens: list[list[int]] = []
-        for text in texts:
-            tokens = self.tokenize(text.encode("utf-8") if isinstance(text, str) else text, add_bos=True)
-            if len(tokens) > n_batch:
-                if not truncate:
-                    raise PromptTooLongError(len(tokens), n_batch)
-                tokens = tokens[:n_batch]
-            if not tokens:
-                raise ValueError("cannot embed an empty input (no tokens)")
-            all_tokens.append(tokens)
-        results: list[Any] = []
-        embed_batch = Batch(n_batch, n_seq_max, parent=ctx)
-        self._enter()
-        try:
-            self._input_ids = []
-            lib.llama_memory_clear(self._memory, True)
-            group: list[list[int]] = []
-
-            def flush() -> None:
-                if not group:
-                    return
-                batch = embed_batch.fill_sequences(group, output_all=True)
-                rc = (lib.llama_encode if encoder_only else lib.llama_decode)(ctx.ptr, batch)
+        with self._exclusive():
+            ctx = self._context()
+            if not self.embedding:
+                raise LlamaError("embeddings need a Llama created with embedding=True")
+            single = isinstance(input, str)
+            texts = [input] if isinstance(input, str) else list(input)
+            if not all(isinstance(t, str) for t in texts):
+                raise TypeError("input must be a string or a list of strings")
+            lib = _backend.get_lib()
+            n_batch = self._n_batch
+            n_seq_max = ctx.n_seq_max()
+            pooling = ctx.pooling_type()
+            n_embd = self._model.n_embd()
+            if pooling == POOLING_RANK:
+                n_embd = int(lib.llama_model_n_cls_out(self._model.ptr))
+            encoder_only = self._model.has_encoder() and not self._model.has_decoder()
+            all_tokens: list[list[int]] = []
+            for text in texts:
+                tokens = self.tokenize(text.encode("utf-8") if isinstance(text, str) else text, add_bos=True)
+                if len(tokens) > n_batch:
+                    if not truncate:
+                        raise PromptTooLongError(len(tokens), n_batch)
+                    tokens = tokens[:n_batch]
+                if not tokens:
+                    raise ValueError("cannot embed an empty input (no tokens)")
+                all_tokens.append(tokens)
+            results: list[Any] = []
+            embed_batch = Batch(n_batch, n_seq_max, parent=ctx)
+            try:
+                self._input_ids = []
                 lib.llama_memory_clear(self._memory, True)
-                check_decode(rc, "llama_encode" if encoder_only else "llama_decode")
-                index = 0
-                for seq_id, tokens in enumerate(group):
-                    if pooling == POOLING_NONE:
-                        rows = []
-                        for _ in tokens:
-                            ptr = lib.llama_get_embeddings_ith(ctx.ptr, index)
-                            rows.append(_floats(ptr, n_embd, normalize))
-                            index += 1
-                        results.append(rows)
-                    else:
-                        ptr = lib.llama_get_embeddings_seq(ctx.ptr, seq_id)
-                        results.append(_floats(ptr, n_embd, normalize))
-                group.clear()
+                group: list[list[int]] = []
 
-            total = 0
-            for tokens in all_tokens:
-                if group and (total + len(tokens) > n_batch or len(group) >= n_seq_max):
-                    flush()
-                    total = 0
-                group.append(tokens)
-                total += len(tokens)
-            flush()
-        finally:
-            embed_batch.close()
-            self._leave()
+                def flush() -> None:
+                    if not group:
+                        return
+                    batch = embed_batch.fill_sequences(group, output_all=True)
+                    rc = (lib.llama_encode if encoder_only else lib.llama_decode)(ctx.ptr, batch)
+                    lib.llama_memory_clear(self._memory, True)
+                    check_decode(rc, "llama_encode" if encoder_only else "llama_decode")
+                    index = 0
+                    for seq_id, tokens in enumerate(group):
+                        if pooling == POOLING_NONE:
+                            rows = []
+                            for _ in tokens:
+                                ptr = lib.llama_get_embeddings_ith(ctx.ptr, index)
+                                rows.append(_floats(ptr, n_embd, normalize))
+                                index += 1
+                            results.append(rows)
+                        else:
+                            ptr = lib.llama_get_embeddings_seq(ctx.ptr, seq_id)
+                            results.append(_floats(ptr, n_embd, normalize))
+                    group.clear()
+
+                total = 0
+                for tokens in all_tokens:
+                    if group and (total + len(tokens) > n_batch or len(group) >= n_seq_max):
+                        flush()
+                        total = 0
+                    group.append(tokens)
+                    total += len(tokens)
+                flush()
+            finally:
+                embed_batch.close()
         count = sum(len(t) for t in all_tokens)
         output = results[0] if single else results
         return (output, count) if return_count else output
