@@ -367,27 +367,29 @@ def test_concurrent_clients_all_complete(server: Server) -> None:
 
 
 def test_full_queue_answers_503(small_queue_server: Server) -> None:
-    server = small_queue_server
-    body = {"prompt": "long", "max_tokens": 300, "logit_bias": NO_EOS}
-
-    def call(_: int) -> httpx.Response:
-        return httpx.post(server.url + "/v1/completions", json=body, timeout=120)
-
-    with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        responses = list(pool.map(call, range(6)))
-    statuses = sorted(r.status_code for r in responses)
-    assert statuses.count(200) >= 2, statuses
-    busy = [r for r in responses if r.status_code == 503]
-    assert busy, statuses
-    for response in busy:
-        assert _error(response, 503)["code"] == "server_overloaded"
-        assert response.headers["retry-after"] == "1"
-    for response in responses:
-        if response.status_code == 200:
-            assert response.json()["usage"]["completion_tokens"] == 300
+    server = small_queue_server  # --max-queue 2: one running + one waiting fill it
+    url = server.url + "/v1/completions"
+    long_stream = {"prompt": "long", "max_tokens": LONG, "stream": True, "logit_bias": NO_EOS}
+    with httpx.stream("POST", url, json=long_stream, timeout=60) as running:
+        assert running.status_code == 200
+        lines = running.iter_lines()  # keep the iterator: dropping it would close the connection
+        next(lines)  # generating now
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(httpx.post, url, json={"prompt": "queued", "max_tokens": 8}, timeout=60)
+            deadline = time.monotonic() + 10
+            while server.health()["queue"]["waiting"] < 1:
+                assert time.monotonic() < deadline, "the second request never queued"
+                time.sleep(0.01)
+            for _ in range(3):
+                response = httpx.post(url, json={"prompt": "x", "max_tokens": 2}, timeout=10)
+                assert _error(response, 503)["code"] == "server_overloaded"
+                assert response.headers["retry-after"] == "1"
+            running.close()  # the client leaves; the queued request gets the model
+            queued = waiting.result(timeout=60)
+    assert queued.status_code == 200 and queued.json()["usage"]["completion_tokens"] > 0
     health = server.wait_idle()
-    assert health["queue"]["rejected"] == len(busy)
-    ok = httpx.post(server.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2}, timeout=60)
+    assert health["queue"]["rejected"] == 3
+    ok = httpx.post(url, json={"prompt": "x", "max_tokens": 2}, timeout=60)
     assert ok.status_code == 200
 
 
