@@ -97,8 +97,15 @@ class Worker:
         }
 
     def pp(self, req: dict[str, Any]) -> dict[str, Any]:
-        """Prompt processing: the whole token list decoded from an empty context, plus one sampled token."""
+        """Prompt processing: the whole token list decoded from an empty context, plus one sampled token.
+
+        Like llama-bench, which runs each test once untimed first, an untimed run of the same length (other
+        token ids) comes first, so llama.cpp's graph for this batch shape is built before the clock starts.
+        """
         tokens = [int(t) for t in req["tokens"]]
+        if req.get("warmup", True):
+            self.llm.reset()
+            self.llm.create_completion(tokens[1:] + tokens[:1], max_tokens=1, temperature=0.0, repeat_penalty=1.0)
         self.llm.reset()
         t0 = time.perf_counter()
         out = self.llm.create_completion(tokens, max_tokens=1, temperature=0.0, repeat_penalty=1.0)
