@@ -405,3 +405,34 @@ def warn_if_unused(n_gpu_layers: int) -> None:
             "(pass n_gpu_layers=-1, or -ngl 99 on the command line, to offload all layers to the servers)",
             stacklevel=3,
         )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m llamarcp.rpc HOST:PORT[,HOST:PORT...]`: check the workers and list the devices a model would get."""
+    import argparse
+
+    from llamarcp.errors import LlamaError
+
+    parser = argparse.ArgumentParser(
+        prog="python -m llamarcp.rpc",
+        description="Check RPC workers (ggml-rpc-server) and list the devices Llama(rpc_servers=...) would use.",
+    )
+    parser.add_argument("servers", help="comma-separated host:port list, as for --rpc")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per connection and handshake")
+    args = parser.parse_args(argv)
+    try:
+        devices = rpc_devices(args.servers, timeout=args.timeout)
+    except (LlamaError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for device in devices.devices:
+        where = device.endpoint or "local"
+        print(
+            f"{device.name}\t{where}\t{device.description}\t"
+            f"{device.memory_free // 2**20} MiB free of {device.memory_total // 2**20} MiB"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

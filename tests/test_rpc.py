@@ -548,3 +548,24 @@ def test_worker_network_vanishing_mid_generation_is_bounded(rpc_lib_dir: Path, t
     assert proc.returncode != 0
     assert "Remote RPC server crashed or returned malformed response" in proc.stderr, proc.stderr[-3000:]
     assert elapsed < 60  # user timeout 3 s in the child; generous for a loaded CI machine
+
+
+@pytest.mark.slow
+def test_rpc_module_cli_lists_worker_devices(rpc_lib_dir: Path, rpc_workers: RpcWorkers, cpu_lib_dir: Path) -> None:
+    servers = rpc_workers.start(2)
+
+    def check(lib_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, LLAMARCP_LIB_PATH=str(lib_dir))
+        env.pop("LLAMA_CPP_LIB_PATH", None)
+        cmd = [sys.executable, "-m", "llamarcp.rpc", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
+
+    listed = check(rpc_lib_dir, ",".join(servers))
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split("\t") for line in listed.stdout.splitlines()]
+    assert [row[1] for row in rows] == servers  # one CPU device per worker, in the given order
+    assert all(row[0].startswith("RPC") and row[3].endswith("MiB") for row in rows), rows
+    refused = check(rpc_lib_dir, f"127.0.0.1:{_free_port()}", "--timeout", "2")
+    assert refused.returncode == 1 and "cannot connect" in refused.stderr
+    no_backend = check(cpu_lib_dir, servers[0])
+    assert no_backend.returncode == 1 and "built without the RPC backend" in no_backend.stderr
