@@ -729,3 +729,12 @@ def test_close_does_not_wait_for_a_suspended_stream(fresh: Any) -> None:
     assert llm._model.closed is False  # still in use by the suspended stream...
     stream.close()
     assert llm._model.closed  # ...and freed the moment the stream lets go
+
+
+def test_greedy_fast_path_matches_the_sampler_chain(tiny_llama: Llama, fresh: Any) -> None:
+    """Plain greedy picks the argmax of the logits directly; a zero logit bias forces llama.cpp's greedy chain."""
+    other = tiny_llama.tokenize(b" zebra", add_bos=False)[-1]
+    for prompt in (PROMPT, "Once upon a time", "1, 2, 3,"):
+        fast = tiny_llama(prompt, max_tokens=40, temperature=0)
+        chain = tiny_llama(prompt, max_tokens=40, temperature=0, logit_bias={other: 0.0})
+        assert text_of(fast) == text_of(chain)
