@@ -45,6 +45,7 @@ def main() -> int:
         "scenario", choices=["generate", "error", "stream-then-wait", "share", "server-state", "vanish"]
     )
     parser.add_argument("--server-binary", help="vanish: ggml-rpc-server to start inside this network namespace")
+    parser.add_argument("--port", type=int, default=50052, help="vanish: the worker's port in the namespace")
     parser.add_argument("model")
     parser.add_argument("--rpc", default=None)
     parser.add_argument("--ngl", type=int, default=99)
@@ -164,7 +165,7 @@ def _vanish(opts: argparse.Namespace) -> int:
     rpc.KEEPALIVE_IDLE, rpc.KEEPALIVE_INTERVAL, rpc.KEEPALIVE_COUNT, rpc.USER_TIMEOUT_MS = 2, 1, 2, 3000
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     server = subprocess.Popen(
-        [opts.server_binary, "-H", "127.0.0.1", "-p", "50052", "-t", "1"],
+        [opts.server_binary, "-H", "127.0.0.1", "-p", str(opts.port), "-t", "1"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -172,13 +173,13 @@ def _vanish(opts: argparse.Namespace) -> int:
         deadline = time.monotonic() + 30
         while True:
             try:
-                rpc.check_server("127.0.0.1:50052", timeout=2)
+                rpc.check_server(f"127.0.0.1:{opts.port}", timeout=2)
                 break
             except rpc.RpcServerUnreachableError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
-        llm = Llama(opts.model, rpc_servers="127.0.0.1:50052", n_gpu_layers=99, n_ctx=512, n_threads=1)
+        llm = Llama(opts.model, rpc_servers=f"127.0.0.1:{opts.port}", n_gpu_layers=99, n_ctx=512, n_threads=1)
         print("FIRST", json.dumps(llm(PROMPT, max_tokens=4, temperature=0)["choices"][0]["text"]), flush=True)
         subprocess.run(["ip", "link", "set", "lo", "down"], check=True)  # the worker's network is gone
         print("NETWORK DOWN", flush=True)

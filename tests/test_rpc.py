@@ -523,10 +523,14 @@ def test_server_settings_rpc_servers(rpc_lib_dir: Path, rpc_workers: RpcWorkers,
     assert build_parser().parse_args(["--rpc", endpoint, "-ngl", "99"]).rpc_servers == endpoint
 
 
+#: A private network namespace, and a PID namespace whose end (the child aborting) kills the worker started in it.
+UNSHARE = ["unshare", "--net", "--pid", "--fork", "--kill-child"]
+
+
 def _can_unshare_network() -> bool:
     if shutil.which("unshare") is None or shutil.which("ip") is None:
         return False
-    probe = subprocess.run(["unshare", "-n", "ip", "link", "set", "lo", "up"], capture_output=True, timeout=30)
+    probe = subprocess.run(UNSHARE + ["ip", "link", "set", "lo", "up"], capture_output=True, timeout=30)
     return probe.returncode == 0
 
 
@@ -535,11 +539,13 @@ def test_worker_network_vanishing_mid_generation_is_bounded(rpc_lib_dir: Path, t
     # The worker stays alive but its network goes away (loopback down in a private network namespace): without
     # llamarcp's TCP timeouts on llama.cpp's connection the client would wait forever.
     if not _can_unshare_network():
-        pytest.skip("needs `unshare -n` (root or user namespaces) to take a private loopback down")
+        pytest.skip("needs `unshare --net --pid` (root or user namespaces) to take a private loopback down")
     binary = rpc_lib_dir.parent / "bin" / "ggml-rpc-server"
     env = dict(os.environ, LLAMARCP_LIB_PATH=str(rpc_lib_dir), GGML_NO_BACKTRACE="1")
     env.pop("LLAMA_CPP_LIB_PATH", None)
-    cmd = ["unshare", "-n", sys.executable, str(CHILD), "vanish", str(tiny_model_path), "--server-binary", str(binary)]
+    port = 20000 + os.getpid() % 40000  # names this run's worker among any other run's on the machine
+    cmd = [*UNSHARE, sys.executable, str(CHILD), "vanish", str(tiny_model_path), "--server-binary", str(binary)]
+    cmd += ["--port", str(port)]
     start = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
     elapsed = time.monotonic() - start
@@ -548,6 +554,13 @@ def test_worker_network_vanishing_mid_generation_is_bounded(rpc_lib_dir: Path, t
     assert proc.returncode != 0
     assert "Remote RPC server crashed or returned malformed response" in proc.stderr, proc.stderr[-3000:]
     assert elapsed < 60  # user timeout 3 s in the child; generous for a loaded CI machine
+    deadline = time.monotonic() + 10  # the kernel kills the namespace's processes when its first one ends
+    while True:
+        leftover = subprocess.run(["pgrep", "-f", f"{binary} -H 127.0.0.1 -p {port} "], capture_output=True, text=True)
+        if not leftover.stdout.strip() or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert leftover.stdout.strip() == "", f"worker outlived its namespace: {leftover.stdout}"
 
 
 @pytest.mark.slow
