@@ -69,6 +69,13 @@ FIXED_CMAKE_ARGS = [
     "-DLLAMA_OPENSSL=OFF",
 ]
 
+if os.name == "posix" and os.uname().machine in ("x86_64", "amd64"):
+    # ggml's -march=native build enables AMX where the CPU reports it, and its AMX matmul path dies with
+    # SIGILL/SIGSEGV on the first multi-token batch on the VMs we build on; without AMX, repacking still works.
+    # A user's own -DCMAKE_C_FLAGS in CMAKE_ARGS comes later on the command line and wins.
+    _NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    FIXED_CMAKE_ARGS += [f"-DCMAKE_C_FLAGS={_NO_AMX}", f"-DCMAKE_CXX_FLAGS={_NO_AMX}"]
+
 
 def pinned_default_lib_dir() -> Path:
     """The cache directory a plain `python build_lib.py` fills (pinned commit, CPU, no CMAKE_ARGS)."""
