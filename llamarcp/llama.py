@@ -489,7 +489,11 @@ class Llama:
             self._input_ids = []
 
     def abort(self) -> None:
-        """Ask a running decode/generation (e.g. in another thread) to stop; it raises GenerationAborted."""
+        """Ask a running decode/generation (e.g. in another thread) to stop; it raises GenerationAborted.
+
+        A request made while nothing runs is kept and stops the next decode, so a caller racing a generation
+        that is just starting cannot miss it; `reset()` does not clear it.
+        """
         self._abort.requested = True
 
     def _set_abort_callback(self, on: bool) -> None:
