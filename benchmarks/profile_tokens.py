@@ -198,8 +198,8 @@ def instrumented_stream(llm: Any, prompt: str, n: int) -> dict[str, float]:
         "total (wall)": total_wall / steps,
         "llama_decode (wall)": wall["llama_decode"] / steps,
         "llama_sampler_sample (wall)": wall["llama_sampler_sample"] / steps,
-        "python (wall)": (total_wall - sum(wall.values()) - overhead) / steps,
-        "python (thread cpu)": (total_cpu - sum(cpu.values()) - overhead) / steps,
+        "rest: Python, numpy argmax (wall)": (total_wall - sum(wall.values()) - overhead) / steps,
+        "rest (thread cpu)": (total_cpu - sum(cpu.values()) - overhead) / steps,
         "llama_sampler_sample (thread cpu)": cpu["llama_sampler_sample"] / steps,
     }
 
