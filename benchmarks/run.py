@@ -37,8 +37,6 @@ TG_PROMPTS = {
     "tiny": "Once upon a time",
     "gemma": "The history of the printing press begins in",
 }
-#: Keeps -march=native but drops AMX, whose ggml kernel dies on this VM (ggml-org/llama.cpp#26954).
-NO_AMX_FLAGS = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 MODEL_LABELS = {"tiny": "tiny random llama (2M, F32)", "gemma": "gemma-3-270m Q4_K_M"}
 #: Default model list per mode (key: smoke?). Both models also run on 1 thread: with 2 threads on 2 cores every
 #: decode waits at thread barriers, and any other process on the machine stalls them (very noisy results).
@@ -433,11 +431,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         help="extra CMake argument for the library build (repeatable; a separate cached build of the same pin)",
     )
-    p.add_argument(
-        "--no-amx",
-        action="store_true",
-        help="use a build of the same pin compiled without AMX (ggml's AMX kernel crashes on this VM; see RESULTS.md)",
-    )
     p.add_argument("--no-llama-cpp-python", action="store_true", help="skip the llama-cpp-python contender")
     p.add_argument("--skip-imports", action="store_true")
     p.add_argument("--skip-tools", action="store_true")
@@ -478,8 +471,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     results: dict[str, Any] = {"meta": meta, "models": {}, "failures": []}
 
-    if args.no_amx:
-        args.cmake_arg += [f"-DCMAKE_{lang}_FLAGS={NO_AMX_FLAGS}" for lang in ("C", "CXX")]
     toolchain = contenders.ensure_toolchain(args.cmake_arg)
     meta["cmake_args"] = args.cmake_arg
     meta.update(
