@@ -78,7 +78,6 @@ _IGNORED_KWARGS = frozenset(
         "attention_type",
         "no_perf",
         "op_offload",
-        "swa_full",
         "kv_overrides",
         "embedding_normalize",
     }
@@ -210,6 +209,7 @@ class Llama:
         rope_freq_scale: float = 0.0,
         pooling_type: int = POOLING_UNSPECIFIED,
         flash_attn: bool | None = None,
+        swa_full: bool | None = None,
         embedding: bool = False,
         offload_kqv: bool = True,
         type_k: int | None = None,
@@ -306,6 +306,8 @@ class Llama:
             params.embeddings = bool(embedding)
             params.offload_kqv = offload_kqv
             params.flash_attn_type = FLASH_ATTN_AUTO if flash_attn is None else int(bool(flash_attn))
+            if swa_full is not None:  # None keeps llama.cpp's default (a full-size sliding-window cache)
+                params.swa_full = bool(swa_full)
             if type_k is not None:
                 params.type_k = type_k
             if type_v is not None:

@@ -105,3 +105,16 @@ def test_embeddings(default_model_path: Path) -> None:
         return sum(x * y for x, y in zip(a, b))
 
     assert cos(cat, kitten) > cos(cat, car)
+
+
+def test_swa_full_is_passed_to_llama_cpp(default_model_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # gemma-3 has sliding-window layers; llama.cpp warns when it sizes their cache to the full context.
+    # llama-bench uses swa_full=False; the benchmark passes the same (benchmarks/RESULTS.md).
+    texts = {}
+    for swa_full in (True, False):
+        caplog.clear()
+        with caplog.at_level("WARNING"), Llama(str(default_model_path), n_ctx=2048, swa_full=swa_full) as llm:
+            warned = any("full-size SWA cache" in r.getMessage() for r in caplog.records)
+            texts[swa_full] = text_of(llm("The three primary colors are", max_tokens=12, temperature=0))
+        assert warned is swa_full
+    assert texts[True] == texts[False]
