@@ -26,10 +26,14 @@ from typing import Any
 
 
 class Worker:
+    """One model, one `Llama` per context size: each test runs at llama-bench's n_ctx for that test."""
+
     def __init__(self, impl: str) -> None:
         self.impl = impl
         self.llm: Any = None
-        self.reference: dict[tuple[str, int], dict[str, Any]] = {}
+        self.llms: dict[int, Any] = {}
+        self.factory: Any = None
+        self.reference: dict[tuple[int, str, int], dict[str, Any]] = {}
 
     # -- ops -----------------------------------------------------------------------------------------------
     def load(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -46,13 +50,15 @@ class Worker:
             "n_threads": req["n_threads"],
             "n_threads_batch": req["n_threads"],
             "flash_attn": req["flash_attn"],
+            "swa_full": False,  # llama-bench's setting (the library default is a full-size sliding-window cache)
             "seed": req["seed"],
             "verbose": False,
         }
         accepted = _accepted_keywords(Llama)
         kwargs = {k: v for k, v in wanted.items() if accepted is None or k in accepted}
         not_set = sorted(set(wanted) - set(kwargs))
-        self.llm = Llama(req["model"], **kwargs)
+        self.factory = lambda n_ctx: Llama(req["model"], **dict(kwargs, n_ctx=n_ctx))
+        self.llm = self._llm(int(req["n_ctx"]))
         loaded = time.perf_counter()
         n_vocab = self.llm.n_vocab  # a property in llamarcp, a method in llama-cpp-python
         return {
@@ -69,6 +75,7 @@ class Worker:
     def tg(self, req: dict[str, Any]) -> dict[str, Any]:
         """Greedy streamed generation; the rate counts tokens after the first chunk (prompt excluded)."""
         prompt, n_predict = req["prompt"], int(req["n_predict"])
+        self.llm = self._llm(int(req["n_ctx"]))
         ref = self._reference(prompt, n_predict)
         self.llm.reset()
         chunks = 0
@@ -97,31 +104,31 @@ class Worker:
         }
 
     def pp(self, req: dict[str, Any]) -> dict[str, Any]:
-        """Prompt processing: the whole token list decoded from an empty context, plus one sampled token.
+        """Prompt processing: `Llama.eval(tokens)` from an empty context, like llama-bench's pp (decode only).
 
         Like llama-bench, which runs each test once untimed first, an untimed run of the same length (other
         token ids) comes first, so llama.cpp's graph for this batch shape is built before the clock starts.
         """
         tokens = [int(t) for t in req["tokens"]]
+        self.llm = self._llm(int(req["n_ctx"]))
         if req.get("warmup", True):
             self.llm.reset()
-            self.llm.create_completion(tokens[1:] + tokens[:1], max_tokens=1, temperature=0.0, repeat_penalty=1.0)
+            self.llm.eval(tokens[1:] + tokens[:1])
         self.llm.reset()
         t0 = time.perf_counter()
-        out = self.llm.create_completion(tokens, max_tokens=1, temperature=0.0, repeat_penalty=1.0)
+        self.llm.eval(tokens)
         elapsed = time.perf_counter() - t0
-        usage = out.get("usage", {})
-        return {
-            "n_tokens": len(tokens),
-            "seconds": elapsed,
-            "tokens_per_s": len(tokens) / elapsed,
-            "prompt_tokens_reported": usage.get("prompt_tokens"),
-        }
+        return {"n_tokens": len(tokens), "seconds": elapsed, "tokens_per_s": len(tokens) / elapsed}
 
     # -- helpers -------------------------------------------------------------------------------------------
+    def _llm(self, n_ctx: int) -> Any:
+        if n_ctx not in self.llms:
+            self.llms[n_ctx] = self.factory(n_ctx)
+        return self.llms[n_ctx]
+
     def _reference(self, prompt: str, n_predict: int) -> dict[str, Any]:
-        """One unstreamed greedy run per (prompt, n): warms up, and gives the exact completion token count."""
-        key = (prompt, n_predict)
+        """One unstreamed greedy run per (context, prompt, n): warms up, and gives the exact token count."""
+        key = (id(self.llm), prompt, n_predict)
         if key not in self.reference:
             self.llm.reset()
             out = self.llm.create_completion(prompt, max_tokens=n_predict, temperature=0.0, repeat_penalty=1.0)
@@ -133,8 +140,10 @@ class Worker:
         return self.reference[key]
 
     def close(self) -> None:
-        if self.llm is not None and hasattr(self.llm, "close"):
-            self.llm.close()
+        for llm in self.llms.values():
+            if hasattr(llm, "close"):
+                llm.close()
+        self.llms.clear()
         self.llm = None
 
 

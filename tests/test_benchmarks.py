@@ -67,7 +67,6 @@ def test_write_markdown_keeps_hand_written_text(tmp_path: Path) -> None:
             "threads": 2,
             "n_batch": 512,
             "flash_attn": True,
-            "n_ctx": 1024,
             "python": "3.11",
         },
         "models": {},
