@@ -85,9 +85,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"llama.cpp pin `{meta['llama_cpp_commit']}`; library `{meta['lib_dir']}`",
         f"- Same library for all three: {meta['same_library']}",
         f"- Settings for every contender: n_threads as given per model ({meta['threads']} = physical cores), "
-        f"n_batch=n_ubatch="
-        f"{meta['n_batch']}, flash attention {'on' if meta['flash_attn'] else 'off'}, swa_full off, greedy (temperature 0, "
-        "repeat_penalty 1.0), each test at llama-bench's context size (its tokens padded to 256)",
+        f"n_batch=n_ubatch={meta['n_batch']}, flash attention {'on' if meta['flash_attn'] else 'off'}, "
+        "swa_full off, greedy (temperature 0, repeat_penalty 1.0), "
+        "each test at llama-bench's context size (its tokens padded to 256)",
         f"- Python {meta['python']}; llama-cpp-python {meta.get('llama_cpp_python_version', 'n/a')}",
         "",
         "### Throughput (tokens/s: median (min–max) over rounds)",
