@@ -30,6 +30,21 @@ def fake_lib_dir(root: Path, name: str) -> Path:
     return directory
 
 
+def touch_lib_in_child(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`import llamarcp` then `llamarcp.lib` in a fresh interpreter; prints the LibraryNotFoundError it gets."""
+    code = (
+        "import llamarcp\n"
+        "from llamarcp.errors import LibraryNotFoundError\n"
+        "try:\n"
+        "    llamarcp.lib\n"
+        "except LibraryNotFoundError as exc:\n"
+        "    print('CAUGHT', exc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
 def test_missing_library_names_every_place_and_the_fix(clean_env: Path) -> None:
     with pytest.raises(LibraryNotFoundError) as info:
         _lib.find_library()
@@ -84,32 +99,14 @@ def test_env_var_pointing_nowhere_is_an_error_not_a_fallthrough(
 
 
 def test_import_survives_without_library_and_lib_access_fails_clearly(tmp_path: Path) -> None:
-    code = (
-        "import llamarcp\n"
-        "from llamarcp.errors import LibraryNotFoundError\n"
-        "try:\n"
-        "    llamarcp.lib\n"
-        "except LibraryNotFoundError as exc:\n"
-        "    print('CAUGHT', exc)\n"
-    )
     env = {"LLAMARCP_CACHE_DIR": str(tmp_path), "LLAMARCP_LIB_PATH": str(tmp_path / "missing"), "PATH": ""}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, proc.stderr
+    proc = touch_lib_in_child(env)
     assert "CAUGHT" in proc.stdout
     assert "LLAMARCP_LIB_PATH" in proc.stdout
 
 
 def test_a_file_that_is_not_a_library_fails_with_the_path(tmp_path: Path) -> None:
     bogus = fake_lib_dir(tmp_path, "bogus")
-    code = (
-        "import llamarcp\n"
-        "from llamarcp.errors import LibraryNotFoundError\n"
-        "try:\n"
-        "    llamarcp.lib\n"
-        "except LibraryNotFoundError as exc:\n"
-        "    print('CAUGHT', exc)\n"
-    )
     env = {"LLAMARCP_CACHE_DIR": str(tmp_path), "LLAMARCP_LIB_PATH": str(bogus), "PATH": ""}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, proc.stderr
+    proc = touch_lib_in_child(env)
     assert f"CAUGHT could not load {bogus / 'libllama.so'}" in proc.stdout
