@@ -110,8 +110,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         "Ratios are medians of per-round ratios (each round runs the contenders back to back), with their range. "
         "tg: greedy streamed `create_completion`, tokens counted after the first chunk (prompt excluded), "
-        "llama-bench `-p 0 -n N`; pp: `create_completion(token_ids, max_tokens=1)` from an empty context, "
-        "llama-bench `-p N -n 0`.",
+        "llama-bench `-p 0 -n N`; pp: `Llama.eval(token_ids)` from an empty context after an untimed run of the "
+        "same length, llama-bench `-p N -n 0`.",
         "",
     ]
     settings = [f"- {m['label']}: {s}" for m in results.get("models", {}).values() for s in m.get("settings", [])]
@@ -296,7 +296,9 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
         ]
         ax1.bar(xs, med, width, yerr=err, capsize=2, label=contender, color=colors[contender])
         for x, m, v in zip(xs, med, values):
-            ax1.text(x, m + 0.03, f"{v[0]:.2f}", ha="center", va="bottom", fontsize=6.5, rotation=90)
+            inside = m > 0.3  # short bars get their label above the whisker instead
+            y, color = (0.04, "white") if inside else (min(v[2], cap) + 0.03, "black")
+            ax1.text(x, y, f"{v[0]:.2f}", ha="center", va="bottom", fontsize=7, rotation=90, color=color)
     ax1.axhline(1.0, color="black", linewidth=0.8, linestyle="--", label="llama-bench = 1")
     ax1.set_xticks(range(len(groups)))
     ax1.set_xticklabels(groups, fontsize=7.5)
