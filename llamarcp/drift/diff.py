@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -290,6 +291,20 @@ def _diff_functions(report: DiffReport, old: dict[str, Any], new: dict[str, Any]
             )
 
 
+def _removed_and_added(
+    out: list[Change],
+    olds: dict[str, dict[str, Any]],
+    news: dict[str, dict[str, Any]],
+    kind_of: Callable[[dict[str, Any]], str],
+    text_of: Callable[[dict[str, Any]], str],
+) -> None:
+    """Entities only in the old version are API breaks; entities only in the new one are compatible."""
+    for name in sorted(olds.keys() - news.keys()):
+        out.append(Change(name, "removed", API_BREAK, kind=kind_of(olds[name]), old=text_of(olds[name])))
+    for name in sorted(news.keys() - olds.keys()):
+        out.append(Change(name, "added", COMPATIBLE, kind=kind_of(news[name]), new=text_of(news[name])))
+
+
 def _struct_title(s: dict[str, Any]) -> str:
     return f"{s.get('kind', 'struct')} {s['name']}"
 
@@ -298,10 +313,7 @@ def _diff_structs(report: DiffReport, old: dict[str, Any], new: dict[str, Any], 
                   new_r: TypeResolver) -> None:  # fmt: skip
     olds, news = _by_name(old, "structs"), _by_name(new, "structs")
     out = report.sections["structs"]
-    for name in sorted(olds.keys() - news.keys()):
-        out.append(Change(name, "removed", API_BREAK, kind=olds[name].get("kind", "struct"), old=_layout(olds[name])))
-    for name in sorted(news.keys() - olds.keys()):
-        out.append(Change(name, "added", COMPATIBLE, kind=news[name].get("kind", "struct"), new=_layout(news[name])))
+    _removed_and_added(out, olds, news, lambda s: s.get("kind", "struct"), _layout)
     for name in sorted(olds.keys() & news.keys()):
         so, sn = olds[name], news[name]
         details: list[str] = []
@@ -383,10 +395,7 @@ def _diff_fields(so: dict[str, Any], sn: dict[str, Any], old_r: TypeResolver, ne
 def _diff_enums(report: DiffReport, old: dict[str, Any], new: dict[str, Any]) -> None:
     olds, news = _by_name(old, "enums"), _by_name(new, "enums")
     out = report.sections["enums"]
-    for name in sorted(olds.keys() - news.keys()):
-        out.append(Change(name, "removed", API_BREAK, kind="enum", old=_enum_text(olds[name])))
-    for name in sorted(news.keys() - olds.keys()):
-        out.append(Change(name, "added", COMPATIBLE, kind="enum", new=_enum_text(news[name])))
+    _removed_and_added(out, olds, news, lambda _: "enum", _enum_text)
     for name in sorted(olds.keys() & news.keys()):
         co = {c["name"]: c["value"] for c in olds[name].get("constants", [])}
         cn = {c["name"]: c["value"] for c in news[name].get("constants", [])}
@@ -428,10 +437,7 @@ def _enum_text(e: dict[str, Any]) -> str:
 def _diff_defines(report: DiffReport, old: dict[str, Any], new: dict[str, Any]) -> None:
     olds, news = _by_name(old, "defines"), _by_name(new, "defines")
     out = report.sections["defines"]
-    for name in sorted(olds.keys() - news.keys()):
-        out.append(Change(name, "removed", API_BREAK, kind="define", old=_define_text(olds[name])))
-    for name in sorted(news.keys() - olds.keys()):
-        out.append(Change(name, "added", COMPATIBLE, kind="define", new=_define_text(news[name])))
+    _removed_and_added(out, olds, news, lambda _: "define", _define_text)
     for name in sorted(olds.keys() & news.keys()):
         a, b = olds[name], news[name]
         if a.get("value") != b.get("value"):
@@ -456,10 +462,7 @@ def _diff_typedefs(report: DiffReport, old: dict[str, Any], new: dict[str, Any],
                    new_r: TypeResolver) -> None:  # fmt: skip
     olds, news = _by_name(old, "typedefs"), _by_name(new, "typedefs")
     out = report.sections["typedefs"]
-    for name in sorted(olds.keys() - news.keys()):
-        out.append(Change(name, "removed", API_BREAK, kind="typedef", old=f"typedef {olds[name]['type']} {name}"))
-    for name in sorted(news.keys() - olds.keys()):
-        out.append(Change(name, "added", COMPATIBLE, kind="typedef", new=f"typedef {news[name]['type']} {name}"))
+    _removed_and_added(out, olds, news, lambda _: "typedef", lambda t: f"typedef {t['type']} {t['name']}")
     for name in sorted(olds.keys() & news.keys()):
         verdict = compare_types(olds[name]["type"], news[name]["type"], old_r, new_r)
         if verdict:
@@ -485,10 +488,7 @@ def _diff_callbacks(report: DiffReport, old: dict[str, Any], new: dict[str, Any]
                     new_r: TypeResolver) -> None:  # fmt: skip
     olds, news = _by_name(old, "callbacks"), _by_name(new, "callbacks")
     out = report.sections["callbacks"]
-    for name in sorted(olds.keys() - news.keys()):
-        out.append(Change(name, "removed", API_BREAK, kind="callback", old=_callback_text(olds[name])))
-    for name in sorted(news.keys() - olds.keys()):
-        out.append(Change(name, "added", COMPATIBLE, kind="callback", new=_callback_text(news[name])))
+    _removed_and_added(out, olds, news, lambda _: "callback", _callback_text)
     for name in sorted(olds.keys() & news.keys()):
         details, classes = _compare_params(olds[name], news[name], old_r, new_r)
         if details:
