@@ -54,7 +54,8 @@ def raw_loops(llm: Any, n: int) -> dict[str, Any]:
                 raise RuntimeError("llama_decode failed")
         return (time.perf_counter() - started) / n
 
-    def decode_greedy() -> float:
+    def decode_sampled_by(sampler: Any) -> float:
+        """Seconds per token of decode + `llama_sampler_sample(sampler)`, from an empty memory."""
         lib.llama_memory_clear(memory, True)
         decode, sample = lib.llama_decode, lib.llama_sampler_sample
         token[0] = llm.token_bos
@@ -62,8 +63,11 @@ def raw_loops(llm: Any, n: int) -> dict[str, Any]:
         for _ in range(n):
             if decode(ctx, batch) != 0:
                 raise RuntimeError("llama_decode failed")
-            token[0] = sample(chain, ctx, -1)
+            token[0] = sample(sampler, ctx, -1)
         return (time.perf_counter() - started) / n
+
+    def decode_greedy() -> float:
+        return decode_sampled_by(chain)
 
     def decode_backend_greedy() -> float:
         # [EXPERIMENTAL] llama.cpp backend sampling: argmax inside the decode graph; sample() just reads it.
@@ -73,15 +77,7 @@ def raw_loops(llm: Any, n: int) -> dict[str, Any]:
             lib.llama_sampler_free(bchain)
             return float("nan")
         try:
-            lib.llama_memory_clear(memory, True)
-            decode, sample = lib.llama_decode, lib.llama_sampler_sample
-            token[0] = llm.token_bos
-            started = time.perf_counter()
-            for _ in range(n):
-                if decode(ctx, batch) != 0:
-                    raise RuntimeError("llama_decode failed")
-                token[0] = sample(bchain, ctx, -1)
-            return (time.perf_counter() - started) / n
+            return decode_sampled_by(bchain)
         finally:
             lib.llama_set_sampler(ctx, 0, ffi.NULL)
             lib.llama_sampler_free(bchain)
