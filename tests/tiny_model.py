@@ -13,7 +13,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 #: Part of every cache key; bump when the written file changes in any way.
 TINY_MODEL_VERSION = "tiny-llama-v2"
@@ -44,8 +47,23 @@ _TOKENIZER_KEYS = (
 )
 
 
-def _field_value(field):  # type: ignore[no-untyped-def]
-    return field.contents()
+@contextmanager
+def _gguf_file(out_path: str | os.PathLike[str], arch: str) -> Iterator[Any]:
+    """A GGUFWriter on a temp file beside `out_path`; written and renamed into place when the block ends."""
+    import gguf
+
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    writer = gguf.GGUFWriter(str(tmp), arch)
+    try:
+        yield writer
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    os.replace(tmp, out)
 
 
 def write_tiny_model(out_path: str | os.PathLike[str], vocab_path: str | os.PathLike[str]) -> Path:
@@ -57,65 +75,54 @@ def write_tiny_model(out_path: str | os.PathLike[str], vocab_path: str | os.Path
     n_vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
     head_dim = N_EMBD // N_HEAD
 
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    with _gguf_file(out_path, "llama") as writer:
+        writer.add_name("llamarcp tiny random llama")
+        writer.add_context_length(N_CTX_TRAIN)
+        writer.add_embedding_length(N_EMBD)
+        writer.add_block_count(N_LAYER)
+        writer.add_feed_forward_length(N_FF)
+        writer.add_head_count(N_HEAD)
+        writer.add_head_count_kv(N_HEAD_KV)
+        writer.add_rope_dimension_count(head_dim)
+        writer.add_layer_norm_rms_eps(1e-5)
+        writer.add_vocab_size(n_vocab)
+        writer.add_file_type(gguf.LlamaFileType.ALL_F32)
 
-    writer = gguf.GGUFWriter(str(tmp), "llama")
-    writer.add_name("llamarcp tiny random llama")
-    writer.add_context_length(N_CTX_TRAIN)
-    writer.add_embedding_length(N_EMBD)
-    writer.add_block_count(N_LAYER)
-    writer.add_feed_forward_length(N_FF)
-    writer.add_head_count(N_HEAD)
-    writer.add_head_count_kv(N_HEAD_KV)
-    writer.add_rope_dimension_count(head_dim)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_vocab_size(n_vocab)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+        for key in _TOKENIZER_KEYS:
+            field = reader.fields.get(key)
+            if field is None:
+                continue
+            value = field.contents()
+            value_type = field.types[0]
+            if value_type == gguf.GGUFValueType.ARRAY:
+                writer.add_array(key, value)
+            else:
+                writer.add_key_value(key, value, value_type)
 
-    for key in _TOKENIZER_KEYS:
-        field = reader.fields.get(key)
-        if field is None:
-            continue
-        value = _field_value(field)
-        value_type = field.types[0]
-        if value_type == gguf.GGUFValueType.ARRAY:
-            writer.add_array(key, value)
-        else:
-            writer.add_key_value(key, value, value_type)
+        rng = np.random.default_rng(SEED)
 
-    rng = np.random.default_rng(SEED)
+        def rand(*shape: int, std: float) -> np.ndarray:
+            return (rng.standard_normal(shape) * std).astype(np.float32)
 
-    def rand(*shape: int, std: float) -> np.ndarray:
-        return (rng.standard_normal(shape) * std).astype(np.float32)
+        writer.add_tensor("token_embd.weight", rand(n_vocab, N_EMBD, std=0.5))
+        writer.add_tensor("output_norm.weight", np.ones(N_EMBD, dtype=np.float32))
+        # A separate output matrix: tied embeddings would make every token predict itself. Logit std ~2.4 keeps
+        # sampling neither uniform noise nor always the argmax.
+        writer.add_tensor("output.weight", rand(n_vocab, N_EMBD, std=0.3))
+        proj_std = 1.0 / np.sqrt(N_EMBD)
+        for layer in range(N_LAYER):
+            prefix = f"blk.{layer}."
+            writer.add_tensor(prefix + "attn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
+            writer.add_tensor(prefix + "attn_q.weight", rand(N_HEAD * head_dim, N_EMBD, std=proj_std))
+            writer.add_tensor(prefix + "attn_k.weight", rand(N_HEAD_KV * head_dim, N_EMBD, std=proj_std))
+            writer.add_tensor(prefix + "attn_v.weight", rand(N_HEAD_KV * head_dim, N_EMBD, std=proj_std))
+            writer.add_tensor(prefix + "attn_output.weight", rand(N_EMBD, N_HEAD * head_dim, std=proj_std))
+            writer.add_tensor(prefix + "ffn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
+            writer.add_tensor(prefix + "ffn_gate.weight", rand(N_FF, N_EMBD, std=proj_std))
+            writer.add_tensor(prefix + "ffn_up.weight", rand(N_FF, N_EMBD, std=proj_std))
+            writer.add_tensor(prefix + "ffn_down.weight", rand(N_EMBD, N_FF, std=1.0 / np.sqrt(N_FF)))
 
-    writer.add_tensor("token_embd.weight", rand(n_vocab, N_EMBD, std=0.5))
-    writer.add_tensor("output_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-    # A separate output matrix: tied embeddings would make every token predict itself. Logit std ~2.4 keeps
-    # sampling neither uniform noise nor always the argmax.
-    writer.add_tensor("output.weight", rand(n_vocab, N_EMBD, std=0.3))
-    proj_std = 1.0 / np.sqrt(N_EMBD)
-    for layer in range(N_LAYER):
-        prefix = f"blk.{layer}."
-        writer.add_tensor(prefix + "attn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-        writer.add_tensor(prefix + "attn_q.weight", rand(N_HEAD * head_dim, N_EMBD, std=proj_std))
-        writer.add_tensor(prefix + "attn_k.weight", rand(N_HEAD_KV * head_dim, N_EMBD, std=proj_std))
-        writer.add_tensor(prefix + "attn_v.weight", rand(N_HEAD_KV * head_dim, N_EMBD, std=proj_std))
-        writer.add_tensor(prefix + "attn_output.weight", rand(N_EMBD, N_HEAD * head_dim, std=proj_std))
-        writer.add_tensor(prefix + "ffn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-        writer.add_tensor(prefix + "ffn_gate.weight", rand(N_FF, N_EMBD, std=proj_std))
-        writer.add_tensor(prefix + "ffn_up.weight", rand(N_FF, N_EMBD, std=proj_std))
-        writer.add_tensor(prefix + "ffn_down.weight", rand(N_EMBD, N_FF, std=1.0 / np.sqrt(N_FF)))
-
-    try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
-    os.replace(tmp, out)
-    return out
+    return Path(out_path)
 
 
 BERT_VOCAB_FILE = "ggml-vocab-bert-bge.gguf"
@@ -129,86 +136,67 @@ def write_tiny_bert(out_path: str | os.PathLike[str], vocab_path: str | os.PathL
     reader = gguf.GGUFReader(str(vocab_path))
     n_vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
     n_ctx_train = 128
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), "bert")
-    writer.add_name("llamarcp tiny random bert")
-    writer.add_context_length(n_ctx_train)
-    writer.add_embedding_length(N_EMBD)
-    writer.add_block_count(N_LAYER)
-    writer.add_feed_forward_length(N_FF)
-    writer.add_head_count(N_HEAD)
-    writer.add_layer_norm_eps(1e-12)
-    writer.add_causal_attention(False)
-    writer.add_pooling_type(gguf.PoolingType(pooling))
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    for key, field in reader.fields.items():
-        if key.startswith("tokenizer."):
-            value, value_type = field.contents(), field.types[0]
-            if value_type == gguf.GGUFValueType.ARRAY:
-                writer.add_array(key, value)
-            else:
-                writer.add_key_value(key, value, value_type)
-    rng = np.random.default_rng(SEED)
+    with _gguf_file(out_path, "bert") as writer:
+        writer.add_name("llamarcp tiny random bert")
+        writer.add_context_length(n_ctx_train)
+        writer.add_embedding_length(N_EMBD)
+        writer.add_block_count(N_LAYER)
+        writer.add_feed_forward_length(N_FF)
+        writer.add_head_count(N_HEAD)
+        writer.add_layer_norm_eps(1e-12)
+        writer.add_causal_attention(False)
+        writer.add_pooling_type(gguf.PoolingType(pooling))
+        writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+        for key, field in reader.fields.items():
+            if key.startswith("tokenizer."):
+                value, value_type = field.contents(), field.types[0]
+                if value_type == gguf.GGUFValueType.ARRAY:
+                    writer.add_array(key, value)
+                else:
+                    writer.add_key_value(key, value, value_type)
+        rng = np.random.default_rng(SEED)
 
-    def rand(*shape: int, std: float = 0.2) -> np.ndarray:
-        return (rng.standard_normal(shape) * std).astype(np.float32)
+        def rand(*shape: int, std: float = 0.2) -> np.ndarray:
+            return (rng.standard_normal(shape) * std).astype(np.float32)
 
-    ones, zeros = np.ones(N_EMBD, dtype=np.float32), np.zeros(N_EMBD, dtype=np.float32)
-    writer.add_tensor("token_embd.weight", rand(n_vocab, N_EMBD, std=1.0))
-    writer.add_tensor("token_types.weight", rand(2, N_EMBD))
-    writer.add_tensor("position_embd.weight", rand(n_ctx_train, N_EMBD))
-    writer.add_tensor("token_embd_norm.weight", ones)
-    writer.add_tensor("token_embd_norm.bias", zeros)
-    for layer in range(N_LAYER):
-        prefix = f"blk.{layer}."
-        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
-            writer.add_tensor(prefix + name + ".weight", rand(N_EMBD, N_EMBD))
-            writer.add_tensor(prefix + name + ".bias", rand(N_EMBD, std=0.02))
-        writer.add_tensor(prefix + "attn_output_norm.weight", ones)
-        writer.add_tensor(prefix + "attn_output_norm.bias", zeros)
-        writer.add_tensor(prefix + "ffn_up.weight", rand(N_FF, N_EMBD))
-        writer.add_tensor(prefix + "ffn_up.bias", rand(N_FF, std=0.02))
-        writer.add_tensor(prefix + "ffn_down.weight", rand(N_EMBD, N_FF))
-        writer.add_tensor(prefix + "ffn_down.bias", rand(N_EMBD, std=0.02))
-        writer.add_tensor(prefix + "layer_output_norm.weight", ones)
-        writer.add_tensor(prefix + "layer_output_norm.bias", zeros)
-    try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
-    os.replace(tmp, out)
-    return out
+        ones, zeros = np.ones(N_EMBD, dtype=np.float32), np.zeros(N_EMBD, dtype=np.float32)
+        writer.add_tensor("token_embd.weight", rand(n_vocab, N_EMBD, std=1.0))
+        writer.add_tensor("token_types.weight", rand(2, N_EMBD))
+        writer.add_tensor("position_embd.weight", rand(n_ctx_train, N_EMBD))
+        writer.add_tensor("token_embd_norm.weight", ones)
+        writer.add_tensor("token_embd_norm.bias", zeros)
+        for layer in range(N_LAYER):
+            prefix = f"blk.{layer}."
+            for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
+                writer.add_tensor(prefix + name + ".weight", rand(N_EMBD, N_EMBD))
+                writer.add_tensor(prefix + name + ".bias", rand(N_EMBD, std=0.02))
+            writer.add_tensor(prefix + "attn_output_norm.weight", ones)
+            writer.add_tensor(prefix + "attn_output_norm.bias", zeros)
+            writer.add_tensor(prefix + "ffn_up.weight", rand(N_FF, N_EMBD))
+            writer.add_tensor(prefix + "ffn_up.bias", rand(N_FF, std=0.02))
+            writer.add_tensor(prefix + "ffn_down.weight", rand(N_EMBD, N_FF))
+            writer.add_tensor(prefix + "ffn_down.bias", rand(N_EMBD, std=0.02))
+            writer.add_tensor(prefix + "layer_output_norm.weight", ones)
+            writer.add_tensor(prefix + "layer_output_norm.bias", zeros)
+    return Path(out_path)
 
 
 def write_tiny_lora(out_path: str | os.PathLike[str], rank: int = 4, seed: int = 7, n_in: int = N_EMBD) -> Path:
     """A random LoRA adapter for the tiny model's attn_q/attn_v of every layer (n_in != N_EMBD: a wrong one)."""
-    import gguf
     import numpy as np
 
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(out), "llama")
-    writer.add_type("adapter")
-    writer.add_string("adapter.type", "lora")
-    writer.add_float32("adapter.lora.alpha", float(rank))
-    rng = np.random.default_rng(seed)
-    head_dim = N_EMBD // N_HEAD
-    for layer in range(N_LAYER):
-        for name, n_out in (("attn_q", N_HEAD * head_dim), ("attn_v", N_HEAD_KV * head_dim)):
-            base = f"blk.{layer}.{name}.weight"
-            writer.add_tensor(base + ".lora_a", (rng.standard_normal((rank, n_in)) * 0.5).astype(np.float32))
-            writer.add_tensor(base + ".lora_b", (rng.standard_normal((n_out, rank)) * 0.5).astype(np.float32))
-    try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
-    return out
+    with _gguf_file(out_path, "llama") as writer:
+        writer.add_type("adapter")
+        writer.add_string("adapter.type", "lora")
+        writer.add_float32("adapter.lora.alpha", float(rank))
+        rng = np.random.default_rng(seed)
+        head_dim = N_EMBD // N_HEAD
+        for layer in range(N_LAYER):
+            for name, n_out in (("attn_q", N_HEAD * head_dim), ("attn_v", N_HEAD_KV * head_dim)):
+                base = f"blk.{layer}.{name}.weight"
+                writer.add_tensor(base + ".lora_a", (rng.standard_normal((rank, n_in)) * 0.5).astype(np.float32))
+                writer.add_tensor(base + ".lora_b", (rng.standard_normal((n_out, rank)) * 0.5).astype(np.float32))
+    return Path(out_path)
 
 
 def _main(argv: list[str] | None = None) -> int:
