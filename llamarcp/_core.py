@@ -352,6 +352,23 @@ class Batch(Managed):
         batch.n_tokens = n
         return batch
 
+    def fill_entries(self, entries: Sequence[tuple[int, int, int, bool]]) -> Any:
+        """Tokens of several sequences in one batch: (token, position, seq_id, wants logits) each."""
+        batch = self.ptr
+        n = len(entries)
+        if n > self.capacity:
+            raise ValueError(f"{n} tokens do not fit a batch of {self.capacity}")
+        tokens, positions, seq_ids, flags = zip(*entries) if entries else ((), (), (), ())
+        ffi.memmove(batch.token, array("i", tokens), 4 * n)
+        ffi.memmove(batch.pos, array("i", positions), 4 * n)
+        ffi.memmove(batch.n_seq_id, self._n_seq_one, 4 * n)
+        seq = batch.seq_id
+        for i, seq_id in enumerate(seq_ids):
+            seq[i][0] = seq_id
+        ffi.memmove(batch.logits, bytes(bytearray(flags)), n)
+        batch.n_tokens = n
+        return batch
+
     def fill_sequences(self, sequences: Sequence[Sequence[int]], output_all: bool = True) -> Any:
         """Several sequences (seq ids 0..k-1), each from position 0; every token outputs (for embeddings)."""
         batch = self.ptr

@@ -24,6 +24,7 @@ from typing import Any
 from llamarcp import _backend, embeddings, state, text_completion
 from llamarcp._core import Context, LoraAdapter, Model, ffi
 from llamarcp._cpu import physical_core_count
+from llamarcp.batching import Scheduler
 from llamarcp.engine import Engine, Outcome, Step, context_params
 from llamarcp.errors import LlamaError, LoraAdapterError
 from llamarcp.sampling import (
@@ -50,6 +51,9 @@ __all__ = [
 
 #: llama.h's LLAMA_POOLING_TYPE_UNSPECIFIED (a default argument, so read from the generated declarations).
 _POOLING_UNSPECIFIED: int = ffi.integer_const("LLAMA_POOLING_TYPE_UNSPECIFIED")
+
+#: The most sequences one context decodes together (`n_parallel`); llama.cpp's own limit is 256.
+MAX_PARALLEL = 64
 
 #: `generate()` keywords llama-cpp-python accepts that current llama.cpp no longer has a sampler for.
 _GENERATE_OBSOLETE = frozenset({"tfs_z", "penalize_nl"})
@@ -95,6 +99,7 @@ class Llama:
         n_threads: int | None = None,
         n_threads_batch: int | None = None,
         n_seq_max: int | None = None,
+        n_parallel: int = 1,
         rope_scaling_type: int | None = None,
         pooling_type: int = _POOLING_UNSPECIFIED,
         attention_type: int | None = None,
@@ -144,6 +149,9 @@ class Llama:
         for name, value in (("n_ctx", n_ctx), ("n_batch", n_batch)):
             if not isinstance(value, int) or value < 0 or (name == "n_batch" and value == 0):
                 raise ValueError(f"{name} must be a positive int (n_ctx=0 means the model's training context)")
+        if not isinstance(n_parallel, int) or isinstance(n_parallel, bool) or not 1 <= n_parallel <= MAX_PARALLEL:
+            raise ValueError(f"n_parallel must be an int in 1..{MAX_PARALLEL}, got {n_parallel!r}")
+        self.n_parallel = n_parallel
         self.verbose = verbose
         if verbose:
             _backend.set_verbose(True)
@@ -166,6 +174,7 @@ class Llama:
         self.n_threads = n_threads if n_threads and n_threads > 0 else physical_core_count()
         self.n_threads_batch = n_threads_batch if n_threads_batch and n_threads_batch > 0 else self.n_threads
         self._engine: Engine | None = None
+        self._scheduler: Scheduler | None = None
 
         devices = None
         if rpc_servers is not None and not vocab_only:  # "host:port,..." like llama-cli --rpc; see llamarcp.rpc
@@ -191,13 +200,14 @@ class Llama:
         if vocab_only:
             return
         try:
+            n_ctx_seq = n_ctx or self._model.n_ctx_train()
             params = context_params(
-                n_ctx=n_ctx,
+                n_ctx=n_ctx_seq * n_parallel if n_parallel > 1 else n_ctx,
                 n_batch=n_batch,
                 n_ubatch=n_ubatch,
                 n_threads=self.n_threads,
                 n_threads_batch=self.n_threads_batch,
-                n_seq_max=n_seq_max,
+                n_seq_max=n_parallel if n_parallel > 1 else n_seq_max,
                 embedding=self.embedding,
                 flash_attn=flash_attn,
                 pooling_type=pooling_type,
@@ -218,7 +228,14 @@ class Llama:
                 type_k=type_k,
                 type_v=type_v,
             )
-            self._engine = Engine(self._model, params, is_closing=lambda: self._turns.closing)
+            self._engine = Engine(
+                self._model,
+                params,
+                is_closing=lambda: self._turns.closing,
+                n_ctx_seq=n_ctx_seq if n_parallel > 1 else None,
+            )
+            if n_parallel > 1:
+                self._scheduler = Scheduler(self._engine, self._turns, n_parallel)
             if lora_path is not None:
                 self._apply_lora(lora_path, lora_scale)
         except BaseException:
@@ -275,9 +292,10 @@ class Llama:
 
     @property
     def n_ctx(self) -> _Count:
-        """Context size in tokens (also callable, like llama-cpp-python's `n_ctx()`)."""
+        """Context size in tokens of one sequence (also callable, like llama-cpp-python's `n_ctx()`); with
+        `n_parallel` the context holds that many sequences of this size."""
         with self._turns.using():
-            return _Count(self._context().n_ctx())
+            return _Count(self._engine_or_raise().n_ctx)
 
     @property
     def n_vocab(self) -> _Count:
@@ -306,6 +324,8 @@ class Llama:
     @property
     def n_prompt_tokens_evaluated(self) -> int:
         """Tokens the last prompt evaluation actually decoded (the rest was a reused prefix)."""
+        if self._scheduler is not None:
+            return self._scheduler.n_prompt_tokens_evaluated
         return self._engine.n_prompt_tokens_evaluated if self._engine is not None else 0
 
     @property
@@ -468,6 +488,28 @@ class Llama:
         stopping_criteria: Any,
         outcome: Outcome | None = None,
     ) -> Generator[Step, None, None]:
+        """The steps of one generation. With `n_parallel > 1` the request joins the shared decode loop at once
+        (so several can be started before any is read); otherwise it runs in a turn of its own on first read."""
+        if self._scheduler is not None:
+            self._turns.check_open()
+            job = self._scheduler.submit(
+                prompt_tokens, params, max_tokens, logprobs, logits_processor, stopping_criteria
+            )
+            return self._scheduler.steps(job, outcome)
+        return self._single_steps(
+            prompt_tokens, params, max_tokens, logprobs, logits_processor, stopping_criteria, outcome
+        )
+
+    def _single_steps(
+        self,
+        prompt_tokens: list[int],
+        params: SamplingParams,
+        max_tokens: int | None,
+        logprobs: int | None,
+        logits_processor: Any,
+        stopping_criteria: Any,
+        outcome: Outcome | None,
+    ) -> Generator[Step, None, None]:
         """The engine's loop inside a turn: the context is this generation's until the generator finishes."""
         self._turns.enter()
         try:
@@ -507,9 +549,13 @@ class Llama:
         logits_processor: Callable[[Any, Any], Any] | None = None,
         grammar: Any = None,
         logit_bias: Mapping[Any, float] | None = None,
+        n: int = 1,
     ) -> Any:
         """Complete `prompt` (text or token ids); an OpenAI `text_completion` dict, or an iterator of chunks
-        when `stream=True`. `temperature=0` is greedy. Stop strings never appear in the output."""
+        when `stream=True`. `temperature=0` is greedy. Stop strings never appear in the output.
+
+        `n > 1` gives several choices of the same prompt (choice i samples with seed + i); with `n_parallel`
+        they decode together and share the prompt's KV, otherwise they run one after the other and reuse it."""
         with self._turns.using():  # tokenizing and parsing the grammar touch the model
             request = text_completion.prepare(
                 self,
@@ -537,10 +583,38 @@ class Llama:
                 logits_processor=logits_processor,
                 stopping_criteria=stopping_criteria,
             )
+        if n != 1:
+            requests = text_completion.choices(request, n)
+            many = text_completion.stream_choices(self, requests)
+            return many if stream else text_completion.collect_choices(requests, many)
         chunks = text_completion.stream_chunks(self, request)
         if stream:
             return chunks
         return text_completion.collect(request, chunks)
+
+    def create_completions(self, prompts: Sequence[PromptType], **kwargs: Any) -> list[dict[str, Any]]:
+        """Complete every prompt of a list (offline batch use); the responses come back in order.
+
+        With `n_parallel > 1` all of them are decoded together through the shared loop, `n_parallel` at a
+        time; otherwise one after another. Keywords are `create_completion`'s (not `stream`)."""
+        if isinstance(prompts, (str, bytes)):
+            raise TypeError("create_completions takes a list of prompts; use create_completion for one")
+        if kwargs.get("stream"):
+            raise ValueError("create_completions does not stream; call create_completion(stream=True) per prompt")
+        for ignored in ("stream", "tfs_z"):
+            kwargs.pop(ignored, None)
+        with self._turns.using():
+            requests = [text_completion.prepare(self, prompt, **kwargs) for prompt in prompts]
+        outcomes: list[Outcome] = [{} for _ in requests]
+        started = [text_completion.start(self, r, o) for r, o in zip(requests, outcomes)]
+        try:
+            return [
+                text_completion.collect(r, text_completion.stream_chunks(self, r, 0, steps, outcome))
+                for r, steps, outcome in zip(requests, started, outcomes)
+            ]
+        finally:
+            for steps in started:
+                steps.close()
 
     def __call__(self, prompt: PromptType, *args: Any, **kwargs: Any) -> Any:
         return self.create_completion(prompt, *args, **kwargs)
