@@ -305,6 +305,9 @@ def build(
         fresh = stamp is not None and stamp.get("fingerprint") == fp and not force
         missing_tools = [t for t in tools if not (bins / TOOLS[t][1]).exists()]
         if fresh and not missing_tools:
+            if stamp is not None and "abi_fingerprint" not in stamp:  # a stamp older than the ABI fingerprint
+                stamp.update(_abi_stamp(src, commit, libs))
+                _write_stamp(stamp_path, stamp)
             _say(f"cached build {print_id} is up to date (nothing to do)")
             return libs
 
@@ -339,6 +342,7 @@ def build(
                 "fingerprint": fp,
                 "key": print_id,
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                **_abi_stamp(src, commit, libs),
             }
             stamp_path.write_text(json.dumps(stamp, indent=2) + "\n")
         if missing_tools:
@@ -352,6 +356,21 @@ def build(
             _copy_outputs(build_tree / "bin", libs, _LIB_PATTERNS, keep_existing=True)  # the tools' own libs
         _say(f"built {print_id} in {time.monotonic() - started:.0f}s; log: {log}")
     return libs
+
+
+def _abi_stamp(src: Path, commit: str, libs: Path) -> dict[str, object]:
+    """The ABI fingerprint of the headers built from (codegen/abi.py), for the runtime guard."""
+    try:
+        from codegen.abi import stamp_library
+    except ImportError as exc:  # codegen's dependencies absent: no fingerprint, the guard probes the library
+        return {"abi_fingerprint": None, "abi_error": f"codegen not importable: {exc}"}
+    return stamp_library(src, commit, libs)
+
+
+def _write_stamp(path: Path, stamp: dict[str, object]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(stamp, indent=2) + "\n")
+    tmp.replace(path)
 
 
 # ------------------------------------------------------------------------------------------------ cli

@@ -162,11 +162,14 @@ def test_check_server_reads_version() -> None:
 
 
 def test_handshake_constants_match_the_pinned_llama_cpp(llama_cpp_source: Path) -> None:
-    # check_server speaks the HELLO of protocol 7 itself; a llama.cpp bump that changes it must fail here.
+    # check_server speaks the HELLO (format of protocol 7 and later) itself; a bump that changes it must fail here.
     rpc_header = (llama_cpp_source / "ggml/include/ggml-rpc.h").read_text()
     transport = (llama_cpp_source / "ggml/src/ggml-rpc/transport.h").read_text()
     client = (llama_cpp_source / "ggml/src/ggml-rpc/ggml-rpc.cpp").read_text()
-    assert f"#define RPC_PROTO_MAJOR_VERSION    {rpc._HELLO_PROTOCOL_MAJOR}" in rpc_header
+    from llamarcp import lib
+
+    assert f"#define RPC_PROTO_MAJOR_VERSION    {lib.RPC_PROTO_MAJOR_VERSION}" in rpc_header  # bindings follow it
+    assert lib.RPC_PROTO_MAJOR_VERSION >= rpc._HELLO_CAPS_SINCE_MAJOR
     assert f"RPC_CONN_CAPS_SIZE = {rpc._CONN_CAPS_SIZE};" in transport
     assert f"static_assert(RPC_CMD_HELLO == {rpc._CMD_HELLO}" in client
     request = client.split("struct rpc_msg_hello_req {")[1].split("};")[0]
