@@ -74,7 +74,7 @@ def load(engine: Engine, state: LlamaState) -> None:
     engine.claim("single")
     data = state.llama_state
     with capture_log() as log:
-        read = int(get_lib().llama_state_set_data(engine.ctx.ptr, data, len(data)))
+        read = int(get_lib().llama_state_set_data(engine.ctx.ptr, ffi.from_buffer("uint8_t[]", data), len(data)))
     if read == 0:
         engine.clear()
         raise StateError(f"llama.cpp could not restore the state{log.reason(2)}")
