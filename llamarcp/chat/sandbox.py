@@ -9,7 +9,9 @@ value checks the size of its result *before* computing it:
 
 - ints: `*` and `**` refuse results over MAX_INT_BITS (`10**1000` chains would hold the GIL for hours);
 - strings and lists: `*`, `+`, `~`, `list.extend`, `str.join`/`replace`/`ljust`/..., and the `join`,
-  `replace`, `indent`, `center`, `wordwrap`, `batch`, `slice`, `sum` filters refuse results over MAX_BUILT_ITEMS;
+  `replace`, `indent`, `center`, `wordwrap`, `batch`, `slice`, `sum` filters refuse strings over
+  MAX_BUILT_CHARS and lists over MAX_BUILT_ITEMS; collection filters (`sort`, `unique`, `list`, ...) refuse
+  inputs over MAX_BUILT_ITEMS, so no single operation holds the GIL for long;
 - formatting: printf (`%`, the `format` filter) and `str.format` refuse field widths and precisions over
   MAX_FORMAT_WIDTH, after nested fields are substituted (`'{:{}}'.format`) and including `*` widths;
 - `tojson(indent=...)` is limited to MAX_JSON_INDENT.
@@ -41,6 +43,7 @@ from markupsafe import Markup
 
 __all__ = [
     "DEFAULT_RENDER_TIMEOUT",
+    "MAX_BUILT_CHARS",
     "MAX_BUILT_ITEMS",
     "MAX_FORMAT_WIDTH",
     "MAX_INT_BITS",
@@ -56,8 +59,11 @@ __all__ = [
 
 #: A rendered prompt longer than this is refused (a template looping to exhaust memory).
 MAX_RENDERED_CHARS = 16 * 1024 * 1024
-#: Largest string (in characters) or list (in items) one template operation may build.
-MAX_BUILT_ITEMS = 4 * 1024 * 1024
+#: Longest string one template operation may build (string operations are linear: ~10 ms at this size).
+MAX_BUILT_CHARS = 4 * 1024 * 1024
+#: Longest list one template operation may build, or a collection filter (`sort`, `unique`, `list`, ...) may
+#: take: sorting this many items takes ~0.2 s, the longest a single operation holds the GIL.
+MAX_BUILT_ITEMS = 256 * 1024
 #: Largest width or precision of a printf / str.format field (`'%1000000000s'`).
 MAX_FORMAT_WIDTH = 64 * 1024
 #: Largest integer (in bits) `*` and `**` may produce; 8192 bits is ~2466 digits, under Python's 4300-digit
@@ -73,7 +79,7 @@ DEFAULT_RENDER_TIMEOUT = 5.0
 MAX_RENDER_STEPS = 10_000_000
 
 # Kept for code that imported the old names from llamarcp.chat.templates.
-MAX_REPEAT_ITEMS = MAX_BUILT_ITEMS
+MAX_REPEAT_ITEMS = MAX_BUILT_CHARS
 MAX_LOOP_ITERATIONS = MAX_RENDER_STEPS
 
 
@@ -90,8 +96,21 @@ def _strftime_now(fmt: str) -> str:
 
 
 def _check_size(n: int, what: str) -> None:
+    """A string of `n` characters."""
+    if n > MAX_BUILT_CHARS:
+        raise SecurityError(
+            f"template tried to build {what} of {n} characters (limit MAX_BUILT_CHARS={MAX_BUILT_CHARS})"
+        )
+
+
+def _check_items(n: int, what: str) -> None:
+    """A list of `n` items."""
     if n > MAX_BUILT_ITEMS:
         raise SecurityError(f"template tried to build {what} of {n} items (limit MAX_BUILT_ITEMS={MAX_BUILT_ITEMS})")
+
+
+def _check_sequence(seq: Any, n: int, what: str) -> None:
+    (_check_size if isinstance(seq, str) else _check_items)(n, what)
 
 
 def _check_width(n: int, what: str) -> None:
@@ -178,7 +197,7 @@ def _json_fallback(value: Any) -> Any:
     # `xs | map(...) | tojson` hands json a generator (llama.cpp's own jinja engine gives a list there).
     if isinstance(value, (Iterator, range)):
         items = list(value)
-        _check_size(len(items), "a tojson list")
+        _check_items(len(items), "a tojson list")
         return items
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
@@ -200,7 +219,7 @@ def _replace_filter(eval_ctx: Any, s: Any, old: Any, new: Any, count: int | None
 @jinja2.pass_eval_context
 def _join_filter(eval_ctx: Any, value: Any, d: str = "", attribute: Any = None) -> str:
     items = list(value)
-    _check_size(len(items), "a joined list")
+    _check_items(len(items), "a joined list")
     if attribute is None:
         parts = sum(_size_of(item) for item in items)
         _check_size(parts + len(str(d)) * max(0, len(items) - 1), "a joined string")
@@ -236,7 +255,7 @@ def _slice_filter(value: Any, slices: int, fill_with: Any = None) -> Any:
 
 
 def _batch_filter(value: Any, linecount: int, fill_with: Any = None) -> Any:
-    _check_size(int(linecount), "a batch")
+    _check_items(int(linecount), "a batch")
     return jinja2.filters.do_batch(value, linecount, fill_with)
 
 
@@ -362,7 +381,7 @@ class _ChatSandbox(ImmutableSandboxedEnvironment):
         if op == "*":
             for seq, count in ((left, right), (right, left)):
                 if isinstance(seq, (str, list, tuple)) and isinstance(count, int):
-                    _check_size(len(seq) * count, "a repeated sequence")
+                    _check_sequence(seq, len(seq) * count, "a repeated sequence")
             if isinstance(left, int) and isinstance(right, int) and _int_bits(left) + _int_bits(right) > MAX_INT_BITS:
                 raise SecurityError(f"template tried to build an integer over MAX_INT_BITS={MAX_INT_BITS} bits")
             return operator.mul(left, right)
@@ -373,7 +392,7 @@ class _ChatSandbox(ImmutableSandboxedEnvironment):
             return operator.pow(left, right)
         if op == "+":
             if isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
-                _check_size(len(left) + len(right), "a concatenated sequence")
+                _check_sequence(left, len(left) + len(right), "a concatenated sequence")
             return operator.add(left, right)
         if op == "%" and isinstance(left, str):
             _check_printf(left)
@@ -412,12 +431,45 @@ class _ChatSandbox(ImmutableSandboxedEnvironment):
                 _check_size(_replaced_size(owner, args[0], args[1], count), "a str.replace result")
             elif name == "join" and args:
                 parts = list(args[0])
+                _check_items(len(parts), "a joined list")
                 _check_size(len(owner) * max(0, len(parts) - 1) + sum(_size_of(p) for p in parts), "a joined string")
                 args = (parts, *args[1:])
         elif isinstance(owner, list) and name in ("extend", "insert", "append"):
             added = len(args[0]) if name == "extend" and args and hasattr(args[0], "__len__") else 1
-            _check_size(len(owner) + added, "a list")
+            _check_items(len(owner) + added, "a list")
         return super().call(context, obj, *args, **kwargs)
+
+
+# Filters whose cost grows faster than their input (sorting) or that turn a string into a list of characters.
+_COLLECTION_FILTERS = (
+    "sort",
+    "unique",
+    "list",
+    "dictsort",
+    "groupby",
+    "reverse",
+    "min",
+    "max",
+    "map",
+    "select",
+    "reject",
+    "selectattr",
+    "rejectattr",
+    "items",
+)
+
+
+def _input_checked(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a collection filter so its input holds at most MAX_BUILT_ITEMS items (or characters)."""
+    value_index = 1 if getattr(fn, "jinja_pass_arg", None) is not None else 0
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if len(args) > value_index and hasattr(args[value_index], "__len__"):
+            _check_items(len(args[value_index]), f"the input of the {fn.__name__} filter")
+        return fn(*args, **kwargs)
+
+    return wrapper
 
 
 @functools.lru_cache(maxsize=1)
@@ -440,6 +492,9 @@ def _environment() -> _ChatSandbox:
     env.filters["slice"] = _slice_filter
     env.filters["batch"] = _batch_filter
     env.filters["sum"] = _sum_filter
+    for name in _COLLECTION_FILTERS:
+        if name in env.filters:
+            env.filters[name] = _input_checked(env.filters[name])
     # Lorem ipsum generator: no chat template needs it, and lipsum(n=10**8) would run for ages.
     env.globals.pop("lipsum", None)
     env.globals["raise_exception"] = _raise_exception
