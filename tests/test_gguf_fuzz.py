@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-CASES = int(os.environ.get("LLAMARCP_GGUF_FUZZ_CASES", "240"))
+CASES = int(os.environ.get("LLAMARCP_GGUF_FUZZ_CASES", "300"))
 SEED = int(os.environ.get("LLAMARCP_GGUF_FUZZ_SEED", "15"))
 #: Liveness bound for one case (a load plus two tokens takes well under a second); a case past it is a hang.
 CASE_TIMEOUT_S = 120.0

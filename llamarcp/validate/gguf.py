@@ -42,6 +42,7 @@ MAX_KEY_BYTES = 64 * 1024
 MAX_DECODED_ARRAY = 4 * MAX_LAYERS
 
 _MAGIC = b"GGUF"
+_MAX_DIMS = 4  # GGML_MAX_DIMS; gguf.cpp refuses more
 _SUPPORTED_VERSIONS = (2, 3)
 
 
@@ -66,6 +67,8 @@ class GGUFHeader:
     n_tensors: int
     kv: dict[str, Any] = field(default_factory=dict)
     array_lengths: dict[str, int] = field(default_factory=dict)
+    #: (name, ggml type id) of every tensor, in file order.
+    tensors: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def architecture(self) -> str | None:
@@ -193,6 +196,15 @@ def _parse(cur: _Cursor) -> GGUFHeader:
         key = cur.string(MAX_KEY_BYTES).decode("utf-8", errors="replace")
         type_id = cur.unpack("<I")
         header.kv[key] = _read_value(cur, type_id, names, key, header)
+    for _ in range(n_tensors):
+        name = cur.string(MAX_KEY_BYTES).decode("utf-8", errors="replace")
+        n_dims = cur.unpack("<I")
+        if n_dims > _MAX_DIMS:
+            raise cur.fail(f"tensor {name!r} has {n_dims} dimensions (at most {_MAX_DIMS})")
+        cur.take(8 * n_dims)
+        tensor_type = cur.unpack("<I")
+        cur.unpack("<Q")  # data offset: gguf.cpp checks it against the file
+        header.tensors.append((name, tensor_type))
     return header
 
 
@@ -288,7 +300,35 @@ def check_gguf_hparams(path: str | os.PathLike[str], *, vocab_only: bool = False
         ):
             if h_kv > h or (h_kv and h % h_kv) or (h and not h_kv and len(heads_kv) == 1):
                 raise refuse(key("attention.head_count_kv"), f"must be > 0 and divide attention.head_count ({h})")
+    _check_enum_key(kv, key("pooling_type"), "llama_pooling_type", refuse)
+    _check_tensor_types(header, path)
     return header
+
+
+def _check_enum_key(kv: dict[str, Any], name: str, enum: str, refuse: Any) -> None:
+    """An integer key llama.cpp casts to a C enum (an unknown value aborts where it is switched on)."""
+    from llamarcp._generated._llama_ffi import ffi
+
+    value = kv.get(name)
+    if _is_int(value) and value not in ffi.typeof(f"enum {enum}").elements:
+        raise refuse(name, f"is not a {enum} value")
+
+
+def _check_tensor_types(header: GGUFHeader, path: str | os.PathLike[str]) -> None:
+    """Weights must have a ggml type llama.cpp computes with: an integer type (I8..I64) where a float or
+    quantized weight is expected reaches kernels that do not support it (SIGSEGV in the first decode)."""
+    from llamarcp.validate.params import ggml_type_names
+
+    types = ggml_type_names()
+    integer_names = ("GGML_TYPE_I8", "GGML_TYPE_I16", "GGML_TYPE_I32", "GGML_TYPE_I64")
+    integer = {value for value, name in types.items() if name in integer_names}
+    for name, tensor_type in header.tensors:
+        if tensor_type not in types:
+            raise ModelLoadError(f"could not load {path}: tensor {name!r} has unknown ggml type {tensor_type}")
+        if tensor_type in integer and name.endswith(".weight"):
+            raise ModelLoadError(
+                f"could not load {path}: tensor {name!r} has integer type {types[tensor_type]}, not a weight type"
+            )
 
 
 def _check_experts(kv: dict[str, Any], key: Any, refuse: Any, layers: int) -> None:
