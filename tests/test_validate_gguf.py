@@ -130,6 +130,16 @@ def test_integer_weight_types_are_refused(tmp_path: Path) -> None:
         _check(tmp_path, {}, (("blk.0.attn_v.weight", 4),))
 
 
+def test_repeated_token_text_is_refused(tmp_path: Path) -> None:
+    """`GGML_ASSERT(id_to_token.size() == token_to_id.size())` in llama_vocab::load (found by the fuzzer)."""
+    path = tmp_path / "m.gguf"
+    path.write_bytes(make_gguf({**LLAMA, "tokenizer.ggml.tokens": ["a", "b", "c", "b"]}))
+    with pytest.raises(ModelLoadError, match="repeats a token text at index 3"):
+        check_gguf_hparams(path, vocab_only=True)
+    path.write_bytes(make_gguf({**LLAMA, "tokenizer.ggml.tokens": ["a", "b", "c"]}))
+    assert check_gguf_hparams(path).array_lengths["tokenizer.ggml.tokens"] == 3
+
+
 def test_vocab_only_skips_hyperparameters(tmp_path: Path) -> None:
     path = tmp_path / "m.gguf"
     path.write_bytes(make_gguf({**LLAMA, "llama.block_count": 0}))

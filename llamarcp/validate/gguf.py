@@ -3,8 +3,10 @@
 llama.cpp's GGUF parser (ggml/src/gguf.cpp) rejects malformed files cleanly, but the model loader then trusts
 the values: `GGML_ASSERT(n_layer > 0 && n_layer <= LLAMA_MAX_LAYERS)` and the expert-count asserts in
 `llama_model_base::load_hparams`, an unknown `rope.scaling.type` string, and at the first decode
-`GGML_ASSERT(eps >= 0.0f)` of the norm kernels all abort the process. `check_gguf_hparams` reads the header and
-key/value section (tensor data is never touched) and raises `ModelLoadError` naming the offending key.
+`GGML_ASSERT(eps >= 0.0f)` of the norm kernels all abort the process; so do a vocab with a repeated token text
+(`llama_vocab::load`), an unknown `pooling_type`, and an integer-typed weight (SIGSEGV in the first decode).
+`check_gguf_hparams` reads the header, key/value section and tensor infos (tensor data is never touched) and
+raises `ModelLoadError` naming the offending key or tensor.
 
 The reader is self-contained (the `gguf` package is a test dependency only); it bounds every length by the
 file size, so a hostile header cannot make it allocate more than the file holds.
@@ -43,6 +45,7 @@ MAX_DECODED_ARRAY = 4 * MAX_LAYERS
 
 _MAGIC = b"GGUF"
 _MAX_DIMS = 4  # GGML_MAX_DIMS; gguf.cpp refuses more
+_TOKENS_KEY = "tokenizer.ggml.tokens"
 _SUPPORTED_VERSIONS = (2, 3)
 
 
@@ -69,6 +72,8 @@ class GGUFHeader:
     array_lengths: dict[str, int] = field(default_factory=dict)
     #: (name, ggml type id) of every tensor, in file order.
     tensors: list[tuple[str, int]] = field(default_factory=list)
+    #: Index of the first token of `tokenizer.ggml.tokens` whose text repeats an earlier one, if any.
+    duplicate_token: int | None = None
 
     @property
     def architecture(self) -> str | None:
@@ -152,7 +157,9 @@ def _read_value(cur: _Cursor, type_id: int, names: dict[int, str], key: str, hea
         if count > (cur.size - cur.pos) // 8:
             raise cur.fail(f"array {key!r} claims {count} strings, more than the file holds")
         data, pos, size = cur.data, cur.pos, cur.size
-        for _ in range(count):  # skipped, not decoded: token lists are large and not hyperparameters
+        # Skipped, not decoded (token lists are large); the vocab's token texts are only checked for duplicates.
+        seen: set[bytes] | None = set() if key == _TOKENS_KEY else None
+        for index in range(count):
             if pos + 8 > size:
                 cur.pos = pos
                 raise cur.fail(f"array {key!r} ends past the end of the file")
@@ -161,6 +168,11 @@ def _read_value(cur: _Cursor, type_id: int, names: dict[int, str], key: str, hea
             if pos > size:
                 cur.pos = size
                 raise cur.fail(f"a string of array {key!r} ends past the end of the file")
+            if seen is not None:
+                text = data[pos - length : pos]
+                if text in seen and header.duplicate_token is None:
+                    header.duplicate_token = index
+                seen.add(text)
         cur.pos = pos
         return None
     raise cur.fail(f"array {key!r} has unsupported element type {elem_id}")
@@ -241,6 +253,10 @@ def check_gguf_hparams(path: str | os.PathLike[str], *, vocab_only: bool = False
     With `vocab_only`, llama.cpp reads no hyperparameters, so only the header itself is checked.
     """
     header = read_gguf_header(path)
+    if header.duplicate_token is not None:  # llama_vocab::load asserts every token text is unique
+        raise ModelLoadError(
+            f"could not load {path}: GGUF key {_TOKENS_KEY!r} repeats a token text at index {header.duplicate_token}"
+        )
     arch = header.architecture
     if vocab_only or arch is None or arch == "clip":
         return header  # llama.cpp loads no hyperparameters then (and reports a missing architecture itself)
