@@ -410,8 +410,10 @@ class _ChatSandbox(ImmutableSandboxedEnvironment):
             if is_format_map:
                 if kwargs or len(args) != 1:
                     raise TypeError("format_map() takes exactly one mapping argument")
-                args, kwargs = (), args[0]
-            text = formatter.vformat(owner, args, kwargs)
+                return check(formatter.vformat(owner, (), args[0]))
+            return check(formatter.vformat(owner, args, kwargs))
+
+        def check(text: str) -> str:
             _check_size(len(text), "a formatted string")
             return text
 

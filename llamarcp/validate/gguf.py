@@ -20,7 +20,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from llamarcp.errors import ModelLoadError
 
@@ -223,7 +223,7 @@ def _parse(cur: _Cursor) -> GGUFHeader:
 # -- hyperparameter checks ---------------------------------------------------------------------------------------
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

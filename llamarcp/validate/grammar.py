@@ -280,8 +280,8 @@ class _Parser:
         """(min, max or None for unbounded, position after) of `*`, `+`, `?` or `{m}`, `{m,}`, `{m,n}`."""
         c = self.src[pos]
         if c != "{":
-            low, high = {"*": (0, None), "+": (1, None), "?": (0, 1)}[c]
-            return low, high, self.space(pos + 1, nested)
+            shorthand: tuple[int, int | None] = {"*": (0, None), "+": (1, None), "?": (0, 1)}[c]
+            return shorthand[0], shorthand[1], self.space(pos + 1, nested)
         start = pos
         pos = self.space(pos + 1, nested)
         end = self.int_end(pos)

@@ -117,9 +117,9 @@ def check_context_params(params: Any) -> None:
         "yarn_beta_slow",
         "defrag_thold",
     ):
-        value = float(getattr(params, name))
-        if math.isnan(value) or math.isinf(value):
-            raise ValueError(f"{name} must be a finite number, got {value}")
+        number = float(getattr(params, name))
+        if math.isnan(number) or math.isinf(number):
+            raise ValueError(f"{name} must be a finite number, got {number}")
     if float(params.rope_freq_base) < 0 or float(params.rope_freq_scale) < 0:
         raise ValueError("rope_freq_base and rope_freq_scale must be >= 0 (0 means the model's value)")
 
