@@ -209,7 +209,7 @@ def grammar_sampler(model: Model, grammar: Any, root: str = "root") -> Sampler:
         raise GrammarError("grammar is empty")
     from llamarcp.validate import check_grammar
 
-    check_grammar(grammar, root)  # shapes llama.cpp's parser would crash or stall on never reach it
+    check_grammar(grammar, root, model.n_vocab)  # shapes llama.cpp would crash or stall on never reach it
     lib = get_lib()
     last_log_errors(clear=True)
     ptr = lib.llama_sampler_init_grammar(model.vocab, text, root.encode("utf-8"))

@@ -87,7 +87,16 @@ def test_limits_are_inclusive_at_the_boundary() -> None:
     with pytest.raises(GrammarError, match="MAX_GROUP_DEPTH"):
         check_grammar("root ::= " + "(" * (depth + 1) + '"a"' + ")" * (depth + 1))
     assert check_grammar(_chain(1000)).max_reference_depth == 1002
-    assert check_grammar(_chain(11, alternatives=2)).max_parallel_stacks == 2**11
+    assert check_grammar(_chain(10, alternatives=2)).max_parallel_stacks == 2**10 == vg.MAX_PARALLEL_STACKS
+
+
+def test_vocab_size_tightens_the_stack_limit() -> None:
+    """One token may cost at most MAX_STACK_TOKEN_CHECKS (stack, candidate) checks: 500 stacks took ~0.26 s per
+    token on a 32k vocab (it was seconds per token with 100k alternatives)."""
+    text = "root ::= (" + " | ".join(f'"w{i}"' for i in range(500)) + ")+"
+    assert check_grammar(text, n_vocab=32_000).max_parallel_stacks == 501
+    with pytest.raises(GrammarError, match="more than 65 parallel parse stacks"):
+        check_grammar(text, n_vocab=256_000)
 
 
 def test_measures() -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "MAX_REFERENCE_DEPTH",
     "MAX_REPETITION",
     "MAX_RULES",
+    "MAX_STACK_TOKEN_CHECKS",
     "GrammarStats",
     "check_grammar",
 ]
@@ -49,10 +50,14 @@ MAX_RULES = 20_000
 #: Most grammar elements (characters, ranges, references) after the expansion of repetitions.
 MAX_ELEMENTS = 500_000
 #: Most alternatives (`|` branches) in one rule or group.
-MAX_ALTERNATIVES = 4096
-#: Most parse stacks one rule reference can open at once: each is checked against every candidate token, and
-#: the left-recursion check walks each of them when the sampler is created.
-MAX_PARALLEL_STACKS = 4096
+MAX_ALTERNATIVES = 1024
+#: Most parse stacks one rule reference can open at once: the left-recursion check walks each of them when the
+#: sampler is created, and each is checked against every candidate token.
+MAX_PARALLEL_STACKS = 1024
+#: Most (parse stack, candidate token) checks one sampled token may cost when the grammar rejects the chain's
+#: pick and constrains the whole vocab: ~23 ns each measured, so ~0.4 s per token at worst. With the model's
+#: vocab size known, a grammar may open at most MAX_STACK_TOKEN_CHECKS // n_vocab parallel stacks.
+MAX_STACK_TOKEN_CHECKS = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -348,7 +353,7 @@ def _leftmost_refs(alternatives: list[_Alternative], may_be_empty: list[bool]) -
     return refs
 
 
-def _measure(rules: list[list[_Alternative]]) -> tuple[int, int]:
+def _measure(rules: list[list[_Alternative]], max_stacks: int) -> tuple[int, int]:
     """(deepest leftmost reference chain, most parse stacks a rule opens), refusing left recursion.
 
     Iterative post-order DFS over the leftmost-reference graph; `stacks` counts leftmost paths to terminals
@@ -361,7 +366,7 @@ def _measure(rules: list[list[_Alternative]]) -> tuple[int, int]:
     depth = [0] * n
     stacks = [0] * n
     state = [0] * n  # 0 new, 1 in progress, 2 done
-    cap = MAX_PARALLEL_STACKS + 1
+    cap = max_stacks + 1
     deepest = 0
     for first in range(n):
         if state[first]:
@@ -407,19 +412,22 @@ def _measure(rules: list[list[_Alternative]]) -> tuple[int, int]:
                     f"grammar chains more than MAX_REFERENCE_DEPTH={MAX_REFERENCE_DEPTH} rules through leftmost "
                     "references"
                 )
-            if stacks[rule] > MAX_PARALLEL_STACKS:
+            if stacks[rule] > max_stacks:
                 raise GrammarError(
-                    f"a rule of this grammar opens more than MAX_PARALLEL_STACKS={MAX_PARALLEL_STACKS} parallel "
-                    "parse stacks (too many alternatives reachable at once; every token would be checked "
-                    "against each)"
+                    f"a rule of this grammar opens more than {max_stacks} parallel parse stacks (too many "
+                    "alternatives reachable at once; every token would be checked against each; limits: "
+                    f"MAX_PARALLEL_STACKS={MAX_PARALLEL_STACKS}, MAX_STACK_TOKEN_CHECKS={MAX_STACK_TOKEN_CHECKS} "
+                    "divided by the vocab size)"
                 )
     return deepest, max(stacks, default=0)
 
 
-def check_grammar(text: str, root: str = "root") -> GrammarStats:
+def check_grammar(text: str, root: str = "root", n_vocab: int | None = None) -> GrammarStats:
     """Refuse a GBNF grammar whose shape would crash, hang or slow llama.cpp; returns what was measured.
 
-    Raises GrammarError naming the limit (the MAX_* constants of this module) that the grammar exceeds.
+    `n_vocab` (the model's vocab size, when known) tightens the parallel-stack limit so that one token costs at
+    most MAX_STACK_TOKEN_CHECKS checks. Raises GrammarError naming the limit (the MAX_* constants of this
+    module) that the grammar exceeds.
     """
     if not isinstance(text, str):
         raise TypeError(f"grammar must be str, not {type(text).__name__}")
@@ -441,7 +449,10 @@ def check_grammar(text: str, root: str = "root") -> GrammarStats:
             name = next((k for k, v in parser.names.items() if v == rule_id), f"#{rule_id}")
             raise GrammarError(f"invalid GBNF grammar: rule {name!r} is used but never defined")
         rules.append(parser.rules[rule_id])
-    depth, stacks = _measure(rules)
+    max_stacks = MAX_PARALLEL_STACKS
+    if n_vocab is not None and n_vocab > 0:
+        max_stacks = max(1, min(max_stacks, MAX_STACK_TOKEN_CHECKS // n_vocab))
+    depth, stacks = _measure(rules, max_stacks)
     return GrammarStats(
         chars=len(text),
         rules=len(rules),
