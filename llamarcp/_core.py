@@ -23,6 +23,7 @@ from llamarcp.errors import (
     ModelNotFoundError,
     TokenizeError,
 )
+from llamarcp.validate import check_context_params, check_gguf_hparams
 
 __all__ = ["Batch", "Context", "LoraAdapter", "Model", "ffi"]
 
@@ -56,6 +57,7 @@ class Model(Managed):
         self._lib = lib
         self.path = Path(path)
         _check_gguf_file(self.path)
+        check_gguf_hparams(self.path, vocab_only=vocab_only)
         params = lib.llama_model_default_params()
         # Offload devices (llamarcp.rpc.RpcDevices): its NULL-terminated array must outlive the model.
         self._devices = devices
@@ -265,6 +267,7 @@ class Context(Managed):
     def __init__(self, model: Model, params: Any) -> None:
         lib = model._lib
         self._lib = lib
+        check_context_params(params)
         with capture_log() as log:
             ptr = lib.llama_init_from_model(model.ptr, params)
         if ptr == ffi.NULL:

@@ -1,16 +1,11 @@
 """`Llama`: llama-cpp-python's high-level API on the generated bindings and the current llama.cpp API.
 
 Same class, method and keyword names and the same OpenAI-shaped dicts as llama-cpp-python, so porting is
-changing an import. `Llama` is a facade; each concern lives in its own module:
-
-- `llamarcp._core`            Model / Context / Batch / LoraAdapter: owners of the C objects
-- `llamarcp.turns`            lifetime and turn-taking between threads (close never blocks)
-- `llamarcp.engine`           the context, its batches, prefix reuse and the per-token loop
-- `llamarcp.token_picker`     greedy and grammar fast paths, logits views, logprobs
-- `llamarcp.sampling`         the llama.cpp sampler chain for a request's knobs
-- `llamarcp.text_completion`  request validation and the OpenAI completion shape
-- `llamarcp.embeddings`       batched embeddings
-- `llamarcp.state`            snapshots and atomic session files
+changing an import. `Llama` is a facade; each concern lives in its own module: `_core` (owners of the C
+objects), `loading` (keywords -> model and context), `turns` (lifetime, turn-taking between threads),
+`engine` (the context, prefix reuse, the per-token loop), `batching` (many sequences per decode),
+`token_picker` (greedy/grammar fast paths, logprobs), `sampling` (the sampler chain), `text_completion`
+(requests and the OpenAI shape), `embeddings`, `state` (snapshots, atomic session files).
 """
 
 from __future__ import annotations
@@ -21,12 +16,12 @@ from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from llamarcp import _backend, embeddings, state, text_completion
-from llamarcp._core import Context, LoraAdapter, Model, ffi
+from llamarcp import _backend, embeddings, loading, state, text_completion
+from llamarcp._core import Context, ffi
 from llamarcp._cpu import physical_core_count
 from llamarcp.batching import Scheduler
-from llamarcp.engine import Engine, Outcome, Step, context_params
-from llamarcp.errors import LlamaError, LoraAdapterError
+from llamarcp.engine import Engine, Outcome, Step
+from llamarcp.errors import LlamaError
 from llamarcp.sampling import (
     LLAMA_DEFAULT_SEED,
     LogitsProcessorList,
@@ -37,7 +32,7 @@ from llamarcp.sampling import (
 )
 from llamarcp.state import LlamaState
 from llamarcp.text_completion import PromptType
-from llamarcp.tokenizer import LlamaTokenizer
+from llamarcp.tokenizer import LlamaTokenizer, detokenize
 from llamarcp.turns import Turns
 
 __all__ = [
@@ -162,6 +157,7 @@ class Llama:
 
             model_path = default_model_path()
         self.model_path = str(model_path)
+        self._init_args["model_path"] = model_path
         self._seed = int(seed) & 0xFFFFFFFF if seed is not None else LLAMA_DEFAULT_SEED
         self.last_n_tokens_size = last_n_tokens_size
         self.chat_format = chat_format
@@ -176,81 +172,21 @@ class Llama:
         self._engine: Engine | None = None
         self._scheduler: Scheduler | None = None
 
-        devices = None
-        if rpc_servers is not None and not vocab_only:  # "host:port,..." like llama-cli --rpc; see llamarcp.rpc
-            from llamarcp import rpc
-
-            devices = rpc.rpc_devices(rpc_servers)
-            rpc.warn_if_unused(n_gpu_layers)
-        self._model = Model(
-            model_path,
-            devices=devices,
-            tensor_split=tensor_split,
-            vocab_only=vocab_only,
-            n_gpu_layers=n_gpu_layers,
-            main_gpu=main_gpu,
-            split_mode=split_mode,
-            use_mmap=use_mmap,
-            use_mlock=use_mlock,
-            check_tensors=check_tensors,
-            use_extra_bufts=use_extra_bufts,
-            kv_overrides=kv_overrides,
-        )
+        self._model = loading.open_model(self._init_args)
         self._turns = Turns(free=self._model.close, is_freed=lambda: self._model.closed)
         if vocab_only:
             return
         try:
-            n_ctx_seq = n_ctx or self._model.n_ctx_train()
-            params = context_params(
-                n_ctx=n_ctx_seq * n_parallel if n_parallel > 1 else n_ctx,
-                n_batch=n_batch,
-                n_ubatch=n_ubatch,
-                n_threads=self.n_threads,
-                n_threads_batch=self.n_threads_batch,
-                n_seq_max=n_parallel if n_parallel > 1 else n_seq_max,
-                embedding=self.embedding,
-                flash_attn=flash_attn,
-                pooling_type=pooling_type,
-                rope_freq_base=rope_freq_base,
-                rope_freq_scale=rope_freq_scale,
-                offload_kqv=offload_kqv,
-                no_perf=no_perf,
-                # None keeps llama.cpp's default for each of these
-                rope_scaling_type=rope_scaling_type,
-                attention_type=attention_type,
-                yarn_ext_factor=yarn_ext_factor,
-                yarn_attn_factor=yarn_attn_factor,
-                yarn_beta_fast=yarn_beta_fast,
-                yarn_beta_slow=yarn_beta_slow,
-                yarn_orig_ctx=yarn_orig_ctx,
-                op_offload=op_offload,
-                swa_full=swa_full,
-                type_k=type_k,
-                type_v=type_v,
-            )
-            self._engine = Engine(
-                self._model,
-                params,
-                is_closing=lambda: self._turns.closing,
-                n_ctx_seq=n_ctx_seq if n_parallel > 1 else None,
+            self._engine = loading.open_engine(
+                self._model, self._init_args, self, is_closing=lambda: self._turns.closing
             )
             if n_parallel > 1:
                 self._scheduler = Scheduler(self._engine, self._turns, n_parallel)
             if lora_path is not None:
-                self._apply_lora(lora_path, lora_scale)
+                self._lora = loading.apply_lora(self._model, self._engine, lora_path, lora_scale)
         except BaseException:
             self._model.close()
             raise
-
-    def _apply_lora(self, path: str | os.PathLike[str], scale: float) -> None:
-        adapter = LoraAdapter(self._model, path)
-        self._lora = adapter
-        adapters = ffi.new("struct llama_adapter_lora *[1]", [adapter.ptr])
-        scales = ffi.new("float[1]", [float(scale)])
-        with _backend.capture_log() as log:
-            rc = _backend.get_lib().llama_set_adapters_lora(self._context().ptr, adapters, 1, scales)
-        if rc != 0:
-            raise LoraAdapterError(f"llama_set_adapters_lora failed ({rc}) for {path}{log.reason()}")
 
     # -- lifetime ---------------------------------------------------------------------------------------------
 
@@ -375,21 +311,7 @@ class Llama:
     ) -> bytes:
         """Token ids -> bytes. With `prev_tokens`, only the bytes the new tokens add after them (streaming)."""
         with self._turns.using():
-            if prev_tokens:
-                prev = list(prev_tokens)
-                full = self._detok(prev + list(tokens), special)
-                head = self._detok(prev, special)
-                return full[len(head) :] if full.startswith(head) else full
-            return self._detok(list(tokens), special)
-
-    def _detok(self, tokens: list[int], special: bool) -> bytes:
-        model = self._model
-        bos = model.token_bos()
-        if tokens and tokens[0] == bos and bos >= 0:
-            # A leading BOS is the tokenizer's own marker: drop it so the text has no artificial leading space.
-            head = model.token_to_piece(bos, special=True) if special else b""
-            return head + model.detokenize(tokens[1:], special=special)
-        return model.detokenize(tokens, special=special)
+            return detokenize(self._model, tokens, prev_tokens, special)
 
     # -- evaluation -------------------------------------------------------------------------------------------
 
@@ -597,24 +519,8 @@ class Llama:
 
         With `n_parallel > 1` all of them are decoded together through the shared loop, `n_parallel` at a
         time; otherwise one after another. Keywords are `create_completion`'s (not `stream`)."""
-        if isinstance(prompts, (str, bytes)):
-            raise TypeError("create_completions takes a list of prompts; use create_completion for one")
-        if kwargs.get("stream"):
-            raise ValueError("create_completions does not stream; call create_completion(stream=True) per prompt")
-        for ignored in ("stream", "tfs_z"):
-            kwargs.pop(ignored, None)
         with self._turns.using():
-            requests = [text_completion.prepare(self, prompt, **kwargs) for prompt in prompts]
-        outcomes: list[Outcome] = [{} for _ in requests]
-        started = [text_completion.start(self, r, o) for r, o in zip(requests, outcomes)]
-        try:
-            return [
-                text_completion.collect(r, text_completion.stream_chunks(self, r, 0, steps, outcome))
-                for r, steps, outcome in zip(requests, started, outcomes)
-            ]
-        finally:
-            for steps in started:
-                steps.close()
+            return text_completion.complete_all(self, prompts, kwargs)
 
     def __call__(self, prompt: PromptType, *args: Any, **kwargs: Any) -> Any:
         return self.create_completion(prompt, *args, **kwargs)

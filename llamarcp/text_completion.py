@@ -36,6 +36,7 @@ __all__ = [
     "choices",
     "collect",
     "collect_choices",
+    "complete_all",
     "prepare",
     "prompt_tokens",
     "start",
@@ -286,6 +287,26 @@ def collect_choices(requests: list[CompletionRequest], chunks: Iterator[dict[str
             "total_tokens": n_prompt + completion_tokens,
         },
     }
+
+
+def complete_all(llm: Llama, prompts: Sequence[PromptType], kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    """`Llama.create_completions`: prepare every prompt, start them all, collect each in order."""
+    if isinstance(prompts, (str, bytes)):
+        raise TypeError("create_completions takes a list of prompts; use create_completion for one")
+    if kwargs.get("stream"):
+        raise ValueError("create_completions does not stream; call create_completion(stream=True) per prompt")
+    options = {k: v for k, v in kwargs.items() if k not in ("stream", "tfs_z")}
+    requests = [prepare(llm, prompt, **options) for prompt in prompts]
+    outcomes: list[Outcome] = [{} for _ in requests]
+    started = [start(llm, r, o) for r, o in zip(requests, outcomes)]
+    try:
+        return [
+            collect(r, stream_chunks(llm, r, 0, steps, outcome))
+            for r, steps, outcome in zip(requests, started, outcomes)
+        ]
+    finally:
+        for steps in started:
+            steps.close()
 
 
 def format_logprobs(llm: Llama, infos: list[dict[str, Any]], offset: int) -> dict[str, Any]:
