@@ -6,6 +6,10 @@
     python build_lib.py --tools llama-bench  # also build llama.cpp tools into the cache entry
     python build_lib.py --source ~/llama.cpp # build a local checkout instead of the pin
     python build_lib.py --print-source       # fetch + verify the pinned source, print its directory
+    python build_lib.py --no-build           # print the cached build's directory, fail if it needs building
+
+The pinned source comes from the upstream archive of the pinned commit (verified by the tree hash in
+llamarcp/_pin.py), else from the carrier sdist (sha256), else an sdist of llamarcp carries it (vendor/llama.cpp).
 
 The last line on stdout is the directory holding libllama; progress goes to stderr.
 A build is keyed by (source, CMake flags, machine); an unchanged second run builds nothing.
@@ -462,8 +466,12 @@ def build(
     tools: list[str] | None = None,
     force: bool = False,
     jobs: int | None = None,
+    allow_build: bool = True,
 ) -> Path:
-    """Build (or find cached) libllama; return the directory holding it."""
+    """Build (or find cached) libllama; return the directory holding it.
+
+    With `allow_build=False` nothing is compiled: a cache entry that is missing, stale or lacks a tool is an error.
+    """
     tools = list(tools or [])
     backends = list(backends or [])
     if "rpc" in backends and "rpc-server" not in tools:
@@ -485,6 +493,9 @@ def build(
         if fresh and not missing_tools:
             _say(f"cached build {print_id} is up to date (nothing to do)")
             return libs
+        if not allow_build:
+            what = f"lacks {', '.join(missing_tools)}" if fresh else "is not built (or is stale)"
+            raise BuildError(f"cache entry {print_id} {what}, and --no-build forbids building it")
 
         _check_toolchain()
         build_tree = entry / "build"
@@ -598,6 +609,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cmake-arg", action="append", default=[], metavar="X", help="extra CMake argument")
     parser.add_argument("--tools", default="", help=f"comma-separated tools to build too ({', '.join(KNOWN_TOOLS)})")
     parser.add_argument("--force", action="store_true", help="rebuild even if a cached build exists")
+    parser.add_argument("--no-build", action="store_true", help="only report a cached build; fail if it needs building")
     parser.add_argument("-j", "--jobs", type=int, help="parallel build jobs (default: all cores)")
     parser.add_argument("--print-source", action="store_true", help="fetch + verify the source and print its path")
     parser.add_argument(
@@ -630,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["LLAMARCP_FETCH"] = opts.fetch
         backends = [name for name in BACKEND_FLAGS if getattr(opts, name)]
         tools = [t.strip() for t in opts.tools.split(",") if t.strip()]
-        libs = build(opts.source, backends, opts.cmake_arg, tools, opts.force, opts.jobs)
+        libs = build(opts.source, backends, opts.cmake_arg, tools, opts.force, opts.jobs, not opts.no_build)
     except BuildError as exc:
         where = f" (log: {exc.log})" if exc.log else ""
         print(f"build_lib: error: {exc}{where}", file=sys.stderr)
