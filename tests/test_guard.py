@@ -6,7 +6,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -176,17 +175,14 @@ def test_load_runs_the_guard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert _lib.load() is not None
 
 
-def test_guard_on_the_pinned_library_is_fast() -> None:
+def test_guard_accepts_the_pinned_library() -> None:
     sys.path.insert(0, str(ROOT))
     import build_lib
     from llamarcp._generated._llama_ffi import ffi
 
     path = build_lib.build() / "libllama.so"
     raw = ffi.dlopen(str(path))
-    started = time.perf_counter()
-    _guard.check(raw, path)
-    elapsed = time.perf_counter() - started
-    assert elapsed < 0.05, f"guard took {elapsed * 1000:.1f} ms"
+    _guard.check(raw, path)  # raises LibraryMismatchError if the pinned build does not fit its own bindings
 
 
 def test_used_check_names_the_difference(
