@@ -61,4 +61,7 @@ class SdistWithSource(sdist):
             raise SystemExit(f"llamarcp: adding the pinned llama.cpp source to the sdist failed: {exc}") from exc
 
 
-setup(distclass=NativeDistribution, cmdclass={"build_py": BuildPyWithLibrary, "bdist_wheel": PlatformWheel, "sdist": SdistWithSource})
+setup(
+    distclass=NativeDistribution,
+    cmdclass={"build_py": BuildPyWithLibrary, "bdist_wheel": PlatformWheel, "sdist": SdistWithSource},
+)

@@ -297,7 +297,9 @@ def _tar_tree(archive: Path, source: Path, top: str, paths: tuple[str, ...]) -> 
 
 
 def _archive_env(cache_dir: Path, url: str) -> dict[str, str]:
-    return {"LLAMARCP_CACHE_DIR": str(cache_dir), "LLAMARCP_ARCHIVE_URL": url}
+    # NO_PROXY: a proxy configured for the machine must not be asked for 127.0.0.1.
+    local = {"NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+    return {"LLAMARCP_CACHE_DIR": str(cache_dir), "LLAMARCP_ARCHIVE_URL": url, **local}
 
 
 def test_archive_by_commit_is_verified_by_tree_hash_and_cached(
