@@ -583,14 +583,14 @@ def bundle(libs: Path, dest: Path) -> list[Path]:
     return written
 
 
-def build_for_wheel(dest: Path, env: Mapping[str, str] | None = None) -> list[Path]:
+def build_for_wheel(dest: Path, source: Path | None = None) -> list[Path]:
     """The PEP 517 hook's one call (setup.py): build or reuse the pinned library, bundle it into `dest`.
 
     Honours $CMAKE_ARGS (e.g. `-DGGML_CUDA=on`) like llama-cpp-python, and FORCE_CMAKE=1 to rebuild.
+    `source` (tests) builds another tree instead of the pin.
     """
-    source = os.environ if env is None else env
-    force = source.get("FORCE_CMAKE", "").strip().lower() in ("1", "true", "yes", "on")
-    libs = build(force=force)
+    force = os.environ.get("FORCE_CMAKE", "").strip().lower() in ("1", "true", "yes", "on")
+    libs = build(source, force=force)
     written = bundle(libs, dest)
     _say(f"bundled {', '.join(p.name for p in written)} from {libs}")
     return written

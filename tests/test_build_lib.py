@@ -445,6 +445,29 @@ def test_bundle_copies_each_library_once_under_its_lookup_name(tmp_path: Path) -
     assert stamp == {"commit": "abc", "abi": {"x": 1}, "bundled_from": str(libs)}  # extra keys travel along
 
 
+def test_wheel_hook_honours_cmake_args_and_force_cmake(
+    fake_source: Path,
+    cache_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("CMAKE_ARGS", "-DLLAMARCP_TEST_FLAG=1")
+    monkeypatch.delenv("FORCE_CMAKE", raising=False)
+    dest = tmp_path / "wheel" / "llamarcp" / "_native"
+    build_lib.build_for_wheel(dest, source=fake_source)
+    stamp = json.loads((dest / _cache.STAMP_NAME).read_text())
+    assert "-DLLAMARCP_TEST_FLAG=1" in stamp["cmake_args"]
+    assert (dest / "libllama.so").is_file()
+    assert "configuring" in capsys.readouterr().err
+
+    build_lib.build_for_wheel(dest, source=fake_source)  # same flags: the cache entry is reused
+    assert "up to date (nothing to do)" in capsys.readouterr().err
+    monkeypatch.setenv("FORCE_CMAKE", "1")
+    build_lib.build_for_wheel(dest, source=fake_source)
+    assert "configuring" in capsys.readouterr().err
+
+
 def test_bundle_without_libllama_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "libggml.so").write_bytes(b"ELF")
     with pytest.raises(build_lib.BuildError, match="holds no libllama"):
