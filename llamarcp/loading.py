@@ -8,7 +8,8 @@ field.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from llamarcp._backend import capture_log, get_lib
 from llamarcp._core import LoraAdapter, Model, ffi

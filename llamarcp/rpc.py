@@ -126,7 +126,7 @@ def check_server(endpoint: str, timeout: float = DEFAULT_TIMEOUT, *, handshake: 
         sock = socket.create_connection((host, int(port)), timeout=timeout)
     except socket.gaierror as exc:
         raise RpcServerUnreachableError(endpoint, f"cannot resolve host {host!r} ({exc.strerror})") from None
-    except socket.timeout:  # TimeoutError on 3.10+, its own OSError subclass on 3.9
+    except TimeoutError:  # TimeoutError on 3.10+, its own OSError subclass on 3.9
         raise RpcServerUnreachableError(endpoint, f"no connection within {timeout:g} s") from None
     except OSError as exc:
         reason = exc.strerror or str(exc)
@@ -140,7 +140,7 @@ def check_server(endpoint: str, timeout: float = DEFAULT_TIMEOUT, *, handshake: 
         try:
             (size,) = struct.unpack("<Q", _recv_exact(sock, 8))
             answer = _recv_exact(sock, size) if size == _HELLO_RESPONSE_SIZE else b""
-        except socket.timeout:
+        except TimeoutError:
             raise RpcServerUnreachableError(
                 endpoint,
                 f"accepted the connection but did not answer the RPC handshake within {timeout:g} s "

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from llamarcp.errors import PromptTooLongError
 from llamarcp.sampling import (
@@ -44,7 +44,7 @@ __all__ = [
     "stream_chunks",
 ]
 
-PromptType = Union[str, bytes, Sequence[int]]
+PromptType = str | bytes | Sequence[int]
 #: The most choices (`n`) one completion request may ask for.
 MAX_CHOICES = 16
 

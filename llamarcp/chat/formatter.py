@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from llamarcp.chat.formats import ChatFormat, get_chat_format, guess_chat_format
 from llamarcp.chat.sandbox import (

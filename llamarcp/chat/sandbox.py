@@ -30,8 +30,8 @@ import json
 import operator
 import re
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import jinja2
 import jinja2.filters
