@@ -255,12 +255,9 @@ def test_malformed_json_is_400(server: Server) -> None:
 @pytest.mark.parametrize(
     ("path", "body", "status", "fragment"),
     [
-        ("/v1/chat/completions", {"model": "gpt-4o", "messages": CHAT}, 404, "does not exist"),
-        ("/v1/completions", {"model": "nope", "prompt": "x"}, 404, "does not exist"),
-        ("/v1/chat/completions", {"messages": CHAT, "max_tokens": 10**9}, 400, "max_tokens must be between"),
-        ("/v1/chat/completions", {"messages": CHAT, "max_tokens": 0}, 400, "max_tokens must be between"),
-        ("/v1/completions", {"prompt": "x", "max_tokens": -5}, 400, "max_tokens must be between"),
-        ("/v1/chat/completions", {"messages": CHAT, "max_completion_tokens": 10**6}, 400, "max_completion_tokens"),
+        ("/v1/chat/completions", {"messages": CHAT, "max_tokens": 0}, 400, "max_tokens must be at least 1"),
+        ("/v1/completions", {"prompt": "x", "max_tokens": -5}, 400, "max_tokens must be at least 1"),
+        ("/v1/chat/completions", {"messages": CHAT, "max_completion_tokens": 0}, 400, "max_completion_tokens"),
         ("/v1/completions", {"prompt": "word " * (N_CTX + 10), "max_tokens": 4}, 400, "context holds"),
         ("/v1/completions", {"prompt": "word " * (N_CTX + 10), "stream": True}, 400, "context holds"),
         ("/v1/chat/completions", {"messages": CHAT, "stream": True, "grammar": "root ::= ("}, 400, "grammar"),
