@@ -317,8 +317,8 @@ def create_app(settings: ServerSettings, llama: Any = None) -> FastAPI:
         """Run `job(should_stop)` on the model's thread while holding its slot; stop early if the client leaves.
 
         When the client leaves, `should_stop()` turns true (generations check it per token, embeddings between
-        groups); if the job still runs a poll later, `Llama.abort()` interrupts the decode in progress. An abort that arrives after the job ended
-        is withdrawn before the slot is released, so it can never hit the next request.
+        groups); if the job still runs a poll later, `Llama.abort()` interrupts the decode in progress. An abort
+        that arrives after the job ended is withdrawn before the slot is released, so it never hits the next job.
         """
         runner = entry.runner
         await enter(entry)

@@ -118,7 +118,8 @@ class ModelEntry:
                 from llamarcp import Llama
 
                 kwargs = self.config.llama_arguments()
-                kwargs.pop("chat_format")
+                for own in ("chat_format", "embedding", "pooling_type"):  # this context's own choices
+                    kwargs.pop(own, None)
                 embedder = Llama(self.model_path, embedding=True, **kwargs)
                 probe = embedder.embed("pooling probe")
                 if probe and isinstance(probe[0], list):  # one vector per token: the model has no pooling
