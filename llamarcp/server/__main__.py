@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="seconds a connection may sit without sending a complete request before it is closed (default 5)",
     )
+    p.add_argument(
+        "--max-body-bytes", type=int, help="largest request body, declared or streamed (default 8 MiB; else 413)"
+    )
     p.add_argument("--no-embeddings", dest="embeddings", action="store_false", help="disable /v1/embeddings")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument(
@@ -153,6 +156,8 @@ def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
         root_path=server_values.get("root_path", ""),
         n_predict=pick(args.n_predict, "n_predict", None),
     )
+    if args.max_body_bytes is not None:
+        settings.max_body_bytes = args.max_body_bytes
     try:
         settings.validate()
     except ValueError as exc:

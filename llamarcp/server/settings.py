@@ -126,6 +126,8 @@ class ServerSettings:
             raise ValueError("max_queue must be at least 1")
         if self.max_loaded_models < 1:
             raise ValueError("max_loaded_models must be at least 1")
+        if self.max_body_bytes < 1:
+            raise ValueError("max_body_bytes must be at least 1")
         if self.n_predict is not None and self.n_predict < 1:
             raise ValueError("n_predict must be at least 1 (or unset: the context size)")
         aliases: dict[str, int] = {}
