@@ -3,13 +3,19 @@ min_tokens, mirostat, logit_bias_type, and a 400 naming every field the server d
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
-from test_server import CHAT, Server, _error, start_server
+from test_server import CHAT, LONG, NO_EOS, Server, _error, start_server
+
+from llamarcp.errors import LlamaError
+from llamarcp.server.runner import ServerOverloaded
 
 EOS_LIKELY = {"2": 100.0}  # the tiny vocab's EOS, pushed so it would end generation at once
 
@@ -146,3 +152,25 @@ def test_unsupported_field_through_the_openai_client(server: Server) -> None:
 )
 def test_llama_cpp_python_fields_are_validated(server: Server, body: dict[str, Any], fragment: str) -> None:
     assert fragment in _error(server.post("/v1/completions", {"prompt": "x", **body}), 400)["message"]
+
+
+def test_interrupt_requests(tiny_model_path: Path, tmp_path: Path) -> None:
+    # llama-cpp-python's --interrupt_requests: a stream ends (with [DONE]) once another request waits.
+    args = ["--model", str(tiny_model_path), "-t", "1", "-c", "4096", "--interrupt_requests", "true"]
+    with contextlib.contextmanager(start_server)(tmp_path, *args) as server:
+        url = server.url + "/v1/completions"
+        body = {"prompt": "long", "max_tokens": LONG, "stream": True, "logit_bias": NO_EOS}
+        events: list[str] = []
+        with httpx.stream("POST", url, json=body, timeout=60) as running:
+            lines = (line for line in running.iter_lines() if line.startswith("data: "))
+            events.append(next(lines))
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                other = pool.submit(httpx.post, url, json={"prompt": "y", "max_tokens": 3}, timeout=60)
+                events.extend(lines)  # ends early: the waiting request interrupts it
+                answer = other.result(timeout=60)
+        assert events[-1] == "data: [DONE]" and len(events) < LONG / 2
+        assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] > 0
+
+
+def test_overload_error_is_a_llama_error() -> None:
+    assert issubclass(ServerOverloaded, LlamaError)

@@ -107,7 +107,7 @@ MODEL_FIELDS: dict[str, Field] = {
         _f("split_mode", _int, "llama"),
         _f("main_gpu", _int, "llama"),
         _f("tensor_split", _json_list(_float), "llama", many=True),
-        _f("vocab_only", parse_bool, "llama"),
+        _f("vocab_only", parse_bool, "refuse", default=False, why="a vocab-only model cannot generate"),
         _f("use_mmap", parse_bool, "llama"),
         _f("use_mlock", parse_bool, "llama"),
         _f("kv_overrides", _json_list(_str), "refuse", many=True, why="GGUF metadata overrides are not supported"),

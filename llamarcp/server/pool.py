@@ -72,7 +72,8 @@ class ModelEntry:
     # -- on the model thread -----------------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Load the model (idempotent); compiles the chat template so a broken one fails here, not per request."""
+        """Load the model (idempotent); compiles the chat template (or checks the chat format name) so a broken
+        one fails here, not in every request."""
         if self.llama is None:
             from llamarcp import Llama
 
@@ -85,10 +86,10 @@ class ModelEntry:
             self.loads += 1
         try:
             self._n_ctx = int(self.llama.n_ctx)
-            if self.config.chat_template is not None:
+            if self.config.chat_template is not None or self.config.chat_format is not None:
                 from llamarcp.chat import chat_formatter
 
-                chat_formatter(self.llama, chat_template=self.config.chat_template)
+                chat_formatter(self.llama, self.config.chat_format, self.config.chat_template)
         except BaseException:
             self.unload()
             raise
