@@ -417,6 +417,9 @@ def test_stream_disconnect_stops_generation(server: Server) -> None:
     assert after["cancelled"] == before["cancelled"] + 1
     generated = after["produced_chunks"] - before["produced_chunks"]
     assert generated < LONG / 3, f"{generated} chunks were generated after the client left"
+    # The abort sent when the client left was used up or withdrawn: the next request runs normally.
+    again = server.client().completions.create(model="tiny", prompt="x", max_tokens=4, logit_bias=NO_EOS)
+    assert again.usage is not None and again.usage.completion_tokens == 4
 
 
 def test_non_stream_disconnect_stops_generation(server: Server) -> None:

@@ -138,10 +138,14 @@ def test_idle_and_slow_connections_are_closed(guarded: Server) -> None:
     slow.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # headers never finished
     used = socket.create_connection((host, int(port)), timeout=30)
     used.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert used.recv(65536).startswith(b"HTTP/1.1 200")
-    for sock in [*idle, slow, used]:
+    answer = b""
+    while chunk := used.recv(65536):  # the response, then EOF once the connection sat idle after it
+        answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b'{"status":"ok"}')
+    for sock in [*idle, slow]:
         assert sock.recv(1) == b"", "the server kept an idle connection open"  # EOF: closed by the server
         sock.close()
+    used.close()
     assert guarded.health()["status"] == "ok"
 
 

@@ -403,6 +403,7 @@ def create_app(settings: ServerSettings, llama: Any = None) -> FastAPI:
 
         async def events() -> AsyncIterator[dict[str, str]]:
             finished = False
+            client_left = False
             try:
                 if first is not None:
                     runner.stats.streamed_chunks += 1
@@ -419,6 +420,7 @@ def create_app(settings: ServerSettings, llama: Any = None) -> FastAPI:
             except (asyncio.CancelledError, GeneratorExit):
                 if not finished:
                     runner.stats.cancelled += 1
+                    client_left = True
                 raise
             except Exception as exc:  # the stream has started: report in-band, like OpenAI does
                 runner.stats.failed += 1
@@ -428,9 +430,14 @@ def create_app(settings: ServerSettings, llama: Any = None) -> FastAPI:
                     "data": json.dumps({"error": {"message": error.message, "type": error.type, "code": error.code}})
                 }
             finally:
+                llama = entry.llama
                 try:
-                    await chunks.aclose()
+                    if client_left:  # the producer stops before its next chunk; abort() also ends a long decode
+                        llama.abort()
+                    await chunks.aclose()  # waits for the producer to end
                 finally:
+                    if client_left:  # nothing runs any more: an abort that found nothing must not hit the next job
+                        _withdraw_abort(llama)
                     leave(entry)
 
         ping = 10**9 if settings.disable_ping_events else 15
