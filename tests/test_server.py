@@ -79,18 +79,21 @@ def _start(model: Path | None, tmp: Path, *extra: str, api_key: str | None = Non
 _LCP_ENVIRONMENT = {"host", "port", "model", "config_file", "api_key", "n_ctx", "verbose", "seed", "embedding"}
 
 
-def start_server(tmp: Path, *args: str, api_key: str | None = None, startup: float = 60) -> Iterator[Server]:
-    """`python -m llamarcp.server ARGS` on a free loopback port; yields once /health answers, stops it after."""
+def start_server(
+    tmp: Path, *args: str, api_key: str | None = None, startup: float = 60, env: dict[str, str] | None = None
+) -> Iterator[Server]:
+    """`python -m llamarcp.server ARGS` on a free loopback port; yields once /health answers, stops it after.
+    `env` adds environment variables (llama-cpp-python's settings from the caller's environment are dropped)."""
     port = _free_port()
     log = tmp / f"server-{port}.log"
     command = [sys.executable, "-m", "llamarcp.server", "--port", str(port), "--host", "127.0.0.1"]
     command += ["--log-level", "warning", *args]
     if api_key:
         command += ["--api-key", api_key]
-    env = {k: v for k, v in os.environ.items() if k.lower() not in _LCP_ENVIRONMENT}
-    env["PYTHONPATH"] = str(ROOT)
+    environ = {k: v for k, v in os.environ.items() if k.lower() not in _LCP_ENVIRONMENT}
+    environ.update(env or {}, PYTHONPATH=str(ROOT))
     with log.open("wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environ, cwd=ROOT)
     server = Server(f"http://127.0.0.1:{port}", proc, log, api_key)
     try:
         deadline = time.monotonic() + startup

@@ -180,6 +180,14 @@ def test_llama_cpp_python_command_line_starts_the_server(tiny_model_path: Path, 
         assert len(vector) == 64
 
 
+def test_environment_settings_start_the_server(tiny_model_path: Path, tmp_path: Path) -> None:
+    env = {"MODEL": str(tiny_model_path), "MODEL_ALIAS": "from-env", "N_CTX": "512", "N_THREADS": "1"}
+    with _serve(tmp_path, env=env) as server:
+        assert [m.id for m in server.client().models.list().data] == ["from-env"]
+        full = server.post("/v1/completions", {"prompt": "x", "max_tokens": 10**6, "logit_bias": NO_EOS}).json()
+        assert full["usage"]["prompt_tokens"] + full["usage"]["completion_tokens"] in (512, 513)  # N_CTX
+
+
 def _chatml(messages: list[dict[str, str]]) -> str:
     turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
     return turns + "<|im_start|>assistant\n"
