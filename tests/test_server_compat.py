@@ -98,6 +98,8 @@ def test_environment_variables_any_case_and_precedence() -> None:
         (["--hf_model_repo_id", "x/y"], {}, "HuggingFace"),
         (["--draft_model", "prompt-lookup-decoding"], {}, "speculative decoding"),
         (["--yarn_ext_factor", "0.5"], {}, "YaRN"),
+        (["--rope_scaling_type", "1"], {}, "RoPE scaling"),
+        (["--vocab_only", "true"], {}, "vocab-only"),
         (["--max-queue", "0"], {}, "max_queue must be at least 1"),
         (["--max-loaded-models", "0"], {}, "max_loaded_models"),
     ],
@@ -109,7 +111,8 @@ def test_bad_or_unsupported_settings_are_refused(argv: list[str], env: dict[str,
 
 
 def test_no_op_settings_are_accepted_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    settings, _ = _resolve(["--cache", "true", "--logits_all", "false", "--yarn_ext_factor", "-1.0"])
+    argv = ["--cache", "true", "--logits_all", "false", "--yarn_ext_factor", "-1.0", "--rope_scaling_type", "-1"]
+    settings, _ = _resolve(argv)
     assert settings.model_configs()[0].llama_kwargs == {}
     assert "cache=True has no effect" in caplog.text and "logits_all=False has no effect" in caplog.text
     assert "yarn" not in caplog.text  # left at its default: nothing to say

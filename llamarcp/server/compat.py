@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from llamarcp._generated._llama_ffi import ffi
 from llamarcp.errors import LlamaError
 from llamarcp.server.settings import ModelConfig
 
@@ -118,7 +119,14 @@ MODEL_FIELDS: dict[str, Field] = {
         _f("n_ubatch", _int, "llama"),
         _f("n_threads", _int, "model:n_threads"),
         _f("n_threads_batch", _int, "llama"),
-        _f("rope_scaling_type", _int, "refuse", default=-1, why="only the model's own RoPE scaling is supported"),
+        _f(
+            "rope_scaling_type",
+            _int,
+            "refuse",
+            # read from the generated bindings' declarations: no library load just to parse a command line
+            default=ffi.integer_const("LLAMA_ROPE_SCALING_TYPE_UNSPECIFIED"),
+            why="only the model's own RoPE scaling is supported",
+        ),
         _f("rope_freq_base", _float, "llama"),
         _f("rope_freq_scale", _float, "llama"),
         _f("yarn_ext_factor", _float, "refuse", default=-1.0, why="YaRN parameters are not supported"),
