@@ -416,7 +416,7 @@ def test_stream_disconnect_stops_generation(server: Server) -> None:
                 received += 1
                 if received == 5:
                     break
-    after = server.wait_idle(timeout=60)["queue"]
+    after = server.wait_idle(timeout=120)["queue"]  # a hang guard; the chunk count below is the behaviour
     assert after["cancelled"] == before["cancelled"] + 1
     generated = after["produced_chunks"] - before["produced_chunks"]
     assert generated < LONG / 3, f"{generated} chunks were generated after the client left"
@@ -433,7 +433,7 @@ def test_non_stream_disconnect_stops_generation(server: Server) -> None:
             json={"model": "tiny", "prompt": "x", "max_tokens": LONG, "logit_bias": NO_EOS},
             timeout=0.3,
         )
-    after = server.wait_idle(timeout=60)["queue"]
+    after = server.wait_idle(timeout=120)["queue"]  # a hang guard; the token count below is the behaviour
     assert after["cancelled"] == before["cancelled"] + 1
     assert after["served"] == before["served"]  # nobody got that answer
     generated = after["completion_tokens"] - before["completion_tokens"]
