@@ -134,13 +134,29 @@ def _two_models(tmp_path: Path) -> dict[str, Any]:
 def test_json_config_file(tmp_path: Path) -> None:
     path = tmp_path / "models.json"
     path.write_text(json.dumps(_two_models(tmp_path)))
+    (tmp_path / "a.gguf").write_bytes(b"")
     settings, listener = _resolve(["--config_file", str(path), "--port", "9999"])
     alpha, beta = settings.model_configs()
-    assert alpha.model == str(tmp_path / "a.gguf")  # relative to the config file
+    assert alpha.model == str(tmp_path / "a.gguf")  # not in the working directory: beside the config file
     assert (alpha.alias, alpha.n_ctx, alpha.chat_format) == ("alpha", 256, "chatml")
     assert (beta.alias, beta.n_threads, beta.llama_kwargs) == ("beta", 2, {"embedding": True})
     assert settings.api_key == "sk-file" and settings.max_loaded_models == 2
     assert listener["host"] == "0.0.0.0" and listener["port"] == 9999  # the command line overrides the file
+
+
+def test_relative_model_paths_prefer_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config_dir, work = tmp_path / "configs", tmp_path / "work"
+    config_dir.mkdir()
+    (work / "models").mkdir(parents=True)
+    (work / "models" / "m.gguf").write_bytes(b"")
+    (config_dir / "other.gguf").write_bytes(b"")
+    path = config_dir / "c.json"
+    path.write_text('{"models": [{"model": "models/m.gguf"}, {"model": "other.gguf"}, {"model": "none.gguf"}]}')
+    monkeypatch.chdir(work)
+    first, second, third = _resolve(["--config_file", str(path)])[0].model_configs()
+    assert first.model == "models/m.gguf"  # as llama-cpp-python reads it
+    assert second.model == str(config_dir / "other.gguf")
+    assert third.model == "none.gguf"  # found nowhere: reported as given at startup
 
 
 def test_yaml_config_file_and_the_environment_variable(tmp_path: Path) -> None:

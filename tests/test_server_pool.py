@@ -16,6 +16,9 @@ import httpx
 import pytest
 from test_server import CHAT, LONG, NO_EOS, Server, _error, start_server
 
+#: The second model's alias: llama-cpp-python's Copilot route serves the model with this alias.
+CODEX = "copilot-codex"
+
 
 def _serve(tmp: Path, *args: str, **kwargs: Any) -> contextlib.AbstractContextManager[Server]:
     return contextlib.contextmanager(start_server)(tmp, *args, **kwargs)
@@ -84,7 +87,7 @@ def two_tiny(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) ->
         tmp,
         [
             {"model": str(tiny_model_path), "model_alias": "tiny-a", "n_ctx": 4096, "n_threads": 1},
-            {"model": str(tiny_model_path), "model_alias": "tiny-b", "n_ctx": 256, "n_threads": 1},
+            {"model": str(tiny_model_path), "model_alias": CODEX, "n_ctx": 256, "n_threads": 1},
         ],
         max_loaded_models=1,
     )
@@ -93,22 +96,25 @@ def two_tiny(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 def test_config_file_models_are_listed_and_picked_by_name(two_tiny: Server) -> None:
     client = two_tiny.client()
-    assert [m.id for m in client.models.list().data] == ["tiny-a", "tiny-b"]
+    assert [m.id for m in client.models.list().data] == ["tiny-a", CODEX]
     states = _models(two_tiny)
-    assert states["tiny-a"]["state"] == "loaded" and states["tiny-b"]["state"] == "unloaded"  # the default is first
-    b = client.completions.create(model="tiny-b", prompt="x", max_tokens=10**6, logit_bias=NO_EOS, temperature=0)
-    assert b.model == "tiny-b"
+    assert states["tiny-a"]["state"] == "loaded" and states[CODEX]["state"] == "unloaded"  # the default is first
+    b = client.completions.create(model=CODEX, prompt="x", max_tokens=10**6, logit_bias=NO_EOS, temperature=0)
+    assert b.model == CODEX
     # tiny-b has n_ctx 256: max_tokens above the context generates until the context is full
     # (the last token is sampled but needs no room in the context: up to n_ctx - prompt + 1 tokens)
     assert b.usage is not None and 256 <= b.usage.prompt_tokens + b.usage.completion_tokens <= 257
     assert b.choices[0].finish_reason == "length"
     states = _models(two_tiny)
-    assert states["tiny-b"]["state"] == "loaded" and states["tiny-a"]["state"] == "unloaded"  # LRU, at most 1
+    assert states[CODEX]["state"] == "loaded" and states["tiny-a"]["state"] == "unloaded"  # LRU, at most 1
     a = client.chat.completions.create(model="gpt-3.5-turbo", messages=CHAT, max_tokens=2)  # type: ignore[arg-type]
     assert a.model == "tiny-a"  # an unknown name is the default model, as llama-cpp-python does
     health = two_tiny.health()
-    assert health["models"]["tiny-a"]["loads"] == 2 and health["models"]["tiny-b"]["loads"] == 1
-    assert health["evictions"] >= 2
+    assert health["models"]["tiny-a"]["loads"] == 2 and health["models"][CODEX]["loads"] == 1
+    assert health["evictions"] == 2
+    # llama-cpp-python's Copilot route serves the model aliased copilot-codex, whatever the body says
+    codex = two_tiny.post("/v1/engines/copilot-codex/completions", {"model": "tiny-a", "prompt": "def"}).json()
+    assert codex["model"] == CODEX and two_tiny.health()["evictions"] == 3
 
 
 def test_a_model_with_requests_in_flight_is_never_evicted(two_tiny: Server) -> None:
@@ -120,11 +126,11 @@ def test_a_model_with_requests_in_flight_is_never_evicted(two_tiny: Server) -> N
         lines = running.iter_lines()
         next(lines)  # tiny-a is generating
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            other = pool.submit(httpx.post, url, json={"model": "tiny-b", "prompt": "y", "max_tokens": 4}, timeout=60)
+            other = pool.submit(httpx.post, url, json={"model": CODEX, "prompt": "y", "max_tokens": 4}, timeout=60)
             for _ in range(20):  # tiny-b waits for room: tiny-a stays loaded while it streams
                 states = _models(two_tiny)
                 assert states["tiny-a"]["state"] == "loaded", states
-                assert states["tiny-b"]["state"] == "unloaded" and not other.done()
+                assert states[CODEX]["state"] == "unloaded" and not other.done()
                 time.sleep(0.02)
             received = 0
             for line in lines:  # the stream goes on intact
@@ -134,7 +140,7 @@ def test_a_model_with_requests_in_flight_is_never_evicted(two_tiny: Server) -> N
             assert received == 50
             running.close()
             answer = other.result(timeout=60)
-    assert answer.status_code == 200 and answer.json()["model"] == "tiny-b"
+    assert answer.status_code == 200 and answer.json()["model"] == CODEX
     health = two_tiny.health()
     assert health["evictions"] == before + 1 and health["models"]["tiny-a"]["state"] == "unloaded"
 

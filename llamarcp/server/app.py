@@ -527,8 +527,16 @@ def create_app(settings: ServerSettings, llama: Any = None) -> FastAPI:
 
     @app.post("/v1/completions", dependencies=[Depends(require_key)])
     async def completions(body: CompletionRequest, request: Request) -> Any:
+        return await complete(body, request, body.model)
+
+    # llama-cpp-python's route for GitHub Copilot-style clients: the model aliased "copilot-codex".
+    @app.post("/v1/engines/copilot-codex/completions", dependencies=[Depends(require_key)], include_in_schema=False)
+    async def copilot_completions(body: CompletionRequest, request: Request) -> Any:
+        return await complete(body, request, "copilot-codex")
+
+    async def complete(body: CompletionRequest, request: Request, model: str | None) -> Any:
         _refuse_unknown_fields(body)
-        entry = pool.resolve(body.model)
+        entry = pool.resolve(model)
         max_tokens = max_tokens_for(body.max_tokens, "max_tokens")
         prompt: Any = body.prompt
         if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):

@@ -282,11 +282,14 @@ def read_config_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list
             server[key] = parse_value(spec, value, f"config file {file}, {key}")
     if not models:
         raise CompatError(f"config file {file} lists no models (models: [{{model: PATH, model_alias: NAME}}, ...])")
-    # Relative model paths are relative to the config file, so the file works from any working directory.
+    # A relative model path is relative to the working directory (as llama-cpp-python reads it) when it exists
+    # there, else to the config file's directory (so a file next to its models works from anywhere).
     for entry in models:
         model_path = Path(entry["model"]).expanduser()
-        if not model_path.is_absolute():
+        if not model_path.is_absolute() and not model_path.exists() and (file.parent / model_path).exists():
             entry["model"] = str(file.parent / model_path)
+        else:
+            entry["model"] = str(model_path)
     return server, models
 
 
