@@ -89,9 +89,12 @@ class LlamaCppApiMixin:
 
         params = _backend.get_lib().llama_model_default_params()
         args = self._init_args
-        for name in ("n_gpu_layers", "main_gpu", "vocab_only", "use_mmap", "use_mlock", "check_tensors"):
+        for name in ("n_gpu_layers", "main_gpu", "vocab_only", "check_tensors"):
             if args.get(name) is not None:
                 setattr(params, name, args[name])
+        mmap, mlock = bool(args.get("use_mmap", True)), bool(args.get("use_mlock", False))
+        modes = {(True, True): "MMAP_MLOCK", (True, False): "MMAP", (False, True): "MLOCK", (False, False): "NONE"}
+        params.load_mode = getattr(_backend.get_lib(), "LLAMA_LOAD_MODE_" + modes[mmap, mlock])
         if args.get("split_mode") is not None:
             params.split_mode = int(args["split_mode"])
         return params
@@ -279,7 +282,9 @@ class LlamaCppApiMixin:
             raise ImportError("Llama.from_pretrained needs huggingface_hub (pip install 'llamarcp[compat]')") from exc
         if not filename:
             raise ValueError("from_pretrained needs a filename (or glob) of a GGUF file in the repo")
-        hub.utils.validate_repo_id(repo_id)
+        from huggingface_hub.utils import validate_repo_id
+
+        validate_repo_id(repo_id)
         files = _repo_files(hub, repo_id, local_dir, cache_dir)
         main = _one_match(repo_id, filename, files)
         wanted = [main, *(_one_match(repo_id, pattern, files) for pattern in additional_files or ())]
@@ -302,7 +307,9 @@ class LlamaCppApiMixin:
 def _repo_files(hub: Any, repo_id: str, local_dir: Any, cache_dir: Any) -> list[str]:
     """Paths of the repo's files: from the Hub, or (offline, or the Hub unreachable) from the local copy."""
     online_error: Exception | None = None
-    if not hub.constants.HF_HUB_OFFLINE:
+    from huggingface_hub import constants
+
+    if not constants.HF_HUB_OFFLINE:
         try:
             return [str(f) for f in hub.list_repo_files(repo_id)]
         except Exception as exc:  # network/HTTP errors differ across huggingface_hub versions; try the cache
