@@ -2,7 +2,10 @@
 
 llama.cpp's log lines go to the `llamarcp.llama_cpp` logger. It has a NullHandler, so nothing is printed
 unless the application configures logging or a `Llama(verbose=True)` asks for it (`set_verbose(True)`).
-The last warning/error lines are kept so exceptions can quote why llama.cpp refused something.
+
+Why llama.cpp refused something is only in its log. `capture_log()` is the one way to quote it: the
+warning/error lines logged by the calling thread while the `with` block runs, so two threads loading models
+at once each quote their own reason. All log state is guarded by one lock (the callback runs on any thread).
 """
 
 from __future__ import annotations
@@ -13,26 +16,29 @@ import contextlib
 import logging
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["ensure_backend", "get_lib", "last_log_errors", "logger", "set_verbose"]
+#: The raw cffi library's type (to become the generated `Lib` protocol).
+Lib = Any
+
+__all__ = ["LogCapture", "capture_log", "ensure_backend", "get_lib", "last_log_errors", "logger", "set_verbose"]
 
 logger = logging.getLogger("llamarcp.llama_cpp")
 logger.addHandler(logging.NullHandler())
 
-# ggml_log_level: NONE=0, DEBUG=1, INFO=2, WARN=3, ERROR=4, CONT=5 (continues the previous message).
-_LEVELS = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
-_CONT = 5
-
-_lock = threading.Lock()
+_lock = threading.Lock()  # backend init and verbose handler
+_log_lock = threading.Lock()  # everything the log callback touches
 _state: dict[str, Any] = {}
-_pending: list[str] = []  # text of a message llama.cpp has not finished with a newline yet
-_pending_level = [logging.INFO]
+_levels: dict[int, int] = {}  # ggml_log_level -> logging level, filled from the generated constants at init
+_cont_level = [-1]  # GGML_LOG_LEVEL_CONT: the line continues the previous message
+_pending: dict[int, tuple[int, list[str]]] = {}  # per thread: a message llama.cpp has not ended with "\n" yet
 _recent_errors: collections.deque[str] = collections.deque(maxlen=8)
+_captures: dict[int, list[LogCapture]] = {}  # per thread: the active capture_log() blocks, innermost last
 _verbose_handler: list[logging.Handler] = []
 
 
-def get_lib() -> Any:
+def get_lib() -> Lib:
     """The raw cffi lib with the backend initialised and logging routed; cheap after the first call."""
     lib = _state.get("lib")
     if lib is None:
@@ -40,7 +46,7 @@ def get_lib() -> Any:
     return lib
 
 
-def ensure_backend() -> Any:
+def ensure_backend() -> Lib:
     """Initialise llama.cpp once per process (any thread may call it) and return the raw lib."""
     lib = _state.get("lib")
     if lib is not None:
@@ -51,6 +57,16 @@ def ensure_backend() -> Any:
             from llamarcp._lib import load
 
             raw = load()
+            _levels.update(
+                {
+                    raw.GGML_LOG_LEVEL_NONE: logging.DEBUG,
+                    raw.GGML_LOG_LEVEL_DEBUG: logging.DEBUG,
+                    raw.GGML_LOG_LEVEL_INFO: logging.INFO,
+                    raw.GGML_LOG_LEVEL_WARN: logging.WARNING,
+                    raw.GGML_LOG_LEVEL_ERROR: logging.ERROR,
+                }
+            )
+            _cont_level[0] = raw.GGML_LOG_LEVEL_CONT
             callback = ffi.callback("ggml_log_callback", _on_log)
             _state["log_callback"] = callback  # must outlive every call from C
             raw.llama_log_set(callback, ffi.NULL)
@@ -76,32 +92,81 @@ def _on_log(level: int, text: Any, _user_data: Any) -> None:
         message = ffi.string(text).decode("utf-8", errors="replace") if text != ffi.NULL else ""
     except Exception:
         return
-    if level != _CONT:
-        if _pending:
-            _emit(_pending_level[0], "".join(_pending))
-            _pending.clear()
-        _pending_level[0] = _LEVELS.get(level, logging.INFO)
-    _pending.append(message)
-    if message.endswith("\n"):
-        _emit(_pending_level[0], "".join(_pending))
-        _pending.clear()
+    thread = threading.get_ident()
+    finished: list[tuple[int, str]] = []
+    with _log_lock:
+        pending = _pending.get(thread)
+        if level != _cont_level[0] or pending is None:
+            if pending is not None:
+                finished.append((pending[0], "".join(pending[1])))
+            pending = (_levels.get(level, logging.INFO), [])
+            _pending[thread] = pending
+        pending[1].append(message)
+        if message.endswith("\n"):
+            finished.append((pending[0], "".join(pending[1])))
+            del _pending[thread]
+        for log_level, line in finished:
+            _record(thread, log_level, line)
+    for log_level, line in finished:  # logging handlers run outside the lock (they may log themselves)
+        _emit(log_level, line)
+
+
+def _record(thread: int, level: int, message: str) -> None:
+    """Keep a warning/error line for `last_log_errors()` and the thread's captures (caller holds _log_lock)."""
+    line = message.strip()
+    if level < logging.WARNING or not line:
+        return
+    _recent_errors.append(line)
+    for capture in _captures.get(thread, ()):
+        capture.lines.append(line)
 
 
 def _emit(level: int, message: str) -> None:
     message = message.rstrip("\n")
-    if not message:
-        return
-    if level >= logging.WARNING:
-        _recent_errors.append(message.strip())
-    if logger.isEnabledFor(level):
+    if message and logger.isEnabledFor(level):
         logger.log(level, "%s", message)
 
 
+class LogCapture:
+    """Warning/error lines llama.cpp logged on one thread during a `capture_log()` block (oldest first)."""
+
+    __slots__ = ("lines",)
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def reason(self, last: int = 3, prefix: str = ": ") -> str:
+        """The last `last` lines joined for an exception message ("" when llama.cpp said nothing)."""
+        return f"{prefix}{' | '.join(self.lines[-last:])}" if self.lines else ""
+
+
+@contextlib.contextmanager
+def capture_log() -> Iterator[LogCapture]:
+    """Collect what llama.cpp logs (warnings and errors) on this thread while the block runs."""
+    capture = LogCapture()
+    thread = threading.get_ident()
+    with _log_lock:
+        _captures.setdefault(thread, []).append(capture)
+    try:
+        yield capture
+    finally:
+        with _log_lock:
+            stack = _captures.get(thread, [])
+            if capture in stack:
+                stack.remove(capture)
+            if not stack:
+                _captures.pop(thread, None)
+
+
 def last_log_errors(clear: bool = False) -> list[str]:
-    """The most recent warning/error lines llama.cpp logged (oldest first)."""
-    lines = list(_recent_errors)
-    if clear:
-        _recent_errors.clear()
+    """The most recent warning/error lines llama.cpp logged by any thread (oldest first); for diagnostics.
+
+    Exceptions quote `capture_log()` instead, which only sees the calling thread's lines.
+    """
+    with _log_lock:
+        lines = list(_recent_errors)
+        if clear:
+            _recent_errors.clear()
     return lines
 
 

@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llamarcp._backend import get_lib, last_log_errors
+from llamarcp._backend import capture_log, get_lib
 from llamarcp._managed import Managed
 from llamarcp.errors import (
     ContextCreationError,
+    LoraAdapterError,
     ModelLoadError,
     ModelNotFoundError,
     TokenizeError,
@@ -28,17 +29,6 @@ __all__ = ["Batch", "Context", "LoraAdapter", "Model", "ffi"]
 from llamarcp._generated._llama_ffi import ffi
 
 GGUF_MAGIC = b"GGUF"
-
-# llama_load_mode values (see llama.h); passed as ints so older enum spellings do not matter.
-LOAD_MODE_NONE = 0
-LOAD_MODE_MMAP = 1
-LOAD_MODE_MLOCK = 2
-LOAD_MODE_MMAP_MLOCK = 3
-
-
-def _log_hint() -> str:
-    lines = last_log_errors(clear=True)
-    return f": {' | '.join(lines[-3:])}" if lines else ""
 
 
 class Model(Managed):
@@ -79,19 +69,19 @@ class Model(Managed):
         if split_mode is not None:
             params.split_mode = int(split_mode)
         if use_mmap:
-            params.load_mode = LOAD_MODE_MMAP_MLOCK if use_mlock else LOAD_MODE_MMAP
+            params.load_mode = lib.LLAMA_LOAD_MODE_MMAP_MLOCK if use_mlock else lib.LLAMA_LOAD_MODE_MMAP
         else:
-            params.load_mode = LOAD_MODE_MLOCK if use_mlock else LOAD_MODE_NONE
+            params.load_mode = lib.LLAMA_LOAD_MODE_MLOCK if use_mlock else lib.LLAMA_LOAD_MODE_NONE
         params.check_tensors = bool(check_tensors)
         if use_extra_bufts is None:
             from llamarcp._cpu import default_use_extra_bufts
 
             use_extra_bufts = default_use_extra_bufts(lib, ffi)
         params.use_extra_bufts = bool(use_extra_bufts)
-        last_log_errors(clear=True)
-        ptr = lib.llama_model_load_from_file(os.fsencode(self.path), params)
+        with capture_log() as log:
+            ptr = lib.llama_model_load_from_file(os.fsencode(self.path), params)
         if ptr == ffi.NULL:
-            raise ModelLoadError(f"llama.cpp could not load {self.path}{_log_hint()}")
+            raise ModelLoadError(f"llama.cpp could not load {self.path}{log.reason()}")
         super().__init__(ptr)
         if devices is not None:
             devices.claim()  # its RPC servers now serve this model (llamarcp.rpc refuses to share them)
@@ -271,10 +261,10 @@ class Context(Managed):
     def __init__(self, model: Model, params: Any) -> None:
         lib = model._lib
         self._lib = lib
-        last_log_errors(clear=True)
-        ptr = lib.llama_init_from_model(model.ptr, params)
+        with capture_log() as log:
+            ptr = lib.llama_init_from_model(model.ptr, params)
         if ptr == ffi.NULL:
-            raise ContextCreationError(f"llama_init_from_model failed{_log_hint()}")
+            raise ContextCreationError(f"llama_init_from_model failed{log.reason()}")
         super().__init__(ptr, parent=model)
         self.model = model
         self.memory = lib.llama_get_memory(ptr)
@@ -308,10 +298,10 @@ class LoraAdapter(Managed):
         self._lib = lib
         self.path = Path(path)
         _check_gguf_file(self.path)
-        last_log_errors(clear=True)
-        ptr = lib.llama_adapter_lora_init(model.ptr, os.fsencode(self.path))
+        with capture_log() as log:
+            ptr = lib.llama_adapter_lora_init(model.ptr, os.fsencode(self.path))
         if ptr == ffi.NULL:
-            raise ModelLoadError(f"llama.cpp could not load the LoRA adapter {self.path}{_log_hint()}")
+            raise LoraAdapterError(f"llama.cpp could not load the LoRA adapter {self.path}{log.reason()}")
         super().__init__(ptr, parent=model)
 
     def _free(self, ptr: Any) -> None:

@@ -1,4 +1,9 @@
-"""Whether llama.cpp's extra CPU buffer types (weight repacking, AMX) are safe to use by default.
+"""CPU facts llamarcp's defaults depend on: how many physical cores to use, and whether llama.cpp's extra
+CPU buffer types (weight repacking, AMX) are safe to use.
+
+Threads: one per physical core this process may run on (hyper-threads make decoding slower, not faster).
+
+Extra buffer types:
 
 On the machines this project builds and tests on (a `-march=native` ggml on a VM whose CPU reports AMX),
 ggml's AMX matrix path dies with SIGILL/SIGSEGV on the first multi-token batch of a quantized model, while
@@ -10,9 +15,10 @@ prove it safe). We therefore leave the extra buffer types off when the loaded gg
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
-__all__ = ["ENV_VAR", "amx_buffer_type_offered", "default_use_extra_bufts"]
+__all__ = ["ENV_VAR", "amx_buffer_type_offered", "default_use_extra_bufts", "physical_core_count"]
 
 ENV_VAR = "LLAMARCP_EXTRA_BUFTS"
 
@@ -48,3 +54,44 @@ def default_use_extra_bufts(lib: Any, ffi: Any) -> bool:
     if "extra" not in _verdict:
         _verdict["extra"] = not amx_buffer_type_offered(lib, ffi)
     return _verdict["extra"]
+
+
+def physical_core_count() -> int:
+    """Physical cores this process may run on (hyper-threads make decoding slower, not faster)."""
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        allowed = list(range(os.cpu_count() or 1))
+    cores: set[str] = set()
+    for cpu in allowed:
+        try:
+            cores.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip())
+        except OSError:
+            cores = set()
+            break
+    if cores:
+        return len(cores)
+    try:  # /proc/cpuinfo: count distinct (physical id, core id) among the allowed processors
+        pairs: set[tuple[str, str]] = set()
+        block: dict[str, str] = {}
+        for line in [*Path("/proc/cpuinfo").read_text().splitlines(), ""]:
+            if line.strip():
+                key, _, value = line.partition(":")
+                block[key.strip()] = value.strip()
+                continue
+            if block.get("processor", "").isdigit() and int(block["processor"]) in allowed and "core id" in block:
+                pairs.add((block.get("physical id", "0"), block["core id"]))
+            block = {}
+        if pairs:
+            return len(pairs)
+    except OSError:
+        pass
+    try:  # other systems (macOS, Windows): psutil knows, when installed
+        import psutil
+
+        physical = psutil.cpu_count(logical=False)
+        if physical:
+            return max(1, min(int(physical), len(allowed)))
+    except ImportError:
+        pass
+    return max(1, len(allowed))

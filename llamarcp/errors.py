@@ -53,6 +53,10 @@ class ModelLoadError(LlamaError, ValueError):
     """llama.cpp could not load a model file: not GGUF, truncated, unsupported architecture, ..."""
 
 
+class LoraAdapterError(ModelLoadError):
+    """A LoRA adapter could not be loaded for this model, or llama.cpp refused to apply it."""
+
+
 class ContextCreationError(LlamaError, RuntimeError):
     """llama_init_from_model returned NULL (out of memory, invalid parameters)."""
 

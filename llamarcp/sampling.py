@@ -12,7 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from llamarcp._backend import get_lib, last_log_errors
+from llamarcp._backend import capture_log, get_lib
+from llamarcp._generated._llama_ffi import ffi
 from llamarcp._managed import Managed
 from llamarcp.errors import GrammarError
 
@@ -29,14 +30,8 @@ __all__ = [
     "build_sampler_chain",
 ]
 
-#: llama.h LLAMA_DEFAULT_SEED: "pick a random seed".
-LLAMA_DEFAULT_SEED = 0xFFFFFFFF
-
-
-def _ffi() -> Any:
-    from llamarcp._generated._llama_ffi import ffi
-
-    return ffi
+#: llama.h LLAMA_DEFAULT_SEED: "pick a random seed" (read from the generated declarations).
+LLAMA_DEFAULT_SEED: int = ffi.integer_const("LLAMA_DEFAULT_SEED")
 
 
 class Sampler(Managed):
@@ -151,7 +146,6 @@ def build_sampler_chain(
     large vocabs than running the grammar over every candidate of every token).
     """
     lib = get_lib()
-    ffi = _ffi()
     params.validate(model.n_vocab)
     chain = SamplerChain()
     try:
@@ -210,11 +204,13 @@ def build_sampler_chain(
 
 
 def grammar_sampler(model: Model, grammar: Any, root: str = "root") -> Sampler:
-    """A GBNF grammar sampler; a grammar that does not parse raises GrammarError with llama.cpp's reason."""
-    from llamarcp.grammar import LlamaGrammar
+    """A GBNF grammar sampler; a grammar that does not parse raises GrammarError with llama.cpp's reason.
 
-    if isinstance(grammar, LlamaGrammar):
-        grammar, root = grammar.text, grammar.root
+    `grammar` is GBNF text or a `LlamaGrammar` (anything with str `text` and `root`: this module does not
+    import llamarcp.grammar, which builds on it).
+    """
+    if not isinstance(grammar, str) and isinstance(getattr(grammar, "text", None), str):
+        grammar, root = grammar.text, str(grammar.root)
     if not isinstance(grammar, str):
         raise TypeError(f"grammar must be GBNF text or a LlamaGrammar, not {type(grammar).__name__}")
     try:
@@ -226,11 +222,10 @@ def grammar_sampler(model: Model, grammar: Any, root: str = "root") -> Sampler:
     if not text.strip():
         raise GrammarError("grammar is empty")
     lib = get_lib()
-    last_log_errors(clear=True)
-    ptr = lib.llama_sampler_init_grammar(model.vocab, text, root.encode("utf-8"))
-    if ptr == _ffi().NULL:
-        reason = " | ".join(last_log_errors(clear=True)[-3:])
-        raise GrammarError(f"invalid GBNF grammar{': ' + reason if reason else ''}")
+    with capture_log() as log:
+        ptr = lib.llama_sampler_init_grammar(model.vocab, text, root.encode("utf-8"))
+    if ptr == ffi.NULL:
+        raise GrammarError(f"invalid GBNF grammar{log.reason()}")
     return Sampler(ptr)
 
 

@@ -87,3 +87,22 @@ def tiny_llama(tiny_model_path: Path) -> Iterator[Any]:
     llm = Llama(str(tiny_model_path), n_ctx=512, n_threads=1, seed=1234)
     yield llm
     llm.close()
+
+
+@pytest.fixture()
+def fresh(tiny_model_path: Path) -> Any:
+    """A new Llama per test, for tests that compare against a cold cache or close the object."""
+    made: list[Any] = []
+
+    def make(**kwargs: Any) -> Any:
+        kwargs.setdefault("n_ctx", 512)
+        kwargs.setdefault("n_threads", 1)
+        from llamarcp import Llama
+
+        llm = Llama(str(tiny_model_path), **kwargs)
+        made.append(llm)
+        return llm
+
+    yield make
+    for llm in made:
+        llm.close()

@@ -64,3 +64,81 @@ def test_quiet_by_default_and_verbose_prints(tiny_model_path: Path) -> None:
     assert quiet.returncode == 0 and loud.returncode == 0
     assert quiet.stderr == "" and quiet.stdout == ""
     assert "llama_model_loader" in loud.stderr or "load" in loud.stderr
+
+
+def test_capture_log_sees_only_its_own_threads_lines() -> None:
+    """Two threads logging at once (through the real callback) each capture only their own lines."""
+    _backend.ensure_backend()
+    lib = _backend.get_lib()
+    barrier = threading.Barrier(2)
+    seen: dict[str, list[str]] = {}
+
+    def worker(name: str) -> None:
+        with _backend.capture_log() as log:
+            barrier.wait()
+            for i in range(50):
+                _backend._on_log(lib.GGML_LOG_LEVEL_ERROR, _c_text(f"{name} failed {i}\n"), None)
+                # A message in two parts: the continuation belongs to this thread's message.
+                _backend._on_log(lib.GGML_LOG_LEVEL_WARN, _c_text(f"{name} part "), None)
+                _backend._on_log(lib.GGML_LOG_LEVEL_CONT, _c_text(f"two {i}\n"), None)
+        seen[name] = log.lines
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in ("alpha", "beta")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for name, other in (("alpha", "beta"), ("beta", "alpha")):
+        assert len(seen[name]) == 100
+        assert all(line.startswith(name) and other not in line for line in seen[name])
+        assert f"{name} part two 49" in seen[name]
+
+
+def test_capture_log_reason_and_nesting() -> None:
+    lib = _backend.ensure_backend()
+    with _backend.capture_log() as outer:
+        assert outer.reason() == ""
+        with _backend.capture_log() as inner:
+            _backend._on_log(lib.GGML_LOG_LEVEL_ERROR, _c_text("first\n"), None)
+        _backend._on_log(lib.GGML_LOG_LEVEL_INFO, _c_text("not a warning\n"), None)
+        _backend._on_log(lib.GGML_LOG_LEVEL_WARN, _c_text("second\n"), None)
+    assert inner.lines == ["first"]
+    assert outer.lines == ["first", "second"]
+    assert outer.reason() == ": first | second" and outer.reason(1) == ": second"
+    assert "second" in _backend.last_log_errors()
+    assert _backend._captures.get(threading.get_ident()) is None  # nothing left behind
+
+
+def test_concurrent_model_loads_quote_their_own_reason(tmp_path: Path) -> None:
+    """Broken GGUF files loaded from two threads at once: each error names its own file's problem."""
+    from llamarcp import Llama
+
+    files = {}
+    for name in ("left", "right"):
+        path = tmp_path / f"{name}.gguf"
+        path.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 64)  # GGUF v3 with nonsense counts
+        files[name] = path
+    barrier = threading.Barrier(2)
+    errors: dict[str, str] = {}
+
+    def load(name: str) -> None:
+        barrier.wait()
+        for _ in range(5):
+            try:
+                Llama(str(files[name]), n_ctx=64, n_threads=1)
+            except ModelLoadError as exc:
+                errors[name] = str(exc)
+
+    threads = [threading.Thread(target=load, args=(n,)) for n in files]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(errors) == {"left", "right"}
+    assert "right.gguf" not in errors["left"] and "left.gguf" not in errors["right"]
+
+
+def _c_text(text: str) -> object:
+    from llamarcp._generated._llama_ffi import ffi
+
+    return ffi.new("char[]", text.encode())

@@ -42,23 +42,6 @@ def text_of(result: dict[str, Any]) -> str:
     return str(result["choices"][0]["text"])
 
 
-@pytest.fixture()
-def fresh(tiny_model_path: Path) -> Any:
-    """A new Llama per test, for tests that compare against a cold cache or close the object."""
-    made: list[Llama] = []
-
-    def make(**kwargs: Any) -> Llama:
-        kwargs.setdefault("n_ctx", 512)
-        kwargs.setdefault("n_threads", 1)
-        llm = Llama(str(tiny_model_path), **kwargs)
-        made.append(llm)
-        return llm
-
-    yield make
-    for llm in made:
-        llm.close()
-
-
 # -- loading -------------------------------------------------------------------------------------------------
 
 
@@ -340,22 +323,6 @@ def test_reset(tiny_llama: Llama) -> None:
     assert tiny_llama.n_prompt_tokens_evaluated == len(tiny_llama.tokenize(PROMPT.encode()))
 
 
-def test_save_and_load_state(fresh: Any) -> None:
-    llm = fresh()
-    llm.eval(llm.tokenize(PROMPT.encode()))
-    state = llm.save_state()
-    assert state.n_tokens == llm.n_tokens and state.llama_state_size > 0
-    first = text_of(llm(PROMPT, max_tokens=16, seed=9))
-    llm("Something else entirely", max_tokens=8)
-    llm.load_state(state)
-    assert llm.input_ids == state.input_ids
-    assert text_of(llm(PROMPT, max_tokens=16, seed=9)) == first
-    assert llm.n_prompt_tokens_evaluated == 1  # the restored prefix was reused
-    other = fresh(n_ctx=256)
-    with pytest.raises(LlamaError, match="256"):
-        other.load_state(state)
-
-
 # -- interruption --------------------------------------------------------------------------------------------
 
 
@@ -500,43 +467,6 @@ def test_llama_open_close_cycles(tiny_model_path: Path, tmp_path: Path) -> None:
     assert rss_bytes() - before < 16 * 1024 * 1024
 
 
-# -- embeddings ----------------------------------------------------------------------------------------------
-
-
-def test_embeddings(fresh: Any) -> None:
-    llm = fresh(embedding=True, pooling_type=1)  # mean pooling
-    one = llm.embed("hello world")
-    assert len(one) == 64 and all(isinstance(v, float) for v in one)
-    many = llm.embed(["hello world", "a different sentence", "hello world"])
-    assert many[0] == pytest.approx(one, abs=1e-5) and many[2] == pytest.approx(one, abs=1e-5)
-    assert many[1] != pytest.approx(one, abs=1e-3)
-    unit = llm.embed("hello world", normalize=True)
-    assert sum(v * v for v in unit) == pytest.approx(1.0, abs=1e-5)
-    response = llm.create_embedding(["hello world", "x"])
-    assert response["object"] == "list" and [d["index"] for d in response["data"]] == [0, 1]
-    assert response["data"][0]["object"] == "embedding" and len(response["data"][0]["embedding"]) == 64
-    assert response["usage"]["prompt_tokens"] == len(llm.tokenize(b"hello world")) + len(llm.tokenize(b"x"))
-    # Many inputs are packed into batches of several sequences; results stay per input.
-    texts = [f"sentence number {i}" for i in range(20)]
-    packed = llm.embed(texts)
-    assert packed[13] == pytest.approx(llm.embed(texts[13]), abs=1e-5)
-
-
-def test_token_embeddings_without_pooling(fresh: Any) -> None:
-    llm = fresh(embedding=True, pooling_type=0)
-    rows = llm.embed("hello world")
-    assert len(rows) == len(llm.tokenize(b"hello world")) and len(rows[0]) == 64
-
-
-def test_embedding_needs_embedding_mode(tiny_llama: Llama, fresh: Any) -> None:
-    with pytest.raises(LlamaError, match="embedding=True"):
-        tiny_llama.create_embedding("hello")
-    llm = fresh(embedding=True, pooling_type=1, n_batch=16)
-    with pytest.raises(PromptTooLongError):
-        llm.embed("word " * 50, truncate=False)
-    assert len(llm.embed("word " * 50)) == 64  # truncated to n_batch tokens
-
-
 def test_close_from_another_thread_stops_generation(fresh: Any) -> None:
     llm = fresh(n_ctx=2048)
     errors: list[BaseException] = []
@@ -577,20 +507,6 @@ def test_lora_adapter(fresh: Any, tmp_path: Path, tiny_model_writer: Any) -> Non
         fresh(lora_path=str(tmp_path / "missing.gguf"))
 
 
-def test_corrupt_state_is_refused(fresh: Any) -> None:
-    from llamarcp.errors import StateError
-    from llamarcp.llama import LlamaState
-
-    llm = fresh()
-    expected = text_of(llm(PROMPT, max_tokens=6, temperature=0))
-    good = llm.save_state()
-    for junk in (b"", b"garbage" * 100, good.llama_state[: len(good.llama_state) // 2], bytes(len(good.llama_state))):
-        with pytest.raises(StateError, match="could not restore"):
-            llm.load_state(LlamaState([1, 2], junk, good.n_ctx, 0))
-        assert llm.n_tokens == 0
-    assert text_of(llm(PROMPT, max_tokens=6, temperature=0)) == expected
-
-
 def test_context_too_big_for_memory(tiny_model_path: Path) -> None:
     from llamarcp.errors import ContextCreationError
 
@@ -598,23 +514,6 @@ def test_context_too_big_for_memory(tiny_model_path: Path) -> None:
         Llama(str(tiny_model_path), n_ctx=2**32 - 1, n_threads=1)
     with pytest.raises(ValueError):
         Llama(str(tiny_model_path), n_ctx=-5)
-
-
-def test_bert_embeddings(tiny_bert_path: Path) -> None:
-    """An encoder-style model without KV cache (llama_get_memory is NULL): embeddings batch and stay per input."""
-    with Llama(str(tiny_bert_path), embedding=True, n_ctx=128, n_batch=128, n_threads=1) as llm:
-        texts = ["hello world", "another sentence here", "hello world", "x"]
-        vectors = llm.embed(texts, normalize=True)
-        assert [len(v) for v in vectors] == [64] * 4
-        assert vectors[0] == pytest.approx(vectors[2], abs=1e-5)
-        assert vectors[0] != pytest.approx(vectors[1], abs=1e-3)
-        assert all(sum(x * x for x in v) == pytest.approx(1.0, abs=1e-5) for v in vectors)
-        assert llm.embed("another sentence here", normalize=True) == pytest.approx(vectors[1], abs=1e-5)
-        response = llm.create_embedding("hello world")
-        assert response["usage"]["prompt_tokens"] == len(llm.tokenize(b"hello world"))  # [CLS] ... [SEP]
-    with Llama(str(tiny_bert_path), embedding=True, pooling_type=0, n_ctx=128, n_batch=128, n_threads=1) as llm:
-        rows = llm.embed("hello world")
-        assert len(rows) == len(llm.tokenize(b"hello world")) and len(rows[0]) == 64
 
 
 def test_generate_yields_the_completion_tokens(tiny_llama: Llama) -> None:
@@ -635,29 +534,6 @@ def test_set_seed(tiny_llama: Llama) -> None:
     tiny_llama.set_seed(77)
     assert text_of(tiny_llama(PROMPT, max_tokens=12)) == a
     tiny_llama.set_seed(1234)
-
-
-def test_state_files(fresh: Any, tmp_path: Path) -> None:
-    from llamarcp.errors import StateError
-
-    llm = fresh()
-    llm.eval(llm.tokenize(PROMPT.encode()))
-    session = tmp_path / "session.bin"
-    llm.save_state_file(session)
-    expected = text_of(llm(PROMPT, max_tokens=12, seed=4))
-    other = fresh()
-    other.load_state_file(session)
-    assert other.input_ids == llm.tokenize(PROMPT.encode())
-    assert text_of(other(PROMPT, max_tokens=12, seed=4)) == expected
-    assert other.n_prompt_tokens_evaluated == 1  # the restored prefix was reused
-    with pytest.raises(FileNotFoundError):
-        other.load_state_file(tmp_path / "missing.bin")
-    (tmp_path / "junk.bin").write_bytes(b"not a session" * 10)
-    with pytest.raises(StateError, match="could not load"):
-        other.load_state_file(tmp_path / "junk.bin")
-    assert other.n_tokens == 0
-    with pytest.raises(StateError, match="could not save"):
-        llm.save_state_file(tmp_path / "no-such-dir" / "s.bin")
 
 
 def test_processor_and_criteria_lists(tiny_llama: Llama) -> None:

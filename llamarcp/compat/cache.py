@@ -209,7 +209,7 @@ class LlamaDiskCache(BaseLlamaCache):
         return int(count)
 
     def __getitem__(self, key: Sequence[int]) -> Any:
-        from llamarcp.llama import LlamaState
+        from llamarcp.state import LlamaState
 
         with self._lock:
             found = self._find_longest_prefix_key(_key(key))
@@ -263,7 +263,7 @@ def cache_restore(llm: Any, prompt_tokens: Sequence[int]) -> bool:
     if state.n_ctx != int(llm.n_ctx):
         return False  # from a context of another size: llama.cpp would refuse it
     cached = longest_token_prefix(state.input_ids, prompt_tokens)
-    current = longest_token_prefix(llm._input_ids, prompt_tokens)
+    current = longest_token_prefix(llm.input_ids, prompt_tokens)
     if cached <= current:
         return False
     llm.load_state(state)
@@ -273,7 +273,7 @@ def cache_restore(llm: Any, prompt_tokens: Sequence[int]) -> bool:
 def cache_store(llm: Any) -> None:
     """After a completion: snapshot the context under the tokens it holds."""
     cache = getattr(llm, "cache", None)
-    if cache is None or not llm._input_ids:
+    if cache is None or not llm.n_tokens:
         return
     state = llm.save_state()
     cache[state.input_ids] = state

@@ -1,7 +1,8 @@
 """llama-cpp-python's extra `Llama` attributes and methods, as a mixin the `Llama` facade inherits.
 
-Everything here is expressed with llamarcp's own API (`self._model`, `self._ctx`, the public methods and
-`self._init_args`, the constructor's keyword arguments); nothing else in llamarcp depends on it.
+Everything here is expressed with llamarcp's own API (`self._model`, `self._engine` and `self._turns` of the
+facade, its public methods, and `self._init_args`, the constructor's keyword arguments); nothing else in
+llamarcp depends on it.
 
 Differences from llama-cpp-python that follow from llamarcp's design (llama.cpp keeps logits only for the
 last position, llamarcp samples inside llama.cpp's sampler chain):
@@ -33,8 +34,13 @@ class LlamaCppApiMixin:
 
     # The facade provides these; declared for type checkers.
     _model: Any
-    _ctx: Any
-    _input_ids: list[int]
+    _engine: Any
+    _turns: Any
+
+    @property
+    def _history(self) -> list[int]:
+        engine = self._engine
+        return engine.input_ids if engine is not None else []
 
     # -- raw handles and parameters -------------------------------------------------------------------------
 
@@ -46,14 +52,14 @@ class LlamaCppApiMixin:
     @property
     def model(self) -> Any:
         """The `llama_model *` (cffi cdata)."""
-        self._check_open()  # type: ignore[attr-defined]
+        self._turns.check_open()
         return self._model.ptr
 
     @property
     def n_batch(self) -> int:
         """Largest number of tokens one `llama_decode` call takes."""
-        n = getattr(self, "_n_batch", None)
-        return int(n) if n is not None else int(self._init_args.get("n_batch", 512))
+        engine = self._engine
+        return int(engine.n_batch) if engine is not None else int(self._init_args.get("n_batch", 512))
 
     @property
     def context_params(self) -> Any:
@@ -62,12 +68,11 @@ class LlamaCppApiMixin:
 
         lib = _backend.get_lib()
         params = lib.llama_context_default_params()
-        ctx = self._ctx
-        if ctx is None:  # vocab_only: what was asked for
+        if self._engine is None:  # vocab_only: what was asked for
             params.n_ctx = int(self._init_args.get("n_ctx", 512))
             params.n_batch = int(self._init_args.get("n_batch", 512))
             return params
-        ptr = ctx.ptr
+        ptr = self._context().ptr  # type: ignore[attr-defined]
         params.n_ctx = int(lib.llama_n_ctx(ptr))
         params.n_batch = int(lib.llama_n_batch(ptr))
         params.n_ubatch = int(lib.llama_n_ubatch(ptr))
@@ -112,21 +117,21 @@ class LlamaCppApiMixin:
         """The tokens the context holds, as an `intc` numpy array (llama-cpp-python's `input_ids[:n_tokens]`)."""
         import numpy as np
 
-        return np.asarray(self._input_ids, dtype=np.intc)
+        return np.asarray(self._history, dtype=np.intc)
 
     @property
     def eval_tokens(self) -> deque[int]:
         """The tokens the context holds, oldest first."""
-        return deque(self._input_ids, maxlen=int(self.n_ctx))  # type: ignore[attr-defined]
+        return deque(self._history, maxlen=int(self.n_ctx))  # type: ignore[attr-defined]
 
     @property
     def scores(self) -> Any:
         """Logits as a `(1, n_vocab)` float32 array: the row of the last evaluated token (a copy)."""
         import numpy as np
 
-        if not self._input_ids:
+        if not self._history:
             return np.zeros((0, int(self.n_vocab)), dtype=np.single)  # type: ignore[attr-defined]
-        return np.array(self._logits_view(), dtype=np.single).reshape(1, -1)  # type: ignore[attr-defined]
+        return np.array(self._engine_or_raise().logits(), dtype=np.single).reshape(1, -1)  # type: ignore[attr-defined]
 
     @property
     def _scores(self) -> Any:
@@ -181,9 +186,9 @@ class LlamaCppApiMixin:
         from llamarcp.errors import LlamaError
         from llamarcp.sampling import SamplingParams, as_logits_processor, build_sampler_chain
 
-        with self._exclusive():  # type: ignore[attr-defined]
-            ctx = self._context()  # type: ignore[attr-defined]
-            n_tokens = len(self._input_ids)
+        with self._turns.exclusive():
+            engine = self._engine_or_raise()  # type: ignore[attr-defined]
+            n_tokens = len(self._history)
             if n_tokens == 0:
                 raise LlamaError("nothing to sample from: evaluate some tokens first (eval)")
             if idx is not None and idx not in (-1, n_tokens - 1):
@@ -210,11 +215,11 @@ class LlamaCppApiMixin:
             if processor is not None:
                 import numpy as np
 
-                logits = self._logits_view()  # type: ignore[attr-defined]
-                logits[:] = processor(np.asarray(self._input_ids, dtype=np.intc), logits)
-            chain = build_sampler_chain(self._model, params, history=self._input_ids)
+                logits = engine.logits()
+                logits[:] = processor(np.asarray(self._history, dtype=np.intc), logits)
+            chain = build_sampler_chain(self._model, params, history=self._history)
             try:
-                return chain.sample(ctx.ptr, -1)
+                return chain.sample(engine.ctx.ptr, -1)
             finally:
                 chain.close()
 

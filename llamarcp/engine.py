@@ -1,0 +1,378 @@
+"""The generation engine: one llama.cpp context, its batches, prefix reuse, and the per-token loop.
+
+`Engine` owns the `Context` (and through it the KV memory), a prompt batch allocated once, a 1-token batch
+whose id/position are the only things written per token, the abort callback, and the token history that
+mirrors what the memory holds. It knows nothing about text, OpenAI shapes or threads: `Llama` hands it one
+request at a time (see `llamarcp.turns`) and shapes what it yields (see `llamarcp.text_completion`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator, Sequence
+from typing import Any
+
+from llamarcp._backend import get_lib
+from llamarcp._core import Batch, Context, Model
+from llamarcp._generated._llama_ffi import ffi
+from llamarcp.errors import (
+    DECODE_ABORTED,
+    DECODE_NO_KV_SLOT,
+    ClosedError,
+    GenerationAborted,
+    PromptTooLongError,
+    check_decode,
+)
+from llamarcp.sampling import SamplerChain, SamplingParams, build_sampler_chain, grammar_sampler
+from llamarcp.token_picker import GrammarPicker, greedy_argmax, logits_view, logprob_info
+
+__all__ = ["AbortState", "Engine", "Outcome", "Step", "context_params"]
+
+#: What the loop yields per token: (token id, its piece as bytes, logprob info or None).
+Step = tuple[int, bytes, "dict[str, Any] | None"]
+#: Filled by `Engine.generate` when it ends: "finish_reason" ("stop" / "length") and "timings".
+Outcome = dict[str, Any]
+
+
+class AbortState:
+    """Shared between an Engine and its C abort callback (kept free of a back-reference to the Engine)."""
+
+    __slots__ = ("exc", "requested")
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.exc: BaseException | None = None
+
+
+class Engine:
+    """A context of `model` plus everything the decode loop reuses between tokens."""
+
+    def __init__(self, model: Model, params: Any, is_closing: Callable[[], bool]) -> None:
+        self.model = model
+        self.ctx = Context(model, params)
+        self._is_closing = is_closing
+        try:
+            self.batch = Batch(self.ctx.n_batch(), 1, parent=self.ctx)
+            self.n_ctx = self.ctx.n_ctx()
+            self.n_batch = self.ctx.n_batch()
+            self.memory = self.ctx.memory
+            # The single-token step reuses a 1-token batch set up once: per token only its id and position change.
+            self._one = Batch(1, 1, parent=self.ctx)
+            self._one_batch = self._one.fill([0], 0, 0, logits_last=True)
+            self.abort = AbortState()
+            self._abort_cb = ffi.callback(
+                "ggml_abort_callback", _make_abort_fn(self.abort), onerror=_abort_onerror(self.abort)
+            )
+        except BaseException:
+            self.ctx.close()
+            raise
+        self._abort_installed = False
+        self._grammar_picker: GrammarPicker | None = None
+        try:  # for the greedy fast path and logprobs; imported here so no generation pays the import
+            import numpy
+
+            self._numpy: Any = numpy
+        except ImportError:  # pragma: no cover - numpy is a test dependency
+            self._numpy = None
+        #: Token ids the memory holds (sequence 0), in order: the reusable prefix.
+        self.input_ids: list[int] = []
+        #: Tokens the last prompt evaluation actually decoded (the rest came from the reused prefix).
+        self.n_prompt_tokens_evaluated = 0
+        self.last_timings: dict[str, float] = {}
+
+    # -- abort ------------------------------------------------------------------------------------------------
+
+    def _set_abort_callback(self, on: bool) -> None:
+        if on != self._abort_installed:
+            lib = get_lib()
+            if on:
+                lib.llama_set_abort_callback(self.ctx.ptr, self._abort_cb, ffi.NULL)
+            else:
+                lib.llama_set_abort_callback(self.ctx.ptr, ffi.NULL, ffi.NULL)
+            self._abort_installed = on
+
+    def raise_if_aborted(self, where: str = "generation") -> None:
+        state = self.abort
+        if self._is_closing():
+            raise ClosedError(f"this Llama was closed during {where}")
+        if state.exc is not None:  # Ctrl-C caught inside the C abort callback
+            exc, state.exc = state.exc, None
+            state.requested = False
+            raise exc
+        if state.requested:
+            state.requested = False
+            raise GenerationAborted(f"{where} aborted by Llama.abort()")
+
+    def decode_abortable(self, batch: Any, what: str = "llama_decode", encode: bool = False) -> int:
+        """One llama_decode/llama_encode that `Llama.abort()` (and Ctrl-C) can stop; returns the C result."""
+        lib = get_lib()
+        self.abort.exc = None
+        self._set_abort_callback(True)
+        try:
+            rc = int((lib.llama_encode if encode else lib.llama_decode)(self.ctx.ptr, batch))
+        finally:
+            self._set_abort_callback(False)
+        if rc == DECODE_ABORTED or self.abort.exc is not None:
+            self.raise_if_aborted(what)
+        return rc
+
+    # -- memory and history -----------------------------------------------------------------------------------
+
+    def clear(self) -> None:
+        """Forget everything the memory holds."""
+        get_lib().llama_memory_clear(self.memory, True)
+        self.input_ids = []
+
+    def truncate(self, n_keep: int) -> None:
+        """Make the memory hold exactly the first `n_keep` tokens of the history (after errors, or for reuse)."""
+        lib = get_lib()
+        if not lib.llama_memory_seq_rm(self.memory, 0, n_keep, -1):
+            lib.llama_memory_clear(self.memory, True)
+            n_keep = 0
+        del self.input_ids[n_keep:]
+
+    def sync_history(self) -> None:
+        """After an interruption: cut the history (and memory) to what the memory really holds."""
+        if self.ctx.closed:
+            return
+        n_mem = int(get_lib().llama_memory_seq_pos_max(self.memory, 0)) + 1
+        self.truncate(max(0, min(n_mem, len(self.input_ids))))
+
+    def logits(self) -> Any:
+        return logits_view(self.ctx.ptr, self.model.n_vocab)
+
+    # -- prompt evaluation ------------------------------------------------------------------------------------
+
+    def eval(self, tokens: Sequence[int]) -> int:
+        """Bring the memory to exactly `tokens`, reusing the longest cached prefix; returns tokens decoded.
+
+        The last token is always decoded again so its logits are fresh for sampling.
+        """
+        tokens = list(tokens)
+        if not tokens:
+            raise ValueError("nothing to evaluate: the token list is empty")
+        self.model.check_tokens(tokens)
+        if len(tokens) > self.n_ctx:
+            raise PromptTooLongError(len(tokens), self.n_ctx)
+        lib = get_lib()
+        n_common = 0
+        for a, b in zip(self.input_ids, tokens):
+            if a != b:
+                break
+            n_common += 1
+        n_common = min(n_common, len(tokens) - 1)
+        n_swa = self.model.n_swa()
+        if n_common > 0 and n_swa > 0:
+            # A sliding-window cache may have dropped positions the reused prefix needs; then start over.
+            pos_min = int(lib.llama_memory_seq_pos_min(self.memory, 0))
+            if pos_min > max(0, n_common - n_swa):
+                n_common = 0
+        if n_common < len(self.input_ids) or n_common == 0:
+            self.truncate(n_common)
+            n_common = len(self.input_ids)
+        n_done = 0
+        # A pending abort() is left to the C callback, which stops the first graph node (tested that way).
+        self.abort.exc = None
+        self._set_abort_callback(True)
+        try:
+            pos = n_common
+            decode, ctx_ptr, batch = lib.llama_decode, self.ctx.ptr, self.batch
+            while pos < len(tokens):
+                chunk = tokens[pos : pos + self.n_batch]
+                rc = decode(ctx_ptr, batch.fill(chunk, pos, 0, logits_last=True))
+                if rc != 0:
+                    self.truncate(pos)
+                    if rc == DECODE_ABORTED:
+                        self.raise_if_aborted("prompt evaluation (llama_decode)")
+                    check_decode(rc)
+                self.input_ids.extend(chunk)
+                pos += len(chunk)
+                n_done += len(chunk)
+        except BaseException:
+            # KeyboardInterrupt between chunks, or a failed chunk: keep history and memory in agreement.
+            n_mem = int(lib.llama_memory_seq_pos_max(self.memory, 0)) + 1
+            self.truncate(min(len(self.input_ids), n_mem))
+            raise
+        finally:
+            self._set_abort_callback(False)
+        self.n_prompt_tokens_evaluated = n_done
+        return n_done
+
+    # -- generation -------------------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompt_tokens: list[int],
+        params: SamplingParams,
+        max_tokens: int | None,
+        logprobs: int | None = None,
+        logits_processor: Any = None,
+        stopping_criteria: Any = None,
+        outcome: Outcome | None = None,
+    ) -> Generator[Step, None, None]:
+        """Evaluate the prompt, then sample/decode until an end-of-generation token, `max_tokens` or a full
+        context. `outcome` (owned by the caller, so concurrent generations cannot mix them up) receives
+        "finish_reason" and "timings" when the loop ends."""
+        outcome = {} if outcome is None else outcome
+        model = self.model
+        started = time.perf_counter()
+        n_eval = self.eval(prompt_tokens)
+        prompt_done = time.perf_counter()
+        grammar = self._grammar_sampler(params)
+        chain: SamplerChain = build_sampler_chain(
+            model, params, history=prompt_tokens, grammar_in_chain=grammar is None
+        )
+        n_generated = 0
+        try:
+            lib = get_lib()
+            sample = lib.llama_sampler_sample
+            is_eog = lib.llama_vocab_is_eog
+            decode = lib.llama_decode
+            chain_ptr, ctx_ptr, vocab = chain.ptr, self.ctx.ptr, model.vocab
+            one_batch = self._one_batch
+            one_token, one_pos = one_batch.token, one_batch.pos
+            input_ids = self.input_ids
+            pieces = model._pieces
+            token_to_piece = model.token_to_piece
+            n_ctx = self.n_ctx
+            abort = self.abort
+            limit = max_tokens if max_tokens is not None else n_ctx
+            np = self._numpy
+            greedy = None
+            if np is not None and chain.names == ["greedy"] and grammar is None and logits_processor is None:
+                greedy = greedy_argmax(np, ctx_ptr, model.n_vocab)
+            picker = self._grammar_picker if grammar is not None else None
+            wants_scores = logits_processor is not None or stopping_criteria is not None or logprobs is not None
+            outcome["finish_reason"] = "length"
+            while n_generated < limit:
+                if abort.requested:
+                    self.raise_if_aborted()
+                scores = None
+                if wants_scores:
+                    scores = self.logits()
+                    if logits_processor is not None:
+                        scores[:] = logits_processor(np.asarray(input_ids, dtype=np.intc), scores)
+                if greedy is not None:
+                    token = greedy()
+                elif picker is None:
+                    token = int(sample(chain_ptr, ctx_ptr, -1))
+                else:
+                    assert grammar is not None
+                    token = picker.pick(chain_ptr, grammar.ptr)
+                if is_eog(vocab, token):
+                    outcome["finish_reason"] = "stop"
+                    break
+                info = logprob_info(scores, token, logprobs) if logprobs is not None else None
+                piece = pieces.get(token)
+                if piece is None:
+                    piece = token_to_piece(token)
+                n_generated += 1
+                if stopping_criteria is not None:
+                    ids = np.asarray([*input_ids, token], dtype=np.intc)
+                    if stopping_criteria(ids, scores):
+                        outcome["finish_reason"] = "stop"
+                        yield token, piece, info
+                        break
+                yield token, piece, info
+                if n_generated >= limit:
+                    break
+                if len(input_ids) >= n_ctx:
+                    break  # no room to decode this token; finish_reason stays "length"
+                one_token[0] = token
+                one_pos[0] = len(input_ids)
+                input_ids.append(token)
+                rc = decode(ctx_ptr, one_batch)
+                if rc != 0:
+                    del input_ids[-1]
+                    self.truncate(len(input_ids))
+                    if rc == DECODE_NO_KV_SLOT:
+                        break  # context full: stop like running out of room
+                    check_decode(rc)
+        except BaseException:
+            # Interrupted between C calls (Ctrl-C) or the consumer stopped: keep memory == history.
+            self.sync_history()
+            raise
+        finally:
+            chain.close()
+            if grammar is not None:
+                grammar.close()
+            done = time.perf_counter()
+            timings = {
+                "prompt_n": float(len(prompt_tokens)),
+                "prompt_eval_n": float(n_eval),
+                "prompt_ms": (prompt_done - started) * 1e3,
+                "predicted_n": float(n_generated),
+                "predicted_ms": (done - prompt_done) * 1e3,
+            }
+            outcome["timings"] = self.last_timings = timings
+
+    def _grammar_sampler(self, params: SamplingParams) -> Any:
+        """The grammar as a separate sampler for `GrammarPicker`, or None (no grammar, or no numpy: then the
+        grammar runs inside the chain over every candidate, which is correct but slower)."""
+        if params.grammar is None or self._numpy is None:
+            return None
+        if self._grammar_picker is None:
+            self._grammar_picker = GrammarPicker(self._numpy, self.ctx.ptr, self.model.n_vocab)
+        return grammar_sampler(self.model, params.grammar, params.grammar_root)
+
+
+def context_params(
+    *,
+    n_ctx: int,
+    n_batch: int,
+    n_ubatch: int | None,
+    n_threads: int,
+    n_threads_batch: int,
+    n_seq_max: int | None,
+    rope_freq_base: float,
+    rope_freq_scale: float,
+    pooling_type: int,
+    embedding: bool,
+    offload_kqv: bool,
+    flash_attn: bool | None,
+    swa_full: bool | None,
+    type_k: int | None,
+    type_v: int | None,
+) -> Any:
+    """`llama_context_params` for `Llama`'s keywords: llama.cpp's defaults, with what was asked for set."""
+    lib = get_lib()
+    params = lib.llama_context_default_params()
+    params.n_ctx = n_ctx
+    params.n_batch = n_batch
+    params.n_ubatch = n_ubatch if n_ubatch else (n_batch if embedding else min(n_batch, 512))
+    params.n_threads = n_threads
+    params.n_threads_batch = n_threads_batch
+    params.n_seq_max = n_seq_max if n_seq_max else (8 if embedding else 1)
+    params.kv_unified = True  # every sequence may use the whole n_ctx (embedding batches)
+    params.rope_freq_base = rope_freq_base
+    params.rope_freq_scale = rope_freq_scale
+    params.pooling_type = pooling_type
+    params.embeddings = bool(embedding)
+    params.offload_kqv = offload_kqv
+    if flash_attn is None:
+        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_AUTO
+    else:
+        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    if swa_full is not None:  # None keeps llama.cpp's default (a full-size sliding-window cache)
+        params.swa_full = bool(swa_full)
+    if type_k is not None:
+        params.type_k = type_k
+    if type_v is not None:
+        params.type_v = type_v
+    return params
+
+
+def _make_abort_fn(state: AbortState) -> Callable[[Any], bool]:
+    def should_abort(_data: Any) -> bool:
+        return state.requested
+
+    return should_abort
+
+
+def _abort_onerror(state: AbortState) -> Callable[..., bool]:
+    # Ctrl-C lands inside the callback (it is the Python code running while C decodes): keep it, stop decoding.
+    def onerror(_exc_type: Any, exc_value: BaseException | None, _tb: Any) -> bool:
+        state.exc = exc_value
+        return True
+
+    return onerror

@@ -1,0 +1,241 @@
+"""Completion requests and their OpenAI `text_completion` shape: validation up front, chunks, logprobs.
+
+`prepare()` turns `create_completion`'s keywords into a validated `CompletionRequest` (tokens, sampling
+parameters, stops) before anything runs, so a bad request fails at the call, also when streaming.
+`stream_chunks()` runs it through `Llama._generate` and shapes the chunks (stop strings never appear,
+multi-byte characters are never split); `collect()` merges them into one response.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Union
+
+from llamarcp.errors import PromptTooLongError
+from llamarcp.sampling import SamplingParams, as_logits_processor, as_stopping_criteria, grammar_sampler
+from llamarcp.tokenizer import TextStream
+
+if TYPE_CHECKING:
+    from llamarcp.llama import Llama
+
+__all__ = ["CompletionRequest", "PromptType", "collect", "prepare", "prompt_tokens", "stream_chunks"]
+
+PromptType = Union[str, bytes, Sequence[int]]
+
+
+@dataclass
+class CompletionRequest:
+    """One validated completion: what to evaluate, how to sample, and how to shape the answer."""
+
+    prompt_tokens: list[int]
+    max_tokens: int
+    params: SamplingParams
+    stop: list[str]
+    echo: bool
+    logprobs: int | None
+    model_name: str
+    logits_processor: Any = None
+    stopping_criteria: Any = None
+
+
+def prompt_tokens(llm: Llama, prompt: PromptType) -> list[int]:
+    """Text (tokenized with BOS and special tokens) or token ids (checked against the vocab); never empty."""
+    model = llm._model
+    if isinstance(prompt, (str, bytes, bytearray)):
+        tokens = llm.tokenize(bytes(prompt) if isinstance(prompt, bytearray) else prompt, add_bos=True, special=True)
+    else:
+        tokens = [int(t) for t in prompt]
+        model.check_tokens(tokens)
+    if not tokens:
+        bos = model.token_bos()
+        if bos < 0:
+            raise ValueError("the prompt is empty and the vocab has no BOS token to start from")
+        tokens = [bos]
+    return tokens
+
+
+def prepare(
+    llm: Llama,
+    prompt: PromptType,
+    *,
+    suffix: str | None = None,
+    max_tokens: int | None = 16,
+    temperature: float = 0.8,
+    top_p: float = 0.95,
+    min_p: float = 0.05,
+    typical_p: float = 1.0,
+    logprobs: int | None = None,
+    echo: bool = False,
+    stop: str | Sequence[str] | None = None,
+    frequency_penalty: float = 0.0,
+    presence_penalty: float = 0.0,
+    repeat_penalty: float = 1.0,
+    top_k: int = 40,
+    seed: int | None = None,
+    mirostat_mode: int = 0,
+    mirostat_tau: float = 5.0,
+    mirostat_eta: float = 0.1,
+    model: str | None = None,
+    grammar: Any = None,
+    logit_bias: Mapping[Any, float] | None = None,
+    logits_processor: Any = None,
+    stopping_criteria: Any = None,
+) -> CompletionRequest:
+    """Validate everything and tokenize the prompt; raises before any decoding starts."""
+    n_ctx = llm._engine_or_raise().n_ctx
+    if suffix:
+        raise ValueError("suffix (fill-in-the-middle) is not supported by llamarcp yet")
+    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens <= 0):
+        raise ValueError(
+            f"max_tokens must be a positive int or None (None = until the context is full), got {max_tokens!r}"
+        )
+    if logprobs is not None and (not isinstance(logprobs, int) or logprobs < 0):
+        raise ValueError("logprobs must be a non-negative int or None")
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if not all(isinstance(s, str) for s in stops):
+        raise TypeError("stop must be a string or a list of strings")
+    tokens = prompt_tokens(llm, prompt)
+    if len(tokens) >= n_ctx:
+        raise PromptTooLongError(len(tokens), n_ctx)
+    bias = {int(k): float(v) for k, v in logit_bias.items()} if logit_bias else None
+    params = SamplingParams(
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        typical_p=typical_p,
+        repeat_penalty=repeat_penalty,
+        frequency_penalty=frequency_penalty,
+        presence_penalty=presence_penalty,
+        penalty_last_n=llm.last_n_tokens_size,
+        seed=llm._effective_seed(seed),
+        grammar=grammar,
+        logit_bias=bias,
+        mirostat_mode=mirostat_mode,
+        mirostat_tau=mirostat_tau,
+        mirostat_eta=mirostat_eta,
+    )
+    params.validate(llm._model.n_vocab)
+    if grammar is not None:  # parse now so a bad grammar fails at the call, also when streaming
+        grammar_sampler(llm._model, grammar).close()
+    return CompletionRequest(
+        prompt_tokens=tokens,
+        max_tokens=max_tokens if max_tokens is not None else n_ctx - len(tokens),
+        params=params,
+        stop=stops,
+        echo=echo,
+        logprobs=logprobs,
+        model_name=model or llm.model_path,
+        logits_processor=as_logits_processor(logits_processor),
+        stopping_criteria=as_stopping_criteria(stopping_criteria),
+    )
+
+
+def stream_chunks(llm: Llama, request: CompletionRequest) -> Iterator[dict[str, Any]]:
+    """The completion as OpenAI `text_completion` chunks; the last one carries finish_reason and usage."""
+    completion_id = f"cmpl-{uuid.uuid4()}"
+    created = int(time.time())
+    text_stream = TextStream(request.stop)
+    outcome: dict[str, Any] = {}
+    offset = 0
+    pending_lp: list[dict[str, Any]] = []
+    with_logprobs = request.logprobs is not None
+
+    def chunk(text: str, finish_reason: str | None, lps: list[dict[str, Any]] | None) -> dict[str, Any]:
+        return {
+            "id": completion_id,
+            "object": "text_completion",
+            "created": created,
+            "model": request.model_name,
+            "choices": [
+                {
+                    "text": text,
+                    "index": 0,
+                    "logprobs": format_logprobs(llm, lps, offset) if lps is not None else None,
+                    "finish_reason": finish_reason,
+                }
+            ],
+        }
+
+    if request.echo:
+        echo_text = llm.detokenize(request.prompt_tokens).decode("utf-8", errors="replace")
+        yield chunk(echo_text, None, [] if with_logprobs else None)
+        offset += len(echo_text)
+    generator = llm._generate(
+        request.prompt_tokens,
+        request.params,
+        request.max_tokens,
+        request.logprobs,
+        request.logits_processor,
+        request.stopping_criteria,
+        outcome,
+    )
+    try:
+        for _token, piece, info in generator:
+            if info is not None:
+                pending_lp.append(info)
+            text = text_stream.push(piece)
+            if text_stream.stopped:
+                if text:
+                    yield chunk(text, None, pending_lp if with_logprobs else None)
+                break
+            if text:
+                yield chunk(text, None, pending_lp if with_logprobs else None)
+                offset += len(text)
+                pending_lp = []
+    finally:
+        generator.close()
+    finish_reason = "stop" if text_stream.stopped else outcome.get("finish_reason", "length")
+    n_completion = int(outcome.get("timings", {}).get("predicted_n", 0))
+    tail = text_stream.finish()
+    if tail:
+        yield chunk(tail, None, pending_lp if with_logprobs else None)
+    final = chunk("", finish_reason, None)
+    n_prompt = len(request.prompt_tokens)
+    final["usage"] = {
+        "prompt_tokens": n_prompt,
+        "completion_tokens": n_completion,
+        "total_tokens": n_prompt + n_completion,
+    }
+    yield final
+
+
+def format_logprobs(llm: Llama, infos: list[dict[str, Any]], offset: int) -> dict[str, Any]:
+    """OpenAI's completion logprobs object for the tokens in `infos`, text offsets counted from `offset`."""
+    piece = llm._model.token_to_piece
+    tokens, offsets, token_lps, tops = [], [], [], []
+    for info in infos:
+        text = piece(info["token"]).decode("utf-8", errors="replace")
+        tokens.append(text)
+        offsets.append(offset)
+        offset += len(text)
+        token_lps.append(info["logprob"])
+        tops.append({piece(t).decode("utf-8", errors="replace"): lp for t, lp in info["top"].items()})
+    return {"tokens": tokens, "text_offset": offsets, "token_logprobs": token_lps, "top_logprobs": tops}
+
+
+def collect(request: CompletionRequest, chunks: Iterator[dict[str, Any]]) -> dict[str, Any]:
+    """All chunks of one completion merged into the non-streamed response."""
+    texts: list[str] = []
+    merged: dict[str, list[Any]] | None = None if request.logprobs is None else {}
+    last: dict[str, Any] = {}
+    for part in chunks:
+        choice = part["choices"][0]
+        texts.append(choice["text"])
+        lps = choice["logprobs"]
+        if merged is not None and lps is not None:
+            for key, values in lps.items():
+                merged.setdefault(key, []).extend(values)
+        last = part
+    choice = last["choices"][0]
+    return {
+        "id": last["id"],
+        "object": "text_completion",
+        "created": last["created"],
+        "model": last["model"],
+        "choices": [{"text": "".join(texts), "index": 0, "logprobs": merged, "finish_reason": choice["finish_reason"]}],
+        "usage": last["usage"],
+    }

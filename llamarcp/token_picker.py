@@ -1,0 +1,113 @@
+"""How the next token is picked from the last decode's logits, beyond a plain `llama_sampler_sample`.
+
+- `greedy_argmax`: for a chain that is only `greedy`, the argmax of a zero-copy numpy view of the logits.
+- `GrammarPicker`: llama.cpp's common-sampler strategy for grammars (check only the chain's pick against the
+  grammar; constrain the whole vocab only when the grammar rejects it).
+- `logits_view` / `logprob_info`: what logits processors, stopping criteria and logprobs are given.
+Both pickers give exactly the token llama.cpp's own samplers would; they only skip work.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from llamarcp._backend import get_lib
+from llamarcp._generated._llama_ffi import ffi
+from llamarcp.errors import GrammarError, LlamaError
+
+__all__ = ["GrammarPicker", "greedy_argmax", "logits_view", "logprob_info"]
+
+
+def logits_view(ctx_ptr: Any, n_vocab: int) -> Any:
+    """numpy view (no copy) of the last output's logits; only used when logprobs/logits are asked for."""
+    try:
+        import numpy as np
+    except ImportError as exc:  # pragma: no cover - numpy is a test dependency
+        raise LlamaError("logprobs/logits_processor need numpy (pip install numpy)") from exc
+    ptr = get_lib().llama_get_logits_ith(ctx_ptr, -1)
+    if ptr == ffi.NULL:
+        raise LlamaError("no logits available (nothing decoded yet?)")
+    return np.frombuffer(ffi.buffer(ptr, 4 * n_vocab), dtype=np.float32)
+
+
+def greedy_argmax(np: Any, ctx_ptr: Any, n_vocab: int) -> Callable[[], int]:
+    """The argmax of the last logits, read in place.
+
+    Same token as llama.cpp's greedy sampler (first maximum wins in both), without building its vocab-sized
+    candidate array each token: 2-4 % of a gemma token (262k vocab).
+    """
+    logits_ith = get_lib().llama_get_logits_ith
+    buffer, frombuffer, argmax, f32 = ffi.buffer, np.frombuffer, np.argmax, np.float32
+    nbytes = 4 * n_vocab
+
+    def pick() -> int:
+        return int(argmax(frombuffer(buffer(logits_ith(ctx_ptr, -1), nbytes), dtype=f32)))
+
+    return pick
+
+
+class GrammarPicker:
+    """Candidate buffers for grammar-checked sampling, allocated once per context (vocab-sized)."""
+
+    def __init__(self, np: Any, ctx_ptr: Any, n_vocab: int) -> None:
+        self._ctx_ptr = ctx_ptr
+        self._n_vocab = n_vocab
+        self._cand = ffi.new("llama_token_data[]", n_vocab)
+        self._view = np.frombuffer(
+            ffi.buffer(self._cand), dtype=np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+        )
+        self._ids = np.arange(n_vocab, dtype=np.int32)
+        self._cur_p = ffi.new("llama_token_data_array *")
+        self._single = ffi.new("llama_token_data[1]")
+        self._single_p = ffi.new("llama_token_data_array *")
+
+    def _fill_candidates(self) -> Any:
+        view = self._view
+        view["id"] = self._ids
+        view["logit"] = logits_view(self._ctx_ptr, self._n_vocab)
+        view["p"] = 0.0
+        cur_p = self._cur_p
+        cur_p.data, cur_p.size, cur_p.selected, cur_p.sorted = self._cand, self._n_vocab, -1, False
+        return cur_p
+
+    def pick(self, chain: Any, grammar: Any) -> int:
+        """Let the chain pick, check only that pick against the grammar, and constrain the full vocab (then
+        pick again) only when the grammar rejects it; both samplers accept the final token."""
+        lib = get_lib()
+        cur_p = self._fill_candidates()
+        lib.llama_sampler_apply(chain, cur_p)
+        token = int(cur_p.data[cur_p.selected].id) if cur_p.selected >= 0 else -1
+        single, single_p = self._single, self._single_p
+        single[0].id, single[0].logit, single[0].p = max(token, 0), 1.0, 0.0
+        single_p.data, single_p.size, single_p.selected, single_p.sorted = single, 1, -1, False
+        rejected = token < 0
+        if not rejected:
+            lib.llama_sampler_apply(grammar, single_p)  # grammar state only advances on accept
+            rejected = math.isinf(single_p.data[0].logit)
+        if rejected:
+            cur_p = self._fill_candidates()
+            lib.llama_sampler_apply(grammar, cur_p)
+            lib.llama_sampler_apply(chain, cur_p)
+            if cur_p.selected < 0 or math.isinf(cur_p.data[cur_p.selected].logit):
+                raise GrammarError("the grammar allows no next token here")
+            token = int(cur_p.data[cur_p.selected].id)
+        lib.llama_sampler_accept(grammar, token)
+        lib.llama_sampler_accept(chain, token)
+        return token
+
+
+def logprob_info(scores: Any, token: int, top_n: int) -> dict[str, Any]:
+    """Log-softmax of `scores` at `token`, plus the `top_n` most likely tokens: {"token", "logprob", "top"}."""
+    import numpy as np
+
+    logits = scores.astype(np.float64)
+    peak = float(logits.max())
+    log_z = peak + math.log(float(np.exp(logits - peak).sum()))
+    info: dict[str, Any] = {"token": token, "logprob": float(logits[token]) - log_z, "top": {}}
+    if top_n > 0:
+        top = np.argpartition(-logits, min(top_n, len(logits) - 1))[:top_n]
+        for t in sorted(top.tolist(), key=lambda t: -logits[t]):
+            info["top"][int(t)] = float(logits[t]) - log_z
+    return info

@@ -1,0 +1,96 @@
+"""Turns: many short uses, one turn at a time, and a close that never blocks and frees exactly once."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from llamarcp.errors import ClosedError, LlamaError
+from llamarcp.turns import Turns
+
+
+class Memory:
+    def __init__(self) -> None:
+        self.frees = 0
+
+    def free(self) -> None:
+        self.frees += 1
+
+    def freed(self) -> bool:
+        return self.frees > 0
+
+
+def test_close_frees_at_once_when_idle() -> None:
+    memory = Memory()
+    turns = Turns(memory.free, memory.freed)
+    turns.close()
+    turns.close()
+    assert memory.frees == 1 and turns.closed
+    with pytest.raises(ClosedError):
+        turns.check_open()
+    with pytest.raises(ClosedError), turns.using():
+        pass
+
+
+def test_close_waits_for_the_last_use_without_blocking() -> None:
+    memory = Memory()
+    turns = Turns(memory.free, memory.freed)
+    turns.enter()
+    with turns.using():
+        turns.close()  # returns at once
+        assert memory.frees == 0 and turns.closed
+    assert memory.frees == 0  # the turn still holds it
+    turns.leave()
+    assert memory.frees == 1
+
+
+def test_a_second_turn_in_the_same_thread_is_an_error() -> None:
+    turns = Turns(Memory().free, lambda: False)
+    turns.enter()
+    with pytest.raises(LlamaError, match="still running in this thread"):
+        turns.enter()
+    turns.leave()
+    with turns.exclusive():
+        pass
+
+
+def test_other_threads_wait_their_turn() -> None:
+    turns = Turns(Memory().free, lambda: False)
+    order: list[str] = []
+    turns.enter()
+    waiting = threading.Event()
+
+    def other() -> None:
+        waiting.set()
+        with turns.exclusive():
+            order.append("other")
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    waiting.wait(10)
+    order.append("first")
+    turns.leave()
+    thread.join(10)
+    assert order == ["first", "other"]
+
+
+def test_a_waiting_thread_sees_the_close() -> None:
+    memory = Memory()
+    turns = Turns(memory.free, memory.freed)
+    turns.enter()
+    errors: list[BaseException] = []
+
+    def other() -> None:
+        try:
+            turns.enter()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    turns.close()
+    turns.leave()
+    thread.join(10)
+    assert not thread.is_alive() and len(errors) == 1 and isinstance(errors[0], ClosedError)
+    assert memory.frees == 1
