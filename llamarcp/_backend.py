@@ -22,7 +22,16 @@ from typing import Any
 #: The raw cffi library's type (to become the generated `Lib` protocol).
 Lib = Any
 
-__all__ = ["LogCapture", "capture_log", "ensure_backend", "get_lib", "last_log_errors", "logger", "set_verbose"]
+__all__ = [
+    "LogCapture",
+    "capture_log",
+    "ensure_backend",
+    "get_lib",
+    "init_numa",
+    "last_log_errors",
+    "logger",
+    "set_verbose",
+]
 
 logger = logging.getLogger("llamarcp.llama_cpp")
 logger.addHandler(logging.NullHandler())
@@ -74,6 +83,20 @@ def ensure_backend() -> Lib:
             atexit.register(_shutdown, raw, ffi)
             _state["lib"] = raw
     return _state["lib"]
+
+
+def init_numa(strategy: int) -> None:
+    """llama_numa_init once per process (llama-cpp-python's `numa=`): True means "distribute"."""
+    lib = get_lib()
+    with _lock:
+        if "numa" in _state:
+            return
+        if strategy is True or strategy == 1:
+            strategy = lib.GGML_NUMA_STRATEGY_DISTRIBUTE
+        if not lib.GGML_NUMA_STRATEGY_DISABLED <= strategy < lib.GGML_NUMA_STRATEGY_COUNT:
+            raise ValueError(f"numa must be a bool or a ggml_numa_strategy value, got {strategy!r}")
+        lib.llama_numa_init(strategy)
+        _state["numa"] = strategy
 
 
 def _shutdown(lib: Any, ffi: Any) -> None:

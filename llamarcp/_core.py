@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from array import array
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ class Model(Managed):
         use_extra_bufts: bool | None = None,
         devices: Any = None,
         tensor_split: Sequence[float] | None = None,
+        kv_overrides: Mapping[str, bool | int | float | str] | None = None,
     ) -> None:
         lib = get_lib()
         self._lib = lib
@@ -63,6 +64,9 @@ class Model(Managed):
         self._tensor_split = _tensor_split_array(lib, tensor_split)
         if self._tensor_split is not None:
             params.tensor_split = self._tensor_split
+        self._kv_overrides = _kv_override_array(lib, kv_overrides)
+        if self._kv_overrides is not None:
+            params.kv_overrides = self._kv_overrides
         params.vocab_only = bool(vocab_only)
         params.n_gpu_layers = int(n_gpu_layers)
         params.main_gpu = int(main_gpu)
@@ -385,6 +389,34 @@ def _tensor_split_array(lib: Any, tensor_split: Sequence[float] | None) -> Any:
     if any(not v >= 0 or v == float("inf") for v in values):  # `not v >= 0` also catches NaN
         raise ValueError(f"tensor_split entries must be finite and >= 0, got {list(tensor_split)}")
     return ffi.new("float[]", values + [0.0] * (n_max - len(values)))  # all zeros: split by free memory
+
+
+def _kv_override_array(lib: Any, overrides: Mapping[str, bool | int | float | str] | None) -> Any:
+    """GGUF metadata overrides -> the key-terminated `llama_model_kv_override[]` llama.cpp reads, or None."""
+    if not overrides:
+        return None
+    array = ffi.new("struct llama_model_kv_override[]", len(overrides) + 1)  # zeroed: the last one ends the list
+    for item, (key, value) in zip(array, overrides.items()):
+        raw_key = _encode(key) if isinstance(key, str) else b""
+        if not raw_key or len(raw_key) >= 128 or b"\x00" in raw_key:
+            raise ValueError(f"kv_overrides key must be a non-empty string under 128 bytes, got {key!r}")
+        item.key = raw_key
+        if isinstance(value, bool):
+            item.tag, item.val_bool = lib.LLAMA_KV_OVERRIDE_TYPE_BOOL, value
+        elif isinstance(value, int):
+            if not -(2**63) <= value < 2**63:
+                raise ValueError(f"kv_overrides[{key!r}] does not fit int64")
+            item.tag, item.val_i64 = lib.LLAMA_KV_OVERRIDE_TYPE_INT, value
+        elif isinstance(value, float):
+            item.tag, item.val_f64 = lib.LLAMA_KV_OVERRIDE_TYPE_FLOAT, value
+        elif isinstance(value, str):
+            raw = _encode(value)
+            if len(raw) >= 128 or b"\x00" in raw:
+                raise ValueError(f"kv_overrides[{key!r}]: strings must be under 128 bytes without NUL")
+            item.tag, item.val_str = lib.LLAMA_KV_OVERRIDE_TYPE_STR, raw
+        else:
+            raise TypeError(f"kv_overrides[{key!r}] must be bool, int, float or str, not {type(value).__name__}")
+    return array
 
 
 def _check_gguf_file(path: Path) -> None:

@@ -324,17 +324,14 @@ def context_params(
     n_threads: int,
     n_threads_batch: int,
     n_seq_max: int | None,
-    rope_freq_base: float,
-    rope_freq_scale: float,
-    pooling_type: int,
     embedding: bool,
-    offload_kqv: bool,
     flash_attn: bool | None,
-    swa_full: bool | None,
-    type_k: int | None,
-    type_v: int | None,
+    **fields: Any,
 ) -> Any:
-    """`llama_context_params` for `Llama`'s keywords: llama.cpp's defaults, with what was asked for set."""
+    """`llama_context_params` for `Llama`'s keywords: llama.cpp's defaults, with what was asked for set.
+
+    `fields` are llama_context_params fields under their C names; a None value keeps llama.cpp's default.
+    """
     lib = get_lib()
     params = lib.llama_context_default_params()
     params.n_ctx = n_ctx
@@ -344,21 +341,14 @@ def context_params(
     params.n_threads_batch = n_threads_batch
     params.n_seq_max = n_seq_max if n_seq_max else (8 if embedding else 1)
     params.kv_unified = True  # every sequence may use the whole n_ctx (embedding batches)
-    params.rope_freq_base = rope_freq_base
-    params.rope_freq_scale = rope_freq_scale
-    params.pooling_type = pooling_type
     params.embeddings = bool(embedding)
-    params.offload_kqv = offload_kqv
     if flash_attn is None:
         params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_AUTO
     else:
         params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
-    if swa_full is not None:  # None keeps llama.cpp's default (a full-size sliding-window cache)
-        params.swa_full = bool(swa_full)
-    if type_k is not None:
-        params.type_k = type_k
-    if type_v is not None:
-        params.type_v = type_v
+    for name, value in fields.items():
+        if value is not None:
+            setattr(params, name, value)
     return params
 
 

@@ -53,31 +53,6 @@ __all__ = [
 #: llama.h's LLAMA_POOLING_TYPE_UNSPECIFIED (a default argument, so read from the generated declarations).
 _POOLING_UNSPECIFIED: int = ffi.integer_const("LLAMA_POOLING_TYPE_UNSPECIFIED")
 
-#: llama-cpp-python constructor keywords that have no meaning here; accepted with a warning so ports keep running.
-_IGNORED_KWARGS = frozenset(
-    {
-        "logits_all",
-        "numa",
-        "lora_base",
-        "draft_model",
-        "spm_infill",
-        "tokenizer",
-        "mul_mat_q",
-        "f16_kv",
-        "yarn_ext_factor",
-        "yarn_attn_factor",
-        "yarn_beta_fast",
-        "yarn_beta_slow",
-        "yarn_orig_ctx",
-        "rope_scaling_type",
-        "attention_type",
-        "no_perf",
-        "op_offload",
-        "kv_overrides",
-        "embedding_normalize",
-    }
-)
-
 #: `generate()` keywords llama-cpp-python accepts that current llama.cpp no longer has a sampler for.
 _GENERATE_OBSOLETE = frozenset({"tfs_z", "penalize_nl"})
 
@@ -102,6 +77,7 @@ class Llama(LlamaCppApiMixin):
         self,
         model_path: str | os.PathLike[str] | None = None,
         *,
+        # model
         n_gpu_layers: int = 0,
         split_mode: int | None = None,
         main_gpu: int = 0,
@@ -109,8 +85,11 @@ class Llama(LlamaCppApiMixin):
         vocab_only: bool = False,
         use_mmap: bool = True,
         use_mlock: bool = False,
+        kv_overrides: Mapping[str, bool | int | float | str] | None = None,
         check_tensors: bool = False,
         use_extra_bufts: bool | None = None,
+        rpc_servers: str | Sequence[str] | None = None,
+        # context
         seed: int = LLAMA_DEFAULT_SEED,
         n_ctx: int = 512,
         n_batch: int = 512,
@@ -118,38 +97,60 @@ class Llama(LlamaCppApiMixin):
         n_threads: int | None = None,
         n_threads_batch: int | None = None,
         n_seq_max: int | None = None,
+        rope_scaling_type: int | None = None,
+        pooling_type: int = _POOLING_UNSPECIFIED,
+        attention_type: int | None = None,
         rope_freq_base: float = 0.0,
         rope_freq_scale: float = 0.0,
-        pooling_type: int = _POOLING_UNSPECIFIED,
-        flash_attn: bool | None = None,
-        swa_full: bool | None = None,
+        yarn_ext_factor: float | None = None,
+        yarn_attn_factor: float | None = None,
+        yarn_beta_fast: float | None = None,
+        yarn_beta_slow: float | None = None,
+        yarn_orig_ctx: int | None = None,
+        logits_all: bool = False,
         embedding: bool = False,
         offload_kqv: bool = True,
+        flash_attn: bool | None = None,
+        op_offload: bool | None = None,
+        swa_full: bool | None = None,
+        no_perf: bool | None = None,
         type_k: int | None = None,
         type_v: int | None = None,
+        # sampling, adapters, chat
         last_n_tokens_size: int = 64,
+        lora_base: str | None = None,
+        lora_scale: float = 1.0,
+        lora_path: str | os.PathLike[str] | None = None,
+        numa: bool | int = False,
         chat_format: str | None = None,
         chat_handler: Any = None,
-        lora_path: str | os.PathLike[str] | None = None,
-        lora_scale: float = 1.0,
+        draft_model: Any = None,
+        tokenizer: Any = None,
+        spm_infill: bool = False,
         verbose: bool = False,
-        rpc_servers: str | Sequence[str] | None = None,
+        strict: bool = False,
         **kwargs: Any,
     ) -> None:
-        # Constructor arguments, for pickling and llama-cpp-python's *_params views (llamarcp.compat.llama_api).
+        """Load `model_path` and create its context. Every keyword of llama-cpp-python's `Llama` is accepted;
+        keywords unknown to both are ignored with one warning (as llama-cpp-python swallows them), or refused
+        with TypeError when `strict=True`."""
         self._init_args: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "kwargs")}
         self._init_args.update(kwargs)
-        unknown = set(kwargs) - _IGNORED_KWARGS
-        if unknown:
-            raise TypeError(f"Llama() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
         if kwargs:
-            warnings.warn(f"Llama(): ignoring {', '.join(sorted(kwargs))} (not used by llamarcp)", stacklevel=2)
+            listed = ", ".join(sorted(kwargs))
+            if strict:
+                raise TypeError(f"Llama() got unexpected keyword argument(s): {listed}")
+            warnings.warn(f"Llama(): ignoring {listed} (not used by llamarcp)", stacklevel=2)
+        if lora_base is not None:
+            warnings.warn("Llama(lora_base=...): llama.cpp applies adapters to the loaded model; ignored", stacklevel=2)
         for name, value in (("n_ctx", n_ctx), ("n_batch", n_batch)):
             if not isinstance(value, int) or value < 0 or (name == "n_batch" and value == 0):
                 raise ValueError(f"{name} must be a positive int (n_ctx=0 means the model's training context)")
         self.verbose = verbose
         if verbose:
             _backend.set_verbose(True)
+        if numa:
+            _backend.init_numa(int(numa))
         if model_path is None:
             from llamarcp.models import default_model_path
 
@@ -159,6 +160,10 @@ class Llama(LlamaCppApiMixin):
         self.last_n_tokens_size = last_n_tokens_size
         self.chat_format = chat_format
         self.chat_handler = chat_handler
+        self.draft_model = draft_model
+        self.tokenizer_ = tokenizer
+        self.spm_infill = spm_infill
+        self.logits_all = logits_all
         self.embedding = bool(embedding)
         self.n_threads = n_threads if n_threads and n_threads > 0 else physical_core_count()
         self.n_threads_batch = n_threads_batch if n_threads_batch and n_threads_batch > 0 else self.n_threads
@@ -182,6 +187,7 @@ class Llama(LlamaCppApiMixin):
             use_mlock=use_mlock,
             check_tensors=check_tensors,
             use_extra_bufts=use_extra_bufts,
+            kv_overrides=kv_overrides,
         )
         self._turns = Turns(free=self._model.close, is_freed=lambda: self._model.closed)
         if vocab_only:
@@ -194,12 +200,22 @@ class Llama(LlamaCppApiMixin):
                 n_threads=self.n_threads,
                 n_threads_batch=self.n_threads_batch,
                 n_seq_max=n_seq_max,
+                embedding=self.embedding,
+                flash_attn=flash_attn,
+                pooling_type=pooling_type,
                 rope_freq_base=rope_freq_base,
                 rope_freq_scale=rope_freq_scale,
-                pooling_type=pooling_type,
-                embedding=self.embedding,
                 offload_kqv=offload_kqv,
-                flash_attn=flash_attn,
+                no_perf=no_perf,
+                # None keeps llama.cpp's default for each of these
+                rope_scaling_type=rope_scaling_type,
+                attention_type=attention_type,
+                yarn_ext_factor=yarn_ext_factor,
+                yarn_attn_factor=yarn_attn_factor,
+                yarn_beta_fast=yarn_beta_fast,
+                yarn_beta_slow=yarn_beta_slow,
+                yarn_orig_ctx=yarn_orig_ctx,
+                op_offload=op_offload,
                 swa_full=swa_full,
                 type_k=type_k,
                 type_v=type_v,

@@ -69,7 +69,7 @@ def test_top_level_names() -> None:
 
     assert Llama is llamarcp.Llama
     assert LlamaGrammar is sys.modules["llamarcp.grammar"].LlamaGrammar
-    assert LlamaState.__module__ == "llamarcp.llama"
+    assert LlamaState is sys.modules["llamarcp.state"].LlamaState
     assert LlamaRAMCache.__name__ == "LlamaRAMCache" and LlamaDiskCache.__name__ == "LlamaDiskCache"
     assert LogitsProcessorList()(None, 3) == 3 and StoppingCriteriaList()(None, None) is False
     assert LlamaTokenizer.__module__ == "llamarcp.compat.tokenizer"

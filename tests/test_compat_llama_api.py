@@ -59,7 +59,7 @@ def test_token_history_and_scores_as_numpy(llm: Llama) -> None:
     assert list(llm.eval_tokens) == tokens
     scores = llm.scores
     assert scores.shape == (1, llm.n_vocab) and scores.dtype == np.single
-    assert np.array_equal(scores[-1], llm._logits_view())
+    assert np.array_equal(scores[-1], llm._engine.logits())
     assert len(llm.eval_logits) == 1 and llm._scores.shape == scores.shape
 
 

@@ -80,11 +80,45 @@ def test_empty_and_header_only_files(tiny_model_path: Path, tmp_path: Path) -> N
         Llama(str(header))
 
 
-def test_unknown_keyword_is_an_error(tiny_model_path: Path) -> None:
+def test_unknown_keywords_warn_like_llama_cpp_python_or_fail_when_strict(tiny_model_path: Path) -> None:
+    """llama-cpp-python swallows unknown keywords (LangChain passes n_parts, f16_kv, ...): one warning here."""
+    with pytest.warns(UserWarning, match="ignoring f16_kv, n_parts"):
+        Llama(str(tiny_model_path), n_ctx=64, n_parts=-1, f16_kv=True).close()
     with pytest.raises(TypeError, match="n_ctxx"):
-        Llama(str(tiny_model_path), n_ctxx=64)
-    with pytest.warns(UserWarning, match="logits_all"):
-        Llama(str(tiny_model_path), n_ctx=64, logits_all=True).close()
+        Llama(str(tiny_model_path), n_ctxx=64, strict=True)
+
+
+def test_every_llama_cpp_python_keyword_is_accepted(tiny_model_path: Path) -> None:
+    import warnings
+
+    keywords: dict[str, Any] = {
+        "split_mode": 1,
+        "kv_overrides": {"llama.context_length": 1024},
+        "rope_scaling_type": -1,
+        "attention_type": -1,
+        "yarn_ext_factor": -1.0,
+        "yarn_attn_factor": 1.0,
+        "yarn_beta_fast": 32.0,
+        "yarn_beta_slow": 1.0,
+        "yarn_orig_ctx": 0,
+        "logits_all": False,
+        "op_offload": True,
+        "no_perf": True,
+        "numa": False,
+        "draft_model": None,
+        "tokenizer": None,
+        "spm_infill": False,
+        "lora_scale": 1.0,
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # none of them is "unknown"
+        with Llama(str(tiny_model_path), n_ctx=64, n_threads=1, **keywords) as llm:
+            assert llm._model.n_ctx_train() == 1024  # the metadata override reached llama.cpp
+            assert llm._init_args["yarn_beta_fast"] == 32.0 and llm._init_args["n_ctx"] == 64
+    with pytest.raises(TypeError, match="kv_overrides"):
+        Llama(str(tiny_model_path), kv_overrides={"general.name": [1]})
+    with pytest.raises(ValueError, match="kv_overrides"):
+        Llama(str(tiny_model_path), kv_overrides={"x" * 200: 1})
 
 
 def test_facts(tiny_llama: Llama) -> None:

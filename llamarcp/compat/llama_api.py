@@ -235,9 +235,17 @@ class LlamaCppApiMixin:
 
     @property
     def tokenizer_(self) -> Any:
+        """The `tokenizer=` given to the constructor, else the model's own vocab (llama-cpp-python's default)."""
+        given = self.__dict__.get("_tokenizer_given")
+        if given is not None:
+            return given
         from llamarcp.compat.tokenizer import LlamaTokenizer
 
         return LlamaTokenizer(self)
+
+    @tokenizer_.setter
+    def tokenizer_(self, tokenizer: Any) -> None:
+        self.__dict__["_tokenizer_given"] = tokenizer
 
     # -- OpenAI client types --------------------------------------------------------------------------------
 
