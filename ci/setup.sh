@@ -11,6 +11,9 @@ want="$(sha256sum pyproject.toml | cut -c1-16) $extras"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/python -m pip install --disable-pip-version-check -q --upgrade pip
     .venv/bin/python -m pip install --disable-pip-version-check -q -e ".[$extras]"
+    case ",$extras," in *,dev,*|*,compat,*)  # its only other requirement is llama-cpp-python, which llamarcp replaces
+        .venv/bin/python -m pip install --disable-pip-version-check -q --no-deps "llama-index-llms-llama-cpp>=0.4" ;;
+    esac
     echo "$want" > "$stamp"
 fi
 .venv/bin/python build_lib.py >/dev/null

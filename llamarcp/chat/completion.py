@@ -19,12 +19,28 @@ from llamarcp.chat.templates import ChatFormatter, formatter_for_model, normaliz
 from llamarcp.chat.tools import parse_tool_calls, tool_names
 from llamarcp.errors import ChatMessageError, ChatTemplateError
 
-__all__ = ["ThinkSplitter", "chat_formatter", "create_chat_completion", "render_chat_prompt", "tools_system_prompt"]
+__all__ = [
+    "LEGACY_FORMAT_NAMES",
+    "ThinkSplitter",
+    "chat_formatter",
+    "completion_to_chat",
+    "create_chat_completion",
+    "render_chat_prompt",
+    "tools_system_prompt",
+]
 
 # One formatter per (Llama, format, template): compiling and probing a template once, not per request.
 _FORMATTERS: weakref.WeakKeyDictionary[Any, dict[tuple[str | None, str | None], ChatFormatter]] = (
     weakref.WeakKeyDictionary()
 )
+
+#: llama-cpp-python's older format names, defined in legacy_formats.py (imported when one is asked for).
+LEGACY_FORMAT_NAMES = frozenset(
+    {
+        "qwen", "oasst_llama", "baichuan-2", "baichuan", "openbuddy", "redpajama-incite", "snoozy", "phind",
+        "intel", "open-orca", "mistrallite", "pygmalion", "chatglm3", "openchat", "saiga",
+    }
+)  # fmt: skip
 
 # Prefixes that may open a tool call; while streaming with tools, text starting like this is held back.
 _TOOL_MARKERS = ("<tool_call>", "[TOOL_CALLS]", "{", "[", "functools", "<|python_tag|>")
@@ -45,6 +61,8 @@ def chat_formatter(llama: Any, chat_format: str | None = None, chat_template: st
     key = (chat_format, chat_template)
     formatter = per_model.get(key)
     if formatter is None:
+        if chat_format in LEGACY_FORMAT_NAMES:  # registered on first use: compiling them all costs ~70 ms
+            import llamarcp.chat.legacy_formats  # noqa: F401
         metadata = dict(llama.metadata)
         gguf_template = llama.chat_template() if hasattr(llama, "chat_template") else None
         if gguf_template:
@@ -214,7 +232,39 @@ def create_chat_completion(
       `message.reasoning_content` (streamed as `delta.reasoning_content`), the answer to `content`;
       "deepseek" always splits, "none" leaves the text as generated.
     - Remaining keyword arguments go to `create_completion` (e.g. `mirostat_mode`, `logits_processor`).
+    - A llama-cpp-python chat handler takes over the whole request when one applies: `Llama(chat_handler=...)`,
+      or a `chat_format` registered with `llama_cpp.llama_chat_format.register_chat_format` /
+      `register_chat_completion_handler` (e.g. "chatml-function-calling"); see llamarcp.compat.chat_format.
     """
+    handler = _chat_handler(llama, chat_format)
+    if handler is not None:
+        return handler(
+            llama=llama,
+            messages=messages,
+            functions=functions,
+            function_call=function_call,
+            tools=tools,
+            tool_choice=tool_choice,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            min_p=min_p,
+            typical_p=typical_p,
+            stream=stream,
+            stop=stop,
+            seed=seed,
+            response_format=response_format,
+            max_tokens=max_tokens,
+            presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty,
+            repeat_penalty=repeat_penalty,
+            model=model,
+            logit_bias=logit_bias,
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
+            grammar=grammar,
+            **completion_kwargs,
+        )
     if functions is not None:
         if tools is not None:
             raise ChatMessageError("pass either tools or the legacy functions, not both")
@@ -273,6 +323,26 @@ def create_chat_completion(
     if stream:
         return _stream(completion, parse_tools, legacy, splitter)
     return _finish(completion, parse_tools, legacy, splitter)
+
+
+def _chat_handler(llama: Any, chat_format: str | None) -> Any:
+    """The llama-cpp-python-style handler for this request, or None for llamarcp's own chat path."""
+    handler = getattr(llama, "chat_handler", None)
+    if handler is not None:
+        return handler
+    name = chat_format if chat_format is not None else getattr(llama, "chat_format", None)
+    if not isinstance(name, str):
+        return None
+    from llamarcp.compat.chat_format import registered_handler
+
+    return registered_handler(name)
+
+
+def completion_to_chat(completion: Any, stream: bool = False) -> Any:
+    """A `create_completion` result (dict, or its chunks when `stream`) as a chat completion (or its chunks)."""
+    if stream:
+        return _stream(completion, None, False, None)
+    return _finish(completion, None, False, None)
 
 
 class ThinkSplitter:

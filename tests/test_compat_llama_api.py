@@ -1,0 +1,177 @@
+"""llama-cpp-python's extra `Llama` API (llamarcp.compat.llama_api): handles, params views, numpy views,
+`sample`, pickling, OpenAI client types, `from_pretrained` from an offline Hugging Face cache."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import llamarcp
+from llamarcp import Llama
+from llamarcp.compat.llama_api import LlamaCppApiMixin, MinTokensLogitsProcessor
+from llamarcp.errors import LlamaError
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPT = "The quick brown fox"
+
+
+@pytest.fixture()
+def llm(tiny_model_path: Path) -> Iterator[Llama]:
+    with Llama(str(tiny_model_path), n_ctx=256, n_batch=64, n_threads=1, seed=42) as model:
+        yield model
+
+
+def test_raw_handles_and_params(llm: Llama) -> None:
+    lib = llamarcp.lib
+    assert lib.llama_n_ctx(llm.ctx) == llm.n_ctx == llm.context_params.n_ctx
+    assert lib.llama_model_n_embd(llm.model) == llm.n_embd
+    assert llm.n_batch == 64 == llm.context_params.n_batch
+    assert llm.context_params.n_threads == 1
+    assert llm.pooling_type() == llm.context_params.pooling_type
+    params = llm.model_params
+    assert params.n_gpu_layers == 0 and params.load_mode == lib.LLAMA_LOAD_MODE_MMAP and params.vocab_only is False
+    llm.close()
+    with pytest.raises(llamarcp.errors.ClosedError):
+        llm.ctx  # noqa: B018
+
+
+def test_vocab_only_params(tiny_model_path: Path) -> None:
+    with Llama(str(tiny_model_path), vocab_only=True, n_ctx=128) as vocab:
+        assert vocab.context_params.n_ctx == 128 and vocab.model_params.vocab_only is True
+        with pytest.raises(LlamaError, match="vocab_only"):
+            vocab.ctx  # noqa: B018
+
+
+def test_token_history_and_scores_as_numpy(llm: Llama) -> None:
+    tokens = llm.tokenize(PROMPT.encode())
+    assert llm.scores.shape == (0, llm.n_vocab)
+    llm.eval(tokens)
+    ids = LlamaCppApiMixin.input_ids.fget(llm)  # type: ignore[attr-defined]  # see the note in llama_api
+    assert ids.dtype == np.intc and ids.tolist() == tokens
+    assert list(llm.eval_tokens) == tokens
+    scores = llm.scores
+    assert scores.shape == (1, llm.n_vocab) and scores.dtype == np.single
+    assert np.array_equal(scores[-1], llm._engine.logits())
+    assert len(llm.eval_logits) == 1 and llm._scores.shape == scores.shape
+
+
+def test_sample_greedy_is_the_argmax_and_does_not_advance(llm: Llama) -> None:
+    with pytest.raises(LlamaError, match="evaluate some tokens first"):
+        llm.sample()
+    llm.eval(llm.tokenize(PROMPT.encode()))
+    n = llm.n_tokens
+    token = llm.sample(temp=0.0)
+    assert token == int(np.argmax(llm.scores[-1]))
+    assert llm.n_tokens == n
+    assert llm.sample(temp=0.0, idx=n - 1) == token
+    with pytest.raises(ValueError, match="only for the last"):
+        llm.sample(idx=0)
+
+
+def test_sample_applies_a_logits_processor(llm: Llama) -> None:
+    llm.eval(llm.tokenize(PROMPT.encode()))
+    seen: list[int] = []
+
+    def only_token_7(input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        seen.append(len(input_ids))
+        out = np.full_like(scores, -np.inf)
+        out[7] = 0.0
+        return out
+
+    assert llm.sample(temp=0.8, logits_processor=[only_token_7]) == 7
+    assert seen == [llm.n_tokens]
+
+
+def test_min_tokens_processor_blocks_eos_until_enough_tokens() -> None:
+    proc = MinTokensLogitsProcessor(2, token_eos=1)
+    scores = np.zeros(4, dtype=np.single)
+    assert proc(np.arange(5), scores.copy())[1] == -np.inf  # first call: the prompt length is remembered
+    assert proc(np.arange(6), scores.copy())[1] == -np.inf
+    assert proc(np.arange(7), scores.copy())[1] == 0.0
+
+
+def test_logprob_helpers() -> None:
+    logits = np.array([[0.0, np.log(3.0)]], dtype=np.single)
+    assert np.allclose(np.exp(Llama.logits_to_logprobs(logits)), [[0.25, 0.75]])
+    assert Llama.longest_token_prefix([1, 2, 3], (1, 2, 5)) == 2
+
+
+def test_tokenizer_property(llm: Llama) -> None:
+    assert llm.tokenizer_.tokenize(PROMPT.encode()) == llm.tokenize(PROMPT.encode())
+    assert llm.tokenizer_.decode(llm.tokenize(PROMPT.encode(), add_bos=False)) == PROMPT
+
+
+def test_pickle_recreates_from_the_constructor_arguments(llm: Llama) -> None:
+    expected = llm(PROMPT, max_tokens=6, temperature=0)["choices"][0]["text"]
+    clone = pickle.loads(pickle.dumps(llm))
+    try:
+        assert clone is not llm and clone.model_path == llm.model_path
+        assert clone.n_ctx == llm.n_ctx and clone.n_batch == llm.n_batch
+        assert clone(PROMPT, max_tokens=6, temperature=0)["choices"][0]["text"] == expected
+    finally:
+        clone.close()
+
+
+def test_openai_v1_types(llm: Llama) -> None:
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+    messages = [{"role": "user", "content": "Hi"}]
+    result = llm.create_chat_completion_openai_v1(messages=messages, max_tokens=4, temperature=0)
+    assert isinstance(result, ChatCompletion) and result.choices[0].message.role == "assistant"
+    chunks = list(llm.create_chat_completion_openai_v1(messages=messages, max_tokens=4, temperature=0, stream=True))
+    assert chunks and all(isinstance(c, ChatCompletionChunk) for c in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == result.choices[0].message.content
+
+
+def _fake_hub_cache(root: Path, model: Path, repo: str, files: dict[str, Path]) -> None:
+    """The layout huggingface_hub keeps: models--owner--name/{refs/main, snapshots/<commit>/<files>}."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    base = root / ("models--" + repo.replace("/", "--"))
+    (base / "refs").mkdir(parents=True)
+    (base / "refs" / "main").write_text(commit)
+    for name, source in files.items():
+        target = base / "snapshots" / commit / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+
+
+def test_from_pretrained_offline_from_the_hub_cache(tiny_model_path: Path, tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("tiny")
+    _fake_hub_cache(
+        tmp_path / "hub",
+        tiny_model_path,
+        "someone/tiny-GGUF",
+        {"tiny-Q8_0.gguf": tiny_model_path, "README.md": readme, "sub/other.bin": readme},
+    )
+    code = (
+        "import llamarcp\n"
+        "from llamarcp import Llama\n"
+        "llm = Llama.from_pretrained('someone/tiny-GGUF', '*Q8_0.gguf', n_ctx=256, n_threads=1)\n"
+        "print(llm.n_ctx, llm.model_path.endswith('tiny-Q8_0.gguf'))\n"
+        "for pattern in ('*.safetensors', '*'):\n"
+        "    try:\n"
+        "        Llama.from_pretrained('someone/tiny-GGUF', pattern)\n"
+        "    except ValueError as exc:\n"
+        "        print(str(exc).split(';')[0])\n"
+        "try:\n"
+        "    Llama.from_pretrained('someone/not-cached', '*.gguf')\n"
+        "except FileNotFoundError as exc:\n"
+        "    print('missing:', 'local Hugging Face cache' in str(exc))\n"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "256 True"
+    assert lines[1] == "No file in someone/tiny-GGUF match '*.safetensors'"
+    assert lines[2] == "3 files in someone/tiny-GGUF match '*'"
+    assert lines[3] == "missing: True"
