@@ -355,7 +355,11 @@ def context_params(
     params.n_seq_max = n_seq_max if n_seq_max else (8 if embedding else 1)
     params.kv_unified = True  # every sequence may use the whole n_ctx (embedding batches)
     params.embeddings = bool(embedding)
-    if flash_attn is None:
+    if flash_attn is None and embedding:
+        # Flash attention accumulates over every KV cell, masked ones of other sequences included, so a batched
+        # text would round differently from the same text alone (llamarcp.embeddings): off unless asked for.
+        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    elif flash_attn is None:
         params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_AUTO
     else:
         params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
