@@ -193,6 +193,22 @@ def test_embedding_stops_when_the_client_leaves(guarded: Server) -> None:
     assert len(vector) == 64
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs Llama.embed to honour Llama.abort() (the lead's change in llamarcp/llama.py); "
+    "until then the server stops an embedding only between groups of inputs",
+)
+def test_embedding_abort_stops_inside_one_group(guarded: Server) -> None:
+    # One group (8 inputs of 512 tokens: seconds on the tiny model): only Llama.abort() can stop it midway.
+    texts = ["word " * 600] * server_app.EMBED_GROUP
+    before = guarded.wait_idle()["models"]["tiny"]["queue"]
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(guarded.url + "/v1/embeddings", json={"input": texts}, headers=guarded.headers(), timeout=0.3)
+    after = guarded.wait_idle(timeout=120)["models"]["tiny"]["queue"]
+    assert after["cancelled"] == before["cancelled"] + 1
+    assert after["embedded_inputs"] == before["embedded_inputs"], "the group ran to its end"
+
+
 # --- the guards as plain ASGI apps ------------------------------------------------------------------------------
 
 
