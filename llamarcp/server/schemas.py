@@ -7,7 +7,7 @@ Integers that reach C are bounded to what C holds; floats must be finite.
 No `from __future__ import annotations` here: pydantic evaluates these at runtime, and Python 3.9 has no `X | Y`.
 """
 
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,8 +16,13 @@ IGNORED_FIELDS = frozenset({"user", "store", "metadata", "service_tier", "stream
 
 INT32_MAX = 2**31 - 1
 
+#: Every stop string is checked after each token: bound how many there are and how long (OpenAI allows 4).
+MAX_STOP_STRINGS = 64
+MAX_STOP_CHARS = 4096
+
 # Field bounds follow OpenAI's documented ranges (and llama-cpp-python's for its own fields).
-_Stop = Optional[Union[str, list[str]]]
+_StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
+_Stop = Optional[Union[_StopString, Annotated[list[_StopString], Field(max_length=MAX_STOP_STRINGS)]]]
 
 
 class _Body(BaseModel):
