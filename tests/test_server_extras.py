@@ -174,3 +174,14 @@ def test_interrupt_requests(tiny_model_path: Path, tmp_path: Path) -> None:
 
 def test_overload_error_is_a_llama_error() -> None:
     assert issubclass(ServerOverloaded, LlamaError)
+
+
+def test_null_fields_mean_their_default(server: Server) -> None:
+    body = {"prompt": "Once", "max_tokens": 5, "temperature": 0}
+    nulls = {k: None for k in ("top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty", "repeat_penalty")}
+    nulls.update(mirostat_mode=None, min_tokens=None, n=None, stream=None, echo=None, best_of=None, seed=None)
+    plain = server.post("/v1/completions", body).json()
+    with_nulls = server.post("/v1/completions", {**body, **nulls}).json()
+    assert with_nulls["choices"][0]["text"] == plain["choices"][0]["text"]
+    chat = {"messages": CHAT, "max_tokens": 2, "temperature": None, "logprobs": None, "reasoning_format": None}
+    assert server.post("/v1/chat/completions", chat).status_code == 200

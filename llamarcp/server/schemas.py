@@ -9,7 +9,7 @@ No `from __future__ import annotations` here: pydantic evaluates these at runtim
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 #: Fields clients send that carry no generation setting: accepted and ignored.
 IGNORED_FIELDS = frozenset({"user", "store", "metadata", "service_tier", "stream_options", "parallel_tool_calls"})
@@ -25,10 +25,27 @@ _StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
 _Stop = Optional[Union[_StopString, Annotated[list[_StopString], Field(max_length=MAX_STOP_STRINGS)]]]
 
 
+#: Fields where an explicit null has its own meaning (until the context is full), not "the default".
+_NULL_IS_A_VALUE = frozenset({"max_tokens", "max_completion_tokens"})
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     model: Optional[str] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        """`"temperature": null` (clients send nulls for unset fields; OpenAI accepts them) is the default."""
+        if isinstance(data, dict):
+            fields = cls.model_fields
+            return {
+                k: v
+                for k, v in data.items()
+                if not (v is None and k in fields and k not in _NULL_IS_A_VALUE and fields[k].default is not None)
+            }
+        return data
 
 
 class _Request(_Body):
