@@ -185,3 +185,21 @@ def test_null_fields_mean_their_default(server: Server) -> None:
     assert with_nulls["choices"][0]["text"] == plain["choices"][0]["text"]
     chat = {"messages": CHAT, "max_tokens": 2, "temperature": None, "logprobs": None, "reasoning_format": None}
     assert server.post("/v1/chat/completions", chat).status_code == 200
+
+
+def test_in_process_app_serves_a_callers_llama(tiny_llama: Any) -> None:
+    # create_app(settings, llama): the caller's Llama is the default model and stays open afterwards.
+    from fastapi.testclient import TestClient
+
+    from llamarcp.server import ServerSettings, create_app
+
+    settings = ServerSettings(model_alias="mine", disable_ping_events=True, api_key="k")
+    with TestClient(create_app(settings, llama=tiny_llama), root_path="/proxy") as client:
+        headers = {"Authorization": "Bearer k"}
+        assert client.get("/v1/models", headers=headers).json()["data"][0]["id"] == "mine"
+        assert client.get("/openapi.json", headers=headers).json()["servers"] == [{"url": "/proxy"}]
+        body = {"prompt": "Hi", "max_tokens": 3, "temperature": 0, "stream": True}
+        with client.stream("POST", "/v1/completions", json=body, headers=headers) as response:
+            lines = [line for line in response.iter_lines() if line]
+        assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
+    assert not tiny_llama.closed and tiny_llama("Hi", max_tokens=2)["choices"][0]["text"] is not None
