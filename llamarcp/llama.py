@@ -332,6 +332,11 @@ class Llama(LlamaCppApiMixin):
         if self._engine is not None:
             self._engine.abort.requested = True
 
+    def clear_abort(self) -> None:
+        """Withdraw an `abort()` that found nothing to stop, so it does not stop the next decode."""
+        if self._engine is not None:
+            self._engine.abort.requested = False
+
     def eval(self, tokens: Sequence[int]) -> int:
         """Bring the context to exactly `tokens`, reusing the longest cached prefix; returns tokens decoded.
 

@@ -79,6 +79,30 @@ def test_non_finite_numbers_are_400(guarded: Server, literal: bytes) -> None:
     assert "finite" in _error(response, 400)["message"]
 
 
+@pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        ("/v1/completions", b"null"),
+        ("/v1/completions", b"[]"),
+        ("/v1/chat/completions", b"123"),
+        ("/v1/completions", b'{"prompt": "x", "top_k": 1e999}'),
+        ("/v1/completions", b'{"prompt": "x", "top_k": ' + b"9" * 5000 + b"}"),
+        ("/v1/completions", b'{"prompt": "x", "max_tokens": ' + b"9" * 5000 + b"}"),
+        ("/v1/completions", b"\xff\xfe{"),
+        ("/v1/completions", b'{"prompt": "broken \\ud800 text", "max_tokens": 2}'),
+        ("/extras/tokenize", b'{"input": "broken \\udfff"}'),
+        ("/v1/embeddings", b'{"input": ["\\ud800"]}'),
+        ("/v1/completions", b'{"prompt": "x", "stop": [' + b'"a",' * 5000 + b'"a"]}'),
+        ("/v1/completions", b'{"prompt": "x", "stop": "' + b"a" * 5000 + b'"}'),
+    ],
+)
+def test_malformed_bodies_are_4xx(guarded: Server, path: str, raw: bytes) -> None:
+    headers = {**guarded.headers(), "content-type": "application/json"}
+    response = httpx.post(guarded.url + path, content=raw, headers=headers, timeout=30)
+    assert 400 <= response.status_code < 500, response.text
+    assert set(response.json()) == {"error"}
+
+
 def test_errors_keep_the_keep_alive_connection(guarded: Server) -> None:
     host, port = guarded.url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
@@ -191,6 +215,17 @@ def test_embedding_stops_when_the_client_leaves(guarded: Server) -> None:
     # The model is fine afterwards (an abort that found nothing to stop was withdrawn).
     vector = guarded.client().embeddings.create(model="tiny", input="hello").data[0].embedding
     assert len(vector) == 64
+
+
+def test_embedding_abort_stops_inside_one_group(guarded: Server) -> None:
+    # One group (8 inputs of 512 tokens: seconds on the tiny model): only Llama.abort() can stop it midway.
+    texts = ["word " * 600] * server_app.EMBED_GROUP
+    before = guarded.wait_idle()["models"]["tiny"]["queue"]
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(guarded.url + "/v1/embeddings", json={"input": texts}, headers=guarded.headers(), timeout=0.3)
+    after = guarded.wait_idle(timeout=120)["models"]["tiny"]["queue"]
+    assert after["cancelled"] == before["cancelled"] + 1
+    assert after["embedded_inputs"] == before["embedded_inputs"], "the group ran to its end"
 
 
 # --- the guards as plain ASGI apps ------------------------------------------------------------------------------
