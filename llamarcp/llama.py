@@ -338,12 +338,15 @@ class Llama(LlamaCppApiMixin):
             self._engine.abort.requested = False
 
     def eval(self, tokens: Sequence[int]) -> int:
-        """Bring the context to exactly `tokens`, reusing the longest cached prefix; returns tokens decoded.
-
-        The last token is always decoded again so its logits are fresh for sampling.
-        """
+        """Decode `tokens` after the tokens the context already holds (llama-cpp-python's semantics: two calls
+        append); returns how many were decoded. `reset()` first to start over."""
         with self._turns.exclusive():
-            return self._engine_or_raise().eval(tokens)
+            engine = self._engine_or_raise()
+            tokens = list(tokens)
+            if not tokens:
+                return 0
+            held = engine.input_ids if engine.owner == "single" else []
+            return engine.eval([*held, *tokens])
 
     # -- generation -------------------------------------------------------------------------------------------
 
@@ -416,17 +419,20 @@ class Llama(LlamaCppApiMixin):
         logits_processor: Any,
         stopping_criteria: Any,
         outcome: Outcome | None = None,
+        prompt_logprobs: int | None = None,
     ) -> Generator[Step, None, None]:
         """The steps of one generation. With `n_parallel > 1` the request joins the shared decode loop at once
         (so several can be started before any is read); otherwise it runs in a turn of its own on first read."""
         if self._scheduler is not None:
             self._turns.check_open()
+            if prompt_logprobs is not None:
+                raise ValueError("echo=True with logprobs needs n_parallel=1 (prompt logprobs decode every row)")
             job = self._scheduler.submit(
                 prompt_tokens, params, max_tokens, logprobs, logits_processor, stopping_criteria
             )
             return self._scheduler.steps(job, outcome)
         return self._single_steps(
-            prompt_tokens, params, max_tokens, logprobs, logits_processor, stopping_criteria, outcome
+            prompt_tokens, params, max_tokens, logprobs, logits_processor, stopping_criteria, outcome, prompt_logprobs
         )
 
     def _single_steps(
@@ -438,13 +444,21 @@ class Llama(LlamaCppApiMixin):
         logits_processor: Any,
         stopping_criteria: Any,
         outcome: Outcome | None,
+        prompt_logprobs: int | None = None,
     ) -> Generator[Step, None, None]:
         """The engine's loop inside a turn: the context is this generation's until the generator finishes."""
         self._turns.enter()
         try:
             engine = self._engine_or_raise()
             yield from engine.generate(
-                prompt_tokens, params, max_tokens, logprobs, logits_processor, stopping_criteria, outcome
+                prompt_tokens,
+                params,
+                max_tokens,
+                logprobs,
+                logits_processor,
+                stopping_criteria,
+                outcome,
+                prompt_logprobs,
             )
         finally:
             self._turns.leave()

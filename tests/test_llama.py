@@ -283,7 +283,8 @@ def test_echo_and_token_prompt(tiny_llama: Llama) -> None:
 
 
 def test_max_tokens_validation(tiny_llama: Llama) -> None:
-    for bad in (0, -1, 2.5):
+    """0 and -1 mean "until the context is full" as in llama-cpp-python (tests/test_text_completion.py)."""
+    for bad in (2.5, "8", True):
         with pytest.raises(ValueError, match="max_tokens"):
             tiny_llama(PROMPT, max_tokens=bad)  # type: ignore[arg-type]
 
@@ -648,3 +649,13 @@ def test_greedy_fast_path_matches_the_sampler_chain(tiny_llama: Llama, fresh: An
         fast = tiny_llama(prompt, max_tokens=40, temperature=0)
         chain = tiny_llama(prompt, max_tokens=40, temperature=0, logit_bias={other: 0.0})
         assert text_of(fast) == text_of(chain)
+
+
+def test_eval_appends_like_llama_cpp_python(fresh: Any) -> None:
+    llm = fresh()
+    first, second = llm.tokenize(PROMPT.encode()), llm.tokenize(b" jumps over", add_bos=False)
+    assert llm.eval(first) == len(first)
+    assert llm.eval(second) == len(second)  # only the new tokens are decoded
+    assert llm.input_ids == first + second and llm.eval([]) == 0
+    llm.reset()
+    assert llm.eval(second) == len(second) and llm.input_ids == second
