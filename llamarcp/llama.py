@@ -24,6 +24,7 @@ from llamarcp.compat.cache import cache_restore, storing_after
 from llamarcp.compat.llama_api import LlamaCppApiMixin
 from llamarcp.engine import Engine, Outcome, Step
 from llamarcp.errors import LlamaError
+from llamarcp.model_facts import ModelFacts
 from llamarcp.sampling import (
     LLAMA_DEFAULT_SEED,
     LogitsProcessorList,
@@ -56,14 +57,7 @@ MAX_PARALLEL = 64
 _GENERATE_OBSOLETE = frozenset({"tfs_z", "penalize_nl"})
 
 
-class _Count(int):
-    """An int that can also be called, so both `llm.n_ctx` (property style) and `llm.n_ctx()` work."""
-
-    def __call__(self) -> int:
-        return int(self)
-
-
-class Llama(LlamaCppApiMixin):
+class Llama(ModelFacts, LlamaCppApiMixin):
     """A model plus one context: tokenize, complete, embed, save/restore state.
 
     `model_path=None` loads the default model (gemma-3-270m, `pip install 'llamarcp[model]'`). `n_ctx` may be
@@ -225,77 +219,6 @@ class Llama(LlamaCppApiMixin):
     @property
     def _memory(self) -> Any:
         return self._engine_or_raise().memory
-
-    # -- facts ------------------------------------------------------------------------------------------------
-
-    @property
-    def n_ctx(self) -> _Count:
-        """Context size in tokens of one sequence (also callable, like llama-cpp-python's `n_ctx()`); with
-        `n_parallel` the context holds that many sequences of this size."""
-        with self._turns.using():
-            return _Count(self._engine_or_raise().n_ctx)
-
-    @property
-    def n_vocab(self) -> _Count:
-        self._turns.check_open()
-        return _Count(self._model.n_vocab)
-
-    @property
-    def n_embd(self) -> _Count:
-        with self._turns.using():
-            return _Count(self._model.n_embd())
-
-    @property
-    def n_tokens(self) -> int:
-        """Tokens currently held in the context (the reusable prefix)."""
-        return len(self._engine.input_ids) if self._engine is not None else 0
-
-    @property
-    def input_ids(self) -> list[int]:
-        return list(self._engine.input_ids) if self._engine is not None else []
-
-    @property
-    def last_timings(self) -> dict[str, float]:
-        """Counts and milliseconds of the last generation (prompt_n, prompt_eval_n, prompt_ms, predicted_*)."""
-        return self._engine.last_timings if self._engine is not None else {}
-
-    @property
-    def n_prompt_tokens_evaluated(self) -> int:
-        """Tokens the last prompt evaluation actually decoded (the rest was a reused prefix)."""
-        if self._scheduler is not None:
-            return self._scheduler.n_prompt_tokens_evaluated
-        return self._engine.n_prompt_tokens_evaluated if self._engine is not None else 0
-
-    @property
-    def token_bos(self) -> _Count:
-        with self._turns.using():
-            return _Count(self._model.token_bos())
-
-    @property
-    def token_eos(self) -> _Count:
-        with self._turns.using():
-            return _Count(self._model.token_eos())
-
-    @property
-    def token_nl(self) -> _Count:
-        with self._turns.using():
-            return _Count(self._model.token_nl())
-
-    @property
-    def metadata(self) -> dict[str, str]:
-        """GGUF metadata key/values (scalars, as strings)."""
-        cached: dict[str, str] | None = getattr(self, "_metadata", None)
-        if cached is None:
-            with self._turns.using():
-                cached = self._model.metadata()
-            self._metadata = cached
-        self._turns.check_open()
-        return dict(cached)
-
-    def chat_template(self, name: str | None = None) -> str | None:
-        """The model's `tokenizer.chat_template` (or a named one), None when it has none."""
-        with self._turns.using():
-            return self._model.chat_template(name)
 
     def tokenizer(self) -> LlamaTokenizer:
         return LlamaTokenizer(self)
