@@ -90,7 +90,7 @@ MAX_RENDER_STEPS = 10_000_000
 #: How much the process's resident memory may grow during one render (checked every MEMORY_CHECK_STEPS steps,
 #: so values kept in lists or namespaces cannot pile up: each operation is bounded, their sum is not).
 MAX_RENDER_MEMORY = 512 * 1024 * 1024
-#: Steps between two memory checks (a check reads /proc/self/statm: a few microseconds).
+#: Steps between two memory checks (a check reads /proc/self/statm: ~4 us, ~0.15 us per step).
 MEMORY_CHECK_STEPS = 32
 
 # Kept for code that imported the old names from llamarcp.chat.templates.
@@ -298,9 +298,11 @@ class _GenerationBlock(Extension):
 
 def _resident_bytes() -> int:
     """This process's resident memory (Linux: current, from /proc; elsewhere: the peak, from getrusage)."""
+    global _statm_fd
     try:
-        with open("/proc/self/statm", "rb") as handle:
-            return int(handle.read().split()[1]) * _PAGE_SIZE
+        if _statm_fd is None:
+            _statm_fd = os.open("/proc/self/statm", os.O_RDONLY)
+        return int(os.pread(_statm_fd, 128, 0).split()[1]) * _PAGE_SIZE  # pread: ~4 us, no open per check
     except (OSError, ValueError, IndexError):
         import resource
 
@@ -308,6 +310,7 @@ def _resident_bytes() -> int:
         return peak if sys.platform == "darwin" else peak * 1024
 
 
+_statm_fd: int | None = None
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
