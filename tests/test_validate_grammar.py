@@ -95,7 +95,9 @@ def test_vocab_size_tightens_the_stack_limit() -> None:
     token on a 32k vocab (it was seconds per token with 100k alternatives)."""
     text = "root ::= (" + " | ".join(f'"w{i}"' for i in range(500)) + ")+"
     assert check_grammar(text, n_vocab=32_000).max_parallel_stacks == 501
-    with pytest.raises(GrammarError, match="more than 65 parallel parse stacks"):
+    with pytest.raises(GrammarError, match="more than 262 parallel parse stacks"):
+        check_grammar(text, n_vocab=64_000)
+    with pytest.raises(GrammarError, match=f"more than {vg.MIN_PARALLEL_STACKS} parallel parse stacks"):
         check_grammar(text, n_vocab=256_000)
 
 
