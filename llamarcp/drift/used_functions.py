@@ -39,6 +39,7 @@ USED_FUNCTIONS: tuple[str, ...] = (
     "llama_init_from_model",
     "llama_log_set",
     "llama_max_devices",
+    "llama_max_parallel_sequences",
     "llama_memory_clear",
     "llama_memory_seq_pos_max",
     "llama_memory_seq_pos_min",
