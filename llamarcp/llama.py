@@ -37,6 +37,7 @@ from llamarcp.state import LlamaState
 from llamarcp.text_completion import PromptType
 from llamarcp.tokenizer import LlamaTokenizer, detokenize
 from llamarcp.turns import Turns
+from llamarcp.validate.params import MAX_PENALTY_LAST_N, check_int, check_seed
 
 __all__ = [
     "LLAMA_DEFAULT_SEED",
@@ -154,8 +155,8 @@ class Llama(ModelFacts, LlamaCppApiMixin):
             model_path = default_model_path()
         self.model_path = str(model_path)
         self._init_args["model_path"] = model_path
-        self._seed = int(seed) & 0xFFFFFFFF if seed is not None else LLAMA_DEFAULT_SEED
-        self.last_n_tokens_size = last_n_tokens_size
+        self._seed = check_seed(seed) & 0xFFFFFFFF if seed is not None else LLAMA_DEFAULT_SEED
+        self.last_n_tokens_size = check_int("last_n_tokens_size", last_n_tokens_size, -1, MAX_PENALTY_LAST_N)
         self.chat_format = chat_format
         self.chat_handler = chat_handler
         self.draft_model = draft_model
@@ -329,7 +330,7 @@ class Llama(ModelFacts, LlamaCppApiMixin):
             yield token
 
     def _effective_seed(self, seed: int | None) -> int:
-        if seed is None or seed < 0:
+        if seed is None or check_seed(seed) < 0:
             return self._seed
         return int(seed) & 0xFFFFFFFF
 
@@ -538,7 +539,7 @@ class Llama(ModelFacts, LlamaCppApiMixin):
             state.load_file(self._engine_or_raise(), path)
 
     def set_seed(self, seed: int) -> None:
-        self._seed = int(seed) & 0xFFFFFFFF
+        self._seed = check_seed(seed) & 0xFFFFFFFF
 
     def __repr__(self) -> str:
         engine = self._engine

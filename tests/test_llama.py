@@ -659,3 +659,14 @@ def test_eval_appends_like_llama_cpp_python(fresh: Any) -> None:
     assert llm.input_ids == first + second and llm.eval([]) == 0
     llm.reset()
     assert llm.eval(second) == len(second) and llm.input_ids == second
+
+
+def test_seed_and_penalty_window_are_checked_at_the_call(tiny_model_path: Path, tiny_llama: Llama) -> None:
+    with pytest.raises(TypeError, match="seed"):
+        Llama(str(tiny_model_path), n_ctx=64, seed="7")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="last_n_tokens_size"):
+        Llama(str(tiny_model_path), n_ctx=64, last_n_tokens_size=10**9)
+    with pytest.raises(TypeError, match="seed"):
+        tiny_llama(PROMPT, max_tokens=2, seed="7")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="seed"):
+        tiny_llama.set_seed(1.5)  # type: ignore[arg-type]
