@@ -184,13 +184,12 @@ def test_load_runs_the_guard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_guard_on_the_pinned_library_is_cheap(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The stamped pinned library passes on fingerprint equality: no ELF reading, no header parsing, no probe."""
-    import build_lib
+    """The stamped library of the bindings passes on fingerprint equality: no ELF reading, no parsing, no probe."""
     from codegen import parse
     from llamarcp._generated._llama_ffi import ffi
     from llamarcp.drift import symbols
 
-    path = build_lib.build() / "libllama.so"
+    path = Path(_lib.find_library())  # the library the package loads: the pinned build unless a bump points elsewhere
     stamp, _ = _guard.read_stamp(path)
     assert stamp is not None and stamp["abi_fingerprint"] == _guard.bindings_abi()[0]
     raw = ffi.dlopen(str(path))
@@ -355,9 +354,7 @@ def test_probe_checks_enum_fields_of_a_same_size_layout(llama_cpp_source: Path, 
 
 @pytest.mark.skipif(platform.machine().lower() not in abi.PROBE_MACHINES, reason="the probe needs an x86-64 ABI")
 def test_probe_verifies_the_real_library_of_the_bindings() -> None:
-    import build_lib
-
-    result = _guard._probe(_dlopen(build_lib.build() / "libllama.so"))
+    result = _guard._probe(_dlopen(Path(_lib.find_library())))
     assert not result.problems and not result.skipped, result
     sizes = {p["struct"]: p["size"] for p in _guard.bindings_abi()[2]}
     assert result.verified == [f"struct {name} ({size} bytes)" for name, size in sorted(sizes.items())]
