@@ -29,7 +29,7 @@ from codegen.model import Api  # noqa: E402
 DEFAULT_OUT = ROOT / "llamarcp" / "_generated"
 GOLDEN_DIR = ROOT / "tests" / "data" / "codegen"
 #: Golden outputs per test header (the ffi module is left out: it is cffi's byte format, covered by layout tests).
-GOLDEN_FILES = ("api.json", "llama.cdef.h", "lib.pyi")
+GOLDEN_FILES = ("api.json", "llama.cdef.h", "lib.pyi", "lib_types.pyi", "_abi.py")
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 
 

@@ -93,7 +93,13 @@ def probes(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     for t in manifest.get("typedefs", []):
         if t["type"] in structs:
             structs[t["name"]] = structs[t["type"]]
-    enums = {f"enum {e['name']}": sorted({c["value"] for c in e["constants"]}) for e in manifest.get("enums", [])}
+    enums: dict[str, list[int]] = {}
+    for e in manifest.get("enums", []):
+        values = sorted({c["value"] for c in e["constants"]})
+        enums[f"enum {e['name']}"] = enums[e["name"]] = values  # tagged, or named by its typedef only
+    for t in manifest.get("typedefs", []):
+        if t["type"] in enums:
+            enums[t["name"]] = enums[t["type"]]
     out = []
     for f in manifest.get("functions", []):
         if f["params"] or f.get("variadic"):
