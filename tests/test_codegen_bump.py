@@ -33,7 +33,7 @@ def new_tree(llama_cpp_source: Path, tmp_path_factory: pytest.TempPathFactory) -
     header = tree / "include" / "llama.h"
     anchor = "        ggml_abort_callback abort_callback;\n"
     assert anchor in header.read_text()
-    header.write_text(header.read_text().replace(anchor, "        size_t moe_cache_size;\n" + anchor))
+    header.write_text(header.read_text().replace(anchor, "        size_t llamarcp_test_grown;\n" + anchor))
     transport = tree / "ggml/src/ggml-rpc/transport.h"
     assert "RPC_CONN_CAPS_SIZE = 24;" in transport.read_text()
     transport.write_text(transport.read_text().replace("RPC_CONN_CAPS_SIZE = 24;", "RPC_CONN_CAPS_SIZE = 32;"))
@@ -69,7 +69,9 @@ def test_report_header_and_step_table(report: str) -> None:
 
 
 def test_report_names_the_struct_change_and_the_guard_refusal(report: str) -> None:
-    assert "- field added: `size_t moe_cache_size` at offset 112" in report
+    cparams = next(s for s in bump.pinned_manifest()["structs"] if s["name"] == "llama_context_params")
+    offset = next(f["offset"] for f in cparams["fields"] if f["name"] == "abort_callback")
+    assert f"- field added: `size_t llamarcp_test_grown` at offset {offset}" in report
     assert "The runtime guard refuses the new library with the old bindings (`LibraryMismatchError`)" in report
     assert "- `struct llama_context_params`" in report
     assert "Files that differ from the checked-in bindings: __init__.py, _abi.py," in report

@@ -14,13 +14,15 @@ from typing import Any
 import pytest
 
 from llamarcp import _guard, _lib
-from llamarcp._pin import LLAMA_CPP_COMMIT
 from llamarcp.drift import abi
 from llamarcp.errors import LibraryMismatchError
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+#: The commit the generated bindings describe (the pin, or the tree of a bump in progress): the guard expects it.
+LLAMA_CPP_COMMIT = _guard.bindings_commit()
 
 
 class FakeLib:
@@ -88,9 +90,9 @@ def test_unknown_or_unreadable_stamp_skips_the_commit_check_and_warns(tmp_path: 
 
 
 def test_expected_commit_is_the_generated_bindings_commit() -> None:
-    from llamarcp._generated import _symbols
+    from llamarcp._generated import _abi, _symbols
 
-    assert _guard.bindings_commit() == _symbols.LLAMA_CPP_COMMIT == LLAMA_CPP_COMMIT
+    assert _guard.bindings_commit() == _symbols.LLAMA_CPP_COMMIT == _abi.LLAMA_CPP_COMMIT
 
 
 def test_bare_soname_from_system_loader_has_no_stamp() -> None:
@@ -202,27 +204,32 @@ def test_guard_on_the_pinned_library_is_cheap(monkeypatch: pytest.MonkeyPatch) -
     _guard.check(raw, path)
 
 
-def test_stale_used_list_is_named_by_generate_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_stale_used_list_is_named_by_generate_check(
+    llama_cpp_source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from codegen import generate
 
+    same = ["--source", str(llama_cpp_source), "--commit", LLAMA_CPP_COMMIT]  # the bindings' own tree
     out = tmp_path / "_generated"
     shutil.copytree(ROOT / "llamarcp" / "_generated", out, ignore=shutil.ignore_patterns("__pycache__"))
     text = (out / "_used.py").read_text()
     stale = text.replace('    "llama_backend_init",\n', '    "llama_not_called_anymore",\n')
     assert stale != text
     (out / "_used.py").write_text(stale)
-    assert generate.main(["--check", "--out", str(out)]) == 1
+    assert generate.main(["--check", "--out", str(out), *same]) == 1
     err = capsys.readouterr().err
+    assert "codegen: 1 generated file(s) are stale" in err
     assert "_used.py: llamarcp now calls other C functions" in err
     assert "new: llama_backend_init;" in err and "no longer called: llama_not_called_anymore)" in err
-    assert generate.main(["--out", str(out), "-q"]) == 0
+    assert generate.main(["--out", str(out), "-q", *same]) == 0
     assert (out / "_used.py").read_text() == text
 
 
 # -------------------------------------------------- the ABI: a tree whose struct layout changed, old bindings
 
-#: The field the b11549 bump added (issue 17): inserted before `abort_callback` it moves 7 fields and grows the struct.
-NEW_FIELD = "        size_t moe_cache_size;\n"
+#: Like the `size_t moe_cache_size` of b11549: inserted before `abort_callback`, it moves the later fields and
+#: grows the struct by 8 bytes.
+NEW_FIELD = "        size_t llamarcp_test_grown;\n"
 CPARAMS_SRC = """
 #include "llama.h"
 struct llama_context_params llama_context_default_params(void) {
