@@ -77,6 +77,18 @@ def bindings_source() -> Path:
     )
 
 
+def bindings_build_source() -> Path | None:
+    """`source` for `build_lib.build()` that gives a library of the bindings' tree: None (the pin) unless bumped."""
+    import os
+
+    from llamarcp._generated._symbols import LLAMA_CPP_COMMIT
+    from llamarcp._pin import LLAMA_CPP_COMMIT as PINNED
+
+    if LLAMA_CPP_COMMIT == PINNED and not os.environ.get(BINDINGS_SOURCE_ENV):
+        return None
+    return bindings_source()
+
+
 def source_commit(source: Path, explicit: str | None) -> str:
     """Commit of a llama.cpp tree: --commit, build_lib's verified marker, the directory name, or git."""
     if explicit:
