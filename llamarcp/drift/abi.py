@@ -212,8 +212,7 @@ def probe(raw: Any, ffi: Any, probe_table: Any, machine: str) -> ProbeResult:
             call(buf)
             data = bytes(ffi.buffer(buf))
             passes.append(data)
-            written = [i for i in range(PROBE_BUFFER - 1, -1, -1) if data[i] != fill]
-            extent = max(extent, written[0] + 1 if written else 0)
+            extent = max(extent, len(data.rstrip(bytes([fill]))))  # bytes up to the last one the call wrote
         data = passes[0]
         name, size = f"struct {entry['struct']}", entry["size"]
         where = f"{entry['function']}()"
