@@ -475,8 +475,9 @@ class Llama(LlamaCppApiMixin):
         try:
             engine = self._engine_or_raise()
             yield from engine.generate(
-                prompt_tokens, params, max_tokens, logprobs, logits_processor, stopping_criteria, outcome
-            )
+                prompt_tokens, params, max_tokens, logprobs, logits_processor, stopping_criteria, outcome,
+                draft_model=self.draft_model,
+            )  # fmt: skip
         finally:
             self._turns.leave()
 
