@@ -5,7 +5,9 @@ follow. The sampled token and all drafts go into one batch that outputs logits a
 model's argmax at position i is compared with draft i, and the run of agreeing drafts is kept (each is exactly
 the token plain greedy decoding would have picked there). The first disagreement is already the next token,
 read from the same logits; the rejected drafts are removed from the KV memory. Output is token-for-token that
-of plain greedy decoding; the speed-up is the number of accepted drafts per decode.
+of plain greedy decoding; the speed-up is the number of accepted drafts per decode. How many drafts go into a
+batch adapts: it doubles after a fully accepted run and drops to one more than the accepted count after a
+miss, so a draft model that is often wrong costs little more than plain decoding.
 
 Used by `Engine.generate` for greedy requests (a greedy-only sampler chain, no grammar, no logits processor,
 stopping criteria or logprobs) when `Llama(draft_model=...)` is set; other requests ignore the draft model.
@@ -46,6 +48,7 @@ def greedy_with_drafts(engine: Engine, draft_model: Any, limit: int, outcome: Ou
         return token, piece if piece is not None else token_to_piece(token), None
 
     n_generated = 0
+    budget = max_drafts  # drafts tried in the next batch (adapts to how often they are right)
     out = -1  # the output row whose logits predict the next token
     outcome["finish_reason"] = "length"
     outcome["drafted"] = outcome["accepted"] = 0
@@ -60,7 +63,7 @@ def greedy_with_drafts(engine: Engine, draft_model: Any, limit: int, outcome: Ou
         yield step(token)
         if n_generated >= limit or len(input_ids) >= n_ctx:
             return  # no room to decode this token; finish_reason stays "length"
-        room = min(max_drafts, n_ctx - len(input_ids) - 1, limit - n_generated)
+        room = min(budget, n_ctx - len(input_ids) - 1, limit - n_generated)
         drafts: list[int] = []
         if room > 0:
             proposed = draft_model(np.asarray([*input_ids, token], dtype=np.intc))
@@ -95,4 +98,7 @@ def greedy_with_drafts(engine: Engine, draft_model: Any, limit: int, outcome: Ou
         outcome["accepted"] += accepted
         if accepted < len(drafts):
             engine.truncate(len(input_ids) - (len(drafts) - accepted))
+            budget = accepted + 1
+        elif drafts:
+            budget = min(max_drafts, 2 * budget)
         out = accepted

@@ -182,3 +182,15 @@ def test_response_format_in_a_formatter_handler(llm: Llama) -> None:
             assert out["choices"][0]["message"]["content"].lstrip().startswith("{")
     finally:
         cf.LlamaChatCompletionHandlerRegistry().unregister_chat_handler(name)
+
+
+def test_template_constants_render_their_formats() -> None:
+    chatml = cf.Jinja2ChatFormatter(cf.CHATML_CHAT_TEMPLATE, cf.CHATML_EOS_TOKEN, cf.CHATML_BOS_TOKEN)
+    assert (
+        chatml(messages=[{"role": "user", "content": "hi"}]).prompt
+        == cf.format_chatml(  # type: ignore[attr-defined]
+            [{"role": "user", "content": "hi"}]
+        ).prompt
+    )
+    assert cf.MIXTRAL_INSTRUCT_CHAT_TEMPLATE == cf.MISTRAL_INSTRUCT_CHAT_TEMPLATE
+    assert "<|start_header_id|>" in cf.LLAMA3_INSTRUCT_CHAT_TEMPLATE
