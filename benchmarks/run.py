@@ -2,6 +2,7 @@
 
     python benchmarks/run.py            # full run: tiny + gemma models, writes RESULTS.md, results.png, results.json
     python benchmarks/run.py --smoke    # tiny model, one round, into benchmarks/.work/smoke/ (the test suite runs it)
+    python benchmarks/run.py --prepare  # build llama-bench, install llama-cpp-python (ci/setup.sh runs it once)
 
 The machine is shared and noisy, so every measurement is a round-robin: each round runs every contender on the
 same test back to back (the order rotates every round), and ratios are taken within a round before the median.
@@ -440,6 +441,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="extra CMake argument for the library build (repeatable; a separate cached build of the same pin)",
     )
     p.add_argument("--no-llama-cpp-python", action="store_true", help="skip the llama-cpp-python contender")
+    p.add_argument(
+        "--prepare",
+        action="store_true",
+        help="only build llama-bench and install llama-cpp-python into benchmarks/.work (ci/setup.sh runs this)",
+    )
+    p.add_argument(
+        "--no-install",
+        action="store_true",
+        help="never build or pip-install anything; fail if --prepare has not run (the test suite uses this)",
+    )
     p.add_argument("--skip-imports", action="store_true")
     p.add_argument("--skip-tools", action="store_true")
     p.add_argument("--out", type=Path, default=None, help="output dir (default benchmarks/; smoke .work/smoke)")
@@ -476,7 +487,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     results: dict[str, Any] = {"meta": meta, "models": {}, "failures": []}
 
-    toolchain = contenders.ensure_toolchain(args.cmake_arg)
+    if args.prepare:
+        toolchain = contenders.ensure_toolchain(args.cmake_arg)
+        log(f"llama-bench ready: {toolchain.llama_bench}")
+        if not args.no_llama_cpp_python:
+            log(f"llama-cpp-python ready: {contenders.ensure_llama_cpp_python(log)}")
+        return 0
+
+    toolchain = contenders.ensure_toolchain(args.cmake_arg, install=not args.no_install)
     meta["cmake_args"] = args.cmake_arg
     meta.update(
         lib_dir=str(toolchain.lib_dir), llama_cpp_commit=toolchain.commit, llama_bench=str(toolchain.llama_bench)
@@ -486,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     lcp_python: Path | None = None
     if not args.no_llama_cpp_python:
         try:
-            lcp_python = contenders.ensure_llama_cpp_python(log)
+            lcp_python = contenders.ensure_llama_cpp_python(log, install=not args.no_install)
             meta["llama_cpp_python_version"] = contenders.LCP_VERSION
         except BenchmarkError as exc:
             results["failures"].append(f"llama-cpp-python unavailable: {exc}")

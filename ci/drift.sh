@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Drift check (CI step): the generated API vs the freshly built libllama, the project's own code vs the
-# pinned API, the guard's list of used functions, and the generated files vs a fresh generation.
-# Every step runs; the script exits 1 if any failed, naming them.
+# Drift check (CI step): the generated API vs the freshly built libllama (exports and ABI stamp), the
+# project's own code vs the pinned API, and the generated files (with the guard's list of used functions)
+# vs a fresh generation. Every step runs; the script exits 1 if any failed, naming them.
 #
 # Overrides (tests use them): DRIFT_LIB=libllama file or dir (skips `python build_lib.py`),
-# DRIFT_API=manifest spec (default: pinned), DRIFT_STEPS="symbols scan used generated" (subset to run),
+# DRIFT_API=API spec: pinned (default), api.json, header, tree or carrier:V, DRIFT_STEPS="symbols scan generated",
 # PYTHON=interpreter (default: .venv/bin/python if present, else python3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +13,7 @@ if [ -z "${PYTHON:-}" ]; then
     if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 api="${DRIFT_API:-pinned}"
-steps="${DRIFT_STEPS:-symbols scan used generated}"
+steps="${DRIFT_STEPS:-symbols scan generated}"
 failed=()
 
 run_step() {
@@ -36,19 +36,16 @@ for step in $steps; do
             # Last stdout line of build_lib.py is the lib dir (cached: < 2 s when already built).
             lib="$("$PYTHON" build_lib.py | tail -n 1)" || { echo "== drift: symbols: build_lib.py failed"; failed+=(build); continue; }
         fi
-        run_step symbols "$PYTHON" -m llamarcp.drift symbols "$lib" --api "$api"
+        run_step symbols "$PYTHON" -m codegen.drift symbols "$lib" --api "$api"
         ;;
     scan)
-        run_step scan "$PYTHON" -m llamarcp.drift scan llamarcp codegen benchmarks build_lib.py --api "$api"
-        ;;
-    used)
-        run_step used "$PYTHON" -m llamarcp.drift used --check --api "$api"
+        run_step scan "$PYTHON" -m codegen.drift scan llamarcp codegen benchmarks build_lib.py --api "$api"
         ;;
     generated)
         run_step generated "$PYTHON" codegen/generate.py --check
         ;;
     *)
-        echo "== drift: unknown step '$step' (known: symbols scan used generated)"
+        echo "== drift: unknown step '$step' (known: symbols scan generated; the used-function list is part of generated)"
         failed+=("$step")
         ;;
     esac

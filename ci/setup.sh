@@ -17,3 +17,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "$want" > "$stamp"
 fi
 .venv/bin/python build_lib.py >/dev/null
+if [ "$extras" = dev ]; then
+    # What the tests use beyond the default library is built or installed here, once (cached), never inside a test.
+    .venv/bin/python build_lib.py --rpc >/dev/null       # tests/test_rpc.py: the RPC variant + ggml-rpc-server
+    .venv/bin/python benchmarks/run.py --prepare         # llama-bench + llama-cpp-python for the benchmark smoke test
+fi

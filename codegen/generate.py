@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from codegen import parse, render  # noqa: E402
+from codegen import parse, render, used  # noqa: E402
 from codegen.model import Api  # noqa: E402
 
 DEFAULT_OUT = ROOT / "llamarcp" / "_generated"
@@ -79,14 +79,17 @@ def generate(
     api = parse.parse_source(source, commit, groups=groups, header=header)
     if commit == "unknown":
         api.diagnostics.insert(0, "WARN: llama.cpp commit unknown (pass --commit SHA)")
-    files = render_all(api, groups)
+    files = render_all(api, groups, used_names=used.compute(f.name for f in api.functions))
     return Generated(api, files, time.perf_counter() - start)
 
 
-def render_all(api: Api, groups: tuple[parse.Group, ...] = parse.GROUPS) -> dict[str, str]:
+def render_all(
+    api: Api, groups: tuple[parse.Group, ...] = parse.GROUPS, used_names: list[str] | None = None
+) -> dict[str, str]:
+    """Every generated file; `_used.py` only with `used_names` (the package's own calls; not for golden APIs)."""
     hints = {g.name: g.hint for g in groups if g.hint}
     cdef = render.render_cdef(api)
-    return {
+    files = {
         "__init__.py": f'{render.hash_notice(api)}\n"""Files written by codegen/generate.py only."""\n',
         "llama.cdef.h": cdef,
         "_llama_ffi.py": render.render_ffi_module(api, cdef),
@@ -95,7 +98,12 @@ def render_all(api: Api, groups: tuple[parse.Group, ...] = parse.GROUPS) -> dict
         "api.json": render.render_manifest(api),
         "_symbols.py": render.render_symbols(api, hints),
         "codegen_report.md": render.render_report(api, groups),
+        "_abi.py": render.render_abi(api),
+        "lib_types.pyi": render.render_protocol(api),
     }
+    if used_names is not None:
+        files[used.FILE_NAME] = render.render_used(api, used_names)
+    return files
 
 
 def write_if_changed(out: Path, files: dict[str, str]) -> list[str]:
@@ -193,7 +201,12 @@ def main(argv: list[str] | None = None) -> int:
         if bad:
             print(f"codegen: {len(bad)} generated file(s) are stale (in {args.out} unless named):", file=sys.stderr)
             for name in bad:
-                print(f"  {name}", file=sys.stderr)
+                why = ""
+                if name == used.FILE_NAME:
+                    old = args.out / name
+                    old_text = old.read_text(encoding="utf-8") if old.is_file() else ""
+                    why = ": " + used.describe_difference(old_text, used.parse_names(result.files[name]))
+                print(f"  {name}{why}", file=sys.stderr)
             fix = (
                 "python codegen/generate.py --update-golden"
                 if all("/" in n for n in bad)

@@ -7,9 +7,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
-DefineValue = Union[int, float, str]
+DefineValue = int | float | str
 
 
 @dataclass(frozen=True)

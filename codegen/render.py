@@ -54,6 +54,7 @@ def _env() -> jinja2.Environment:
     )
     env.filters["pystr"] = lambda s: json.dumps(s, ensure_ascii=False)
     env.filters["pyrepr"] = repr
+    env.filters["pytuple"] = lambda items: repr(tuple(tuple(i) if isinstance(i, list) else i for i in items))
     env.filters["hash_comment"] = lambda text: _comment(text, "# ")
     return env
 
@@ -389,5 +390,56 @@ def render_report(api: Api, groups: Iterable[object]) -> str:
             levels={
                 level: sum(d.startswith(level + ":") for d in api.diagnostics) for level in ("ERROR", "WARN", "INFO")
             },
+        )
+    )
+
+
+def render_abi(api: Api) -> str:
+    """`_abi.py`: the ABI fingerprint, its items and the probes of the runtime guard (see llamarcp/drift/abi.py)."""
+    from llamarcp.drift import abi
+
+    manifest = api.to_manifest(GENERATOR)
+    digests = abi.items(manifest)
+    return (
+        _env()
+        .get_template("_abi.py.j2")
+        .render(
+            header=do_not_edit(api),
+            commit=api.llama_cpp_commit,
+            fingerprint=abi.fingerprint(digests),
+            items=sorted(digests.items()),
+            probes=abi.probes(manifest),
+        )
+    )
+
+
+def render_used(api: Api, names: list[str]) -> str:
+    """`_used.py`: the functions llamarcp's own code calls (see codegen/used.py)."""
+    return _env().get_template("_used.py.j2").render(header=do_not_edit(api), names=names)
+
+
+def render_protocol(api: Api) -> str:
+    """`lib_types.pyi`: class `Lib(Protocol)` with every function as a method (same types as `lib.pyi`)."""
+    types = StubTypes(api)
+    constants: list[tuple[str, str]] = []
+    for e in api.enums:
+        constants.extend((c.name, "int") for c in e.constants)
+    constants.extend((d.name, type(d.value).__name__) for d in api.defines)
+    constants.sort()
+    functions = []
+    for f in api.functions:
+        item = _stub_function(f, types)
+        item["signature"] = f"self, {item['signature']}" if item["signature"] else "self"
+        functions.append(item)
+    structs = [_stub_struct(s, types) for s in api.structs if not s.opaque]
+    return (
+        _env()
+        .get_template("lib_types.pyi.j2")
+        .render(
+            header=do_not_edit(api),
+            constants=constants,
+            structs=structs,
+            functions=functions,
+            any_deprecated=any(f.deprecated for f in api.functions),
         )
     )

@@ -17,10 +17,10 @@ import logging
 import sys
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-#: The raw cffi library's type (to become the generated `Lib` protocol).
-Lib = Any
+if TYPE_CHECKING:  # the generated Protocol: mypy checks every lib.* call of the package against llama.h
+    from llamarcp._generated.lib_types import Lib
 
 __all__ = [
     "LogCapture",

@@ -23,6 +23,7 @@ from llamarcp.errors import (
     ModelNotFoundError,
     TokenizeError,
 )
+from llamarcp.validate import check_context_params, check_gguf_hparams
 
 __all__ = ["Batch", "Context", "LoraAdapter", "Model", "ffi"]
 
@@ -56,6 +57,7 @@ class Model(Managed):
         self._lib = lib
         self.path = Path(path)
         _check_gguf_file(self.path)
+        check_gguf_hparams(self.path, vocab_only=vocab_only)
         params = lib.llama_model_default_params()
         # Offload devices (llamarcp.rpc.RpcDevices): its NULL-terminated array must outlive the model.
         self._devices = devices
@@ -265,6 +267,7 @@ class Context(Managed):
     def __init__(self, model: Model, params: Any) -> None:
         lib = model._lib
         self._lib = lib
+        check_context_params(params)
         with capture_log() as log:
             ptr = lib.llama_init_from_model(model.ptr, params)
         if ptr == ffi.NULL:
@@ -349,6 +352,23 @@ class Batch(Managed):
         if logits_last and n:
             flags[-1] = 1
         ffi.memmove(batch.logits, bytes(flags), n)
+        batch.n_tokens = n
+        return batch
+
+    def fill_entries(self, entries: Sequence[tuple[int, int, int, bool]]) -> Any:
+        """Tokens of several sequences in one batch: (token, position, seq_id, wants logits) each."""
+        batch = self.ptr
+        n = len(entries)
+        if n > self.capacity:
+            raise ValueError(f"{n} tokens do not fit a batch of {self.capacity}")
+        tokens, positions, seq_ids, flags = zip(*entries) if entries else ((), (), (), ())
+        ffi.memmove(batch.token, array("i", tokens), 4 * n)
+        ffi.memmove(batch.pos, array("i", positions), 4 * n)
+        ffi.memmove(batch.n_seq_id, self._n_seq_one, 4 * n)
+        seq = batch.seq_id
+        for i, seq_id in enumerate(seq_ids):
+            seq[i][0] = seq_id
+        ffi.memmove(batch.logits, bytes(bytearray(flags)), n)
         batch.n_tokens = n
         return batch
 

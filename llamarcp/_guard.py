@@ -1,20 +1,34 @@
-"""Runtime guard: refuse a libllama that cannot serve this package, before the first call crashes.
+"""Runtime guard: refuse a libllama whose ABI differs from the bindings', before the first call corrupts memory.
 
-Called by `llamarcp._lib.load()` right after dlopen. Two cheap checks, no ELF parsing:
-every function llamarcp itself calls resolves via dlsym (cffi attribute lookup), and the
-build stamp beside the library (written by build_lib.py) names the pinned commit.
+Called by `llamarcp._lib.load()` right after dlopen; cheap checks only, no ELF or header parsing:
+1. every function llamarcp itself calls resolves via dlsym (`_generated/_used.py`);
+2. the build stamp beside the library (build_lib.py) carries the ABI fingerprint of the headers it was built
+   from. Equal to the bindings' (`_generated/_abi.py`): done. Different: the per-item digests beside the
+   library name every struct layout, enum constant, #define or signature that changed, and a change refuses
+   the library (items only one side has do not: a removed function fails clearly when called);
+3. a library without a fingerprint (a system lib, `LLAMA_CPP_LIB_PATH`, an older build) is judged by its
+   stamp's commit, where it has one, and by a probe: the `*_default_params()` functions are called into a
+   sentinel-filled buffer and must write a struct of the bindings' size with valid bool and enum fields.
+   When none of this can verify anything, a `LibraryUnverifiedWarning` says so.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import platform
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from llamarcp import _cache
 from llamarcp.errors import LibraryMismatchError
+
+
+class LibraryUnverifiedWarning(UserWarning):
+    """The loaded libllama carries no ABI stamp and the probe could check nothing: a mismatch would go unseen."""
+
 
 #: Set to 1 to skip the guard (you vouch that header and library agree).
 SKIP_ENV = "LLAMARCP_SKIP_GUARD"
@@ -62,10 +76,17 @@ def skipped() -> bool:
 
 
 def used_functions() -> tuple[str, ...]:
-    """Functions llamarcp's own code calls (written by `python -m llamarcp.drift used --write`)."""
-    from llamarcp.drift.used_functions import USED_FUNCTIONS
+    """Functions llamarcp's own code calls (scanned by codegen/generate.py into `_generated/_used.py`)."""
+    from llamarcp._generated._used import USED_FUNCTIONS
 
     return USED_FUNCTIONS
+
+
+def bindings_abi() -> tuple[str, dict[str, str], tuple[dict[str, Any], ...]]:
+    """(fingerprint, item digests, probe table) of the generated bindings."""
+    from llamarcp._generated import _abi
+
+    return _abi.ABI_FINGERPRINT, _abi.ABI_ITEMS, _abi.PROBES
 
 
 def missing_functions(lib: Any, names: Iterable[str]) -> list[str]:
@@ -90,8 +111,8 @@ def missing_functions(lib: Any, names: Iterable[str]) -> list[str]:
     return sorted(missing)
 
 
-def stamp_commit(library_path: str | os.PathLike[str]) -> tuple[str | None, Path | None]:
-    """(commit, stamp path) from the build stamp next to the library; (None, None) when unknown."""
+def read_stamp(library_path: str | os.PathLike[str]) -> tuple[dict[str, Any] | None, Path | None]:
+    """(stamp, its path) beside the library; (None, path or None) when absent or unreadable."""
     path = Path(library_path)
     if not path.is_absolute() and path.parent == Path("."):
         return None, None  # a bare soname from the system loader: no directory to look in
@@ -100,10 +121,43 @@ def stamp_commit(library_path: str | os.PathLike[str]) -> tuple[str | None, Path
         data = json.loads(stamp.read_text())
     except (OSError, ValueError):
         return None, None
-    commit = data.get("commit") if isinstance(data, dict) else None
+    return (data, stamp) if isinstance(data, dict) else (None, stamp)
+
+
+def stamp_commit(library_path: str | os.PathLike[str]) -> tuple[str | None, Path | None]:
+    """(commit, stamp path) from the build stamp next to the library; (None, None) when unknown."""
+    data, stamp = read_stamp(library_path)
+    if data is None:
+        return None, None
+    commit = data.get("commit")
     if commit in _UNKNOWN_COMMITS or not isinstance(commit, str):
         return None, stamp
     return commit, stamp
+
+
+def _abi_problems(library_path: Path, stamp: dict[str, Any], expected_items: dict[str, str]) -> list[str]:
+    """Lines naming what the stamped library's headers changed; [] when nothing the bindings use changed."""
+    from llamarcp.drift import abi
+
+    source = stamp.get("source") or "<its llama.cpp tree>"
+    see = f"see `python -m codegen.drift diff pinned {source}` in a llamarcp checkout"
+    document = abi.read_items_file(library_path.parent)
+    if document is None:
+        return [
+            f"  it was built from headers with ABI fingerprint {stamp['abi_fingerprint']} (the bindings have "
+            f"another) and {abi.ITEMS_FILE} is missing beside it, so the changed items cannot be named; {see}"
+        ]
+    diff = abi.differences(expected_items, {str(k): str(v) for k, v in document["items"].items()})
+    if diff.compatible:
+        return []
+    return [f"  its headers differ in ABI from the bindings': {diff.summary()}", f"  ({see})"]
+
+
+def _probe(lib: Any) -> Any:
+    from llamarcp._generated._llama_ffi import ffi
+    from llamarcp.drift import abi
+
+    return abi.probe(lib, ffi, bindings_abi()[2], platform.machine())
 
 
 def check(
@@ -119,16 +173,41 @@ def check(
     if expected_commit is None:
         expected_commit = bindings_commit()
     missing = missing_functions(lib, used_functions() if used is None else used)
-    commit, stamp = stamp_commit(library_path)
-    wrong_commit = commit is not None and commit != expected_commit
-    if not missing and not wrong_commit:
+    stamp, stamp_path = read_stamp(library_path)
+    commit, _ = stamp_commit(library_path)
+    lines: list[str] = []
+    changed: list[str] = []
+    found_fp = stamp.get("abi_fingerprint") if stamp else None
+    if isinstance(found_fp, str) and stamp is not None:
+        expected_fp, expected_items, _ = bindings_abi()
+        if found_fp != expected_fp:
+            changed = _abi_problems(Path(library_path), stamp, expected_items)
+            if changed:
+                built = f"llama.cpp {commit}" if commit else "a llama.cpp of unknown commit"
+                lines.append(f"  it was built from {built} (stamp {stamp_path}); bindings: {expected_commit}")
+                lines.extend(changed)
+    else:
+        if commit is not None and commit != expected_commit:
+            lines.append(
+                f"  it was built from llama.cpp commit {commit} (stamp {stamp_path}), "
+                f"but llamarcp's bindings were generated from {expected_commit}"
+            )
+        result = _probe(lib)
+        if result.problems:
+            lines.append("  the probe of its default parameters found another struct layout:")
+            lines.extend(f"    {p}" for p in result.problems)
+        elif not result.verified and commit is None and not missing:
+            warnings.warn(
+                f"libllama at {library_path} has no build stamp with an ABI fingerprint and the probe verified "
+                f"nothing ({result.skipped}): llamarcp cannot tell whether it matches the bindings (llama.cpp "
+                f"{expected_commit[:12]}); a mismatch would corrupt memory silently. Build it with "
+                "`python build_lib.py --source DIR` to get a stamp",
+                LibraryUnverifiedWarning,
+                stacklevel=3,
+            )
+    if not missing and not lines:
         return
-    lines = [f"libllama at {library_path} does not match the API llamarcp was generated from:"]
-    if wrong_commit:
-        lines.append(
-            f"  it was built from llama.cpp commit {commit} (stamp {stamp}), "
-            f"but llamarcp's bindings were generated from {expected_commit}"
-        )
+    lines.insert(0, f"libllama at {library_path} does not match the API llamarcp was generated from:")
     if missing:
         lines.append(f"  {len(missing)} function(s) llamarcp calls are not exported: {', '.join(missing)}")
         if commit is None:

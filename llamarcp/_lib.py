@@ -1,4 +1,4 @@
-"""Find and load libllama: env var -> build_lib.py cache -> system loader.
+"""Find and load libllama: env var -> the wheel's bundled copy -> build_lib.py cache -> system loader.
 
 The one place that calls dlopen. `load()` is cached, so `from llamarcp import lib` loads once.
 """
@@ -18,7 +18,13 @@ from llamarcp.errors import LibraryNotFoundError
 #: Checked in this order; both names are accepted so llama-cpp-python users keep their setting.
 ENV_VARS = ("LLAMARCP_LIB_PATH", "LLAMA_CPP_LIB_PATH")
 
-BUILD_HINT = "build it with `python build_lib.py` (from a llamarcp checkout) or set LLAMARCP_LIB_PATH"
+BUILD_HINT = (
+    "install a wheel that bundles it (`pip install .` in a llamarcp checkout or sdist), "
+    "build it with `python build_lib.py` (from a llamarcp checkout) or set LLAMARCP_LIB_PATH"
+)
+
+#: Where a wheel built by setup.py puts libllama, its ggml libraries and their build stamp.
+BUNDLED_DIR = Path(__file__).resolve().parent / "_native"
 
 if sys.platform == "darwin":
     LIB_NAMES = ("libllama.dylib",)
@@ -50,6 +56,8 @@ def _iter_candidates() -> Iterator[tuple[str, Path | str | None]]:
         path = Path(value).expanduser()
         hit = path if path.is_file() else _in_dir(path) if path.is_dir() else None
         yield (f"${var}={value}", hit)
+    bundled_ok = (BUNDLED_DIR / _cache.STAMP_NAME).is_file()
+    yield (f"bundled with the package {BUNDLED_DIR}", _in_dir(BUNDLED_DIR) if bundled_ok else None)
     cache_dir = _cache.pinned_default_lib_dir()
     stamp_ok = (cache_dir / _cache.STAMP_NAME).is_file()
     yield (f"build cache {cache_dir}", _in_dir(cache_dir) if stamp_ok else None)

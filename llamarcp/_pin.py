@@ -23,6 +23,31 @@ class Carrier(NamedTuple):
 #: The llama.cpp commit every generated file, build and guard refers to.
 LLAMA_CPP_COMMIT = "0c1e57098bba43ac29e6e3b677cdceebdd22334f"
 
+#: Upstream's archive of the pinned commit, tried first by build_lib.py on machines that reach GitHub.
+ARCHIVE_URL = f"https://github.com/ggml-org/llama.cpp/archive/{LLAMA_CPP_COMMIT}.tar.gz"
+
+#: The part of the tree that decides the build (what an llamarcp sdist carries, and what TREE_SHA256 covers).
+TREE_PATHS = (
+    "CMakeLists.txt",
+    "LICENSE",
+    "app",
+    "cmake",
+    "common",
+    "ggml",
+    "include",
+    "licenses",
+    "src",
+    "tools",
+    "vendor",
+)
+
+#: Content hash of TREE_PATHS of the pinned commit (build_lib.tree_sha256: relative path + sha256 of each file,
+#: no timestamps or modes). GitHub's archive bytes are not stable and GitHub was unreachable when this was
+#: pinned, so the archive itself is verified by this hash after extraction instead of by a tarball sha256. It
+#: was computed from the carrier sdist's vendored tree below (sha256-verified, same commit); build_lib checks
+#: the carrier against it too, so the two sources of the pin cannot silently disagree.
+TREE_SHA256 = "0eb43229995b68ada3a0e5f79f9fe0fda21d42754b5efbac2dec30e5977db095"
+
 #: The sdist whose `vendor/llama.cpp` is the pinned source; its sha256 is verified before use.
 PINNED = Carrier(
     package="llama-cpp-python",

@@ -47,13 +47,14 @@ class AbortState:
 class Engine:
     """A context of `model` plus everything the decode loop reuses between tokens."""
 
-    def __init__(self, model: Model, params: Any, is_closing: Callable[[], bool]) -> None:
+    def __init__(self, model: Model, params: Any, is_closing: Callable[[], bool], n_ctx_seq: int | None = None) -> None:
         self.model = model
         self.ctx = Context(model, params)
         self._is_closing = is_closing
         try:
             self.batch = Batch(self.ctx.n_batch(), 1, parent=self.ctx)
-            self.n_ctx = self.ctx.n_ctx()
+            #: The most tokens one sequence may hold (the whole context unless it is shared by several).
+            self.n_ctx = min(n_ctx_seq, self.ctx.n_ctx()) if n_ctx_seq else self.ctx.n_ctx()
             self.n_batch = self.ctx.n_batch()
             self.memory = self.ctx.memory
             # The single-token step reuses a 1-token batch set up once: per token only its id and position change.
@@ -79,6 +80,8 @@ class Engine:
         #: Tokens the last prompt evaluation actually decoded (the rest came from the reused prefix).
         self.n_prompt_tokens_evaluated = 0
         self.last_timings: dict[str, float] = {}
+        #: Who last arranged the memory: "single" (this class, sequence 0) or the batching scheduler.
+        self.owner = "single"
 
     # -- abort ------------------------------------------------------------------------------------------------
 
@@ -119,9 +122,18 @@ class Engine:
     # -- memory and history -----------------------------------------------------------------------------------
 
     def clear(self) -> None:
-        """Forget everything the memory holds."""
+        """Forget everything the memory holds (the single-sequence side owns it afterwards)."""
         get_lib().llama_memory_clear(self.memory, True)
         self.input_ids = []
+        self.owner = "single"
+
+    def claim(self, owner: str) -> bool:
+        """Take the memory for `owner`; clears it (True) when someone else arranged it last."""
+        if self.owner == owner:
+            return False
+        self.clear()
+        self.owner = owner
+        return True
 
     def truncate(self, n_keep: int) -> None:
         """Make the memory hold exactly the first `n_keep` tokens of the history (after errors, or for reuse)."""
@@ -152,6 +164,7 @@ class Engine:
         if not tokens:
             raise ValueError("nothing to evaluate: the token list is empty")
         self.model.check_tokens(tokens)
+        self.claim("single")
         if len(tokens) > self.n_ctx:
             raise PromptTooLongError(len(tokens), self.n_ctx)
         lib = get_lib()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llamarcp.errors import ChatMessageError, GrammarError
+from llamarcp.validate.grammar import check_grammar
 
 __all__ = ["JSON_GBNF", "LlamaGrammar"]
 
@@ -23,6 +24,7 @@ class LlamaGrammar:
     def __init__(self, text: str, root: str = "root") -> None:
         if not isinstance(text, str):
             raise TypeError("grammar text must be str")
+        check_grammar(text, root)  # refuse shapes that would crash or stall llama.cpp, before any model sees it
         self.text = text
         self.root = root
 

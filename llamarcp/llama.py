@@ -1,16 +1,11 @@
 """`Llama`: llama-cpp-python's high-level API on the generated bindings and the current llama.cpp API.
 
 Same class, method and keyword names and the same OpenAI-shaped dicts as llama-cpp-python, so porting is
-changing an import. `Llama` is a facade; each concern lives in its own module:
-
-- `llamarcp._core`            Model / Context / Batch / LoraAdapter: owners of the C objects
-- `llamarcp.turns`            lifetime and turn-taking between threads (close never blocks)
-- `llamarcp.engine`           the context, its batches, prefix reuse and the per-token loop
-- `llamarcp.token_picker`     greedy and grammar fast paths, logits views, logprobs
-- `llamarcp.sampling`         the llama.cpp sampler chain for a request's knobs
-- `llamarcp.text_completion`  request validation and the OpenAI completion shape
-- `llamarcp.embeddings`       batched embeddings
-- `llamarcp.state`            snapshots and atomic session files
+changing an import. `Llama` is a facade; each concern lives in its own module: `_core` (owners of the C
+objects), `loading` (keywords -> model and context), `turns` (lifetime, turn-taking between threads),
+`engine` (the context, prefix reuse, the per-token loop), `batching` (many sequences per decode),
+`token_picker` (greedy/grammar fast paths, logprobs), `sampling` (the sampler chain), `text_completion`
+(requests and the OpenAI shape), `embeddings`, `state` (snapshots, atomic session files).
 """
 
 from __future__ import annotations
@@ -21,13 +16,14 @@ from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from llamarcp import _backend, embeddings, state, text_completion
-from llamarcp._core import Context, LoraAdapter, Model, ffi
+from llamarcp import _backend, embeddings, loading, state, text_completion
+from llamarcp._core import Context, ffi
 from llamarcp._cpu import physical_core_count
+from llamarcp.batching import Scheduler
 from llamarcp.compat.cache import cache_restore, storing_after
 from llamarcp.compat.llama_api import LlamaCppApiMixin
-from llamarcp.engine import Engine, Outcome, Step, context_params
-from llamarcp.errors import LlamaError, LoraAdapterError
+from llamarcp.engine import Engine, Outcome, Step
+from llamarcp.errors import LlamaError
 from llamarcp.sampling import (
     LLAMA_DEFAULT_SEED,
     LogitsProcessorList,
@@ -38,7 +34,7 @@ from llamarcp.sampling import (
 )
 from llamarcp.state import LlamaState
 from llamarcp.text_completion import PromptType
-from llamarcp.tokenizer import LlamaTokenizer
+from llamarcp.tokenizer import LlamaTokenizer, detokenize
 from llamarcp.turns import Turns
 
 __all__ = [
@@ -52,6 +48,9 @@ __all__ = [
 
 #: llama.h's LLAMA_POOLING_TYPE_UNSPECIFIED (a default argument, so read from the generated declarations).
 _POOLING_UNSPECIFIED: int = ffi.integer_const("LLAMA_POOLING_TYPE_UNSPECIFIED")
+
+#: The most sequences one context decodes together (`n_parallel`); llama.cpp's own limit is 256.
+MAX_PARALLEL = 64
 
 #: `generate()` keywords llama-cpp-python accepts that current llama.cpp no longer has a sampler for.
 _GENERATE_OBSOLETE = frozenset({"tfs_z", "penalize_nl"})
@@ -97,6 +96,7 @@ class Llama(LlamaCppApiMixin):
         n_threads: int | None = None,
         n_threads_batch: int | None = None,
         n_seq_max: int | None = None,
+        n_parallel: int = 1,
         rope_scaling_type: int | None = None,
         pooling_type: int = _POOLING_UNSPECIFIED,
         attention_type: int | None = None,
@@ -146,6 +146,9 @@ class Llama(LlamaCppApiMixin):
         for name, value in (("n_ctx", n_ctx), ("n_batch", n_batch)):
             if not isinstance(value, int) or value < 0 or (name == "n_batch" and value == 0):
                 raise ValueError(f"{name} must be a positive int (n_ctx=0 means the model's training context)")
+        if not isinstance(n_parallel, int) or isinstance(n_parallel, bool) or not 1 <= n_parallel <= MAX_PARALLEL:
+            raise ValueError(f"n_parallel must be an int in 1..{MAX_PARALLEL}, got {n_parallel!r}")
+        self.n_parallel = n_parallel
         self.verbose = verbose
         if verbose:
             _backend.set_verbose(True)
@@ -156,6 +159,7 @@ class Llama(LlamaCppApiMixin):
 
             model_path = default_model_path()
         self.model_path = str(model_path)
+        self._init_args["model_path"] = model_path
         self._seed = int(seed) & 0xFFFFFFFF if seed is not None else LLAMA_DEFAULT_SEED
         self.last_n_tokens_size = last_n_tokens_size
         self.chat_format = chat_format
@@ -168,74 +172,23 @@ class Llama(LlamaCppApiMixin):
         self.n_threads = n_threads if n_threads and n_threads > 0 else physical_core_count()
         self.n_threads_batch = n_threads_batch if n_threads_batch and n_threads_batch > 0 else self.n_threads
         self._engine: Engine | None = None
+        self._scheduler: Scheduler | None = None
 
-        devices = None
-        if rpc_servers is not None and not vocab_only:  # "host:port,..." like llama-cli --rpc; see llamarcp.rpc
-            from llamarcp import rpc
-
-            devices = rpc.rpc_devices(rpc_servers)
-            rpc.warn_if_unused(n_gpu_layers)
-        self._model = Model(
-            model_path,
-            devices=devices,
-            tensor_split=tensor_split,
-            vocab_only=vocab_only,
-            n_gpu_layers=n_gpu_layers,
-            main_gpu=main_gpu,
-            split_mode=split_mode,
-            use_mmap=use_mmap,
-            use_mlock=use_mlock,
-            check_tensors=check_tensors,
-            use_extra_bufts=use_extra_bufts,
-            kv_overrides=kv_overrides,
-        )
+        self._model = loading.open_model(self._init_args)
         self._turns = Turns(free=self._model.close, is_freed=lambda: self._model.closed)
         if vocab_only:
             return
         try:
-            params = context_params(
-                n_ctx=n_ctx,
-                n_batch=n_batch,
-                n_ubatch=n_ubatch,
-                n_threads=self.n_threads,
-                n_threads_batch=self.n_threads_batch,
-                n_seq_max=n_seq_max,
-                embedding=self.embedding,
-                flash_attn=flash_attn,
-                pooling_type=pooling_type,
-                rope_freq_base=rope_freq_base,
-                rope_freq_scale=rope_freq_scale,
-                offload_kqv=offload_kqv,
-                no_perf=no_perf,
-                # None keeps llama.cpp's default for each of these
-                rope_scaling_type=rope_scaling_type,
-                attention_type=attention_type,
-                yarn_ext_factor=yarn_ext_factor,
-                yarn_attn_factor=yarn_attn_factor,
-                yarn_beta_fast=yarn_beta_fast,
-                yarn_beta_slow=yarn_beta_slow,
-                yarn_orig_ctx=yarn_orig_ctx,
-                op_offload=op_offload,
-                swa_full=swa_full,
-                type_k=type_k,
-                type_v=type_v,
+            self._engine = loading.open_engine(
+                self._model, self._init_args, self, is_closing=lambda: self._turns.closing
             )
-            self._engine = Engine(self._model, params, is_closing=lambda: self._turns.closing)
+            if n_parallel > 1:
+                self._scheduler = Scheduler(self._engine, self._turns, n_parallel)
             if lora_path is not None:
-                self._apply_lora(lora_path, lora_scale)
+                self._lora = loading.apply_lora(self._model, self._engine, lora_path, lora_scale)
         except BaseException:
             self._model.close()
             raise
-
-    def _apply_lora(self, path: str | os.PathLike[str], scale: float) -> None:
-        adapter = LoraAdapter(self._model, path)
-        self._lora = adapter
-        adapters = ffi.new("struct llama_adapter_lora *[1]", [adapter.ptr])
-        scales = ffi.new("float[1]", [float(scale)])
-        with _backend.capture_log() as log:
-            rc = _backend.get_lib().llama_set_adapters_lora(self._context().ptr, adapters, 1, scales)
-        if rc != 0:
-            raise LoraAdapterError(f"llama_set_adapters_lora failed ({rc}) for {path}{log.reason()}")
 
     # -- lifetime ---------------------------------------------------------------------------------------------
 
@@ -277,9 +230,10 @@ class Llama(LlamaCppApiMixin):
 
     @property
     def n_ctx(self) -> _Count:
-        """Context size in tokens (also callable, like llama-cpp-python's `n_ctx()`)."""
+        """Context size in tokens of one sequence (also callable, like llama-cpp-python's `n_ctx()`); with
+        `n_parallel` the context holds that many sequences of this size."""
         with self._turns.using():
-            return _Count(self._context().n_ctx())
+            return _Count(self._engine_or_raise().n_ctx)
 
     @property
     def n_vocab(self) -> _Count:
@@ -308,6 +262,8 @@ class Llama(LlamaCppApiMixin):
     @property
     def n_prompt_tokens_evaluated(self) -> int:
         """Tokens the last prompt evaluation actually decoded (the rest was a reused prefix)."""
+        if self._scheduler is not None:
+            return self._scheduler.n_prompt_tokens_evaluated
         return self._engine.n_prompt_tokens_evaluated if self._engine is not None else 0
 
     @property
@@ -357,21 +313,7 @@ class Llama(LlamaCppApiMixin):
     ) -> bytes:
         """Token ids -> bytes. With `prev_tokens`, only the bytes the new tokens add after them (streaming)."""
         with self._turns.using():
-            if prev_tokens:
-                prev = list(prev_tokens)
-                full = self._detok(prev + list(tokens), special)
-                head = self._detok(prev, special)
-                return full[len(head) :] if full.startswith(head) else full
-            return self._detok(list(tokens), special)
-
-    def _detok(self, tokens: list[int], special: bool) -> bytes:
-        model = self._model
-        bos = model.token_bos()
-        if tokens and tokens[0] == bos and bos >= 0:
-            # A leading BOS is the tokenizer's own marker: drop it so the text has no artificial leading space.
-            head = model.token_to_piece(bos, special=True) if special else b""
-            return head + model.detokenize(tokens[1:], special=special)
-        return model.detokenize(tokens, special=special)
+            return detokenize(self._model, tokens, prev_tokens, special)
 
     # -- evaluation -------------------------------------------------------------------------------------------
 
@@ -470,6 +412,28 @@ class Llama(LlamaCppApiMixin):
         stopping_criteria: Any,
         outcome: Outcome | None = None,
     ) -> Generator[Step, None, None]:
+        """The steps of one generation. With `n_parallel > 1` the request joins the shared decode loop at once
+        (so several can be started before any is read); otherwise it runs in a turn of its own on first read."""
+        if self._scheduler is not None:
+            self._turns.check_open()
+            job = self._scheduler.submit(
+                prompt_tokens, params, max_tokens, logprobs, logits_processor, stopping_criteria
+            )
+            return self._scheduler.steps(job, outcome)
+        return self._single_steps(
+            prompt_tokens, params, max_tokens, logprobs, logits_processor, stopping_criteria, outcome
+        )
+
+    def _single_steps(
+        self,
+        prompt_tokens: list[int],
+        params: SamplingParams,
+        max_tokens: int | None,
+        logprobs: int | None,
+        logits_processor: Any,
+        stopping_criteria: Any,
+        outcome: Outcome | None,
+    ) -> Generator[Step, None, None]:
         """The engine's loop inside a turn: the context is this generation's until the generator finishes."""
         self._turns.enter()
         try:
@@ -510,9 +474,13 @@ class Llama(LlamaCppApiMixin):
         logits_processor: Callable[[Any, Any], Any] | None = None,
         grammar: Any = None,
         logit_bias: Mapping[Any, float] | None = None,
+        n: int = 1,
     ) -> Any:
         """Complete `prompt` (text or token ids); an OpenAI `text_completion` dict, or an iterator of chunks
-        when `stream=True`. `temperature=0` is greedy. Stop strings never appear in the output."""
+        when `stream=True`. `temperature=0` is greedy. Stop strings never appear in the output.
+
+        `n > 1` gives several choices of the same prompt (choice i samples with seed + i); with `n_parallel`
+        they decode together and share the prompt's KV, otherwise they run one after the other and reuse it."""
         with self._turns.using():  # tokenizing and parsing the grammar touch the model
             request = text_completion.prepare(
                 self,
@@ -542,12 +510,24 @@ class Llama(LlamaCppApiMixin):
             )
             if self.cache is not None:  # llama-cpp-python's prompt cache (llamarcp.compat.cache)
                 cache_restore(self, request.prompt_tokens)
+        if n != 1:
+            requests = text_completion.choices(request, n)
+            many = text_completion.stream_choices(self, requests)
+            return many if stream else text_completion.collect_choices(requests, many)
         chunks = text_completion.stream_chunks(self, request)
         if self.cache is not None:
             chunks = storing_after(self, chunks)
         if stream:
             return chunks
         return text_completion.collect(request, chunks)
+
+    def create_completions(self, prompts: Sequence[PromptType], **kwargs: Any) -> list[dict[str, Any]]:
+        """Complete every prompt of a list (offline batch use); the responses come back in order.
+
+        With `n_parallel > 1` all of them are decoded together through the shared loop, `n_parallel` at a
+        time; otherwise one after another. Keywords are `create_completion`'s (not `stream`)."""
+        with self._turns.using():
+            return text_completion.complete_all(self, prompts, kwargs)
 
     def __call__(self, prompt: PromptType, *args: Any, **kwargs: Any) -> Any:
         return self.create_completion(prompt, *args, **kwargs)

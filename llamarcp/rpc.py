@@ -47,10 +47,12 @@ __all__ = [
 #: Seconds allowed for connecting to a worker and for its handshake answer.
 DEFAULT_TIMEOUT = 5.0
 
-#: Wire constants of the RPC protocol (ggml-rpc.cpp): HELLO is command 14 in every version; protocol 7 sends
-#: 24 bytes of transport capabilities and answers major, minor, patch, a pad byte and 24 capability bytes.
+#: Wire constants of the RPC HELLO handshake (ggml-rpc.cpp and transport.h, in no header; tests/test_rpc.py re-reads
+#: them from the tree the bindings were generated from): HELLO is command 14 in every version; since protocol 7 the
+#: request carries 24 bytes of transport capabilities and the answer is major, minor, patch, a pad byte and 24
+#: capability bytes. The protocol version itself is `lib.RPC_PROTO_MAJOR_VERSION` of the generated bindings.
 _CMD_HELLO = 14
-_HELLO_PROTOCOL_MAJOR = 7
+_HELLO_CAPS_SINCE_MAJOR = 7
 _CONN_CAPS_SIZE = 24
 _HELLO_RESPONSE_SIZE = 4 + _CONN_CAPS_SIZE
 
@@ -124,7 +126,7 @@ def check_server(endpoint: str, timeout: float = DEFAULT_TIMEOUT, *, handshake: 
         sock = socket.create_connection((host, int(port)), timeout=timeout)
     except socket.gaierror as exc:
         raise RpcServerUnreachableError(endpoint, f"cannot resolve host {host!r} ({exc.strerror})") from None
-    except socket.timeout:  # TimeoutError on 3.10+, its own OSError subclass on 3.9
+    except TimeoutError:  # TimeoutError on 3.10+, its own OSError subclass on 3.9
         raise RpcServerUnreachableError(endpoint, f"no connection within {timeout:g} s") from None
     except OSError as exc:
         reason = exc.strerror or str(exc)
@@ -138,7 +140,7 @@ def check_server(endpoint: str, timeout: float = DEFAULT_TIMEOUT, *, handshake: 
         try:
             (size,) = struct.unpack("<Q", _recv_exact(sock, 8))
             answer = _recv_exact(sock, size) if size == _HELLO_RESPONSE_SIZE else b""
-        except socket.timeout:
+        except TimeoutError:
             raise RpcServerUnreachableError(
                 endpoint,
                 f"accepted the connection but did not answer the RPC handshake within {timeout:g} s "
@@ -148,7 +150,7 @@ def check_server(endpoint: str, timeout: float = DEFAULT_TIMEOUT, *, handshake: 
             raise RpcProtocolError(
                 endpoint,
                 "closed the connection during the RPC handshake "
-                f"(not a ggml-rpc-server of protocol {_HELLO_PROTOCOL_MAJOR}.x? see the server's log)",
+                "(not a ggml-rpc-server of this llama.cpp's RPC protocol? see the server's log)",
             ) from None
     if not answer:
         raise RpcProtocolError(endpoint, f"unexpected handshake answer ({size} bytes); not a ggml-rpc-server?")
@@ -313,7 +315,7 @@ def rpc_devices(
                 "already serves another open model of this process (llama.cpp cannot share one worker between "
                 "models safely); close that model first or start another ggml-rpc-server",
             )
-        if int(lib.RPC_PROTO_MAJOR_VERSION) != _HELLO_PROTOCOL_MAJOR:  # bindings for another protocol: connect only
+        if int(lib.RPC_PROTO_MAJOR_VERSION) < _HELLO_CAPS_SINCE_MAJOR:  # an older HELLO format: connect only
             check_server(endpoint, timeout, handshake=False)
             continue
         major, minor, _ = check_server(endpoint, timeout)

@@ -7,7 +7,6 @@ temperature, then dist), or a greedy chain for `temperature <= 0`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -109,27 +108,10 @@ class SamplingParams:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, n_vocab: int) -> None:
-        """Reject values llama.cpp would misbehave on, with a clear ValueError."""
-        for name in ("temperature", "top_p", "min_p", "typical_p", "repeat_penalty", "frequency_penalty"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
-        if self.repeat_penalty <= 0:
-            raise ValueError("repeat_penalty must be > 0 (1.0 disables it)")
-        if not 0.0 <= self.top_p <= 1.0:
-            raise ValueError("top_p must be in [0, 1]")
-        if not 0.0 <= self.min_p <= 1.0:
-            raise ValueError("min_p must be in [0, 1]")
-        if self.mirostat_mode not in (0, 1, 2):
-            raise ValueError("mirostat_mode must be 0, 1 or 2")
-        if not 0 <= int(self.seed) <= 0xFFFFFFFF:
-            raise ValueError("seed must fit in uint32 (or be None for a random seed)")
-        if self.logit_bias:
-            for token, bias in self.logit_bias.items():
-                if not 0 <= int(token) < n_vocab:
-                    raise ValueError(f"logit_bias token {token} is outside the vocab (0..{n_vocab - 1})")
-                if math.isnan(float(bias)):
-                    raise ValueError(f"logit_bias for token {token} is NaN")
+        """Reject values llama.cpp would misbehave on: TypeError/ValueError naming the parameter."""
+        from llamarcp.validate import check_sampling_params
+
+        check_sampling_params(self, n_vocab)
 
     @property
     def uses_penalties(self) -> bool:
@@ -221,6 +203,9 @@ def grammar_sampler(model: Model, grammar: Any, root: str = "root") -> Sampler:
         raise GrammarError("grammar contains a NUL character")
     if not text.strip():
         raise GrammarError("grammar is empty")
+    from llamarcp.validate import check_grammar
+
+    check_grammar(grammar, root, model.n_vocab)  # shapes llama.cpp would crash or stall on never reach it
     lib = get_lib()
     with capture_log() as log:
         ptr = lib.llama_sampler_init_grammar(model.vocab, text, root.encode("utf-8"))

@@ -53,6 +53,7 @@ class LlamaState:
 def save(engine: Engine, seed: int) -> LlamaState:
     """Snapshot of the context (memory, logits) and its token history."""
     lib = get_lib()
+    engine.claim("single")
     ptr = engine.ctx.ptr
     size = int(lib.llama_state_get_size(ptr))
     buf = ffi.new("uint8_t[]", size)
@@ -70,9 +71,10 @@ def load(engine: Engine, state: LlamaState) -> None:
         raise StateError(f"state is from a context of {state.n_ctx} tokens, this one has {engine.n_ctx}")
     tokens = list(state.input_ids)
     _check_tokens(engine, tokens, "the state")
+    engine.claim("single")
     data = state.llama_state
     with capture_log() as log:
-        read = int(get_lib().llama_state_set_data(engine.ctx.ptr, data, len(data)))
+        read = int(get_lib().llama_state_set_data(engine.ctx.ptr, ffi.from_buffer("uint8_t[]", data), len(data)))
     if read == 0:
         engine.clear()
         raise StateError(f"llama.cpp could not restore the state{log.reason(2)}")
@@ -84,6 +86,7 @@ def save_file(engine: Engine, path: str | os.PathLike[str]) -> None:
     target = Path(path)
     if not target.parent.is_dir():
         raise StateError(f"could not save the session to {path}: {target.parent} is not a directory")
+    engine.claim("single")
     tokens = ffi.new("int32_t[]", engine.input_ids or [0])
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
@@ -112,6 +115,7 @@ def load_file(engine: Engine, path: str | os.PathLike[str]) -> None:
     if not source.is_file():
         raise FileNotFoundError(f"session file not found: {path}")
     _check_sidecar(engine, source)
+    engine.claim("single")
     n_ctx = engine.n_ctx
     tokens = ffi.new("int32_t[]", n_ctx)
     count = ffi.new("size_t *")

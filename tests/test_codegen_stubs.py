@@ -32,6 +32,18 @@ GOOD = """
     kind: int = lib.LLAMA_VOCAB_TYPE_SPM
     info: bytes = ffi.string(lib.llama_print_system_info())
     lib.llama_model_free(model)
+
+
+    from typing import TYPE_CHECKING
+
+    if TYPE_CHECKING:
+        from llamarcp._generated.lib_types import Lib
+
+
+    def held(raw: "Lib") -> int:  # the library held in a variable, as _backend.get_lib() returns it
+        cparams = raw.llama_context_default_params()
+        batch: int = cparams.n_batch
+        return raw.llama_vocab_n_tokens(raw.llama_model_get_vocab(ffi.NULL)) + batch + raw.LLAMA_DEFAULT_SEED
 """
 
 BAD = """
@@ -44,6 +56,11 @@ BAD = """
     lib.llama_tokenize(ffi.NULL, "text", 4, None, 8, True, False)
     lib.llama_n_vocab(ffi.NULL)
     lib.llama_no_such_function()
+    from llamarcp._generated.lib_types import Lib
+    def held(raw: Lib) -> str:
+        raw.llama_backend_init(1)
+        raw.llama_no_such_function()
+        return raw.llama_vocab_n_tokens(ffi.NULL)
 """
 
 
@@ -76,6 +93,9 @@ def test_wrong_calls_are_rejected(mypy_output: str) -> None:
         ("bad.py:9: error: function llamarcp._generated.lib.llama_n_vocab is deprecated: "
          "use llama_vocab_n_tokens instead", "deprecated"),
         ('bad.py:10: error: Module has no attribute "llama_no_such_function"', "attr-defined"),
+        ('bad.py:13: error: Too many arguments for "llama_backend_init" of "Lib"', "call-arg"),
+        ('bad.py:14: error: "Lib" has no attribute "llama_no_such_function"', "attr-defined"),
+        ('bad.py:15: error: Incompatible return value type (got "int", expected "str")', "return-value"),
     ]  # fmt: skip
     lines = [line.split("/")[-1] for line in mypy_output.splitlines()]
     for text, code in expected:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import tarfile
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -247,16 +246,13 @@ def test_reviewed_table_matches_the_pinned_api() -> None:
             assert target in declared, f"{name}: hint names {target}, which the pinned llama.h does not declare"
 
 
-def test_project_scan_is_clean_and_fast() -> None:
+def test_project_scan_is_clean() -> None:
     from llamarcp.drift.inputs import pinned_manifest
 
-    started = time.perf_counter()
     result = scan_paths(
         [ROOT / "llamarcp", ROOT / "codegen", ROOT / "build_lib.py"], ApiIndex.from_manifest(pinned_manifest())
     )
-    elapsed = time.perf_counter() - started
     assert result.count("removed") == 0 and result.count("undeclared") == 0, result.render("text")
-    assert elapsed < 2.0, f"scan took {elapsed:.2f} s"
 
 
 def test_real_llama_cpp_python_0_3_16_uses_removed_functions(tmp_path: Path) -> None:

@@ -14,11 +14,12 @@ from llamarcp.errors import LibraryNotFoundError
 
 @pytest.fixture
 def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """No env override and an empty build cache: only the system loader is left."""
+    """No env override, no bundled library and an empty build cache: only the system loader is left."""
     for var in _lib.ENV_VARS:
         monkeypatch.delenv(var, raising=False)
     cache = tmp_path / "empty-cache"
     monkeypatch.setenv("LLAMARCP_CACHE_DIR", str(cache))
+    monkeypatch.setattr(_lib, "BUNDLED_DIR", tmp_path / "no-bundle")
     monkeypatch.setattr(_lib, "system_find_library", lambda name: None)
     return cache
 
@@ -73,6 +74,43 @@ def test_env_var_beats_build_cache(clean_env: Path, tmp_path: Path, monkeypatch:
     explicit = fake_lib_dir(tmp_path, "explicit")
     monkeypatch.setenv("LLAMARCP_LIB_PATH", str(explicit))
     assert _lib.find_library() == explicit / "libllama.so"
+
+
+def stamped_lib_dir(directory: Path) -> Path:
+    directory.mkdir(parents=True)
+    (directory / "libllama.so").write_bytes(b"\x7fELF fake")
+    (directory / _cache.STAMP_NAME).write_text("{}")
+    return directory
+
+
+def test_bundled_library_comes_after_the_env_vars_and_before_the_cache(
+    clean_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cached = stamped_lib_dir(_cache.pinned_default_lib_dir())
+    assert _lib.find_library() == cached / "libllama.so"
+    bundled = stamped_lib_dir(tmp_path / "site-packages" / "llamarcp" / "_native")
+    monkeypatch.setattr(_lib, "BUNDLED_DIR", bundled)
+    assert _lib.find_library() == bundled / "libllama.so"
+    wheres = [where for where, _ in _lib.candidates()]
+    assert wheres.index(f"bundled with the package {bundled}") < wheres.index(f"build cache {cached}")
+    theirs = fake_lib_dir(tmp_path, "theirs")
+    monkeypatch.setenv("LLAMA_CPP_LIB_PATH", str(theirs))
+    assert _lib.find_library() == theirs / "libllama.so"
+
+
+def test_bundled_dir_without_stamp_is_ignored_and_named_when_nothing_is_found(
+    clean_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundled = fake_lib_dir(tmp_path, "_native")  # a library but no stamp: not what a wheel build leaves
+    monkeypatch.setattr(_lib, "BUNDLED_DIR", bundled)
+    with pytest.raises(LibraryNotFoundError) as info:
+        _lib.find_library()
+    assert f"bundled with the package {bundled}" in str(info.value)
+    assert "pip install ." in str(info.value)
+
+
+def test_the_package_looks_for_its_bundle_next_to_itself() -> None:
+    assert Path(_lib.__file__).resolve().parent / "_native" == _lib.BUNDLED_DIR
 
 
 def test_unstamped_cache_entry_is_ignored(clean_env: Path) -> None:

@@ -40,7 +40,7 @@ class Server:
         return openai.OpenAI(base_url=self.url + "/v1", api_key=self.api_key or "unused", max_retries=0, **kwargs)
 
     def health(self) -> dict[str, Any]:
-        response = httpx.get(self.url + "/health", timeout=10)
+        response = httpx.get(self.url + "/health", headers=self.headers(), timeout=10)
         assert response.status_code == 200
         return response.json()
 
@@ -54,7 +54,8 @@ class Server:
         deadline = time.monotonic() + timeout
         while True:
             health = self.health()
-            if health["queue"]["active"] == 0 and health["queue"]["waiting"] == 0:
+            queues = [m["queue"] for m in health["models"].values()]
+            if all(q["active"] == 0 and q["waiting"] == 0 for q in queues):
                 return health
             if time.monotonic() > deadline:
                 raise AssertionError(f"server still busy after {timeout}s: {health}")
@@ -68,20 +69,34 @@ def _free_port() -> int:
 
 
 def _start(model: Path | None, tmp: Path, *extra: str, api_key: str | None = None) -> Iterator[Server]:
-    port = _free_port()
-    log = tmp / f"server-{port}.log"
-    args = [sys.executable, "-m", "llamarcp.server", "--port", str(port), "-c", str(N_CTX), "--log-level", "warning"]
+    args = ["-c", str(N_CTX)]
     if model is not None:
         args += ["--model", str(model), "--alias", "tiny", "-t", "1"]
-    args += list(extra)
+    yield from start_server(tmp, *args, *extra, api_key=api_key)
+
+
+#: llama-cpp-python's environment names a test machine might happen to set; servers here start without them.
+_LCP_ENVIRONMENT = {"host", "port", "model", "config_file", "api_key", "n_ctx", "verbose", "seed", "embedding"}
+
+
+def start_server(
+    tmp: Path, *args: str, api_key: str | None = None, startup: float = 60, env: dict[str, str] | None = None
+) -> Iterator[Server]:
+    """`python -m llamarcp.server ARGS` on a free loopback port; yields once /health answers, stops it after.
+    `env` adds environment variables (llama-cpp-python's settings from the caller's environment are dropped)."""
+    port = _free_port()
+    log = tmp / f"server-{port}.log"
+    command = [sys.executable, "-m", "llamarcp.server", "--port", str(port), "--host", "127.0.0.1"]
+    command += ["--log-level", "warning", *args]
     if api_key:
-        args += ["--api-key", api_key]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+        command += ["--api-key", api_key]
+    environ = {k: v for k, v in os.environ.items() if k.lower() not in _LCP_ENVIRONMENT}
+    environ.update(env or {}, PYTHONPATH=str(ROOT))
     with log.open("wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environ, cwd=ROOT)
     server = Server(f"http://127.0.0.1:{port}", proc, log, api_key)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + startup
         while True:
             if proc.poll() is not None:
                 raise AssertionError(f"server exited with {proc.returncode}:\n{log.read_text()}")
@@ -255,12 +270,9 @@ def test_malformed_json_is_400(server: Server) -> None:
 @pytest.mark.parametrize(
     ("path", "body", "status", "fragment"),
     [
-        ("/v1/chat/completions", {"model": "gpt-4o", "messages": CHAT}, 404, "does not exist"),
-        ("/v1/completions", {"model": "nope", "prompt": "x"}, 404, "does not exist"),
-        ("/v1/chat/completions", {"messages": CHAT, "max_tokens": 10**9}, 400, "max_tokens must be between"),
-        ("/v1/chat/completions", {"messages": CHAT, "max_tokens": 0}, 400, "max_tokens must be between"),
-        ("/v1/completions", {"prompt": "x", "max_tokens": -5}, 400, "max_tokens must be between"),
-        ("/v1/chat/completions", {"messages": CHAT, "max_completion_tokens": 10**6}, 400, "max_completion_tokens"),
+        ("/v1/chat/completions", {"messages": CHAT, "max_tokens": 0}, 400, "max_tokens must be at least 1"),
+        ("/v1/completions", {"prompt": "x", "max_tokens": -5}, 400, "max_tokens must be at least 1"),
+        ("/v1/chat/completions", {"messages": CHAT, "max_completion_tokens": 0}, 400, "max_completion_tokens"),
         ("/v1/completions", {"prompt": "word " * (N_CTX + 10), "max_tokens": 4}, 400, "context holds"),
         ("/v1/completions", {"prompt": "word " * (N_CTX + 10), "stream": True}, 400, "context holds"),
         ("/v1/chat/completions", {"messages": CHAT, "stream": True, "grammar": "root ::= ("}, 400, "grammar"),
@@ -404,13 +416,13 @@ def test_stream_disconnect_stops_generation(server: Server) -> None:
                 received += 1
                 if received == 5:
                     break
-    started = time.monotonic()
-    after = server.wait_idle(timeout=LONG * 0.003)["queue"]  # well before the full generation could finish
-    stopped_in = time.monotonic() - started
+    after = server.wait_idle(timeout=120)["queue"]  # a hang guard; the chunk count below is the behaviour
     assert after["cancelled"] == before["cancelled"] + 1
     generated = after["produced_chunks"] - before["produced_chunks"]
     assert generated < LONG / 3, f"{generated} chunks were generated after the client left"
-    assert stopped_in < 3.0
+    # The abort sent when the client left was used up or withdrawn: the next request runs normally.
+    again = server.client().completions.create(model="tiny", prompt="x", max_tokens=4, logit_bias=NO_EOS)
+    assert again.usage is not None and again.usage.completion_tokens == 4
 
 
 def test_non_stream_disconnect_stops_generation(server: Server) -> None:
@@ -421,9 +433,7 @@ def test_non_stream_disconnect_stops_generation(server: Server) -> None:
             json={"model": "tiny", "prompt": "x", "max_tokens": LONG, "logit_bias": NO_EOS},
             timeout=0.3,
         )
-    left = time.monotonic()
-    after = server.wait_idle(timeout=10)["queue"]
-    assert time.monotonic() - left < 3.0
+    after = server.wait_idle(timeout=120)["queue"]  # a hang guard; the token count below is the behaviour
     assert after["cancelled"] == before["cancelled"] + 1
     assert after["served"] == before["served"]  # nobody got that answer
     generated = after["completion_tokens"] - before["completion_tokens"]

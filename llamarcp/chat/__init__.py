@@ -15,17 +15,15 @@ from llamarcp.chat.completion import (
     render_chat_prompt,
     tools_system_prompt,
 )
-from llamarcp.chat.templates import (
+from llamarcp.chat.formats import (
     CHAT_FORMATS,
     DEFAULT_CHAT_FORMAT,
     ChatFormat,
-    ChatFormatter,
-    formatter_for_model,
     get_chat_format,
     guess_chat_format,
-    normalize_messages,
     register_chat_format,
 )
+from llamarcp.chat.formatter import ChatFormatter, formatter_for_model, normalize_messages
 
 __all__ = [
     "CHAT_FORMATS",

@@ -1,4 +1,7 @@
-"""`python -m llamarcp.drift symbols|diff|scan|used ...`: the drift checker's one entry point.
+"""`python -m llamarcp.drift symbols|diff|scan ...`: the drift checker's one entry point.
+
+Reads api.json manifests (the installed package needs nothing else); in a checkout, `python -m codegen.drift`
+runs the same commands and also reads headers, llama.cpp trees and carrier sdists.
 
 Exit codes: 0 clean, 1 findings (errors; with --strict also warnings; for diff: breaking changes),
 2 unusable input (missing file, unparsable header, unknown library format).
@@ -7,10 +10,12 @@ Exit codes: 0 clean, 1 findings (errors; with --strict also warnings; for diff: 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
 
+from llamarcp.drift.inputs import SourceParser, load_api
 from llamarcp.errors import LlamaError
 
 EXIT_OK, EXIT_FINDINGS, EXIT_INPUT = 0, 1, 2
@@ -18,10 +23,11 @@ EXIT_OK, EXIT_FINDINGS, EXIT_INPUT = 0, 1, 2
 EXAMPLES = """\
 examples:
   python -m llamarcp.drift symbols "$(python build_lib.py | tail -n 1)"   # generated API vs the built lib
-  python -m llamarcp.drift diff carrier:0.3.16 pinned -o api-diff.md    # what changed since an older llama.cpp
-  python -m llamarcp.drift diff old/include/llama.h ~/llama.cpp --json  # headers, trees, api.json: any mix
+  python -m llamarcp.drift diff old/api.json pinned -o api-diff.md      # what changed between two manifests
   python -m llamarcp.drift scan my_project/ --format github             # removed/deprecated calls in your code
-  python -m llamarcp.drift used --write                                 # refresh the runtime guard's list
+in a llamarcp checkout, headers, trees and carrier sdists too:
+  python -m codegen.drift diff carrier:0.3.16 pinned -o api-diff.md     # what changed since an older llama.cpp
+  python -m codegen.drift diff old/include/llama.h ~/llama.cpp --json   # headers, trees, api.json: any mix
 
 exit codes: 0 clean, 1 findings (errors, breaking changes; --strict: warnings too), 2 unusable input
 """
@@ -35,7 +41,6 @@ def _write(text: str, output: str | None) -> None:
 
 
 def cmd_symbols(args: argparse.Namespace) -> int:
-    from llamarcp.drift.inputs import load_api
     from llamarcp.drift.symbols import compare
 
     library = args.library
@@ -43,16 +48,15 @@ def cmd_symbols(args: argparse.Namespace) -> int:
         from llamarcp._lib import find_library
 
         library = str(find_library())
-    report = compare(load_api(args.api), library, undeclared_prefixes=tuple(args.prefix))
+    report = compare(args.load_api(args.api), library, undeclared_prefixes=tuple(args.prefix))
     _write(json.dumps(report.as_dict(), indent=2) if args.json else report.render_text(), args.output)
     return EXIT_FINDINGS if report.failed(strict=args.strict) else EXIT_OK
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
     from llamarcp.drift.diff import API_BREAK, diff_manifests
-    from llamarcp.drift.inputs import load_api
 
-    report = diff_manifests(load_api(args.old), load_api(args.new), args.old, args.new)
+    report = diff_manifests(args.load_api(args.old), args.load_api(args.new), args.old, args.new)
     _write(report.to_json() if args.json else report.to_markdown(), args.output)
     if args.output:
         print(report.summary())
@@ -64,61 +68,30 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from llamarcp.drift.inputs import load_api
     from llamarcp.drift.scan import ApiIndex, scan_paths
 
     removed: dict[str, str] = {}
     if args.since:
         from llamarcp.drift.diff import diff_manifests
 
-        for change in diff_manifests(load_api(args.since), load_api(args.api)).sections["removed"]:
+        for change in diff_manifests(args.load_api(args.since), args.load_api(args.api)).sections["removed"]:
             removed[change.name] = change.hint or "removed from llama.h; no replacement known"
-    index = ApiIndex.from_manifest(load_api(args.api), removed)
+    index = ApiIndex.from_manifest(args.load_api(args.api), removed)
     result = scan_paths(args.paths, index)
     fmt = "json" if args.json else args.format
     _write(result.render(fmt), args.output)
     return EXIT_FINDINGS if result.failed(strict=args.strict) else EXIT_OK
 
 
-def cmd_used(args: argparse.Namespace) -> int:
-    from llamarcp.drift import used
-    from llamarcp.drift.inputs import load_api
-
-    names = used.compute(load_api(args.api))
-    text = used.render(names)
-    if args.write:
-        if used.current_text() != text:
-            used.USED_FILE.write_text(text, encoding="utf-8")
-            print(f"wrote {used.USED_FILE}")
-        return EXIT_OK
-    if args.check:
-        if used.current_text() != text:
-            from llamarcp.drift.used_functions import USED_FUNCTIONS
-
-            added = sorted(set(names) - set(USED_FUNCTIONS))
-            dropped = sorted(set(USED_FUNCTIONS) - set(names))
-            print(
-                f"{used.USED_FILE} is stale: llamarcp now calls other C functions "
-                f"(new: {', '.join(added) or '-'}; no longer called: {', '.join(dropped) or '-'}); "
-                "run `python -m llamarcp.drift used --write`",
-                file=sys.stderr,
-            )
-            return EXIT_FINDINGS
-        print(f"{used.USED_FILE.name} is current")
-        return EXIT_OK
-    print(text, end="")
-    return EXIT_OK
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m llamarcp.drift") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m llamarcp.drift",
+        prog=prog,
         description="llamarcp drift checker: the pinned llama.cpp API vs built libraries, other versions, Python code.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    api_help = "API to check against: pinned (default), an api.json, a llama.h, a llama.cpp dir, carrier:VERSION"
+    api_help = "API to check against: pinned (default) or an api.json (codegen.drift: also llama.h, a tree, carrier:V)"
 
     p = sub.add_parser("symbols", help="compare the API manifest with a built library's exported symbols")
     p.add_argument(
@@ -132,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_symbols)
 
     p = sub.add_parser("diff", help="API diff between two llama.cpp versions (Markdown or --json)")
-    p.add_argument("old", help="old API: pinned, api.json, llama.h, llama.cpp dir or carrier:VERSION")
+    p.add_argument("old", help="old API: pinned or an api.json (codegen.drift: also llama.h, a tree, carrier:V)")
     p.add_argument("new", help="new API, same forms")
     p.add_argument("--json", action="store_true", help="JSON report (keys removed, added, changed, ...)")
     p.add_argument("--fail-on", choices=("any", "api", "never"), default="any", help="which breaks exit 1")
@@ -149,17 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="write the report to this file")
     p.set_defaults(func=cmd_scan)
 
-    p = sub.add_parser("used", help="list the C functions llamarcp calls (for the runtime guard)")
-    p.add_argument("--api", default="pinned", help=api_help)
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--write", action="store_true", help="rewrite llamarcp/drift/used_functions.py")
-    group.add_argument("--check", action="store_true", help="exit 1 if used_functions.py is stale")
-    p.set_defaults(func=cmd_used)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(
+    argv: list[str] | None = None, *, source_parser: SourceParser | None = None, prog: str = "python -m llamarcp.drift"
+) -> int:
+    """Run one command; `source_parser` reads header/tree/carrier specs (codegen.drift passes one)."""
+    args = build_parser(prog).parse_args(argv)
+    args.load_api = functools.partial(load_api, source_parser=source_parser)
     if getattr(args, "prefix", "unset") is None:
         args.prefix = ["llama_"]
     try:

@@ -1,19 +1,16 @@
-"""Turn a command-line API spec into a manifest dict (the `api.json` schema).
+"""Turn a command-line API spec into a manifest dict (the `api.json` schema), from the installed package alone.
 
 A spec is one of:
   pinned                 the manifest shipped in llamarcp/_generated/api.json
-  path/to/api.json       any manifest file
-  path/to/llama.h        a header (its llama.cpp tree's ggml headers are used when it sits in one)
-  path/to/llama.cpp      a llama.cpp source tree
-  carrier:0.3.16         the llama.cpp vendored by a known sdist (fetched and verified by build_lib.py)
-Headers are parsed with codegen/ (a checkout-only tool, not part of the installed package).
+  path/to/api.json       any manifest file (or a directory holding one)
+Headers, llama.cpp trees and `carrier:VERSION` are parsed with codegen/ and libclang, which live only in a
+llamarcp checkout: `python -m codegen.drift` (the same commands) passes a `source_parser` that reads them.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +18,9 @@ from llamarcp.errors import DriftError
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 PINNED_MANIFEST = PACKAGE_DIR / "_generated" / "api.json"
-REPO_ROOT = PACKAGE_DIR.parent
+
+#: Reads a header / tree / carrier spec into a manifest (codegen.drift.parse_spec in a checkout).
+SourceParser = Callable[[str], dict[str, Any]]
 
 
 def load_manifest_file(path: str | Path) -> dict[str, Any]:
@@ -71,93 +70,28 @@ def pinned_manifest() -> dict[str, Any]:
     return load_manifest_file(PINNED_MANIFEST)
 
 
-def _codegen_parse() -> Any:
-    """Import codegen.parse from the checkout; a clear error where only the wheel is installed."""
-    if str(REPO_ROOT) not in sys.path and (REPO_ROOT / "codegen" / "parse.py").is_file():
-        sys.path.insert(0, str(REPO_ROOT))
-    try:
-        from codegen import parse
-    except ImportError as exc:
-        raise DriftError(
-            "parsing headers needs codegen/ from a llamarcp checkout and libclang "
-            f"(pip install 'llamarcp[codegen]'): {exc}; or compare two api.json manifests instead"
-        ) from exc
-    return parse
+def checkout_only(spec: str) -> DriftError:
+    """The error for a header/tree/carrier spec given to the installed package's drift CLI."""
+    return DriftError(
+        f"{spec}: parsing headers and llama.cpp trees needs a llamarcp checkout (codegen/ and libclang are not "
+        "part of the installed package): run `python -m codegen.drift ...` with the same arguments there, "
+        "or compare two api.json manifests here (`python -m llamarcp.drift diff OLD.json NEW.json`)"
+    )
 
 
-def _git_commit(root: Path) -> str:
-    try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
-
-
-def _tree_root_of_header(header: Path) -> Path | None:
-    """The llama.cpp tree a header belongs to (`<root>/include/llama.h`), if it is in one."""
-    parent = header.resolve().parent
-    if parent.name == "include" and (parent.parent / "ggml" / "include").is_dir():
-        return parent.parent
-    return None
-
-
-def parse_source_tree(root: Path, commit: str | None = None, header: Path | None = None) -> dict[str, Any]:
-    parse = _codegen_parse()
-    try:
-        api = parse.parse_source(root, commit or _git_commit(root), header=header)
-    except parse.ParseError as exc:
-        raise DriftError(f"cannot parse {header or root}: {exc}") from exc
-    manifest: dict[str, Any] = api.to_manifest()
-    return manifest
-
-
-def parse_single_header(header: Path) -> dict[str, Any]:
-    parse = _codegen_parse()
-    try:
-        api = parse.parse_header(header, "unknown")
-    except parse.ParseError as exc:
-        raise DriftError(f"cannot parse {header}: {exc}") from exc
-    manifest: dict[str, Any] = api.to_manifest()
-    return manifest
-
-
-def carrier_source(version: str) -> tuple[Path, str]:
-    from llamarcp._pin import KNOWN_CARRIERS
-
-    carrier = KNOWN_CARRIERS.get(version)
-    if carrier is None:
-        raise DriftError(f"unknown carrier {version!r}; known: {', '.join(sorted(KNOWN_CARRIERS))}")
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    try:
-        import build_lib
-    except ImportError as exc:
-        raise DriftError(f"carrier:{version} needs build_lib.py from a llamarcp checkout: {exc}") from exc
-    try:
-        return Path(build_lib.ensure_source(carrier)), carrier.commit
-    except build_lib.BuildError as exc:
-        raise DriftError(f"cannot fetch carrier {version}: {exc}") from exc
-
-
-def load_api(spec: str) -> dict[str, Any]:
-    """Manifest for any spec form listed in the module docstring."""
+def load_api(spec: str, source_parser: SourceParser | None = None) -> dict[str, Any]:
+    """Manifest for `spec`: pinned, an api.json (or a directory with one); anything else via `source_parser`."""
     if spec == "pinned":
         return pinned_manifest()
-    if spec.startswith("carrier:"):
-        root, commit = carrier_source(spec.split(":", 1)[1])
-        return parse_source_tree(root, commit)
     path = Path(spec).expanduser()
-    if path.is_dir():
-        if (path / "include" / "llama.h").is_file():
-            return parse_source_tree(path)
-        if (path / "api.json").is_file():
-            return load_manifest_file(path / "api.json")
-        raise DriftError(f"{path} is neither a llama.cpp tree (no include/llama.h) nor holds an api.json")
-    if not path.is_file():
-        raise DriftError(f"{spec}: no such file (expected pinned, carrier:VERSION, api.json, a header or a tree)")
-    if path.suffix == ".json":
+    if path.is_dir() and (path / "api.json").is_file() and not (path / "include" / "llama.h").is_file():
+        return load_manifest_file(path / "api.json")
+    if path.suffix == ".json" and not spec.startswith("carrier:"):
+        if not path.is_file():
+            raise DriftError(f"{spec}: no such file (expected pinned, an api.json, a header or a tree)")
         return load_manifest_file(path)
-    if path.suffix == ".h":
-        tree = _tree_root_of_header(path)
-        return parse_source_tree(tree, header=path) if tree else parse_single_header(path)
-    raise DriftError(f"{spec}: expected a .json manifest, a .h header or a directory")
+    if source_parser is None:
+        if not spec.startswith("carrier:") and not path.exists():
+            raise DriftError(f"{spec}: no such file (expected pinned or an api.json manifest)")
+        raise checkout_only(spec)
+    return source_parser(spec)

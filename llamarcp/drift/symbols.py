@@ -244,11 +244,13 @@ def compare(
     *,
     optional: dict[str, str] | None = None,
     undeclared_prefixes: Iterable[str] = ("llama_",),
+    abi_check: bool = True,
 ) -> SymbolReport:
-    """Declared-but-not-exported (error), exported-but-undeclared (warning), deprecated (warning).
+    """Declared-but-not-exported (error), exported-but-undeclared (warning), deprecated (warning), and the ABI.
 
     `optional` maps function groups (the manifest's "group") a build may lack to a hint; their
     missing functions are notes, not errors. Default: the generated optional-group table.
+    `abi_check`: compare the library's ABI stamp with the manifest, or probe it (see `abi_findings`).
     """
     if optional is None:
         from llamarcp._guard import optional_groups
@@ -301,4 +303,63 @@ def compare(
                     "(header and library from different commits?)",
                 )
             )
+    if abi_check:
+        report.findings.extend(abi_findings(manifest, lib_path))
     return report
+
+
+def abi_findings(manifest: dict[str, Any], library: Path) -> list[Finding]:
+    """What the runtime guard would say about the ABI: the stamp's item digests vs the manifest's, or the probe.
+
+    Errors for every struct, constant, define or signature laid out differently; a note when nothing could
+    be verified (no stamp, and no probe possible).
+    """
+    import platform
+
+    from llamarcp import _guard
+    from llamarcp.drift import abi
+
+    expected = abi.items(manifest)
+    stamp, stamp_path = _guard.read_stamp(library)
+    found_fp = stamp.get("abi_fingerprint") if stamp else None
+    source = (stamp or {}).get("source") or "<the library's llama.cpp tree>"
+    see = f"see `python -m codegen.drift diff <this API> {source}`"
+    if isinstance(found_fp, str):
+        if found_fp == abi.fingerprint(expected):
+            return [Finding("note", "abi", "abi", f"ABI fingerprint {found_fp} matches the API manifest")]
+        document = abi.read_items_file(library.parent)
+        if document is None:
+            message = f"ABI fingerprint {found_fp} (stamp {stamp_path}) differs and {abi.ITEMS_FILE} is missing; {see}"
+            return [Finding("error", "abi-changed", "abi", message)]
+        diff = abi.differences(expected, {str(k): str(v) for k, v in document["items"].items()})
+        out = [
+            Finding("error", "abi-changed", item, f"{item} has another ABI in the library's headers; {see}")
+            for item in diff.changed
+        ]
+        if diff.added or diff.removed:
+            out.append(
+                Finding(
+                    "note",
+                    "abi-other",
+                    "abi",
+                    f"the library's headers add {len(diff.added)} and lack {len(diff.removed)} item(s) of the API",
+                )
+            )
+        return out
+    table = abi.probes(manifest)
+    result = abi.ProbeResult(skipped="the API declares no argument-less function returning a params struct")
+    if table:
+        from llamarcp._generated._llama_ffi import ffi
+
+        try:
+            raw = ffi.dlopen(str(library))
+        except OSError as exc:
+            result.skipped = f"dlopen failed: {exc}"
+        else:
+            result = abi.probe(raw, ffi, table, platform.machine())
+    out = [Finding("error", "abi-probe", problem.split(":", 1)[0], problem) for problem in result.problems]
+    if result.verified and not result.problems:
+        out.append(Finding("note", "abi-probe", "abi", f"no ABI stamp; probe verified {', '.join(result.verified)}"))
+    elif not result.problems:
+        out.append(Finding("note", "abi-unverified", "abi", f"no ABI stamp and nothing probed ({result.skipped})"))
+    return out

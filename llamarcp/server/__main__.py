@@ -1,4 +1,9 @@
-"""`python -m llamarcp.server --model PATH --host 127.0.0.1 --port 8080`: serve one GGUF over OpenAI's API."""
+"""`python -m llamarcp.server --model PATH --host 127.0.0.1 --port 8080`: serve GGUF models over OpenAI's API.
+
+Takes llama.cpp-style flags (`-c 4096`, `--chat-format chatml`) and llama-cpp-python's server names
+(`--n_ctx 4096`, `--chat_format chatml`, `--config_file models.yaml`, environment variables like `N_CTX`).
+Precedence: command line, then config file, then environment, then defaults.
+"""
 
 from __future__ import annotations
 
@@ -6,83 +11,208 @@ import argparse
 import logging
 import os
 import sys
+from typing import Any
 
-from llamarcp.server.app import ServerSettings
+from llamarcp.server import compat
+from llamarcp.server.settings import ModelConfig, ServerSettings
+
+#: llamarcp flag dest -> (the llama-cpp-python name it sets, the flag as the user spells it in messages).
+_SAME_SETTING = {
+    "model_alias": ("model_alias", "--alias"),
+    "api_key": ("api_key", "--api-key"),
+    "n_ctx": ("n_ctx", "--ctx-size"),
+    "n_batch": ("n_batch", "--batch-size"),
+    "n_threads": ("n_threads", "--threads"),
+    "n_gpu_layers": ("n_gpu_layers", "--n-gpu-layers"),
+    "rpc_servers": ("rpc_servers", "--rpc"),
+    "chat_format": ("chat_format", "--chat-format"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m llamarcp.server", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m llamarcp.server", description=__doc__.splitlines()[0], allow_abbrev=False
+    )
     p.add_argument("-m", "--model", help="GGUF file to serve (default: the `model` extra's gemma-3-270m)")
     p.add_argument("-a", "--alias", dest="model_alias", help="model id clients use (default: the file name)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
-    p.add_argument(
-        "--api-key",
-        default=os.environ.get("LLAMARCP_API_KEY"),
-        help="require 'Authorization: Bearer KEY' on /v1 (default: $LLAMARCP_API_KEY)",
-    )
-    p.add_argument("-c", "--ctx-size", dest="n_ctx", type=int, default=2048, help="context size (default 2048)")
-    p.add_argument("-b", "--batch-size", dest="n_batch", type=int, default=512, help="batch size (default 512)")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8080; 0 picks a free one)")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $LLAMARCP_API_KEY or $API_KEY)")
+    p.add_argument("-c", "--ctx-size", dest="n_ctx", type=int, help="context size (default 2048)")
+    p.add_argument("-b", "--batch-size", dest="n_batch", type=int, help="batch size (default 512)")
     p.add_argument("-t", "--threads", dest="n_threads", type=int, help="threads (default: physical cores)")
-    p.add_argument("-ngl", "--n-gpu-layers", dest="n_gpu_layers", type=int, default=0, help="layers to offload")
+    p.add_argument("-ngl", "--n-gpu-layers", dest="n_gpu_layers", type=int, help="layers to offload (default 0)")
     p.add_argument("--rpc", dest="rpc_servers", metavar="SERVERS", help="comma-separated RPC servers (host:port)")
     p.add_argument("--seed", type=int, help="default sampling seed")
     p.add_argument("--chat-format", help="named chat format instead of the model's template (e.g. chatml)")
     p.add_argument("--chat-template-file", help="jinja chat template to use instead of the model's own")
+    p.add_argument("--max-queue", type=int, help="requests per model running or waiting before 503 (default 16)")
     p.add_argument(
-        "--max-queue", type=int, default=16, help="requests running or waiting before new ones get 503 (default 16)"
+        "--max-loaded-models",
+        type=int,
+        help="models loaded at once with --config_file; the least recently used idle one is evicted (default 1)",
+    )
+    p.add_argument(
+        "--strict-model-names",
+        action="store_true",
+        default=None,
+        help="404 for a model name the server does not serve (default: any name gets the default model)",
+    )
+    p.add_argument(
+        "--n-predict", type=int, help="most tokens one request generates, also when max_tokens is null (default: n_ctx)"
+    )
+    p.add_argument(
+        "--timeout-keep-alive",
+        type=float,
+        help="seconds a connection may sit without sending a complete request before it is closed (default 5)",
+    )
+    p.add_argument(
+        "--max-body-bytes", type=int, help="largest request body, declared or streamed (default 8 MiB; else 413)"
     )
     p.add_argument("--no-embeddings", dest="embeddings", action="store_false", help="disable /v1/embeddings")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's own log")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        nargs="?",
+        const=True,
+        type=compat.parse_bool,
+        metavar="BOOL",
+        help="show llama.cpp's own log (llama-cpp-python's `--verbose true|false` works too)",
+    )
+    compat.add_arguments(p)
     return p
+
+
+class UsageError(Exception):
+    """A command line or configuration the server cannot start from (exit status 2)."""
+
+
+def _command_line_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Every setting given on the command line, under llama-cpp-python's names; a conflicting pair is an error."""
+    given = compat.from_args(args)
+    for dest, (name, flag) in _SAME_SETTING.items():
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        if name in given and given[name] != value:
+            raise UsageError(f"{flag} {value} and --{name} {given[name]} set the same thing; give only one")
+        given[name] = value
+    for name in compat.SHARED_FLAGS:
+        value = getattr(args, name)
+        if value is not None:
+            given[name] = value
+    return given
+
+
+def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> tuple[ServerSettings, dict[str, Any]]:
+    """ServerSettings and the listener's options (host, port, TLS, keep-alive) from parsed flags + environment."""
+    environ = dict(os.environ) if environ is None else environ
+    cli = _command_line_settings(args)
+    env = compat.from_environment(environ)
+    if "api_key" not in env and environ.get("LLAMARCP_API_KEY"):
+        env["api_key"] = environ["LLAMARCP_API_KEY"]
+    config_file = args.config_file or environ.get("CONFIG_FILE") or environ.get("config_file")
+    server_values: dict[str, Any]
+    if config_file:
+        model_flags = sorted(n for n in cli if n in compat.MODEL_FIELDS and n != "verbose")
+        if model_flags:
+            names = ", ".join(f"--{n}" for n in model_flags)
+            raise UsageError(f"{names} cannot be combined with --config_file: set them per model in the file")
+        if args.chat_template_file:
+            raise UsageError("--chat-template-file serves one model; not with --config_file")
+        file_server, file_models = compat.read_config_file(config_file)
+        env_server = {k: v for k, v in env.items() if k in compat.SERVER_FIELDS}
+        server_values = {**env_server, **file_server, **{k: v for k, v in cli.items() if k not in compat.MODEL_FIELDS}}
+        configs = [compat.model_config(values, f"{config_file}, models[{i}]") for i, values in enumerate(file_models)]
+        if "verbose" in cli:
+            for config in configs:
+                config.verbose = cli["verbose"]
+    else:
+        values = {**env, **cli}
+        server_values = {k: v for k, v in values.items() if k in compat.SERVER_FIELDS}
+        configs = [compat.model_config({k: v for k, v in values.items() if k in compat.MODEL_FIELDS})]
+        if args.chat_template_file:
+            try:
+                with open(args.chat_template_file, encoding="utf-8") as f:
+                    configs[0].chat_template = f.read()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise UsageError(f"cannot read --chat-template-file: {exc}") from None
+    if args.embeddings is False:
+        for config in configs:
+            config.embeddings = False
+
+    def pick(flag_value: Any, name: str, default: Any) -> Any:
+        return flag_value if flag_value is not None else server_values.get(name, default)
+
+    settings = ServerSettings(
+        api_key=server_values.get("api_key"),
+        models=configs,
+        max_queue=pick(args.max_queue, "max_queue", 16),
+        max_loaded_models=pick(args.max_loaded_models, "max_loaded_models", 1),
+        strict_model_names=pick(args.strict_model_names, "strict_model_names", False),
+        interrupt_requests=server_values.get("interrupt_requests", False),
+        disable_ping_events=server_values.get("disable_ping_events", False),
+        root_path=server_values.get("root_path", ""),
+        n_predict=pick(args.n_predict, "n_predict", None),
+    )
+    if args.max_body_bytes is not None:
+        settings.max_body_bytes = args.max_body_bytes
+    try:
+        settings.validate()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    listener = {
+        "host": server_values.get("host", "127.0.0.1"),
+        "port": server_values.get("port", 8080),
+        "ssl_keyfile": server_values.get("ssl_keyfile"),
+        "ssl_certfile": server_values.get("ssl_certfile"),
+        "timeout_keep_alive": pick(args.timeout_keep_alive, "timeout_keep_alive", 5.0),
+    }
+    return settings, listener
+
+
+def _describe(configs: list[ModelConfig]) -> str:
+    return ", ".join(c.alias or c.model or "default" for c in configs)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.max_queue < 1:
-        print("error: --max-queue must be at least 1", file=sys.stderr)
+    try:
+        settings, listener = resolve(args)
+    except (UsageError, compat.CompatError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
         import uvicorn
 
         from llamarcp.server.app import create_app
+        from llamarcp.server.connections import IdleTimeoutH11Protocol
     except ImportError as exc:
         print(f"error: the server needs its extra: pip install 'llamarcp[server]' ({exc})", file=sys.stderr)
         return 2
-    chat_template = None
-    if args.chat_template_file:
-        try:
-            with open(args.chat_template_file, encoding="utf-8") as f:
-                chat_template = f.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            print(f"error: cannot read --chat-template-file: {exc}", file=sys.stderr)
-            return 2
-    settings = ServerSettings(
-        model=args.model,
-        model_alias=args.model_alias,
-        api_key=args.api_key,
-        n_ctx=args.n_ctx,
-        n_batch=args.n_batch,
-        n_threads=args.n_threads,
-        n_gpu_layers=args.n_gpu_layers,
-        rpc_servers=args.rpc_servers,
-        seed=args.seed,
-        chat_format=args.chat_format,
-        chat_template=chat_template,
-        max_queue=args.max_queue,
-        embeddings=args.embeddings,
-        verbose=args.verbose,
-    )
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    if not args.verbose:  # llama.cpp's own log is routed to this logger; keep it to warnings unless asked
+    verbose = any(c.verbose for c in settings.model_configs())
+    if not verbose:  # llama.cpp's own log is routed to this logger; keep it to warnings unless asked
         logging.getLogger("llamarcp.llama_cpp").setLevel(logging.WARNING)
-    if args.api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
-        logging.getLogger("llamarcp.server").warning(
-            "listening on %s without --api-key: anyone who can reach this address can use the model", args.host
+    log = logging.getLogger("llamarcp.server")
+    log.debug("models: %s", _describe(settings.model_configs()))
+    if settings.api_key is None and listener["host"] not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "listening on %s without --api-key: anyone who can reach this address can use the model", listener["host"]
         )
     app = create_app(settings)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    uvicorn.run(
+        app,
+        host=listener["host"],
+        port=listener["port"],
+        ssl_keyfile=listener["ssl_keyfile"],
+        ssl_certfile=listener["ssl_certfile"],
+        log_level=args.log_level,
+        timeout_graceful_shutdown=5,
+        timeout_keep_alive=listener["timeout_keep_alive"],
+        http=IdleTimeoutH11Protocol,
+    )
     return 0
 
 

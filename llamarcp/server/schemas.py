@@ -1,73 +1,104 @@
-"""Request bodies of the OpenAI-compatible endpoints (pydantic); unknown fields are ignored like OpenAI does.
+"""Request bodies of the OpenAI-compatible endpoints and llama-cpp-python's /extras (pydantic).
+
+Every field llama-cpp-python's server honours is a field here; any other field is kept in `model_extra` and the
+route refuses it with a 400 naming it, except the metadata in `IGNORED_FIELDS` (it does not change the answer).
+Integers that reach C are bounded to what C holds; floats must be finite.
 
 No `from __future__ import annotations` here: pydantic evaluates these at runtime, and Python 3.9 has no `X | Y`.
 """
 
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# Field bounds follow OpenAI's documented ranges so the same client code gets the same 400s.
-_Stop = Optional[Union[str, list[str]]]
+#: Fields clients send that carry no generation setting: accepted and ignored.
+IGNORED_FIELDS = frozenset({"user", "store", "metadata", "service_tier", "stream_options", "parallel_tool_calls"})
+
+INT32_MAX = 2**31 - 1
+
+# Field bounds follow OpenAI's documented ranges (and llama-cpp-python's for its own fields).
+_Stop = str | list[str] | None
 
 
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
-    model: Optional[str] = None
-    max_tokens: Optional[int] = None
+    model: str | None = None
+
+
+class _Request(_Body):
+    max_tokens: int | None = None
+    min_tokens: int = Field(0, ge=0, le=INT32_MAX, description="llama-cpp-python: no end of text before this many")
     temperature: float = Field(0.8, ge=0.0, le=2.0)
     top_p: float = Field(0.95, ge=0.0, le=1.0)
-    top_k: int = Field(40, ge=0)
+    top_k: int = Field(40, ge=0, le=INT32_MAX)
     min_p: float = Field(0.05, ge=0.0, le=1.0)
     typical_p: float = Field(1.0, ge=0.0, le=1.0)
-    repeat_penalty: float = Field(1.0, ge=0.0)
+    repeat_penalty: float = Field(1.0, ge=0.0, le=1e6)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    seed: Optional[int] = None
+    mirostat_mode: int = Field(0, ge=0, le=2, description="1 or 2: Mirostat v1/v2 instead of top-k/p sampling")
+    mirostat_tau: float = Field(5.0, ge=0.0, le=10.0)
+    mirostat_eta: float = Field(0.1, ge=0.001, le=1.0)
+    seed: int | None = None
     stop: _Stop = None
     stream: bool = False
     n: int = Field(1, ge=1, le=1, description="only one choice per request is supported")
-    logit_bias: Optional[dict[str, float]] = None
-    grammar: Optional[str] = Field(None, description="llama.cpp extension: GBNF grammar constraining the output")
+    logit_bias: dict[str, float] | None = None
+    logit_bias_type: Literal["input_ids", "tokens"] | None = Field(
+        None, description="llama-cpp-python: 'tokens' makes logit_bias keys text, biasing each of its tokens"
+    )
+    grammar: str | None = Field(None, description="llama.cpp extension: GBNF grammar constraining the output")
 
 
 class CompletionRequest(_Request):
-    prompt: Union[str, list[str], list[int]] = ""
-    max_tokens: Optional[int] = 16
-    logprobs: Optional[int] = Field(None, ge=0, le=20)
+    prompt: str | list[str] | list[int] = ""
+    max_tokens: int | None = 16
+    logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
-    suffix: Optional[str] = None
+    suffix: str | None = None
+    best_of: int | None = Field(1, ge=1, le=1, description="only one candidate per request is supported")
 
 
 class ResponseFormat(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     type: Literal["text", "json_object", "json_schema"] = "text"
-    json_schema: Optional[dict[str, Any]] = None
-    schema_: Optional[dict[str, Any]] = Field(None, alias="schema")
+    json_schema: dict[str, Any] | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
 
 
 class ChatCompletionRequest(_Request):
     messages: list[dict[str, Any]]
-    max_completion_tokens: Optional[int] = None
-    tools: Optional[list[dict[str, Any]]] = None
-    tool_choice: Optional[Union[str, dict[str, Any]]] = None
-    response_format: Optional[ResponseFormat] = None
-    logprobs: Optional[bool] = False
-    chat_template_kwargs: Optional[dict[str, Any]] = Field(
+    max_completion_tokens: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    functions: list[dict[str, Any]] | None = Field(None, description="OpenAI's legacy form of tools")
+    function_call: str | dict[str, Any] | None = Field(None, description="OpenAI's legacy tool_choice")
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = False
+    chat_template_kwargs: dict[str, Any] | None = Field(
         None, description="llama.cpp extension: extra chat template variables, e.g. {'enable_thinking': false}"
     )
     reasoning_format: Literal["auto", "deepseek", "none"] = Field(
         "auto", description="llama.cpp extension: split <think> reasoning into reasoning_content"
     )
-    top_logprobs: Optional[int] = Field(None, ge=0, le=20)
+    top_logprobs: int | None = Field(None, ge=0, le=20)
 
 
-class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    input: Union[str, list[str], list[int], list[list[int]]]
-    model: Optional[str] = None
+class EmbeddingRequest(_Body):
+    input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: Optional[int] = None
+    dimensions: int | None = None
+
+
+class TokenizeRequest(_Body):
+    """llama-cpp-python's /extras/tokenize and /extras/tokenize/count."""
+
+    input: str = Field(description="text to tokenize (special tokens in it are parsed, a BOS is added)")
+
+
+class DetokenizeRequest(_Body):
+    """llama-cpp-python's /extras/detokenize."""
+
+    tokens: list[int] = Field(description="token ids to turn back into text")

@@ -1,0 +1,235 @@
+"""The ABI fingerprint: one digest per item that crosses the C boundary, computed from an api.json manifest.
+
+Items are struct/union layouts, enum constants, #defines, function and callback signatures and typedefs,
+keyed like "struct llama_context_params" or "function llama_decode". Spellings that do not change the ABI
+(parameter names, `const`, a typedef name instead of its type) do not change a digest.
+
+Recorded twice: in the bindings (`_generated/_abi.py`, by codegen/generate.py) and beside every library
+build_lib.py builds (`llamarcp-abi.json`, plus the fingerprint in the build stamp, by codegen/abi.py). The
+runtime guard and `drift symbols` compare the two; a library without them gets the probe below.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: Written next to a built library; its fingerprint is also in the build stamp (`abi_fingerprint`).
+ITEMS_FILE = "llamarcp-abi.json"
+#: By-value results at most this large come back in registers; larger ones through a caller buffer (probed).
+REGISTER_RETURN_MAX = 16
+
+_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\S")
+_QUALIFIERS = frozenset({"const", "volatile", "restrict", "__restrict"})
+
+
+class TypeCanon:
+    """Canonical spelling of a C type: qualifiers dropped, scalar/function typedefs replaced by what they name."""
+
+    def __init__(self, manifest: dict[str, Any]) -> None:
+        self.typedefs: dict[str, str] = {}
+        for t in manifest.get("typedefs", []):
+            if not re.fullmatch(r"(struct|union|enum)\s+\w+", t["type"].replace("const ", "").strip()):
+                self.typedefs[t["name"]] = t["type"]  # struct/enum aliases keep their own name (the tag may differ)
+
+    def __call__(self, text: str, depth: int = 0) -> str:
+        out: list[str] = []
+        for tok in _TOKEN.findall(text):
+            if tok in _QUALIFIERS:
+                continue
+            if tok in self.typedefs and depth < 16:
+                out.append(self(self.typedefs[tok], depth + 1))
+            else:
+                out.append(tok)
+        return " ".join(out)
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def items(manifest: dict[str, Any]) -> dict[str, str]:
+    """Item key -> short digest, for every ABI-relevant declaration of a manifest."""
+    canon = TypeCanon(manifest)
+    out: dict[str, str] = {}
+    for s in manifest.get("structs", []):
+        fields = [[f["name"], canon(f["type"]), f["offset"], f["bitwidth"]] for f in s["fields"]]
+        out[f"{s.get('kind', 'struct')} {s['name']}"] = _digest(
+            [s.get("opaque"), s.get("size"), s.get("align"), fields]
+        )
+    for e in manifest.get("enums", []):
+        for c in e["constants"]:
+            out[f"enum constant {c['name']}"] = _digest(c["value"])
+    for d in manifest.get("defines", []):
+        out[f"define {d['name']}"] = _digest(d["value"])
+    for f in manifest.get("functions", []):
+        out[f"function {f['name']}"] = _digest(
+            [canon(f["return_type"]), [canon(p["type"]) for p in f["params"]], bool(f.get("variadic"))]
+        )
+    for c in manifest.get("callbacks", []):
+        out[f"callback {c['name']}"] = _digest([canon(c["return_type"]), [canon(p["type"]) for p in c["params"]]])
+    for t in manifest.get("typedefs", []):
+        out[f"typedef {t['name']}"] = _digest(canon(t["type"]))
+    return dict(sorted(out.items()))
+
+
+def fingerprint(item_digests: dict[str, str]) -> str:
+    """One digest over all items (what the build stamp and the bindings carry)."""
+    text = "".join(f"{key}={value}\n" for key, value in sorted(item_digests.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def probes(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Argument-less functions returning a struct by value through a caller buffer, with what to expect of it.
+
+    The guard calls each into a sentinel-filled buffer and measures how many bytes the library wrote; bool
+    fields must read 0 or 1 and enum fields one of their constants.
+    """
+    structs = {f"{s.get('kind', 'struct')} {s['name']}": s for s in manifest.get("structs", [])}
+    for t in manifest.get("typedefs", []):
+        if t["type"] in structs:
+            structs[t["name"]] = structs[t["type"]]
+    enums = {f"enum {e['name']}": sorted({c["value"] for c in e["constants"]}) for e in manifest.get("enums", [])}
+    out = []
+    for f in manifest.get("functions", []):
+        if f["params"] or f.get("variadic"):
+            continue
+        s = structs.get(f["return_type"].replace("const ", "").strip())
+        if s is None or s.get("opaque") or not s.get("size") or s["size"] <= REGISTER_RETURN_MAX or not s["fields"]:
+            continue
+        bools = [(fl["name"], fl["offset"]) for fl in s["fields"] if fl["type"] == "bool" and fl["bitwidth"] is None]
+        enum_fields = [(fl["name"], fl["offset"], enums[fl["type"]]) for fl in s["fields"] if fl["type"] in enums]
+        out.append(
+            {
+                "function": f["name"],
+                "struct": s["name"],
+                "size": s["size"],
+                "align": s["align"],
+                "last_field_offset": max(fl["offset"] for fl in s["fields"]),
+                "bool_fields": bools,
+                "enum_fields": enum_fields,
+            }
+        )
+    return sorted(out, key=lambda p: p["function"])
+
+
+def document(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The `ITEMS_FILE` content for a manifest: its commit, fingerprint and item digests."""
+    digests = items(manifest)
+    return {"commit": manifest.get("llama_cpp_commit"), "fingerprint": fingerprint(digests), "items": digests}
+
+
+# ----------------------------------------------------------------------------------------- comparing
+
+
+@dataclass
+class AbiDiff:
+    """Items whose digest differs (refused: silent corruption), and items only one side has."""
+
+    changed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)  # in the bindings, not in the library's headers
+    added: list[str] = field(default_factory=list)  # in the library's headers only
+
+    @property
+    def compatible(self) -> bool:
+        """Only additions and removals: nothing the bindings describe is laid out differently.
+
+        A removed function is caught by the used-function check (and fails clearly when called).
+        """
+        return not self.changed
+
+    def summary(self, limit: int = 12) -> str:
+        more = len(self.changed) - limit
+        shown = ", ".join(self.changed[:limit]) + (f", and {more} more" if more > 0 else "")
+        return f"{len(self.changed)} item(s) changed: {shown}; {len(self.removed)} removed, {len(self.added)} added"
+
+
+def differences(expected: dict[str, str], found: dict[str, str]) -> AbiDiff:
+    """Compare the bindings' item digests (`expected`) with a library's (`found`)."""
+    return AbiDiff(
+        changed=sorted(k for k in expected if k in found and found[k] != expected[k]),
+        removed=sorted(k for k in expected if k not in found),
+        added=sorted(k for k in found if k not in expected),
+    )
+
+
+def read_items_file(lib_dir: Path) -> dict[str, Any] | None:
+    """The `ITEMS_FILE` beside a library, or None when absent or unreadable."""
+    try:
+        data = json.loads((lib_dir / ITEMS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("items"), dict):
+        return None
+    return data
+
+
+# ------------------------------------------------------------------------------------------ probing
+
+#: Bytes handed to a probed function; far larger than any params struct, so a grown struct cannot overflow it.
+PROBE_BUFFER = 4096
+#: Where a struct result > 16 bytes is returned through a buffer whose address is passed as the first
+#: integer argument (System V x86-64 in %rdi, Windows x64 in %rcx), so `void f(unsigned char *out)` is the
+#: same call. On other ABIs (AArch64 passes it in x8) the probe cannot run.
+PROBE_MACHINES = frozenset({"x86_64", "amd64"})
+
+
+@dataclass
+class ProbeResult:
+    verified: list[str] = field(default_factory=list)  # "struct llama_context_params (160 bytes)"
+    problems: list[str] = field(default_factory=list)  # each names the struct and what differs
+    skipped: str | None = None  # why nothing ran
+
+
+def probe(raw: Any, ffi: Any, probe_table: Any, machine: str) -> ProbeResult:
+    """Call each table entry's function into a sentinel-filled buffer (twice) and check what it wrote."""
+    result = ProbeResult()
+    if machine.lower() not in PROBE_MACHINES:
+        result.skipped = f"the struct-size probe needs an x86-64 ABI (this machine: {machine})"
+        return result
+    # not exported, or not a C function (a test stand-in)
+    lookup_errors: tuple[type[BaseException], ...] = (AttributeError, ffi.error, NotImplementedError, TypeError)
+    for entry in probe_table:
+        try:
+            call = ffi.cast("void(*)(unsigned char *)", getattr(raw, entry["function"]))
+        except lookup_errors:
+            continue
+        buf = ffi.new("unsigned char[]", PROBE_BUFFER)
+        extent = 0
+        passes = []
+        for fill in (0xA5, 0x5A):
+            ffi.memmove(buf, bytes([fill]) * PROBE_BUFFER, PROBE_BUFFER)
+            call(buf)
+            data = bytes(ffi.buffer(buf))
+            passes.append(data)
+            written = [i for i in range(PROBE_BUFFER - 1, -1, -1) if data[i] != fill]
+            extent = max(extent, written[0] + 1 if written else 0)
+        data = passes[0]
+        name, size = f"struct {entry['struct']}", entry["size"]
+        where = f"{entry['function']}()"
+        problems = []
+        if extent > size:
+            problems.append(f"{name}: {where} wrote {extent} bytes, the bindings' struct has {size} (fields added?)")
+        elif extent <= entry["last_field_offset"]:
+            problems.append(
+                f"{name}: {where} wrote {extent} bytes, the bindings' last field is at offset "
+                f"{entry['last_field_offset']} of {size} (fields removed?)"
+            )
+        for field_name, offset in entry["bool_fields"]:
+            if offset < extent and data[offset] not in (0, 1):
+                problems.append(f"{name}: bool field {field_name} at offset {offset} reads {data[offset]:#x}")
+        for field_name, offset, allowed in entry["enum_fields"]:
+            value = int.from_bytes(data[offset : offset + 4], "little", signed=True)
+            if offset + 4 <= extent and value not in allowed:
+                problems.append(f"{name}: enum field {field_name} at offset {offset} reads {value}, not a known value")
+        if problems:
+            result.problems.extend(problems)
+        else:
+            result.verified.append(f"{name} ({size} bytes)")
+    if not result.verified and not result.problems:
+        result.skipped = "the library exports none of the probed functions"
+    return result

@@ -1,0 +1,185 @@
+"""Continuous batching on the tiny model: many sequences in one context give what each gives alone."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llamarcp import Llama
+from llamarcp.errors import ClosedError, GenerationAborted, PromptTooLongError
+
+PROMPTS = [
+    "The quick brown fox",
+    "Once upon a time",
+    "1, 2, 3,",
+    "Hello world, my name is",
+    "The capital of France",
+    "In the beginning",
+    "def main():",
+]
+
+
+def text_of(result: dict[str, Any]) -> str:
+    return str(result["choices"][0]["text"])
+
+
+@pytest.fixture(scope="module")
+def solo(tiny_model_path: Path) -> Any:
+    with Llama(str(tiny_model_path), n_ctx=256, n_threads=1) as llm:
+        yield llm
+
+
+@pytest.fixture()
+def parallel(tiny_model_path: Path) -> Any:
+    with Llama(str(tiny_model_path), n_ctx=256, n_threads=1, n_parallel=4) as llm:
+        yield llm
+
+
+def test_concurrent_greedy_requests_equal_solo_runs(solo: Llama, parallel: Llama) -> None:
+    expected = {p: text_of(solo(p, max_tokens=24, temperature=0)) for p in PROMPTS}
+    got: dict[str, str] = {}
+    barrier = threading.Barrier(len(PROMPTS))
+
+    def ask(prompt: str) -> None:
+        barrier.wait()
+        got[prompt] = text_of(parallel(prompt, max_tokens=24, temperature=0))
+
+    threads = [threading.Thread(target=ask, args=(p,)) for p in PROMPTS]  # 7 requests, 4 slots: some queue
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert got == expected
+
+
+def test_seeded_sampling_and_penalties_equal_solo_runs(solo: Llama, parallel: Llama) -> None:
+    knobs: dict[str, Any] = {"max_tokens": 20, "temperature": 0.9, "seed": 42, "repeat_penalty": 1.2}
+    expected = [text_of(solo(p, **knobs)) for p in PROMPTS[:4]]
+    assert [r["choices"][0]["text"] for r in parallel.create_completions(PROMPTS[:4], **knobs)] == expected
+
+
+def test_streams_interleave_and_each_is_whole(solo: Llama, parallel: Llama) -> None:
+    streams = [parallel(p, max_tokens=12, temperature=0, stream=True) for p in PROMPTS[:3]]
+    texts = ["", "", ""]
+    finished = [False] * 3
+    while not all(finished):  # read one chunk of each in turn
+        for i, stream in enumerate(streams):
+            if finished[i]:
+                continue
+            try:
+                texts[i] += next(stream)["choices"][0]["text"]
+            except StopIteration:
+                finished[i] = True
+    assert texts == [text_of(solo(p, max_tokens=12, temperature=0)) for p in PROMPTS[:3]]
+
+
+def test_asyncio_tasks_run_in_shared_steps(solo: Llama, parallel: Llama) -> None:
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        calls = [
+            loop.run_in_executor(None, lambda p=p: text_of(parallel(p, max_tokens=10, temperature=0)))
+            for p in PROMPTS[:4]
+        ]
+        return list(await asyncio.gather(*calls))
+
+    assert asyncio.run(main()) == [text_of(solo(p, max_tokens=10, temperature=0)) for p in PROMPTS[:4]]
+
+
+def test_prefix_cache_decodes_fewer_tokens_and_gives_the_same_text(parallel: Llama, solo: Llama) -> None:
+    base = "Once upon a time there was a little house in the woods where"
+    first = text_of(parallel(base, max_tokens=8, temperature=0))
+    n_prompt = len(parallel.tokenize(base.encode()))
+    assert parallel.n_prompt_tokens_evaluated == n_prompt
+    again = text_of(parallel(base + " a fox", max_tokens=8, temperature=0))
+    assert parallel.n_prompt_tokens_evaluated < n_prompt  # the cached prefix was reused
+    assert again == text_of(solo(base + " a fox", max_tokens=8, temperature=0))
+    assert first == text_of(solo(base, max_tokens=8, temperature=0))
+
+
+def test_a_running_sequences_prefix_is_copied(parallel: Llama, solo: Llama) -> None:
+    system = "You are a helpful assistant who answers briefly and clearly. Question: "
+    long_running = parallel(system + "why?", max_tokens=40, temperature=0, stream=True)
+    next(long_running)  # running now, its prompt is in memory
+    result = parallel(system + "how?", max_tokens=8, temperature=0)
+    shared = len(parallel.tokenize((system).encode()))
+    assert parallel.n_prompt_tokens_evaluated <= len(parallel.tokenize((system + "how?").encode())) - shared + 2
+    assert text_of(result) == text_of(solo(system + "how?", max_tokens=8, temperature=0))
+    long_running.close()
+
+
+def test_n_choices_share_the_prompt(parallel: Llama, solo: Llama) -> None:
+    result = parallel("The quick brown fox", max_tokens=10, temperature=0.8, seed=3, n=3)
+    assert [c["index"] for c in result["choices"]] == [0, 1, 2]
+    texts = [c["text"] for c in result["choices"]]
+    assert texts == [text_of(solo("The quick brown fox", max_tokens=10, temperature=0.8, seed=s)) for s in (3, 4, 5)]
+    usage = result["usage"]
+    assert usage["prompt_tokens"] == len(solo.tokenize(b"The quick brown fox"))
+    assert 3 <= usage["completion_tokens"] <= 30
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    solo_choices = solo("The quick brown fox", max_tokens=10, temperature=0.8, seed=3, n=3)
+    assert [c["text"] for c in solo_choices["choices"]] == texts  # the same without n_parallel
+    streamed = list(parallel("The quick brown fox", max_tokens=10, temperature=0.8, seed=3, n=2, stream=True))
+    for i in (0, 1):
+        assert "".join(c["choices"][0]["text"] for c in streamed if c["choices"][0]["index"] == i) == texts[i]
+    with pytest.raises(ValueError, match="n must be"):
+        parallel("x", n=0)
+
+
+def test_a_cancelled_stream_frees_its_slot(parallel: Llama) -> None:
+    streams = [parallel(p, max_tokens=200, temperature=0, stream=True) for p in PROMPTS[:4]]
+    for s in streams:
+        next(s)
+    for s in streams:
+        s.close()
+    # All four slots are free again: four more requests complete.
+    assert len(parallel.create_completions(PROMPTS[:4], max_tokens=4, temperature=0)) == 4
+    assert parallel._scheduler is not None and parallel._scheduler.n_running == 0
+
+
+def test_abort_and_close_reach_every_waiting_request(tiny_model_path: Path) -> None:
+    llm = Llama(str(tiny_model_path), n_ctx=256, n_threads=1, n_parallel=2)
+    stream = llm("The quick brown fox", max_tokens=200, temperature=0, stream=True)
+    next(stream)
+    llm.abort()
+    with pytest.raises(GenerationAborted):
+        list(stream)
+    assert text_of(llm("Hello", max_tokens=3, temperature=0))  # usable afterwards
+    stream = llm("The quick brown fox", max_tokens=200, temperature=0, stream=True)
+    next(stream)
+    llm.close()
+    with pytest.raises(ClosedError):
+        list(stream)
+    with pytest.raises(ClosedError):
+        llm("Hello", max_tokens=3)
+
+
+def test_exclusive_calls_and_batching_take_turns(parallel: Llama, solo: Llama) -> None:
+    tokens = parallel.tokenize(b"The quick brown fox")
+    assert parallel.eval(tokens) == len(tokens)
+    state = parallel.save_state()
+    assert text_of(parallel("Hello", max_tokens=6, temperature=0)) == text_of(
+        solo("Hello", max_tokens=6, temperature=0)
+    )
+    parallel.load_state(state)
+    assert parallel.input_ids == tokens
+    assert text_of(parallel("Once upon a time", max_tokens=6, temperature=0)) == text_of(
+        solo("Once upon a time", max_tokens=6, temperature=0)
+    )
+
+
+def test_per_sequence_context_limit(parallel: Llama) -> None:
+    assert parallel.n_ctx == 256  # per sequence; the context holds 4 x 256
+    with pytest.raises(PromptTooLongError):
+        parallel([1] * 300, max_tokens=2)
+    result = parallel("The quick brown fox", max_tokens=None, temperature=0)
+    assert result["usage"]["total_tokens"] <= 256
+
+
+def test_bad_n_parallel(tiny_model_path: Path) -> None:
+    for bad in (0, -1, 1000, 2.5, True):
+        with pytest.raises(ValueError, match="n_parallel"):
+            Llama(str(tiny_model_path), n_parallel=bad)
