@@ -249,11 +249,13 @@ class Engine:
         stopping_criteria: Any = None,
         outcome: Outcome | None = None,
         prompt_logprobs: int | None = None,
+        draft_model: Any = None,
     ) -> Generator[Step, None, None]:
         """Evaluate the prompt, then sample/decode until an end-of-generation token, `max_tokens` or a full
         context. `outcome` (owned by the caller, so concurrent generations cannot mix them up) receives
         "finish_reason" and "timings" when the loop ends, and "prompt_logprobs" (with that many top entries)
-        before the first step when asked for."""
+        before the first step when asked for. A `draft_model` speeds up greedy requests (see
+        llamarcp.draft_decoding); other requests do not use it."""
         outcome = {} if outcome is None else outcome
         model = self.model
         started = time.perf_counter()
@@ -287,6 +289,13 @@ class Engine:
             picker = self._grammar_picker if grammar is not None else None
             wants_scores = logits_processor is not None or stopping_criteria is not None or logprobs is not None
             outcome["finish_reason"] = "length"
+            if draft_model is not None and greedy is not None and not wants_scores:
+                from llamarcp.draft_decoding import greedy_with_drafts
+
+                for drafted_step in greedy_with_drafts(self, draft_model, limit, outcome):
+                    n_generated += 1
+                    yield drafted_step
+                return
             while n_generated < limit:
                 if abort.requested:
                     self.raise_if_aborted()
@@ -347,6 +356,9 @@ class Engine:
                 "predicted_n": float(n_generated),
                 "predicted_ms": (done - prompt_done) * 1e3,
             }
+            if "drafted" in outcome:  # speculative decoding (llamarcp.draft_decoding): drafts tried / kept
+                timings["draft_n"] = float(outcome["drafted"])
+                timings["draft_accepted_n"] = float(outcome["accepted"])
             outcome["timings"] = self.last_timings = timings
 
     def _grammar_sampler(self, params: SamplingParams) -> Any:

@@ -383,6 +383,7 @@ class Llama(ModelFacts, LlamaCppApiMixin):
                 stopping_criteria,
                 outcome,
                 prompt_logprobs,
+                draft_model=self.draft_model,
             )
         finally:
             self._turns.leave()

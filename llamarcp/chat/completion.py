@@ -8,6 +8,7 @@ tokens parsed, and completed; the reply becomes a `chat.completion` dict or `cha
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
 import weakref
@@ -332,6 +333,10 @@ def _chat_handler(llama: Any, chat_format: str | None) -> Any:
         return handler
     name = chat_format if chat_format is not None else getattr(llama, "chat_format", None)
     if not isinstance(name, str):
+        return None
+    # Handlers are registered through llamarcp.compat.chat_format; until something imports it only its own
+    # built-in handler can be asked for, so ordinary chats do not pay for importing it.
+    if "llamarcp.compat.chat_format" not in sys.modules and name != "chatml-function-calling":
         return None
     from llamarcp.compat.chat_format import registered_handler
 

@@ -27,6 +27,14 @@ from llamarcp.chat.templates import ChatFormatter as _TemplateFormatter
 from llamarcp.compat.grammar import JSON_GBNF, LlamaGrammar
 
 __all__ = [
+    "CHATML_BOS_TOKEN",
+    "CHATML_CHAT_TEMPLATE",
+    "CHATML_EOS_TOKEN",
+    "LLAMA3_INSTRUCT_CHAT_TEMPLATE",
+    "MISTRAL_INSTRUCT_BOS_TOKEN",
+    "MISTRAL_INSTRUCT_CHAT_TEMPLATE",
+    "MISTRAL_INSTRUCT_EOS_TOKEN",
+    "MIXTRAL_INSTRUCT_CHAT_TEMPLATE",
     "ChatFormatter",
     "ChatFormatterResponse",
     "Jinja2ChatFormatter",
@@ -45,6 +53,17 @@ __all__ = [
     "register_chat_format",
     "registered_handler",
 ]
+
+
+# llama-cpp-python's template constants, as llamarcp's own templates of those formats (same prompts).
+CHATML_CHAT_TEMPLATE = CHAT_FORMATS["chatml"].template
+CHATML_BOS_TOKEN = "<s>"
+CHATML_EOS_TOKEN = "<|im_end|>"
+MISTRAL_INSTRUCT_CHAT_TEMPLATE = CHAT_FORMATS["mistral-instruct"].template
+MIXTRAL_INSTRUCT_CHAT_TEMPLATE = MISTRAL_INSTRUCT_CHAT_TEMPLATE
+MISTRAL_INSTRUCT_BOS_TOKEN = "<s>"
+MISTRAL_INSTRUCT_EOS_TOKEN = "</s>"
+LLAMA3_INSTRUCT_CHAT_TEMPLATE = CHAT_FORMATS["llama-3"].template
 
 
 @dataclass
