@@ -266,6 +266,13 @@ class Llama(LlamaCppApiMixin):
             return self._scheduler.n_prompt_tokens_evaluated
         return self._engine.n_prompt_tokens_evaluated if self._engine is not None else 0
 
+    def batching_status(self) -> dict[str, int]:
+        """Sequences the continuous-batching scheduler is decoding and has queued (zeros with one sequence)."""
+        scheduler = self._scheduler
+        if scheduler is None:
+            return {"running": 0, "queued": 0}
+        return {"running": scheduler.n_running, "queued": scheduler.n_queued}
+
     @property
     def token_bos(self) -> _Count:
         with self._turns.using():
