@@ -81,7 +81,9 @@ class EmbeddingBatcher:
                 self._abort_if_nobody_listens()
 
     def _abort_if_nobody_listens(self) -> None:
-        if self._in_flight and all(w.gone for w in self._in_flight) and self._abort is not None:
+        if self._aborted or self._abort is None:
+            return
+        if self._in_flight and all(w.gone for w in self._in_flight):
             self._abort()
             self._aborted = True
 
