@@ -40,7 +40,14 @@ def _wait_for(server: Server, check: Any, what: str, timeout: float = 60.0) -> d
 
 
 def _stream_body(prompt: str, max_tokens: int) -> dict[str, Any]:
-    return {"model": "tiny", "prompt": prompt, "max_tokens": max_tokens, "stream": True, "logit_bias": NO_EOS}
+    return {
+        "model": "tiny",
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "logit_bias": NO_EOS,
+    }
 
 
 def _data(lines: Iterator[str]) -> Iterator[str]:
