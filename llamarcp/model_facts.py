@@ -102,3 +102,10 @@ class ModelFacts:
         """The model's `tokenizer.chat_template` (or a named one), None when it has none."""
         with self._turns.using():
             return self._model.chat_template(name)
+
+    def batching_status(self) -> dict[str, int]:
+        """Sequences the continuous-batching scheduler is decoding and has queued (zeros with one sequence)."""
+        scheduler = self._scheduler
+        if scheduler is None:
+            return {"running": 0, "queued": 0}
+        return {"running": scheduler.n_running, "queued": scheduler.n_queued}

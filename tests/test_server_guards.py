@@ -1,6 +1,6 @@
 """No request kills the server or its connection: hostile inputs get 4xx JSON errors, bodies are bounded while
 they stream in, idle connections are closed, clients that leave stop their work, and with an API key only the
-bare liveness answer is public (llamarcp.server.app request guards and llamarcp.server.connections)."""
+bare liveness answer is public (llamarcp.server.guards, llamarcp.server.auth and llamarcp.server.connections)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import httpx
 import pytest
 from test_server import CHAT, Server, _error, start_server
 
-from llamarcp.server import app as server_app
+from llamarcp.server import guards
+from llamarcp.server.embedding_batch import EMBED_ROUND
 
 KEY = "sk-guard"
 MAX_BODY = 1024 * 1024
@@ -224,7 +225,7 @@ def test_embedding_of_long_inputs_stops_when_the_client_leaves(guarded: Server) 
     Between groups `should_stop()` ends it, inside a group `Llama.abort()` (tests/test_embeddings.py tests that
     one alone). The work is far longer than any disconnect detection, so a busy machine cannot make it pass
     or fail by timing."""
-    n_inputs = server_app.EMBED_GROUP * 24
+    n_inputs = EMBED_ROUND * 16  # 768 KiB: under the 1 MiB body limit
     texts = ["word " * 600] * n_inputs
     before = guarded.wait_idle()["models"]["tiny"]["queue"]
     with pytest.raises(httpx.ReadTimeout):
@@ -257,7 +258,7 @@ def test_catch_all_answers_json_500_and_does_not_re_raise() -> None:
     async def broken(scope: Any, receive: Any, send: Any) -> None:
         raise KeyError("bug")
 
-    sent = _call(server_app._CatchAll(broken), [{"type": "http.request", "body": b"", "more_body": False}])
+    sent = _call(guards.CatchAll(broken), [{"type": "http.request", "body": b"", "more_body": False}])
     assert sent[0]["status"] == 500
     assert json.loads(sent[1]["body"])["error"]["message"] == "internal error (KeyError)"
 
@@ -269,14 +270,14 @@ def test_request_guard_stops_reading_a_streamed_body_at_the_limit() -> None:
         called.append(scope)
 
     parts = [{"type": "http.request", "body": b"x" * 1000, "more_body": True} for _ in range(100)]
-    guard = server_app._RequestGuard(app, max_bytes=4500, timeout=30, max_depth=10)
+    guard = guards.RequestGuard(app, max_bytes=4500, timeout=30, max_depth=10)
     sent = _call(guard, parts)
     assert sent[0]["status"] == 413 and (b"connection", b"close") in sent[0]["headers"]
     assert not called and len(parts) == 95  # read 5 parts (5000 bytes > 4500), left the rest unread
 
 
 def test_request_guard_times_out_a_slow_body() -> None:
-    guard = server_app._RequestGuard(lambda *a: None, max_bytes=10_000, timeout=0.2, max_depth=10)
+    guard = guards.RequestGuard(lambda *a: None, max_bytes=10_000, timeout=0.2, max_depth=10)
     sent = _call(guard, [{"type": "http.request", "body": b"{", "more_body": True}])
     assert sent[0]["status"] == 408
 
@@ -292,4 +293,4 @@ def test_request_guard_times_out_a_slow_body() -> None:
     ],
 )
 def test_json_depth(body: bytes, depth: int) -> None:
-    assert server_app.json_depth(body) == depth
+    assert guards.json_depth(body) == depth
