@@ -19,6 +19,7 @@ from typing import Any
 from llamarcp import _backend, embeddings, loading, state, text_completion
 from llamarcp._core import Context, ffi
 from llamarcp._cpu import physical_core_count
+from llamarcp._managed import abandon
 from llamarcp.batching import Scheduler
 from llamarcp.compat.cache import cache_restore, storing_after
 from llamarcp.compat.llama_api import LlamaCppApiMixin
@@ -170,7 +171,12 @@ class Llama(ModelFacts, LlamaCppApiMixin):
         self._scheduler: Scheduler | None = None
 
         self._model = loading.open_model(self._init_args)
-        self._turns = Turns(free=self._model.close, is_freed=lambda: self._model.closed)
+        self._turns = Turns(
+            free=self._model.close,
+            is_freed=lambda: self._model.closed,
+            on_close=self.abort,  # the per-token loop and the C abort callback both look at it
+            abandon=lambda: abandon(self._model),
+        )
         if vocab_only:
             return
         try:
@@ -193,8 +199,6 @@ class Llama(ModelFacts, LlamaCppApiMixin):
         Never blocks: a call still using the model (another thread, or a suspended stream) stops at its next token
         with ClosedError, and the memory is freed as soon as the last such call has let go, never under its feet.
         """
-        if self._engine is not None:
-            self._engine.abort.requested = True  # the per-token loop and the C abort callback both look at this
         self._turns.close()  # closes the context and batches first (they are the model's children)
 
     def __enter__(self) -> Llama:
