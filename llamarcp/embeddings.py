@@ -1,7 +1,8 @@
 """Embeddings: texts -> vectors (pooled per sequence, or per token when the context's pooling is NONE).
 
-Several texts share one batch as separate sequences (up to `n_seq_max`, within `n_batch`); the memory is
-cleared after each batch, so embedding never leaves anything a later completion could wrongly reuse. Each
+Several texts share one batch as separate sequences (up to `n_seq_max - 1`, within `n_batch`), each aligned
+to ROW_ALIGN rows, so a text's vector does not depend on what it was batched with; the memory is cleared after
+each batch, so embedding never leaves anything a later completion could wrongly reuse. Each
 input is cut to the tokens the model can take in one pass: `n_batch`, `n_ctx` and the positions it was trained
 for (a BERT trained on 128 positions reads out of bounds past them).
 """
@@ -20,7 +21,13 @@ from llamarcp.errors import LlamaError, PromptTooLongError, check_decode
 if TYPE_CHECKING:
     from llamarcp.engine import Engine
 
-__all__ = ["embed", "embedding_response", "max_input_tokens"]
+__all__ = ["ROW_ALIGN", "embed", "embedding_response", "max_input_tokens"]
+
+#: Every text starts and ends on a multiple of this many batch rows (padding rows go to a sequence of their
+#: own that nothing reads). ggml's CPU matrix kernels work in row tiles and round a row differently at other
+#: offsets within a tile: on gemma-3 Q4_K_M an unaligned text in a batch differed from the same text alone by
+#: up to 4.5e-4 in cosine (0.35 absolute in a mean-pooled vector); aligned, batched equals one by one exactly.
+ROW_ALIGN = 16
 
 
 def max_input_tokens(engine: Engine) -> int:
@@ -64,27 +71,44 @@ def embed(
     results: list[Any] = []
     embed_batch = Batch(engine.n_batch, n_seq_max, parent=ctx)
     what = "llama_encode" if encoder_only else "llama_decode"
+    # With two or more sequence ids, the last one carries the padding rows and the others the texts.
+    n_texts_max = n_seq_max - 1 if n_seq_max > 1 else 1
+    pad_seq = n_seq_max - 1 if n_seq_max > 1 else None
+    pad_token = max(model.token_bos(), 0)
+    per_token = pooling == lib.LLAMA_POOLING_TYPE_NONE
     try:
         engine.clear()
         group: list[list[int]] = []
 
+        def rows_of(tokens: list[int]) -> int:
+            return _padded(len(tokens), engine.n_batch) if pad_seq is not None else len(tokens)
+
         def flush() -> None:
             if not group:
                 return
-            batch = embed_batch.fill_sequences(group, output_all=True)
+            entries: list[tuple[int, int, int, bool]] = []
+            starts = []
+            pad_pos = 0
+            for seq_id, tokens in enumerate(group):
+                starts.append(len(entries))
+                entries.extend((t, pos, seq_id, True) for pos, t in enumerate(tokens))
+                for _ in range(rows_of(tokens) - len(tokens)):
+                    assert pad_seq is not None
+                    entries.append((pad_token, pad_pos, pad_seq, False))
+                    pad_pos += 1
             try:
-                rc = engine.decode_abortable(batch, what, encode=encoder_only)
+                rc = engine.decode_abortable(embed_batch.fill_entries(entries), what, encode=encoder_only)
             finally:
                 lib.llama_memory_clear(engine.memory, True)
             check_decode(rc, what)
-            index = 0
-            for seq_id, tokens in enumerate(group):
-                if pooling == lib.LLAMA_POOLING_TYPE_NONE:
-                    rows = []
-                    for _ in tokens:
-                        rows.append(_floats(lib.llama_get_embeddings_ith(ctx.ptr, index), n_embd, normalize))
-                        index += 1
-                    results.append(rows)
+            for seq_id, (tokens, start) in enumerate(zip(group, starts)):
+                if per_token:
+                    results.append(
+                        [
+                            _floats(lib.llama_get_embeddings_ith(ctx.ptr, start + i), n_embd, normalize)
+                            for i in range(len(tokens))
+                        ]
+                    )
                 else:
                     results.append(_floats(lib.llama_get_embeddings_seq(ctx.ptr, seq_id), n_embd, normalize))
             group.clear()
@@ -93,15 +117,21 @@ def embed(
         for tokens in all_tokens:
             if engine.abort.requested:
                 engine.raise_if_aborted("embedding")
-            if group and (total + len(tokens) > engine.n_batch or len(group) >= n_seq_max):
+            if group and (total + rows_of(tokens) > engine.n_batch or len(group) >= n_texts_max):
                 flush()
                 total = 0
             group.append(tokens)
-            total += len(tokens)
+            total += rows_of(tokens)
         flush()
     finally:
         embed_batch.close()
     return results, sum(len(t) for t in all_tokens)
+
+
+def _padded(n: int, n_batch: int) -> int:
+    """Rows a text of `n` tokens takes in a batch: rounded up to ROW_ALIGN while that fits in one batch."""
+    rows = -(-n // ROW_ALIGN) * ROW_ALIGN
+    return rows if rows <= n_batch else n
 
 
 def embedding_response(rows: list[Any], count: int, model_name: str) -> dict[str, Any]:

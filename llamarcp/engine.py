@@ -211,6 +211,32 @@ class Engine:
         self.n_prompt_tokens_evaluated = n_done
         return n_done
 
+    def prompt_logprobs(self, tokens: list[int], top_n: int) -> list[dict[str, Any] | None]:
+        """Log-probabilities of each prompt token given the ones before it (None for the first), decoding the
+        prompt from its start with every row's logits out; the memory then holds the prompt."""
+        self.model.check_tokens(tokens)
+        if len(tokens) > self.n_ctx:
+            raise PromptTooLongError(len(tokens), self.n_ctx)
+        self.claim("single")
+        self.truncate(0)
+        lib = get_lib()
+        n_vocab = self.model.n_vocab
+        np = self._numpy
+        infos: list[dict[str, Any] | None] = [None]
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = tokens[start : start + self.n_batch]
+            batch = self.batch.fill_entries([(t, start + i, 0, True) for i, t in enumerate(chunk)])
+            rc = self.decode_abortable(batch)
+            if rc != 0:
+                self.truncate(start)
+                check_decode(rc)
+            self.input_ids.extend(chunk)
+            for i in range(len(chunk)):
+                if start + i + 1 < len(tokens):
+                    row = np.frombuffer(ffi.buffer(lib.llama_get_logits_ith(self.ctx.ptr, i), 4 * n_vocab), np.float32)
+                    infos.append(logprob_info(row, tokens[start + i + 1], top_n))
+        return infos
+
     # -- generation -------------------------------------------------------------------------------------------
 
     def generate(
@@ -222,15 +248,19 @@ class Engine:
         logits_processor: Any = None,
         stopping_criteria: Any = None,
         outcome: Outcome | None = None,
+        prompt_logprobs: int | None = None,
         draft_model: Any = None,
     ) -> Generator[Step, None, None]:
         """Evaluate the prompt, then sample/decode until an end-of-generation token, `max_tokens` or a full
         context. `outcome` (owned by the caller, so concurrent generations cannot mix them up) receives
-        "finish_reason" and "timings" when the loop ends. A `draft_model` speeds up greedy requests
-        (see llamarcp.draft_decoding); other requests do not use it."""
+        "finish_reason" and "timings" when the loop ends, and "prompt_logprobs" (with that many top entries)
+        before the first step when asked for. A `draft_model` speeds up greedy requests (see
+        llamarcp.draft_decoding); other requests do not use it."""
         outcome = {} if outcome is None else outcome
         model = self.model
         started = time.perf_counter()
+        if prompt_logprobs is not None:
+            outcome["prompt_logprobs"] = self.prompt_logprobs(prompt_tokens, prompt_logprobs)
         n_eval = self.eval(prompt_tokens)
         prompt_done = time.perf_counter()
         grammar = self._grammar_sampler(params)
@@ -367,7 +397,11 @@ def context_params(
     params.n_seq_max = n_seq_max if n_seq_max else (8 if embedding else 1)
     params.kv_unified = True  # every sequence may use the whole n_ctx (embedding batches)
     params.embeddings = bool(embedding)
-    if flash_attn is None:
+    if flash_attn is None and embedding:
+        # Flash attention accumulates over every KV cell, masked ones of other sequences included, so a batched
+        # text would round differently from the same text alone (llamarcp.embeddings): off unless asked for.
+        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    elif flash_attn is None:
         params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_AUTO
     else:
         params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED

@@ -83,3 +83,27 @@ def test_abort_stops_an_embedding(fresh: Any) -> None:
     with pytest.raises(TypeError):
         llm.embed([b"bytes are not text"])  # type: ignore[list-item]
     assert issubclass(GenerationAborted, LlamaError)
+
+
+@pytest.mark.slow
+def test_batched_equals_one_by_one_on_gemma(default_model_path: Path) -> None:
+    """A decoder with KV cache and sliding-window attention: a text's vector does not depend on its batch."""
+    texts = [f"word{i} " * (20 + 30 * i) for i in range(4)] + ["short one", "The cat sat on the mat."]
+    with Llama(str(default_model_path), embedding=True, pooling_type=1, n_ctx=1024, n_batch=1024) as llm:
+        alone = [llm.embed(t) for t in texts]
+        assert llm.embed(texts) == alone  # bit for bit, in one batch of several sequences
+        assert llm.embed(texts[::-1]) == alone[::-1]
+        assert llm.embed([texts[5], texts[5], texts[0]]) == [alone[5], alone[5], alone[0]]
+    with Llama(str(default_model_path), embedding=True, pooling_type=0, n_ctx=1024, n_batch=1024) as llm:
+        rows = llm.embed(texts[4:])
+        assert rows == [llm.embed(t) for t in texts[4:]]
+
+
+def test_padding_keeps_texts_on_row_tiles(fresh: Any) -> None:
+    from llamarcp.embeddings import ROW_ALIGN, _padded
+
+    assert _padded(1, 512) == ROW_ALIGN and _padded(ROW_ALIGN, 512) == ROW_ALIGN and _padded(ROW_ALIGN + 1, 512) == 32
+    assert _padded(500, 500) == 500  # no padding past one batch: such a text is always alone
+    llm = fresh(embedding=True, pooling_type=1, n_batch=64)
+    texts = [f"text number {i} " * (i + 1) for i in range(6)]
+    assert llm.embed(texts) == [llm.embed(t) for t in texts]

@@ -174,3 +174,32 @@ def test_interrupt_requests(tiny_model_path: Path, tmp_path: Path) -> None:
 
 def test_overload_error_is_a_llama_error() -> None:
     assert issubclass(ServerOverloaded, LlamaError)
+
+
+def test_null_fields_mean_their_default(server: Server) -> None:
+    body = {"prompt": "Once", "max_tokens": 5, "temperature": 0}
+    nulls = {k: None for k in ("top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty", "repeat_penalty")}
+    nulls.update(mirostat_mode=None, min_tokens=None, n=None, stream=None, echo=None, best_of=None, seed=None)
+    plain = server.post("/v1/completions", body).json()
+    with_nulls = server.post("/v1/completions", {**body, **nulls}).json()
+    assert with_nulls["choices"][0]["text"] == plain["choices"][0]["text"]
+    chat = {"messages": CHAT, "max_tokens": 2, "temperature": None, "logprobs": None, "reasoning_format": None}
+    assert server.post("/v1/chat/completions", chat).status_code == 200
+
+
+def test_in_process_app_serves_a_callers_llama(tiny_llama: Any) -> None:
+    # create_app(settings, llama): the caller's Llama is the default model and stays open afterwards.
+    from fastapi.testclient import TestClient
+
+    from llamarcp.server import ServerSettings, create_app
+
+    settings = ServerSettings(model_alias="mine", disable_ping_events=True, api_key="k")
+    with TestClient(create_app(settings, llama=tiny_llama), root_path="/proxy") as client:
+        headers = {"Authorization": "Bearer k"}
+        assert client.get("/v1/models", headers=headers).json()["data"][0]["id"] == "mine"
+        assert client.get("/openapi.json", headers=headers).json()["servers"] == [{"url": "/proxy"}]
+        body = {"prompt": "Hi", "max_tokens": 3, "temperature": 0, "stream": True}
+        with client.stream("POST", "/v1/completions", json=body, headers=headers) as response:
+            lines = [line for line in response.iter_lines() if line]
+        assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
+    assert not tiny_llama.closed and tiny_llama("Hi", max_tokens=2)["choices"][0]["text"] is not None

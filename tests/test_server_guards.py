@@ -50,7 +50,8 @@ def _nested_json(depth: int) -> str:
         ("/v1/completions", {"prompt": "x", "top_k": 2**64}, "top_k"),
         ("/v1/chat/completions", {"messages": CHAT, "top_k": 2**31}, "top_k"),
         ("/v1/completions", {"prompt": "x", "min_tokens": 2**40}, "min_tokens"),
-        ("/v1/completions", {"prompt": "x", "seed": 2**80, "max_tokens": 2}, None),  # any int seed is fine
+        ("/v1/completions", {"prompt": "x", "seed": 2**80, "max_tokens": 2}, "seed must fit in 32 bits"),
+        ("/v1/completions", {"prompt": "x", "seed": 2**32 - 1, "max_tokens": 2}, None),
         ("/v1/completions", {"prompt": [2**40]}, "outside the vocab"),
         ("/v1/completions", {"prompt": "x", "logit_bias": {"99999999": 1}}, "logit_bias"),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": _nested(450)}]}, "nested deeper"),
@@ -77,6 +78,30 @@ def test_non_finite_numbers_are_400(guarded: Server, literal: bytes) -> None:
         timeout=30,
     )
     assert "finite" in _error(response, 400)["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        ("/v1/completions", b"null"),
+        ("/v1/completions", b"[]"),
+        ("/v1/chat/completions", b"123"),
+        ("/v1/completions", b'{"prompt": "x", "top_k": 1e999}'),
+        ("/v1/completions", b'{"prompt": "x", "top_k": ' + b"9" * 5000 + b"}"),
+        ("/v1/completions", b'{"prompt": "x", "max_tokens": ' + b"9" * 5000 + b"}"),
+        ("/v1/completions", b"\xff\xfe{"),
+        ("/v1/completions", b'{"prompt": "broken \\ud800 text", "max_tokens": 2}'),
+        ("/extras/tokenize", b'{"input": "broken \\udfff"}'),
+        ("/v1/embeddings", b'{"input": ["\\ud800"]}'),
+        ("/v1/completions", b'{"prompt": "x", "stop": [' + b'"a",' * 5000 + b'"a"]}'),
+        ("/v1/completions", b'{"prompt": "x", "stop": "' + b"a" * 5000 + b'"}'),
+    ],
+)
+def test_malformed_bodies_are_4xx(guarded: Server, path: str, raw: bytes) -> None:
+    headers = {**guarded.headers(), "content-type": "application/json"}
+    response = httpx.post(guarded.url + path, content=raw, headers=headers, timeout=30)
+    assert 400 <= response.status_code < 500, response.text
+    assert set(response.json()) == {"error"}
 
 
 def test_errors_keep_the_keep_alive_connection(guarded: Server) -> None:
@@ -191,6 +216,22 @@ def test_embedding_stops_when_the_client_leaves(guarded: Server) -> None:
     # The model is fine afterwards (an abort that found nothing to stop was withdrawn).
     vector = guarded.client().embeddings.create(model="tiny", input="hello").data[0].embedding
     assert len(vector) == 64
+
+
+def test_embedding_of_long_inputs_stops_when_the_client_leaves(guarded: Server) -> None:
+    """Minutes of embedding work (many groups of 512-token inputs): the client leaves, the work stops early.
+
+    Between groups `should_stop()` ends it, inside a group `Llama.abort()` (tests/test_embeddings.py tests that
+    one alone). The work is far longer than any disconnect detection, so a busy machine cannot make it pass
+    or fail by timing."""
+    n_inputs = server_app.EMBED_GROUP * 24
+    texts = ["word " * 600] * n_inputs
+    before = guarded.wait_idle()["models"]["tiny"]["queue"]
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(guarded.url + "/v1/embeddings", json={"input": texts}, headers=guarded.headers(), timeout=0.3)
+    after = guarded.wait_idle(timeout=300)["models"]["tiny"]["queue"]
+    assert after["cancelled"] == before["cancelled"] + 1
+    assert after["embedded_inputs"] - before["embedded_inputs"] < n_inputs, "the work ran to its end"
 
 
 # --- the guards as plain ASGI apps ------------------------------------------------------------------------------

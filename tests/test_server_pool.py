@@ -4,6 +4,7 @@ started from llama-cpp-python-style command lines. Driven by the `openai` client
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import json
@@ -15,6 +16,10 @@ from typing import Any
 import httpx
 import pytest
 from test_server import CHAT, LONG, NO_EOS, Server, _error, start_server
+
+from llamarcp.errors import ModelLoadError
+from llamarcp.server.pool import ModelEntry, ModelPool, UnknownModelError
+from llamarcp.server.settings import ModelConfig
 
 #: The second model's alias: llama-cpp-python's Copilot route serves the model with this alias.
 CODEX = "copilot-codex"
@@ -230,3 +235,110 @@ def test_config_file_with_the_tiny_model_and_gemma(
         assert again.choices[0].message.content == gemma.choices[0].message.content  # reloaded, same answer
         health = server.health()
         assert health["models"]["gemma"]["loads"] == 2 and health["evictions"] == 3
+
+
+# --- the pool's policy on its own (fake models: no llama.cpp, no HTTP) ---------------------------------------------
+
+
+class _FakeEntry(ModelEntry):
+    """A ModelEntry whose load/unload only record what happened (and can be made to fail)."""
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        super().__init__(ModelConfig(model=f"/models/{name}.gguf", alias=name), max_queue=4)
+        self.log = log
+        self.fail = False
+
+    def load(self) -> None:
+        self.log.append(f"load {self.model_id}")
+        if self.fail:
+            raise ModelLoadError(f"{self.model_id} is broken")
+        self.state = "loaded"
+
+    def unload(self) -> None:
+        self.log.append(f"unload {self.model_id}")
+        self.state = "unloaded"
+
+
+def _pool(names: list[str], max_loaded: int) -> tuple[ModelPool, list[str]]:
+    log: list[str] = []
+    return ModelPool([_FakeEntry(n, log) for n in names], max_loaded=max_loaded), log
+
+
+def test_pool_evicts_the_least_recently_used_idle_model() -> None:
+    pool, log = _pool(["a", "b", "c"], max_loaded=2)
+    a, b, c = pool.entries
+
+    async def use(entry: ModelEntry) -> None:
+        await pool.enter(entry)
+        pool.leave(entry)
+
+    async def scenario() -> None:
+        for entry in (a, b, a, c, b):  # c evicts b (a was used after b); then b evicts a
+            await use(entry)
+
+    asyncio.run(scenario())
+    assert log == ["load a", "load b", "unload b", "load c", "unload a", "load b"]
+    assert [e.state for e in pool.entries] == ["unloaded", "loaded", "loaded"] and pool.evictions == 2
+    for entry in pool.entries:
+        entry.runner.shutdown()
+
+
+def test_pool_never_evicts_a_model_in_use_and_waits_for_room() -> None:
+    pool, log = _pool(["a", "b"], max_loaded=1)
+    a, b = pool.entries
+
+    async def scenario() -> None:
+        await pool.enter(a)  # a request on a is in flight
+        waiting = asyncio.ensure_future(pool.enter(b))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not waiting.done() and a.state == "loaded" and b.state == "unloaded"
+        pool.leave(a)  # a goes idle: b may now take its place
+        await asyncio.wait_for(waiting, 30)
+        pool.leave(b)
+
+    asyncio.run(scenario())
+    assert log == ["load a", "unload a", "load b"]
+    for entry in pool.entries:
+        entry.runner.shutdown()
+
+
+def test_pool_load_failure_and_cancellation_keep_the_books_straight() -> None:
+    pool, log = _pool(["a", "b"], max_loaded=1)
+    a, b = pool.entries
+    b.fail = True
+
+    async def scenario() -> None:
+        with pytest.raises(ModelLoadError, match="b is broken"):
+            await pool.enter(b)
+        assert b.state == "unloaded" and b.users == 0 and pool._resident() == 0  # nothing counts as loaded
+        b.fail = False
+        task = asyncio.ensure_future(pool.enter(b))
+        await asyncio.sleep(0)
+        task.cancel()  # the client left during the load: the load still completes and is counted
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+            if b.state == "loaded":
+                break
+        assert b.state == "loaded" and b.users == 0
+        await pool.enter(a)  # b is idle: evicted for a
+        pool.leave(a)
+
+    asyncio.run(scenario())
+    assert log == ["load b", "load b", "unload b", "load a"]
+    for entry in pool.entries:
+        entry.runner.shutdown()
+
+
+def test_pool_names() -> None:
+    pool, _ = _pool(["a", "b"], max_loaded=1)
+    a, b = pool.entries
+    assert pool.resolve("b") is b and pool.resolve("/models/b.gguf") is b and pool.resolve("b.gguf") is b
+    assert pool.resolve(None) is a and pool.resolve("") is a and pool.resolve("gpt-4o") is a
+    pool.strict = True
+    with pytest.raises(UnknownModelError, match="'gpt-4o' does not exist; this server serves 'a', 'b'"):
+        pool.resolve("gpt-4o")
+    for entry in pool.entries:
+        entry.runner.shutdown()

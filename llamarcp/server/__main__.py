@@ -211,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         log_level=args.log_level,
         timeout_graceful_shutdown=5,
         timeout_keep_alive=listener["timeout_keep_alive"],
+        root_path=settings.root_path,
         http=IdleTimeoutH11Protocol,
     )
     return 0

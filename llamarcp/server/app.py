@@ -233,7 +233,6 @@ def create_app(settings: ServerSettings, llama: Any = None) -> FastAPI:
         title="llamarcp",
         version=_version(),
         lifespan=lifespan,
-        root_path=settings.root_path,
         # With an API key the docs need it too (routes below); without one they are FastAPI's usual ones.
         docs_url=None if keyed else "/docs",
         redoc_url=None if keyed else "/redoc",
@@ -503,16 +502,22 @@ def create_app(settings: ServerSettings, llama: Any = None) -> FastAPI:
     if keyed:
 
         @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_key)])
-        async def openapi() -> JSONResponse:
-            return JSONResponse(app.openapi())
+        async def openapi(request: Request) -> JSONResponse:
+            schema = app.openapi()
+            root = str(request.scope.get("root_path", "")).rstrip("/")
+            if root and not any(s.get("url") == root for s in schema.get("servers", [])):  # as FastAPI's own
+                schema = {**schema, "servers": [{"url": root}, *schema.get("servers", [])]}
+            return JSONResponse(schema)
 
         @app.get("/docs", include_in_schema=False, dependencies=[Depends(require_key)])
-        async def docs() -> HTMLResponse:
-            return get_swagger_ui_html(openapi_url=settings.root_path + "/openapi.json", title="llamarcp")
+        async def docs(request: Request) -> HTMLResponse:
+            root = str(request.scope.get("root_path", "")).rstrip("/")
+            return get_swagger_ui_html(openapi_url=root + "/openapi.json", title="llamarcp")
 
         @app.get("/redoc", include_in_schema=False, dependencies=[Depends(require_key)])
-        async def redoc() -> HTMLResponse:
-            return get_redoc_html(openapi_url=settings.root_path + "/openapi.json", title="llamarcp")
+        async def redoc(request: Request) -> HTMLResponse:
+            root = str(request.scope.get("root_path", "")).rstrip("/")
+            return get_redoc_html(openapi_url=root + "/openapi.json", title="llamarcp")
 
     def model_card(entry: ModelEntry) -> dict[str, Any]:
         return {"id": entry.model_id, "object": "model", "created": state.created, "owned_by": "llamarcp"}
@@ -688,9 +693,9 @@ def create_app(settings: ServerSettings, llama: Any = None) -> FastAPI:
 
 def _withdraw_abort(llama: Any) -> None:
     """Forget an abort request that found nothing left to stop (else it would stop the next decode)."""
-    state = getattr(llama, "_abort", None)
-    if state is not None:
-        state.requested = False
+    clear = getattr(llama, "clear_abort", None)  # test stand-ins may lack it
+    if clear is not None:
+        clear()
 
 
 # --- request guards (plain ASGI, so request-disconnect detection downstream keeps working) ----------------------

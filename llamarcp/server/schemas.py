@@ -7,23 +7,45 @@ Integers that reach C are bounded to what C holds; floats must be finite.
 No `from __future__ import annotations` here: pydantic evaluates these at runtime, and Python 3.9 has no `X | Y`.
 """
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 #: Fields clients send that carry no generation setting: accepted and ignored.
 IGNORED_FIELDS = frozenset({"user", "store", "metadata", "service_tier", "stream_options", "parallel_tool_calls"})
 
 INT32_MAX = 2**31 - 1
 
+#: Every stop string is checked after each token: bound how many there are and how long (OpenAI allows 4).
+MAX_STOP_STRINGS = 64
+MAX_STOP_CHARS = 4096
+
 # Field bounds follow OpenAI's documented ranges (and llama-cpp-python's for its own fields).
-_Stop = str | list[str] | None
+_StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
+_Stop = _StopString | Annotated[list[_StopString], Field(max_length=MAX_STOP_STRINGS)] | None
+
+
+#: Fields where an explicit null has its own meaning (until the context is full), not "the default".
+_NULL_IS_A_VALUE = frozenset({"max_tokens", "max_completion_tokens"})
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     model: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        """`"temperature": null` (clients send nulls for unset fields; OpenAI accepts them) is the default."""
+        if isinstance(data, dict):
+            fields = cls.model_fields
+            return {
+                k: v
+                for k, v in data.items()
+                if not (v is None and k in fields and k not in _NULL_IS_A_VALUE and fields[k].default is not None)
+            }
+        return data
 
 
 class _Request(_Body):

@@ -89,7 +89,7 @@ class ServerSettings:
     interrupt_requests: bool = False
     #: No SSE keep-alive comments in streams (some clients choke on them).
     disable_ping_events: bool = False
-    #: ASGI root path, when a reverse proxy serves the API under a prefix.
+    #: ASGI root path, when a reverse proxy serves the API under a prefix (given to uvicorn by the CLI).
     root_path: str = ""
     #: The most tokens one request generates (max_tokens null or larger is cut to it); None = the context size.
     n_predict: int | None = None
