@@ -8,7 +8,6 @@ tokens parsed, and completed; the reply becomes a `chat.completion` dict or `cha
 from __future__ import annotations
 
 import json
-import sys
 import time
 import uuid
 import weakref
@@ -16,6 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from llamarcp.chat.grammars import JSON_OBJECT_GRAMMAR, json_schema_grammar, tool_call_grammar
+from llamarcp.chat.handlers import FUNCTION_CALLING, registered
 from llamarcp.chat.templates import ChatFormatter, formatter_for_model, normalize_messages
 from llamarcp.chat.tools import parse_tool_calls, tool_names
 from llamarcp.errors import ChatMessageError, ChatTemplateError
@@ -334,13 +334,12 @@ def _chat_handler(llama: Any, chat_format: str | None) -> Any:
     name = chat_format if chat_format is not None else getattr(llama, "chat_format", None)
     if not isinstance(name, str):
         return None
-    # Handlers are registered through llamarcp.compat.chat_format; until something imports it only its own
-    # built-in handler can be asked for, so ordinary chats do not pay for importing it.
-    if "llamarcp.compat.chat_format" not in sys.modules and name != "chatml-function-calling":
-        return None
-    from llamarcp.compat.chat_format import registered_handler
+    found = registered(name)
+    if found is None and name == FUNCTION_CALLING:
+        from llamarcp.chat.function_calling import chatml_function_calling
 
-    return registered_handler(name)
+        found = chatml_function_calling
+    return found
 
 
 def completion_to_chat(completion: Any, stream: bool = False) -> Any:
