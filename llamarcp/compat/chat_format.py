@@ -91,27 +91,25 @@ class LlamaChatCompletionHandlerNotFoundException(Exception):
 
 
 class LlamaChatCompletionHandlerRegistry:
-    """llama-cpp-python's name -> handler registry (a singleton); the table itself is `llamarcp.chat.handlers`."""
+    """The process-wide name -> handler table (a singleton, like llama-cpp-python's; stored in
+    llamarcp.chat.handlers, which the chat path consults)."""
 
     _instance: LlamaChatCompletionHandlerRegistry | None = None
+    _chat_handlers = handlers._HANDLERS
 
     def __new__(cls) -> LlamaChatCompletionHandlerRegistry:
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance
 
-    @property
-    def _chat_handlers(self) -> dict[str, Any]:
-        return {name: handler for name in handlers.names() if (handler := handlers.lookup(name)) is not None}
-
     def register_chat_completion_handler(self, name: str, chat_handler: Any, overwrite: bool = False) -> None:
-        handlers.register(name, chat_handler, overwrite, taken=frozenset(CHAT_FORMATS))
+        handlers.register(name, chat_handler, overwrite=overwrite, taken=CHAT_FORMATS)
 
     def unregister_chat_handler(self, name: str) -> None:
         handlers.unregister(name)
 
     def get_chat_completion_handler_by_name(self, name: str) -> Any:
-        handler = handlers.lookup(name)
+        handler = handlers.registered(name)
         if handler is not None:
             return handler
         if name in CHAT_FORMATS:
@@ -122,7 +120,7 @@ class LlamaChatCompletionHandlerRegistry:
 
 def registered_handler(name: str) -> Any:
     """The handler registered under `name`, or None (then llamarcp's own formats apply)."""
-    return handlers.lookup(name)
+    return handlers.registered(name)
 
 
 def get_chat_completion_handler(name: str) -> Any:
@@ -417,3 +415,5 @@ _FORMAT_FUNCTIONS = {
 for _function_name, _format_name in _FORMAT_FUNCTIONS.items():
     globals()[_function_name] = _formatter_function(_format_name)
 __all__ += list(_FORMAT_FUNCTIONS)
+
+register_chat_completion_handler("chatml-function-calling")(chatml_function_calling)

@@ -30,7 +30,7 @@ class LlamaTokenizer(_ModelTokenizer, BaseLlamaTokenizer):
     @classmethod
     def from_ggml_file(cls, path: str | os.PathLike[str]) -> LlamaTokenizer:
         """Tokenizer of a GGUF file, loading only its vocab."""
-        import llamarcp  # the package's lazy `Llama` (llamarcp.llama builds on this module through the mixin)
+        import llamarcp
 
         return cls(llamarcp.Llama(model_path=path, vocab_only=True))
 
