@@ -57,10 +57,6 @@ class ModelFacts:
         return len(self._engine.input_ids) if self._engine is not None else 0
 
     @property
-    def input_ids(self) -> list[int]:
-        return list(self._engine.input_ids) if self._engine is not None else []
-
-    @property
     def last_timings(self) -> dict[str, float]:
         """Counts and milliseconds of the last generation (prompt_n, prompt_eval_n, prompt_ms, predicted_*)."""
         return self._engine.last_timings if self._engine is not None else {}

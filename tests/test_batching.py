@@ -165,7 +165,7 @@ def test_exclusive_calls_and_batching_take_turns(parallel: Llama, solo: Llama) -
         solo("Hello", max_tokens=6, temperature=0)
     )
     parallel.load_state(state)
-    assert parallel.input_ids == tokens
+    assert parallel.input_ids.tolist() == tokens
     assert text_of(parallel("Once upon a time", max_tokens=6, temperature=0)) == text_of(
         solo("Once upon a time", max_tokens=6, temperature=0)
     )

@@ -16,7 +16,7 @@ import pytest
 
 import llamarcp
 from llamarcp import Llama
-from llamarcp.compat.llama_api import LlamaCppApiMixin, MinTokensLogitsProcessor
+from llamarcp.compat.llama_api import MinTokensLogitsProcessor
 from llamarcp.errors import LlamaError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +54,7 @@ def test_token_history_and_scores_as_numpy(llm: Llama) -> None:
     tokens = llm.tokenize(PROMPT.encode())
     assert llm.scores.shape == (0, llm.n_vocab)
     llm.eval(tokens)
-    ids = LlamaCppApiMixin.input_ids.fget(llm)  # type: ignore[attr-defined]  # see the note in llama_api
+    ids = llm.input_ids
     assert ids.dtype == np.intc and ids.tolist() == tokens
     assert list(llm.eval_tokens) == tokens
     scores = llm.scores

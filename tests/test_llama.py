@@ -560,7 +560,7 @@ def test_generate_yields_the_completion_tokens(tiny_llama: Llama) -> None:
             break
     text = text_of(tiny_llama(PROMPT, max_tokens=10, temperature=0))
     assert tiny_llama.detokenize(tokens, prev_tokens=prompt).decode("utf-8", errors="replace") == text
-    assert tiny_llama.input_ids[: len(prompt)] == prompt
+    assert tiny_llama.input_ids[: len(prompt)].tolist() == prompt
 
 
 def test_set_seed(tiny_llama: Llama) -> None:
@@ -656,9 +656,9 @@ def test_eval_appends_like_llama_cpp_python(fresh: Any) -> None:
     first, second = llm.tokenize(PROMPT.encode()), llm.tokenize(b" jumps over", add_bos=False)
     assert llm.eval(first) == len(first)
     assert llm.eval(second) == len(second)  # only the new tokens are decoded
-    assert llm.input_ids == first + second and llm.eval([]) == 0
+    assert llm.input_ids.tolist() == first + second and llm.eval([]) == 0
     llm.reset()
-    assert llm.eval(second) == len(second) and llm.input_ids == second
+    assert llm.eval(second) == len(second) and llm.input_ids.tolist() == second
 
 
 def test_seed_and_penalty_window_are_checked_at_the_call(tiny_model_path: Path, tiny_llama: Llama) -> None:

@@ -28,7 +28,7 @@ def test_save_and_load_state(fresh: Any) -> None:
     first = text_of(llm(PROMPT, max_tokens=16, seed=9))
     llm("Something else entirely", max_tokens=8)
     llm.load_state(state)
-    assert llm.input_ids == state.input_ids
+    assert llm.input_ids.tolist() == state.input_ids
     assert text_of(llm(PROMPT, max_tokens=16, seed=9)) == first
     assert llm.n_prompt_tokens_evaluated == 1  # the restored prefix was reused
     other = fresh(n_ctx=256)
@@ -60,7 +60,7 @@ def test_state_files(fresh: Any, tmp_path: Path) -> None:
     expected = text_of(llm(PROMPT, max_tokens=12, seed=4))
     other = fresh()
     other.load_state_file(session)
-    assert other.input_ids == llm.tokenize(PROMPT.encode())
+    assert other.input_ids.tolist() == llm.tokenize(PROMPT.encode())
     assert text_of(other(PROMPT, max_tokens=12, seed=4)) == expected
     assert other.n_prompt_tokens_evaluated == 1  # the restored prefix was reused
     with pytest.raises(FileNotFoundError):
@@ -106,7 +106,7 @@ def test_a_failed_overwrite_keeps_the_previous_file(
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # ...and no temp file is left
     other = fresh()
     other.load_state_file(session)
-    assert other.input_ids == llm.tokenize(PROMPT.encode())
+    assert other.input_ids.tolist() == llm.tokenize(PROMPT.encode())
 
 
 def test_bit_flips_are_caught_by_the_checksum(fresh: Any, tmp_path: Path) -> None:
