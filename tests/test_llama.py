@@ -387,6 +387,9 @@ def test_ctrl_c_during_generation(fresh: Any) -> None:
     llm = fresh(n_ctx=2048, n_batch=2048, n_ubatch=256)
     prompt = [1] + [100 + (i * 7) % 30000 for i in range(1500)]
     expected = text_of(fresh(n_ctx=2048)(PROMPT, max_tokens=8, temperature=0))
+    # A job started in the background (`cmd &` in a script, as CI runners do) inherits SIGINT ignored, and Python
+    # then installs no KeyboardInterrupt handler: install it here so the signal is a Ctrl-C whoever started us.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.03, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     try:
@@ -395,6 +398,7 @@ def test_ctrl_c_during_generation(fresh: Any) -> None:
     finally:
         timer.cancel()
         timer.join()
+        signal.signal(signal.SIGINT, previous)
     from llamarcp._backend import get_lib
 
     n_mem = get_lib().llama_memory_seq_pos_max(llm._memory, 0) + 1
