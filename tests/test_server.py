@@ -137,7 +137,8 @@ def keyed_server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture(scope="module")
 def small_queue_server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    yield from _start(tiny_model_path, tmp_path_factory.mktemp("small"), "--max-queue", "2")
+    # One slot: the queue-full test needs one request running and one waiting for the model.
+    yield from _start(tiny_model_path, tmp_path_factory.mktemp("small"), "--max-queue", "2", "--parallel", "1")
 
 
 CHAT = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hello."}]
@@ -277,7 +278,7 @@ def test_malformed_json_is_400(server: Server) -> None:
         ("/v1/completions", {"prompt": "word " * (N_CTX + 10), "stream": True}, 400, "context holds"),
         ("/v1/chat/completions", {"messages": CHAT, "stream": True, "grammar": "root ::= ("}, 400, "grammar"),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "word " * (N_CTX + 10)}]}, 400, "context"),
-        ("/v1/chat/completions", {"messages": CHAT, "n": 3}, 400, "n"),
+        ("/v1/chat/completions", {"messages": CHAT, "n": 99}, 400, "n"),
         ("/v1/chat/completions", {"messages": CHAT, "temperature": "hot"}, 400, "temperature"),
         ("/v1/chat/completions", {"messages": CHAT, "temperature": 9}, 400, "temperature"),
         ("/v1/chat/completions", {"max_tokens": 4}, 400, "messages"),

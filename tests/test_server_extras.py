@@ -156,7 +156,8 @@ def test_llama_cpp_python_fields_are_validated(server: Server, body: dict[str, A
 
 def test_interrupt_requests(tiny_model_path: Path, tmp_path: Path) -> None:
     # llama-cpp-python's --interrupt_requests: a stream ends (with [DONE]) once another request waits.
-    args = ["--model", str(tiny_model_path), "-t", "1", "-c", "4096", "--interrupt_requests", "true"]
+    # One slot, so the second request waits (with --parallel it would run beside the stream).
+    args = ["--model", str(tiny_model_path), "-t", "1", "-c", "4096", "--interrupt_requests", "true", "-np", "1"]
     with contextlib.contextmanager(start_server)(tmp_path, *args) as server:
         url = server.url + "/v1/completions"
         body = {"prompt": "long", "max_tokens": LONG, "stream": True, "logit_bias": NO_EOS}

@@ -11,9 +11,10 @@ import json
 import time
 import uuid
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+from llamarcp.chat import handlers
 from llamarcp.chat.grammars import JSON_OBJECT_GRAMMAR, json_schema_grammar, tool_call_grammar
 from llamarcp.chat.templates import ChatFormatter, formatter_for_model, normalize_messages
 from llamarcp.chat.tools import parse_tool_calls, tool_names
@@ -218,6 +219,7 @@ def create_chat_completion(
     chat_template: str | None = None,
     template_kwargs: Mapping[str, Any] | None = None,
     reasoning_format: str | None = "auto",
+    n: int = 1,
     **completion_kwargs: Any,
 ) -> Any:
     """Chat completion in OpenAI's shape (a dict, or an iterator of chunks when `stream=True`).
@@ -231,6 +233,7 @@ def create_chat_completion(
     - `reasoning_format="auto"`: for templates with `<think>` blocks, the reasoning goes to
       `message.reasoning_content` (streamed as `delta.reasoning_content`), the answer to `content`;
       "deepseek" always splits, "none" leaves the text as generated.
+    - `n > 1` gives that many choices (each samples with seed + i; streamed chunks carry the choice's `index`).
     - Remaining keyword arguments go to `create_completion` (e.g. `mirostat_mode`, `logits_processor`).
     - A llama-cpp-python chat handler takes over the whole request when one applies: `Llama(chat_handler=...)`,
       or a `chat_format` registered with `llama_cpp.llama_chat_format.register_chat_format` /
@@ -238,6 +241,8 @@ def create_chat_completion(
     """
     handler = _chat_handler(llama, chat_format)
     if handler is not None:
+        if n != 1:
+            raise ChatMessageError("n > 1 is not supported with a llama-cpp-python chat handler")
         return handler(
             llama=llama,
             messages=messages,
@@ -316,13 +321,20 @@ def create_chat_completion(
         logit_bias=logit_bias,
         logprobs=top_logprobs if logprobs else None,
         grammar=grammar,
+        **({"n": n} if n != 1 else {}),  # stand-ins for Llama may not take n
         **completion_kwargs,
     )
     legacy = functions is not None
     parse_tools = offered if offered else None
+
+    def new_splitter() -> ThinkSplitter | None:  # one per choice: a splitter keeps state
+        return _reasoning_splitter(formatter, prompt, reasoning_format)
+
     if stream:
-        return _stream(completion, parse_tools, legacy, splitter)
-    return _finish(completion, parse_tools, legacy, splitter)
+        if n == 1:
+            return _stream(completion, parse_tools, legacy, splitter)
+        return _stream_choices(completion, n, parse_tools, legacy, new_splitter)
+    return _finish(completion, parse_tools, legacy, [splitter] + [new_splitter() for _ in range(n - 1)])
 
 
 def _chat_handler(llama: Any, chat_format: str | None) -> Any:
@@ -333,16 +345,14 @@ def _chat_handler(llama: Any, chat_format: str | None) -> Any:
     name = chat_format if chat_format is not None else getattr(llama, "chat_format", None)
     if not isinstance(name, str):
         return None
-    from llamarcp.compat.chat_format import registered_handler
-
-    return registered_handler(name)
+    return handlers.lookup(name)
 
 
 def completion_to_chat(completion: Any, stream: bool = False) -> Any:
     """A `create_completion` result (dict, or its chunks when `stream`) as a chat completion (or its chunks)."""
     if stream:
         return _stream(completion, None, False, None)
-    return _finish(completion, None, False, None)
+    return _finish(completion, None, False, [None] * len(completion["choices"]))
 
 
 class ThinkSplitter:
@@ -444,29 +454,59 @@ def _message(
 
 
 def _finish(
-    completion: Mapping[str, Any], tools: list[dict[str, Any]] | None, legacy: bool, splitter: ThinkSplitter | None
+    completion: Mapping[str, Any],
+    tools: list[dict[str, Any]] | None,
+    legacy: bool,
+    splitters: Sequence[ThinkSplitter | None],
 ) -> dict[str, Any]:
-    choice = completion["choices"][0]
-    reasoning, text = _split_reasoning(choice["text"], splitter)
-    message, called = _message(text, tools, legacy, reasoning)
-    finish = choice["finish_reason"]
-    if called:
-        finish = "function_call" if legacy else "tool_calls"
+    choices = []
+    for index, (choice, splitter) in enumerate(zip(completion["choices"], splitters)):
+        reasoning, text = _split_reasoning(choice["text"], splitter)
+        message, called = _message(text, tools, legacy, reasoning)
+        finish = choice["finish_reason"]
+        if called:
+            finish = "function_call" if legacy else "tool_calls"
+        choices.append(
+            {
+                "index": index,
+                "message": message,
+                "logprobs": _chat_logprobs(choice.get("logprobs")),
+                "finish_reason": finish,
+            }
+        )
     return {
         "id": "chat" + completion["id"],
         "object": "chat.completion",
         "created": completion["created"],
         "model": completion["model"],
-        "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "logprobs": _chat_logprobs(choice.get("logprobs")),
-                "finish_reason": finish,
-            }
-        ],
+        "choices": choices,
         "usage": completion["usage"],
     }
+
+
+def _stream_choices(
+    chunks: Iterator[Mapping[str, Any]],
+    n: int,
+    tools: list[dict[str, Any]] | None,
+    legacy: bool,
+    new_splitter: Callable[[], ThinkSplitter | None],
+) -> Iterator[dict[str, Any]]:
+    """The chunks of `n` choices (they arrive choice after choice), each turned into chat chunks with its index."""
+    completion_id = f"chatcmpl-{uuid.uuid4()}"
+
+    def one_choice() -> Iterator[Mapping[str, Any]]:
+        for part in chunks:
+            yield part
+            if part["choices"][0]["finish_reason"] is not None:
+                return
+
+    try:
+        for index in range(n):
+            yield from _stream(one_choice(), tools, legacy, new_splitter(), index, completion_id)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
 
 
 def _stream(
@@ -474,8 +514,10 @@ def _stream(
     tools: list[dict[str, Any]] | None,
     legacy: bool,
     splitter: ThinkSplitter | None,
+    index: int = 0,
+    completion_id: str | None = None,
 ) -> Iterator[dict[str, Any]]:
-    completion_id = f"chatcmpl-{uuid.uuid4()}"
+    completion_id = completion_id or f"chatcmpl-{uuid.uuid4()}"
     created = int(time.time())
     model = ""
     held: list[str] = []  # answer text held back while it might be a tool call
@@ -487,7 +529,7 @@ def _stream(
             "object": "chat.completion.chunk",
             "created": created,
             "model": model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": _chat_logprobs(lp), "finish_reason": finish}],
+            "choices": [{"index": index, "delta": delta, "logprobs": _chat_logprobs(lp), "finish_reason": finish}],
         }
 
     def split(text: str, final: bool) -> list[tuple[str, str]]:

@@ -38,7 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8080; 0 picks a free one)")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $LLAMARCP_API_KEY or $API_KEY)")
-    p.add_argument("-c", "--ctx-size", dest="n_ctx", type=int, help="context size (default 2048)")
+    p.add_argument(
+        "-c", "--ctx-size", dest="n_ctx", type=int, help="context size of each sequence (default 2048; see --parallel)"
+    )
+    p.add_argument(
+        "-np",
+        "--parallel",
+        dest="n_parallel",
+        type=int,
+        help="generations per model decoded together in shared steps, continuous batching (default 4); the KV "
+        "cache holds parallel x ctx-size tokens; 1 = one request at a time",
+    )
     p.add_argument("-b", "--batch-size", dest="n_batch", type=int, help="batch size (default 512)")
     p.add_argument("-t", "--threads", dest="n_threads", type=int, help="threads (default: physical cores)")
     p.add_argument("-ngl", "--n-gpu-layers", dest="n_gpu_layers", type=int, help="layers to offload (default 0)")
@@ -141,6 +151,9 @@ def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
     if args.embeddings is False:
         for config in configs:
             config.embeddings = False
+    if args.n_parallel is not None:  # a server-wide choice, also for the models of a config file
+        for config in configs:
+            config.n_parallel = args.n_parallel
 
     def pick(flag_value: Any, name: str, default: Any) -> Any:
         return flag_value if flag_value is not None else server_values.get(name, default)

@@ -1,6 +1,6 @@
 """Which model a request goes to: the served models by name, loaded on demand, at most N at once.
 
-Each `ModelEntry` has its own `ModelRunner` (queue and model thread); how a request then runs on that model is
+Each `ModelEntry` has its own `ModelRunner` (queue, slots and model threads); how a request then runs on that model is
 the runner's business. Loading a model when `max_loaded` are already loaded evicts the least recently used one
 that has no request in flight (admitted, waiting or running); if every loaded model is busy, the request waits
 until one becomes idle. A load or unload runs on the model's own thread and finishes even if the client that
@@ -42,10 +42,13 @@ class ModelEntry:
 
     def __init__(self, config: ModelConfig, max_queue: int, llama: Any = None) -> None:
         self.config = config
-        self.runner = ModelRunner(max_queue)
+        n_parallel = int(getattr(llama, "n_parallel", 1)) if llama is not None else config.n_parallel
+        self.runner = ModelRunner(max_queue, n_parallel)
         self.llama: Any = llama
         self._owns_llama = llama is None
         self.embedder: Any = None
+        #: The `EmbeddingBatcher` of this model's embedding requests (made by the embeddings route).
+        self.embedding_batcher: Any = None
         self.state = _LOADED if llama is not None else _UNLOADED
         #: Requests admitted for this model and not finished (the eviction guard).
         self.users = 0
@@ -119,7 +122,8 @@ class ModelEntry:
                 from llamarcp import Llama
 
                 kwargs = self.config.llama_arguments()
-                for own in ("chat_format", "embedding", "pooling_type"):  # this context's own choices
+                # This context's own choices; it embeds many texts per call itself, so one sequence set suffices.
+                for own in ("chat_format", "embedding", "pooling_type", "n_parallel"):
                     kwargs.pop(own, None)
                 embedder = Llama(self.model_path, embedding=True, **kwargs)
                 probe = embedder.embed("pooling probe")
@@ -130,6 +134,21 @@ class ModelEntry:
                     )
                 self.embedder = embedder
         return self.embedder
+
+    def embedding_input_limit(self) -> int:
+        """The most tokens of one input the embedding model reads (longer inputs are cut): one batch, one
+        context (the count a usage figure reports)."""
+        embedder = self.embedding_model()
+        return min(int(embedder.n_ctx), int(getattr(embedder, "n_batch", self.config.n_batch)))
+
+    def sequences(self) -> dict[str, int]:
+        """Generation slots in use / total, and what the model's batching scheduler holds (for /health)."""
+        runner = self.runner
+        counts = {"total": runner.n_parallel, "in_use": runner.snapshot()["slots_in_use"]}
+        status = getattr(self.llama, "batching_status", None)
+        if self.loaded and status is not None:
+            counts.update(status())
+        return counts
 
     def end_of_generation_tokens(self) -> frozenset[int]:
         """Token ids that end a generation (EOS, EOT, ...), for min_tokens; computed once per load."""

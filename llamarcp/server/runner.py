@@ -1,10 +1,12 @@
-"""How one model runs requests: a bounded admission queue and a single worker thread.
+"""How one model runs requests: a bounded admission queue, generation slots, and the threads that do the work.
 
-Which model a request goes to is `llamarcp.server.pool`'s concern; this module only serializes the work on one.
+Which model a request goes to is `llamarcp.server.pool`'s concern; this module only schedules the work on one.
 
-Every call into llama.cpp runs on one dedicated thread, so model work is serialized by construction. A request
-holds the model slot (a FIFO asyncio lock) for its whole generation, streamed or not, so two generations never
-interleave on the same context. Requests beyond `max_queue` (running + waiting) are refused at once (503).
+With `n_parallel == 1` every call into llama.cpp runs on one dedicated thread and a request holds the only slot
+(a FIFO asyncio semaphore) for its whole generation, streamed or not, so generations never interleave. With
+`n_parallel = N > 1` the model is a `Llama(n_parallel=N)`: up to N requests hold a slot at once, each consumes
+its own blocking generator on its own worker thread, and the Llama's scheduler thread decodes them together in
+shared steps (continuous batching). Requests beyond `max_queue` (running + waiting) are refused at once (503).
 """
 
 from __future__ import annotations
@@ -41,27 +43,40 @@ class RunnerStats:
     completion_tokens: int = 0
     #: Texts embedded (a request whose client left stops between groups, so this shows how far it got).
     embedded_inputs: int = 0
+    #: Calls into the embedding model; several requests arriving together share one call.
+    embedding_calls: int = 0
 
 
 class ModelRunner:
-    """Serializes work on one model; see the module docstring."""
+    """Schedules work on one model; see the module docstring."""
 
-    def __init__(self, max_queue: int = 16) -> None:
+    def __init__(self, max_queue: int = 16, n_parallel: int = 1) -> None:
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1")
+        if n_parallel < 1:
+            raise ValueError("n_parallel must be at least 1")
         self.max_queue = max_queue
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamarcp-model")
-        self._lock: asyncio.Lock | None = None
+        self.n_parallel = n_parallel
+        # One thread per slot (a generation blocks its thread while it streams) plus one for loads and embeddings.
+        workers = 1 if n_parallel == 1 else n_parallel + 1
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llamarcp-model")
+        self._slots: asyncio.Semaphore | None = None
         self._admitted = 0
-        self._active = 0
+        self._active = 0  # requests holding a generation slot
+        self._unslotted = 0  # admitted requests that run without a slot (embeddings)
         self.stats = RunnerStats()
+
+    @property
+    def parallel(self) -> bool:
+        """Generations share the model's decode steps (and a client that leaves must not abort the others)."""
+        return self.n_parallel > 1
 
     # -- admission ---------------------------------------------------------------------------------------------
 
-    def _get_lock(self) -> asyncio.Lock:
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        return self._lock
+    def _get_slots(self) -> asyncio.Semaphore:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.n_parallel)
+        return self._slots
 
     def admit(self) -> None:
         """Reserve a place in the queue or raise ServerOverloaded (synchronous: no await between check and add)."""
@@ -74,9 +89,9 @@ class ModelRunner:
         self._admitted -= 1
 
     async def acquire(self) -> None:
-        """Wait for the model after `admit()`; on cancellation the queue place is given back."""
+        """Wait for a generation slot after `admit()`; on cancellation the queue place is given back."""
         try:
-            await self._get_lock().acquire()
+            await self._get_slots().acquire()
         except BaseException:
             self.leave()
             raise
@@ -84,19 +99,29 @@ class ModelRunner:
 
     def release(self) -> None:
         self._active -= 1
-        self._get_lock().release()
+        self._get_slots().release()
+        self.leave()
+
+    def start_unslotted(self) -> None:
+        """An admitted request that runs without a generation slot (an embedding request) has started."""
+        self._unslotted += 1
+
+    def finish_unslotted(self) -> None:
+        self._unslotted -= 1
         self.leave()
 
     @property
     def waiting(self) -> int:
         """Requests admitted but not yet running."""
-        return self._admitted - self._active
+        return self._admitted - self._active - self._unslotted
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "active": self._active,
+            "active": self._active + self._unslotted,
             "waiting": self.waiting,
             "capacity": self.max_queue,
+            "slots": self.n_parallel,
+            "slots_in_use": self._active,
             **asdict(self.stats),
         }
 
@@ -110,8 +135,8 @@ class ModelRunner:
         """Run a blocking generator on the model thread and hand its items to this task as they come.
 
         The model thread produces at full speed (no round trip per token); when this async generator is closed
-        early (client gone), the producer stops before its next item and closes the generator itself. The caller
-        holds the slot; anything it runs next on the model thread queues behind the producer.
+        early (client gone), the producer stops before its next item and closes the generator itself (with
+        `n_parallel`, closing it frees that request's sequence only). The caller holds a slot.
         """
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from llamarcp.text_completion import MAX_CHOICES
+
 #: Fields clients send that carry no generation setting: accepted and ignored.
 IGNORED_FIELDS = frozenset({"user", "store", "metadata", "service_tier", "stream_options", "parallel_tool_calls"})
 
@@ -65,7 +67,7 @@ class _Request(_Body):
     seed: int | None = None
     stop: _Stop = None
     stream: bool = False
-    n: int = Field(1, ge=1, le=1, description="only one choice per request is supported")
+    n: int = Field(1, ge=1, le=MAX_CHOICES, description="choices of the same prompt (each samples with seed + i)")
     logit_bias: dict[str, float] | None = None
     logit_bias_type: Literal["input_ids", "tokens"] | None = Field(
         None, description="llama-cpp-python: 'tokens' makes logit_bias keys text, biasing each of its tokens"

@@ -9,7 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-__all__ = ["ModelConfig", "ServerSettings"]
+__all__ = ["DEFAULT_PARALLEL", "ModelConfig", "ServerSettings"]
+
+#: Generations one model runs at once by default (`--parallel`). Four shared decode steps already win on a
+#: 2-core machine (llama-server's own default is four slots too); each slot holds `n_ctx` tokens of KV.
+DEFAULT_PARALLEL = 4
 
 
 @dataclass
@@ -20,8 +24,11 @@ class ModelConfig:
     model: str | None = None
     #: The id `/v1/models` reports and requests name (default: the file name).
     alias: str | None = None
+    #: Tokens per sequence: each of the `n_parallel` slots holds up to this many (the KV cache is n_parallel x n_ctx).
     n_ctx: int = 2048
     n_batch: int = 512
+    #: Generations decoded together in shared steps (continuous batching); 1 = one at a time.
+    n_parallel: int = DEFAULT_PARALLEL
     n_threads: int | None = None
     n_gpu_layers: int = 0
     #: "host:port,..." of ggml-rpc-server workers for this model (its embeddings context stays local).
@@ -43,6 +50,7 @@ class ModelConfig:
         kwargs: dict[str, Any] = {
             "n_ctx": self.n_ctx,
             "n_batch": self.n_batch,
+            "n_parallel": self.n_parallel,
             "n_threads": self.n_threads,
             "n_gpu_layers": self.n_gpu_layers,
             "chat_format": self.chat_format,
@@ -65,8 +73,10 @@ class ServerSettings:
     model: str | None = None
     model_alias: str | None = None
     api_key: str | None = None
+    #: Per sequence (see ModelConfig.n_ctx).
     n_ctx: int = 2048
     n_batch: int = 512
+    n_parallel: int = DEFAULT_PARALLEL
     n_threads: int | None = None
     n_gpu_layers: int = 0
     rpc_servers: str | None = None
@@ -74,7 +84,7 @@ class ServerSettings:
     chat_format: str | None = None
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
-    #: Requests running or waiting per model before new ones get 503.
+    #: Requests running or waiting per model before new ones get 503 (at most n_parallel of them run).
     max_queue: int = 16
     embeddings: bool = True
     llama_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -107,6 +117,7 @@ class ServerSettings:
                 alias=self.model_alias,
                 n_ctx=self.n_ctx,
                 n_batch=self.n_batch,
+                n_parallel=self.n_parallel,
                 n_threads=self.n_threads,
                 n_gpu_layers=self.n_gpu_layers,
                 rpc_servers=self.rpc_servers,
@@ -130,8 +141,12 @@ class ServerSettings:
             raise ValueError("max_body_bytes must be at least 1")
         if self.n_predict is not None and self.n_predict < 1:
             raise ValueError("n_predict must be at least 1 (or unset: the context size)")
+        from llamarcp.llama import MAX_PARALLEL
+
         aliases: dict[str, int] = {}
         for i, config in enumerate(self.model_configs()):
+            if isinstance(config.n_parallel, bool) or not 1 <= config.n_parallel <= MAX_PARALLEL:
+                raise ValueError(f"n_parallel (--parallel) must be in 1..{MAX_PARALLEL}, got {config.n_parallel!r}")
             name = config.alias or config.model or ""
             if name in aliases:
                 raise ValueError(f"models {aliases[name]} and {i} share the alias {name!r}; give each a model_alias")

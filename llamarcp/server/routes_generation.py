@@ -1,0 +1,108 @@
+"""Routes that generate text: `/v1/completions` (and llama-cpp-python's Copilot alias) and `/v1/chat/completions`,
+plain or streamed, with `n` choices."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from llamarcp.chat import create_chat_completion
+from llamarcp.server.dispatch import Dispatcher
+from llamarcp.server.errors import ApiError
+from llamarcp.server.params import max_tokens_for, refuse_unknown_fields, sampling
+from llamarcp.server.schemas import ChatCompletionRequest, CompletionRequest
+
+__all__ = ["add_generation_routes"]
+
+
+def add_generation_routes(app: FastAPI, dispatcher: Dispatcher, require_key: Callable[..., Any]) -> None:
+    pool = dispatcher.pool
+    cap = dispatcher.settings.n_predict
+    guarded: list[Any] = [Depends(require_key)]
+
+    @app.post("/v1/completions", dependencies=guarded)
+    async def completions(body: CompletionRequest, request: Request) -> Any:
+        return await complete(body, request, body.model)
+
+    # llama-cpp-python's route for GitHub Copilot-style clients: the model aliased "copilot-codex".
+    @app.post("/v1/engines/copilot-codex/completions", dependencies=guarded, include_in_schema=False)
+    async def copilot_completions(body: CompletionRequest, request: Request) -> Any:
+        return await complete(body, request, "copilot-codex")
+
+    async def complete(body: CompletionRequest, request: Request, model: str | None) -> Any:
+        refuse_unknown_fields(body)
+        entry = pool.resolve(model)
+        max_tokens = max_tokens_for(body.max_tokens, "max_tokens", cap)
+        prompt: Any = body.prompt
+        if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+            if len(prompt) != 1:
+                raise ApiError(400, "only one prompt per request is supported", param="prompt")
+            prompt = prompt[0]
+
+        def kwargs() -> dict[str, Any]:
+            return dict(
+                sampling(body, entry),
+                max_tokens=max_tokens,
+                logprobs=body.logprobs,
+                echo=body.echo,
+                suffix=body.suffix,
+                model=entry.model_id,
+                n=body.n,
+            )
+
+        if body.stream:
+            return await dispatcher.run_stream(
+                entry, lambda: entry.llama.create_completion(prompt, stream=True, **kwargs())
+            )
+        result = await dispatcher.run_blocking(
+            request, entry, lambda stop: entry.llama.create_completion(prompt, stopping_criteria=stop, **kwargs())
+        )
+        return JSONResponse(result)
+
+    @app.post("/v1/chat/completions", dependencies=guarded)
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+        refuse_unknown_fields(body)
+        entry = pool.resolve(body.model)
+        if body.max_completion_tokens is not None:
+            max_tokens = max_tokens_for(body.max_completion_tokens, "max_completion_tokens", cap)
+        else:
+            max_tokens = max_tokens_for(body.max_tokens, "max_tokens", cap)
+        response_format = (
+            body.response_format.model_dump(by_alias=True, exclude_none=True) if body.response_format else None
+        )
+        config = entry.config
+        template_kwargs = {**(config.chat_template_kwargs or {}), **(body.chat_template_kwargs or {})} or None
+
+        def kwargs() -> dict[str, Any]:
+            return dict(
+                sampling(body, entry),
+                max_tokens=max_tokens,
+                tools=body.tools,
+                tool_choice=body.tool_choice,
+                functions=body.functions,
+                function_call=body.function_call,
+                response_format=response_format,
+                logprobs=body.logprobs,
+                top_logprobs=body.top_logprobs,
+                template_kwargs=template_kwargs,
+                reasoning_format=body.reasoning_format,
+                chat_format=config.chat_format,
+                chat_template=config.chat_template,
+                model=entry.model_id,
+                n=body.n,
+            )
+
+        messages = body.messages
+        if body.stream:
+            return await dispatcher.run_stream(
+                entry, lambda: create_chat_completion(entry.llama, messages, stream=True, **kwargs())
+            )
+        result = await dispatcher.run_blocking(
+            request,
+            entry,
+            lambda stop: create_chat_completion(entry.llama, messages, stopping_criteria=stop, **kwargs()),
+        )
+        return JSONResponse(result)
