@@ -167,6 +167,7 @@ class Server:
 
 
 def llamarcp_supports_parallel(env: dict[str, str]) -> bool:
+    """Whether this tree's `python -m llamarcp.server --help` lists PARALLEL_FLAG."""
     proc = subprocess.run(
         [sys.executable, "-m", "llamarcp.server", "--help"], env=env, cwd=ROOT, capture_output=True, text=True
     )
@@ -179,13 +180,15 @@ def server_specs(
     """One server per (contender, slot count) the client counts need; the one-slot server serves them all."""
     common = ["--host", "127.0.0.1", "-t", str(args.threads), "-b", str(args.n_batch)]
     specs: list[ServerSpec] = []
+    # Where the server knows the option its default is several slots: the one-slot contender asks for 1.
+    one_slot = [PARALLEL_FLAG, "1"] if parallel_ok else []
     port = free_port()
     specs.append(
         ServerSpec(
             LLAMARCP_ONE_SLOT,
             1,
             [sys.executable, "-m", "llamarcp.server", "-m", str(model), "--port", str(port), *common,
-             "-c", str(args.ctx), "--max-queue", str(4 * max(args.clients)), "--log-level", "warning"],
+             "-c", str(args.ctx), *one_slot, "--max-queue", str(4 * max(args.clients)), "--log-level", "warning"],
             port,
         )
     )  # fmt: skip
@@ -677,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, LLAMARCP_LIB_PATH=str(lib_dir))
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     failures: list[str] = []
-    parallel_ok = LLAMARCP_PARALLEL in args.contenders and llamarcp_supports_parallel(env)
+    parallel_ok = llamarcp_supports_parallel(env)  # also decides how the one-slot server asks for one slot
     if LLAMARCP_PARALLEL in args.contenders and not parallel_ok:
         failures.append(f"`python -m llamarcp.server` has no {PARALLEL_FLAG} option in this tree: not measured")
     repack = default_repack(env)
