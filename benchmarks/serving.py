@@ -621,7 +621,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="threads of every server (default 2)")
     p.add_argument("--n-batch", type=int, default=512)
     p.add_argument("--ctx", type=int, default=512, help="context tokens per slot (default 512)")
-    p.add_argument("--max-slots", type=int, default=16, help="most slots of a parallel server (default 16)")
+    p.add_argument("--max-slots", type=int, default=None, help="most slots of a parallel server (default 16; smoke 2)")
     p.add_argument(
         "--contenders",
         default=None,
@@ -652,6 +652,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.contenders = [names[c] for c in chosen]
     args.max_tokens = args.max_tokens or (8 if args.smoke else 32)
     args.reps = args.reps or (1 if args.smoke else 3)
+    args.max_slots = args.max_slots or (2 if args.smoke else 16)
     if min(args.requests, args.max_tokens, args.reps, args.threads, args.ctx, args.max_slots) < 1:
         p.error("--requests, --max-tokens, --reps, --threads, --ctx and --max-slots must be >= 1")
     args.out = args.out or (WORK_DIR / "serving-smoke" if args.smoke else Path(__file__).resolve().parent)
