@@ -346,11 +346,11 @@ def run_model(
                 for name in order:
                     slots = 1 if name == LLAMARCP_ONE_SLOT else slots_for(clients, args.max_slots)
                     cell = cells[str(clients)][name]
-                    server = servers.get((name, slots))
-                    if server is None:
+                    target = servers.get((name, slots))
+                    if target is None:
                         cell["rounds"].append(None)
                         continue
-                    m = run_clients(server.spec.port, clients, args.requests, args.max_tokens, args.request_timeout)
+                    m = run_clients(target.spec.port, clients, args.requests, args.max_tokens, args.request_timeout)
                     cell["rounds"].append(m.tokens_per_s)
                     cell["latencies"].extend(r.latency_s for r in m.replies.values() if not r.error)
                     cell["tokens"] = sorted({r.tokens for r in m.replies.values()})
@@ -358,8 +358,8 @@ def run_model(
                         cell["errors"].append(m.error)
                     if rnd == 0:
                         cell["texts"] = {str(i): r.text for i, r in sorted(m.replies.items())}
-                    if server.proc.poll() is not None:
-                        result["notes"].append(f"{server.spec.key} {describe_exit(server.proc.returncode)}")
+                    if target.proc.poll() is not None:
+                        result["notes"].append(f"{target.spec.key} {describe_exit(target.proc.returncode)}")
             result["load_per_round"].append(load_average().split()[0])
             log(f"  {key} round {rnd + 1}/{args.reps} done (load {load_average()})")
     finally:
