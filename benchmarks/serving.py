@@ -305,6 +305,14 @@ def uptime() -> str:
     return proc.stdout.strip() if proc.returncode == 0 else f"load average: {load_average()}"
 
 
+#: Set by SIGINT/SIGTERM: the running round finishes, no new one starts, and what was measured is written.
+INTERRUPTED = threading.Event()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    INTERRUPTED.set()
+
+
 def run_model(
     args: argparse.Namespace,
     key: str,
@@ -339,6 +347,9 @@ def run_model(
         for rnd in range(args.reps):
             if time.monotonic() > deadline:
                 result["notes"].append(f"stopped after {rnd} of {args.reps} rounds (--max-minutes {args.max_minutes})")
+                break
+            if INTERRUPTED.is_set():
+                result["notes"].append(f"interrupted (SIGINT/SIGTERM) after {rnd} of {args.reps} rounds")
                 break
             for ci, clients in enumerate(args.clients):
                 shift = (rnd + ci) % len(CONTENDERS)
@@ -706,7 +717,12 @@ def main(argv: list[str] | None = None) -> int:
         + (" " + " ".join(sys.argv[1:]) if argv is None and sys.argv[1:] else ""),
     )
     results: dict[str, Any] = {"meta": meta, "models": {}, "failures": failures}
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     for key in args.models:
+        if INTERRUPTED.is_set():
+            failures.append(f"{key}: not measured (interrupted)")
+            continue
         model = run.tiny_model_path() if key == "tiny" else run.gemma_model_path()
         specs = [
             s for s in server_specs(args, server_bin, model, parallel_ok, repack) if s.contender in args.contenders
