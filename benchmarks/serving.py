@@ -504,7 +504,8 @@ def render(results: dict[str, Any]) -> str:
         for clients, group in model.get("groups", {}).items():
             notes += [f"{key} {clients} clients {n}: {c['error']}" for n, c in group.items() if c.get("error")]
     if notes:
-        lines += ["Failures and notes:", "", *[f"- {report._one_line(n)}" for n in notes], ""]
+        unique = list(dict.fromkeys(notes))  # a server that died is noted once, not once per measurement
+        lines += ["Failures and notes:", "", *[f"- {report._one_line(n)}" for n in unique], ""]
     lines += ["Server command lines:", ""]
     for key, model in results["models"].items():
         lines += [f"- {key} {name}: `{info['argv']}`" for name, info in model.get("servers", {}).items()]
