@@ -267,11 +267,9 @@ class Llama(LlamaCppApiMixin):
         return self._engine.n_prompt_tokens_evaluated if self._engine is not None else 0
 
     def batching_status(self) -> dict[str, int]:
-        """Sequences the continuous-batching scheduler is decoding and has queued (zeros with one sequence)."""
-        scheduler = self._scheduler
-        if scheduler is None:
-            return {"running": 0, "queued": 0}
-        return {"running": scheduler.n_running, "queued": scheduler.n_queued}
+        """Sequences the batching scheduler decodes and has queued (zeros without `n_parallel`)."""
+        s = self._scheduler
+        return {"running": s.n_running if s else 0, "queued": s.n_queued if s else 0}
 
     @property
     def token_bos(self) -> _Count:
