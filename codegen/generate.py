@@ -29,7 +29,7 @@ from codegen.model import Api  # noqa: E402
 DEFAULT_OUT = ROOT / "llamarcp" / "_generated"
 GOLDEN_DIR = ROOT / "tests" / "data" / "codegen"
 #: Golden outputs per test header (the ffi module is left out: it is cffi's byte format, covered by layout tests).
-GOLDEN_FILES = ("api.json", "llama.cdef.h", "lib.pyi")
+GOLDEN_FILES = ("api.json", "llama.cdef.h", "lib.pyi", "lib_types.pyi", "_abi.py")
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -46,6 +46,47 @@ def pinned_source() -> tuple[Path, str]:
     from llamarcp import _pin
 
     return build_lib.ensure_source(_pin.PINNED), _pin.LLAMA_CPP_COMMIT
+
+
+#: Set (by codegen/bump.py, or by hand) to the llama.cpp tree regenerated bindings came from, when it is not a
+#: known carrier; tests compile, count and render against that tree.
+BINDINGS_SOURCE_ENV = "LLAMARCP_BINDINGS_SOURCE"
+
+
+def bindings_source() -> Path:
+    """The llama.cpp tree the checked-in bindings were generated from: the pin, a known carrier, or the env var."""
+    import os
+
+    from llamarcp._generated._symbols import LLAMA_CPP_COMMIT
+    from llamarcp._pin import KNOWN_CARRIERS
+
+    explicit = os.environ.get(BINDINGS_SOURCE_ENV)
+    if explicit:
+        tree = Path(explicit).expanduser()
+        if not (tree / "include" / "llama.h").is_file():
+            raise parse.ParseError(f"${BINDINGS_SOURCE_ENV}={explicit} is not a llama.cpp tree (no include/llama.h)")
+        return tree
+    for carrier in KNOWN_CARRIERS.values():
+        if carrier.commit == LLAMA_CPP_COMMIT:
+            import build_lib
+
+            return Path(build_lib.ensure_source(carrier))
+    raise parse.ParseError(
+        f"the bindings describe llama.cpp {LLAMA_CPP_COMMIT}, which no known carrier vendors: "
+        f"set ${BINDINGS_SOURCE_ENV} to the tree they were generated from"
+    )
+
+
+def bindings_build_source() -> Path | None:
+    """`source` for `build_lib.build()` that gives a library of the bindings' tree: None (the pin) unless bumped."""
+    import os
+
+    from llamarcp._generated._symbols import LLAMA_CPP_COMMIT
+    from llamarcp._pin import LLAMA_CPP_COMMIT as PINNED
+
+    if LLAMA_CPP_COMMIT == PINNED and not os.environ.get(BINDINGS_SOURCE_ENV):
+        return None
+    return bindings_source()
 
 
 def source_commit(source: Path, explicit: str | None) -> str:

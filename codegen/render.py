@@ -201,6 +201,8 @@ _INT_TYPES = {
     "signed", "signed int", "wchar_t",
 }  # fmt: skip
 _FLOAT_TYPES = {"float", "double", "long double"}
+#: Pointers to these accept a Python bytes object (cffi copies it for the call).
+_BYTE_TYPES = {"char", "signed char", "unsigned char", "int8_t", "uint8_t"}
 
 
 class StubTypes:
@@ -249,12 +251,12 @@ class StubTypes:
     def param(self, ctype: str) -> str:
         """Type cffi accepts for an argument of this C type."""
         text = self._resolve(ctype)
-        # cffi takes no None for pointers (NULL is ffi.NULL), but it does copy bytes into a `char *` argument.
+        # cffi takes no None for pointers (NULL is ffi.NULL), but it does copy bytes into a pointer-to-byte argument.
         if text in self.callbacks or "(*" in text:
             return "CData"
         if text.endswith("*") or text.endswith("]"):
             base = re.sub(r"\s*(\*|\[\d*\])$", "", text).replace("const ", "").strip()
-            if base == "char":
+            if base in _BYTE_TYPES:
                 return "bytes | CData"
             return "CData"
         v = self.value(ctype)

@@ -101,7 +101,9 @@ def init_numa(strategy: int) -> None:
 
 def _shutdown(lib: Any, ffi: Any) -> None:
     from llamarcp._managed import close_all
+    from llamarcp.turns import settle_at_exit
 
+    settle_at_exit()  # threads still generating stop first (or keep their memory): nothing is freed under them
     close_all()  # free models/contexts now, while their log lines can still reach `logging`
     # A Python callback must not run during interpreter teardown; late lines (rare) go to llama.cpp's stderr default.
     with contextlib.suppress(Exception):

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from llamarcp.errors import ClosedError
 
-__all__ = ["Managed", "close_all"]
+__all__ = ["Managed", "abandon", "close_all"]
 
 #: Every open Managed object, so interpreter exit can free them while Python (and the log callback) still work.
 _live: weakref.WeakSet[Managed] = weakref.WeakSet()
@@ -128,7 +128,7 @@ class Managed:
     def __del__(self) -> None:
         # Attributes may be missing if __init__ failed early; anything may be half torn down at interpreter exit.
         try:
-            if getattr(self, "_ptr", None) is not None:
+            if getattr(self, "_ptr", None) is not None and not getattr(self, "_abandoned", False):
                 self.close()
         except Exception:
             pass
@@ -147,6 +147,17 @@ def _is_null(ptr: Any) -> bool:
     if isinstance(ptr, ffi.CData) and ffi.typeof(ptr).kind == "pointer":
         return bool(ptr == ffi.NULL)
     return False
+
+
+def abandon(obj: Managed) -> None:
+    """Never free `obj` and its descendants: a thread is still inside C with them at interpreter exit, and
+    freeing memory under it would crash the process; the operating system reclaims it when the process ends."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        item._abandoned = True  # type: ignore[attr-defined]
+        _live.discard(item)
+        stack.extend(item._children)
 
 
 def close_all() -> None:

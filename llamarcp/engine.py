@@ -211,6 +211,32 @@ class Engine:
         self.n_prompt_tokens_evaluated = n_done
         return n_done
 
+    def prompt_logprobs(self, tokens: list[int], top_n: int) -> list[dict[str, Any] | None]:
+        """Log-probabilities of each prompt token given the ones before it (None for the first), decoding the
+        prompt from its start with every row's logits out; the memory then holds the prompt."""
+        self.model.check_tokens(tokens)
+        if len(tokens) > self.n_ctx:
+            raise PromptTooLongError(len(tokens), self.n_ctx)
+        self.claim("single")
+        self.truncate(0)
+        lib = get_lib()
+        n_vocab = self.model.n_vocab
+        np = self._numpy
+        infos: list[dict[str, Any] | None] = [None]
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = tokens[start : start + self.n_batch]
+            batch = self.batch.fill_entries([(t, start + i, 0, True) for i, t in enumerate(chunk)])
+            rc = self.decode_abortable(batch)
+            if rc != 0:
+                self.truncate(start)
+                check_decode(rc)
+            self.input_ids.extend(chunk)
+            for i in range(len(chunk)):
+                if start + i + 1 < len(tokens):
+                    row = np.frombuffer(ffi.buffer(lib.llama_get_logits_ith(self.ctx.ptr, i), 4 * n_vocab), np.float32)
+                    infos.append(logprob_info(row, tokens[start + i + 1], top_n))
+        return infos
+
     # -- generation -------------------------------------------------------------------------------------------
 
     def generate(
@@ -222,13 +248,19 @@ class Engine:
         logits_processor: Any = None,
         stopping_criteria: Any = None,
         outcome: Outcome | None = None,
+        prompt_logprobs: int | None = None,
+        draft_model: Any = None,
     ) -> Generator[Step, None, None]:
         """Evaluate the prompt, then sample/decode until an end-of-generation token, `max_tokens` or a full
         context. `outcome` (owned by the caller, so concurrent generations cannot mix them up) receives
-        "finish_reason" and "timings" when the loop ends."""
+        "finish_reason" and "timings" when the loop ends, and "prompt_logprobs" (with that many top entries)
+        before the first step when asked for. A `draft_model` speeds up greedy requests (see
+        llamarcp.draft_decoding); other requests do not use it."""
         outcome = {} if outcome is None else outcome
         model = self.model
         started = time.perf_counter()
+        if prompt_logprobs is not None:
+            outcome["prompt_logprobs"] = self.prompt_logprobs(prompt_tokens, prompt_logprobs)
         n_eval = self.eval(prompt_tokens)
         prompt_done = time.perf_counter()
         grammar = self._grammar_sampler(params)
@@ -257,6 +289,13 @@ class Engine:
             picker = self._grammar_picker if grammar is not None else None
             wants_scores = logits_processor is not None or stopping_criteria is not None or logprobs is not None
             outcome["finish_reason"] = "length"
+            if draft_model is not None and greedy is not None and not wants_scores:
+                from llamarcp.draft_decoding import greedy_with_drafts
+
+                for drafted_step in greedy_with_drafts(self, draft_model, limit, outcome):
+                    n_generated += 1
+                    yield drafted_step
+                return
             while n_generated < limit:
                 if abort.requested:
                     self.raise_if_aborted()
@@ -317,6 +356,9 @@ class Engine:
                 "predicted_n": float(n_generated),
                 "predicted_ms": (done - prompt_done) * 1e3,
             }
+            if "drafted" in outcome:  # speculative decoding (llamarcp.draft_decoding): drafts tried / kept
+                timings["draft_n"] = float(outcome["drafted"])
+                timings["draft_accepted_n"] = float(outcome["accepted"])
             outcome["timings"] = self.last_timings = timings
 
     def _grammar_sampler(self, params: SamplingParams) -> Any:

@@ -19,11 +19,13 @@ from typing import Any
 from llamarcp import _backend, embeddings, loading, state, text_completion
 from llamarcp._core import Context, ffi
 from llamarcp._cpu import physical_core_count
+from llamarcp._managed import abandon
 from llamarcp.batching import Scheduler
 from llamarcp.compat.cache import cache_restore, storing_after
 from llamarcp.compat.llama_api import LlamaCppApiMixin
 from llamarcp.engine import Engine, Outcome, Step
 from llamarcp.errors import LlamaError
+from llamarcp.model_facts import ModelFacts
 from llamarcp.sampling import (
     LLAMA_DEFAULT_SEED,
     LogitsProcessorList,
@@ -36,6 +38,7 @@ from llamarcp.state import LlamaState
 from llamarcp.text_completion import PromptType
 from llamarcp.tokenizer import LlamaTokenizer, detokenize
 from llamarcp.turns import Turns
+from llamarcp.validate.params import MAX_PENALTY_LAST_N, check_int, check_seed
 
 __all__ = [
     "LLAMA_DEFAULT_SEED",
@@ -56,14 +59,7 @@ MAX_PARALLEL = 64
 _GENERATE_OBSOLETE = frozenset({"tfs_z", "penalize_nl"})
 
 
-class _Count(int):
-    """An int that can also be called, so both `llm.n_ctx` (property style) and `llm.n_ctx()` work."""
-
-    def __call__(self) -> int:
-        return int(self)
-
-
-class Llama(LlamaCppApiMixin):
+class Llama(ModelFacts, LlamaCppApiMixin):
     """A model plus one context: tokenize, complete, embed, save/restore state.
 
     `model_path=None` loads the default model (gemma-3-270m, `pip install 'llamarcp[model]'`). `n_ctx` may be
@@ -160,8 +156,8 @@ class Llama(LlamaCppApiMixin):
             model_path = default_model_path()
         self.model_path = str(model_path)
         self._init_args["model_path"] = model_path
-        self._seed = int(seed) & 0xFFFFFFFF if seed is not None else LLAMA_DEFAULT_SEED
-        self.last_n_tokens_size = last_n_tokens_size
+        self._seed = check_seed(seed) & 0xFFFFFFFF if seed is not None else LLAMA_DEFAULT_SEED
+        self.last_n_tokens_size = check_int("last_n_tokens_size", last_n_tokens_size, -1, MAX_PENALTY_LAST_N)
         self.chat_format = chat_format
         self.chat_handler = chat_handler
         self.draft_model = draft_model
@@ -175,7 +171,12 @@ class Llama(LlamaCppApiMixin):
         self._scheduler: Scheduler | None = None
 
         self._model = loading.open_model(self._init_args)
-        self._turns = Turns(free=self._model.close, is_freed=lambda: self._model.closed)
+        self._turns = Turns(
+            free=self._model.close,
+            is_freed=lambda: self._model.closed,
+            on_close=self.abort,  # the per-token loop and the C abort callback both look at it
+            abandon=lambda: abandon(self._model),
+        )
         if vocab_only:
             return
         try:
@@ -198,8 +199,6 @@ class Llama(LlamaCppApiMixin):
         Never blocks: a call still using the model (another thread, or a suspended stream) stops at its next token
         with ClosedError, and the memory is freed as soon as the last such call has let go, never under its feet.
         """
-        if self._engine is not None:
-            self._engine.abort.requested = True  # the per-token loop and the C abort callback both look at this
         self._turns.close()  # closes the context and batches first (they are the model's children)
 
     def __enter__(self) -> Llama:
@@ -225,82 +224,6 @@ class Llama(LlamaCppApiMixin):
     @property
     def _memory(self) -> Any:
         return self._engine_or_raise().memory
-
-    # -- facts ------------------------------------------------------------------------------------------------
-
-    @property
-    def n_ctx(self) -> _Count:
-        """Context size in tokens of one sequence (also callable, like llama-cpp-python's `n_ctx()`); with
-        `n_parallel` the context holds that many sequences of this size."""
-        with self._turns.using():
-            return _Count(self._engine_or_raise().n_ctx)
-
-    @property
-    def n_vocab(self) -> _Count:
-        self._turns.check_open()
-        return _Count(self._model.n_vocab)
-
-    @property
-    def n_embd(self) -> _Count:
-        with self._turns.using():
-            return _Count(self._model.n_embd())
-
-    @property
-    def n_tokens(self) -> int:
-        """Tokens currently held in the context (the reusable prefix)."""
-        return len(self._engine.input_ids) if self._engine is not None else 0
-
-    @property
-    def input_ids(self) -> list[int]:
-        return list(self._engine.input_ids) if self._engine is not None else []
-
-    @property
-    def last_timings(self) -> dict[str, float]:
-        """Counts and milliseconds of the last generation (prompt_n, prompt_eval_n, prompt_ms, predicted_*)."""
-        return self._engine.last_timings if self._engine is not None else {}
-
-    @property
-    def n_prompt_tokens_evaluated(self) -> int:
-        """Tokens the last prompt evaluation actually decoded (the rest was a reused prefix)."""
-        if self._scheduler is not None:
-            return self._scheduler.n_prompt_tokens_evaluated
-        return self._engine.n_prompt_tokens_evaluated if self._engine is not None else 0
-
-    def batching_status(self) -> dict[str, int]:
-        """Sequences the batching scheduler decodes and has queued (zeros without `n_parallel`)."""
-        s = self._scheduler
-        return {"running": s.n_running if s else 0, "queued": s.n_queued if s else 0}
-
-    @property
-    def token_bos(self) -> _Count:
-        with self._turns.using():
-            return _Count(self._model.token_bos())
-
-    @property
-    def token_eos(self) -> _Count:
-        with self._turns.using():
-            return _Count(self._model.token_eos())
-
-    @property
-    def token_nl(self) -> _Count:
-        with self._turns.using():
-            return _Count(self._model.token_nl())
-
-    @property
-    def metadata(self) -> dict[str, str]:
-        """GGUF metadata key/values (scalars, as strings)."""
-        cached: dict[str, str] | None = getattr(self, "_metadata", None)
-        if cached is None:
-            with self._turns.using():
-                cached = self._model.metadata()
-            self._metadata = cached
-        self._turns.check_open()
-        return dict(cached)
-
-    def chat_template(self, name: str | None = None) -> str | None:
-        """The model's `tokenizer.chat_template` (or a named one), None when it has none."""
-        with self._turns.using():
-            return self._model.chat_template(name)
 
     def tokenizer(self) -> LlamaTokenizer:
         return LlamaTokenizer(self)
@@ -343,12 +266,15 @@ class Llama(LlamaCppApiMixin):
             self._engine.abort.requested = False
 
     def eval(self, tokens: Sequence[int]) -> int:
-        """Bring the context to exactly `tokens`, reusing the longest cached prefix; returns tokens decoded.
-
-        The last token is always decoded again so its logits are fresh for sampling.
-        """
+        """Decode `tokens` after the tokens the context already holds (llama-cpp-python's semantics: two calls
+        append); returns how many were decoded. `reset()` first to start over."""
         with self._turns.exclusive():
-            return self._engine_or_raise().eval(tokens)
+            engine = self._engine_or_raise()
+            tokens = list(tokens)
+            if not tokens:
+                return 0
+            held = engine.input_ids if engine.owner == "single" else []
+            return engine.eval([*held, *tokens])
 
     # -- generation -------------------------------------------------------------------------------------------
 
@@ -408,7 +334,7 @@ class Llama(LlamaCppApiMixin):
             yield token
 
     def _effective_seed(self, seed: int | None) -> int:
-        if seed is None or seed < 0:
+        if seed is None or check_seed(seed) < 0:
             return self._seed
         return int(seed) & 0xFFFFFFFF
 
@@ -421,17 +347,20 @@ class Llama(LlamaCppApiMixin):
         logits_processor: Any,
         stopping_criteria: Any,
         outcome: Outcome | None = None,
+        prompt_logprobs: int | None = None,
     ) -> Generator[Step, None, None]:
         """The steps of one generation. With `n_parallel > 1` the request joins the shared decode loop at once
         (so several can be started before any is read); otherwise it runs in a turn of its own on first read."""
         if self._scheduler is not None:
             self._turns.check_open()
+            if prompt_logprobs is not None:
+                raise ValueError("echo=True with logprobs needs n_parallel=1 (prompt logprobs decode every row)")
             job = self._scheduler.submit(
                 prompt_tokens, params, max_tokens, logprobs, logits_processor, stopping_criteria
             )
             return self._scheduler.steps(job, outcome)
         return self._single_steps(
-            prompt_tokens, params, max_tokens, logprobs, logits_processor, stopping_criteria, outcome
+            prompt_tokens, params, max_tokens, logprobs, logits_processor, stopping_criteria, outcome, prompt_logprobs
         )
 
     def _single_steps(
@@ -443,13 +372,22 @@ class Llama(LlamaCppApiMixin):
         logits_processor: Any,
         stopping_criteria: Any,
         outcome: Outcome | None,
+        prompt_logprobs: int | None = None,
     ) -> Generator[Step, None, None]:
         """The engine's loop inside a turn: the context is this generation's until the generator finishes."""
         self._turns.enter()
         try:
             engine = self._engine_or_raise()
             yield from engine.generate(
-                prompt_tokens, params, max_tokens, logprobs, logits_processor, stopping_criteria, outcome
+                prompt_tokens,
+                params,
+                max_tokens,
+                logprobs,
+                logits_processor,
+                stopping_criteria,
+                outcome,
+                prompt_logprobs,
+                draft_model=self.draft_model,
             )
         finally:
             self._turns.leave()
@@ -606,7 +544,7 @@ class Llama(LlamaCppApiMixin):
             state.load_file(self._engine_or_raise(), path)
 
     def set_seed(self, seed: int) -> None:
-        self._seed = int(seed) & 0xFFFFFFFF
+        self._seed = check_seed(seed) & 0xFFFFFFFF
 
     def __repr__(self) -> str:
         engine = self._engine

@@ -8,12 +8,14 @@ multi-byte characters are never split); `collect()` merges them into one respons
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from llamarcp._backend import get_lib
 from llamarcp.errors import PromptTooLongError
 from llamarcp.sampling import (
     LLAMA_DEFAULT_SEED as RANDOM_SEED,
@@ -80,6 +82,26 @@ def prompt_tokens(llm: Llama, prompt: PromptType) -> list[int]:
     return tokens
 
 
+def infill_tokens(llm: Llama, prompt: PromptType, suffix: str) -> list[int]:
+    """Fill-in-the-middle: the model's FIM tokens around prefix and suffix, as llama.cpp's infill arranges them
+    (`<PRE>prefix<SUF>suffix<MID>`, or suffix first with `Llama(spm_infill=True)`); the completion is the middle."""
+    model = llm._model
+    lib = get_lib()
+    pre, suf, mid = (
+        int(f(model.vocab)) for f in (lib.llama_vocab_fim_pre, lib.llama_vocab_fim_suf, lib.llama_vocab_fim_mid)
+    )
+    if min(pre, suf, mid) < 0:
+        raise ValueError("suffix= (fill-in-the-middle) needs a model with FIM tokens; this model has none")
+    if not isinstance(suffix, str) or not isinstance(prompt, (str, bytes)):
+        raise TypeError("fill-in-the-middle takes the prompt and the suffix as text")
+    head = model.tokenize(prompt, add_special=False, parse_special=False)
+    tail = model.tokenize(suffix, add_special=False, parse_special=False)
+    bos = [model.token_bos()] if model.add_bos() and model.token_bos() >= 0 else []
+    if llm.spm_infill:
+        return [*bos, suf, *tail, pre, *head, mid]
+    return [*bos, pre, *head, suf, *tail, mid]
+
+
 def prepare(
     llm: Llama,
     prompt: PromptType,
@@ -109,18 +131,18 @@ def prepare(
 ) -> CompletionRequest:
     """Validate everything and tokenize the prompt; raises before any decoding starts."""
     n_ctx = llm._engine_or_raise().n_ctx
-    if suffix:
-        raise ValueError("suffix (fill-in-the-middle) is not supported by llamarcp yet")
-    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens <= 0):
+    if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool)):
         raise ValueError(
-            f"max_tokens must be a positive int or None (None = until the context is full), got {max_tokens!r}"
+            f"max_tokens must be an int or None (None, 0 or less: until the context is full), got {max_tokens!r}"
         )
+    if max_tokens is not None and max_tokens <= 0:
+        max_tokens = None  # llama-cpp-python: 0 or -1 mean "until the context is full"
     if logprobs is not None and (not isinstance(logprobs, int) or logprobs < 0):
         raise ValueError("logprobs must be a non-negative int or None")
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     if not all(isinstance(s, str) for s in stops):
         raise TypeError("stop must be a string or a list of strings")
-    tokens = prompt_tokens(llm, prompt)
+    tokens = infill_tokens(llm, prompt, suffix) if suffix is not None else prompt_tokens(llm, prompt)
     if len(tokens) >= n_ctx:
         raise PromptTooLongError(len(tokens), n_ctx)
     bias = {int(k): float(v) for k, v in logit_bias.items()} if logit_bias else None
@@ -191,11 +213,21 @@ def stream_chunks(
             ],
         }
 
+    echo_logprobs = request.echo and with_logprobs
+    generator = steps if steps is not None else start(llm, request, outcome, echo_logprobs)
+    first: list[Step] = []
+    if echo_logprobs:  # the prompt's logprobs are computed when the generation starts: take its first step now
+        first.extend(itertools.islice(generator, 1))
     if request.echo:
         echo_text = llm.detokenize(request.prompt_tokens).decode("utf-8", errors="replace")
-        yield chunk(echo_text, None, [] if with_logprobs else None)
+        prompt_infos = outcome.get("prompt_logprobs", [])
+        infos = [
+            {"token": t, "logprob": None, "top": None} if info is None else info
+            for t, info in zip(request.prompt_tokens, prompt_infos)
+        ]
+        yield chunk(echo_text, None, infos if with_logprobs else None)
         offset += len(echo_text)
-    generator = steps if steps is not None else start(llm, request, outcome)
+    generator = itertools.chain(first, generator) if first else generator
     try:
         for _token, piece, info in generator:
             if info is not None:
@@ -228,7 +260,9 @@ def stream_chunks(
     yield final
 
 
-def start(llm: Llama, request: CompletionRequest, outcome: Outcome) -> Generator[Step, None, None]:
+def start(
+    llm: Llama, request: CompletionRequest, outcome: Outcome, prompt_logprobs: bool = False
+) -> Generator[Step, None, None]:
     """Begin generating (with `n_parallel > 1` the request joins the shared decode loop now)."""
     return llm._generate(
         request.prompt_tokens,
@@ -238,6 +272,7 @@ def start(llm: Llama, request: CompletionRequest, outcome: Outcome) -> Generator
         request.logits_processor,
         request.stopping_criteria,
         outcome,
+        request.logprobs if prompt_logprobs else None,
     )
 
 
@@ -256,7 +291,7 @@ def stream_choices(llm: Llama, requests: list[CompletionRequest]) -> Iterator[di
     """Several choices of one prompt: all are started at once, their chunks follow choice by choice."""
     completion_id = f"cmpl-{uuid.uuid4()}"
     outcomes: list[Outcome] = [{} for _ in requests]
-    started = [start(llm, r, o) for r, o in zip(requests, outcomes)]
+    started = [start(llm, r, o, r.echo and r.logprobs is not None) for r, o in zip(requests, outcomes)]
     try:
         for i, (request, steps, outcome) in enumerate(zip(requests, started, outcomes)):
             yield from stream_chunks(llm, request, i, steps, outcome, completion_id)
@@ -298,7 +333,7 @@ def complete_all(llm: Llama, prompts: Sequence[PromptType], kwargs: dict[str, An
     options = {k: v for k, v in kwargs.items() if k not in ("stream", "tfs_z")}
     requests = [prepare(llm, prompt, **options) for prompt in prompts]
     outcomes: list[Outcome] = [{} for _ in requests]
-    started = [start(llm, r, o) for r, o in zip(requests, outcomes)]
+    started = [start(llm, r, o, r.echo and r.logprobs is not None) for r, o in zip(requests, outcomes)]
     try:
         return [
             collect(r, stream_chunks(llm, r, 0, steps, outcome))
@@ -319,7 +354,8 @@ def format_logprobs(llm: Llama, infos: list[dict[str, Any]], offset: int) -> dic
         offsets.append(offset)
         offset += len(text)
         token_lps.append(info["logprob"])
-        tops.append({piece(t).decode("utf-8", errors="replace"): lp for t, lp in info["top"].items()})
+        top = info["top"]
+        tops.append(None if top is None else {piece(t).decode("utf-8", errors="replace"): lp for t, lp in top.items()})
     return {"tokens": tokens, "text_offset": offsets, "token_logprobs": token_lps, "top_logprobs": tops}
 
 

@@ -13,25 +13,36 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
+import weakref
 from collections.abc import Callable, Iterator
 
 from llamarcp.errors import ClosedError, LlamaError
 
-__all__ = ["Turns"]
+__all__ = ["Turns", "settle_at_exit"]
 
 
 class Turns:
     """Counts the uses of one model/context and hands the context to one turn at a time."""
 
-    def __init__(self, free: Callable[[], None], is_freed: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        free: Callable[[], None],
+        is_freed: Callable[[], bool],
+        on_close: Callable[[], None] | None = None,
+        abandon: Callable[[], None] | None = None,
+    ) -> None:
         self._free = free
         self._is_freed = is_freed
+        self._on_close = on_close  # asks running work to stop (the abort flag its loops look at)
+        self._abandon = abandon  # at interpreter exit: give up the memory a stuck use still holds
         self._cond = threading.Condition()
         self._users = 0  # uses (short ones and turns) inside right now
         self._busy_thread: int | None = None  # the thread whose turn it is (None: nobody's)
         self._busy = False
         self._freed = False
         self.closing = False
+        _live.add(self)
 
     @property
     def closed(self) -> bool:
@@ -43,6 +54,8 @@ class Turns:
 
     def close(self) -> None:
         """Refuse new uses; free now if nothing is using the memory, else when the last use lets go."""
+        if self._on_close is not None:
+            self._on_close()
         with self._cond:
             self.closing = True
             if self._users == 0:
@@ -100,3 +113,29 @@ class Turns:
         if not self._freed:
             self._freed = True
             self._free()
+
+    def _wait_idle(self, deadline: float) -> bool:
+        with self._cond:
+            while self._users > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+
+#: Every Turns not yet garbage collected, for the interpreter-exit hook.
+_live: weakref.WeakSet[Turns] = weakref.WeakSet()
+
+
+def settle_at_exit(timeout: float = 3.0) -> None:
+    """At interpreter exit: close every Llama, let running uses (daemon threads mid-generation) stop at their
+    next token for up to `timeout` seconds, and abandon the memory of those that do not, so that freeing the
+    rest can never happen under a thread still inside llama.cpp."""
+    everyone = list(_live)
+    for turns in everyone:
+        turns.close()
+    deadline = time.monotonic() + timeout
+    for turns in everyone:
+        if not turns._wait_idle(deadline) and turns._abandon is not None:
+            turns._abandon()

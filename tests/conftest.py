@@ -31,12 +31,16 @@ tiny_model = _load_tiny_model_module()
 
 @pytest.fixture(scope="session")
 def llama_cpp_source() -> Path:
-    """The extracted, verified pinned llama.cpp tree (include/, models/ggml-vocab-*.gguf, templates)."""
+    """The llama.cpp tree the generated bindings describe (include/, models/ggml-vocab-*.gguf, templates).
+
+    The verified pinned tree, unless the bindings were regenerated from another one (a bump in progress):
+    then that tree, so layout, count and header tests check the bindings against their own source.
+    """
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    import build_lib
+    from codegen.generate import bindings_source
 
-    return Path(build_lib.ensure_source())
+    return bindings_source()
 
 
 @pytest.fixture(scope="session")

@@ -183,3 +183,23 @@ def test_bad_n_parallel(tiny_model_path: Path) -> None:
     for bad in (0, -1, 1000, 2.5, True):
         with pytest.raises(ValueError, match="n_parallel"):
             Llama(str(tiny_model_path), n_parallel=bad)
+
+
+def test_interpreter_exit_during_batched_generation_is_clean(tiny_model_path: Path) -> None:
+    """The decoding thread is stopped before llamarcp frees the models at exit: no signal, exit code 0."""
+    import subprocess
+    import sys
+
+    code = f"""
+import threading
+from llamarcp import Llama
+llm = Llama({str(tiny_model_path)!r}, n_ctx=256, n_threads=1, n_parallel=2)
+streams = [llm(p, max_tokens=200, temperature=0, stream=True) for p in ("a", "b")]
+for s in streams:
+    next(s)
+threading.Thread(target=lambda: [list(s) for s in streams], daemon=True).start()
+print("exiting", flush=True)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "exiting" in proc.stdout

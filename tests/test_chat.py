@@ -300,7 +300,10 @@ EXPECTED_NAMED = {
 
 
 def test_every_named_format_has_an_expected_rendering() -> None:
-    assert set(EXPECTED_NAMED) == set(CHAT_FORMATS)
+    # llama-cpp-python's older formats register on first use; tests/test_compat_chat_format.py renders them.
+    from llamarcp.chat.completion import LEGACY_FORMAT_NAMES
+
+    assert set(EXPECTED_NAMED) == set(CHAT_FORMATS) - LEGACY_FORMAT_NAMES
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_NAMED))

@@ -103,6 +103,17 @@ def test_a_stopped_render_leaves_other_threads_running() -> None:
     assert not worker.is_alive() and results == ["ChatTemplateSecurityError"] and ticks == 1000
 
 
+def test_values_piled_up_in_a_list_hit_the_memory_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each `s ~ i` is within MAX_BUILT_CHARS, but keeping 100k of them would take 400 GB."""
+    monkeypatch.setattr(sb, "MAX_RENDER_MEMORY", 64 * 1024 * 1024)
+    template = (
+        "{% set s = 'x' * 4000000 %}{% set xs = [] %}"
+        "{% for i in range(100000) %}{% set _ = xs.append(s ~ i) %}{% endfor %}{{ xs|length }}"
+    )
+    with pytest.raises(ChatTemplateSecurityError, match="MAX_RENDER_MEMORY"):
+        ChatFormatter(template).render(MESSAGES)
+
+
 def test_allowed_sizes_still_render() -> None:
     assert ChatFormatter("{{ 'x' * 1000 }}").render(MESSAGES) == "x" * 1000
     assert ChatFormatter("{{ 2 ** 100 }}").render(MESSAGES) == str(2**100)

@@ -137,3 +137,23 @@ def test_missing_compiler_headers_fail_clearly(monkeypatch: pytest.MonkeyPatch) 
 def test_missing_source_tree_fails_clearly(tmp_path: Path) -> None:
     with pytest.raises(parse.ParseError, match="not found"):
         parse.parse_source(tmp_path, "x")
+
+
+def test_bindings_source_follows_the_generated_commit(
+    llama_cpp_source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from llamarcp._generated import _symbols
+
+    tree = generate.bindings_source()  # the pin's tree, or $LLAMARCP_BINDINGS_SOURCE during a bump
+    assert (tree / "include" / "llama.h").is_file() and tree == llama_cpp_source
+    pinned = _symbols.LLAMA_CPP_COMMIT == _pin.LLAMA_CPP_COMMIT and not os.environ.get(generate.BINDINGS_SOURCE_ENV)
+    assert generate.bindings_build_source() == (None if pinned else tree)
+    monkeypatch.setenv(generate.BINDINGS_SOURCE_ENV, str(tmp_path))
+    with pytest.raises(parse.ParseError, match="is not a llama.cpp tree"):
+        generate.bindings_source()
+    monkeypatch.setattr(_symbols, "LLAMA_CPP_COMMIT", "f" * 40)
+    monkeypatch.delenv(generate.BINDINGS_SOURCE_ENV)
+    with pytest.raises(parse.ParseError, match="no known carrier vendors: set \\$LLAMARCP_BINDINGS_SOURCE"):
+        generate.bindings_source()

@@ -52,24 +52,46 @@ def test_every_llama_cpp_python_format_completes_a_chat(name: str, tiny_model_pa
     assert cf.get_chat_completion_handler(name) is not None
 
 
-@pytest.mark.parametrize(
-    ("name", "prompt"),
-    [
-        (
-            "qwen",
-            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!"
-            "<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n",
-        ),
-        ("baichuan-2", "Be brief.<reserved_106>Hi<reserved_107>Hello!<reserved_106>2+2?<reserved_107>"),
-        (
-            "openchat",
-            "Be brief.<|end_of_turn|>GPT4 Correct User: Hi<|end_of_turn|>GPT4 Correct Assistant: Hello!"
-            "<|end_of_turn|>GPT4 Correct User: 2+2?<|end_of_turn|>GPT4 Correct Assistant:",
-        ),
-        ("saiga", "<s>system\nBe brief.</s><s>user\nHi</s><s>bot\nHello!</s><s>user\n2+2?</s><s>bot\n"),
-        ("redpajama-incite", "Be brief.\n<human>: Hi\n<bot>: Hello!\n<human>: 2+2?\n<bot>:"),
-    ],
-)
+#: Each older format's rendering of MESSAGES: the model family's published layout (see legacy_formats.py).
+EXPECTED_LEGACY = {
+    "qwen": (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        "Hello!<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n"
+    ),
+    "oasst_llama": (
+        "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\n"
+        "<|prompter|>Hi</s><|assistant|>Hello!</s><|prompter|>2+2?</s><|assistant|>"
+    ),
+    "baichuan-2": "Be brief.<reserved_106>Hi<reserved_107>Hello!<reserved_106>2+2?<reserved_107>",
+    "baichuan": "Be brief.<reserved_102>Hi<reserved_103>Hello!<reserved_102>2+2?<reserved_103>",
+    "openbuddy": "Be brief.\n\nUser: Hi\nAssistant: Hello!\nUser: 2+2?\nAssistant:",
+    "redpajama-incite": "Be brief.\n<human>: Hi\n<bot>: Hello!\n<human>: 2+2?\n<bot>:",
+    "snoozy": "### Instruction:\nBe brief.\n### Prompt: Hi\n### Response: Hello!\n### Prompt: 2+2?\n### Response:",
+    "phind": (
+        "### System Prompt\nBe brief.\n\n### User Message\nHi\n\n### Assistant\nHello!\n\n"
+        "### User Message\n2+2?\n\n### Assistant\n"
+    ),
+    "intel": "### System:\nBe brief.\n### User:\nHi\n### Assistant:\nHello!\n### User:\n2+2?\n### Assistant:\n",
+    "open-orca": (
+        "Be brief.<|end_of_turn|>\nUser: Hi<|end_of_turn|>\nAssistant: Hello!<|end_of_turn|>\n"
+        "User: 2+2?<|end_of_turn|>\nAssistant: "
+    ),
+    "mistrallite": "<|system|>Be brief.</s><|prompter|>Hi</s><|assistant|>Hello!</s><|prompter|>2+2?</s><|assistant|>",
+    "pygmalion": "<|system|>Be brief.\n<|user|>Hi\n<|model|>Hello!\n<|user|>2+2?\n<|model|>",
+    "chatglm3": "<|system|>\nBe brief.<|user|>\nHi<|assistant|>\nHello!<|user|>\n2+2?<|assistant|>",
+    "openchat": (
+        "Be brief.<|end_of_turn|>GPT4 Correct User: Hi<|end_of_turn|>GPT4 Correct Assistant: Hello!<|end_of_turn|>"
+        "GPT4 Correct User: 2+2?<|end_of_turn|>GPT4 Correct Assistant:"
+    ),
+    "saiga": "<s>system\nBe brief.</s><s>user\nHi</s><s>bot\nHello!</s><s>user\n2+2?</s><s>bot\n",
+}
+
+
+def test_every_older_format_has_an_expected_rendering() -> None:
+    assert set(EXPECTED_LEGACY) == LEGACY_FORMAT_NAMES
+
+
+@pytest.mark.parametrize(("name", "prompt"), sorted(EXPECTED_LEGACY.items()))
 def test_format_functions_render_the_published_layouts(name: str, prompt: str) -> None:
     fn = getattr(cf, next(f for f, n in cf._FORMAT_FUNCTIONS.items() if n == name))
     result = fn(MESSAGES)
@@ -182,3 +204,15 @@ def test_response_format_in_a_formatter_handler(llm: Llama) -> None:
             assert out["choices"][0]["message"]["content"].lstrip().startswith("{")
     finally:
         cf.LlamaChatCompletionHandlerRegistry().unregister_chat_handler(name)
+
+
+def test_template_constants_render_their_formats() -> None:
+    chatml = cf.Jinja2ChatFormatter(cf.CHATML_CHAT_TEMPLATE, cf.CHATML_EOS_TOKEN, cf.CHATML_BOS_TOKEN)
+    assert (
+        chatml(messages=[{"role": "user", "content": "hi"}]).prompt
+        == cf.format_chatml(  # type: ignore[attr-defined]
+            [{"role": "user", "content": "hi"}]
+        ).prompt
+    )
+    assert cf.MIXTRAL_INSTRUCT_CHAT_TEMPLATE == cf.MISTRAL_INSTRUCT_CHAT_TEMPLATE
+    assert "<|start_header_id|>" in cf.LLAMA3_INSTRUCT_CHAT_TEMPLATE

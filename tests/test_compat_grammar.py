@@ -60,3 +60,13 @@ def test_prop_order_puts_the_named_properties_first() -> None:
 def test_bad_schemas_raise_grammar_error(bad: str) -> None:
     with pytest.raises(GrammarError):
         LlamaGrammar.from_json_schema(bad)
+
+
+def test_schema_converter_interface() -> None:
+    from llamarcp.compat.grammar import SchemaConverter
+
+    converter = SchemaConverter(prop_order=["age"])
+    converter.visit(converter.resolve_refs(SCHEMA, "input"), "")
+    assert converter.format_grammar() == json_schema_to_gbnf(SCHEMA, prop_order=["age"])
+    with pytest.raises(ValueError, match="not fetched"):
+        SchemaConverter(allow_fetch=True)

@@ -175,3 +175,11 @@ def test_from_pretrained_offline_from_the_hub_cache(tiny_model_path: Path, tmp_p
     assert lines[1] == "No file in someone/tiny-GGUF match '*.safetensors'"
     assert lines[2] == "3 files in someone/tiny-GGUF match '*'"
     assert lines[3] == "missing: True"
+
+
+def test_constructor_arguments_as_attributes(tiny_model_path: Path) -> None:
+    with Llama(str(tiny_model_path), n_ctx=256, n_threads=1, lora_scale=0.5, tensor_split=[1.0]) as llm:
+        assert llm.lora_path is None and llm.lora_scale == 0.5 and llm.tensor_split == [1.0]
+        assert llm.numa is False and llm.kv_overrides is None and llm.lora_base is None
+        llm.lora_scale = 0.25
+        assert llm.lora_scale == 0.25

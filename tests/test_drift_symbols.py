@@ -161,17 +161,16 @@ def test_cli_exit_codes_and_json(fake_lib: Path, tmp_path: Path, capsys: pytest.
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_real_pinned_library_matches_generated_api() -> None:
-    """The freshly built pinned libllama exports every non-optional declared function."""
-    sys.path.insert(0, str(ROOT))
-    import build_lib
-
-    lib_dir = build_lib.build()
+def test_real_library_matches_generated_api() -> None:
+    """The library of the bindings (the pinned build, or $LLAMARCP_LIB_PATH in a bump) exports every
+    non-optional declared function and carries the bindings' ABI fingerprint."""
+    from llamarcp._lib import find_library
     from llamarcp.drift.inputs import pinned_manifest
 
-    report = symbols.compare(pinned_manifest(), lib_dir)
+    report = symbols.compare(pinned_manifest(), find_library())
     assert report.count("error") == 0, report.render_text()
     assert report.declared == len(pinned_manifest()["functions"])
+    assert any(f.kind == "abi" and "matches the API manifest" in f.message for f in report.findings), report.findings
 
 
 # ------------------------------------------------------------------------------------ the CI step

@@ -14,13 +14,15 @@ from typing import Any
 import pytest
 
 from llamarcp import _guard, _lib
-from llamarcp._pin import LLAMA_CPP_COMMIT
 from llamarcp.drift import abi
 from llamarcp.errors import LibraryMismatchError
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+#: The commit the generated bindings describe (the pin, or the tree of a bump in progress): the guard expects it.
+LLAMA_CPP_COMMIT = _guard.bindings_commit()
 
 
 class FakeLib:
@@ -88,9 +90,9 @@ def test_unknown_or_unreadable_stamp_skips_the_commit_check_and_warns(tmp_path: 
 
 
 def test_expected_commit_is_the_generated_bindings_commit() -> None:
-    from llamarcp._generated import _symbols
+    from llamarcp._generated import _abi, _symbols
 
-    assert _guard.bindings_commit() == _symbols.LLAMA_CPP_COMMIT == LLAMA_CPP_COMMIT
+    assert _guard.bindings_commit() == _symbols.LLAMA_CPP_COMMIT == _abi.LLAMA_CPP_COMMIT
 
 
 def test_bare_soname_from_system_loader_has_no_stamp() -> None:
@@ -184,13 +186,12 @@ def test_load_runs_the_guard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_guard_on_the_pinned_library_is_cheap(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The stamped pinned library passes on fingerprint equality: no ELF reading, no header parsing, no probe."""
-    import build_lib
+    """The stamped library of the bindings passes on fingerprint equality: no ELF reading, no parsing, no probe."""
     from codegen import parse
     from llamarcp._generated._llama_ffi import ffi
     from llamarcp.drift import symbols
 
-    path = build_lib.build() / "libllama.so"
+    path = Path(_lib.find_library())  # the library the package loads: the pinned build unless a bump points elsewhere
     stamp, _ = _guard.read_stamp(path)
     assert stamp is not None and stamp["abi_fingerprint"] == _guard.bindings_abi()[0]
     raw = ffi.dlopen(str(path))
@@ -203,27 +204,32 @@ def test_guard_on_the_pinned_library_is_cheap(monkeypatch: pytest.MonkeyPatch) -
     _guard.check(raw, path)
 
 
-def test_stale_used_list_is_named_by_generate_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_stale_used_list_is_named_by_generate_check(
+    llama_cpp_source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from codegen import generate
 
+    same = ["--source", str(llama_cpp_source), "--commit", LLAMA_CPP_COMMIT]  # the bindings' own tree
     out = tmp_path / "_generated"
     shutil.copytree(ROOT / "llamarcp" / "_generated", out, ignore=shutil.ignore_patterns("__pycache__"))
     text = (out / "_used.py").read_text()
     stale = text.replace('    "llama_backend_init",\n', '    "llama_not_called_anymore",\n')
     assert stale != text
     (out / "_used.py").write_text(stale)
-    assert generate.main(["--check", "--out", str(out)]) == 1
+    assert generate.main(["--check", "--out", str(out), *same]) == 1
     err = capsys.readouterr().err
+    assert "codegen: 1 generated file(s) are stale" in err
     assert "_used.py: llamarcp now calls other C functions" in err
     assert "new: llama_backend_init;" in err and "no longer called: llama_not_called_anymore)" in err
-    assert generate.main(["--out", str(out), "-q"]) == 0
+    assert generate.main(["--out", str(out), "-q", *same]) == 0
     assert (out / "_used.py").read_text() == text
 
 
 # -------------------------------------------------- the ABI: a tree whose struct layout changed, old bindings
 
-#: The field the b11549 bump added (issue 17): inserted before `abort_callback` it moves 7 fields and grows the struct.
-NEW_FIELD = "        size_t moe_cache_size;\n"
+#: Like the `size_t moe_cache_size` of b11549: inserted before `abort_callback`, it moves the later fields and
+#: grows the struct by 8 bytes.
+NEW_FIELD = "        size_t llamarcp_test_grown;\n"
 CPARAMS_SRC = """
 #include "llama.h"
 struct llama_context_params llama_context_default_params(void) {
@@ -328,10 +334,9 @@ def test_unstamped_library_with_a_changed_struct_is_refused_by_the_probe(grown: 
         _guard.check(_dlopen(path), path, used=["llama_context_default_params"])
     message = str(info.value)
     assert "the probe of its default parameters found another struct layout" in message
-    assert (
-        "struct llama_context_params: llama_context_default_params() wrote 168 bytes, the bindings' struct has 160"
-        in message
-    )
+    size = next(p["size"] for p in _guard.bindings_abi()[2] if p["struct"] == "llama_context_params")
+    expected = f"llama_context_default_params() wrote {size + 8} bytes, the bindings' struct has {size} (fields added?)"
+    assert f"struct llama_context_params: {expected}" in message
 
 
 @pytest.mark.skipif(platform.machine().lower() not in abi.PROBE_MACHINES, reason="the probe needs an x86-64 ABI")
@@ -355,9 +360,7 @@ def test_probe_checks_enum_fields_of_a_same_size_layout(llama_cpp_source: Path, 
 
 @pytest.mark.skipif(platform.machine().lower() not in abi.PROBE_MACHINES, reason="the probe needs an x86-64 ABI")
 def test_probe_verifies_the_real_library_of_the_bindings() -> None:
-    import build_lib
-
-    result = _guard._probe(_dlopen(build_lib.build() / "libllama.so"))
+    result = _guard._probe(_dlopen(Path(_lib.find_library())))
     assert not result.problems and not result.skipped, result
     sizes = {p["struct"]: p["size"] for p in _guard.bindings_abi()[2]}
     assert result.verified == [f"struct {name} ({size} bytes)" for name, size in sorted(sizes.items())]

@@ -283,7 +283,8 @@ def test_echo_and_token_prompt(tiny_llama: Llama) -> None:
 
 
 def test_max_tokens_validation(tiny_llama: Llama) -> None:
-    for bad in (0, -1, 2.5):
+    """0 and -1 mean "until the context is full" as in llama-cpp-python (tests/test_text_completion.py)."""
+    for bad in (2.5, "8", True):
         with pytest.raises(ValueError, match="max_tokens"):
             tiny_llama(PROMPT, max_tokens=bad)  # type: ignore[arg-type]
 
@@ -648,3 +649,24 @@ def test_greedy_fast_path_matches_the_sampler_chain(tiny_llama: Llama, fresh: An
         fast = tiny_llama(prompt, max_tokens=40, temperature=0)
         chain = tiny_llama(prompt, max_tokens=40, temperature=0, logit_bias={other: 0.0})
         assert text_of(fast) == text_of(chain)
+
+
+def test_eval_appends_like_llama_cpp_python(fresh: Any) -> None:
+    llm = fresh()
+    first, second = llm.tokenize(PROMPT.encode()), llm.tokenize(b" jumps over", add_bos=False)
+    assert llm.eval(first) == len(first)
+    assert llm.eval(second) == len(second)  # only the new tokens are decoded
+    assert llm.input_ids == first + second and llm.eval([]) == 0
+    llm.reset()
+    assert llm.eval(second) == len(second) and llm.input_ids == second
+
+
+def test_seed_and_penalty_window_are_checked_at_the_call(tiny_model_path: Path, tiny_llama: Llama) -> None:
+    with pytest.raises(TypeError, match="seed"):
+        Llama(str(tiny_model_path), n_ctx=64, seed="7")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="last_n_tokens_size"):
+        Llama(str(tiny_model_path), n_ctx=64, last_n_tokens_size=10**9)
+    with pytest.raises(TypeError, match="seed"):
+        tiny_llama(PROMPT, max_tokens=2, seed="7")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="seed"):
+        tiny_llama.set_seed(1.5)  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +95,42 @@ def test_a_waiting_thread_sees_the_close() -> None:
     thread.join(10)
     assert not thread.is_alive() and len(errors) == 1 and isinstance(errors[0], ClosedError)
     assert memory.frees == 1
+
+
+def test_settle_at_exit_frees_the_idle_and_abandons_the_stuck() -> None:
+    from llamarcp.turns import settle_at_exit
+
+    idle, stuck, stopping = Memory(), Memory(), Memory()
+    abandoned: list[str] = []
+    asked: list[str] = []
+    a = Turns(idle.free, idle.freed)
+    b = Turns(stuck.free, stuck.freed, on_close=lambda: asked.append("b"), abandon=lambda: abandoned.append("b"))
+    b.enter()  # a use that never lets go (a thread stuck in C)
+    c = Turns(stopping.free, stopping.freed, on_close=lambda: threading.Timer(0.05, c.leave).start())
+    c.enter()  # a use that stops when asked to
+    settle_at_exit(timeout=2.0)
+    assert idle.frees == 1 and stopping.frees == 1
+    assert stuck.frees == 0 and abandoned == ["b"] and asked == ["b"]
+    assert a.closed and b.closed and c.closed
+
+
+def test_interpreter_exit_while_a_daemon_thread_generates(tiny_model_path: Path) -> None:
+    """The thread stops at its next token before the memory is freed: exit code 0, never a signal."""
+    import subprocess
+    import sys
+
+    code = f"""
+import threading
+from llamarcp import Llama
+llm = Llama({str(tiny_model_path)!r}, n_ctx=512, n_threads=1)
+started = threading.Event()
+def run():
+    for _ in llm("a", max_tokens=400, temperature=0, stream=True):
+        started.set()
+threading.Thread(target=run, daemon=True).start()
+started.wait(60)
+print("exiting", flush=True)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "exiting" in proc.stdout

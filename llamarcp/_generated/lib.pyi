@@ -1051,7 +1051,7 @@ def llama_context_default_params() -> struct_llama_context_params:
     """struct llama_context_params llama_context_default_params(void)"""
 
 @deprecated("use llama_state_get_data instead")
-def llama_copy_state_data(ctx: CData, dst: CData, /) -> int:
+def llama_copy_state_data(ctx: CData, dst: bytes | CData, /) -> int:
     """size_t llama_copy_state_data(struct llama_context * ctx, uint8_t * dst)"""
 
 def llama_decode(ctx: CData, batch: struct_llama_batch, /) -> int:
@@ -1873,7 +1873,7 @@ def llama_set_sampler(ctx: CData, seq_id: int, smpl: CData, /) -> bool:
     note: prefer initializing the context with llama_context_params.samplers when possible"""
 
 @deprecated("use llama_state_set_data instead")
-def llama_set_state_data(ctx: CData, src: CData, /) -> int:
+def llama_set_state_data(ctx: CData, src: bytes | CData, /) -> int:
     """size_t llama_set_state_data(struct llama_context * ctx, const uint8_t * src)"""
 
 @deprecated("user code should do warmup runs manually [TAG_LLAMA_GRAPH_NO_WARMUP]")
@@ -1900,7 +1900,7 @@ def llama_split_prefix(split_prefix: bytes | CData, maxlen: int, split_path: byt
              llama_split_prefix(split_prefix, 64, "/models/ggml-model-q4_0-00002-of-00004.gguf", 2, 4) => split_prefix = "/models/ggml-model-q4_0"
      Returns the split_prefix length."""
 
-def llama_state_get_data(ctx: CData, dst: CData, size: int, /) -> int:
+def llama_state_get_data(ctx: CData, dst: bytes | CData, size: int, /) -> int:
     """size_t llama_state_get_data(struct llama_context * ctx, uint8_t * dst, size_t size)
 
     Copies the state to the specified destination address.
@@ -1922,12 +1922,12 @@ def llama_state_load_file(ctx: CData, path_session: bytes | CData, tokens_out: C
 def llama_state_save_file(ctx: CData, path_session: bytes | CData, tokens: CData, n_token_count: int, /) -> bool:
     """bool llama_state_save_file(struct llama_context * ctx, const char * path_session, const llama_token * tokens, size_t n_token_count)"""
 
-def llama_state_seq_get_data(ctx: CData, dst: CData, size: int, seq_id: int, /) -> int:
+def llama_state_seq_get_data(ctx: CData, dst: bytes | CData, size: int, seq_id: int, /) -> int:
     """size_t llama_state_seq_get_data(struct llama_context * ctx, uint8_t * dst, size_t size, llama_seq_id seq_id)
 
     Copy the state of a single sequence into the specified buffer"""
 
-def llama_state_seq_get_data_ext(ctx: CData, dst: CData, size: int, seq_id: int, flags: int, /) -> int:
+def llama_state_seq_get_data_ext(ctx: CData, dst: bytes | CData, size: int, seq_id: int, flags: int, /) -> int:
     """size_t llama_state_seq_get_data_ext(struct llama_context * ctx, uint8_t * dst, size_t size, llama_seq_id seq_id, llama_state_seq_flags flags)"""
 
 def llama_state_seq_get_size(ctx: CData, seq_id: int, /) -> int:
@@ -1946,7 +1946,7 @@ def llama_state_seq_load_file(ctx: CData, filepath: bytes | CData, dest_seq_id: 
 def llama_state_seq_save_file(ctx: CData, filepath: bytes | CData, seq_id: int, tokens: CData, n_token_count: int, /) -> int:
     """size_t llama_state_seq_save_file(struct llama_context * ctx, const char * filepath, llama_seq_id seq_id, const llama_token * tokens, size_t n_token_count)"""
 
-def llama_state_seq_set_data(ctx: CData, src: CData, size: int, dest_seq_id: int, /) -> int:
+def llama_state_seq_set_data(ctx: CData, src: bytes | CData, size: int, dest_seq_id: int, /) -> int:
     """size_t llama_state_seq_set_data(struct llama_context * ctx, const uint8_t * src, size_t size, llama_seq_id dest_seq_id)
 
     Copy the sequence data (originally copied with `llama_state_seq_get_data`) into the specified sequence
@@ -1954,10 +1954,10 @@ def llama_state_seq_set_data(ctx: CData, src: CData, size: int, dest_seq_id: int
      - Positive: Ok
      - Zero: Failed to load"""
 
-def llama_state_seq_set_data_ext(ctx: CData, src: CData, size: int, dest_seq_id: int, flags: int, /) -> int:
+def llama_state_seq_set_data_ext(ctx: CData, src: bytes | CData, size: int, dest_seq_id: int, flags: int, /) -> int:
     """size_t llama_state_seq_set_data_ext(struct llama_context * ctx, const uint8_t * src, size_t size, llama_seq_id dest_seq_id, llama_state_seq_flags flags)"""
 
-def llama_state_set_data(ctx: CData, src: CData, size: int, /) -> int:
+def llama_state_set_data(ctx: CData, src: bytes | CData, size: int, /) -> int:
     """size_t llama_state_set_data(struct llama_context * ctx, const uint8_t * src, size_t size)
 
     Set the state reading from the specified address

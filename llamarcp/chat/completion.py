@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from llamarcp.chat.grammars import JSON_OBJECT_GRAMMAR, json_schema_grammar, tool_call_grammar
+from llamarcp.chat.handlers import FUNCTION_CALLING, registered
 from llamarcp.chat.templates import ChatFormatter, formatter_for_model, normalize_messages
 from llamarcp.chat.tools import parse_tool_calls, tool_names
 from llamarcp.errors import ChatMessageError, ChatTemplateError
@@ -344,9 +345,12 @@ def _chat_handler(llama: Any, chat_format: str | None) -> Any:
     name = chat_format if chat_format is not None else getattr(llama, "chat_format", None)
     if not isinstance(name, str):
         return None
-    from llamarcp.compat.chat_format import registered_handler
+    found = registered(name)
+    if found is None and name == FUNCTION_CALLING:
+        from llamarcp.chat.function_calling import chatml_function_calling
 
-    return registered_handler(name)
+        found = chatml_function_calling
+    return found
 
 
 def completion_to_chat(completion: Any, stream: bool = False) -> Any:

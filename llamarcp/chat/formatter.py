@@ -246,7 +246,7 @@ class ChatFormatter:
         except RecursionError as exc:
             raise ChatTemplateError(f"chat template {self.name!r} recursed too deeply") from exc
         except MemoryError as exc:
-            raise ChatTemplateError(f"chat template {self.name!r} ran out of memory") from exc
+            raise ChatTemplateSecurityError(f"chat template {self.name!r} ran out of memory: {exc}") from exc
         except Exception as exc:  # anything else the template's own code raised (TypeError, KeyError, ...)
             raise ChatTemplateError(f"chat template {self.name!r} failed: {type(exc).__name__}: {exc}") from exc
 

@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from llamarcp.chat.completion import completion_to_chat
 from llamarcp.chat.grammars import JSON_OBJECT_GRAMMAR, json_schema_grammar
 from llamarcp.chat.templates import ChatFormatter
 from llamarcp.errors import ChatMessageError
@@ -90,6 +89,13 @@ def _schema_grammar(tool: Mapping[str, Any]) -> str:
     return json_schema_grammar(schema) if isinstance(schema, Mapping) and schema else JSON_OBJECT_GRAMMAR
 
 
+def _format_grammar(response_format: Mapping[str, Any]) -> str:
+    """The grammar of a json_object / json_schema `response_format`."""
+    wrapper = response_format.get("json_schema")
+    schema = wrapper.get("schema") if isinstance(wrapper, Mapping) else response_format.get("schema")
+    return json_schema_grammar(schema) if isinstance(schema, Mapping) else JSON_OBJECT_GRAMMAR
+
+
 def _call_id() -> str:
     return "call_" + uuid.uuid4().hex[:24]
 
@@ -148,6 +154,80 @@ def completion_to_tool_call(tool_name: str, completion: Any, stream: bool) -> An
     return _tool_call_response(
         [(tool_name, completion["choices"][0]["text"])], completion["model"], completion["usage"]
     )
+
+
+def _logprobs_to_chat(lp: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Completion-style logprobs -> chat-style `{"content": [{token, logprob, bytes, top_logprobs}]}`."""
+    if not lp:
+        return None
+    tops = lp.get("top_logprobs") or [{} for _ in lp.get("tokens", [])]
+    content = [
+        {
+            "token": token,
+            "logprob": logprob,
+            "bytes": list(token.encode("utf-8")),
+            "top_logprobs": [
+                {"token": t, "logprob": v, "bytes": list(t.encode("utf-8"))} for t, v in (top or {}).items()
+            ],
+        }
+        for token, logprob, top in zip(lp.get("tokens", []), lp.get("token_logprobs", []), tops)
+    ]
+    return {"content": content}
+
+
+def _message_response(completion: Any, stream: bool) -> Any:
+    """A plain completion (dict, or its chunks) as a chat completion with an assistant message."""
+    if not stream:
+        choice = completion["choices"][0]
+        return {
+            "id": "chat" + completion["id"],
+            "object": "chat.completion",
+            "created": completion["created"],
+            "model": completion["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": choice["text"]},
+                    "logprobs": _logprobs_to_chat(choice.get("logprobs")),
+                    "finish_reason": choice["finish_reason"],
+                }
+            ],
+            "usage": completion["usage"],
+        }
+    return _message_chunks(completion)
+
+
+def _message_chunks(chunks: Iterator[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
+    first = True
+    try:
+        for part in chunks:
+            base = {"id": "chat" + part["id"], "object": "chat.completion.chunk", "created": part["created"]}
+            base["model"] = part["model"]
+            if first:
+                yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                            "logprobs": None, "finish_reason": None}]}  # fmt: skip
+                first = False
+            choice = part["choices"][0]
+            delta = {"content": choice["text"]} if choice["text"] else {}
+            out = {
+                **base,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": delta,
+                        "logprobs": _logprobs_to_chat(choice.get("logprobs")),
+                        "finish_reason": choice["finish_reason"],
+                    }
+                ],
+            }
+            if "usage" in part:
+                out["usage"] = part["usage"]
+            if delta or choice["finish_reason"] is not None:
+                yield out
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
 
 
 def _add_usage(total: dict[str, int], completion: Mapping[str, Any]) -> None:
@@ -223,14 +303,12 @@ def chatml_function_calling(
     if not tools or tool_choice == "none":
         prompt = formatter.render(msgs, add_generation_prompt=True, tools=[])
         if isinstance(response_format, Mapping) and response_format.get("type") in ("json_object", "json_schema"):
-            from llamarcp.chat.completion import _response_grammar
-
-            grammar = _response_grammar(response_format)
+            grammar = _format_grammar(response_format)
         completion = llama.create_completion(
             prompt, temperature=temperature, stream=stream, stop=stops, max_tokens=max_tokens, grammar=grammar,
             logprobs=top_logprobs if logprobs else None, **common,
         )  # fmt: skip
-        return completion_to_chat(completion, stream)
+        return _message_response(completion, stream)
 
     prompt = formatter.render(msgs, add_generation_prompt=True, tools=tools)
     by_name = {t["function"]["name"]: t for t in tools}
@@ -255,7 +333,7 @@ def chatml_function_calling(
             prompt + "message:\n", temperature=temperature, stream=stream, stop=stops, max_tokens=max_tokens,
             logprobs=top_logprobs if logprobs else None, **common,
         )  # fmt: skip
-        return completion_to_chat(completion, stream)
+        return _message_response(completion, stream)
 
     usage: dict[str, int] = {}
     _add_usage(usage, decision)

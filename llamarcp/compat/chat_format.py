@@ -14,12 +14,12 @@ llamarcp's own formats (`llamarcp.chat.CHAT_FORMATS`, rendered in the jinja sand
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import llamarcp.chat.legacy_formats  # noqa: F401 - every format llama-cpp-python names, registered
+from llamarcp.chat import handlers
 from llamarcp.chat.completion import completion_to_chat
 from llamarcp.chat.function_calling import chatml_function_calling
 from llamarcp.chat.templates import CHAT_FORMATS
@@ -27,6 +27,14 @@ from llamarcp.chat.templates import ChatFormatter as _TemplateFormatter
 from llamarcp.compat.grammar import JSON_GBNF, LlamaGrammar
 
 __all__ = [
+    "CHATML_BOS_TOKEN",
+    "CHATML_CHAT_TEMPLATE",
+    "CHATML_EOS_TOKEN",
+    "LLAMA3_INSTRUCT_CHAT_TEMPLATE",
+    "MISTRAL_INSTRUCT_BOS_TOKEN",
+    "MISTRAL_INSTRUCT_CHAT_TEMPLATE",
+    "MISTRAL_INSTRUCT_EOS_TOKEN",
+    "MIXTRAL_INSTRUCT_CHAT_TEMPLATE",
     "ChatFormatter",
     "ChatFormatterResponse",
     "Jinja2ChatFormatter",
@@ -45,6 +53,17 @@ __all__ = [
     "register_chat_format",
     "registered_handler",
 ]
+
+
+# llama-cpp-python's template constants, as llamarcp's own templates of those formats (same prompts).
+CHATML_CHAT_TEMPLATE = CHAT_FORMATS["chatml"].template
+CHATML_BOS_TOKEN = "<s>"
+CHATML_EOS_TOKEN = "<|im_end|>"
+MISTRAL_INSTRUCT_CHAT_TEMPLATE = CHAT_FORMATS["mistral-instruct"].template
+MIXTRAL_INSTRUCT_CHAT_TEMPLATE = MISTRAL_INSTRUCT_CHAT_TEMPLATE
+MISTRAL_INSTRUCT_BOS_TOKEN = "<s>"
+MISTRAL_INSTRUCT_EOS_TOKEN = "</s>"
+LLAMA3_INSTRUCT_CHAT_TEMPLATE = CHAT_FORMATS["llama-3"].template
 
 
 @dataclass
@@ -72,48 +91,36 @@ class LlamaChatCompletionHandlerNotFoundException(Exception):
 
 
 class LlamaChatCompletionHandlerRegistry:
-    """The process-wide name -> handler table (a singleton, like llama-cpp-python's)."""
+    """The process-wide name -> handler table (a singleton, like llama-cpp-python's; stored in
+    llamarcp.chat.handlers, which the chat path consults)."""
 
     _instance: LlamaChatCompletionHandlerRegistry | None = None
-    _chat_handlers: dict[str, Any]
+    _chat_handlers = handlers._HANDLERS
 
     def __new__(cls) -> LlamaChatCompletionHandlerRegistry:
         if cls._instance is None:
-            instance = super().__new__(cls)
-            instance._chat_handlers = {}
-            instance._lock = threading.Lock()  # type: ignore[attr-defined]
-            cls._instance = instance
+            cls._instance = super().__new__(cls)
         return cls._instance
 
     def register_chat_completion_handler(self, name: str, chat_handler: Any, overwrite: bool = False) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError("a chat handler needs a non-empty name")
-        if not callable(chat_handler):
-            raise TypeError(f"chat handler {name!r} must be callable")
-        with self._lock:  # type: ignore[attr-defined]
-            if not overwrite and (name in self._chat_handlers or name in CHAT_FORMATS):
-                raise ValueError(f"chat format {name!r} is already registered; pass overwrite=True to replace it")
-            self._chat_handlers[name] = chat_handler
+        handlers.register(name, chat_handler, overwrite=overwrite, taken=CHAT_FORMATS)
 
     def unregister_chat_handler(self, name: str) -> None:
-        with self._lock:  # type: ignore[attr-defined]
-            if name not in self._chat_handlers:
-                raise ValueError(f"no chat handler registered under {name!r}")
-            del self._chat_handlers[name]
+        handlers.unregister(name)
 
     def get_chat_completion_handler_by_name(self, name: str) -> Any:
-        handler = self._chat_handlers.get(name)
+        handler = handlers.registered(name)
         if handler is not None:
             return handler
         if name in CHAT_FORMATS:
             return _builtin_handler(name)
-        known = sorted({*self._chat_handlers, *CHAT_FORMATS})
+        known = sorted({*handlers.names(), *CHAT_FORMATS})
         raise LlamaChatCompletionHandlerNotFoundException(f"invalid chat handler: {name} (valid formats: {known})")
 
 
 def registered_handler(name: str) -> Any:
-    """The handler registered under `name` through this module, or None (then llamarcp's own formats apply)."""
-    return LlamaChatCompletionHandlerRegistry()._chat_handlers.get(name)
+    """The handler registered under `name`, or None (then llamarcp's own formats apply)."""
+    return handlers.registered(name)
 
 
 def get_chat_completion_handler(name: str) -> Any:

@@ -15,6 +15,7 @@ __all__ = [
     "LIST_GBNF",
     "LLAMA_GRAMMAR_DEFAULT_ROOT",
     "LlamaGrammar",
+    "SchemaConverter",
     "json_schema_to_gbnf",
 ]
 
@@ -69,3 +70,33 @@ def _ordered(schema: Any, order: list[str]) -> Any:
         rank = {name: i for i, name in enumerate(order)}
         out["properties"] = dict(sorted(props.items(), key=lambda kv: rank.get(kv[0], len(rank))))
     return out
+
+
+class SchemaConverter:
+    """llama-cpp-python's converter interface: `visit(schema, name)` then `format_grammar()` gives GBNF text.
+
+    The conversion is llamarcp's (`llamarcp.chat.grammars`); `allow_fetch` (remote `$ref`s) is refused, as
+    fetching a schema from the network while building a grammar is not something a request should trigger.
+    """
+
+    def __init__(
+        self, *, prop_order: Sequence[str] | None = None, allow_fetch: bool = False, dotall: bool = False,
+        raw_pattern: bool = False,
+    ) -> None:  # fmt: skip
+        if allow_fetch:
+            raise ValueError("SchemaConverter(allow_fetch=True): remote $refs are not fetched by llamarcp")
+        self._prop_order = list(prop_order or [])
+        self._schema: Any = None
+
+    def resolve_refs(self, schema: Any, url: str) -> Any:
+        """Local `$ref`s are resolved during conversion; the schema is returned as it is."""
+        return schema
+
+    def visit(self, schema: Mapping[str, Any], name: str) -> str:
+        self._schema = schema
+        return name or "root"
+
+    def format_grammar(self) -> str:
+        if self._schema is None:
+            raise ValueError("SchemaConverter.format_grammar() before visit(schema, name)")
+        return json_schema_to_gbnf(self._schema, self._prop_order)

@@ -24,6 +24,21 @@ from typing import Any
 __all__ = ["LlamaCppApiMixin", "MinTokensLogitsProcessor"]
 
 
+def _init_arg(name: str, default: Any = None) -> Any:
+    """An attribute llama-cpp-python keeps from its constructor: read from `_init_args`, assignable."""
+    slot = "_compat_" + name
+
+    def get(self: Any) -> Any:
+        if slot in self.__dict__:
+            return self.__dict__[slot]
+        return getattr(self, "_init_args", {}).get(name, default)
+
+    def set(self: Any, value: Any) -> None:
+        self.__dict__[slot] = value
+
+    return property(get, set, doc=f"The constructor's `{name}` (llama-cpp-python keeps it as an attribute).")
+
+
 class LlamaCppApiMixin:
     """Attributes and methods llama-cpp-python's `Llama` has beyond llamarcp's core API."""
 
@@ -31,6 +46,13 @@ class LlamaCppApiMixin:
     cache: Any = None
     draft_model: Any = None
     _init_args: dict[str, Any]
+
+    lora_path = _init_arg("lora_path")
+    lora_scale = _init_arg("lora_scale", 1.0)
+    lora_base = _init_arg("lora_base")
+    kv_overrides = _init_arg("kv_overrides")
+    numa = _init_arg("numa", False)
+    tensor_split = _init_arg("tensor_split")
 
     # The facade provides these; declared for type checkers.
     _model: Any

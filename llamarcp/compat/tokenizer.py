@@ -30,9 +30,9 @@ class LlamaTokenizer(_ModelTokenizer, BaseLlamaTokenizer):
     @classmethod
     def from_ggml_file(cls, path: str | os.PathLike[str]) -> LlamaTokenizer:
         """Tokenizer of a GGUF file, loading only its vocab."""
-        from llamarcp.llama import Llama
+        import llamarcp
 
-        return cls(Llama(model_path=path, vocab_only=True))
+        return cls(llamarcp.Llama(model_path=path, vocab_only=True))
 
 
 class LlamaHFTokenizer(BaseLlamaTokenizer):

@@ -48,7 +48,8 @@ def cmd_symbols(args: argparse.Namespace) -> int:
         from llamarcp._lib import find_library
 
         library = str(find_library())
-    report = compare(args.load_api(args.api), library, undeclared_prefixes=tuple(args.prefix))
+    manifest = args.load_api(args.api)
+    report = compare(manifest, library, undeclared_prefixes=tuple(args.prefix), abi_check=not args.no_abi)
     _write(json.dumps(report.as_dict(), indent=2) if args.json else report.render_text(), args.output)
     return EXIT_FINDINGS if report.failed(strict=args.strict) else EXIT_OK
 
@@ -101,6 +102,7 @@ def build_parser(prog: str = "python -m llamarcp.drift") -> argparse.ArgumentPar
     p.add_argument("--strict", action="store_true", help="fail on warnings too")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.add_argument("--prefix", action="append", default=None, help="prefix of exports that must be declared (llama_)")
+    p.add_argument("--no-abi", action="store_true", help="skip the ABI check (stamp comparison, or probe via dlopen)")
     p.add_argument("-o", "--output", help="write the report to this file")
     p.set_defaults(func=cmd_symbols)
 

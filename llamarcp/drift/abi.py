@@ -93,7 +93,13 @@ def probes(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     for t in manifest.get("typedefs", []):
         if t["type"] in structs:
             structs[t["name"]] = structs[t["type"]]
-    enums = {f"enum {e['name']}": sorted({c["value"] for c in e["constants"]}) for e in manifest.get("enums", [])}
+    enums: dict[str, list[int]] = {}
+    for e in manifest.get("enums", []):
+        values = sorted({c["value"] for c in e["constants"]})
+        enums[f"enum {e['name']}"] = enums[e["name"]] = values  # tagged, or named by its typedef only
+    for t in manifest.get("typedefs", []):
+        if t["type"] in enums:
+            enums[t["name"]] = enums[t["type"]]
     out = []
     for f in manifest.get("functions", []):
         if f["params"] or f.get("variadic"):
@@ -191,7 +197,7 @@ def probe(raw: Any, ffi: Any, probe_table: Any, machine: str) -> ProbeResult:
     if machine.lower() not in PROBE_MACHINES:
         result.skipped = f"the struct-size probe needs an x86-64 ABI (this machine: {machine})"
         return result
-    # not exported, or not a C function (a test stand-in)
+    # not exported, not callable in ABI mode, or not a C function at all (a test stand-in)
     lookup_errors: tuple[type[BaseException], ...] = (AttributeError, ffi.error, NotImplementedError, TypeError)
     for entry in probe_table:
         try:
@@ -206,8 +212,7 @@ def probe(raw: Any, ffi: Any, probe_table: Any, machine: str) -> ProbeResult:
             call(buf)
             data = bytes(ffi.buffer(buf))
             passes.append(data)
-            written = [i for i in range(PROBE_BUFFER - 1, -1, -1) if data[i] != fill]
-            extent = max(extent, written[0] + 1 if written else 0)
+            extent = max(extent, len(data.rstrip(bytes([fill]))))  # bytes up to the last one the call wrote
         data = passes[0]
         name, size = f"struct {entry['struct']}", entry["size"]
         where = f"{entry['function']}()"

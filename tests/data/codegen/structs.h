@@ -62,3 +62,13 @@ struct st_holder {
 };
 
 st_bf16 st_to_bf16(float f, st_mode mode);
+
+// Returned by value through a caller buffer (> 16 bytes, no arguments): a row of the guard's probe table.
+struct st_params {
+    int32_t n;
+    st_mode mode;
+    void * user_data;
+    bool enabled;
+    bool verbose;
+};
+struct st_params st_default_params(void);

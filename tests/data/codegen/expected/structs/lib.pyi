@@ -40,6 +40,15 @@ class struct_st_holder(CData):
     value: struct_st_bf16
     mode: int
 
+class struct_st_params(CData):
+    """`struct st_params`"""
+
+    n: int
+    mode: int
+    user_data: CData
+    enabled: bool
+    verbose: bool
+
 class struct_st_point(CData):
     """`struct st_point`"""
 
@@ -80,6 +89,11 @@ class union_st_value(CData):
 
 def st_close(handle: CData, /) -> None:
     """void st_close(st_handle handle)
+
+    Exported by libllama (group structs)."""
+
+def st_default_params() -> struct_st_params:
+    """struct st_params st_default_params(void)
 
     Exported by libllama (group structs)."""
 

@@ -14,6 +14,7 @@ typedef enum {
 /* ---- struct and union tags ---- */
 struct st_holder;
 struct st_opaque;
+struct st_params;
 struct st_point;
 struct st_record;
 struct st_rect;
@@ -32,6 +33,14 @@ typedef struct {
 struct st_holder {
     st_bf16 value;
     st_mode mode;
+};
+
+struct st_params {
+    int32_t n;
+    st_mode mode;
+    void * user_data;
+    bool enabled;
+    bool verbose;
 };
 
 struct st_point {
@@ -73,6 +82,7 @@ union st_value {
 
 /* ---- functions ---- */
 void st_close(st_handle handle);
+struct st_params st_default_params(void);
 st_handle st_open(const char * path, const struct st_record * records, int32_t n_records);
 st_bf16 st_to_bf16(float f, st_mode mode);
 st_rect st_union_of(st_rect a, st_rect b);
