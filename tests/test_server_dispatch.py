@@ -133,7 +133,7 @@ def test_a_client_that_leaves_frees_only_its_sequence(parallel_server: Server) -
     # The kept stream ran to its full length, undisturbed. Its 600 greedy tokens are not compared with a run
     # alone: in 1 of 4 runs they differed after ~120 tokens (batch-shape rounding or the scheduler: not pinned
     # down yet); the short greedy answers of test_concurrent_greedy_answers_equal_each_run_alone are compared.
-    assert 0 < len(chunks) <= kept_tokens and streamed
+    assert 0 < len(chunks) <= kept_tokens + 1 and streamed  # + the closing chunk with the finish reason
 
 
 @pytest.fixture(scope="module")
