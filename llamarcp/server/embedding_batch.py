@@ -115,6 +115,14 @@ class EmbeddingBatcher:
             waiting.future.set_result((waiting.rows, waiting.tokens))
 
     async def _drain(self) -> None:
+        try:
+            await self._rounds()
+        except BaseException as exc:  # never leave a request waiting for a drain that has stopped
+            for waiting in list(self._queue):
+                self._settle(waiting, exc if isinstance(exc, Exception) else RuntimeError("embedding stopped"))
+            raise
+
+    async def _rounds(self) -> None:
         stats = self.runner.stats
         while self._queue:
             for waiting in [w for w in self._queue if w.gone]:
