@@ -40,14 +40,20 @@ PREPARE_HINT = "run `bash ci/setup.sh` or `python benchmarks/run.py --prepare` f
 
 
 def ensure_toolchain(cmake_args: list[str] | None = None, install: bool = True) -> Toolchain:
-    """Build (or reuse from the cache) the pinned libllama plus llama-bench, via build_lib.py.
+    """Build (or reuse from the cache) libllama plus llama-bench of the bindings' tree (the pin), via build_lib.py.
 
     With `install=False` (`--no-install`) nothing is built: a missing llama-bench is an error naming the fix.
     """
     extra = [f"--cmake-arg={arg}" for arg in cmake_args or []]
     no_build = [] if install else ["--no-build"]
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from codegen.generate import bindings_build_source
+
+    tree = bindings_build_source()  # None: the pin; during a bump, the tree the bindings were regenerated from
+    source = [] if tree is None else ["--source", str(tree)]
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "build_lib.py"), "--tools", "llama-bench", *no_build, *extra],
+        [sys.executable, str(ROOT / "build_lib.py"), "--tools", "llama-bench", *source, *no_build, *extra],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -19,6 +19,8 @@ fi
 .venv/bin/python build_lib.py >/dev/null
 if [ "$extras" = dev ]; then
     # What the tests use beyond the default library is built or installed here, once (cached), never inside a test.
-    .venv/bin/python build_lib.py --rpc >/dev/null       # tests/test_rpc.py: the RPC variant + ggml-rpc-server
+    # Of the tree the bindings describe: the pin, or (bindings regenerated from another tree) that tree.
+    bindings_tree="$(.venv/bin/python -c 'from codegen.generate import bindings_build_source as s; print(s() or "")')"
+    .venv/bin/python build_lib.py --rpc ${bindings_tree:+--source "$bindings_tree"} >/dev/null  # tests/test_rpc.py
     .venv/bin/python benchmarks/run.py --prepare         # llama-bench + llama-cpp-python for the benchmark smoke test
 fi

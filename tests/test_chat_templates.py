@@ -1,13 +1,18 @@
-"""Every real chat template shipped with the pinned llama.cpp (`models/templates/*.jinja`) renders in the sandbox.
+"""Every real chat template of the bindings' llama.cpp tree (`models/templates/*.jinja`) renders in the sandbox.
 
-Templates that cannot render the standard conversation are listed in EXPECTED_FAILURES with the reason,
-reviewed by reading the template; each of those is also rendered the way the template does support.
+The tree is `codegen.generate.bindings_source()`: the pin, or during a bump the tree the bindings were regenerated
+from. What each template is expected to do (render, refuse the standard conversation, compare with llama.cpp's
+own renderer, take tools) lives in tests/data/chat_templates.json, one reviewed entry per template name, so a
+bump fails naming exactly the templates that are new or gone.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,13 +23,17 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import build_lib  # noqa: E402
+from codegen.generate import bindings_source  # noqa: E402
 
-TEMPLATES_DIR = Path(build_lib.ensure_source()) / "models" / "templates"
+TEMPLATES_DIR = bindings_source() / "models" / "templates"
 TEMPLATE_FILES = sorted(TEMPLATES_DIR.glob("*.jinja"))
-
-#: Number of .jinja files in the pinned tree (models/templates also holds a README.md).
-EXPECTED_TEMPLATE_COUNT = 70
+EXPECTATIONS_FILE = Path(__file__).with_name("data") / "chat_templates.json"
+#: template file name -> its reviewed expectations (the keys are explained in the file's "_comment")
+EXPECTATIONS: dict[str, dict[str, Any]] = {
+    name: entry
+    for name, entry in json.loads(EXPECTATIONS_FILE.read_text(encoding="utf-8")).items()
+    if not name.startswith("_")
+}
 
 CONVERSATION = [
     {"role": "system", "content": "You are a terse assistant."},
@@ -33,29 +42,70 @@ CONVERSATION = [
     {"role": "user", "content": "And of Italy?"},
 ]
 
-#: file name -> (substring of the ChatTemplateError message, why, reviewed by reading the template)
-EXPECTED_FAILURES = {
-    "google-gemma-2-2b-it.jinja": (
-        "System role not supported",
-        "Gemma 2's template calls raise_exception for any system message",
-    ),
-    "fireworks-ai-llama-3-firefunction-v2.jinja": (
-        "'functions' is undefined",
-        "FireFunction's template concatenates caller-supplied `functions` (JSON text) and `datetime` strings "
-        "into its system prompt; without them jinja cannot add undefined to a string",
-    ),
+
+def _check_preamble(ours: str, native: str) -> None:
+    assert len(ours) > len(native) + 40, "expected the real template to add a preamble"
+
+
+def _check_think(ours: str, native: str) -> None:
+    assert "think>" in ours and "think>" not in native
+
+
+def _check_system_newlines(ours: str, native: str) -> None:
+    system = CONVERSATION[0]["content"]
+    assert system + "\n\n" in native and system + "\n\n" not in ours
+
+
+def _check_mistral_tekken(ours: str, native: str) -> None:
+    assert "[INST] " in native and "[INST] " not in ours
+
+
+def _check_system_in_last_user_turn(ours: str, native: str) -> None:
+    system, first_user = CONVERSATION[0]["content"], CONVERSATION[1]["content"]
+    assert ours.index(system) > ours.index("Paris.") and native.index(system) < native.index(first_user)
+
+
+#: `native_differs` kind -> the check of that difference on (our rendering, llama.cpp's), so the file cannot
+#: drift into fiction.
+NATIVE_DIFFERENCE_CHECKS: dict[str, Callable[[str, str], None]] = {
+    "preamble": _check_preamble,
+    "think": _check_think,
+    "system-newlines": _check_system_newlines,
+    "mistral-tekken": _check_mistral_tekken,
+    "system-in-last-user-turn": _check_system_in_last_user_turn,
+}
+#: key -> allowed values (None: any text)
+EXPECTATION_KEYS: dict[str, set[str] | None] = {
+    "raises": None,
+    "why": None,
+    "generation_prompt": {"appended", "ignored"},
+    "history_suffix": None,
+    "native": {"identical", "differs", "unsupported"},
+    "native_differs": set(NATIVE_DIFFERENCE_CHECKS),
+    "native_note": None,
+    "native_eos": None,
+    "tools": {"template", "llamarcp"},
+    "tools_raises": None,
+    "tools_why": None,
+    "round_trip_raises": None,
+    "round_trip_why": None,
 }
 
-#: Templates whose output does not depend on add_generation_prompt (the [INST] turn already cues the model).
-IGNORES_ADD_GENERATION_PROMPT = {
-    "CohereForAI-c4ai-command-r7b-12-2024-tool_use.jinja",
-    "Mistral-Small-3.2-24B-Instruct-2506.jinja",
-    "mistralai-Ministral-3-14B-Reasoning-2512.jinja",
-    "mistralai-Mistral-Nemo-Instruct-2407.jinja",
-    "unsloth-mistral-Devstral-Small-2507.jinja",
-}
-#: Templates that close the history with eos_token instead of the generation prompt (-> the prompt's suffix).
-ENDS_HISTORY_WITH_EOS = {"microsoft-Phi-3.5-mini-instruct.jinja": "<|assistant|>\n"}
+
+def _expected(path: Path) -> dict[str, Any]:
+    entry = EXPECTATIONS.get(path.name)
+    if entry is None:
+        pytest.fail(f"{path.name} has no expectations: render it, read it, and add its object to {EXPECTATIONS_FILE}")
+    return entry
+
+
+def _names_with(key: str, value: Any = None) -> set[str]:
+    return {name for name, e in EXPECTATIONS.items() if key in e and (value is None or value in [e[key], *e[key]])}
+
+
+#: Templates that cannot render the standard conversation (rendered the way they do support further below).
+EXPECTED_FAILURES = _names_with("raises")
+RENDERING_FILES = [p for p in TEMPLATE_FILES if p.name not in EXPECTED_FAILURES]
 
 BOS, EOS = "<s>", "</s>"
 
@@ -64,17 +114,39 @@ def _formatter(path: Path) -> ChatFormatter:
     return ChatFormatter(path.read_text(encoding="utf-8"), BOS, EOS, name=path.name)
 
 
-def test_template_count_matches_directory() -> None:
-    assert len(TEMPLATE_FILES) == EXPECTED_TEMPLATE_COUNT, [p.name for p in TEMPLATE_FILES]
-    assert set(EXPECTED_FAILURES) <= {p.name for p in TEMPLATE_FILES}
+def test_every_template_has_an_expectation() -> None:
+    in_tree = {p.name for p in TEMPLATE_FILES}
+    assert in_tree, f"no *.jinja under {TEMPLATES_DIR}"
+    new = sorted(in_tree - set(EXPECTATIONS))
+    gone = sorted(set(EXPECTATIONS) - in_tree)
+    assert not new and not gone, (
+        f"{TEMPLATES_DIR} and {EXPECTATIONS_FILE.name} disagree: "
+        f"new templates to review and add: {new}; entries of templates no longer in the tree: {gone}"
+    )
+
+
+def test_expectations_are_well_formed() -> None:
+    for name, entry in EXPECTATIONS.items():
+        assert name.endswith(".jinja"), name
+        for key, value in entry.items():
+            assert key in EXPECTATION_KEYS, f"{name}: unknown key {key!r}"
+            allowed = EXPECTATION_KEYS[key]
+            values = value if isinstance(value, list) else [value]
+            assert values and all(isinstance(v, str) and v for v in values), f"{name}: {key} = {value!r}"
+            assert allowed is None or set(values) <= allowed, f"{name}: {key} = {value!r}, allowed: {sorted(allowed)}"
+        for raised, why in (("raises", "why"), ("tools_raises", "tools_why"), ("round_trip_raises", "round_trip_why")):
+            assert (raised in entry) == (why in entry), f"{name}: {raised} and {why} go together"
+        # A template that renders the conversation is compared with llama.cpp; one that cannot, is not.
+        assert ("native" in entry) != ("raises" in entry), f"{name}: exactly one of native / raises"
+        assert ("native_differs" in entry) == (entry.get("native") == "differs"), f"{name}: native_differs"
 
 
 @pytest.mark.parametrize("path", TEMPLATE_FILES, ids=lambda p: p.name)
 def test_real_template_renders_conversation(path: Path) -> None:
+    expected = _expected(path)
     formatter = _formatter(path)
-    if path.name in EXPECTED_FAILURES:
-        fragment, _why = EXPECTED_FAILURES[path.name]
-        with pytest.raises(ChatTemplateError, match=fragment):
+    if "raises" in expected:
+        with pytest.raises(ChatTemplateError, match=expected["raises"]):
             formatter.render(CONVERSATION)
         return
     prompt = formatter.render(CONVERSATION, add_generation_prompt=True)
@@ -85,10 +157,10 @@ def test_real_template_renders_conversation(path: Path) -> None:
     assert first_user < prompt.index("Paris.") < prompt.index("And of Italy?")
     # The generation prompt is appended after the history, never woven into it.
     without = formatter.render(CONVERSATION, add_generation_prompt=False)
-    if path.name in IGNORES_ADD_GENERATION_PROMPT:
+    if expected.get("generation_prompt") == "ignored":
         assert prompt == without
-    elif path.name in ENDS_HISTORY_WITH_EOS:
-        assert without == prompt[: -len(ENDS_HISTORY_WITH_EOS[path.name])] + EOS
+    elif "history_suffix" in expected:
+        assert without == prompt[: -len(expected["history_suffix"])] + EOS
     else:
         assert prompt.startswith(without) and prompt != without
 
@@ -168,150 +240,30 @@ def test_generation_tag_is_rendered_transparently() -> None:
 # llama.cpp does not run jinja: it recognises a template family by substrings and prints its own layout of the
 # messages. Where it claims support we compare; every difference below was read in both outputs and explained.
 
-#: Rendered byte-for-byte the same by llamarcp (jinja, bos_token="") and by llama_chat_apply_template.
-NATIVE_IDENTICAL = {
-    "Bielik-11B-v3.0-Instruct.jinja",
-    "ByteDance-Seed-OSS.jinja",
-    "Kimi-K2-Instruct.jinja",
-    "LFM2-8B-A1B.jinja",
-    "LFM2.5-8B-A1B.jinja",
-    "LFM2.5-Instruct.jinja",
-    "MiMo-VL.jinja",
-    "Qwen-Qwen2.5-7B-Instruct.jinja",
-    "Qwen-Qwen3-0.6B.jinja",
-    "Qwen3-Coder.jinja",
-    "ibm-granite-granite-3.3-2B-Instruct.jinja",
-    "ibm-granite-granite-4.0.jinja",
-    "ibm-granite-granite-4.1.jinja",
-    "llama-cpp-rwkv-world.jinja",
-    "microsoft-Phi-3.5-mini-instruct.jinja",
-    "moonshotai-Kimi-K2.jinja",
-    "openbmb-MiniCPM5-1B.jinja",
-}
 
-_PREAMBLE = "the real template adds its own system preamble (date, knowledge cutoff, safety or tool instructions)"
-_THINK = "the real template adds reasoning markers (<think>, </think>) that llama.cpp's layout omits"
-_MISTRAL_TEKKEN = (
-    "llama.cpp detects this as 'mistral-v7' (a space after [INST]); the template is the tekken variant without "
-    "spaces, which equals llama.cpp's 'mistral-v7-tekken' (see test_mistral_tekken_matches_llama_cpp_by_name)"
-)
-_DEEPSEEK = "llama.cpp puts '\\n\\n' after the system prompt; " + _THINK
-
-#: file -> why llama.cpp's rendering differs from the real template's.
-NATIVE_DIFFERENCES = {
-    "Cohere2MoE.jinja": _PREAMBLE,
-    "CohereForAI-c4ai-command-r-plus-tool_use.jinja": _PREAMBLE,
-    "CohereForAI-c4ai-command-r7b-12-2024-tool_use.jinja": _PREAMBLE,
-    "GLM-4.6.jinja": _THINK + "; llama.cpp also ends with a newline after <|assistant|>",
-    "GLM-4.7-Flash.jinja": _THINK + "; llama.cpp also puts newlines after the role tags",
-    "HuggingFaceTB-SmolLM3-3B.jinja": _PREAMBLE,
-    "Kimi-K2-Thinking.jinja": _THINK,
-    "Mistral-Small-3.2-24B-Instruct-2506.jinja": _MISTRAL_TEKKEN,
-    "NVIDIA-Nemotron-3-Nano-30B-A3B-BF16.jinja": _THINK,
-    "NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use.jinja": _PREAMBLE,
-    "NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja": _PREAMBLE,
-    "Qwen-QwQ-32B.jinja": _THINK,
-    "Qwen3.5-4B.jinja": _THINK,
-    "StepFun3.5-Flash.jinja": _THINK,
-    "deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja": _DEEPSEEK,
-    "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja": _DEEPSEEK,
-    "deepseek-ai-DeepSeek-V3.1.jinja": _DEEPSEEK,
-    "deepseek-ai-DeepSeek-V3.2.jinja": _DEEPSEEK,
-    "deepseek-ai-DeepSeek-V4-Flash-0731.jinja": _DEEPSEEK,
-    "deepseek-ai-DeepSeek-V4.jinja": _DEEPSEEK,
-    "inclusionai-ling-3.0-flash.jinja": _THINK + " and a 'detailed thinking on' system line",
-    "llama-cpp-deepseek-r1.jinja": _DEEPSEEK + "; this template also closes user turns with end-of-sentence",
-    "meetkai-functionary-medium-v3.1.jinja": _PREAMBLE,
-    "meetkai-functionary-medium-v3.2.jinja": _PREAMBLE,
-    "meta-llama-Llama-3.1-8B-Instruct.jinja": _PREAMBLE,
-    "meta-llama-Llama-3.2-3B-Instruct.jinja": _PREAMBLE,
-    "meta-llama-Llama-3.3-70B-Instruct.jinja": _PREAMBLE,
-    "mistralai-Ministral-3-14B-Reasoning-2512.jinja": _MISTRAL_TEKKEN,
-    "mistralai-Mistral-Nemo-Instruct-2407.jinja": (
-        "the real template moves the system prompt into the last user turn; llama.cpp puts it in the first"
-    ),
-    "openai-gpt-oss-120b.jinja": _PREAMBLE + " and moves the system message to a developer turn",
-    "unsloth-Apriel-1.5.jinja": _PREAMBLE,
-    "unsloth-mistral-Devstral-Small-2507.jinja": _MISTRAL_TEKKEN,
-    "upstage-Solar-Open-100B.jinja": _PREAMBLE,
-}
-
-#: llama_chat_apply_template returns -1: no built-in layout recognises these templates.
-NATIVE_UNSUPPORTED = {
-    "Apertus-8B-Instruct.jinja",
-    "Apriel-1.6-15b-Thinker-fixed.jinja",
-    "GigaChat3-10B-A1.8B.jinja",
-    "GigaChat3.1-10B-A1.8B.jinja",
-    "Kimi-K3.jinja",
-    "MiniMax-M1.jinja",
-    "MiniMax-M2.jinja",
-    "MiniMax-M3.jinja",
-    "NVIDIA-Nemotron-Nano-v2.jinja",
-    "Reka-Edge.jinja",
-    "Spark2.5.jinja",
-    "google-gemma-4-31B-it-interleaved.jinja",
-    "google-gemma-4-31B-it.jinja",
-    "muse-glimmer.jinja",
-    "poolside-Laguna-S-2.1.jinja",
-    "poolside-Laguna-XS-2.1.jinja",
-    "poolside-Laguna-XS.2.jinja",
-    "tencent-Hy3.jinja",
-}
-
-#: eos_token to render with where llama.cpp hard-codes the model's end-of-turn text.
-NATIVE_EOS = {name: "</s>" for name in NATIVE_DIFFERENCES if "mistral" in name.lower() or "Devstral" in name}
-
-
-def test_native_classification_covers_every_template() -> None:
-    groups = [NATIVE_IDENTICAL, set(NATIVE_DIFFERENCES), NATIVE_UNSUPPORTED, set(EXPECTED_FAILURES)]
-    assert sum(len(g) for g in groups) == len(TEMPLATE_FILES)
-    assert set().union(*groups) == {p.name for p in TEMPLATE_FILES}
-
-
-@pytest.mark.parametrize("path", [p for p in TEMPLATE_FILES if p.name not in EXPECTED_FAILURES], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", RENDERING_FILES, ids=lambda p: p.name)
 def test_real_template_against_llama_cpp(path: Path) -> None:
     from llamarcp.chat.native import llama_cpp_apply_template
 
+    expected = _expected(path)
     source = path.read_text(encoding="utf-8")
-    if path.name in NATIVE_UNSUPPORTED:
+    if expected["native"] == "unsupported":
         with pytest.raises(ChatTemplateError, match="does not support this template"):
             llama_cpp_apply_template(source, CONVERSATION)
         return
     native = llama_cpp_apply_template(source, CONVERSATION)
-    ours = ChatFormatter(source, "", NATIVE_EOS.get(path.name, "")).render(CONVERSATION)
-    if path.name in NATIVE_IDENTICAL:
+    ours = ChatFormatter(source, "", expected.get("native_eos", "")).render(CONVERSATION)
+    if expected["native"] == "identical":
         assert ours == native
-    else:
-        assert path.name in NATIVE_DIFFERENCES
-        assert ours != native, "now identical: move it to NATIVE_IDENTICAL"
-        for message in CONVERSATION:  # both still carry the whole conversation
-            assert message["content"] in native
-        _assert_documented_difference(NATIVE_DIFFERENCES[path.name], ours, native)
+        return
+    assert ours != native, 'now identical: set native = "identical"'
+    for message in CONVERSATION:  # both still carry the whole conversation
+        assert message["content"] in native
+    for kind in expected["native_differs"]:
+        NATIVE_DIFFERENCE_CHECKS[kind](ours, native)
 
 
-def _assert_documented_difference(reason: str, ours: str, native: str) -> None:
-    """Check the stated reason on the two renderings, so the table cannot drift into fiction."""
-    system, first_user = CONVERSATION[0]["content"], CONVERSATION[1]["content"]
-    if reason.startswith(_PREAMBLE):
-        assert len(ours) > len(native) + 40, "expected the real template to add a preamble"
-    if _THINK in reason:
-        assert "think>" in ours and "think>" not in native
-    if reason.startswith("llama.cpp puts '\\n\\n' after the system prompt"):
-        assert system + "\n\n" in native and system + "\n\n" not in ours
-    if reason == _MISTRAL_TEKKEN:
-        assert "[INST] " in native and "[INST] " not in ours
-    if "last user turn" in reason:
-        assert ours.index(system) > ours.index("Paris.") and native.index(system) < native.index(first_user)
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        "Mistral-Small-3.2-24B-Instruct-2506.jinja",
-        "mistralai-Ministral-3-14B-Reasoning-2512.jinja",
-        "unsloth-mistral-Devstral-Small-2507.jinja",
-    ],
-)
+@pytest.mark.parametrize("name", sorted(_names_with("native_differs", "mistral-tekken")))
 def test_mistral_tekken_matches_llama_cpp_by_name(name: str) -> None:
     from llamarcp.chat.native import llama_cpp_apply_template
 
@@ -380,36 +332,20 @@ WEATHER = {
     },
 }
 
-#: Templates that ignore OpenAI-style `tools`; llamarcp describes the tools in the system message for them.
-IGNORES_TOOLS = {
-    "HuggingFaceTB-SmolLM3-3B.jinja",  # takes `xml_tools` instead
-    "deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja",
-    "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja",
-    "deepseek-ai-DeepSeek-V3.1.jinja",
-    "llama-cpp-rwkv-world.jinja",
-    "microsoft-Phi-3.5-mini-instruct.jinja",
-}
 
-#: file -> (error fragment, why) for templates that cannot take OpenAI-style tools at all.
-TOOLS_FAILURES = {
-    "CohereForAI-c4ai-command-r-plus-tool_use.jinja": (
-        "has no attribute 'description'",
-        "expects Cohere's own tool format (name/description/parameter_definitions at top level)",
-    ),
-}
-
-
-@pytest.mark.parametrize("path", [p for p in TEMPLATE_FILES if p.name not in EXPECTED_FAILURES], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", RENDERING_FILES, ids=lambda p: p.name)
 def test_tools_reach_the_prompt(path: Path) -> None:
+    expected = _expected(path)
     formatter = _formatter(path)
-    if path.name in TOOLS_FAILURES:
-        with pytest.raises(ChatTemplateError, match=TOOLS_FAILURES[path.name][0]):
+    if "tools_raises" in expected:
+        with pytest.raises(ChatTemplateError, match=expected["tools_raises"]):
             render_chat_prompt(formatter, CONVERSATION, [WEATHER])
         return
-    assert formatter.supports_tools == (path.name not in IGNORES_TOOLS)
+    ignores_tools = expected.get("tools") == "llamarcp"
+    assert formatter.supports_tools == (not ignores_tools)
     prompt = render_chat_prompt(formatter, CONVERSATION, [WEATHER])
     assert "get_weather" in prompt and "Weather for a city" in prompt
-    if path.name in IGNORES_TOOLS:
+    if ignores_tools:
         assert "<tool_call>" in prompt  # llamarcp's own instructions, in the system message
         assert "You are a terse assistant." in prompt
     else:
@@ -443,19 +379,13 @@ TOOL_ROUND_TRIP = [
     {"role": "user", "content": "Thanks"},
 ]
 
-#: file -> (error fragment, why) for templates that cannot render an OpenAI tool-call round trip.
-ROUND_TRIP_FAILURES = {
-    **TOOLS_FAILURES,
-    "fireworks-ai-llama-3-firefunction-v2.jinja": EXPECTED_FAILURES["fireworks-ai-llama-3-firefunction-v2.jinja"],
-    "google-gemma-2-2b-it.jinja": ("roles must alternate", "Gemma 2 has no tool role"),
-}
-
 
 @pytest.mark.parametrize("path", TEMPLATE_FILES, ids=lambda p: p.name)
 def test_tool_call_round_trip(path: Path) -> None:
+    expected = _expected(path)
     formatter = _formatter(path)
-    if path.name in ROUND_TRIP_FAILURES:
-        with pytest.raises(ChatTemplateError, match=ROUND_TRIP_FAILURES[path.name][0]):
+    if "round_trip_raises" in expected:
+        with pytest.raises(ChatTemplateError, match=expected["round_trip_raises"]):
             formatter.render(TOOL_ROUND_TRIP, tools=[WEATHER])
         return
     prompt = formatter.render(TOOL_ROUND_TRIP, tools=[WEATHER])

@@ -1,6 +1,7 @@
 """llamarcp.rpc: endpoint parsing, the Python-side server check, and real `ggml-rpc-server` workers on loopback.
 
-The slow tests build the RPC variant of the pinned llama.cpp once (`build_lib.build(backends=["rpc"])`, cached)
+The slow tests build the RPC variant of the llama.cpp tree the bindings were generated from once (the pin, or the
+bumped tree: `build_lib.build(codegen.generate.bindings_build_source(), backends=["rpc"])`, cached)
 and start `ggml-rpc-server` processes on free 127.0.0.1 ports. Every model load runs in a child process
 (tests/rpc_child.py) because a process keeps the one libllama it loaded and llama.cpp aborts the process that
 loses an RPC worker; each child runs under a timeout so a hang fails the test instead of blocking the suite.
@@ -221,13 +222,19 @@ def test_cli_tensor_split_syntax() -> None:
 # ------------------------------------------------------------------------------- library without RPC support
 
 
-@pytest.fixture(scope="session")
-def cpu_lib_dir() -> Path:
+def _bindings_build(backends: list[str] | None = None) -> Path:
+    """A library of the tree the bindings describe (the pin, or the bumped tree), so the ABI guard accepts it."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     import build_lib
+    from codegen.generate import bindings_build_source
 
-    return Path(build_lib.build())
+    return Path(build_lib.build(bindings_build_source(), backends=backends))
+
+
+@pytest.fixture(scope="session")
+def cpu_lib_dir() -> Path:
+    return _bindings_build()
 
 
 def test_rpc_servers_need_rpc_build(cpu_lib_dir: Path, tiny_model_path: Path) -> None:
@@ -243,12 +250,8 @@ def test_rpc_servers_need_rpc_build(cpu_lib_dir: Path, tiny_model_path: Path) ->
 
 @pytest.fixture(scope="session")
 def rpc_lib_dir() -> Path:
-    """The pinned llama.cpp built with GGML_RPC=ON plus ggml-rpc-server (one extra build per CI run, cached)."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    import build_lib
-
-    return Path(build_lib.build(backends=["rpc"]))
+    """The bindings' llama.cpp built with GGML_RPC=ON plus ggml-rpc-server (one extra build per CI run, cached)."""
+    return _bindings_build(["rpc"])
 
 
 class RpcWorkers:
