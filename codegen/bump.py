@@ -311,7 +311,7 @@ def step_templates(bump: Bump, step: Step, old_tree: Path | None) -> None:
     removed = sorted(set(old) - set(new))
     changed = sorted(n for n in set(new) & set(old) if new[n] != old[n])
     step.lines.append(f"{len(old)} -> {len(new)} templates: {len(added)} added, {len(removed)} removed, "
-                      f"{len(changed)} changed (each new one needs an entry in tests/data/chat_templates.json).")  # fmt: skip
+                      f"{len(changed)} changed (new ones need an entry in tests/data/chat_templates.json).")
     for label, names in (("removed", removed), ("added", added), ("changed", changed)):
         for name in names:
             line = f"- {label}: `{name}`"
