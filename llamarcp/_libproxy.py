@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from llamarcp._lib import COMPANION_LIBRARIES
 from llamarcp.errors import MissingSymbolError
 
 _REGENERATE = "regenerate the bindings (python codegen/generate.py) or rebuild the library (python build_lib.py)"
@@ -29,10 +30,18 @@ class LibProxy:
             raise AttributeError(name)
         from llamarcp._generated._llama_ffi import ffi
 
+        raw, path = self._raw, self._path
+        library = library_of(name)
+        if library in COMPANION_LIBRARIES:  # libllama does not link it: its own handle, from beside libllama
+            from llamarcp._lib import load_companion
+
+            raw, path = load_companion(library, self._path)
         try:
-            value = getattr(self._raw, name)
+            if raw is None:
+                raise AttributeError(name)
+            value = getattr(raw, name)
         except (AttributeError, ffi.error):  # ffi.error: declared, but dlsym found no such symbol
-            value = _missing(name, self._path)
+            value = _missing(name, path)
         except NotImplementedError as exc:  # cffi: a declaration it cannot call in ABI mode
             raise AttributeError(f"{name}: {exc}") from exc
         self.__dict__[name] = value
@@ -59,6 +68,16 @@ def _missing(name: str, path: str) -> Any:
     if name not in _symbols.FUNCTIONS:
         raise AttributeError(f"llama.h (llama.cpp {_symbols.LLAMA_CPP_COMMIT[:12]}) declares no {name!r}")
     return _raiser(name, path, hint_for(name))
+
+
+def library_of(name: str) -> str | None:
+    """The shared library (`_symbols.LIBRARIES`) that exports function `name`; None for non-functions."""
+    from llamarcp._generated import _symbols
+
+    for group, names in _symbols.GROUPS.items():
+        if name in names:
+            return _symbols.LIBRARIES.get(group)
+    return None
 
 
 def hint_for(name: str) -> str:
