@@ -571,7 +571,8 @@ def build(
             if not (build_tree / "CMakeCache.txt").is_file():
                 _run_logged(configure, log, "configure")
             targets = [LIBRARY_TARGETS[n] for n in missing_libs]
-            _run_logged(["cmake", "--build", str(build_tree), "-j", n_jobs, "--target", *targets], log, "build libraries")
+            build_cmd = ["cmake", "--build", str(build_tree), "-j", n_jobs, "--target", *targets]
+            _run_logged(build_cmd, log, "build libraries")
             _copy_outputs(build_tree / "bin", libs, _LIB_PATTERNS, keep_existing=True)
             if not any((libs / f).exists() for n in missing_libs for f in companion_file_names(n)):
                 raise BuildError(f"build finished but produced no {', '.join(missing_libs)} library", log)
