@@ -251,3 +251,24 @@ def test_build_lib_rejects_an_unknown_library() -> None:
 
     with pytest.raises(build_lib.BuildError, match="unknown library 'vision'; known: mtmd"):
         build_lib.build(libraries=["vision"], allow_build=False)
+
+
+# ------------------------------------------------------------------------------------------------ ABI
+
+
+def test_libmtmd_items_stay_out_of_libllamas_abi_fingerprint() -> None:
+    from llamarcp._generated import _abi
+    from llamarcp.drift import abi
+
+    assert abi.companion_headers(MANIFEST) == {"mtmd.h", "mtmd-helper.h"}
+    assert not [key for key in _abi.ABI_ITEMS if "mtmd" in key.lower()]
+    assert not [p for p in _abi.PROBES if p["function"].startswith("mtmd_")]
+    # The same fingerprint as the manifest without the mtmd groups: a libllama stamped before them still matches.
+    without = {
+        **MANIFEST,
+        **{
+            kind: [x for x in MANIFEST[kind] if not x["header"].startswith("mtmd")]
+            for kind in ("structs", "enums", "defines", "functions", "callbacks", "typedefs")
+        },
+    }
+    assert abi.fingerprint(abi.items(without)) == abi.fingerprint(abi.items(MANIFEST)) == _abi.ABI_FINGERPRINT
