@@ -67,7 +67,7 @@ def _missing(name: str, path: str) -> Any:
         return _symbols.EXTRA_CONSTANTS[name]
     if name not in _symbols.FUNCTIONS:
         raise AttributeError(f"llama.h (llama.cpp {_symbols.LLAMA_CPP_COMMIT[:12]}) declares no {name!r}")
-    return _raiser(name, path, hint_for(name))
+    return _raiser(name, path, hint_for(name), _header_of(name))
 
 
 def library_of(name: str) -> str | None:
@@ -92,9 +92,18 @@ def hint_for(name: str) -> str:
     return _REGENERATE
 
 
-def _raiser(name: str, path: str, hint: str) -> Callable[..., NoReturn]:
+def _header_of(name: str) -> str:
+    from llamarcp._generated import _symbols
+
+    for group, names in _symbols.GROUPS.items():
+        if name in names:
+            return _symbols.HEADERS.get(group, "llama.h")
+    return "llama.h"
+
+
+def _raiser(name: str, path: str, hint: str, header: str = "llama.h") -> Callable[..., NoReturn]:
     def missing_symbol(*args: Any, **kwargs: Any) -> NoReturn:
-        raise MissingSymbolError(name, path, hint)
+        raise MissingSymbolError(name, path, hint, header)
 
     missing_symbol.__name__ = missing_symbol.__qualname__ = name
     missing_symbol.__doc__ = f"{name} is not exported by {path}: calling it raises MissingSymbolError."

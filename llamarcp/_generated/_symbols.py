@@ -417,6 +417,15 @@ LIBRARIES: dict[str, str] = {
     "mtmd-helper": "mtmd",
 }
 
+#: Function group -> the header declaring its functions (named in MissingSymbolError).
+HEADERS: dict[str, str] = {
+    "ggml-backend": "ggml-backend.h",
+    "ggml-rpc": "ggml-rpc.h",
+    "llama": "llama.h",
+    "mtmd": "mtmd.h",
+    "mtmd-helper": "mtmd-helper.h",
+}
+
 #: Deprecated function -> the header's message (shown when the symbol is missing, and by the drift check).
 DEPRECATED: dict[str, str] = {
     "llama_add_bos_token": "use llama_vocab_get_add_bos instead",
