@@ -30,18 +30,20 @@ class LibProxy:
             raise AttributeError(name)
         from llamarcp._generated._llama_ffi import ffi
 
-        raw, path = self._raw, self._path
+        raw, path, hint = self._raw, self._path, None
         library = library_of(name)
         if library in COMPANION_LIBRARIES:  # libllama does not link it: its own handle, from beside libllama
             from llamarcp._lib import load_companion
 
             raw, path = load_companion(library, self._path)
+            if raw is not None:  # there, but without this function: the group's "build it" hint would mislead
+                hint = f"lib{library} beside libllama lacks it (built from another llama.cpp?); {_REGENERATE}"
         try:
             if raw is None:
                 raise AttributeError(name)
             value = getattr(raw, name)
         except (AttributeError, ffi.error):  # ffi.error: declared, but dlsym found no such symbol
-            value = _missing(name, path)
+            value = _missing(name, path, hint)
         except NotImplementedError as exc:  # cffi: a declaration it cannot call in ABI mode
             raise AttributeError(f"{name}: {exc}") from exc
         self.__dict__[name] = value
@@ -59,7 +61,7 @@ class LibProxy:
         return f"<llamarcp.lib {self._path}>"
 
 
-def _missing(name: str, path: str) -> Any:
+def _missing(name: str, path: str, hint: str | None = None) -> Any:
     """A stand-in for a declared function the library lacks, or AttributeError for an unknown name."""
     from llamarcp._generated import _symbols
 
@@ -67,7 +69,7 @@ def _missing(name: str, path: str) -> Any:
         return _symbols.EXTRA_CONSTANTS[name]
     if name not in _symbols.FUNCTIONS:
         raise AttributeError(f"llama.h (llama.cpp {_symbols.LLAMA_CPP_COMMIT[:12]}) declares no {name!r}")
-    return _raiser(name, path, hint_for(name), _header_of(name))
+    return _raiser(name, path, hint or hint_for(name), _header_of(name))
 
 
 def library_of(name: str) -> str | None:

@@ -136,6 +136,7 @@ def test_mtmd_function_resolves_from_the_library_beside_libllama(fake_build: Pat
     with pytest.raises(MissingSymbolError) as info:
         proxy.mtmd_support_vision(ffi.NULL)
     assert info.value.library == str(fake_build / "libmtmd.so")
+    assert "libmtmd beside libllama lacks it" in str(info.value) and "--mtmd" not in str(info.value)
 
 
 def test_without_libmtmd_a_call_raises_missing_symbol_with_the_build_hint(tmp_path: Path) -> None:
