@@ -41,7 +41,8 @@ _HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(_HERE))
 
 from llamarcp import _cache, _pin  # noqa: E402
-from llamarcp._lib import LIB_NAMES, companion_file_names  # noqa: E402
+from llamarcp._lib import LIB_NAMES  # noqa: E402
+from llamarcp._libproxy import companion_file_names  # noqa: E402
 
 #: Tool name -> (CMake target, binary name, extra configure flags it needs). None of these flags change libllama.
 TOOLS = {

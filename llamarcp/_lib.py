@@ -33,19 +33,6 @@ elif sys.platform == "win32":
 else:
     LIB_NAMES = ("libllama.so",)
 
-#: Libraries of the generated API that libllama does not link (so its handle cannot resolve their functions):
-#: each is dlopen'd from beside libllama on the first access of one of its functions (`codegen.parse.GROUPS`).
-COMPANION_LIBRARIES = ("mtmd",)
-
-
-def companion_file_names(library: str) -> tuple[str, ...]:
-    """File names a companion library (e.g. "mtmd") may have on this platform."""
-    if sys.platform == "darwin":
-        return (f"lib{library}.dylib",)
-    if sys.platform == "win32":
-        return (f"{library}.dll", f"lib{library}.dll")
-    return (f"lib{library}.so",)
-
 
 def system_find_library(name: str) -> str | None:
     import ctypes.util  # lazy: only needed when nothing earlier hit, and costs ~5 ms of import time
@@ -121,48 +108,6 @@ def load() -> Any:
             _loaded["path"] = str(path)
             _loaded["lib"] = LibProxy(raw, str(path))
     return _loaded["lib"]
-
-
-def companion_path(library: str, main_path: str) -> Path | str | None:
-    """Where `library` (a COMPANION_LIBRARIES name) is for the libllama at `main_path`; None when absent.
-
-    It must come from the same build as libllama, so only the directory libllama was loaded from is searched
-    (the system loader only when libllama itself came from there, as a bare soname).
-    """
-    main = Path(main_path)
-    if main.parent == Path(".") and not main.is_absolute():
-        return system_find_library(library)
-    for name in companion_file_names(library):
-        if (main.parent / name).is_file():
-            return main.parent / name
-    return None
-
-
-_companions: dict[str, tuple[Any, str]] = {}
-
-
-def load_companion(library: str, main_path: str) -> tuple[Any, str]:
-    """(raw cffi library or None, where it was looked for) for a companion of the libllama at `main_path`.
-
-    Loaded once per process with the same ffi (one set of declarations, a second dlopen'd library).
-    """
-    key = f"{library}\0{main_path}"
-    if key in _companions:
-        return _companions[key]
-    with _lock:
-        if key not in _companions:
-            from llamarcp._generated._llama_ffi import ffi
-
-            path = companion_path(library, main_path)
-            where = str(path) if path is not None else str(Path(main_path).parent / companion_file_names(library)[0])
-            raw = None
-            if path is not None:
-                try:
-                    raw = ffi.dlopen(str(path))
-                except OSError as exc:
-                    where = f"{path} (could not be loaded: {exc})"
-            _companions[key] = (raw, where)
-    return _companions[key]
 
 
 def loaded_path() -> str | None:

@@ -18,7 +18,7 @@ import pytest
 from llamarcp import _lib, lib
 from llamarcp._generated import _symbols
 from llamarcp._generated._llama_ffi import ffi
-from llamarcp._libproxy import LibProxy, is_available, library_of
+from llamarcp._libproxy import LibProxy, companion_path, is_available, library_of
 from llamarcp.drift import symbols
 from llamarcp.errors import MissingSymbolError
 
@@ -157,7 +157,7 @@ def test_without_libmtmd_a_call_raises_missing_symbol_with_the_build_hint(tmp_pa
 def _loaded_has_libmtmd() -> bool:
     lib.llama_max_devices()  # make sure the library is loaded
     path = _lib.loaded_path()
-    return path is not None and _lib.companion_path("mtmd", path) is not None
+    return path is not None and companion_path("mtmd", path) is not None
 
 
 needs_libmtmd = pytest.mark.skipif(

@@ -52,14 +52,18 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
 
 
+#: Libraries of the generated API that libllama does not link (`codegen.parse.GROUPS` rows with library "mtmd"):
+#: the runtime dlopens each from beside libllama, and their items are not part of libllama's ABI. Kept here, in a
+#: module importing nothing of llamarcp, because the loader, the guard and the generator all need it.
+COMPANION_LIBRARIES: tuple[str, ...] = ("mtmd",)
+
+
 def companion_headers(manifest: dict[str, Any]) -> frozenset[str]:
     """Headers of the libraries libllama does not link (mtmd.h, mtmd-helper.h: libmtmd).
 
     Their items describe another library than the one the build stamp fingerprints, so they stay out of
     `items` and `probes`; their layouts are checked against the compiler by the tests instead.
     """
-    from llamarcp._lib import COMPANION_LIBRARIES
-
     functions = manifest.get("functions", [])
     return frozenset(f["header"] for f in functions if f.get("library") in COMPANION_LIBRARIES and f.get("header"))
 

@@ -159,7 +159,8 @@ def read_companions(library: Path) -> dict[str, Exports]:
 
     libllama does not link them, so they are no DT_NEEDED siblings; the runtime dlopens them from there too.
     """
-    from llamarcp._lib import COMPANION_LIBRARIES, companion_file_names
+    from llamarcp._libproxy import companion_file_names
+    from llamarcp.drift.abi import COMPANION_LIBRARIES
 
     found: dict[str, Exports] = {}
     for name in COMPANION_LIBRARIES:
