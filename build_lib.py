@@ -4,6 +4,7 @@
     python build_lib.py                      # CPU build of the pinned commit (cached)
     python build_lib.py --cuda               # or --metal, --vulkan, --rpc, --cmake-arg -DX=Y, $CMAKE_ARGS
     python build_lib.py --tools llama-bench  # also build llama.cpp tools into the cache entry
+    python build_lib.py --mtmd               # also build libmtmd (multimodal) beside libllama
     python build_lib.py --source ~/llama.cpp # build a local checkout instead of the pin
     python build_lib.py --print-source       # fetch + verify the pinned source, print its directory
     python build_lib.py --no-build           # print the cached build's directory, fail if it needs building
@@ -41,6 +42,7 @@ sys.path.insert(0, str(_HERE))
 
 from llamarcp import _cache, _pin  # noqa: E402
 from llamarcp._lib import LIB_NAMES  # noqa: E402
+from llamarcp._libproxy import companion_file_names  # noqa: E402
 
 #: Tool name -> (CMake target, binary name, extra configure flags it needs). None of these flags change libllama.
 TOOLS = {
@@ -52,6 +54,10 @@ TOOLS = {
     "rpc-server": ("ggml-rpc-server", "ggml-rpc-server", []),
 }
 KNOWN_TOOLS = tuple(TOOLS)
+
+#: Optional library -> CMake target. Built into the entry's lib dir beside libllama; `-DLLAMA_BUILD_TOOLS=ON`
+#: (a fixed argument) already configures the target, so the cache key and libllama stay the same.
+LIBRARY_TARGETS = {"mtmd": "mtmd"}
 
 BACKEND_FLAGS = {
     "cuda": "-DGGML_CUDA=ON",
@@ -479,6 +485,7 @@ def build(
     force: bool = False,
     jobs: int | None = None,
     allow_build: bool = True,
+    libraries: list[str] | None = None,
 ) -> Path:
     """Build (or find cached) libllama; return the directory holding it.
 
@@ -491,6 +498,10 @@ def build(
     for tool in tools:
         if tool not in KNOWN_TOOLS:
             raise BuildError(f"unknown tool {tool!r}; known: {', '.join(KNOWN_TOOLS)}")
+    libraries = list(libraries or [])
+    for name in libraries:
+        if name not in LIBRARY_TARGETS:
+            raise BuildError(f"unknown library {name!r}; known: {', '.join(LIBRARY_TARGETS)}")
     src, identity, commit = source_identity(source)
     args = _cache.FIXED_CMAKE_ARGS + user_cmake_args(backends, list(extra_cmake_args or []))
     entry = _cache.build_dir(identity, args)
@@ -502,14 +513,15 @@ def build(
         stamp = json.loads(stamp_path.read_text()) if stamp_path.exists() else None
         fresh = stamp is not None and stamp.get("fingerprint") == fp and not force
         missing_tools = [t for t in tools if not (bins / TOOLS[t][1]).exists()]
-        if fresh and not missing_tools:
+        missing_libs = [n for n in libraries if not any((libs / f).exists() for f in companion_file_names(n))]
+        if fresh and not missing_tools and not missing_libs:
             if stamp is not None and "abi_fingerprint" not in stamp:  # a stamp older than the ABI fingerprint
                 stamp.update(_abi_stamp(src, commit, libs))
                 _write_stamp(stamp_path, stamp)
             _say(f"cached build {print_id} is up to date (nothing to do)")
             return libs
         if not allow_build:
-            what = f"lacks {', '.join(missing_tools)}" if fresh else "is not built (or is stale)"
+            what = f"lacks {', '.join(missing_tools + missing_libs)}" if fresh else "is not built (or is stale)"
             raise BuildError(f"cache entry {print_id} {what}, and --no-build forbids building it")
 
         _check_toolchain()
@@ -555,6 +567,16 @@ def build(
             # Tools find libllama through $ORIGIN/../lib, so they run from the cache entry.
             _copy_outputs(build_tree / "bin", bins, [TOOLS[t][1] for t in missing_tools])
             _copy_outputs(build_tree / "bin", libs, _LIB_PATTERNS, keep_existing=True)  # the tools' own libs
+        if missing_libs:
+            _say(f"building libraries: {', '.join(missing_libs)}")
+            if not (build_tree / "CMakeCache.txt").is_file():
+                _run_logged(configure, log, "configure")
+            targets = [LIBRARY_TARGETS[n] for n in missing_libs]
+            build_cmd = ["cmake", "--build", str(build_tree), "-j", n_jobs, "--target", *targets]
+            _run_logged(build_cmd, log, "build libraries")
+            _copy_outputs(build_tree / "bin", libs, _LIB_PATTERNS, keep_existing=True)
+            if not any((libs / f).exists() for n in missing_libs for f in companion_file_names(n)):
+                raise BuildError(f"build finished but produced no {', '.join(missing_libs)} library", log)
         _say(f"built {print_id} in {time.monotonic() - started:.0f}s; log: {log}")
     return libs
 
@@ -639,6 +661,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         parser.add_argument(f"--{name}", action="store_true", help=f"enable the {name.upper()} backend")
     parser.add_argument("--cmake-arg", action="append", default=[], metavar="X", help="extra CMake argument")
     parser.add_argument("--tools", default="", help=f"comma-separated tools to build too ({', '.join(KNOWN_TOOLS)})")
+    parser.add_argument("--mtmd", action="store_true", help="also build libmtmd (llama.cpp's multimodal library)")
     parser.add_argument("--force", action="store_true", help="rebuild even if a cached build exists")
     parser.add_argument("--no-build", action="store_true", help="only report a cached build; fail if it needs building")
     parser.add_argument("-j", "--jobs", type=int, help="parallel build jobs (default: all cores)")
@@ -673,7 +696,8 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["LLAMARCP_FETCH"] = opts.fetch
         backends = [name for name in BACKEND_FLAGS if getattr(opts, name)]
         tools = [t.strip() for t in opts.tools.split(",") if t.strip()]
-        libs = build(opts.source, backends, opts.cmake_arg, tools, opts.force, opts.jobs, not opts.no_build)
+        libraries = ["mtmd"] if opts.mtmd else []
+        libs = build(opts.source, backends, opts.cmake_arg, tools, opts.force, opts.jobs, not opts.no_build, libraries)
     except BuildError as exc:
         where = f" (log: {exc.log})" if exc.log else ""
         print(f"build_lib: error: {exc}{where}", file=sys.stderr)

@@ -53,7 +53,14 @@ class Group:
     #: Optional groups may be absent from a given build; the runtime hint says how to get them.
     optional: bool = False
     hint: str = ""
+    #: Extra include directories (relative to the source root) the header needs, e.g. its own directory.
+    include: tuple[str, ...] = ()
 
+
+_MTMD_HINT = (
+    "no libmtmd (llama.cpp's multimodal library) was found beside the loaded libllama; "
+    "build it with `python build_lib.py --mtmd`"
+)
 
 #: The table to extend when more of ggml is wanted (one row per header/function set).
 GROUPS: tuple[Group, ...] = (
@@ -86,6 +93,25 @@ GROUPS: tuple[Group, ...] = (
         prefixes=("ggml_backend_rpc_", "ggml_backend_is_rpc"),
         optional=True,
         hint="the loaded llama.cpp was built without RPC; rebuild with `python build_lib.py --rpc`",
+    ),
+    # libmtmd (multimodal: images, audio) is a separate library beside libllama, dlopen'd on first use.
+    Group(
+        "mtmd",
+        "tools/mtmd/mtmd.h",
+        "mtmd",
+        prefixes=("mtmd_",),
+        optional=True,
+        hint=_MTMD_HINT,
+        include=("tools/mtmd",),
+    ),
+    Group(
+        "mtmd-helper",
+        "tools/mtmd/mtmd-helper.h",
+        "mtmd",
+        prefixes=("mtmd_helper_",),
+        optional=True,
+        hint=_MTMD_HINT,
+        include=("tools/mtmd",),
     ),
 )
 
@@ -288,6 +314,8 @@ def parse_source(
                 continue
             raise ParseError(f"header {path} not found (is {root} a llama.cpp source tree?)")
         headers.append((group, path))
+        extra = [root / d for d in group.include if (root / d).is_dir()]
+        include_dirs += [d for d in extra if d not in include_dirs]
     if header is not None:
         include_dirs.insert(0, Path(header).resolve().parent)
     return parse_headers(headers, include_dirs, commit)

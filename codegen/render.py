@@ -365,6 +365,7 @@ def render_symbols(api: Api, optional_hints: dict[str, str]) -> str:
                 g: [f.name for f in api.functions if f.group == g] for g in sorted({f.group for f in api.functions})
             },
             libraries=sorted({(f.group, f.library) for f in api.functions}),
+            group_headers=sorted({(f.group, f.header) for f in api.functions}),
             deprecated=[(f.name, f.deprecated) for f in api.functions if f.deprecated],
             hints=sorted(optional_hints.items()),
             extra_constants=sorted(extra.items()),

@@ -8,7 +8,10 @@ attribute in the instance `__dict__` so later accesses are plain attribute hits.
 
 from __future__ import annotations
 
+import sys
+import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 from llamarcp.errors import MissingSymbolError
@@ -28,11 +31,20 @@ class LibProxy:
         if name.startswith("__"):
             raise AttributeError(name)
         from llamarcp._generated._llama_ffi import ffi
+        from llamarcp.drift.abi import COMPANION_LIBRARIES
 
+        raw, path, hint = self._raw, self._path, None
+        library = library_of(name)
+        if library in COMPANION_LIBRARIES:  # libllama does not link it: its own handle, from beside libllama
+            raw, path = load_companion(library, self._path)
+            if raw is not None:  # there, but without this function: the group's "build it" hint would mislead
+                hint = f"lib{library} beside libllama lacks it (built from another llama.cpp?); {_REGENERATE}"
         try:
-            value = getattr(self._raw, name)
+            if raw is None:
+                raise AttributeError(name)
+            value = getattr(raw, name)
         except (AttributeError, ffi.error):  # ffi.error: declared, but dlsym found no such symbol
-            value = _missing(name, self._path)
+            value = _missing(name, path, hint)
         except NotImplementedError as exc:  # cffi: a declaration it cannot call in ABI mode
             raise AttributeError(f"{name}: {exc}") from exc
         self.__dict__[name] = value
@@ -50,7 +62,7 @@ class LibProxy:
         return f"<llamarcp.lib {self._path}>"
 
 
-def _missing(name: str, path: str) -> Any:
+def _missing(name: str, path: str, hint: str | None = None) -> Any:
     """A stand-in for a declared function the library lacks, or AttributeError for an unknown name."""
     from llamarcp._generated import _symbols
 
@@ -58,7 +70,17 @@ def _missing(name: str, path: str) -> Any:
         return _symbols.EXTRA_CONSTANTS[name]
     if name not in _symbols.FUNCTIONS:
         raise AttributeError(f"llama.h (llama.cpp {_symbols.LLAMA_CPP_COMMIT[:12]}) declares no {name!r}")
-    return _raiser(name, path, hint_for(name))
+    return _raiser(name, path, hint or hint_for(name), _header_of(name))
+
+
+def library_of(name: str) -> str | None:
+    """The shared library (`_symbols.LIBRARIES`) that exports function `name`; None for non-functions."""
+    from llamarcp._generated import _symbols
+
+    for group, names in _symbols.GROUPS.items():
+        if name in names:
+            return _symbols.LIBRARIES.get(group)
+    return None
 
 
 def hint_for(name: str) -> str:
@@ -73,9 +95,18 @@ def hint_for(name: str) -> str:
     return _REGENERATE
 
 
-def _raiser(name: str, path: str, hint: str) -> Callable[..., NoReturn]:
+def _header_of(name: str) -> str:
+    from llamarcp._generated import _symbols
+
+    for group, names in _symbols.GROUPS.items():
+        if name in names:
+            return _symbols.HEADERS.get(group, "llama.h")
+    return "llama.h"
+
+
+def _raiser(name: str, path: str, hint: str, header: str = "llama.h") -> Callable[..., NoReturn]:
     def missing_symbol(*args: Any, **kwargs: Any) -> NoReturn:
-        raise MissingSymbolError(name, path, hint)
+        raise MissingSymbolError(name, path, hint, header)
 
     missing_symbol.__name__ = missing_symbol.__qualname__ = name
     missing_symbol.__doc__ = f"{name} is not exported by {path}: calling it raises MissingSymbolError."
@@ -90,3 +121,60 @@ def is_available(lib: Any, name: str) -> bool:
     except AttributeError:
         return False
     return not getattr(value, "llamarcp_missing", False)
+
+
+# ------------------------------------------------------------------------------------ companion libraries
+
+
+def companion_file_names(library: str) -> tuple[str, ...]:
+    """File names a companion library (e.g. "mtmd") may have on this platform."""
+    if sys.platform == "darwin":
+        return (f"lib{library}.dylib",)
+    if sys.platform == "win32":
+        return (f"{library}.dll", f"lib{library}.dll")
+    return (f"lib{library}.so",)
+
+
+def companion_path(library: str, main_path: str) -> Path | str | None:
+    """Where companion `library` (`llamarcp.drift.abi.COMPANION_LIBRARIES`) is for libllama at `main_path`, or None.
+
+    It must come from the same build as libllama, so only the directory libllama was loaded from is searched
+    (the system loader only when libllama itself came from there, as a bare soname).
+    """
+    main = Path(main_path)
+    if main.parent == Path(".") and not main.is_absolute():
+        import ctypes.util  # lazy, as in _lib: the system loader query is slow
+
+        return ctypes.util.find_library(library)
+    for name in companion_file_names(library):
+        if (main.parent / name).is_file():
+            return main.parent / name
+    return None
+
+
+_companion_lock = threading.Lock()
+_companions: dict[str, tuple[Any, str]] = {}
+
+
+def load_companion(library: str, main_path: str) -> tuple[Any, str]:
+    """(raw cffi library or None, where it was looked for) for a companion of the libllama at `main_path`.
+
+    Loaded once per process with the same ffi (one set of declarations, a second dlopen'd library).
+    """
+    key = f"{library}\0{main_path}"
+    if key in _companions:
+        return _companions[key]
+    with _companion_lock:
+        if key not in _companions:
+            from llamarcp._generated._llama_ffi import ffi
+
+            path = companion_path(library, main_path)
+            where = str(path) if path is not None else str(Path(main_path).parent / companion_file_names(library)[0])
+            raw = None
+            if path is not None:
+                try:
+                    raw = ffi.dlopen(str(path))
+                except OSError as exc:
+                    where = f"{path} (could not be loaded: {exc})"
+            _companions[key] = (raw, where)
+    return _companions[key]

@@ -27,10 +27,10 @@ class LibraryMismatchError(LlamaError, ImportError):
 class MissingSymbolError(LlamaError, AttributeError):
     """A function declared by the pinned llama.h is not exported by the loaded library."""
 
-    def __init__(self, symbol: str, library: str, hint: str = "") -> None:
+    def __init__(self, symbol: str, library: str, hint: str = "", header: str = "llama.h") -> None:
         self.symbol = symbol
         self.library = library
-        message = f"{symbol} is declared by llama.h but not exported by {library}"
+        message = f"{symbol} is declared by {header} but not exported by {library}"
         super().__init__(f"{message}; {hint}" if hint else message)
 
 

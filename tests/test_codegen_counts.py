@@ -96,10 +96,11 @@ def preprocessed(llama_cpp_source: Path, tmp_path_factory: pytest.TempPathFactor
     work = tmp_path_factory.mktemp("shims")
     for name, text in SHIMS.items():
         (work / name).write_text(text)
-    (work / "all.h").write_text('#include "llama.h"\n#include "ggml-rpc.h"\n')
+    # Every header of the group table (llama.h, ggml-rpc.h, mtmd.h, ...), each from its own directory.
+    (work / "all.h").write_text("".join(f'#include "{Path(g.header).name}"\n' for g in GROUPS))
+    dirs = sorted({str(llama_cpp_source / Path(g.header).parent) for g in GROUPS})
     cmd = [
-        "gcc", "-E", "-nostdinc", f"-I{work}", f"-I{llama_cpp_source / 'include'}",
-        f"-I{llama_cpp_source / 'ggml' / 'include'}", "-D__attribute__(x)=", "-x", "c",
+        "gcc", "-E", "-nostdinc", f"-I{work}", *(f"-I{d}" for d in dirs), "-D__attribute__(x)=", "-x", "c",
     ]  # fmt: skip
     text = subprocess.run([*cmd, str(work / "all.h")], check=True, capture_output=True, text=True).stdout
     defines = subprocess.run([*cmd, "-dD", str(work / "all.h")], check=True, capture_output=True, text=True).stdout
@@ -149,6 +150,7 @@ def test_every_type_a_function_names_is_declared(preprocessed: tuple[Inventory, 
     known |= {f"{s['kind']} {s['name']}" for s in MANIFEST["structs"]}
     known |= {f"enum {e['name']}" for e in MANIFEST["enums"]}
     builtin = {"void", "char", "int", "float", "double", "bool", "size_t", "FILE", "unsigned int", "long"}
+    builtin |= {"unsigned char"}  # mtmd.h: image bytes
     builtin |= {f"{u}int{n}_t" for u in ("", "u") for n in (8, 16, 32, 64)}
     for f in MANIFEST["functions"]:
         for c_type in [f["return_type"], *(p["type"] for p in f["params"])]:

@@ -22,8 +22,15 @@ MANIFEST = json.loads((GENERATED / "api.json").read_text())
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 
 
+def _sized(api: dict) -> list[dict]:
+    """Typedefs and callbacks with a size: not those naming an opaque struct (`typedef struct mtmd_context ...`)."""
+    opaque = {f"{s['kind']} {s['name']}" for s in api["structs"] if s["opaque"]}
+    return [t for t in api["typedefs"] + api["callbacks"] if t.get("type") not in opaque]
+
+
 def _c_program(api: dict) -> str:
-    lines = [*(f'#include "{h}"' for h in ("llama.h", "ggml-rpc.h")), "#include <stdio.h>", "#include <stddef.h>"]
+    # Every header the bindings read (mtmd.h and mtmd-helper.h included: their structs are checked too).
+    lines = [*(f'#include "{h}"' for h in api["headers"]), "#include <stdio.h>", "#include <stddef.h>"]
     lines.append("int main(void) {")
     for s in api["structs"]:
         if s["opaque"]:
@@ -42,7 +49,7 @@ def _c_program(api: dict) -> str:
     for d in api["defines"]:
         if isinstance(d["value"], int):
             lines.append(f'  printf("value|{d["name"]}|%lld\\n", (long long)({d["name"]}));')
-    for t in api["typedefs"] + api["callbacks"]:
+    for t in _sized(api):
         lines.append(f'  printf("size|{t["name"]}|%zu|%zu\\n", sizeof({t["name"]}), _Alignof({t["name"]}));')
     lines += ["  return 0;", "}"]
     return "\n".join(lines) + "\n"
@@ -54,7 +61,7 @@ def compiler_facts(llama_cpp_source: Path, tmp_path_factory: pytest.TempPathFact
     src = work / "layout.c"
     src.write_text(_c_program(MANIFEST))
     exe = work / "layout"
-    inc = [f"-I{llama_cpp_source / 'include'}", f"-I{llama_cpp_source / 'ggml' / 'include'}"]
+    inc = [f"-I{llama_cpp_source / d}" for d in ("include", "ggml/include", "tools/mtmd")]
     subprocess.run(["gcc", "-std=c11", "-w", *inc, str(src), "-o", str(exe)], check=True, capture_output=True)
     out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
     facts: dict[str, list[str]] = {}
@@ -158,7 +165,7 @@ def test_every_integer_define_matches_gcc(compiler_facts: dict[str, list[str]]) 
 
 
 def test_every_typedef_size_matches_gcc(compiler_facts: dict[str, list[str]]) -> None:
-    for t in MANIFEST["typedefs"] + MANIFEST["callbacks"]:
+    for t in _sized(MANIFEST):
         size, align = (int(v) for v in compiler_facts[f"size|{t['name']}"])
         assert ffi.sizeof(t["name"]) == size, t["name"]
         assert ffi.alignof(t["name"]) == align, t["name"]

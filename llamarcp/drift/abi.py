@@ -52,8 +52,34 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
 
 
+#: Libraries of the generated API that libllama does not link (`codegen.parse.GROUPS` rows with library "mtmd"):
+#: the runtime dlopens each from beside libllama, and their items are not part of libllama's ABI. Kept here, in a
+#: module importing nothing of llamarcp, because the loader, the guard and the generator all need it.
+COMPANION_LIBRARIES: tuple[str, ...] = ("mtmd",)
+
+
+def companion_headers(manifest: dict[str, Any]) -> frozenset[str]:
+    """Headers of the libraries libllama does not link (mtmd.h, mtmd-helper.h: libmtmd).
+
+    Their items describe another library than the one the build stamp fingerprints, so they stay out of
+    `items` and `probes`; their layouts are checked against the compiler by the tests instead.
+    """
+    functions = manifest.get("functions", [])
+    return frozenset(f["header"] for f in functions if f.get("library") in COMPANION_LIBRARIES and f.get("header"))
+
+
+def _without_companions(manifest: dict[str, Any]) -> dict[str, Any]:
+    skip = companion_headers(manifest)
+    if not skip:
+        return manifest
+    kinds = ("structs", "enums", "defines", "functions", "callbacks", "typedefs")
+    kept = {kind: [x for x in manifest.get(kind, []) if x.get("header") not in skip] for kind in kinds}
+    return {**manifest, **kept}
+
+
 def items(manifest: dict[str, Any]) -> dict[str, str]:
-    """Item key -> short digest, for every ABI-relevant declaration of a manifest."""
+    """Item key -> short digest, for every ABI-relevant declaration of a manifest (libllama's, see below)."""
+    manifest = _without_companions(manifest)
     canon = TypeCanon(manifest)
     out: dict[str, str] = {}
     for s in manifest.get("structs", []):
@@ -87,8 +113,9 @@ def probes(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     """Argument-less functions returning a struct by value through a caller buffer, with what to expect of it.
 
     The guard calls each into a sentinel-filled buffer and measures how many bytes the library wrote; bool
-    fields must read 0 or 1 and enum fields one of their constants.
+    fields must read 0 or 1 and enum fields one of their constants. Only libllama's (the probe calls into it).
     """
+    manifest = _without_companions(manifest)
     structs = {f"{s.get('kind', 'struct')} {s['name']}": s for s in manifest.get("structs", [])}
     for t in manifest.get("typedefs", []):
         if t["type"] in structs:

@@ -154,6 +154,24 @@ def resolve_library(path: str | os.PathLike[str]) -> Path:
     return p
 
 
+def read_companions(library: Path) -> dict[str, Exports]:
+    """Exports of the companion libraries (libmtmd, ...) found beside libllama, by library name.
+
+    libllama does not link them, so they are no DT_NEEDED siblings; the runtime dlopens them from there too.
+    """
+    from llamarcp._libproxy import companion_file_names
+    from llamarcp.drift.abi import COMPANION_LIBRARIES
+
+    found: dict[str, Exports] = {}
+    for name in COMPANION_LIBRARIES:
+        for file_name in companion_file_names(name):
+            candidate = library.parent / file_name
+            if candidate.is_file():
+                found[name] = read_exports(candidate)
+                break
+    return found
+
+
 def read_with_siblings(library: Path) -> tuple[Exports, list[Exports]]:
     """The library's exports plus those of its DT_NEEDED libraries found beside it (libggml*).
 
@@ -258,6 +276,8 @@ def compare(
         optional = optional_groups()
     lib_path = resolve_library(library)
     main, siblings = read_with_siblings(lib_path)
+    companions = read_companions(lib_path)
+    siblings += [ex for ex in companions.values() if all(ex.path != s.path for s in siblings)]
     exported = set(main.functions)
     for ex in siblings:
         exported |= ex.functions
@@ -274,7 +294,18 @@ def compare(
         header = fn.get("header") or "the header"
         if name not in exported:
             reason = optional.get(fn.get("group") or "")
-            if reason:
+            companion = companions.get(fn.get("library") or "")
+            if reason and companion is not None:  # an optional library that is there must export all of it
+                report.findings.append(
+                    Finding(
+                        "error",
+                        "missing",
+                        name,
+                        f"{name} is declared in {header} but not exported by {Path(companion.path).name}; "
+                        f"a call would fail{_removed_note(name)}",
+                    )
+                )
+            elif reason:
                 report.findings.append(
                     Finding("note", "optional-missing", name, f"{name} not exported (optional: {reason})")
                 )
@@ -291,9 +322,12 @@ def compare(
             hint = fn["deprecated"] or "no replacement named"
             report.findings.append(Finding("warning", "deprecated", name, f"{name} is deprecated in {header}: {hint}"))
     prefixes = tuple(undeclared_prefixes)
-    # Only libllama's own exports: libggml exports hundreds of functions llama.h never mentions.
-    for name in sorted(main.functions):
-        if name.startswith(prefixes) and name not in declared:
+    # Only libllama's own exports (and a companion's under its own prefix, mtmd_*): libggml exports hundreds
+    # of functions llama.h never mentions.
+    own = [(name, prefixes) for name in main.functions]
+    own += [(name, (f"{lib}_",)) for lib, ex in companions.items() for name in ex.functions]
+    for name, wanted in sorted(own):
+        if name.startswith(wanted) and name not in declared:
             report.findings.append(
                 Finding(
                     "warning",
