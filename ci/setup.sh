@@ -22,5 +22,6 @@ if [ "$extras" = dev ]; then
     # Of the tree the bindings describe: the pin, or (bindings regenerated from another tree) that tree.
     bindings_tree="$(.venv/bin/python -c 'from codegen.generate import bindings_build_source as s; print(s() or "")')"
     .venv/bin/python build_lib.py --rpc ${bindings_tree:+--source "$bindings_tree"} >/dev/null  # tests/test_rpc.py
+    .venv/bin/python build_lib.py --mtmd ${bindings_tree:+--source "$bindings_tree"} >/dev/null  # tests/test_mtmd.py
     .venv/bin/python benchmarks/run.py --prepare         # llama-bench + llama-cpp-python for the benchmark smoke test
 fi

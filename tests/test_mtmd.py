@@ -160,9 +160,13 @@ def _loaded_has_libmtmd() -> bool:
     return path is not None and companion_path("mtmd", path) is not None
 
 
-needs_libmtmd = pytest.mark.skipif(
-    not _loaded_has_libmtmd(), reason="the loaded libllama has no libmtmd beside it (python build_lib.py --mtmd)"
-)
+@pytest.fixture()
+def libmtmd() -> None:
+    """Fails (never skips) without libmtmd beside the loaded libllama: ci/setup.sh builds it."""
+    assert _loaded_has_libmtmd(), "the loaded libllama has no libmtmd beside it: run `python build_lib.py --mtmd`"
+
+
+needs_libmtmd = pytest.mark.usefixtures("libmtmd")
 
 
 @needs_libmtmd
