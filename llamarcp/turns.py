@@ -15,7 +15,7 @@ import contextlib
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from llamarcp.errors import ClosedError, LlamaError
 
@@ -128,11 +128,11 @@ class Turns:
 _live: weakref.WeakSet[Turns] = weakref.WeakSet()
 
 
-def settle_at_exit(timeout: float = 3.0) -> None:
+def settle_at_exit(timeout: float = 3.0, only: Iterable[Turns] | None = None) -> None:
     """At interpreter exit: close every Llama, let running uses (daemon threads mid-generation) stop at their
     next token for up to `timeout` seconds, and abandon the memory of those that do not, so that freeing the
     rest can never happen under a thread still inside llama.cpp."""
-    everyone = list(_live)
+    everyone = list(_live if only is None else only)
     for turns in everyone:
         turns.close()
     deadline = time.monotonic() + timeout
