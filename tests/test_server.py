@@ -120,7 +120,9 @@ def start_server(
 
 @pytest.fixture(scope="module")
 def server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    yield from _start(tiny_model_path, tmp_path_factory.mktemp("server"), "--max-queue", "16")
+    # One slot: requests are served one after another, so each greedy answer must equal it alone bit for bit
+    # (with --parallel, llama.cpp's kernels round differently at other batch shapes; tests/test_server_dispatch.py).
+    yield from _start(tiny_model_path, tmp_path_factory.mktemp("server"), "--max-queue", "16", "--parallel", "1")
 
 
 #: The keyed server also runs with --chat-template-file, so one startup covers both options.
