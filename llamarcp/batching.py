@@ -19,12 +19,10 @@ the other clears it first (`Engine.owner`).
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import queue
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
@@ -109,8 +107,6 @@ class Scheduler:
         except ImportError:  # pragma: no cover - numpy is a test dependency
             pass
         self.n_prompt_tokens_evaluated = 0  # of the last request admitted (prefix reuse shows here)
-        self._exit_hook = False
-        self._stopping = False
 
     # -- the caller's side ------------------------------------------------------------------------------------
 
@@ -168,11 +164,6 @@ class Scheduler:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name="llamarcp-batching", daemon=True)
                 self._thread.start()
-                if not self._exit_hook:
-                    # Registered after the backend's own exit hook, so it runs first: the decoding thread stops
-                    # before llamarcp frees the models at interpreter exit.
-                    atexit.register(_stop_at_exit, weakref.ref(self))
-                    self._exit_hook = True
             self._cond.notify_all()
         return job
 
@@ -185,7 +176,7 @@ class Scheduler:
                 with self._cond:
                     idle_since = time.monotonic()
                     while not has_turn and not self._pending and self.n_running == 0:
-                        if self.turns.closing or self._stopping or time.monotonic() - idle_since > IDLE_EXIT_S:
+                        if self.turns.closing or time.monotonic() - idle_since > IDLE_EXIT_S:
                             self._thread = None
                             return
                         self._cond.wait(1.0)
@@ -232,7 +223,7 @@ class Scheduler:
 
     def _step(self) -> None:
         engine = self.engine
-        if self.turns.closing or self._stopping:
+        if self.turns.closing:
             self._fail_all(ClosedError("this Llama was closed during generation"))
             return
         if engine.abort.requested:
@@ -444,21 +435,6 @@ class Scheduler:
             slot.tokens = []
         with self._cond:
             self._cond.notify_all()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """End the decoding thread (every waiting request gets ClosedError); used at interpreter exit."""
-        self._stopping = True
-        with self._cond:
-            self._cond.notify_all()
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-
-
-def _stop_at_exit(ref: weakref.ReferenceType[Scheduler]) -> None:
-    scheduler = ref()
-    if scheduler is not None:
-        scheduler.stop()
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
