@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 
 from llamarcp._backend import get_lib
 from llamarcp._core import Batch
-from llamarcp._generated._llama_ffi import ffi
 from llamarcp.errors import (
     DECODE_ABORTED,
     ClosedError,
@@ -40,7 +39,7 @@ from llamarcp.errors import (
     check_decode,
 )
 from llamarcp.sampling import SamplerChain, SamplingParams, build_sampler_chain
-from llamarcp.token_picker import logprob_info
+from llamarcp.token_picker import logits_view, logprob_info
 
 if TYPE_CHECKING:
     from llamarcp.engine import Engine, Outcome, Step
@@ -377,13 +376,12 @@ class Scheduler:
             job.first_token = time.perf_counter()
         scores = None
         if job.logits_processor is not None or job.stopping_criteria is not None or job.logprobs is not None:
-            ptr = lib.llama_get_logits_ith(engine.ctx.ptr, index)
-            scores = np.frombuffer(ffi.buffer(ptr, 4 * engine.model.n_vocab), dtype=np.float32)
+            scores = logits_view(engine.ctx.ptr, engine.model.n_vocab, index)
             if job.logits_processor is not None:
                 scores[:] = job.logits_processor(np.asarray(job.history, dtype=np.intc), scores)
         if job.chain.names == ["greedy"] and np is not None and job.logits_processor is None:
-            ptr = lib.llama_get_logits_ith(engine.ctx.ptr, index)
-            token = int(np.argmax(np.frombuffer(ffi.buffer(ptr, 4 * engine.model.n_vocab), dtype=np.float32)))
+            row = scores if scores is not None else logits_view(engine.ctx.ptr, engine.model.n_vocab, index)
+            token = int(np.argmax(row))
         else:
             token = int(lib.llama_sampler_sample(job.chain.ptr, engine.ctx.ptr, index))
         if lib.llama_vocab_is_eog(engine.model.vocab, token):

@@ -219,9 +219,7 @@ class Engine:
             raise PromptTooLongError(len(tokens), self.n_ctx)
         self.claim("single")
         self.truncate(0)
-        lib = get_lib()
         n_vocab = self.model.n_vocab
-        np = self._numpy
         infos: list[dict[str, Any] | None] = [None]
         for start in range(0, len(tokens), self.n_batch):
             chunk = tokens[start : start + self.n_batch]
@@ -233,8 +231,7 @@ class Engine:
             self.input_ids.extend(chunk)
             for i in range(len(chunk)):
                 if start + i + 1 < len(tokens):
-                    row = np.frombuffer(ffi.buffer(lib.llama_get_logits_ith(self.ctx.ptr, i), 4 * n_vocab), np.float32)
-                    infos.append(logprob_info(row, tokens[start + i + 1], top_n))
+                    infos.append(logprob_info(logits_view(self.ctx.ptr, n_vocab, i), tokens[start + i + 1], top_n))
         return infos
 
     # -- generation -------------------------------------------------------------------------------------------

@@ -20,13 +20,14 @@ from llamarcp.errors import GrammarError, LlamaError
 __all__ = ["GrammarPicker", "greedy_argmax", "logits_view", "logprob_info"]
 
 
-def logits_view(ctx_ptr: Any, n_vocab: int) -> Any:
-    """numpy view (no copy) of the last output's logits; only used when logprobs/logits are asked for."""
+def logits_view(ctx_ptr: Any, n_vocab: int, index: int = -1) -> Any:
+    """numpy view (no copy) of the logits of output row `index` of the last decode (-1: the last row); only
+    used when logprobs/logits are asked for."""
     try:
         import numpy as np
     except ImportError as exc:  # pragma: no cover - numpy is a test dependency
         raise LlamaError("logprobs/logits_processor need numpy (pip install numpy)") from exc
-    ptr = get_lib().llama_get_logits_ith(ctx_ptr, -1)
+    ptr = get_lib().llama_get_logits_ith(ctx_ptr, index)
     if ptr == ffi.NULL:
         raise LlamaError("no logits available (nothing decoded yet?)")
     return np.frombuffer(ffi.buffer(ptr, 4 * n_vocab), dtype=np.float32)
