@@ -366,6 +366,9 @@ def source_identity(source: Path | None) -> tuple[Path, str, str]:
     source = source.expanduser().resolve()
     if not (source / "include" / "llama.h").is_file() or not (source / "CMakeLists.txt").is_file():
         raise BuildError(f"--source {source} is not a llama.cpp tree (no include/llama.h or CMakeLists.txt)")
+    verified = _verified_commit(source)
+    if verified is not None:  # a carrier's tree ensure_source fetched and checked: the same build as when pinned
+        return source, f"pinned:{verified}", verified
     commit = "unknown"
     with contextlib.suppress(OSError, subprocess.CalledProcessError):
         commit = (
@@ -375,6 +378,18 @@ def source_identity(source: Path | None) -> tuple[Path, str, str]:
             or "unknown"
         )
     return source, f"source:{source}", commit
+
+
+def _verified_commit(source: Path) -> str | None:
+    """The revision of a tree `ensure_source` verified (cache/src/<revision> with its marker), else None."""
+    marker = source / ".llamarcp-verified"
+    if source.parent != (_cache.cache_root() / "src").resolve() or not marker.is_file():
+        return None
+    with contextlib.suppress(ValueError, KeyError, TypeError):
+        commit = str(json.loads(marker.read_text())["commit"])
+        if commit == source.name:
+            return commit
+    return None
 
 
 def fingerprint(source: Path) -> str:
@@ -519,7 +534,7 @@ def build(
     print_id = entry.name
 
     with _locked(entry.parent / f"{entry.name}.lock", f"the cache entry {print_id}"):
-        fp = commit if source is None else fingerprint(src)
+        fp = commit if identity.startswith("pinned:") else fingerprint(src)
         stamp = json.loads(stamp_path.read_text()) if stamp_path.exists() else None
         fresh = stamp is not None and stamp.get("fingerprint") == fp and not force
         missing_tools = [t for t in tools if not (bins / TOOLS[t][1]).exists()]

@@ -31,9 +31,13 @@ class BenchmarkError(RuntimeError):
 # -- the shared library and llama-bench -------------------------------------------------------------------
 @dataclass(frozen=True)
 class Toolchain:
-    lib_dir: Path
+    lib_dir: Path  # the bindings' tree (the pin): llamarcp and llama-bench
     llama_bench: Path
     commit: str
+    #: The library llama-cpp-python runs on: `lib_dir` when its ctypes describe the same llama.cpp, else a build
+    #: (same flags) of the llama.cpp its release vendors: its hand-written structs would misread another ABI.
+    lcp_lib_dir: Path
+    lcp_commit: str
 
 
 PREPARE_HINT = "run `bash ci/setup.sh` or `python benchmarks/run.py --prepare` first"
@@ -49,31 +53,37 @@ def ensure_toolchain(cmake_args: list[str] | None = None, install: bool = True) 
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     from codegen.generate import bindings_build_source
+    from llamarcp._pin import KNOWN_CARRIERS
 
     tree = bindings_build_source()  # None: the pin; during a bump, the tree the bindings were regenerated from
     source = [] if tree is None else ["--source", str(tree)]
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "build_lib.py"), "--tools", "llama-bench", *source, *no_build, *extra],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        hint = "" if install else f" ({PREPARE_HINT})"
-        raise BenchmarkError(f"build_lib.py --tools llama-bench failed{hint}:\n{proc.stderr[-3000:]}")
-    lib_dir = Path(proc.stdout.strip().splitlines()[-1]).resolve()
+    lib_dir = _build_lib(["--tools", "llama-bench", *source, *no_build, *extra], install)
     bench = lib_dir.parent / "bin" / "llama-bench"
     if not bench.is_file():
         raise BenchmarkError(f"build_lib.py reported {lib_dir} but {bench} does not exist")
-    stamp = json.loads((lib_dir / "llamarcp-build.json").read_text())
-    return Toolchain(lib_dir=lib_dir, llama_bench=bench, commit=str(stamp["commit"]))
+    commit = str(json.loads((lib_dir / "llamarcp-build.json").read_text())["commit"])
+    lcp_commit = KNOWN_CARRIERS[LCP_VERSION].commit  # the llama.cpp llama-cpp-python's ctypes were written for
+    lcp_lib_dir = lib_dir
+    if lcp_commit != commit:
+        lcp_tree = _build_lib(["--print-source", "--carrier", LCP_VERSION, *no_build], install)
+        lcp_lib_dir = _build_lib(["--source", str(lcp_tree), *no_build, *extra], install)
+    return Toolchain(lib_dir, bench, commit, lcp_lib_dir, lcp_commit)
+
+
+def _build_lib(argv: list[str], install: bool) -> Path:
+    """Run build_lib.py; the path it prints last."""
+    proc = subprocess.run([sys.executable, str(ROOT / "build_lib.py"), *argv], cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        hint = "" if install else f" ({PREPARE_HINT})"
+        raise BenchmarkError(f"build_lib.py {' '.join(argv)} failed{hint}:\n{proc.stderr[-3000:]}")
+    return Path(proc.stdout.strip().splitlines()[-1]).resolve()
 
 
 def lib_env(toolchain: Toolchain) -> dict[str, str]:
-    """Environment that makes llamarcp and llama-cpp-python load exactly this build's libllama."""
+    """Environment that makes llamarcp load `lib_dir`'s libllama and llama-cpp-python `lcp_lib_dir`'s."""
     env = dict(os.environ)
     env["LLAMARCP_LIB_PATH"] = str(toolchain.lib_dir)
-    env["LLAMA_CPP_LIB_PATH"] = str(toolchain.lib_dir)
+    env["LLAMA_CPP_LIB_PATH"] = str(toolchain.lcp_lib_dir)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 

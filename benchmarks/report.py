@@ -83,7 +83,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"load average {meta['load_before']} before / {meta['load_after']} after",
         f"- llamarcp commit `{meta['git_commit']}`{' (dirty tree)' if meta['git_dirty'] else ''}; "
         f"llama.cpp pin `{meta['llama_cpp_commit']}`; library `{meta['lib_dir']}`",
-        f"- Same library for all three: {meta['same_library']}",
+        f"- Libraries (each worker's mapped libllama): {meta['same_library']}",
         f"- Settings for every contender: n_threads as given per model ({meta['threads']} = physical cores), "
         f"n_batch=n_ubatch={meta['n_batch']}, flash attention {'on' if meta['flash_attn'] else 'off'}, "
         "swa_full off, greedy (temperature 0, repeat_penalty 1.0), "

