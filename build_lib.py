@@ -253,12 +253,13 @@ def _stage_from_carrier(root: Path, carrier: _pin.Carrier, staging: Path) -> dic
     return {"commit": carrier.commit, "sha256": carrier.sha256, "from": carrier.filename}
 
 
-def ensure_source(carrier: _pin.Carrier = _pin.PINNED, fetch: str | None = None) -> Path:
-    """Return the extracted, verified llama.cpp tree of `carrier`'s commit, fetching it once.
+def ensure_source(carrier: _pin.Carrier | None = None, fetch: str | None = None) -> Path:
+    """Return the extracted, verified llama.cpp tree of `carrier`'s commit (default: the pin's), fetching it once.
 
     For the pin, `auto` tries the upstream archive by commit (verified by tree hash) and falls back to the
     carrier sdist (verified by sha256) when the archive cannot be downloaded; a hash mismatch is an error.
     """
+    carrier = carrier or _pin.PINNED  # read at call time: codegen.bump --pin reloads _pin in-process
     mode = _fetch_mode(fetch)
     root = _cache.cache_root()
     src = root / "src" / carrier.commit
@@ -362,7 +363,11 @@ def carry_source(dest: Path) -> None:
 def source_identity(source: Path | None) -> tuple[Path, str, str]:
     """(source dir, cache identity, commit) for the pinned tree or a user's checkout."""
     if source is None:
-        return pinned_source(), f"pinned:{_pin.LLAMA_CPP_COMMIT}", _pin.LLAMA_CPP_COMMIT
+        src = pinned_source()
+        verified = _verified_commit(src)
+        if verified is not None and verified != _pin.LLAMA_CPP_COMMIT:  # never stamp one revision's build as another's
+            raise BuildError(f"the pinned source {src} is llama.cpp {verified}, but the pin is {_pin.LLAMA_CPP_COMMIT}")
+        return src, f"pinned:{_pin.LLAMA_CPP_COMMIT}", _pin.LLAMA_CPP_COMMIT
     source = source.expanduser().resolve()
     if not (source / "include" / "llama.h").is_file() or not (source / "CMakeLists.txt").is_file():
         raise BuildError(f"--source {source} is not a llama.cpp tree (no include/llama.h or CMakeLists.txt)")

@@ -356,3 +356,32 @@ def test_two_standalone_headers(tmp_path: Path) -> None:
     assert "field added: `int64_t c` at offset 8" in p_change["details"]
     e_change = next(c for c in data["enums"] if c["name"] == "llama_e")
     assert "value changed for 1 constant(s): LLAMA_E_B 1->2" in e_change["details"]
+
+
+@pytest.fixture(scope="module")
+def b11549_report() -> Any:
+    """The 0c1e57098bba -> b11549 bump (llama-cpp-python 0.3.36's llama.cpp -> xllamacpp 2026.10.11549's): the
+    pin's move, kept as history whatever the pin is now."""
+    load_api = checkout_drift.load_api
+    return diff_manifests(
+        load_api("carrier:0.3.36"), load_api("carrier:2026.10.11549"), "carrier:0.3.36", "carrier:2026.10.11549"
+    )
+
+
+def test_b11549_diff_names_the_grown_context_params(b11549_report: Any) -> None:
+    assert b11549_report.old_commit == "0c1e57098bba43ac29e6e3b677cdceebdd22334f"
+    assert b11549_report.new_commit == "b11549"
+    cparams = by_name(b11549_report, "structs")["llama_context_params"]
+    assert cparams.classification == ABI_BREAK
+    assert "field added: `size_t moe_cache_size` at offset 112" in cparams.details
+    assert (cparams.extra["old_size"], cparams.extra["new_size"]) == (160, 168)
+
+
+def test_b11549_diff_lists_the_version_defines_and_the_new_vocab_type(b11549_report: Any) -> None:
+    defines = by_name(b11549_report, "defines")
+    for name, old, new in (("LLAMA_SESSION_VERSION", 10, 11), ("LLAMA_STATE_SEQ_VERSION", 3, 4),
+                           ("RPC_PROTO_MAJOR_VERSION", 7, 8)):  # fmt: skip
+        assert defines[name].details == [f"value {old} -> {new} (compiled into callers)"], name
+    vocab_types = by_name(b11549_report, "enums")["llama_vocab_type"]
+    assert "constant added: `LLAMA_VOCAB_TYPE_PLAMO3 = 8`" in vocab_types.details
+    assert not b11549_report.sections["removed"] and not b11549_report.sections["changed"]
