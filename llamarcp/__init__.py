@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from llamarcp._pin import LLAMA_CPP_COMMIT
 from llamarcp.errors import LlamaError
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 if TYPE_CHECKING:  # the typed view of lib/ffi comes from the generated stubs
     from llamarcp._generated import lib as lib
     from llamarcp._generated._llama_ffi import ffi as ffi

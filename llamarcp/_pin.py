@@ -58,7 +58,7 @@ KNOWN_CARRIERS = {
 
 #: The carrier whose vendored llama.cpp is the pin (`python -m codegen.bump --carrier V --pin` rewrites this line
 #: and TREE_SHA256 below; nothing else here changes in a bump).
-PINNED_CARRIER = "0.3.36"
+PINNED_CARRIER = "2026.10.11549"
 
 #: The sdist whose vendored tree is the pinned source; its sha256 is verified before use.
 PINNED = KNOWN_CARRIERS[PINNED_CARRIER]
@@ -90,4 +90,4 @@ TREE_PATHS = (
 #: no timestamps or modes). GitHub's archive bytes are not stable, so the archive is verified by this hash after
 #: extraction instead of by a tarball sha256. It is computed from the carrier's vendored tree (sha256-verified);
 #: build_lib checks the carrier against it too, so the two sources of the pin cannot silently disagree.
-TREE_SHA256 = "0eb43229995b68ada3a0e5f79f9fe0fda21d42754b5efbac2dec30e5977db095"
+TREE_SHA256 = "fd3ee8c81496161573235840831ad6014ba9def76095504ce3e2b6818b65d9fa"
