@@ -360,8 +360,10 @@ def carry_source(dest: Path) -> None:
     verify_tree(dest, _pin.TREE_SHA256, f"the copy in {dest}")
 
 
-def source_identity(source: Path | None) -> tuple[Path, str, str]:
-    """(source dir, cache identity, commit) for the pinned tree or a user's checkout."""
+def source_identity(source: Path | None, commit: str | None = None) -> tuple[Path, str, str]:
+    """(source dir, cache identity, commit) for the pinned tree or a user's checkout.
+
+    A checkout's commit is `commit` when given (`--commit`: a tree without git metadata), else its git HEAD."""
     if source is None:
         src = pinned_source()
         verified = _verified_commit(src)
@@ -374,6 +376,8 @@ def source_identity(source: Path | None) -> tuple[Path, str, str]:
     verified = _verified_commit(source)
     if verified is not None:  # a carrier's tree ensure_source fetched and checked: the same build as when pinned
         return source, f"pinned:{verified}", verified
+    if commit:
+        return source, f"source:{source}", commit
     commit = "unknown"
     with contextlib.suppress(OSError, subprocess.CalledProcessError):
         commit = (
@@ -516,8 +520,9 @@ def build(
     jobs: int | None = None,
     allow_build: bool = True,
     libraries: list[str] | None = None,
+    commit: str | None = None,
 ) -> Path:
-    """Build (or find cached) libllama; return the directory holding it.
+    """Build (or find cached) libllama; return the directory holding it (`commit`: see `source_identity`).
 
     With `allow_build=False` nothing is compiled: a cache entry that is missing, stale or lacks a tool is an error.
     """
@@ -532,14 +537,18 @@ def build(
     for name in libraries:
         if name not in LIBRARY_TARGETS:
             raise BuildError(f"unknown library {name!r}; known: {', '.join(LIBRARY_TARGETS)}")
-    src, identity, commit = source_identity(source)
+    if commit and source is None:
+        raise BuildError("--commit names the revision of a --source tree; the pin's is in llamarcp/_pin.py")
+    explicit_commit = bool(commit)
+    src, identity, commit = source_identity(source, commit)
     args = _cache.FIXED_CMAKE_ARGS + user_cmake_args(backends, list(extra_cmake_args or []))
     entry = _cache.build_dir(identity, args)
     libs, bins, stamp_path = entry / "lib", entry / "bin", entry / "lib" / _cache.STAMP_NAME
     print_id = entry.name
 
     with _locked(entry.parent / f"{entry.name}.lock", f"the cache entry {print_id}"):
-        fp = commit if identity.startswith("pinned:") else fingerprint(src)
+        explicit = f":{commit}" if explicit_commit else ""  # the revision is compiled in (LLAMA_BUILD_COMMIT)
+        fp = commit if identity.startswith("pinned:") else fingerprint(src) + explicit
         stamp = json.loads(stamp_path.read_text()) if stamp_path.exists() else None
         fresh = stamp is not None and stamp.get("fingerprint") == fp and not force
         missing_tools = [t for t in tools if not (bins / TOOLS[t][1]).exists()]
@@ -687,6 +696,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         description="Fetch, verify, build and cache libllama from the pinned llama.cpp.",
     )
     parser.add_argument("--source", type=Path, help="build this llama.cpp checkout instead of the pin")
+    parser.add_argument("--commit", help="the --source tree's llama.cpp revision (default: its git HEAD)")
     for name in BACKEND_FLAGS:
         parser.add_argument(f"--{name}", action="store_true", help=f"enable the {name.upper()} backend")
     parser.add_argument("--cmake-arg", action="append", default=[], metavar="X", help="extra CMake argument")
@@ -727,7 +737,17 @@ def main(argv: list[str] | None = None) -> int:
         backends = [name for name in BACKEND_FLAGS if getattr(opts, name)]
         tools = [t.strip() for t in opts.tools.split(",") if t.strip()]
         libraries = ["mtmd"] if opts.mtmd else []
-        libs = build(opts.source, backends, opts.cmake_arg, tools, opts.force, opts.jobs, not opts.no_build, libraries)
+        libs = build(
+            opts.source,
+            backends,
+            opts.cmake_arg,
+            tools,
+            opts.force,
+            opts.jobs,
+            allow_build=not opts.no_build,
+            libraries=libraries,
+            commit=opts.commit,
+        )
     except BuildError as exc:
         where = f" (log: {exc.log})" if exc.log else ""
         print(f"build_lib: error: {exc}{where}", file=sys.stderr)

@@ -79,6 +79,14 @@ def _build_lib(argv: list[str], install: bool) -> Path:
     return Path(proc.stdout.strip().splitlines()[-1]).resolve()
 
 
+def compile_bytecode() -> None:
+    """Write llamarcp's .pyc files first, as `pip install` does: with PYTHONDONTWRITEBYTECODE set (some CI and
+    container images set it) every timed import would otherwise compile the package from source again."""
+    proc = subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "llamarcp")], capture_output=True)
+    if proc.returncode != 0:
+        raise BenchmarkError(f"compileall llamarcp failed: {proc.stdout.decode()[-500:]}{proc.stderr.decode()[-500:]}")
+
+
 def lib_env(toolchain: Toolchain) -> dict[str, str]:
     """Environment that makes llamarcp load `lib_dir`'s libllama and llama-cpp-python `lcp_lib_dir`'s."""
     env = dict(os.environ)

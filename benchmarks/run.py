@@ -147,6 +147,7 @@ def gemma_model_path() -> Path:
 def measure_imports(toolchain: Toolchain, lcp_python: Path | None, reps: int) -> dict[str, Any]:
     """Wall time of whole `python -c ...` processes, interleaved; each compared with its interpreter's bare start."""
     env = contenders.lib_env(toolchain)
+    contenders.compile_bytecode()  # llama-cpp-python's venv got its .pyc files from pip
     snippets: list[tuple[str, str, str, Path, bool]] = [
         ("python -c pass", sys.executable, "pass", ROOT, True),
         ("from llamarcp import lib, ffi", sys.executable, "from llamarcp import lib, ffi", ROOT, False),

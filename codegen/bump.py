@@ -194,7 +194,11 @@ def step_build(bump: Bump, step: Step) -> None:
     import build_lib
 
     try:
-        bump.lib_dir = build_lib.build(None if bump.pinned else bump.source)
+        if bump.pinned:
+            bump.lib_dir = build_lib.build()
+        else:
+            known = bump.commit if bump.commit != "unknown" else None
+            bump.lib_dir = build_lib.build(bump.source, commit=known)
     except build_lib.BuildError as exc:
         raise RuntimeError(f"{exc}{f' (log: {exc.log})' if exc.log else ''}") from exc
     stamp_fp = None

@@ -133,6 +133,12 @@ def test_source_build_then_cache_hit_then_rebuild_on_change(fake_source: Path, c
     assert flagged.returncode == 0, flagged.stderr
     assert Path(flagged.stdout.strip().splitlines()[-1]) != lib_dir
 
+    named = run_build_lib("--source", str(fake_source), "--commit", "b99999", env=env)  # a tree without git metadata
+    assert named.returncode == 0, named.stderr
+    assert "configuring" in named.stderr  # the revision is compiled in: a new --commit is a new build
+    assert json.loads((lib_dir / _cache.STAMP_NAME).read_text())["commit"] == "b99999"
+    assert "up to date" in run_build_lib("--source", str(fake_source), "--commit", "b99999", env=env).stderr
+
     (fake_source / "src" / "llama.c").write_text("int llama_fake_answer(void) { return 7; }\n")
     third = run_build_lib("--source", str(fake_source), env=env)
     assert third.returncode == 0, third.stderr
@@ -172,6 +178,11 @@ def test_missing_cmake_is_a_clear_error(fake_source: Path, cache_dir: Path, tmp_
     )
     assert proc.returncode == 1
     assert "cmake not found" in proc.stderr
+
+
+def test_commit_without_source_is_refused(cache_dir: Path) -> None:
+    proc = run_build_lib("--commit", "abc", env={"LLAMARCP_CACHE_DIR": str(cache_dir)})
+    assert proc.returncode == 1 and "--commit names the revision of a --source tree" in proc.stderr
 
 
 def test_unknown_flag_and_unknown_tool_are_rejected(cache_dir: Path) -> None:
