@@ -336,8 +336,11 @@ class Batch(Managed):
     def _free(self, ptr: Any) -> None:
         self._lib.llama_batch_free(ptr)
 
-    def fill(self, tokens: Sequence[int], pos0: int, seq_id: int = 0, logits_last: bool = True) -> Any:
-        """Put `tokens` of one sequence at positions pos0.. into the batch; only the last one outputs logits."""
+    def fill(
+        self, tokens: Sequence[int], pos0: int, seq_id: int = 0, logits_last: bool = True, logits_all: bool = False
+    ) -> Any:
+        """Put `tokens` of one sequence at positions pos0.. into the batch; only the last one outputs logits
+        (every one with `logits_all`)."""
         batch = self.ptr
         n = len(tokens)
         if n > self.capacity:
@@ -348,7 +351,7 @@ class Batch(Managed):
         seq = batch.seq_id
         for i in range(n):
             seq[i][0] = seq_id
-        flags = bytearray(n)
+        flags = bytearray(b"\x01" * n if logits_all else n)
         if logits_last and n:
             flags[-1] = 1
         ffi.memmove(batch.logits, bytes(flags), n)

@@ -24,7 +24,7 @@ from llamarcp.errors import (
     check_decode,
 )
 from llamarcp.sampling import SamplerChain, SamplingParams, build_sampler_chain, grammar_sampler
-from llamarcp.token_picker import GrammarPicker, greedy_argmax, logits_view, logprob_info
+from llamarcp.token_picker import GrammarPicker, LogitsRows, greedy_argmax, logits_view, logprob_info
 
 __all__ = ["AbortState", "Engine", "Outcome", "Step", "context_params"]
 
@@ -82,6 +82,13 @@ class Engine:
         self.last_timings: dict[str, float] = {}
         #: Who last arranged the memory: "single" (this class, sequence 0) or the batching scheduler.
         self.owner = "single"
+        #: With `keep_all_logits()` (Llama(logits_all=True)): every evaluated position's logits.
+        self.kept_logits: LogitsRows | None = None
+
+    def keep_all_logits(self) -> None:
+        """From now on every decode outputs (and keeps) the logits of all its tokens, not just the last."""
+        if self.kept_logits is None:
+            self.kept_logits = LogitsRows(self.model.n_vocab, self.n_ctx)
 
     # -- abort ------------------------------------------------------------------------------------------------
 
@@ -126,6 +133,8 @@ class Engine:
         get_lib().llama_memory_clear(self.memory, True)
         self.input_ids = []
         self.owner = "single"
+        if self.kept_logits is not None:
+            self.kept_logits.keep_only(0)
 
     def claim(self, owner: str) -> bool:
         """Take the memory for `owner`; clears it (True) when someone else arranged it last."""
@@ -142,6 +151,8 @@ class Engine:
             lib.llama_memory_clear(self.memory, True)
             n_keep = 0
         del self.input_ids[n_keep:]
+        if self.kept_logits is not None:
+            self.kept_logits.keep_only(n_keep)
 
     def sync_history(self) -> None:
         """After an interruption: cut the history (and memory) to what the memory really holds."""
@@ -174,6 +185,8 @@ class Engine:
                 break
             n_common += 1
         n_common = min(n_common, len(tokens) - 1)
+        if self.kept_logits is not None:  # positions restored without their logits are decoded again
+            n_common = min(n_common, self.kept_logits.valid)
         n_swa = self.model.n_swa()
         if n_common > 0 and n_swa > 0:
             # A sliding-window cache may have dropped positions the reused prefix needs; then start over.
@@ -189,15 +202,17 @@ class Engine:
         self._set_abort_callback(True)
         try:
             pos = n_common
-            decode, ctx_ptr, batch = lib.llama_decode, self.ctx.ptr, self.batch
+            decode, ctx_ptr, batch, kept = lib.llama_decode, self.ctx.ptr, self.batch, self.kept_logits
             while pos < len(tokens):
                 chunk = tokens[pos : pos + self.n_batch]
-                rc = decode(ctx_ptr, batch.fill(chunk, pos, 0, logits_last=True))
+                rc = decode(ctx_ptr, batch.fill(chunk, pos, 0, logits_last=True, logits_all=kept is not None))
                 if rc != 0:
                     self.truncate(pos)
                     if rc == DECODE_ABORTED:
                         self.raise_if_aborted("prompt evaluation (llama_decode)")
                     check_decode(rc)
+                if kept is not None:
+                    kept.store(ctx_ptr, pos, len(chunk))
                 self.input_ids.extend(chunk)
                 pos += len(chunk)
                 n_done += len(chunk)
@@ -228,6 +243,8 @@ class Engine:
             if rc != 0:
                 self.truncate(start)
                 check_decode(rc)
+            if self.kept_logits is not None:
+                self.kept_logits.store(self.ctx.ptr, start, len(chunk))
             self.input_ids.extend(chunk)
             for i in range(len(chunk)):
                 if start + i + 1 < len(tokens):
@@ -286,7 +303,8 @@ class Engine:
             picker = self._grammar_picker if grammar is not None else None
             wants_scores = logits_processor is not None or stopping_criteria is not None or logprobs is not None
             outcome["finish_reason"] = "length"
-            if draft_model is not None and greedy is not None and not wants_scores:
+            kept = self.kept_logits
+            if draft_model is not None and greedy is not None and not wants_scores and kept is None:
                 from llamarcp.draft_decoding import greedy_with_drafts
 
                 for drafted_step in greedy_with_drafts(self, draft_model, limit, outcome):
@@ -337,6 +355,8 @@ class Engine:
                     if rc == DECODE_NO_KV_SLOT:
                         break  # context full: stop like running out of room
                     check_decode(rc)
+                if kept is not None:
+                    kept.store(ctx_ptr, len(input_ids) - 1, 1)
         except BaseException:
             # Interrupted between C calls (Ctrl-C) or the consumer stopped: keep memory == history.
             self.sync_history()

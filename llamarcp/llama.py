@@ -145,6 +145,8 @@ class Llama(ModelFacts, LlamaCppApiMixin):
         if not isinstance(n_parallel, int) or isinstance(n_parallel, bool) or not 1 <= n_parallel <= MAX_PARALLEL:
             raise ValueError(f"n_parallel must be an int in 1..{MAX_PARALLEL}, got {n_parallel!r}")
         self.n_parallel = n_parallel
+        if logits_all and n_parallel > 1:
+            raise ValueError("logits_all=True keeps one sequence's logits per position: it needs n_parallel=1")
         self.verbose = verbose
         if verbose:
             _backend.set_verbose(True)
@@ -185,6 +187,8 @@ class Llama(ModelFacts, LlamaCppApiMixin):
             )
             if n_parallel > 1:
                 self._scheduler = Scheduler(self._engine, self._turns, n_parallel)
+            if logits_all and not self.embedding:  # an embedding context outputs embeddings, not logits
+                self._engine.keep_all_logits()
             if lora_path is not None:
                 self._lora = loading.apply_lora(self._model, self._engine, lora_path, lora_scale)
         except BaseException:

@@ -40,6 +40,8 @@ class LlamaState:
     llama_state: bytes
     n_ctx: int
     seed: int
+    #: With `Llama(logits_all=True)`: the (n_tokens, n_vocab) logits of every position (llama-cpp-python's too).
+    scores: Any = None
 
     @property
     def n_tokens(self) -> int:
@@ -60,7 +62,9 @@ def save(engine: Engine, seed: int) -> LlamaState:
     written = int(lib.llama_state_get_data(ptr, buf, size))
     if written <= 0:
         raise StateError("llama_state_get_data wrote nothing")
-    return LlamaState(list(engine.input_ids), ffi.buffer(buf, written)[:], engine.n_ctx, seed)
+    kept = engine.kept_logits
+    scores = kept.rows(len(engine.input_ids)) if kept is not None else None
+    return LlamaState(list(engine.input_ids), ffi.buffer(buf, written)[:], engine.n_ctx, seed, scores)
 
 
 def load(engine: Engine, state: LlamaState) -> None:
@@ -78,7 +82,7 @@ def load(engine: Engine, state: LlamaState) -> None:
     if read == 0:
         engine.clear()
         raise StateError(f"llama.cpp could not restore the state{log.reason(2)}")
-    _adopt(engine, tokens, "the state")
+    _adopt(engine, tokens, "the state", state.scores)
 
 
 def save_file(engine: Engine, path: str | os.PathLike[str]) -> None:
@@ -153,16 +157,28 @@ def _check_tokens(engine: Engine, tokens: list[int], what: str) -> None:
         raise StateError(f"{what} holds {len(tokens)} tokens; this context has room for {engine.n_ctx}")
 
 
-def _adopt(engine: Engine, tokens: list[int], what: str) -> None:
-    """Take over the restored history once the memory is seen to hold exactly those tokens."""
-    if engine.memory == ffi.NULL:  # an encoder without KV memory: nothing to compare
-        engine.input_ids = tokens
-        return
-    n_mem = int(get_lib().llama_memory_seq_pos_max(engine.memory, 0)) + 1
-    if tokens and n_mem != len(tokens):
-        engine.clear()
-        raise StateError(f"{what} is inconsistent: {len(tokens)} tokens, but the memory holds {n_mem} positions")
+def _adopt(engine: Engine, tokens: list[int], what: str, scores: Any = None) -> None:
+    """Take over the restored history once the memory is seen to hold exactly those tokens (and, with
+    logits_all, the per-position logits saved with them; without, those positions are decoded again when
+    logits are asked for)."""
+    if engine.memory != ffi.NULL:  # an encoder without KV memory: nothing to compare
+        n_mem = int(get_lib().llama_memory_seq_pos_max(engine.memory, 0)) + 1
+        if tokens and n_mem != len(tokens):
+            engine.clear()
+            raise StateError(f"{what} is inconsistent: {len(tokens)} tokens, but the memory holds {n_mem} positions")
     engine.input_ids = tokens
+    kept = engine.kept_logits
+    if kept is None:
+        return
+    kept.keep_only(0)
+    if scores is not None:
+        try:
+            if len(scores) != len(tokens):
+                raise ValueError(f"{len(scores)} rows of logits for {len(tokens)} tokens")
+            kept.put(scores)
+        except (TypeError, ValueError) as exc:
+            engine.clear()
+            raise StateError(f"{what} has unusable logits: {exc}") from exc
 
 
 def _check_sidecar(engine: Engine, source: Path) -> None:

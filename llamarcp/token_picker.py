@@ -4,6 +4,7 @@
 - `GrammarPicker`: llama.cpp's common-sampler strategy for grammars (check only the chain's pick against the
   grammar; constrain the whole vocab only when the grammar rejects it).
 - `logits_view` / `logprob_info`: what logits processors, stopping criteria and logprobs are given.
+- `LogitsRows`: every evaluated position's logits, kept for `Llama(logits_all=True)` (llama-cpp-python's `scores`).
 Both pickers give exactly the token llama.cpp's own samplers would; they only skip work.
 """
 
@@ -17,7 +18,7 @@ from llamarcp._backend import get_lib
 from llamarcp._generated._llama_ffi import ffi
 from llamarcp.errors import GrammarError, LlamaError
 
-__all__ = ["GrammarPicker", "greedy_argmax", "logits_view", "logprob_info"]
+__all__ = ["GrammarPicker", "LogitsRows", "greedy_argmax", "logits_view", "logprob_info"]
 
 
 def logits_view(ctx_ptr: Any, n_vocab: int, index: int = -1) -> Any:
@@ -31,6 +32,66 @@ def logits_view(ctx_ptr: Any, n_vocab: int, index: int = -1) -> Any:
     if ptr == ffi.NULL:
         raise LlamaError("no logits available (nothing decoded yet?)")
     return np.frombuffer(ffi.buffer(ptr, 4 * n_vocab), dtype=np.float32)
+
+
+class LogitsRows:
+    """The logits of every evaluated position, by position (row p scores the token after position p).
+
+    Filled after each decode whose tokens all output logits; grows as positions are reached (llama-cpp-python
+    allocates n_ctx rows up front: with a 262k vocab that is 1 MiB per position either way)."""
+
+    def __init__(self, n_vocab: int, n_ctx: int) -> None:
+        try:
+            import numpy as np
+        except ImportError as exc:  # pragma: no cover - numpy is a test dependency
+            raise LlamaError("logits_all=True needs numpy (pip install numpy)") from exc
+        self._np = np
+        self.n_vocab, self.n_ctx = n_vocab, n_ctx
+        self._rows = np.zeros((0, n_vocab), dtype=np.float32)
+        self.last_decode = (0, 0)  # (first position, count) of the rows the last decode output
+        self.valid = 0  # rows 0..valid-1 belong to the tokens the context holds
+
+    def store(self, ctx_ptr: Any, pos0: int, n: int) -> None:
+        """Copy the `n` output rows of the last decode (positions pos0..pos0+n-1, every token an output)."""
+        ptr = get_lib().llama_get_logits(ctx_ptr)
+        if ptr == ffi.NULL:
+            raise LlamaError("no logits available after a decode (was it an embedding context?)")
+        self._reserve(pos0 + n)
+        flat = self._np.frombuffer(ffi.buffer(ptr, 4 * n * self.n_vocab), dtype=self._np.float32)
+        self._rows[pos0 : pos0 + n] = flat.reshape(n, self.n_vocab)
+        self.last_decode = (pos0, n)
+        if pos0 <= self.valid:
+            self.valid = pos0 + n
+
+    def _reserve(self, need: int) -> None:
+        if need > len(self._rows):
+            size = min(self.n_ctx, max(need, 2 * len(self._rows), 16))
+            grown = self._np.zeros((size, self.n_vocab), self._rows.dtype)
+            grown[: len(self._rows)] = self._rows
+            self._rows = grown
+
+    def keep_only(self, n_keep: int) -> None:
+        """The context now holds only its first `n_keep` tokens (later rows are stale)."""
+        self.valid = min(self.valid, n_keep)
+        if self.last_decode[0] + self.last_decode[1] > n_keep:
+            self.last_decode = (0, 0)
+
+    def put(self, rows: Any) -> None:
+        """Take rows restored with a state snapshot (positions 0..len(rows)-1)."""
+        rows = self._np.asarray(rows, dtype=self._np.float32)
+        if rows.ndim != 2 or rows.shape[1] != self.n_vocab:
+            raise ValueError(f"restored logits have shape {rows.shape}, expected (n, {self.n_vocab})")
+        self._reserve(len(rows))
+        self._rows[: len(rows)] = rows
+        self.valid, self.last_decode = len(rows), (0, 0)
+
+    def rows(self, n_tokens: int) -> Any:
+        """A copy of the rows of positions 0..n_tokens-1, shape (n_tokens, n_vocab); rows no decode has filled
+        since the context was restored without logits are NaN."""
+        out = self._np.full((n_tokens, self.n_vocab), self._np.nan, dtype=self._np.float32)
+        n_known = min(self.valid, n_tokens)
+        out[:n_known] = self._rows[:n_known]
+        return out
 
 
 def greedy_argmax(np: Any, ctx_ptr: Any, n_vocab: int) -> Callable[[], int]:

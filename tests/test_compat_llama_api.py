@@ -72,8 +72,83 @@ def test_sample_greedy_is_the_argmax_and_does_not_advance(llm: Llama) -> None:
     assert token == int(np.argmax(llm.scores[-1]))
     assert llm.n_tokens == n
     assert llm.sample(temp=0.0, idx=n - 1) == token
-    with pytest.raises(ValueError, match="only for the last"):
+    with pytest.raises(ValueError, match="only the last evaluated token .* without logits_all=True"):
         llm.sample(idx=0)
+
+
+# -- logits_all=True: one row of logits per position, as llama-cpp-python keeps them --------------------------
+
+
+@pytest.fixture()
+def llm_all(tiny_model_path: Path) -> Iterator[Llama]:
+    with Llama(str(tiny_model_path), n_ctx=256, n_batch=8, n_threads=1, seed=42, logits_all=True) as model:
+        yield model
+
+
+def test_logits_all_keeps_a_row_per_position_equal_to_last_token_logits(llm: Llama, llm_all: Llama) -> None:
+    tokens = llm.tokenize(b"The quick brown fox jumps over the lazy dog and runs")  # over n_batch=8: 2 chunks
+    llm_all.eval(tokens)
+    scores = llm_all.scores
+    assert scores.shape == (len(tokens), llm_all.n_vocab) and scores.dtype == np.single
+    assert np.array_equal(llm_all._scores, scores) and len(llm_all.eval_logits) == len(tokens)
+    for n in (1, 5, len(tokens)):  # row n-1 is what a context holding tokens[:n] predicts next
+        llm.reset()
+        llm.eval(tokens[:n])
+        assert np.allclose(scores[n - 1], llm.scores[-1], atol=1e-4), n
+    assert np.array_equal(scores[-1], llm_all._engine.logits())
+
+
+def test_logits_all_rows_follow_generation_and_reuse(llm_all: Llama) -> None:
+    prompt = llm_all.tokenize(PROMPT.encode())
+    out = llm_all.create_completion(PROMPT, max_tokens=6, temperature=0.0)
+    assert out["usage"]["completion_tokens"] == 6
+    history = llm_all.input_ids.tolist()
+    scores = llm_all.scores
+    assert scores.shape == (len(history), llm_all.n_vocab) and history[: len(prompt)] == prompt
+    for pos in range(len(prompt) - 1, len(history) - 1):  # greedy: each generated token is its row's argmax
+        assert int(np.argmax(scores[pos])) == history[pos + 1], pos
+    before = scores.copy()
+    llm_all.create_completion(PROMPT, max_tokens=2, temperature=0.0)  # the prompt's prefix is reused...
+    n_reused = len(prompt) - 1  # ...and its last token decoded again (alone: rounding may differ slightly)
+    assert np.array_equal(llm_all.scores[:n_reused], before[:n_reused])
+    assert np.allclose(llm_all.scores[n_reused], before[n_reused], atol=1e-4)
+
+
+def test_logits_all_sample_takes_any_position_of_the_last_eval(llm_all: Llama) -> None:
+    tokens = llm_all.tokenize(PROMPT.encode())
+    llm_all.eval(tokens)  # one chunk: every position is an output row of this decode
+    scores = llm_all.scores
+    for idx in range(len(tokens)):
+        assert llm_all.sample(temp=0.0, idx=idx) == int(np.argmax(scores[idx])), idx
+    with pytest.raises(ValueError, match=rf"positions 0\.\.{len(tokens) - 1} \(the last eval\)"):
+        llm_all.sample(idx=len(tokens))
+
+
+def test_logits_all_state_round_trip_and_session_files(llm_all: Llama, tmp_path: Path) -> None:
+    tokens = llm_all.tokenize(PROMPT.encode())
+    llm_all.eval(tokens)
+    state = llm_all.save_state()
+    assert state.scores is not None and np.array_equal(state.scores, llm_all.scores)
+    expected = llm_all.scores
+    llm_all.reset()
+    llm_all.eval(llm_all.tokenize(b"something else entirely"))
+    llm_all.load_state(state)
+    assert np.array_equal(llm_all.scores, expected)
+    # A session file holds no logits: restored positions read NaN until decoded again, which eval then does.
+    path = tmp_path / "s.bin"
+    llm_all.save_state_file(path)
+    llm_all.reset()
+    llm_all.load_state_file(path)
+    assert llm_all.input_ids.tolist() == tokens and np.isnan(llm_all.scores).all()
+    llm_all.eval([])  # nothing new: the rows stay unknown
+    llm_all.reset()
+    llm_all.eval(tokens)
+    assert np.allclose(llm_all.scores, expected, atol=1e-4) and not np.isnan(llm_all.scores).any()
+
+
+def test_logits_all_needs_one_sequence(tiny_model_path: Path) -> None:
+    with pytest.raises(ValueError, match="logits_all=True .* needs n_parallel=1"):
+        Llama(str(tiny_model_path), n_ctx=256, logits_all=True, n_parallel=2)
 
 
 def test_sample_applies_a_logits_processor(llm: Llama) -> None:

@@ -4,11 +4,11 @@ Everything here is expressed with llamarcp's own API (`self._model`, `self._engi
 facade, its public methods, and `self._init_args`, the constructor's keyword arguments); nothing else in
 llamarcp depends on it.
 
-Differences from llama-cpp-python that follow from llamarcp's design (llama.cpp keeps logits only for the
-last position, llamarcp samples inside llama.cpp's sampler chain):
-- `scores` / `eval_logits` hold one row, the logits of the last evaluated token (llama-cpp-python with its
-  default `logits_all=False` has no more than that either);
-- `sample(idx=...)` can only sample that last position.
+Logits: with `Llama(logits_all=True)` every decode outputs the logits of all its tokens and `scores` /
+`_scores` / `eval_logits` hold one row per token the context holds (row i scores the token after position i),
+as in llama-cpp-python; `sample(idx=...)` samples any position of the last `eval`. With the default
+`logits_all=False` they hold one row, the last evaluated token's (llama-cpp-python leaves its `scores`
+unwritten then), and `sample` only samples that last position.
 """
 
 from __future__ import annotations
@@ -22,6 +22,22 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["LlamaCppApiMixin", "MinTokensLogitsProcessor"]
+
+
+def _output_row(engine: Any, idx: int | None, n_tokens: int) -> int:
+    """The last decode's output row for llama-cpp-python's `sample(idx=...)` (a position; None/-1: the last)."""
+    if idx is None or idx in (-1, n_tokens - 1):
+        return -1
+    kept = engine.kept_logits
+    first, count = kept.last_decode if kept is not None else (n_tokens - 1, 1)
+    if not isinstance(idx, int) or not first <= idx < first + count:
+        where = (
+            f"positions {first}..{first + count - 1} (the last eval)"
+            if kept is not None and count
+            else f"only the last evaluated token ({n_tokens - 1}) without logits_all=True"
+        )
+        raise ValueError(f"idx={idx!r}: can sample {where}")
+    return idx - first
 
 
 def _init_arg(name: str, default: Any = None) -> Any:
@@ -148,12 +164,16 @@ class LlamaCppApiMixin:
 
     @property
     def scores(self) -> Any:
-        """Logits as a `(1, n_vocab)` float32 array: the row of the last evaluated token (a copy)."""
+        """Logits as a float32 array (a copy): `(n_tokens, n_vocab)` with `logits_all=True`, else `(1, n_vocab)`,
+        the row of the last evaluated token."""
         import numpy as np
 
         if not self._history:
             return np.zeros((0, int(self.n_vocab)), dtype=np.single)  # type: ignore[attr-defined]
-        return np.array(self._engine_or_raise().logits(), dtype=np.single).reshape(1, -1)  # type: ignore[attr-defined]
+        engine = self._engine_or_raise()  # type: ignore[attr-defined]
+        if engine.kept_logits is not None:
+            return engine.kept_logits.rows(len(self._history))
+        return np.array(engine.logits(), dtype=np.single).reshape(1, -1)
 
     @property
     def _scores(self) -> Any:
@@ -161,7 +181,7 @@ class LlamaCppApiMixin:
 
     @property
     def eval_logits(self) -> deque[list[float]]:
-        return deque(self.scores.tolist(), maxlen=1)
+        return deque(self.scores.tolist(), maxlen=int(self.n_ctx) if self.logits_all else 1)  # type: ignore[attr-defined]
 
     @staticmethod
     def logits_to_logprobs(logits: Any, axis: int = -1) -> Any:
@@ -213,10 +233,7 @@ class LlamaCppApiMixin:
             n_tokens = len(self._history)
             if n_tokens == 0:
                 raise LlamaError("nothing to sample from: evaluate some tokens first (eval)")
-            if idx is not None and idx not in (-1, n_tokens - 1):
-                raise ValueError(
-                    f"idx={idx}: llamarcp keeps logits only for the last evaluated token (idx {n_tokens - 1})"
-                )
+            row = _output_row(engine, idx, n_tokens)
             params = SamplingParams(
                 temperature=temp,
                 top_k=top_k,
@@ -237,11 +254,13 @@ class LlamaCppApiMixin:
             if processor is not None:
                 import numpy as np
 
-                logits = engine.logits()
+                from llamarcp.token_picker import logits_view
+
+                logits = logits_view(engine.ctx.ptr, int(self.n_vocab), row)  # type: ignore[attr-defined]
                 logits[:] = processor(np.asarray(self._history, dtype=np.intc), logits)
             chain = build_sampler_chain(self._model, params, history=self._history)
             try:
-                return chain.sample(engine.ctx.ptr, -1)
+                return chain.sample(engine.ctx.ptr, row)
             finally:
                 chain.close()
 
