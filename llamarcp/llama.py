@@ -52,6 +52,10 @@ __all__ = [
 #: llama.h's LLAMA_POOLING_TYPE_UNSPECIFIED (a default argument, so read from the generated declarations).
 _POOLING_UNSPECIFIED: int = ffi.integer_const("LLAMA_POOLING_TYPE_UNSPECIFIED")
 
+#: Keywords llama-cpp-python dropped long ago (f16_kv, n_parts) or that LangChain's integration passes to every
+#: Llama it makes (device): accepted without a word, as llama-cpp-python does; other unknown keywords warn.
+_SWALLOWED_KEYWORDS = frozenset({"f16_kv", "n_parts", "device"})
+
 #: The most sequences one context decodes together (`n_parallel`); llama.cpp's own limit is 256.
 MAX_PARALLEL = 64
 
@@ -132,8 +136,9 @@ class Llama(ModelFacts, LlamaCppApiMixin):
         with TypeError when `strict=True`."""
         self._init_args: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "kwargs")}
         self._init_args.update(kwargs)
-        if kwargs:
-            listed = ", ".join(sorted(kwargs))
+        unknown = sorted(set(kwargs) - _SWALLOWED_KEYWORDS)
+        if unknown:
+            listed = ", ".join(unknown)
             if strict:
                 raise TypeError(f"Llama() got unexpected keyword argument(s): {listed}")
             warnings.warn(f"Llama(): ignoring {listed} (not used by llamarcp)", stacklevel=2)

@@ -81,9 +81,15 @@ def test_empty_and_header_only_files(tiny_model_path: Path, tmp_path: Path) -> N
 
 
 def test_unknown_keywords_warn_like_llama_cpp_python_or_fail_when_strict(tiny_model_path: Path) -> None:
-    """llama-cpp-python swallows unknown keywords (LangChain passes n_parts, f16_kv, ...): one warning here."""
-    with pytest.warns(UserWarning, match="ignoring f16_kv, n_parts"):
-        Llama(str(tiny_model_path), n_ctx=64, n_parts=-1, f16_kv=True).close()
+    """llama-cpp-python swallows unknown keywords: one warning here (none for the obsolete ones LangChain passes
+    to every model, n_parts, f16_kv and device), a TypeError with strict=True."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Llama(str(tiny_model_path), n_ctx=64, n_parts=-1, f16_kv=True, device="cpu").close()
+    with pytest.warns(UserWarning, match=r"ignoring n_ctxx \(not used by llamarcp\)"):
+        Llama(str(tiny_model_path), n_ctx=64, n_ctxx=64, f16_kv=True).close()
     with pytest.raises(TypeError, match="n_ctxx"):
         Llama(str(tiny_model_path), n_ctxx=64, strict=True)
 
