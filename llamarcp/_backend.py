@@ -16,7 +16,7 @@ import contextlib
 import logging
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the generated Protocol: mypy checks every lib.* call of the package against llama.h
@@ -110,16 +110,31 @@ def _shutdown(lib: Any, ffi: Any) -> None:
         lib.llama_log_set(ffi.NULL, ffi.NULL)
 
 
+#: A callable (level, raw bytes) that replaces the `logging` output (llama-cpp-python's `llama_log_set`); the
+#: capture of warning/error reasons goes on regardless. Guarded by _log_lock.
+_log_hook: list[Callable[[int, bytes], None] | None] = [None]
+
+
+def set_log_hook(hook: Callable[[int, bytes], None] | None) -> None:
+    """Send every piece llama.cpp logs to `hook(level, text)` instead of the `llamarcp.llama_cpp` logger (None:
+    back to the logger). Exceptions the hook raises are dropped: nothing may propagate into C."""
+    ensure_backend()
+    with _log_lock:
+        _log_hook[0] = hook
+
+
 def _on_log(level: int, text: Any, _user_data: Any) -> None:
     from llamarcp._generated._llama_ffi import ffi
 
     try:
-        message = ffi.string(text).decode("utf-8", errors="replace") if text != ffi.NULL else ""
+        raw = ffi.string(text) if text != ffi.NULL else b""
+        message = raw.decode("utf-8", errors="replace")
     except Exception:
         return
     thread = threading.get_ident()
     finished: list[tuple[int, str]] = []
     with _log_lock:
+        hook = _log_hook[0]
         pending = _pending.get(thread)
         if level != _cont_level[0] or pending is None:
             if pending is not None:
@@ -132,6 +147,10 @@ def _on_log(level: int, text: Any, _user_data: Any) -> None:
             del _pending[thread]
         for log_level, line in finished:
             _record(thread, log_level, line)
+    if hook is not None:
+        with contextlib.suppress(Exception):
+            hook(level, raw)
+        return
     for log_level, line in finished:  # logging handlers run outside the lock (they may log themselves)
         _emit(log_level, line)
 

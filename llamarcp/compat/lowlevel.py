@@ -7,9 +7,48 @@ objects, and structs come back as cdata with the same field names.
 
 from __future__ import annotations
 
+import ctypes
 from typing import Any
 
 __all__: list[str] = []  # `from llama_cpp.llama_cpp import *` exports nothing: the names are resolved lazily
+
+#: llama-cpp-python's ctypes names for llama.h's integer typedefs (code builds arrays with them).
+llama_token = ctypes.c_int32
+llama_pos = ctypes.c_int32
+llama_seq_id = ctypes.c_int32
+#: `ggml_log_callback` as a ctypes function type, llama-cpp-python's name: `llama_log_set` below takes one.
+llama_log_callback = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+
+
+def llama_log_set(log_callback: Any, user_data: Any = None) -> None:
+    """Send llama.cpp's log to `log_callback(level, text, user_data)`: a ctypes `llama_log_callback` (the usual
+    way to silence llama.cpp from llama-cpp-python code), a cffi callback or any Python callable; None (or a
+    NULL pointer) goes back to llamarcp's default, the `llamarcp.llama_cpp` logger. llamarcp keeps quoting
+    llama.cpp's error lines in its exceptions either way."""
+    from llamarcp import _backend
+    from llamarcp._generated._llama_ffi import ffi
+
+    if log_callback is None or log_callback is ffi.NULL or _is_null_function(log_callback):
+        _backend.set_log_hook(None)
+        return
+    if isinstance(log_callback, ffi.CData):
+        data = ffi.NULL if user_data is None else user_data
+        c_function: Any = log_callback
+
+        def via_cffi(level: int, text: bytes) -> None:
+            c_function(level, ffi.new("char[]", text), data)
+
+        _backend.set_log_hook(via_cffi)
+        return
+    if not callable(log_callback):
+        raise TypeError(f"llama_log_set expects a log callback or None, got {type(log_callback).__name__}")
+    _backend.set_log_hook(lambda level, text: log_callback(level, text, user_data))
+
+
+def _is_null_function(value: Any) -> bool:
+    """A ctypes function pointer to address 0 (`llama_log_callback()` or `llama_log_callback(0)`)."""
+    is_function_pointer = isinstance(value, llama_log_callback.__mro__[1])  # ctypes' base of every CFUNCTYPE
+    return is_function_pointer and not ctypes.cast(value, ctypes.c_void_p).value
 
 
 def llama_backend_init() -> None:
