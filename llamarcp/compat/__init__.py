@@ -15,7 +15,8 @@ llamarcp unchanged. PyMySQL's `install_as_MySQLdb()` is the precedent.
 | `llama_cpp.llama_speculative` | `llamarcp.compat.speculative`          |
 | `llama_cpp.llama_tokenizer` | `llamarcp.compat.tokenizer`              |
 | `llama_cpp.llama_chat_format` | `llamarcp.compat.chat_format`          |
-| `llama_cpp.server[.app]`    | `llamarcp.server[.app]` (llamarcp's own server API) |
+| `llama_cpp.server[.app]`    | `llamarcp.server[.app]` (`create_app` also takes llama-cpp-python's settings) |
+| `llama_cpp.server.settings` | `llamarcp.server.compat_settings` (its ModelSettings, ServerSettings, ...) |
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ LLAMA_CPP_MODULES: dict[str, str] = {
     "llama_cpp.llama_chat_format": "llamarcp.compat.chat_format",
     "llama_cpp.server": "llamarcp.server",
     "llama_cpp.server.app": "llamarcp.server.app",
+    "llama_cpp.server.settings": "llamarcp.server.compat_settings",
 }
 
 

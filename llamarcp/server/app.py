@@ -77,9 +77,23 @@ class ServerState:
         self.pool.close()
 
 
-def create_app(settings: ServerSettings, llama: Any = None) -> FastAPI:
+def create_app(
+    settings: Any = None, llama: Any = None, *, server_settings: Any = None, model_settings: Any = None
+) -> FastAPI:
     """The FastAPI app. Pass `llama` to serve an already loaded `Llama` as the default model (the caller keeps
-    ownership; its `n_parallel` sets how many requests run at once)."""
+    ownership; its `n_parallel` sets how many requests run at once).
+
+    `settings` is llamarcp's `ServerSettings`, or llama-cpp-python's call is taken as it is: `create_app(settings=
+    Settings(...))` or `create_app(server_settings=ServerSettings(...), model_settings=[ModelSettings(...)])`
+    with the classes of `llama_cpp.server.settings` (llamarcp.server.compat_settings)."""
+    if not isinstance(settings, ServerSettings):
+        from llamarcp.server.compat_settings import to_server_settings
+
+        if settings is None and server_settings is None and model_settings is None:
+            raise TypeError("create_app needs settings (a ServerSettings) or llama-cpp-python's model_settings")
+        settings = to_server_settings(settings, server_settings, model_settings)
+    elif server_settings is not None or model_settings is not None:
+        raise TypeError("create_app: server_settings/model_settings are llama-cpp-python's; not with settings")
     state = ServerState(settings, llama)
     pool = state.pool
 
