@@ -83,7 +83,8 @@ class LogitsRows:
             raise ValueError(f"restored logits have shape {rows.shape}, expected (n, {self.n_vocab})")
         self._reserve(len(rows))
         self._rows[: len(rows)] = rows
-        self.valid, self.last_decode = len(rows), (0, 0)
+        unknown = self._np.flatnonzero(self._np.isnan(rows).any(axis=1))  # saved while they were not known
+        self.valid, self.last_decode = (int(unknown[0]) if len(unknown) else len(rows)), (0, 0)
 
     def rows(self, n_tokens: int) -> Any:
         """A copy of the rows of positions 0..n_tokens-1, shape (n_tokens, n_vocab); rows no decode has filled

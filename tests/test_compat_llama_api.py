@@ -141,6 +141,9 @@ def test_logits_all_state_round_trip_and_session_files(llm_all: Llama, tmp_path:
     llm_all.load_state_file(path)
     assert llm_all.input_ids.tolist() == tokens and np.isnan(llm_all.scores).all()
     llm_all.eval([])  # nothing new: the rows stay unknown
+    unknown = llm_all.save_state()  # ...also through a snapshot taken now
+    llm_all.load_state(unknown)
+    assert np.isnan(llm_all.scores).all()
     llm_all.reset()
     llm_all.eval(tokens)
     assert np.allclose(llm_all.scores, expected, atol=1e-4) and not np.isnan(llm_all.scores).any()
