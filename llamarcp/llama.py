@@ -315,7 +315,8 @@ class Llama(ModelFacts, LlamaCppApiMixin):
         unknown = set(obsolete) - _GENERATE_OBSOLETE
         if unknown:
             raise TypeError(f"generate() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
-        params = SamplingParams(
+        params = self._sampling_params(
+            seed,
             temperature=temp,
             top_k=top_k,
             top_p=top_p,
@@ -324,8 +325,6 @@ class Llama(ModelFacts, LlamaCppApiMixin):
             repeat_penalty=repeat_penalty,
             frequency_penalty=frequency_penalty,
             presence_penalty=presence_penalty,
-            penalty_last_n=self.last_n_tokens_size,
-            seed=self._effective_seed(seed),
             grammar=grammar,
             logit_bias=logit_bias,
             mirostat_mode=mirostat_mode,
@@ -341,6 +340,13 @@ class Llama(ModelFacts, LlamaCppApiMixin):
     ) -> Iterator[int]:
         for token, _piece, _lp in self._generate(tokens, params, None, None, processor, criteria):
             yield token
+
+    def _sampling_params(self, seed: int | None = None, **knobs: Any) -> SamplingParams:
+        """One call's sampling knobs with this model's penalty window and seed (None: the model's), checked
+        (TypeError/ValueError naming the knob) before llama.cpp sees them. Every sampling entry point uses it."""
+        params = SamplingParams(penalty_last_n=self.last_n_tokens_size, seed=self._effective_seed(seed), **knobs)
+        params.validate(self._model.n_vocab)
+        return params
 
     def _effective_seed(self, seed: int | None) -> int:
         if seed is None or check_seed(seed) < 0:

@@ -146,7 +146,8 @@ def prepare(
     if len(tokens) >= n_ctx:
         raise PromptTooLongError(len(tokens), n_ctx)
     bias = {int(k): float(v) for k, v in logit_bias.items()} if logit_bias else None
-    params = SamplingParams(
+    params = llm._sampling_params(
+        seed,
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,
@@ -155,15 +156,12 @@ def prepare(
         repeat_penalty=repeat_penalty,
         frequency_penalty=frequency_penalty,
         presence_penalty=presence_penalty,
-        penalty_last_n=llm.last_n_tokens_size,
-        seed=llm._effective_seed(seed),
         grammar=grammar,
         logit_bias=bias,
         mirostat_mode=mirostat_mode,
         mirostat_tau=mirostat_tau,
         mirostat_eta=mirostat_eta,
     )
-    params.validate(llm._model.n_vocab)
     if grammar is not None:  # parse now so a bad grammar fails at the call, also when streaming
         grammar_sampler(llm._model, grammar).close()
     return CompletionRequest(

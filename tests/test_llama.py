@@ -573,6 +573,23 @@ def test_generate_yields_the_completion_tokens(tiny_llama: Llama) -> None:
     assert tiny_llama.input_ids[: len(prompt)].tolist() == prompt
 
 
+@pytest.mark.parametrize(
+    ("knobs", "fragment"),
+    [({"top_p": 2.0}, "top_p"), ({"temp": float("nan")}, "temperature"), ({"repeat_penalty": 0.0}, "repeat_penalty"),
+     ({"logit_bias": {10**9: 1.0}}, "logit_bias token"), ({"seed": "x"}, "seed")],
+)  # fmt: skip
+def test_generate_checks_its_sampling_knobs_at_the_call(tiny_llama: Llama, knobs: dict, fragment: str) -> None:
+    """generate() and sample() build their knobs like create_completion: bad values fail before llama.cpp."""
+    prompt = tiny_llama.tokenize(PROMPT.encode())
+    with pytest.raises((TypeError, ValueError), match=fragment):
+        tiny_llama.generate(prompt, **knobs)
+    if "logit_bias" not in knobs and "seed" not in knobs:
+        tiny_llama.eval(prompt)
+        with pytest.raises((TypeError, ValueError), match=fragment):
+            tiny_llama.sample(**knobs)
+        tiny_llama.reset()
+
+
 def test_set_seed(tiny_llama: Llama) -> None:
     tiny_llama.set_seed(77)
     a = text_of(tiny_llama(PROMPT, max_tokens=12))

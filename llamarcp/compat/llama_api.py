@@ -226,7 +226,7 @@ class LlamaCppApiMixin:
         """Sample one token from the logits of the last evaluated token (after `eval`), with the given settings;
         the context is not advanced. `temp=0` is greedy; penalties look at the tokens the context holds."""
         from llamarcp.errors import LlamaError
-        from llamarcp.sampling import SamplingParams, as_logits_processor, build_sampler_chain
+        from llamarcp.sampling import as_logits_processor, build_sampler_chain
 
         with self._turns.exclusive():
             engine = self._engine_or_raise()  # type: ignore[attr-defined]
@@ -234,7 +234,8 @@ class LlamaCppApiMixin:
             if n_tokens == 0:
                 raise LlamaError("nothing to sample from: evaluate some tokens first (eval)")
             row = _output_row(engine, idx, n_tokens)
-            params = SamplingParams(
+            params = self._sampling_params(  # type: ignore[attr-defined]
+                None,
                 temperature=temp,
                 top_k=top_k,
                 top_p=top_p,
@@ -243,8 +244,6 @@ class LlamaCppApiMixin:
                 repeat_penalty=repeat_penalty,
                 frequency_penalty=frequency_penalty,
                 presence_penalty=presence_penalty,
-                penalty_last_n=int(getattr(self, "last_n_tokens_size", 64)),
-                seed=int(self._seed),  # type: ignore[attr-defined]
                 grammar=grammar,
                 mirostat_mode=mirostat_mode,
                 mirostat_tau=mirostat_tau,
