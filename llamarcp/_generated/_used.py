@@ -37,6 +37,7 @@ USED_FUNCTIONS: tuple[str, ...] = (
     "llama_free",
     "llama_get_embeddings_ith",
     "llama_get_embeddings_seq",
+    "llama_get_logits",
     "llama_get_logits_ith",
     "llama_get_memory",
     "llama_init_from_model",
