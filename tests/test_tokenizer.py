@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from llamarcp import Llama
@@ -100,12 +101,18 @@ def test_vocab_only_load(vocab: str) -> None:
 
 @pytest.mark.parametrize("vocab", ["ggml-vocab-llama-spm.gguf", "ggml-vocab-qwen2.gguf", "ggml-vocab-gpt-2.gguf"])
 def test_round_trip_fuzz(vocab: str) -> None:
-    """These vocabs reproduce any text exactly (SPM with byte fallback, byte-level BPE)."""
+    """These vocabs reproduce any text exactly (SPM with byte fallback, byte-level BPE), except where llama.cpp
+    applies the vocab's clean_up_tokenization_spaces (GPT-2: " ?" -> "?", "a 's" -> "a's", as HF does)."""
     llm = vocab_llama(vocab)
+    cleans_spaces = llm.detokenize(llm.tokenize(b"a ?", add_bos=False)) == b"a?"
+    if cleans_spaces:
+        assert llm.detokenize(llm.tokenize(b"Hi , you 's ok !", add_bos=False)) == b"Hi, you's ok!"
 
     @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
     @given(st.text(st.characters(blacklist_categories=("Cs",)), max_size=64))
     def round_trip(text: str) -> None:
+        if cleans_spaces:
+            assume(re.search(r" [?!.,']", text) is None)  # the clean-up's patterns (llama-vocab.cpp)
         data = text.encode("utf-8")
         assert llm.detokenize(llm.tokenize(data, add_bos=False)) == data
         assert llm.detokenize(llm.tokenize(data, add_bos=True)) == data
