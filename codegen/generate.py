@@ -121,7 +121,18 @@ def generate(
     if commit == "unknown":
         api.diagnostics.insert(0, "WARN: llama.cpp commit unknown (pass --commit SHA)")
     files = render_all(api, groups, used_names=used.compute(f.name for f in api.functions))
+    if header is None:  # a whole tree: its example grammars too (llama_grammar.*_GBNF)
+        files[GRAMMARS_FILE] = render.render_grammars(api, example_grammars(source))
     return Generated(api, files, time.perf_counter() - start)
+
+
+GRAMMARS_FILE = "grammars.py"
+
+
+def example_grammars(source: Path) -> dict[str, str]:
+    """`grammars/*.gbnf` of a llama.cpp tree, by file stem (none: {})."""
+    folder = source / "grammars"
+    return {p.stem: p.read_text(encoding="utf-8") for p in sorted(folder.glob("*.gbnf"))} if folder.is_dir() else {}
 
 
 def render_all(

@@ -39,6 +39,20 @@ def hash_notice(api: Api) -> str:
     return _comment(do_not_edit(api), "# ")
 
 
+def render_grammars(api: Api, grammars: dict[str, str]) -> str:
+    """`grammars.py`: the example GBNF grammars of the tree (grammars/*.gbnf), by file stem."""
+    lines = [
+        hash_notice(api),
+        '"""llama.cpp\'s example GBNF grammars (`grammars/*.gbnf` of the tree these bindings were generated from),',
+        'keyed by file stem; llama-cpp-python ships the same texts as `llama_grammar.*_GBNF`."""',
+        "",
+        "EXAMPLE_GRAMMARS: dict[str, str] = {",
+        *[f"    {name!r}: {text!r}," for name, text in sorted(grammars.items())],
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def _comment(text: str, prefix: str) -> str:
     return "\n".join(f"{prefix}{line}" for line in text.splitlines())
 

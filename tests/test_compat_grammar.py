@@ -11,6 +11,10 @@ import pytest
 from llamarcp import Llama
 from llamarcp.compat.grammar import (
     ARITHMETIC_GBNF,
+    C_GBNF,
+    CHESS_GBNF,
+    ENGLISH_GBNF,
+    JAPANESE_GBNF,
     JSON_ARR_GBNF,
     JSON_GBNF,
     LIST_GBNF,
@@ -33,10 +37,28 @@ def llm(tiny_model_path: Path) -> Iterator[Llama]:
         yield model
 
 
-@pytest.mark.parametrize("text", [JSON_GBNF, JSON_ARR_GBNF, LIST_GBNF, ARITHMETIC_GBNF])
+@pytest.mark.parametrize(
+    "text", [JSON_GBNF, JSON_ARR_GBNF, LIST_GBNF, ARITHMETIC_GBNF, C_GBNF, CHESS_GBNF, ENGLISH_GBNF, JAPANESE_GBNF]
+)
 def test_stock_grammars_parse(text: str, llm: Llama) -> None:
     LlamaGrammar.from_string(text, verify=llm)
     assert LLAMA_GRAMMAR_DEFAULT_ROOT == "root"
+
+
+def test_example_grammars_are_the_bindings_trees_files() -> None:
+    """The *_GBNF texts are llama.cpp's grammars/*.gbnf of the tree the bindings came from (codegen writes them)."""
+    from codegen.generate import bindings_source, example_grammars
+
+    files = example_grammars(bindings_source())
+    assert {"arithmetic", "c", "chess", "japanese", "json_arr", "list"} <= set(files)
+    assert tuple(files[name] for name in ("arithmetic", "c", "chess", "japanese", "json_arr", "list")) == (
+        ARITHMETIC_GBNF,
+        C_GBNF,
+        CHESS_GBNF,
+        JAPANESE_GBNF,
+        JSON_ARR_GBNF,
+        LIST_GBNF,
+    )
 
 
 def test_from_json_schema_constrains_output_to_the_schema(llm: Llama) -> None:

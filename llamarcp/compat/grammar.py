@@ -6,10 +6,15 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from llamarcp._generated.grammars import EXAMPLE_GRAMMARS
 from llamarcp.grammar import JSON_GBNF, LlamaGrammar
 
 __all__ = [
     "ARITHMETIC_GBNF",
+    "CHESS_GBNF",
+    "C_GBNF",
+    "ENGLISH_GBNF",
+    "JAPANESE_GBNF",
     "JSON_ARR_GBNF",
     "JSON_GBNF",
     "LIST_GBNF",
@@ -21,33 +26,15 @@ __all__ = [
 
 LLAMA_GRAMMAR_DEFAULT_ROOT = "root"
 
-#: Arithmetic expressions over integers and identifiers.
-ARITHMETIC_GBNF = r"""
-root  ::= ( expr "=" ws term "\n" )+
-expr  ::= term ( [-+*/] term )*
-term  ::= ( ident | num | "(" ws expr ")" ) ws
-ident ::= [a-z] [a-z0-9_]{0,30}
-num   ::= [0-9]{1,18}
-ws    ::= [ \t\n]{0,8}
-"""
-
-#: A JSON array of JSON values (numbers kept short so output stays bounded).
-JSON_ARR_GBNF = r"""
-root   ::= arr
-arr    ::= "[" sp ( val sp ( "," sp val sp )* )? "]"
-obj    ::= "{" sp ( member ( "," sp member )* )? "}"
-member ::= str sp ":" sp val sp
-val    ::= obj | arr | str | num | "true" | "false" | "null"
-str    ::= "\"" ( [^"\\\x00-\x1f] | "\\" ["\\/bfnrt] )* "\""
-num    ::= "-"? ( "0" | [1-9] [0-9]{0,8} ) ( "." [0-9]{1,8} )?
-sp     ::= " "?
-"""
-
-#: A Markdown bullet list, one item per line.
-LIST_GBNF = r"""
-root ::= item+
-item ::= "- " [^\r\n]+ "\n"
-"""
+#: llama.cpp's example grammars (`grammars/*.gbnf` of the pinned tree, generated into the bindings), under
+#: llama-cpp-python's names. JSON_GBNF is llamarcp's own JSON grammar (`llamarcp.grammar`), as JSON mode uses it.
+ARITHMETIC_GBNF = EXAMPLE_GRAMMARS["arithmetic"]
+C_GBNF = EXAMPLE_GRAMMARS["c"]
+CHESS_GBNF = EXAMPLE_GRAMMARS["chess"]
+ENGLISH_GBNF = EXAMPLE_GRAMMARS["english"]
+JAPANESE_GBNF = EXAMPLE_GRAMMARS["japanese"]
+JSON_ARR_GBNF = EXAMPLE_GRAMMARS["json_arr"]
+LIST_GBNF = EXAMPLE_GRAMMARS["list"]
 
 
 def json_schema_to_gbnf(schema: str | Mapping[str, Any], prop_order: Sequence[str] | None = None) -> str:
