@@ -158,17 +158,10 @@ def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
     def pick(flag_value: Any, name: str, default: Any) -> Any:
         return flag_value if flag_value is not None else server_values.get(name, default)
 
-    settings = ServerSettings(
-        api_key=server_values.get("api_key"),
-        models=configs,
-        max_queue=pick(args.max_queue, "max_queue", 16),
-        max_loaded_models=pick(args.max_loaded_models, "max_loaded_models", 1),
-        strict_model_names=pick(args.strict_model_names, "strict_model_names", False),
-        interrupt_requests=server_values.get("interrupt_requests", False),
-        disable_ping_events=server_values.get("disable_ping_events", False),
-        root_path=server_values.get("root_path", ""),
-        n_predict=pick(args.n_predict, "n_predict", None),
-    )
+    for name in ("max_queue", "max_loaded_models", "strict_model_names", "n_predict"):  # llamarcp's own flags win
+        if getattr(args, name) is not None:
+            server_values[name] = getattr(args, name)
+    settings = compat.server_settings(server_values, configs)
     if args.max_body_bytes is not None:
         settings.max_body_bytes = args.max_body_bytes
     try:

@@ -21,7 +21,7 @@ from typing import Any
 
 from llamarcp._generated._llama_ffi import ffi
 from llamarcp.errors import LlamaError
-from llamarcp.server.settings import ModelConfig
+from llamarcp.server.settings import ModelConfig, ServerSettings
 
 __all__ = ["MODEL_FIELDS", "SERVER_FIELDS", "CompatError", "add_arguments", "model_config", "read_config_file"]
 
@@ -335,3 +335,22 @@ def model_config(values: Mapping[str, Any], where: str = "") -> ModelConfig:
     if config.seed is not None and config.seed < 0:
         config.seed = None
     return config
+
+
+#: The server fields (llama-cpp-python's and llamarcp's) that ServerSettings takes under the same name; host, port,
+#: ssl_* and timeout_keep_alive belong to the listener (uvicorn) instead.
+SERVER_SETTINGS_FIELDS = (
+    "api_key",
+    "interrupt_requests",
+    "disable_ping_events",
+    "root_path",
+    "max_queue",
+    "max_loaded_models",
+    "strict_model_names",
+    "n_predict",
+)
+
+
+def server_settings(values: Mapping[str, Any], models: list[ModelConfig]) -> ServerSettings:
+    """ServerSettings for `models` from parsed server field values (absent fields keep ServerSettings' defaults)."""
+    return ServerSettings(models=models, **{k: values[k] for k in SERVER_SETTINGS_FIELDS if k in values})

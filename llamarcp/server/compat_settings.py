@@ -117,20 +117,6 @@ def to_server_settings(
             raise TypeError(f"create_app: model_settings[{i}] must be a ModelSettings, got {type(model).__name__}")
     configs = [compat.model_config(m.values(compat.MODEL_FIELDS), f"model_settings[{i}]") for i, m in enumerate(models)]
     given = {**server.values(compat.SERVER_FIELDS), **server.values(compat.EXTRA_CONFIG_FIELDS)}
-    options = {k: given[k] for k in _SERVER_OPTIONS if k in given}
-    result = LlamarcpServerSettings(models=configs, **options)
+    result = compat.server_settings(given, configs)
     result.validate()
     return result
-
-
-#: The fields llamarcp's ServerSettings takes by the same name (host, port and ssl_* belong to the listener).
-_SERVER_OPTIONS = (
-    "api_key",
-    "interrupt_requests",
-    "disable_ping_events",
-    "root_path",
-    "max_queue",
-    "max_loaded_models",
-    "strict_model_names",
-    "n_predict",
-)
