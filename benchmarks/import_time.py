@@ -40,8 +40,9 @@ def _once(code: str) -> tuple[float, float]:
 
 
 def measure(runs: int) -> dict[str, float]:
-    # .pyc files first, as `pip install` writes them (PYTHONDONTWRITEBYTECODE would make every run compile).
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "llamarcp")], check=True, capture_output=True)
+    from contenders import compile_bytecode  # benchmarks/ is on sys.path: run as a script, or from run.py
+
+    compile_bytecode()  # .pyc files first, as `pip install` writes them
     _once(IMPORT)  # warm the page cache: the first dlopen of a fresh build reads it from disk
     bare, full = [], []
     for _ in range(runs):
