@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import llamarcp.chat.legacy_formats  # noqa: F401 - every format llama-cpp-python names, registered
 from llamarcp.chat import handlers
 from llamarcp.chat.completion import completion_to_chat
-from llamarcp.chat.function_calling import chatml_function_calling
+from llamarcp.chat.function_calling import chatml_function_calling, legacy_to_tools
 from llamarcp.chat.templates import CHAT_FORMATS
 from llamarcp.chat.templates import ChatFormatter as _TemplateFormatter
 from llamarcp.compat.grammar import JSON_GBNF, LlamaGrammar
@@ -206,16 +206,6 @@ def _schema_grammar(schema: Mapping[str, Any]) -> LlamaGrammar:
     return LlamaGrammar.from_json_schema(dict(schema))
 
 
-def _legacy_to_tools(functions: Any, function_call: Any, tools: Any, tool_choice: Any) -> tuple[Any, Any]:
-    if functions is not None:
-        tools = [{"type": "function", "function": f} for f in functions]
-    if isinstance(function_call, str) and function_call in ("none", "auto"):
-        tool_choice = function_call
-    elif isinstance(function_call, Mapping) and "name" in function_call:
-        tool_choice = {"type": "function", "function": {"name": function_call["name"]}}
-    return tools, tool_choice
-
-
 def chat_formatter_to_chat_completion_handler(chat_formatter: Any) -> Any:
     """A chat completion handler that renders the prompt with `chat_formatter` and completes it."""
 
@@ -248,7 +238,7 @@ def chat_formatter_to_chat_completion_handler(chat_formatter: Any) -> Any:
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         if result.stop is not None:
             stops += [result.stop] if isinstance(result.stop, str) else list(result.stop)
-        tools, tool_choice = _legacy_to_tools(functions, function_call, tools, tool_choice)
+        tools, tool_choice = legacy_to_tools(functions, function_call, tools, tool_choice)
         constraint, tool = _grammar_for(response_format, tools, tool_choice)
         completion = llama.create_completion(
             prompt,
@@ -293,7 +283,7 @@ class Jinja2ChatFormatter:
         self, *, messages: list[Any], functions: Any = None, function_call: Any = None, tools: Any = None,
         tool_choice: Any = None, **kwargs: Any,
     ) -> ChatFormatterResponse:  # fmt: skip
-        tools, _ = _legacy_to_tools(functions, function_call, tools, tool_choice)
+        tools, _ = legacy_to_tools(functions, function_call, tools, tool_choice)
         prompt = self._formatter.render(messages, add_generation_prompt=self.add_generation_prompt, tools=tools)
         stopping = None
         if self.stop_token_ids:
