@@ -14,7 +14,7 @@ from llamarcp.errors import LlamaError
 __version__ = "0.3.0"
 if TYPE_CHECKING:  # the typed view of lib/ffi comes from the generated stubs
     from llamarcp._generated import lib as lib
-    from llamarcp._generated._llama_ffi import ffi as ffi
+    from llamarcp._ffi import ffi as ffi
     from llamarcp.compat import install_as_llama_cpp as install_as_llama_cpp
     from llamarcp.llama import Llama as Llama
 
@@ -24,7 +24,7 @@ __all__ = ["LLAMA_CPP_COMMIT", "Llama", "LlamaError", "__version__", "ffi", "ins
 def __getattr__(name: str) -> Any:
     # Lazy so `import llamarcp` stays cheap and survives a missing library until it is used.
     if name == "ffi":
-        from llamarcp._generated._llama_ffi import ffi
+        from llamarcp._ffi import ffi
 
         return ffi
     if name == "lib":

@@ -62,7 +62,7 @@ def ensure_backend() -> Lib:
         return lib
     with _lock:
         if "lib" not in _state:
-            from llamarcp._generated._llama_ffi import ffi
+            from llamarcp._ffi import ffi
             from llamarcp._lib import load
 
             raw = load()
@@ -124,7 +124,7 @@ def set_log_hook(hook: Callable[[int, bytes], None] | None) -> None:
 
 
 def _on_log(level: int, text: Any, _user_data: Any) -> None:
-    from llamarcp._generated._llama_ffi import ffi
+    from llamarcp._ffi import ffi
 
     try:
         raw = ffi.string(text) if text != ffi.NULL else b""

@@ -27,7 +27,7 @@ from llamarcp.validate import check_context_params, check_gguf_hparams
 
 __all__ = ["Batch", "Context", "LoraAdapter", "Model", "ffi"]
 
-from llamarcp._generated._llama_ffi import ffi
+from llamarcp._ffi import ffi
 
 GGUF_MAGIC = b"GGUF"
 

@@ -92,7 +92,7 @@ def bindings_abi() -> tuple[str, dict[str, str], tuple[dict[str, Any], ...]]:
 def missing_functions(lib: Any, names: Iterable[str]) -> list[str]:
     """Names that do not resolve on the raw cffi library (each lookup is one dlsym); optional ones skipped."""
     try:
-        from llamarcp._generated._llama_ffi import ffi
+        from llamarcp._ffi import ffi
 
         lookup_errors: tuple[type[BaseException], ...] = (AttributeError, ffi.error)
     except ImportError:  # bindings not generated: plain attribute semantics (tests use stand-ins)
@@ -154,7 +154,7 @@ def _abi_problems(library_path: Path, stamp: dict[str, Any], expected_items: dic
 
 
 def _probe(lib: Any) -> Any:
-    from llamarcp._generated._llama_ffi import ffi
+    from llamarcp._ffi import ffi
     from llamarcp.drift import abi
 
     return abi.probe(lib, ffi, bindings_abi()[2], platform.machine())

@@ -93,7 +93,7 @@ def load() -> Any:
         return _loaded["lib"]
     with _lock:
         if "lib" not in _loaded:
-            from llamarcp._generated._llama_ffi import ffi
+            from llamarcp._ffi import ffi
 
             path = find_library()
             try:

@@ -30,7 +30,7 @@ class LibProxy:
         # Only reached on the first access of `name`: afterwards it sits in __dict__.
         if name.startswith("__"):
             raise AttributeError(name)
-        from llamarcp._generated._llama_ffi import ffi
+        from llamarcp._ffi import ffi
         from llamarcp.drift.abi import COMPANION_LIBRARIES
 
         raw, path, hint = self._raw, self._path, None
@@ -166,7 +166,7 @@ def load_companion(library: str, main_path: str) -> tuple[Any, str]:
         return _companions[key]
     with _companion_lock:
         if key not in _companions:
-            from llamarcp._generated._llama_ffi import ffi
+            from llamarcp._ffi import ffi
 
             path = companion_path(library, main_path)
             where = str(path) if path is not None else str(Path(main_path).parent / companion_file_names(library)[0])

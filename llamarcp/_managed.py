@@ -141,7 +141,7 @@ class Managed:
 def _is_null(ptr: Any) -> bool:
     """True for a cffi NULL pointer; other objects (struct values, test doubles) are never NULL."""
     try:
-        from llamarcp._generated._llama_ffi import ffi
+        from llamarcp._ffi import ffi
     except ImportError:  # the generated module is absent only in a broken checkout; let the caller fail later
         return False
     if isinstance(ptr, ffi.CData) and ffi.typeof(ptr).kind == "pointer":

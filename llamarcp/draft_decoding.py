@@ -19,7 +19,7 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 from llamarcp._backend import get_lib
-from llamarcp._generated._llama_ffi import ffi
+from llamarcp._ffi import ffi
 from llamarcp.errors import DECODE_NO_KV_SLOT, check_decode
 
 if TYPE_CHECKING:

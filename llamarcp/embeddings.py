@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from llamarcp._backend import get_lib
 from llamarcp._core import Batch
-from llamarcp._generated._llama_ffi import ffi
+from llamarcp._ffi import ffi
 from llamarcp.errors import LlamaError, PromptTooLongError, check_decode
 
 if TYPE_CHECKING:

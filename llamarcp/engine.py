@@ -14,7 +14,7 @@ from typing import Any
 
 from llamarcp._backend import get_lib
 from llamarcp._core import Batch, Context, Model
-from llamarcp._generated._llama_ffi import ffi
+from llamarcp._ffi import ffi
 from llamarcp.errors import (
     DECODE_ABORTED,
     DECODE_NO_KV_SLOT,

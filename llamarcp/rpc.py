@@ -179,7 +179,7 @@ class RpcDevices:
     """
 
     def __init__(self, endpoints: Sequence[str], handles: Sequence[Any], devices: Sequence[RpcDevice]) -> None:
-        from llamarcp._generated._llama_ffi import ffi
+        from llamarcp._ffi import ffi
 
         self.endpoints = tuple(endpoints)
         self.devices = tuple(devices)
@@ -216,13 +216,13 @@ def supports_rpc(lib: Any = None) -> bool:
 
 
 def _text(ptr: Any) -> str:
-    from llamarcp._generated._llama_ffi import ffi
+    from llamarcp._ffi import ffi
 
     return "" if ptr == ffi.NULL else ffi.string(ptr).decode("utf-8", errors="replace")
 
 
 def _describe(lib: Any, dev: Any, endpoint: str | None) -> RpcDevice:
-    from llamarcp._generated._llama_ffi import ffi
+    from llamarcp._ffi import ffi
 
     free, total = ffi.new("size_t *"), ffi.new("size_t *")
     lib.ggml_backend_dev_memory(dev, free, total)
@@ -237,7 +237,7 @@ def _describe(lib: Any, dev: Any, endpoint: str | None) -> RpcDevice:
 
 def _local_gpus(lib: Any) -> list[Any]:
     """Local GPUs llama.cpp would offload to by default: discrete GPUs, else integrated ones (never CPU/RPC)."""
-    from llamarcp._generated._llama_ffi import ffi
+    from llamarcp._ffi import ffi
 
     gpus: list[Any] = []
     igpus: list[Any] = []
@@ -265,7 +265,7 @@ def _local_gpus(lib: Any) -> list[Any]:
 
 
 def _add_server_function(lib: Any) -> Any:
-    from llamarcp._generated._llama_ffi import ffi
+    from llamarcp._ffi import ffi
     from llamarcp._lib import loaded_path
 
     where = loaded_path() or "the loaded libllama"
@@ -298,7 +298,7 @@ def rpc_devices(
     llama.cpp would have used anyway. `n_gpu_layers` decides how many layers leave the local CPU.
     """
     from llamarcp._backend import get_lib
-    from llamarcp._generated._llama_ffi import ffi
+    from llamarcp._ffi import ffi
 
     endpoints = parse_servers(servers)
     lib = get_lib()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from llamarcp._backend import capture_log, get_lib
-from llamarcp._generated._llama_ffi import ffi
+from llamarcp._ffi import ffi
 from llamarcp._managed import Managed
 from llamarcp.errors import GrammarError
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llamarcp._backend import capture_log, get_lib
-from llamarcp._generated._llama_ffi import ffi
+from llamarcp._ffi import ffi
 from llamarcp.errors import StateError
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from llamarcp._backend import get_lib
-from llamarcp._generated._llama_ffi import ffi
+from llamarcp._ffi import ffi
 from llamarcp.errors import GrammarError, LlamaError
 
 __all__ = ["GrammarPicker", "LogitsRows", "greedy_argmax", "logits_view", "logprob_info"]

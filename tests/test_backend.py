@@ -139,6 +139,6 @@ def test_concurrent_model_loads_quote_their_own_reason(tmp_path: Path) -> None:
 
 
 def _c_text(text: str) -> object:
-    from llamarcp._generated._llama_ffi import ffi
+    from llamarcp._ffi import ffi
 
     return ffi.new("char[]", text.encode())

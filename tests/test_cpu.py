@@ -7,7 +7,7 @@ import os
 import pytest
 
 from llamarcp import _backend, _cpu
-from llamarcp._generated._llama_ffi import ffi
+from llamarcp._ffi import ffi
 
 
 def test_physical_core_count_is_within_the_allowed_cpus() -> None:

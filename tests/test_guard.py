@@ -163,7 +163,7 @@ def build_so(tmp: Path, source: str) -> Path:
 
 
 def test_real_dlopen_lookup_reports_missing_symbols(tmp_path: Path) -> None:
-    from llamarcp._generated._llama_ffi import ffi
+    from llamarcp._ffi import ffi
 
     path = build_so(tmp_path, "void llama_backend_init(void) {}\n")
     raw = ffi.dlopen(str(path))
@@ -188,7 +188,7 @@ def test_load_runs_the_guard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 def test_guard_on_the_pinned_library_is_cheap(monkeypatch: pytest.MonkeyPatch) -> None:
     """The stamped library of the bindings passes on fingerprint equality: no ELF reading, no parsing, no probe."""
     from codegen import parse
-    from llamarcp._generated._llama_ffi import ffi
+    from llamarcp._ffi import ffi
     from llamarcp.drift import symbols
 
     path = Path(_lib.find_library())  # the library the package loads: the pinned build unless a bump points elsewhere
@@ -281,7 +281,7 @@ def grown(llama_cpp_source: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 def _dlopen(path: Path) -> Any:
-    from llamarcp._generated._llama_ffi import ffi
+    from llamarcp._ffi import ffi
 
     return ffi.dlopen(str(path))
 

@@ -17,7 +17,7 @@ import pytest
 
 from llamarcp import _lib, lib
 from llamarcp._generated import _symbols
-from llamarcp._generated._llama_ffi import ffi
+from llamarcp._ffi import ffi
 from llamarcp._libproxy import LibProxy, companion_path, is_available, library_of
 from llamarcp.drift import symbols
 from llamarcp.errors import MissingSymbolError

@@ -26,7 +26,7 @@ def llama_log_set(log_callback: Any, user_data: Any = None) -> None:
     NULL pointer) goes back to llamarcp's default, the `llamarcp.llama_cpp` logger. llamarcp keeps quoting
     llama.cpp's error lines in its exceptions either way."""
     from llamarcp import _backend
-    from llamarcp._generated._llama_ffi import ffi
+    from llamarcp._ffi import ffi
 
     if log_callback is None or log_callback is ffi.NULL or _is_null_function(log_callback):
         _backend.set_log_hook(None)
@@ -83,7 +83,7 @@ def __getattr__(name: str) -> Any:
 
 def _bytes_result(func: Any) -> Any:
     """ctypes gives `const char *` results as bytes (llama-cpp-python code calls `.decode()` on them)."""
-    from llamarcp._generated._llama_ffi import ffi
+    from llamarcp._ffi import ffi
 
     try:
         ctype = ffi.typeof(func)

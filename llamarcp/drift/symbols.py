@@ -383,7 +383,7 @@ def abi_findings(manifest: dict[str, Any], library: Path) -> list[Finding]:
     table = abi.probes(manifest)
     result = abi.ProbeResult(skipped="the API declares no argument-less function returning a params struct")
     if table:
-        from llamarcp._generated._llama_ffi import ffi
+        from llamarcp._ffi import ffi
 
         try:
             raw = ffi.dlopen(str(library))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llamarcp._generated._llama_ffi import ffi
+from llamarcp._ffi import ffi
 from llamarcp.errors import LlamaError
 from llamarcp.server.settings import ModelConfig, ServerSettings
 

@@ -237,7 +237,7 @@ def _ints(value: Any) -> list[int] | None:
 
 
 def _rope_scaling_names() -> set[str]:
-    from llamarcp._generated._llama_ffi import ffi
+    from llamarcp._ffi import ffi
 
     prefix = "LLAMA_ROPE_SCALING_TYPE_"
     return {
@@ -323,7 +323,7 @@ def check_gguf_hparams(path: str | os.PathLike[str], *, vocab_only: bool = False
 
 def _check_enum_key(kv: dict[str, Any], name: str, enum: str, refuse: Any) -> None:
     """An integer key llama.cpp casts to a C enum (an unknown value aborts where it is switched on)."""
-    from llamarcp._generated._llama_ffi import ffi
+    from llamarcp._ffi import ffi
 
     value = kv.get(name)
     if _is_int(value) and value not in ffi.typeof(f"enum {enum}").elements:

@@ -70,14 +70,14 @@ def check_seed(value: Any) -> int:
 
 def ggml_type_names() -> dict[int, str]:
     """Every `ggml_type` value the pinned ggml.h defines (from the generated bindings), GGML_TYPE_COUNT excluded."""
-    from llamarcp._generated._llama_ffi import ffi
+    from llamarcp._ffi import ffi
 
     elements: dict[int, str] = ffi.typeof("enum ggml_type").elements
     return {value: name for value, name in elements.items() if name != "GGML_TYPE_COUNT"}
 
 
 def _enum_values(enum: str) -> set[int]:
-    from llamarcp._generated._llama_ffi import ffi
+    from llamarcp._ffi import ffi
 
     return set(ffi.typeof(f"enum {enum}").elements)
 
