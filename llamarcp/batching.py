@@ -38,6 +38,7 @@ from llamarcp.errors import (
     PromptTooLongError,
     check_decode,
 )
+from llamarcp.multimodal import MediaPrompt
 from llamarcp.sampling import SamplerChain, SamplingParams, build_sampler_chain
 from llamarcp.token_picker import logits_view, logprob_info
 
@@ -74,6 +75,7 @@ class _Job:
     n_prompt_eval: int = 0
     submitted: float = field(default_factory=time.perf_counter)
     first_token: float = 0.0
+    media: MediaPrompt | None = None  # images/audio among the prompt ids (llamarcp.multimodal)
 
 
 @dataclass(eq=False)
@@ -150,11 +152,12 @@ class Scheduler:
         engine = self.engine
         if not prompt:
             raise ValueError("nothing to evaluate: the token list is empty")
-        engine.model.check_tokens(prompt)
+        media = prompt if isinstance(prompt, MediaPrompt) else None
+        engine.model.check_tokens(media.text_tokens() if media is not None else prompt)
         if len(prompt) >= engine.n_ctx:
             raise PromptTooLongError(len(prompt), engine.n_ctx)
         limit = engine.n_ctx - len(prompt) if max_tokens is None else max_tokens
-        job = _Job(list(prompt), params, limit, logprobs, logits_processor, stopping_criteria)
+        job = _Job(list(prompt), params, limit, logprobs, logits_processor, stopping_criteria, media=media)
         with self._cond:
             self.turns.check_open()
             if self.max_queued is not None and len(self._pending) >= self.max_queued:
@@ -310,6 +313,8 @@ class Scheduler:
             if n > best_n and self._prefix_usable(slot, n):
                 best_slot, best_n = slot, n
         best_n = min(best_n, len(prompt) - 1)  # the last prompt token is decoded again for fresh logits
+        if job.media is not None:
+            best_n = job.media.safe_prefix(best_n)  # never reuse half an image
         if best_slot is not None and best_slot.job is None and best_n > 0 and 2 * best_n >= len(best_slot.tokens):
             target = best_slot  # continue an idle slot's cache in place (most of it is reused)
         else:
@@ -326,13 +331,29 @@ class Scheduler:
             if best_slot is not None and best_n > 0:
                 lib.llama_memory_seq_cp(memory, best_slot.seq_id, target.seq_id, 0, best_n)
                 target.tokens = list(prompt[:best_n])
-        job.chain = build_sampler_chain(engine.model, job.params, history=prompt)
+        if job.media is not None:
+            self._decode_media(job.media, target)
+        history = job.media.text_tokens() if job.media is not None else prompt
+        job.chain = build_sampler_chain(engine.model, job.params, history=history)
         job.todo = list(prompt[len(target.tokens) :])
-        job.history = list(prompt)
+        job.history = list(history)
         job.n_prompt_eval = len(job.todo)
         target.job = job
         target.last_used = next(self._clock)
         self.n_prompt_tokens_evaluated = job.n_prompt_eval
+
+    def _decode_media(self, media: MediaPrompt, target: _Slot) -> None:
+        """Decode the prompt up to the text after its last medium into the slot now (the images go in as
+        embeddings, one sequence at a time); that text then joins the shared batches like any prompt."""
+        start, end = len(target.tokens), media.tail_start
+        if start >= end:
+            return
+        try:
+            media.decode_from(self.engine, start, target.seq_id, end)
+        except BaseException:
+            get_lib().llama_memory_seq_rm(self.engine.memory, target.seq_id, start, -1)
+            raise
+        target.tokens = list(media[:end])
 
     def _prefix_usable(self, slot: _Slot, n: int) -> bool:
         """A sliding-window cache may have dropped positions a reused prefix needs."""

@@ -23,6 +23,8 @@ from llamarcp.errors import (
     PromptTooLongError,
     check_decode,
 )
+from llamarcp.multimodal import MediaPrompt
+from llamarcp.multimodal import evaluate as evaluate_media
 from llamarcp.sampling import SamplerChain, SamplingParams, build_sampler_chain, grammar_sampler
 from llamarcp.token_picker import GrammarPicker, LogitsRows, greedy_argmax, logits_view, logprob_info
 
@@ -273,13 +275,20 @@ class Engine:
         outcome = {} if outcome is None else outcome
         model = self.model
         started = time.perf_counter()
-        if prompt_logprobs is not None:
-            outcome["prompt_logprobs"] = self.prompt_logprobs(prompt_tokens, prompt_logprobs)
-        n_eval = self.eval(prompt_tokens)
+        media = prompt_tokens if isinstance(prompt_tokens, MediaPrompt) else None
+        if media is not None:  # images/audio among the tokens (llamarcp.multimodal)
+            if prompt_logprobs is not None:
+                raise ValueError("prompt logprobs (echo with logprobs) are not available for a prompt with images")
+            n_eval = evaluate_media(self, media)
+            draft_model = None
+        else:
+            if prompt_logprobs is not None:
+                outcome["prompt_logprobs"] = self.prompt_logprobs(prompt_tokens, prompt_logprobs)
+            n_eval = self.eval(prompt_tokens)
         prompt_done = time.perf_counter()
         grammar = self._grammar_sampler(params)
         chain: SamplerChain = build_sampler_chain(
-            model, params, history=prompt_tokens, grammar_in_chain=grammar is None
+            model, params, history=media.text_tokens() if media else prompt_tokens, grammar_in_chain=grammar is None
         )
         n_generated = 0
         try:

@@ -128,6 +128,10 @@ class ChatMessageError(LlamaError, ValueError):
     """The chat messages (or tools) are not in the OpenAI shape the chat API accepts."""
 
 
+class MediaError(ChatMessageError):
+    """An image or audio input is malformed, truncated, too large or unsupported, or the model takes no such input."""
+
+
 # --- backends and distributed inference (llamarcp.rpc) ------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ from llamarcp.compat.llama_api import LlamaCppApiMixin
 from llamarcp.engine import Engine, Outcome, Step
 from llamarcp.errors import LlamaError
 from llamarcp.model_facts import ModelFacts
+from llamarcp.multimodal import Projector
 from llamarcp.sampling import (
     LLAMA_DEFAULT_SEED,
     LogitsProcessorList,
@@ -129,11 +130,13 @@ class Llama(ModelFacts, LlamaCppApiMixin):
         spm_infill: bool = False,
         verbose: bool = False,
         strict: bool = False,
+        mmproj: str | os.PathLike[str] | None = None,
         **kwargs: Any,
     ) -> None:
         """Load `model_path` and create its context. Every keyword of llama-cpp-python's `Llama` is accepted;
         keywords unknown to both are ignored with one warning (as llama-cpp-python swallows them), or refused
-        with TypeError when `strict=True`."""
+        with TypeError when `strict=True`. `mmproj` is a multimodal projector GGUF (llamarcp.multimodal): then
+        chat messages may hold OpenAI `image_url` (and `input_audio`) parts."""
         self._init_args: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "kwargs")}
         self._init_args.update(kwargs)
         unknown = sorted(set(kwargs) - _SWALLOWED_KEYWORDS)
@@ -176,6 +179,7 @@ class Llama(ModelFacts, LlamaCppApiMixin):
         self.n_threads_batch = n_threads_batch if n_threads_batch and n_threads_batch > 0 else self.n_threads
         self._engine: Engine | None = None
         self._scheduler: Scheduler | None = None
+        self._projector: Projector | None = None
 
         self._model = loading.open_model(self._init_args)
         self._turns = Turns(
@@ -196,9 +200,46 @@ class Llama(ModelFacts, LlamaCppApiMixin):
                 self._engine.keep_all_logits()
             if lora_path is not None:
                 self._lora = loading.apply_lora(self._model, self._engine, lora_path, lora_scale)
+            if mmproj is not None:
+                self.load_projector(mmproj)
         except BaseException:
             self._model.close()
             raise
+
+    # -- images and audio -------------------------------------------------------------------------------------
+
+    @property
+    def projector(self) -> Projector | None:
+        """The multimodal projector (`mmproj=`), or None for a text-only model."""
+        return self._projector
+
+    def load_projector(self, path: str | os.PathLike[str], *, use_gpu: bool | None = None) -> Projector:
+        """Load the mmproj GGUF at `path` for this model (checked first, see llamarcp.validate.mmproj)."""
+        with self._turns.exclusive():
+            self._engine_or_raise()
+            if self._projector is not None and not self._projector.closed:
+                if self._projector.path == str(path):
+                    return self._projector
+                self._projector.close()
+            self._projector = Projector(
+                path,
+                self._model,
+                n_threads=self.n_threads_batch,
+                use_gpu=self._init_args["n_gpu_layers"] != 0 if use_gpu is None else use_gpu,
+                flash_attn=self._init_args["flash_attn"],
+                verbose=self.verbose,
+            )
+            return self._projector
+
+    def media_prompt(self, text: str, media: Sequence[Any], add_bos: bool = True) -> Any:
+        """`text` (one `projector.marker` per medium) with its images/audio as a MediaPrompt, which
+        `create_completion` takes like a token list."""
+        from llamarcp.errors import MediaError
+
+        if self._projector is None:
+            raise MediaError("this model takes no images or audio: create the Llama with mmproj=<projector.gguf>")
+        with self._turns.using():
+            return self._projector.prompt(text, media, add_special=add_bos)
 
     # -- lifetime ---------------------------------------------------------------------------------------------
 

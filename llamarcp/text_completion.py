@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from llamarcp._backend import get_lib
 from llamarcp.errors import PromptTooLongError
+from llamarcp.multimodal import MediaPrompt
 from llamarcp.sampling import (
     LLAMA_DEFAULT_SEED as RANDOM_SEED,
 )
@@ -69,6 +70,8 @@ class CompletionRequest:
 def prompt_tokens(llm: Llama, prompt: PromptType) -> list[int]:
     """Text (tokenized with BOS and special tokens) or token ids (checked against the vocab); never empty."""
     model = llm._model
+    if isinstance(prompt, MediaPrompt):  # text tokens and media placeholders (llamarcp.multimodal)
+        return prompt
     if isinstance(prompt, (str, bytes, bytearray)):
         tokens = llm.tokenize(bytes(prompt) if isinstance(prompt, bytearray) else prompt, add_bos=True, special=True)
     else:
@@ -143,6 +146,8 @@ def prepare(
     if not all(isinstance(s, str) for s in stops):
         raise TypeError("stop must be a string or a list of strings")
     tokens = infill_tokens(llm, prompt, suffix) if suffix is not None else prompt_tokens(llm, prompt)
+    if isinstance(tokens, MediaPrompt) and echo:
+        raise ValueError("echo=True is not available for a prompt with images or audio")
     if len(tokens) >= n_ctx:
         raise PromptTooLongError(len(tokens), n_ctx)
     bias = {int(k): float(v) for k, v in logit_bias.items()} if logit_bias else None
