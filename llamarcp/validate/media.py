@@ -77,16 +77,21 @@ def check_image(data: bytes, what: str = "image") -> ImageInfo:
         raise MediaError(f"{what} is WebP, which libmtmd cannot decode (use PNG, JPEG, GIF or BMP)")
     else:
         raise MediaError(f"{what} is not a PNG, JPEG, GIF or BMP image (unrecognised bytes {data[:8]!r})")
-    if info.width <= 0 or info.height <= 0:
-        raise MediaError(f"{what}: {info.format} header gives an empty {info.width}x{info.height} image")
-    if info.width > MAX_IMAGE_SIDE or info.height > MAX_IMAGE_SIDE:
+    return info
+
+
+def _sized(fmt: str, width: int, height: int, what: str) -> ImageInfo:
+    """The header's size checked against the limits at once, before the rest of the file is looked at."""
+    info = ImageInfo(fmt, width, height)
+    if width <= 0 or height <= 0:
+        raise MediaError(f"{what}: {fmt} header gives an empty {width}x{height} image")
+    if width > MAX_IMAGE_SIDE or height > MAX_IMAGE_SIDE:
         raise MediaError(
-            f"{what} is {info.width}x{info.height}; a side above {MAX_IMAGE_SIDE} pixels is refused (MAX_IMAGE_SIDE)"
+            f"{what} is {width}x{height}; a side above {MAX_IMAGE_SIDE} pixels is refused (MAX_IMAGE_SIDE)"
         )
     if info.pixels > MAX_IMAGE_PIXELS:
         raise MediaError(
-            f"{what} is {info.width}x{info.height} = {info.pixels} pixels, above the {MAX_IMAGE_PIXELS} limit "
-            "(MAX_IMAGE_PIXELS)"
+            f"{what} is {width}x{height} = {info.pixels} pixels, above the {MAX_IMAGE_PIXELS} limit (MAX_IMAGE_PIXELS)"
         )
     return info
 
@@ -131,6 +136,7 @@ def _png(data: bytes, what: str) -> ImageInfo:
             width, height, depth, color = struct.unpack_from(">IIBB", body)
             if depth not in (1, 2, 4, 8, 16) or color not in (0, 2, 3, 4, 6):
                 raise _truncated(what, "PNG", f"bit depth {depth} / colour type {color} is not valid")
+            _sized("png", width, height, what)
             first = False
         elif kind == b"IDAT":
             seen_idat = True
@@ -139,7 +145,7 @@ def _png(data: bytes, what: str) -> ImageInfo:
         pos = end
     if not seen_idat:
         raise _truncated(what, "PNG", "it has no image data (IDAT)")
-    return ImageInfo("png", width, height)
+    return _sized("png", width, height, what)
 
 
 # JPEG start-of-frame markers (baseline, progressive, ...): not DHT (C4), JPG (C8) or DAC (CC).
@@ -172,23 +178,25 @@ def _jpeg(data: bytes, what: str) -> ImageInfo:
             if components not in (1, 3):
                 raise MediaError(f"{what} is a JPEG with {components} colour components (CMYK is not supported)")
             size = (width, height)
+            _sized("jpeg", width, height, what)
         if marker == 0xDA:  # start of scan: entropy-coded data follows up to the end marker
             break
         pos += 2 + length
     if size is None:
         raise _truncated(what, "JPEG", "it has no frame header before its image data")
-    return ImageInfo("jpeg", *size)
+    return _sized("jpeg", *size, what)
 
 
 def _gif(data: bytes, what: str) -> ImageInfo:
     if len(data) < 14:
         raise _truncated(what, "GIF", "it is shorter than its header")
     width, height = struct.unpack_from("<HH", data, 6)
+    _sized("gif", width, height, what)
     if not data.rstrip(b"\x00").endswith(b"\x3b"):
         raise _truncated(what, "GIF", "it does not end with the trailer byte")
     if b"\x2c" not in data[13:]:
         raise _truncated(what, "GIF", "it has no image descriptor")
-    return ImageInfo("gif", width, height)
+    return _sized("gif", width, height, what)
 
 
 def _bmp(data: bytes, what: str) -> ImageInfo:
@@ -207,6 +215,7 @@ def _bmp(data: bytes, what: str) -> ImageInfo:
             raise MediaError(f"{what} is a compressed (RLE) BMP; use PNG or an uncompressed BMP")
     else:
         raise _truncated(what, "BMP", f"unknown info header size {header_size}")
+    _sized("bmp", width, height, what)
     if bpp not in (1, 4, 8, 16, 24, 32):
         raise _truncated(what, "BMP", f"{bpp} bits per pixel is not valid")
     row = ((width * bpp + 31) // 32) * 4
@@ -214,7 +223,7 @@ def _bmp(data: bytes, what: str) -> ImageInfo:
         raise _truncated(
             what, "BMP", f"its {width}x{height} pixels need {offset + row * height} bytes, it has {len(data)}"
         )
-    return ImageInfo("bmp", width, height)
+    return _sized("bmp", width, height, what)
 
 
 def check_audio(data: bytes, what: str = "audio") -> str:
