@@ -145,8 +145,8 @@ def test_bad_image_inputs_are_clear_errors(vision: Llama) -> None:
 
 def test_prompts_longer_than_the_context_are_refused(tiny_model_path: Path, mlp_path: Path) -> None:
     with Llama(str(tiny_model_path), mmproj=mlp_path, n_ctx=64, n_threads=1) as small:
+        images = [png(8, 8, seed) for seed in range(1 + small.n_ctx() // MLP_IMAGE_TOKENS)]
         with pytest.raises(PromptTooLongError):
-            images = [png(8, 8, seed) for seed in range(1 + small.n_ctx() // MLP_IMAGE_TOKENS)]
             small.create_chat_completion(_image_message(*images), max_tokens=1)
 
 
