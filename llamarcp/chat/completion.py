@@ -222,6 +222,7 @@ def create_chat_completion(
     reasoning_format: str | None = "auto",
     n: int = 1,
     allow_local_media: bool = True,
+    use_handler: bool = True,
     **completion_kwargs: Any,
 ) -> Any:
     """Chat completion in OpenAI's shape (a dict, or an iterator of chunks when `stream=True`).
@@ -243,7 +244,7 @@ def create_chat_completion(
       or a `chat_format` registered with `llama_cpp.llama_chat_format.register_chat_format` /
       `register_chat_completion_handler` (e.g. "chatml-function-calling"); see llamarcp.compat.chat_format.
     """
-    handler = _chat_handler(llama, chat_format)
+    handler = _chat_handler(llama, chat_format) if use_handler else None
     if handler is not None:
         if n != 1:
             raise ChatMessageError("n > 1 is not supported with a llama-cpp-python chat handler")

@@ -25,6 +25,8 @@ from llamarcp.chat.function_calling import chatml_function_calling, legacy_to_to
 from llamarcp.chat.templates import CHAT_FORMATS
 from llamarcp.chat.templates import ChatFormatter as _TemplateFormatter
 from llamarcp.compat.grammar import JSON_GBNF, LlamaGrammar
+from llamarcp.compat.vision_handlers import *  # noqa: F403 - llama-cpp-python's multimodal handlers
+from llamarcp.compat.vision_handlers import __all__ as _vision_names
 
 __all__ = [
     "CHATML_BOS_TOKEN",
@@ -405,5 +407,7 @@ _FORMAT_FUNCTIONS = {
 for _function_name, _format_name in _FORMAT_FUNCTIONS.items():
     globals()[_function_name] = _formatter_function(_format_name)
 __all__ += list(_FORMAT_FUNCTIONS)
+
+__all__ += [name for name in _vision_names if name != "VISION_CHAT_FORMATS"]
 
 register_chat_completion_handler("chatml-function-calling")(chatml_function_calling)
