@@ -210,36 +210,20 @@ class Llama(ModelFacts, LlamaCppApiMixin):
 
     @property
     def projector(self) -> Projector | None:
-        """The multimodal projector (`mmproj=`), or None for a text-only model."""
+        """The multimodal projector (`mmproj=` / `load_projector`), or None for a text-only model."""
         return self._projector
 
     def load_projector(self, path: str | os.PathLike[str], *, use_gpu: bool | None = None) -> Projector:
-        """Load the mmproj GGUF at `path` for this model (checked first, see llamarcp.validate.mmproj)."""
+        """Load an mmproj GGUF for this model (validated first); chat messages may then hold images."""
         with self._turns.exclusive():
             self._engine_or_raise()
-            if self._projector is not None and not self._projector.closed:
-                if self._projector.path == str(path):
-                    return self._projector
-                self._projector.close()
-            self._projector = Projector(
-                path,
-                self._model,
-                n_threads=self.n_threads_batch,
-                use_gpu=self._init_args["n_gpu_layers"] != 0 if use_gpu is None else use_gpu,
-                flash_attn=self._init_args["flash_attn"],
-                verbose=self.verbose,
-            )
+            self._projector = Projector.attach(self, path, use_gpu)
             return self._projector
 
     def media_prompt(self, text: str, media: Sequence[Any], add_bos: bool = True) -> Any:
-        """`text` (one `projector.marker` per medium) with its images/audio as a MediaPrompt, which
-        `create_completion` takes like a token list."""
-        from llamarcp.errors import MediaError
-
-        if self._projector is None:
-            raise MediaError("this model takes no images or audio: create the Llama with mmproj=<projector.gguf>")
+        """`text` with one `projector.marker` per image/audio of `media`: a prompt `create_completion` takes."""
         with self._turns.using():
-            return self._projector.prompt(text, media, add_special=add_bos)
+            return Projector.require(self._projector).prompt(text, media, add_special=add_bos)
 
     # -- lifetime ---------------------------------------------------------------------------------------------
 

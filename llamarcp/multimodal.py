@@ -207,6 +207,20 @@ def has_media(messages: Sequence[Mapping[str, Any]]) -> bool:
     return False
 
 
+def chat_tokenizer(llm: Any, messages: Sequence[Mapping[str, Any]], allow_files: bool) -> tuple[Any, Any]:
+    """(messages, tokenize) for the chat path: without media parts, the messages and `llm.tokenize`; with them,
+    the messages with markers and a tokenize that builds the MediaPrompt (MediaError for a text-only model)."""
+    if not has_media(messages):
+        return messages, llm.tokenize
+    projector = Projector.require(getattr(llm, "projector", None))
+    marked, media = split_media_messages(messages, projector.marker, allow_files=allow_files)
+
+    def tokenize(text: bytes, add_bos: bool = True, special: bool = True) -> MediaPrompt:
+        return llm.media_prompt(text.decode("utf-8"), media, add_bos=add_bos)  # type: ignore[no-any-return]
+
+    return marked, tokenize
+
+
 def split_media_messages(
     messages: Sequence[Mapping[str, Any]], marker: str, *, allow_files: bool = True
 ) -> tuple[list[dict[str, Any]], list[Media]]:
@@ -380,6 +394,29 @@ class Projector:
         self._embeddings: OrderedDict[str, Any] = OrderedDict()
         #: Media chunks encoded so far (a cache hit does not count): what tests and benchmarks read.
         self.n_encoded = 0
+
+    @classmethod
+    def attach(cls, llm: Any, path: str | os.PathLike[str], use_gpu: bool | None) -> Projector:
+        """`llm`'s projector for `path`: the loaded one when it is the same file, else a new one (the old freed)."""
+        current = llm._projector
+        if current is not None and not current.closed:
+            if current.path == str(path):
+                return current  # type: ignore[no-any-return]
+            current.close()
+        return cls(
+            path,
+            llm._model,
+            n_threads=llm.n_threads_batch,
+            use_gpu=llm._init_args["n_gpu_layers"] != 0 if use_gpu is None else use_gpu,
+            flash_attn=llm._init_args["flash_attn"],
+            verbose=llm.verbose,
+        )
+
+    @staticmethod
+    def require(projector: Projector | None) -> Projector:
+        if projector is None:
+            raise MediaError("this model takes no images or audio (text only): load it with an mmproj projector")
+        return projector
 
     @property
     def modalities(self) -> list[str]:

@@ -18,8 +18,8 @@ from llamarcp.chat.grammars import JSON_OBJECT_GRAMMAR, json_schema_grammar, too
 from llamarcp.chat.handlers import FUNCTION_CALLING, registered
 from llamarcp.chat.templates import ChatFormatter, formatter_for_model, normalize_messages
 from llamarcp.chat.tools import parse_tool_calls, tool_names
-from llamarcp.errors import ChatMessageError, ChatTemplateError, MediaError
-from llamarcp.multimodal import has_media, split_media_messages
+from llamarcp.errors import ChatMessageError, ChatTemplateError
+from llamarcp.multimodal import chat_tokenizer
 
 __all__ = [
     "LEGACY_FORMAT_NAMES",
@@ -221,8 +221,6 @@ def create_chat_completion(
     template_kwargs: Mapping[str, Any] | None = None,
     reasoning_format: str | None = "auto",
     n: int = 1,
-    allow_local_media: bool = True,
-    use_handler: bool = True,
     **completion_kwargs: Any,
 ) -> Any:
     """Chat completion in OpenAI's shape (a dict, or an iterator of chunks when `stream=True`).
@@ -236,15 +234,13 @@ def create_chat_completion(
     - `reasoning_format="auto"`: for templates with `<think>` blocks, the reasoning goes to
       `message.reasoning_content` (streamed as `delta.reasoning_content`), the answer to `content`;
       "deepseek" always splits, "none" leaves the text as generated.
-    - Images: `{"type": "image_url", "image_url": {"url": ...}}` parts (data URIs, http(s) URLs, and local paths
-      unless `allow_local_media=False`) and `input_audio` parts, for a Llama with a projector (`mmproj=`).
     - `n > 1` gives that many choices (each samples with seed + i; streamed chunks carry the choice's `index`).
     - Remaining keyword arguments go to `create_completion` (e.g. `mirostat_mode`, `logits_processor`).
     - A llama-cpp-python chat handler takes over the whole request when one applies: `Llama(chat_handler=...)`,
       or a `chat_format` registered with `llama_cpp.llama_chat_format.register_chat_format` /
       `register_chat_completion_handler` (e.g. "chatml-function-calling"); see llamarcp.compat.chat_format.
     """
-    handler = _chat_handler(llama, chat_format) if use_handler else None
+    handler = _chat_handler(llama, chat_format)
     if handler is not None:
         if n != 1:
             raise ChatMessageError("n > 1 is not supported with a llama-cpp-python chat handler")
@@ -294,12 +290,7 @@ def create_chat_completion(
     if constraint is not None:
         grammar = constraint
 
-    media: list[Any] = []
-    if has_media(messages):  # image_url / input_audio parts become the projector's marker (llamarcp.multimodal)
-        projector = getattr(llama, "projector", None)
-        if projector is None:
-            raise MediaError("this model takes no images or audio (text only): load it with an mmproj projector")
-        messages, media = split_media_messages(messages, projector.marker, allow_files=allow_local_media)
+    messages, tokenize = chat_tokenizer(llama, messages, completion_kwargs.pop("allow_local_media", True))
     formatter = chat_formatter(llama, chat_format, chat_template)
     prompt = render_chat_prompt(formatter, messages, offered, template_kwargs)
     splitter = _reasoning_splitter(formatter, prompt, reasoning_format)
@@ -308,11 +299,7 @@ def create_chat_completion(
         prompt_bytes = prompt.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise ChatMessageError(f"the conversation contains text that is not valid Unicode ({exc.reason})") from exc
-    add_bos = not (bos and prompt.startswith(bos))
-    if media:
-        prompt_tokens = llama.media_prompt(prompt, media, add_bos=add_bos)
-    else:
-        prompt_tokens = llama.tokenize(prompt_bytes, add_bos=add_bos, special=True)
+    prompt_tokens = tokenize(prompt_bytes, add_bos=not (bos and prompt.startswith(bos)), special=True)
 
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     stops += [s for s in formatter.stop if s not in stops]

@@ -22,7 +22,8 @@ from typing import Any
 from llamarcp.chat.completion import completion_to_chat
 from llamarcp.chat.formatter import ChatFormatter
 from llamarcp.chat.function_calling import legacy_to_tools
-from llamarcp.multimodal import load_media
+from llamarcp.compat.handler_support import COMPLETION_KEYS, grammar_for
+from llamarcp.multimodal import load_media, split_media_messages
 
 __all__ = [
     "Gemma4ChatHandler",
@@ -250,19 +251,37 @@ class Llava15ChatHandler:
         top_logprobs: int | None = None,
         **kwargs: Any,
     ) -> Any:
-        from llamarcp.compat.chat_format import _COMPLETION_KEYS, _grammar_for
-
         projector = llama.load_projector(self.clip_model_path, use_gpu=self.use_gpu)
         text = self.render_prompt(messages, projector.marker)
         media = [load_media(url) for url in self.get_image_urls(messages)]
         prompt = llama.media_prompt(text, media, add_bos=True)
-        settings = {**_HANDLER_DEFAULTS, **{k: kwargs[k] for k in _COMPLETION_KEYS if k in kwargs}}
+        return self._complete(llama, prompt, [], functions, function_call, tools, tool_choice, stream, stop,
+                              response_format, grammar, logprobs, top_logprobs, kwargs)  # fmt: skip
+
+    def _complete(
+        self,
+        llama: Any,
+        prompt: Any,
+        stops: list[str],
+        functions: Any,
+        function_call: Any,
+        tools: Any,
+        tool_choice: Any,
+        stream: bool,
+        stop: str | list[str] | None,
+        response_format: Any,
+        grammar: Any,
+        logprobs: bool | None,
+        top_logprobs: int | None,
+        kwargs: dict[str, Any],
+    ) -> Any:
+        settings = {**_HANDLER_DEFAULTS, **{k: kwargs[k] for k in COMPLETION_KEYS if k in kwargs}}
         tools, tool_choice = legacy_to_tools(functions, function_call, tools, tool_choice)
-        constraint, tool = _grammar_for(response_format, tools, tool_choice)
+        constraint, tool = grammar_for(response_format, tools, tool_choice)
         completion = llama.create_completion(
             prompt,
             stream=stream,
-            stop=[stop] if isinstance(stop, str) else list(stop or []),
+            stop=([stop] if isinstance(stop, str) else list(stop or [])) + stops,
             grammar=constraint if constraint is not None else grammar,
             logprobs=top_logprobs if logprobs else None,
             **settings,
@@ -326,14 +345,33 @@ class MTMDChatHandler(Llava15ChatHandler):
     def __init__(self, clip_model_path: str, verbose: bool = True, use_gpu: bool = True) -> None:
         super().__init__(clip_model_path, verbose=verbose, use_gpu=use_gpu)
 
-    def __call__(self, *, llama: Any, messages: list[Any], **kwargs: Any) -> Any:  # type: ignore[override]
-        from llamarcp.chat.completion import create_chat_completion
+    def __call__(  # type: ignore[override]
+        self,
+        *,
+        llama: Any,
+        messages: list[Any],
+        functions: Any = None,
+        function_call: Any = None,
+        tools: Any = None,
+        tool_choice: Any = None,
+        stream: bool = False,
+        stop: str | list[str] | None = None,
+        response_format: Any = None,
+        grammar: Any = None,
+        logprobs: bool | None = None,
+        top_logprobs: int | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        from llamarcp.chat.completion import chat_formatter, render_chat_prompt
 
-        llama.load_projector(self.clip_model_path, use_gpu=self.use_gpu)
-        for key in ("tfs_z", "penalize_nl"):
-            kwargs.pop(key, None)
-        kwargs.setdefault("repeat_penalty", 1.1)
-        return create_chat_completion(llama, messages, use_handler=False, **kwargs)
+        projector = llama.load_projector(self.clip_model_path, use_gpu=self.use_gpu)
+        marked, media = split_media_messages(messages, projector.marker)
+        formatter = chat_formatter(llama)
+        text = render_chat_prompt(formatter, marked, None, kwargs.pop("template_kwargs", None))
+        bos = formatter.bos_token
+        prompt = llama.media_prompt(text, media, add_bos=not (bos and text.startswith(bos)))
+        return self._complete(llama, prompt, list(formatter.stop), functions, function_call, tools, tool_choice,
+                              stream, stop, response_format, grammar, logprobs, top_logprobs, kwargs)  # fmt: skip
 
 
 class Gemma4ChatHandler(MTMDChatHandler):
