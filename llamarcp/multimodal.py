@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import os
 import threading
@@ -248,6 +249,18 @@ def split_media_messages(
         out.append({**message, "content": parts})
     check_request_images([check_image(m.data) for m in media if m.kind == "image"])
     return out, media
+
+
+@functools.lru_cache(maxsize=64)
+def input_modalities(mmproj: str | None) -> list[str]:
+    """What a model with projector `mmproj` (None: text only) takes, from the projector's header."""
+    if mmproj is None:
+        return ["text"]
+    try:
+        info = check_mmproj(mmproj)
+    except ModelLoadError:
+        return ["text"]
+    return ["text", *(["image"] if info.has_vision else []), *(["audio"] if info.has_audio else [])]
 
 
 # -- the prompt ----------------------------------------------------------------------------------------------------

@@ -227,3 +227,24 @@ def test_gemma3_projector_on_gemma_3_270m(default_model_path: Path, tmp_path: Pa
         assert not np.allclose(a, b)
         reply = llm.create_chat_completion(_image_message(png(32, 32)), max_tokens=4, temperature=0)
         assert reply["usage"]["prompt_tokens"] > GEMMA3_IMAGE_TOKENS
+
+
+def test_cli_describes_an_image(tiny_model_path: Path, mlp_path: Path, tmp_path: Path) -> None:
+    import io
+
+    from llamarcp.__main__ import main
+
+    image = tmp_path / "cat.png"
+    image.write_bytes(png(20, 20, seed=8))
+    out, err = io.StringIO(), io.StringIO()
+    argv = ["-m", str(tiny_model_path), "--mmproj", str(mlp_path), "--image", str(image), "-p", "What is it?"]
+    assert main([*argv, "-n", "4", "--temp", "0", "-t", "1"], stdout=out, stderr=err) == 0, err.getvalue()
+    assert out.getvalue().strip()
+    err = io.StringIO()
+    assert main(["-m", str(tiny_model_path), "--image", str(image), "-p", "x"], stdout=io.StringIO(), stderr=err) == 1
+    assert "--mmproj" in err.getvalue()
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    err = io.StringIO()
+    code = main([*argv[:4], "--image", str(bad), "-p", "x", "-n", "1"], stdout=io.StringIO(), stderr=err)
+    assert code == 1 and "truncated or corrupt PNG" in err.getvalue()

@@ -24,6 +24,7 @@ from llamarcp.chat.formatter import ChatFormatter
 from llamarcp.chat.function_calling import legacy_to_tools
 from llamarcp.compat.handler_support import COMPLETION_KEYS, grammar_for
 from llamarcp.multimodal import load_media, split_media_messages
+from llamarcp.validate.media import check_image, check_request_images
 
 __all__ = [
     "Gemma4ChatHandler",
@@ -253,7 +254,9 @@ class Llava15ChatHandler:
     ) -> Any:
         projector = llama.load_projector(self.clip_model_path, use_gpu=self.use_gpu)
         text = self.render_prompt(messages, projector.marker)
-        media = [load_media(url) for url in self.get_image_urls(messages)]
+        allow_files = kwargs.pop("allow_local_media", True)  # the server says False
+        media = [load_media(url, allow_files=allow_files) for url in self.get_image_urls(messages)]
+        check_request_images([check_image(m.data) for m in media])
         prompt = llama.media_prompt(text, media, add_bos=True)
         return self._complete(llama, prompt, [], functions, function_call, tools, tool_choice, stream, stop,
                               response_format, grammar, logprobs, top_logprobs, kwargs)  # fmt: skip
@@ -365,7 +368,8 @@ class MTMDChatHandler(Llava15ChatHandler):
         from llamarcp.chat.completion import chat_formatter, render_chat_prompt
 
         projector = llama.load_projector(self.clip_model_path, use_gpu=self.use_gpu)
-        marked, media = split_media_messages(messages, projector.marker)
+        allow_files = kwargs.pop("allow_local_media", True)
+        marked, media = split_media_messages(messages, projector.marker, allow_files=allow_files)
         formatter = chat_formatter(llama)
         text = render_chat_prompt(formatter, marked, None, kwargs.pop("template_kwargs", None))
         bos = formatter.bos_token
