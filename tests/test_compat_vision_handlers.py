@@ -163,3 +163,14 @@ print(json.dumps({{"from_pretrained": handler.clip_model_path.endswith("mmproj-t
     first, second = (json.loads(line) for line in done.stdout.splitlines()[-2:])
     assert first["object"] == "chat.completion" and first["prompt_tokens"] > MLP_IMAGE_TOKENS
     assert second == {"from_pretrained": True}
+
+
+def test_mtmd_cpp_names() -> None:
+    from llamarcp.compat import LLAMA_CPP_MODULES, mtmd_module
+
+    assert LLAMA_CPP_MODULES["llama_cpp.mtmd_cpp"] == "llamarcp.compat.mtmd_module"
+    assert mtmd_module.mtmd_default_marker() == b"<__media__>"
+    assert mtmd_module.MTMD_INPUT_CHUNK_TYPE_IMAGE == 1
+    assert "mtmd_helper_eval_chunks" in dir(mtmd_module) and "mtmd_tokenize" in dir(mtmd_module)
+    with pytest.raises(AttributeError, match="mtmd.h names only"):
+        mtmd_module.llama_decode  # noqa: B018

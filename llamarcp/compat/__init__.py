@@ -15,6 +15,7 @@ llamarcp unchanged. PyMySQL's `install_as_MySQLdb()` is the precedent.
 | `llama_cpp.llama_speculative` | `llamarcp.compat.speculative`          |
 | `llama_cpp.llama_tokenizer` | `llamarcp.compat.tokenizer`              |
 | `llama_cpp.llama_chat_format` | `llamarcp.compat.chat_format`          |
+| `llama_cpp.mtmd_cpp`        | `llamarcp.compat.mtmd_module` (lazy `lib`) |
 | `llama_cpp.server[.app]`    | `llamarcp.server[.app]` (`create_app` also takes llama-cpp-python's settings) |
 | `llama_cpp.server.settings` | `llamarcp.server.compat_settings` (its ModelSettings, ServerSettings, ...) |
 """
@@ -41,6 +42,7 @@ LLAMA_CPP_MODULES: dict[str, str] = {
     "llama_cpp.llama_speculative": "llamarcp.compat.speculative",
     "llama_cpp.llama_tokenizer": "llamarcp.compat.tokenizer",
     "llama_cpp.llama_chat_format": "llamarcp.compat.chat_format",
+    "llama_cpp.mtmd_cpp": "llamarcp.compat.mtmd_module",
     "llama_cpp.server": "llamarcp.server",
     "llama_cpp.server.app": "llamarcp.server.app",
     "llama_cpp.server.settings": "llamarcp.server.compat_settings",
