@@ -174,3 +174,30 @@ def test_mtmd_cpp_names() -> None:
     assert "mtmd_helper_eval_chunks" in dir(mtmd_module) and "mtmd_tokenize" in dir(mtmd_module)
     with pytest.raises(AttributeError, match="mtmd.h names only"):
         mtmd_module.llama_decode  # noqa: B018
+
+
+@pytest.mark.slow
+def test_drop_in_on_gemma_3_270m_with_a_gemma3_projector(default_model_path: Path, tmp_path: Path) -> None:
+    mmproj = write_tiny_mmproj(tmp_path / "mmproj-gemma3.gguf", "gemma3", 640)
+    image = tmp_path / "photo.png"
+    image.write_bytes(png(32, 24, seed=6))
+    code = f"""
+import json
+import llamarcp
+llamarcp.install_as_llama_cpp()
+from llama_cpp import Llama
+from llama_cpp.llama_chat_format import Gemma4ChatHandler
+llm = Llama(model_path={str(default_model_path)!r}, chat_handler=Gemma4ChatHandler(clip_model_path={str(mmproj)!r}),
+            n_ctx=1024, n_threads=2, verbose=False)
+messages = [{{"role": "user", "content": [
+    {{"type": "image_url", "image_url": {{"url": {str(image)!r}}}}},
+    {{"type": "text", "text": "Describe the picture."}},
+]}}]
+out = llm.create_chat_completion(messages=messages, max_tokens=6, temperature=0)
+print(json.dumps({{"prompt_tokens": out["usage"]["prompt_tokens"], "text": out["choices"][0]["message"]["content"]}}))
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = run([sys.executable, "-c", code], timeout=300, cwd=ROOT, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["prompt_tokens"] > 9 and isinstance(result["text"], str)

@@ -248,3 +248,13 @@ def test_cli_describes_an_image(tiny_model_path: Path, mlp_path: Path, tmp_path:
     err = io.StringIO()
     code = main([*argv[:4], "--image", str(bad), "-p", "x", "-n", "1"], stdout=io.StringIO(), stderr=err)
     assert code == 1 and "truncated or corrupt PNG" in err.getvalue()
+
+
+def test_audio_to_a_vision_only_projector_is_refused(vision: Llama) -> None:
+    wav = b"RIFF" + (36).to_bytes(4, "little") + b"WAVEfmt " + b"\0" * 28
+    messages = [{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav).decode(), "format": "wav"}},
+        {"type": "text", "text": "What is said?"},
+    ]}]  # fmt: skip
+    with pytest.raises(MediaError, match="no audio encoder"):
+        vision.create_chat_completion(messages, max_tokens=1)
