@@ -380,7 +380,7 @@ class Projector:
         verbose: bool = False,
     ) -> None:
         self.path = str(path)
-        self.info: ProjectorInfo = check_mmproj(path, model.n_embd())
+        self.info: ProjectorInfo = check_mmproj(path, int(get_lib().llama_model_n_embd_inp(model.ptr)))
         lib = get_lib()
         _route_mtmd_log(lib)
         params = lib.mtmd_context_params_default()
@@ -473,6 +473,10 @@ class Projector:
             raise MediaError(
                 f"the prompt has {count} media markers ({self.marker}) but {len(media)} images/audio clips were given"
             )
+        with self._lock:  # one libmtmd call at a time per projector (the scheduler may be encoding)
+            return self._tokenize(text, media, add_special)
+
+    def _tokenize(self, text: str, media: Sequence[Media], add_special: bool) -> MediaPrompt:
         lib = get_lib()
         bitmaps = [self._bitmap(m, i) for i, m in enumerate(media)]
         try:
@@ -571,13 +575,19 @@ class Projector:
             embd = self._embedding(chunk, span)
             new_n_past = ffi.new("llama_pos *")
             engine.abort.exc = None
-            with capture_log() as log:
-                rc = int(
-                    lib.mtmd_helper_decode_image_chunk(
-                        self._ctx.ptr, ctx, chunk, embd, span.start, seq_id, n_batch, new_n_past, ffi.NULL, ffi.NULL
+            engine._set_abort_callback(True)  # Llama.abort() and Ctrl-C stop the image's llama_decode calls too
+            try:
+                with capture_log() as log:
+                    rc = int(
+                        lib.mtmd_helper_decode_image_chunk(
+                            self._ctx.ptr, ctx, chunk, embd, span.start, seq_id, n_batch, new_n_past, ffi.NULL, ffi.NULL
+                        )
                     )
-                )
+            finally:
+                engine._set_abort_callback(False)
             if rc != 0:
+                if engine.abort.requested or engine.abort.exc is not None:
+                    engine.raise_if_aborted("image decoding")
                 raise DecodeError(rc, f"mtmd_helper_decode_image_chunk{log.reason()}")
             decoded += span.n_pos
         return decoded

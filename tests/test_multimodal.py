@@ -258,3 +258,14 @@ def test_audio_to_a_vision_only_projector_is_refused(vision: Llama) -> None:
     ]}]  # fmt: skip
     with pytest.raises(MediaError, match="no audio encoder"):
         vision.create_chat_completion(messages, max_tokens=1)
+
+
+def test_several_choices_of_one_image_prompt(vision: Llama) -> None:
+    projector = vision.projector
+    assert projector is not None
+    image = png(18, 18, seed=21)
+    reply = vision.create_chat_completion(_image_message(image), n=3, max_tokens=3, seed=5, temperature=1.0)
+    assert [c["index"] for c in reply["choices"]] == [0, 1, 2]
+    encoded = projector.n_encoded
+    vision.create_chat_completion(_image_message(image), n=2, max_tokens=2, seed=5)
+    assert projector.n_encoded == encoded
