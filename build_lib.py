@@ -52,6 +52,7 @@ TOOLS = {
     "llama-cli": ("llama-cli", "llama-cli", ["-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_USE_PREBUILT_UI=OFF"]),
     "llama-server": ("llama-server", "llama-server", ["-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_USE_PREBUILT_UI=OFF"]),
     "rpc-server": ("ggml-rpc-server", "ggml-rpc-server", []),
+    "llama-mtmd-cli": ("llama-mtmd-cli", "llama-mtmd-cli", []),
 }
 KNOWN_TOOLS = tuple(TOOLS)
 
