@@ -47,8 +47,27 @@ def _mtmd_cli(lib_dir: Path) -> Path:
 
 
 def run_mtmd_cli(cli: Path, model: Path, mmproj: Path, image: Path, threads: int) -> dict[str, float]:
-    cmd = [str(cli), "-m", str(model), "--mmproj", str(mmproj), "--image", str(image), "-p", PROMPT,
-           "-n", str(N_PREDICT), "--temp", "0", "--ignore-eos", "-t", str(threads), "-c", "1024", "--no-warmup"]  # fmt: skip
+    cmd = [
+        str(cli),
+        "-m",
+        str(model),
+        "--mmproj",
+        str(mmproj),
+        "--image",
+        str(image),
+        "-p",
+        PROMPT,
+        "-n",
+        str(N_PREDICT),
+        "--temp",
+        "0",
+        "--ignore-eos",
+        "-t",
+        str(threads),
+        "-c",
+        "1024",
+        "--no-warmup",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         raise RuntimeError(f"llama-mtmd-cli failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
@@ -59,8 +78,14 @@ def run_mtmd_cli(cli: Path, model: Path, mmproj: Path, image: Path, threads: int
     if prompt is None or gen is None:
         raise RuntimeError(f"no timings in llama-mtmd-cli's log:\n{log[-2000:]}")
     total = encode + float(prompt.group(1)) + float(gen.group(1))
-    return {"total_ms": total, "encode_ms": encode, "prompt_ms": float(prompt.group(1)),
-            "prompt_tokens": float(prompt.group(2)), "eval_ms": float(gen.group(1)), "eval_runs": float(gen.group(2))}  # fmt: skip
+    return {
+        "total_ms": total,
+        "encode_ms": encode,
+        "prompt_ms": float(prompt.group(1)),
+        "prompt_tokens": float(prompt.group(2)),
+        "eval_ms": float(gen.group(1)),
+        "eval_runs": float(gen.group(2)),
+    }
 
 
 def run_llamarcp(model: Path, mmproj: Path, image: Path, threads: int) -> dict[str, float]:
@@ -68,15 +93,23 @@ def run_llamarcp(model: Path, mmproj: Path, image: Path, threads: int) -> dict[s
 
     with Llama(str(model), mmproj=mmproj, n_ctx=1024, n_threads=threads, verbose=False) as llm:
         banned = {t: float("-inf") for t in {llm.token_eos(), *llm.tokenize(b"<end_of_turn>", False, True)}}
-        messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": str(image)}},
-                                                 {"type": "text", "text": PROMPT}]}]  # fmt: skip
+        messages = [
+            {
+                "role": "user",
+                "content": [{"type": "image_url", "image_url": {"url": str(image)}}, {"type": "text", "text": PROMPT}],
+            }
+        ]
         started = time.perf_counter()
         reply = llm.create_chat_completion(messages, max_tokens=N_PREDICT, temperature=0, logit_bias=banned)
         total = (time.perf_counter() - started) * 1e3
         timings = llm.last_timings
     assert reply["usage"]["completion_tokens"] == N_PREDICT, reply["usage"]
-    return {"total_ms": total, "prompt_ms": timings["prompt_ms"], "prompt_tokens": float(reply["usage"]["prompt_tokens"]),
-            "eval_ms": timings["predicted_ms"]}  # fmt: skip
+    return {
+        "total_ms": total,
+        "prompt_ms": timings["prompt_ms"],
+        "prompt_tokens": float(reply["usage"]["prompt_tokens"]),
+        "eval_ms": timings["predicted_ms"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,8 +139,14 @@ def main(argv: list[str] | None = None) -> int:
         rows["llamarcp"].append(run_llamarcp(model, mmproj, image, args.threads))
     median = {k: statistics.median(r["total_ms"] for r in v) for k, v in rows.items()}
     ratio = median["llama-mtmd-cli"] / median["llamarcp"]
-    result = {"rounds": rows, "median_total_ms": median, "speed_vs_llama_mtmd_cli": ratio, "threads": args.threads,
-              "library": str(loaded), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip
+    result = {
+        "rounds": rows,
+        "median_total_ms": median,
+        "speed_vs_llama_mtmd_cli": ratio,
+        "threads": args.threads,
+        "library": str(loaded),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"gemma-3-270m + random gemma3 projector, {args.threads} threads, image + prefill + {N_PREDICT} tokens:")
     for name, value in median.items():
