@@ -145,3 +145,20 @@ def test_a_vision_chat_format_without_a_projector_is_a_usage_error(tiny_model_pa
     args = build_parser().parse_args(["-m", str(tiny_model_path), "--chat_format", "llava-1-5"])
     with pytest.raises(UsageError, match="needs a projector"):
         resolve(args, environ={})
+
+
+def test_a_config_file_names_the_projector(tiny_model_path: Path, mmproj: Path, tmp_path: Path) -> None:
+    import json
+
+    from llamarcp.server.__main__ import build_parser, resolve
+
+    config = tmp_path / "models.json"
+    vision_entry = {"model": str(tiny_model_path), "model_alias": "v", "clip_model_path": str(mmproj)}
+    models = [{**vision_entry, "chat_format": "qwen2.5-vl"}, {"model": str(tiny_model_path), "model_alias": "t"}]
+    config.write_text(json.dumps({"models": models}))
+    settings, _ = resolve(build_parser().parse_args(["--config_file", str(config)]), environ={})
+    vision, text = settings.model_configs()
+    assert (vision.mmproj, vision.vision_format, vision.chat_format) == (str(mmproj), "qwen2.5-vl", None)
+    arguments = vision.llama_arguments()
+    assert arguments["mmproj"] == str(mmproj) and type(arguments["chat_handler"]).__name__ == "Qwen25VLChatHandler"
+    assert text.mmproj is None and "chat_handler" not in text.llama_arguments()
