@@ -278,7 +278,7 @@ class _Span:
 
 def _placeholder(digest: str, offset: int) -> int:
     """A negative id no vocab has: the same for the same image at the same offset within it."""
-    return -1 - ((int(digest[:15], 16) + offset) & 0x3FFFFFFF)
+    return -1 - ((int(digest[:16], 16) + offset) & 0x7FFFFFFF)  # 2**31 negative int32 values
 
 
 class MediaPrompt(list[int]):
