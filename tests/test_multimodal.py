@@ -269,3 +269,13 @@ def test_several_choices_of_one_image_prompt(vision: Llama) -> None:
     encoded = projector.n_encoded
     vision.create_chat_completion(_image_message(image), n=2, max_tokens=2, seed=5)
     assert projector.n_encoded == encoded
+
+
+def test_the_same_image_gives_the_same_logits_at_other_thread_counts(tiny_model_path: Path, mlp_path: Path) -> None:
+    image = Media("image", png(26, 26, seed=13))
+    rows = []
+    for threads in (1, 2):
+        with Llama(str(tiny_model_path), mmproj=mlp_path, n_ctx=256, n_threads=threads) as llm:
+            marker = llm.projector.marker  # type: ignore[union-attr]
+            rows.append(_logits_after(llm, llm.media_prompt(f"see {marker} here", [image])))
+    np.testing.assert_allclose(rows[0], rows[1], rtol=1e-5, atol=1e-5)
