@@ -144,3 +144,27 @@ def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(HERE), env.get("PYTHONPATH", "")])
     return env
+
+
+def _accepted_variants(tmp_path: Path) -> list[Path]:
+    """Real projectors vary: old Qwen2-VL ones say feed_forward_length 0, old LLaVA converters swapped up/down,
+    LLaVA's CLIP has a class embedding (and one more position row)."""
+    swapped = {f"v.blk.{i}.ffn_{w}.weight": shape for i in range(2) for w, shape in
+               (("up", (N_EMBD, N_FF)), ("down", (N_FF, N_EMBD)))}  # fmt: skip
+    with_class = {"v.class_embd": (N_EMBD,), "v.position_embd.weight": (MLP_IMAGE_TOKENS + 1, N_EMBD)}
+    return [
+        write_tiny_mmproj(tmp_path / "n_ff0.gguf", keys={"clip.vision.feed_forward_length": 0}),
+        write_tiny_mmproj(tmp_path / "swapped.gguf", shapes=swapped),
+        write_tiny_mmproj(tmp_path / "class.gguf", shapes=with_class),
+    ]
+
+
+def test_layouts_libmtmd_accepts_are_not_refused(tmp_path: Path, tiny_model_path: Path, image_png: Path) -> None:
+    variants = _accepted_variants(tmp_path)
+    for path in variants:
+        check_mmproj(path, 64)
+    cmd = [sys.executable, HERE / "mmproj_child.py", tiny_model_path, image_png, *variants]
+    proc = run(cmd, timeout=300, cwd=ROOT, env=_env())
+    assert proc.returncode == 0, f"child died with {proc.returncode}:\n{proc.stderr[-3000:]}"
+    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [r["error"] for r in results] == [None] * len(variants), results

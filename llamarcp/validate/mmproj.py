@@ -137,6 +137,22 @@ KNOWN_PROJECTOR_TYPES = frozenset(
 #: Types whose graph adds the learned position embedding to every patch (rows must match the patch grid).
 _PATCH_POSITION_TYPES = frozenset({"mlp", "mlp_norm", "ldp", "ldpv2", "gemma3"})
 
+#: Types whose graph starts with the `v.patch_embd.weight` convolution (patch x patch x RGB -> embedding_length).
+_CONV_PATCH_TYPES = _PATCH_POSITION_TYPES | {
+    "qwen2vl_merger",
+    "qwen2.5vl_merger",
+    "qwen3vl_merger",
+    "idefics3",
+    "pixtral",
+}
+#: Types whose vision tower has no standard transformer blocks (clip.cpp `has_standard_layers`).
+_NO_STANDARD_LAYERS = frozenset({"gemma3nv", "qwen3tts_spkenc", "pockettts_gen"})
+#: Types for which clip.cpp swaps ffn_up and ffn_down when ffn_down's input width is the embedding width.
+_FFN_SWAP_TYPES = frozenset(
+    {"mlp", "mlp_norm", "ldp", "ldpv2", "qwen2vl_merger", "qwen2.5vl_merger", "exaone4_5", "adapter", "gemma3",
+     "idefics3", "resampler", "minicpmv4_6"}
+)  # fmt: skip
+
 #: (bytes per block, elements per block) of the ggml types a projector's tensors use (ggml.c type_traits).
 _GGML_TYPE_SIZES: dict[int, tuple[int, int]] = {
     0: (4, 1),  # F32
@@ -206,7 +222,7 @@ def check_mmproj(path: str | os.PathLike[str], n_embd_text: int | None = None) -
     if has_vision:
         info = _check_vision(header, path, info)
     if has_audio:
-        _check_tower(header, path, "audio", "a")
+        _check_tower(header, path, "audio", "a", info.projector_type)
     if n_embd_text is not None and info.n_embd_out is not None and info.n_embd_out != n_embd_text:
         raise _refuse(
             path, f"it projects to width {info.n_embd_out} but the language model's embedding_length is {n_embd_text}"
@@ -250,12 +266,8 @@ def _check_extent(header: GGUFHeader, path: Path) -> None:
     types = dict(header.tensors)
     for name, shape in header.tensor_shapes.items():
         size = _nbytes(shape, types[name])
-        if size is None:
-            raise _refuse(
-                path,
-                f"tensor {name!r} has ggml type {types[name]} and shape {list(shape)}, not a weight "
-                "layout a projector uses",
-            )
+        if size is None:  # a type this table does not size (gguf.cpp still checks the alignment)
+            size = 1
         end = header.data_start + header.tensor_offsets[name] + size
         if end > header.file_size:
             raise _refuse(
@@ -291,11 +303,32 @@ def _shape(header: GGUFHeader, path: Path, name: str, expected: tuple[int, ...] 
     return True
 
 
-def _check_tower(header: GGUFHeader, path: Path, modality: str, prefix: str) -> tuple[int, int, int]:
+def _check_ffn(header: GGUFHeader, path: Path, blk: str, n_embd: int, proj_type: str) -> None:
+    """ffn_up takes the embedding to the hidden width, ffn_down brings it back (the widths must agree)."""
+    up = header.tensor_shapes.get(blk + "ffn_up.weight")
+    down = header.tensor_shapes.get(blk + "ffn_down.weight")
+    if up is None or down is None:
+        raise _refuse(
+            path, f"required tensor {blk + ('ffn_up' if up is None else 'ffn_down') + '.weight'!r} is missing"
+        )
+    if len(up) < 2 or len(down) < 2:
+        raise _refuse(path, f"tensors {blk}ffn_up/ffn_down must be matrices, not {list(up)}/{list(down)}")
+    if proj_type in _FFN_SWAP_TYPES and down[0] == n_embd:
+        up, down = down, up  # clip.cpp swaps the two of old converters the same way
+    if up[0] != n_embd or down[1] != n_embd or up[1] != down[0]:
+        raise _refuse(
+            path,
+            f"tensors {blk}ffn_up/ffn_down have shapes {list(up)}/{list(down)}: expected [{n_embd}, F]/[F, {n_embd}] "
+            f"(embedding_length {n_embd})",
+        )
+
+
+def _check_tower(header: GGUFHeader, path: Path, modality: str, prefix: str, proj_type: str) -> tuple[int, int, int]:
     """The transformer blocks: (n_embd, n_ff, block_count) after checking heads and every block's weights."""
     key = f"clip.{modality}."
     n_embd = _u32(header, path, key + "embedding_length")
-    n_ff = _u32(header, path, key + "feed_forward_length")
+    # Qwen2-VL projectors of the old surgery script say 0 here: the blocks' own shapes are what counts.
+    n_ff = _u32(header, path, key + "feed_forward_length", minimum=0)
     n_layer = _u32(header, path, key + "block_count")
     if n_layer > MAX_VISION_BLOCKS:
         raise _refuse(path, f"key {key + 'block_count'!r} = {n_layer} exceeds {MAX_VISION_BLOCKS}")
@@ -316,6 +349,8 @@ def _check_tower(header: GGUFHeader, path: Path, modality: str, prefix: str) -> 
         raise _refuse(path, f"attention.head_count_kv {n_head_kv} does not divide attention.head_count {n_head}")
     if modality != "vision":
         return n_embd, n_ff, n_layer
+    if proj_type in _NO_STANDARD_LAYERS:
+        return n_embd, n_ff, n_layer
     q_width, kv_width = n_head * head_dim, n_head_kv * head_dim
     for il in range(n_layer):
         blk = f"{prefix}.blk.{il}."
@@ -325,21 +360,9 @@ def _check_tower(header: GGUFHeader, path: Path, modality: str, prefix: str) -> 
             _shape(header, path, blk + "attn_k.weight", (n_embd, kv_width), required=True)
             _shape(header, path, blk + "attn_v.weight", (n_embd, kv_width), required=True)
         _shape(header, path, blk + "attn_out.weight", (q_width, n_embd), required=True)
-        up = header.tensor_shapes.get(blk + "ffn_up.weight")
-        down = header.tensor_shapes.get(blk + "ffn_down.weight")
-        if up is None or down is None:
-            raise _refuse(
-                path, f"required tensor {blk + ('ffn_up' if up is None else 'ffn_down') + '.weight'!r} is missing"
-            )
-        # clip.cpp swaps up and down when a converter stored them the other way round.
-        if tuple(up[:2]) == (n_ff, n_embd) and tuple(down[:2]) == (n_embd, n_ff):
-            up, down = down, up
-        if tuple(up[:2]) != (n_embd, n_ff) or tuple(down[:2]) != (n_ff, n_embd):
-            raise _refuse(
-                path,
-                f"tensors {blk}ffn_up/ffn_down have shapes {list(up)}/{list(down)}, expected "
-                f"{[n_embd, n_ff]}/{[n_ff, n_embd]} (embedding_length {n_embd}, feed_forward_length {n_ff})",
-            )
+        if blk + "ffn_gate_exps.weight" in header.tensor_shapes:
+            continue  # a mixture-of-experts block: no dense ffn
+        _check_ffn(header, path, blk, n_embd, proj_type)
     return n_embd, n_ff, n_layer
 
 
@@ -353,9 +376,10 @@ def _check_vision(header: GGUFHeader, path: Path, info: ProjectorInfo) -> Projec
     for key in ("clip.vision.image_mean", "clip.vision.image_std"):
         if key not in header.kv_types:
             raise _refuse(path, f"required key {key!r} is missing")
-    n_embd, _n_ff, _n_layer = _check_tower(header, path, "vision", "v")
+    n_embd, _n_ff, _n_layer = _check_tower(header, path, "vision", "v", info.projector_type)
     proj = info.projector_type
-    _shape(header, path, "v.patch_embd.weight", (patch_size, patch_size, 3, n_embd), required=True)
+    if proj in _CONV_PATCH_TYPES:  # their graph convolves the image with it (a missing one is a NULL deref)
+        _shape(header, path, "v.patch_embd.weight", (patch_size, patch_size, 3, n_embd), required=True)
     per_side = image_size // patch_size
     n_patches = per_side * per_side
     has_class = "v.class_embd" in header.tensor_shapes
