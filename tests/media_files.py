@@ -30,3 +30,19 @@ def bmp(width: int, height: int, seed: int = 0) -> bytes:
     pixels = b"".join(bytes(rng.randrange(256) for _ in range(3 * width)).ljust(row, b"\0") for _ in range(height))
     info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, len(pixels), 2835, 2835, 0, 0)
     return b"BM" + struct.pack("<IHHI", 14 + 40 + len(pixels), 0, 0, 54) + info + pixels
+
+
+def wav(seconds: float = 0.5, seed: int = 0, rate: int = 16000) -> bytes:
+    """A mono 16-bit PCM WAV of random noise."""
+    import io
+    import wave
+
+    rng = random.Random(seed)
+    frames = b"".join(struct.pack("<h", rng.randrange(-8000, 8000)) for _ in range(int(seconds * rate)))
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(frames)
+    return buf.getvalue()

@@ -279,3 +279,27 @@ def test_the_same_image_gives_the_same_logits_at_other_thread_counts(tiny_model_
             marker = llm.projector.marker  # type: ignore[union-attr]
             rows.append(_logits_after(llm, llm.media_prompt(f"see {marker} here", [image])))
     np.testing.assert_allclose(rows[0], rows[1], rtol=1e-5, atol=1e-5)
+
+
+def test_audio_in_through_a_whisper_projector(tiny_model_path: Path, tmp_path: Path) -> None:
+    from media_files import wav
+    from tiny_mmproj import AUDIO_TOKENS, write_tiny_audio_mmproj
+
+    mmproj = write_tiny_audio_mmproj(tmp_path / "audio.gguf")
+    with Llama(str(tiny_model_path), mmproj=mmproj, n_ctx=1024, n_threads=1) as llm:
+        projector = llm.projector
+        assert projector is not None and projector.modalities == ["text", "audio"]
+
+        def clip(seed: int) -> list[dict[str, Any]]:
+            audio = {"data": base64.b64encode(wav(0.4, seed)).decode(), "format": "wav"}
+            return [{"role": "user", "content": [{"type": "input_audio", "input_audio": audio},
+                                                 {"type": "text", "text": "What is said?"}]}]  # fmt: skip
+
+        reply = llm.create_chat_completion(clip(1), max_tokens=3, temperature=0)
+        assert reply["usage"]["prompt_tokens"] > AUDIO_TOKENS
+        marker = projector.marker
+        a = _logits_after(llm, llm.media_prompt(f"hear {marker} now", [Media("audio", wav(0.4, 1))]))
+        b = _logits_after(llm, llm.media_prompt(f"hear {marker} now", [Media("audio", wav(0.4, 2))]))
+        assert not np.allclose(a, b)
+        with pytest.raises(MediaError, match="no vision encoder"):
+            llm.create_chat_completion(_image_message(png(8, 8)), max_tokens=1)

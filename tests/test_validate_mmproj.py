@@ -107,7 +107,10 @@ def test_every_broken_projector_ends_in_an_exception_in_a_real_process(
     tmp_path: Path, tiny_model_path: Path, image_png: Path
 ) -> None:
     """The whole path (Llama(mmproj=...) and an image request) in a child: no case may end in a signal."""
+    from tiny_mmproj import write_tiny_audio_mmproj
+
     paths = [_write(tmp_path, name, kwargs) for name, kwargs, _ in BROKEN]
+    paths += [write_tiny_audio_mmproj(tmp_path / f"audio{i}.gguf", **kw) for i, (_, kw, _) in enumerate(AUDIO_BROKEN)]
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(write_tiny_mmproj(tmp_path / "whole.gguf").read_bytes()[:-64])
     good = write_tiny_mmproj(tmp_path / "good.gguf")
@@ -168,3 +171,31 @@ def test_layouts_libmtmd_accepts_are_not_refused(tmp_path: Path, tiny_model_path
     assert proc.returncode == 0, f"child died with {proc.returncode}:\n{proc.stderr[-3000:]}"
     results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert [r["error"] for r in results] == [None] * len(variants), results
+
+
+AUDIO_BROKEN: list[tuple[str, dict[str, Any], str]] = [
+    ("no q bias", {"omit": ("a.blk.0.attn_q.bias",)}, "'a.blk.0.attn_q.bias' is missing"),
+    ("no ln2 bias", {"omit": ("a.blk.1.ln2.bias",)}, "'a.blk.1.ln2.bias' is missing"),
+    ("no position embedding", {"omit": ("a.position_embd.weight",)}, "a.position_embd.weight"),
+    ("no conv", {"omit": ("a.conv1d.2.weight",)}, "'a.conv1d.2.weight' is missing"),
+    ("no mel bins", {"omit": ("clip.audio.num_mel_bins",)}, "'clip.audio.num_mel_bins' is missing"),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs", "words"), AUDIO_BROKEN, ids=[b[0] for b in AUDIO_BROKEN])
+def test_broken_audio_projector_is_refused(tmp_path: Path, name: str, kwargs: Any, words: str) -> None:
+    from tiny_mmproj import write_tiny_audio_mmproj
+
+    path = write_tiny_audio_mmproj(tmp_path / "audio.gguf", **kwargs)
+    with pytest.raises(ModelLoadError) as info:
+        check_mmproj(path, n_embd_text=64)
+    assert words in str(info.value)
+
+
+def test_audio_projector_facts(tmp_path: Path) -> None:
+    from tiny_mmproj import write_tiny_audio_mmproj
+
+    info = check_mmproj(write_tiny_audio_mmproj(tmp_path / "audio.gguf"), n_embd_text=64)
+    assert (info.projector_type, info.has_vision, info.has_audio, info.n_embd_out) == ("qwen2a", False, True, 64)
+    with pytest.raises(ModelLoadError, match="embedding_length is 640"):
+        check_mmproj(tmp_path / "audio.gguf", n_embd_text=640)

@@ -152,3 +152,80 @@ def _main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(_main())
+
+
+#: The audio projector: Qwen2-Audio's (`qwen2a`): a whisper encoder and one linear layer.
+N_MEL = 128
+AUDIO_POSITIONS = 1500  # whisper: a 30 s chunk is 3000 mel frames, halved by the second convolution
+#: Tokens of one clip of up to 30 s (the positions, halved again by the average pool).
+AUDIO_TOKENS = AUDIO_POSITIONS // 2
+
+
+def write_tiny_audio_mmproj(
+    out_path: str | os.PathLike[str], n_embd_text: int = 64, *, seed: int = SEED, omit: tuple[str, ...] = ()
+) -> Path:
+    """A random `qwen2a` audio projector (whisper encoder) for the tiny llama."""
+    import gguf
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+
+    def rand(*shape: int, std: float = 0.05) -> Any:
+        return (rng.standard_normal(shape) * std).astype(np.float32)
+
+    e, f = N_EMBD, N_FF
+    ones, zeros = np.ones(e, dtype=np.float32), np.zeros(e, dtype=np.float32)
+    tensors: dict[str, Any] = {
+        "a.conv1d.1.weight": rand(e, N_MEL, 3, std=0.1),
+        "a.conv1d.1.bias": rand(e, 1, std=0.02),
+        "a.conv1d.2.weight": rand(e, e, 3, std=0.1),
+        "a.conv1d.2.bias": rand(e, 1, std=0.02),
+        "a.position_embd.weight": rand(AUDIO_POSITIONS, e, std=0.2),
+        "mm.a.fc.weight": rand(n_embd_text, e, std=1 / np.sqrt(e)),
+        "mm.a.fc.bias": rand(n_embd_text, std=0.02),
+    }
+    for i in range(N_LAYER):
+        blk = f"a.blk.{i}."
+        for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            tensors[blk + name + ".weight"] = rand(e, e, std=1 / np.sqrt(e))
+        tensors[blk + "attn_q.bias"] = rand(e, std=0.02)
+        tensors[blk + "attn_v.bias"] = rand(e, std=0.02)
+        tensors[blk + "attn_out.bias"] = rand(e, std=0.02)
+        for norm in ("ln1", "ln2"):
+            tensors[blk + norm + ".weight"], tensors[blk + norm + ".bias"] = ones, zeros
+        tensors[blk + "ffn_up.weight"] = rand(f, e, std=1 / np.sqrt(e))
+        tensors[blk + "ffn_up.bias"] = rand(f, std=0.02)
+        tensors[blk + "ffn_down.weight"] = rand(e, f, std=1 / np.sqrt(f))
+        tensors[blk + "ffn_down.bias"] = rand(e, std=0.02)
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    writer = gguf.GGUFWriter(str(tmp), "clip")
+    try:
+        writer.add_name("llamarcp tiny random qwen2a audio projector")
+        writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+        u32 = gguf.GGUFValueType.UINT32
+        values: dict[str, tuple[Any, Any]] = {
+            "clip.has_audio_encoder": (True, gguf.GGUFValueType.BOOL),
+            "clip.projector_type": ("qwen2a", gguf.GGUFValueType.STRING),
+            "clip.audio.num_mel_bins": (N_MEL, u32),
+            "clip.audio.embedding_length": (e, u32),
+            "clip.audio.feed_forward_length": (f, u32),
+            "clip.audio.block_count": (N_LAYER, u32),
+            "clip.audio.projection_dim": (n_embd_text, u32),
+            "clip.audio.attention.head_count": (N_HEAD, u32),
+            "clip.audio.attention.layer_norm_epsilon": (1e-5, gguf.GGUFValueType.FLOAT32),
+        }
+        for key, (value, value_type) in values.items():
+            if key not in omit:
+                writer.add_key_value(key, value, value_type)
+        for name, array in tensors.items():
+            if name not in omit:
+                writer.add_tensor(name, array)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    os.replace(tmp, out)
+    return out

@@ -23,6 +23,7 @@ from llamarcp.errors import ModelLoadError
 from llamarcp.validate.gguf import GGUFHeader, read_gguf_header
 
 __all__ = [
+    "WHISPER_POSITIONS",
     "MAX_VISION_BLOCKS",
     "MAX_VISION_IMAGE_SIZE",
     "ProjectorInfo",
@@ -145,6 +146,10 @@ _CONV_PATCH_TYPES = _PATCH_POSITION_TYPES | {
     "idefics3",
     "pixtral",
 }
+#: Audio projectors on a whisper encoder (`clip_graph_whisper_enc`).
+_WHISPER_TYPES = frozenset({"ultravox", "voxtral", "qwen2a", "glma", "meralion", "musicflamingo"})
+#: Positions a whisper encoder needs: 30 s of 10 ms mel frames, halved by its second convolution.
+WHISPER_POSITIONS = 1500
 #: Types whose vision tower has no standard transformer blocks (clip.cpp `has_standard_layers`).
 _NO_STANDARD_LAYERS = frozenset({"gemma3nv", "qwen3tts_spkenc", "pockettts_gen"})
 #: Types for which clip.cpp swaps ffn_up and ffn_down when ffn_down's input width is the embedding width.
@@ -222,7 +227,10 @@ def check_mmproj(path: str | os.PathLike[str], n_embd_text: int | None = None) -
     if has_vision:
         info = _check_vision(header, path, info)
     if has_audio:
-        _check_tower(header, path, "audio", "a", info.projector_type)
+        _check_audio(header, path, kv.get("clip.audio.projector_type") or proj_type)
+        fc = header.tensor_shapes.get("mm.a.fc.weight")
+        if info.n_embd_out is None and fc is not None and len(fc) >= 2:  # qwen2a's single projection
+            info = ProjectorInfo(info.path, info.projector_type, has_vision, has_audio, n_embd_out=fc[1])
     if n_embd_text is not None and info.n_embd_out is not None and info.n_embd_out != n_embd_text:
         raise _refuse(
             path, f"it projects to width {info.n_embd_out} but the language model's embedding_length is {n_embd_text}"
@@ -347,8 +355,6 @@ def _check_tower(header: GGUFHeader, path: Path, modality: str, prefix: str, pro
         head_dim = n_embd // n_head
     if n_head % n_head_kv:
         raise _refuse(path, f"attention.head_count_kv {n_head_kv} does not divide attention.head_count {n_head}")
-    if modality != "vision":
-        return n_embd, n_ff, n_layer
     if proj_type in _NO_STANDARD_LAYERS:
         return n_embd, n_ff, n_layer
     q_width, kv_width = n_head * head_dim, n_head_kv * head_dim
@@ -364,6 +370,29 @@ def _check_tower(header: GGUFHeader, path: Path, modality: str, prefix: str, pro
             continue  # a mixture-of-experts block: no dense ffn
         _check_ffn(header, path, blk, n_embd, proj_type)
     return n_embd, n_ff, n_layer
+
+
+def _check_audio(header: GGUFHeader, path: Path, proj_type: str) -> None:
+    """The audio tower; for whisper encoders also what `clip_graph_whisper_enc` asserts (aborts on)."""
+    n_mel = _u32(header, path, "clip.audio.num_mel_bins")
+    n_embd, _n_ff, n_layer = _check_tower(header, path, "audio", "a", proj_type)
+    if proj_type not in _WHISPER_TYPES:
+        return
+    _shape(header, path, "a.conv1d.1.weight", (3, n_mel, n_embd), required=True)
+    _shape(header, path, "a.conv1d.2.weight", (3, n_embd, n_embd), required=True)
+    positions = header.tensor_shapes.get("a.position_embd.weight")
+    if positions is None or len(positions) < 2 or positions[0] != n_embd or positions[1] < WHISPER_POSITIONS:
+        raise _refuse(
+            path,
+            f"tensor 'a.position_embd.weight' must be [{n_embd}, >= {WHISPER_POSITIONS}] (a 30 s chunk's positions), "
+            f"not {list(positions) if positions else 'missing'}",
+        )
+    for il in range(n_layer):
+        blk = f"a.blk.{il}."
+        for name in ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias", "attn_q.bias", "attn_v.bias"):
+            _shape(header, path, blk + name, (n_embd,), required=True)
+        if blk + "attn_k.bias" in header.tensor_shapes:
+            raise _refuse(path, f"tensor {blk + 'attn_k.bias'!r} must not exist (whisper's key projection has no bias)")
 
 
 def _check_vision(header: GGUFHeader, path: Path, info: ProjectorInfo) -> ProjectorInfo:
