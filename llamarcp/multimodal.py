@@ -225,7 +225,7 @@ def chat_tokenizer(llm: Any, messages: Sequence[Mapping[str, Any]], allow_files:
 def split_media_messages(
     messages: Sequence[Mapping[str, Any]], marker: str, *, allow_files: bool = True
 ) -> tuple[list[dict[str, Any]], list[Media]]:
-    """Messages with each image_url / input_audio part replaced by a text part holding `marker`, and the media
+    """Messages whose image_url / input_audio parts became `marker` in their (now string) content, and the media
     in prompt order (loaded and validated)."""
     out: list[dict[str, Any]] = []
     media: list[Media] = []
@@ -234,19 +234,26 @@ def split_media_messages(
         if not isinstance(content, (list, tuple)):
             out.append(dict(message) if isinstance(message, Mapping) else message)
             continue
-        parts = []
+        if not any(isinstance(p, Mapping) and p.get("type") in ("image_url", "input_audio") for p in content):
+            out.append(dict(message))
+            continue
+        # As llama.cpp's server: the parts become one string, text parts joined by newlines, none around markers.
+        text, after_marker = "", False
         for j, part in enumerate(content):
             kind = part.get("type") if isinstance(part, Mapping) else None
             where = f"messages[{i}].content[{j}]"
-            if kind == "image_url":
-                media.append(load_media(_image_url(part, where), "image", allow_files=allow_files))
-                parts.append({"type": "text", "text": marker})
-            elif kind == "input_audio":
-                media.append(_audio_bytes(part, where))
-                parts.append({"type": "text", "text": marker})
+            if kind in ("image_url", "input_audio"):
+                if kind == "image_url":
+                    media.append(load_media(_image_url(part, where), "image", allow_files=allow_files))
+                else:
+                    media.append(_audio_bytes(part, where))
+                text, after_marker = text + marker, True
+            elif kind == "text" and isinstance(part.get("text"), str):
+                text += ("\n" if text and not after_marker else "") + part["text"]
+                after_marker = False
             else:
-                parts.append(part)
-        out.append({**message, "content": parts})
+                raise MediaError(f"{where}: a message with images takes text, image_url and input_audio parts only")
+        out.append({**message, "content": text})
     check_request_images([check_image(m.data) for m in media if m.kind == "image"])
     return out, media
 

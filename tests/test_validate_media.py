@@ -191,11 +191,9 @@ def test_messages_get_one_marker_per_image_in_order(tmp_path: Path) -> None:
     ]
     out, found = split_media_messages(messages, "<M>")
     assert [m.data for m in found] == [a, b]
-    assert out[1]["content"] == [
-        {"type": "text", "text": "<M>"},
-        {"type": "text", "text": "and"},
-        {"type": "text", "text": "<M>"},
-    ]
+    assert out[1]["content"] == "<M>and<M>"  # llama.cpp's joining: no newline next to a marker
+    two_texts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}, messages[1]["content"][0]]
+    assert split_media_messages([{"role": "user", "content": two_texts}], "<M>")[0][0]["content"] == "a\nb<M>"
     assert messages[1]["content"][0]["type"] == "image_url"  # the caller's messages are untouched
     with pytest.raises(MediaError, match="image_url must be"):
         split_media_messages([{"role": "user", "content": [{"type": "image_url", "image_url": 5}]}], "<M>")
