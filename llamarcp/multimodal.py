@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from llamarcp.engine import Engine
 
 __all__ = [
-    "MAX_CACHED_EMBEDDINGS",
+    "MAX_CACHED_EMBEDDING_BYTES",
     "MEDIA_FETCH_TIMEOUT_S",
     "Media",
     "MediaPrompt",
@@ -56,14 +56,12 @@ __all__ = [
     "split_media_messages",
 ]
 
-#: Image embeddings kept for reuse (per projector), most recently used first out last.
-MAX_CACHED_EMBEDDINGS = 32
+#: Bytes of image/audio embeddings a projector keeps for reuse (least recently used dropped first).
+MAX_CACHED_EMBEDDING_BYTES = 128 * 1024 * 1024
 #: The longest an http(s) image download may take, all of it.
 MEDIA_FETCH_TIMEOUT_S = 20.0
 
-_CHUNK_TEXT = 0
-_CHUNK_IMAGE = 1
-_CHUNK_AUDIO = 2
+_CHUNK_TEXT: int = ffi.integer_const("MTMD_INPUT_CHUNK_TYPE_TEXT")
 
 
 # -- owners of the C objects ---------------------------------------------------------------------------------------
@@ -545,8 +543,10 @@ class Projector:
             embd = ffi.new("float[]", n)
             ffi.memmove(embd, lib.mtmd_get_output_embd(self._ctx.ptr), n * ffi.sizeof("float"))
             self._embeddings[span.digest] = embd
-            while len(self._embeddings) > MAX_CACHED_EMBEDDINGS:
-                self._embeddings.popitem(last=False)
+            cached_bytes = ffi.sizeof("float") * sum(len(e) for e in self._embeddings.values())
+            while len(self._embeddings) > 1 and cached_bytes > MAX_CACHED_EMBEDDING_BYTES:  # the newest may stay
+                _, dropped = self._embeddings.popitem(last=False)
+                cached_bytes -= ffi.sizeof("float") * len(dropped)
             return embd
 
     def decode(self, engine: Engine, prompt: MediaPrompt, start: int, seq_id: int, stop: int) -> int:

@@ -303,3 +303,16 @@ def test_audio_in_through_a_whisper_projector(tiny_model_path: Path, tmp_path: P
         assert not np.allclose(a, b)
         with pytest.raises(MediaError, match="no vision encoder"):
             llm.create_chat_completion(_image_message(png(8, 8)), max_tokens=1)
+
+
+def test_the_embedding_cache_is_bounded_in_bytes(vision: Llama, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llamarcp import multimodal
+
+    projector = vision.projector
+    assert projector is not None
+    one_image = MLP_IMAGE_TOKENS * projector.n_embd_inp * 4
+    monkeypatch.setattr(multimodal, "MAX_CACHED_EMBEDDING_BYTES", 2 * one_image)
+    marker = projector.marker
+    for seed in range(100, 104):
+        vision.create_completion(vision.media_prompt(f"x {marker} y", [Media("image", png(6, 6, seed))]), max_tokens=1)
+    assert len(projector._embeddings) == 2
