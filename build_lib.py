@@ -554,9 +554,12 @@ def build(
         missing_tools = [t for t in tools if not (bins / TOOLS[t][1]).exists()]
         missing_libs = [n for n in libraries if not any((libs / f).exists() for f in companion_file_names(n))]
         if fresh and not missing_tools and not missing_libs:
-            if stamp is not None and "abi_fingerprint" not in stamp:  # a stamp older than the ABI fingerprint
-                stamp.update(_abi_stamp(src, commit, libs))
-                _write_stamp(stamp_path, stamp)
+            if stamp is not None and not stamp.get("abi_fingerprint"):  # stamped without one (no libclang then)
+                update = _abi_stamp(src, commit, libs, verified=identity.startswith("pinned:"))
+                if update.get("abi_fingerprint") or "abi_fingerprint" not in stamp:
+                    stamp.pop("abi_error", None)
+                    stamp.update(update)
+                    _write_stamp(stamp_path, stamp)
             _say(f"cached build {print_id} is up to date (nothing to do)")
             return libs
         if not allow_build:
@@ -594,7 +597,7 @@ def build(
                 "fingerprint": fp,
                 "key": print_id,
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                **_abi_stamp(src, commit, libs),
+                **_abi_stamp(src, commit, libs, verified=identity.startswith("pinned:")),
             }
             stamp_path.write_text(json.dumps(stamp, indent=2) + "\n")
         if missing_tools:
@@ -620,13 +623,41 @@ def build(
     return libs
 
 
-def _abi_stamp(src: Path, commit: str, libs: Path) -> dict[str, object]:
-    """The ABI fingerprint of the headers built from (codegen/abi.py), for the runtime guard."""
+def _abi_stamp(src: Path, commit: str, libs: Path, verified: bool = False) -> dict[str, object]:
+    """The ABI fingerprint of the headers built from, for the runtime guard.
+
+    A verified tree of a release of the window (the pin included) has it in the generated bindings: no libclang
+    needed. Any other tree is parsed (codegen/abi.py, libclang).
+    """
+    if verified:
+        known = _known_abi(commit, libs)
+        if known is not None:
+            return known
     try:
         from codegen.abi import stamp_library
     except ImportError as exc:  # codegen's dependencies absent: no fingerprint, the guard probes the library
         return {"abi_fingerprint": None, "abi_error": f"codegen not importable: {exc}"}
     return stamp_library(src, commit, libs)
+
+
+def _known_abi(commit: str, libs: Path) -> dict[str, object] | None:
+    """The stamp fields of a window release's tree, from the generated bindings (None: not in the window)."""
+    from llamarcp import _release
+    from llamarcp.drift import abi
+
+    try:
+        name = _release.release_name_of(commit)
+        bindings = _release.release(name) if name is not None else None
+    except (ImportError, KeyError):
+        return None
+    if bindings is None:
+        return None
+    document = {"commit": commit, "fingerprint": bindings.fingerprint, "items": bindings.items}
+    target = libs / abi.ITEMS_FILE
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps(document, indent=0, sort_keys=True) + "\n")
+    tmp.replace(target)
+    return {"abi_fingerprint": bindings.fingerprint, "abi_from": f"the generated bindings of {name}"}
 
 
 def _write_stamp(path: Path, stamp: dict[str, object]) -> None:
@@ -691,12 +722,27 @@ def build_for_wheel(dest: Path, source: Path | None = None) -> list[Path]:
 # ------------------------------------------------------------------------------------------------ cli
 
 
+def release_carrier(name: str) -> _pin.Carrier:
+    """The carrier of a window release, by release name (b8672, 0c1e57098bba) or carrier version."""
+    for version in _pin.WINDOW:
+        carrier = _pin.KNOWN_CARRIERS[version]
+        if name in (version, carrier.commit, carrier.commit[:12]):
+            return carrier
+    names = ", ".join(_pin.KNOWN_CARRIERS[v].commit[:12] for v in _pin.WINDOW)
+    raise BuildError(f"{name!r} is not a release of the window ({names})")
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Fetch, verify, build and cache libllama from the pinned llama.cpp.",
     )
     parser.add_argument("--source", type=Path, help="build this llama.cpp checkout instead of the pin")
     parser.add_argument("--commit", help="the --source tree's llama.cpp revision (default: its git HEAD)")
+    parser.add_argument(
+        "--release",
+        metavar="NAME",
+        help="build a release of the window instead of the pin: its name (b8672) or carrier version (2026.4.8672)",
+    )
     for name in BACKEND_FLAGS:
         parser.add_argument(f"--{name}", action="store_true", help=f"enable the {name.upper()} backend")
     parser.add_argument("--cmake-arg", action="append", default=[], metavar="X", help="extra CMake argument")
@@ -734,6 +780,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if opts.fetch:
             os.environ["LLAMARCP_FETCH"] = opts.fetch
+        if opts.release:
+            if opts.source:
+                raise BuildError("--release and --source both name the tree to build: give one")
+            opts.source = ensure_source(release_carrier(opts.release), opts.fetch)
         backends = [name for name in BACKEND_FLAGS if getattr(opts, name)]
         tools = [t.strip() for t in opts.tools.split(",") if t.strip()]
         libraries = ["mtmd"] if opts.mtmd else []

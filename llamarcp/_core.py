@@ -27,6 +27,7 @@ from llamarcp.validate import check_context_params, check_gguf_hparams
 
 __all__ = ["Batch", "Context", "LoraAdapter", "Model", "ffi"]
 
+from llamarcp import _adapt, _guard
 from llamarcp._ffi import ffi
 
 GGUF_MAGIC = b"GGUF"
@@ -74,10 +75,7 @@ class Model(Managed):
         params.main_gpu = int(main_gpu)
         if split_mode is not None:
             params.split_mode = int(split_mode)
-        if use_mmap:
-            params.load_mode = lib.LLAMA_LOAD_MODE_MMAP_MLOCK if use_mlock else lib.LLAMA_LOAD_MODE_MMAP
-        else:
-            params.load_mode = lib.LLAMA_LOAD_MODE_MLOCK if use_mlock else lib.LLAMA_LOAD_MODE_NONE
+        _adapt.set_load_mode(lib, params, use_mmap, use_mlock)
         params.check_tensors = bool(check_tensors)
         if use_extra_bufts is None:
             from llamarcp._cpu import default_use_extra_bufts
@@ -274,6 +272,11 @@ class Context(Managed):
             raise ContextCreationError(f"llama_init_from_model failed{log.reason()}")
         super().__init__(ptr, parent=model)
         self.model = model
+        try:  # the first context of the process: the by-value results that need one are probed before use
+            _guard.probe_live("struct llama_context *", ptr)
+        except BaseException:
+            self.close()
+            raise
         self.memory = lib.llama_get_memory(ptr)
 
     def _free(self, ptr: Any) -> None:

@@ -160,26 +160,80 @@ def _probe(lib: Any) -> Any:
     return abi.probe(lib, ffi, bindings_abi()[2], platform.machine())
 
 
+_live_probed: dict[str, bool] = {}
+
+
+def probe_live(kind: str, pointer: Any) -> None:
+    """Probe the by-value results that need a live object (`llama_perf_context(ctx)`), once per process and kind.
+
+    Called by the one owner of each such object right after creating the first one, before anything else calls
+    into it; raises LibraryMismatchError naming the struct when the library writes another layout.
+    """
+    if kind in _live_probed or skipped():
+        return
+    from llamarcp import _lib, _release
+    from llamarcp._ffi import ffi
+    from llamarcp.drift import abi
+
+    lib = _lib.load()
+    raw = getattr(lib, "_raw", lib)
+    chosen = _release.bindings()
+    result = abi.probe(raw, ffi, chosen.probes, platform.machine(), live=(kind, pointer))
+    _live_probed[kind] = True
+    if result.problems:
+        error = LibraryMismatchError(
+            f"libllama at {_lib.loaded_path()} does not match the API llamarcp uses (llama.cpp {chosen.name}):\n"
+            + "\n".join(f"  {p}" for p in result.problems)
+            + f"\n{FIX_HINT}"
+        )
+        error.library = _lib.loaded_path()
+        error.expected_commit = chosen.name
+        _live_probed.pop(kind)
+        raise error
+
+
 def check(
     lib: Any,
     library_path: str | os.PathLike[str],
     *,
     used: Iterable[str] | None = None,
     expected_commit: str | None = None,
+    selection: Any = None,
 ) -> None:
-    """Raise LibraryMismatchError naming every problem at once; return quietly when the library fits."""
+    """Raise LibraryMismatchError naming every problem at once; return quietly when the library fits.
+
+    `selection` (llamarcp._release.Selection): the release the library was matched to; its declarations are the
+    expectation, and only the functions llamarcp calls that this release declares must be exported (the others
+    raise MissingSymbolError naming the first release that has them, when called).
+    """
     if skipped():
         return
+    chosen = selection.bindings if selection is not None else None
     if expected_commit is None:
-        expected_commit = bindings_commit()
-    missing = missing_functions(lib, used_functions() if used is None else used)
+        expected_commit = chosen.name if chosen is not None else bindings_commit()
+    names = list(used_functions() if used is None else used)
+    if chosen is not None:
+        names = [n for n in names if n in chosen.functions]
+    missing = missing_functions(lib, names)
     stamp, stamp_path = read_stamp(library_path)
     commit, _ = stamp_commit(library_path)
     lines: list[str] = []
     changed: list[str] = []
     found_fp = stamp.get("abi_fingerprint") if stamp else None
-    if isinstance(found_fp, str) and stamp is not None:
-        expected_fp, expected_items, _ = bindings_abi()
+    if chosen is not None and not isinstance(found_fp, str):
+        for note in selection.notes:  # matched by its exported functions and the probe (llamarcp._release)
+            if note.startswith("the probe verified nothing") and not missing:
+                warnings.warn(
+                    f"libllama at {library_path} has no build stamp with an ABI fingerprint and {note}: llamarcp "
+                    f"matched it to llama.cpp {chosen.name} by its exported functions only; a mismatch would "
+                    "corrupt memory silently. Build it with `python build_lib.py --source DIR` to get a stamp",
+                    LibraryUnverifiedWarning,
+                    stacklevel=3,
+                )
+    elif isinstance(found_fp, str) and stamp is not None:
+        expected_fp, expected_items, _ = (
+            (chosen.fingerprint, chosen.items, chosen.probes) if chosen is not None else bindings_abi()
+        )
         if found_fp != expected_fp:
             changed = _abi_problems(Path(library_path), stamp, expected_items)
             if changed:

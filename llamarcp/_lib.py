@@ -110,6 +110,16 @@ def load() -> Any:
     return _loaded["lib"]
 
 
+def _load_hint(reason: str) -> str:
+    if "GLIBC" in reason:
+        return " (it was built against a newer C library than this system has: build it here with build_lib.py)"
+    if "wrong ELF class" in reason or "invalid ELF header" in reason:
+        return " (it is not a shared library for this machine)"
+    if "cannot open shared object file" in reason:
+        return " (a library it links is missing beside it or on the loader path)"
+    return ""
+
+
 def loaded_path() -> str | None:
     """Path of the loaded library, or None before `load()`."""
     return _loaded.get("path")

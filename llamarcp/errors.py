@@ -14,6 +14,12 @@ class LibraryNotFoundError(LlamaError, OSError):
     """No libllama could be found or loaded; the message names every place looked at."""
 
 
+class LibraryLoadError(LlamaError, OSError):
+    """A libllama was found but the system loader could not load it; the message quotes the loader's reason."""
+
+    library: str | None = None
+
+
 class LibraryMismatchError(LlamaError, ImportError):
     """The loaded libllama does not match the API llamarcp was generated from."""
 
