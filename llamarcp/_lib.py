@@ -93,17 +93,26 @@ def load() -> Any:
         return _loaded["lib"]
     with _lock:
         if "lib" not in _loaded:
+            from llamarcp import _release
             from llamarcp._ffi import ffi
 
             path = find_library()
             try:
                 raw = ffi.dlopen(str(path))
             except OSError as exc:
-                raise LibraryNotFoundError(f"could not load {path}: {exc}; {BUILD_HINT}") from exc
+                error = LibraryLoadError(
+                    f"libllama was found at {path} but the system loader could not load it: {exc}"
+                    f"{_load_hint(str(exc))}"
+                )
+                error.library = str(path)
+                raise error from exc
             from llamarcp._guard import check as guard_check
             from llamarcp._libproxy import LibProxy
 
-            guard_check(raw, path)
+            chosen = _release.selection()
+            if chosen.error is not None:
+                raise chosen.error
+            guard_check(raw, path, selection=chosen)
 
             _loaded["path"] = str(path)
             _loaded["lib"] = LibProxy(raw, str(path))
