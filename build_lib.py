@@ -723,7 +723,9 @@ def build_for_wheel(dest: Path, source: Path | None = None) -> list[Path]:
 
 
 def release_carrier(name: str) -> _pin.Carrier:
-    """The carrier of a window release, by release name (b8672, 0c1e57098bba) or carrier version."""
+    """The carrier of a window release: its name (b8672, 0c1e57098bba), carrier version, or oldest/middle/pin."""
+    aliases = {"oldest": _pin.WINDOW[0], "middle": _pin.WINDOW[len(_pin.WINDOW) // 2], "pin": _pin.PINNED_CARRIER}
+    name = aliases.get(name, name)
     for version in _pin.WINDOW:
         carrier = _pin.KNOWN_CARRIERS[version]
         if name in (version, carrier.commit, carrier.commit[:12]):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llamarcp import _cache
-from llamarcp.errors import LibraryNotFoundError
+from llamarcp.errors import LibraryLoadError, LibraryNotFoundError
 
 #: Checked in this order; both names are accepted so llama-cpp-python users keep their setting.
 ENV_VARS = ("LLAMARCP_LIB_PATH", "LLAMA_CPP_LIB_PATH")

@@ -244,7 +244,10 @@ def _by_symbols(library: Path | str, sets: list[Bindings]) -> Selection:
     ffi = _pin_ffi()
     raw = ffi.dlopen(str(library))
     tried: list[str] = []
-    for bindings in sets:  # newest first: a library between two releases has the older one's functions
+    # Releases whose every function it exports, the closest first (fewest exports the release lacks: a library
+    # between two releases has the older one's functions and some of the newer's), then newest first.
+    ranked = sorted(enumerate(sets), key=lambda item: (len(have - item[1].llama_functions()), item[0]))
+    for _, bindings in ranked:
         lacking = bindings.llama_functions() - have
         if lacking:
             tried.append(f"{bindings.name}: lacks {len(lacking)} of its functions ({', '.join(sorted(lacking)[:3])})")
