@@ -262,8 +262,13 @@ def main(argv: list[str] | None = None) -> int:
         window = releases.window_releases_if_cached()
         if window is not None:
             result.files[releases.FILE_NAME] = releases.render_window(window)
-        elif not args.quiet:
-            print(f"codegen: {releases.FILE_NAME} not checked (the window's trees are not all fetched: --releases)")
+        else:
+            print(
+                f"codegen: {releases.FILE_NAME} cannot be checked: the window's llama.cpp trees are not all fetched "
+                "(`bash ci/setup.sh` or `python codegen/generate.py --releases` fetches them)",
+                file=sys.stderr,
+            )
+            return 1
     if args.check:
         bad = differing(args.out, result.files)
         if args.out == DEFAULT_OUT and args.source is None and args.header is None:
