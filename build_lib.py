@@ -442,6 +442,16 @@ def _locked(path: Path, what: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+#: A llama.cpp tree to build instead of the pin (build_lib.py's default --source; setup.py generates its bindings).
+SOURCE_ENV = "LLAMARCP_LLAMA_CPP_SOURCE"
+
+
+def user_tree(source: Path, commit: str | None = None) -> tuple[Path, str]:
+    """(resolved tree, its commit) of a user's llama.cpp tree; BuildError naming what is missing."""
+    tree, _, found = source_identity(source, commit)
+    return tree, found
+
+
 def user_cmake_args(backends: list[str], extra: list[str], env: Mapping[str, str] | None = None) -> list[str]:
     source = os.environ if env is None else env
     args = [BACKEND_FLAGS[b] for b in backends]
@@ -776,6 +786,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     opts = _parse(argv)
+    if opts.source is None and not opts.release and os.environ.get(SOURCE_ENV, "").strip():
+        opts.source = Path(os.environ[SOURCE_ENV].strip())
     try:
         if opts.print_source:
             print(ensure_source(_pin.KNOWN_CARRIERS[opts.carrier], opts.fetch))
