@@ -691,7 +691,7 @@ def _bundle_name(aliases: list[str]) -> str:
     return min(versioned or aliases, key=len)
 
 
-def bundle(libs: Path, dest: Path) -> list[Path]:
+def bundle(libs: Path, dest: Path, keep: tuple[str, ...] = ()) -> list[Path]:
     """Copy libllama, its ggml libraries and the build stamp from a build's `libs` into `dest`, as plain files.
 
     Wheels hold no symlinks, so each library is copied once, under the one name it is looked up by; the
@@ -703,8 +703,14 @@ def bundle(libs: Path, dest: Path) -> list[Path]:
             by_target.setdefault(path.resolve(), []).append(path.name)
     if not any(_bundle_name(names) in LIB_NAMES for names in by_target.values()):
         raise BuildError(f"{libs} holds no libllama to bundle")
-    shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir(parents=True)
+    for entry in dest.iterdir() if dest.is_dir() else ():
+        if entry.name in keep:
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    dest.mkdir(parents=True, exist_ok=True)
     written = []
     for target, names in sorted(by_target.items()):
         out = dest / _bundle_name(names)
@@ -716,7 +722,7 @@ def bundle(libs: Path, dest: Path) -> list[Path]:
     return written
 
 
-def build_for_wheel(dest: Path, source: Path | None = None) -> list[Path]:
+def build_for_wheel(dest: Path, source: Path | None = None, keep: tuple[str, ...] = ()) -> list[Path]:
     """The PEP 517 hook's one call (setup.py): build or reuse the pinned library, bundle it into `dest`.
 
     Honours $CMAKE_ARGS (e.g. `-DGGML_CUDA=on`) like llama-cpp-python, and FORCE_CMAKE=1 to rebuild.
@@ -724,9 +730,29 @@ def build_for_wheel(dest: Path, source: Path | None = None) -> list[Path]:
     """
     force = os.environ.get("FORCE_CMAKE", "").strip().lower() in ("1", "true", "yes", "on")
     libs = build(source, force=force)
-    written = bundle(libs, dest)
+    written = bundle(libs, dest, keep)
     _say(f"bundled {', '.join(p.name for p in written)} from {libs}")
     return written
+
+
+def build_own_tree_for_wheel(dest: Path, source: Path) -> list[str]:
+    """`pip install` with LLAMARCP_LLAMA_CPP_SOURCE: bindings from the tree's headers, then its library, bundled.
+
+    The headers are parsed first (seconds), so a tree without llama.h or with a header libclang cannot parse
+    fails before any compiling. Returns the report lines the build prints (codegen/own_tree.py).
+    """
+    tree, commit = user_tree(source)
+    try:
+        from codegen import parse
+        from codegen.own_tree import bundle_bindings
+    except ImportError as exc:
+        raise BuildError(f"generating bindings for {tree} needs llamarcp's codegen and libclang: {exc}") from exc
+    try:
+        report = bundle_bindings(tree, commit, dest / "bindings")
+    except parse.ParseError as exc:
+        raise BuildError(f"the headers of {tree} cannot be turned into bindings: {exc}") from exc
+    build_for_wheel(dest, source=tree, keep=("bindings",))
+    return report
 
 
 # ------------------------------------------------------------------------------------------------ cli

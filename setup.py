@@ -42,11 +42,7 @@ class BuildPyWithLibrary(build_py):
             if not own:
                 build_lib.build_for_wheel(native)
                 return
-            tree, commit = build_lib.user_tree(Path(own))
-            build_lib.build_for_wheel(native, source=tree)
-            from codegen.own_tree import bundle_bindings
-
-            for line in bundle_bindings(tree, commit, native / "bindings"):
+            for line in build_lib.build_own_tree_for_wheel(native, Path(own)):
                 print(line, file=sys.stderr)
         except build_lib.BuildError as exc:
             where = f" (log: {exc.log})" if exc.log else ""
