@@ -101,8 +101,7 @@ def load() -> Any:
                 raw = ffi.dlopen(str(path))
             except OSError as exc:
                 error = LibraryLoadError(
-                    f"libllama was found at {path} but the system loader could not load it: {exc}"
-                    f"{_load_hint(str(exc))}"
+                    f"libllama was found at {path} but the system loader could not load it: {exc}{_load_hint(str(exc))}"
                 )
                 error.library = str(path)
                 raise error from exc
