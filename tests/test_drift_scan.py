@@ -18,17 +18,23 @@ from llamarcp.errors import DriftError
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def function(name: str, deprecated: str | None = None) -> dict[str, Any]:
-    return {"name": name, "return_type": "void", "params": [], "variadic": False, "deprecated": deprecated}
+def function(name: str, deprecated: str | None = None, params: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {
+        "name": name,
+        "return_type": "void",
+        "params": [{"name": p, "type": "int32_t"} for p in params],
+        "variadic": False,
+        "deprecated": deprecated,
+    }
 
 
 MANIFEST: dict[str, Any] = {
     "llama_cpp_commit": "test",
     "headers": ["llama.h"],
     "functions": [
-        function("llama_memory_clear"),
-        function("llama_decode"),
-        function("llama_n_vocab", "use llama_vocab_n_tokens instead"),
+        function("llama_memory_clear", params=("mem", "data")),
+        function("llama_decode", params=("ctx", "batch")),
+        function("llama_n_vocab", "use llama_vocab_n_tokens instead", ("vocab",)),
     ],
     "structs": [{"name": "llama_batch", "kind": "struct", "opaque": False, "fields": []}],
     "typedefs": [{"name": "llama_token", "type": "int32_t"}],
@@ -200,7 +206,10 @@ def test_output_formats_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFix
 
     assert main(["scan", str(old), "--api", str(api_file), "--json"]) == 1
     data = json.loads(capsys.readouterr().out)
-    assert data["summary"] == {"removed": 1, "undeclared": 0, "deprecated": 1}
+    assert data["summary"] == {
+        "removed": 1, "undeclared": 0, "deprecated": 1, "arity": 0, "field": 0, "constant": 0, "type": 0,
+        "field-gone": 0,
+    }  # fmt: skip
     assert data["uses"][0] == {
         "path": str(old), "line": 3, "col": 11, "name": "llama_kv_self_clear", "status": "removed",
         "hint": "use llama_memory_clear", "how": "attribute", "severity": "error",

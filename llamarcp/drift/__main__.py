@@ -77,7 +77,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
         for change in diff_manifests(args.load_api(args.since), args.load_api(args.api)).sections["removed"]:
             removed[change.name] = change.hint or "removed from llama.h; no replacement known"
-    index = ApiIndex.from_manifest(args.load_api(args.api), removed)
+    # The bindings' own API names what moved (`load_mode` -> `use_mmap`, ...) when the code is checked against
+    # another tree.
+    reference = args.load_api("pinned") if args.api != "pinned" else None
+    index = ApiIndex.from_manifest(args.load_api(args.api), removed, reference, label=args.api)
     result = scan_paths(args.paths, index)
     fmt = "json" if args.json else args.format
     _write(result.render(fmt), args.output)

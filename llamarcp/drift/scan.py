@@ -1,9 +1,11 @@
 """Find uses of removed, deprecated or undeclared llama.cpp functions in Python code (with `ast`).
 
 Recognised: `lib.llama_x(...)` on any alias of a loaded library (`L = lib`, `self._lib = lib`,
-`ffi.dlopen(...)`, `ctypes.CDLL(...)`), `llama_cpp.llama_x(...)`, `from m import llama_x`,
-`getattr(lib, "llama_x")`, `lib["llama_x"]`, and ctypes-style binding tables that name a
-function in a string argument (`ctypes_function("llama_x", ...)`).
+`ffi.dlopen(...)`, `ctypes.CDLL(...)`, `get_lib()`, and by llamarcp's convention any `lib` / `_lib` name),
+`llama_cpp.llama_x(...)`, `from m import llama_x`, `getattr(lib, "llama_x")`, `lib["llama_x"]`, and ctypes-style
+binding tables that name a function in a string argument (`ctypes_function("llama_x", ...)`).
+
+`llamarcp.drift.usage` adds what the code does with them: call arity, struct fields, constants and C types.
 """
 
 from __future__ import annotations
@@ -16,18 +18,34 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llamarcp.drift.facts import TreeFacts
 from llamarcp.drift.replacements import REMOVED_FUNCTIONS
 from llamarcp.errors import DriftError
 
 #: Modules whose attributes are the C functions themselves (llama-cpp-python re-exports them).
 LIB_MODULES = ("llama_cpp", "llama_cpp.llama_cpp", "llamarcp.lib")
 #: Calls whose result is a loaded library object.
-LOADER_CALLS = ("dlopen", "CDLL", "PyDLL", "WinDLL", "LoadLibrary", "load_shared_library")
+LOADER_CALLS = ("dlopen", "CDLL", "PyDLL", "WinDLL", "LoadLibrary", "load_shared_library", "get_lib")
+#: llamarcp's naming convention: a name or attribute spelled like this holds the loaded library.
+LIB_NAMES = ("lib", "_lib")
 #: A name with this prefix that the pinned API does not declare is reported as undeclared.
 FUNCTION_PREFIXES = ("llama_",)
 SKIP_DIRS = frozenset({".git", ".hg", ".venv", "venv", "__pycache__", "node_modules", "build", "dist", ".tox"})
 
-SEVERITY = {"removed": "error", "undeclared": "error", "deprecated": "warning"}
+#: status -> severity. Beside names: "arity" (a call with another argument count), "field" (a struct field the
+#: tree's struct lacks), "constant" / "type" (an enum constant, #define or C type the tree does not declare), and
+#: "field-gone" (a field of the bindings' structs that no struct of the tree has, on a receiver of unknown type).
+SEVERITY = {
+    "removed": "error",
+    "undeclared": "error",
+    "deprecated": "warning",
+    "arity": "error",
+    "field": "error",
+    "constant": "error",
+    "type": "error",
+    "field-gone": "warning",
+}
+STATUSES = tuple(SEVERITY)
 
 
 @dataclass(frozen=True)
@@ -36,9 +54,9 @@ class Use:
     line: int
     col: int  # 1-based, as editors count
     name: str
-    status: str  # "removed" | "deprecated" | "undeclared"
+    status: str  # a key of SEVERITY
     hint: str
-    how: str  # "attribute" | "import" | "name" | "string"
+    how: str  # "attribute" | "import" | "name" | "string" | "call"
 
     @property
     def severity(self) -> str:
@@ -60,15 +78,28 @@ def _gh_escape(text: str) -> str:
 
 @dataclass
 class ApiIndex:
-    """What the pinned API says about a name: declared, deprecated (with hint), known removed."""
+    """What an API says about a name: declared, deprecated (with hint), known removed; and for the usage checks,
+    its arities, struct fields, types and constants (`facts`), with the bindings' own API (`reference`) to name
+    what moved."""
 
     functions: frozenset[str]
     deprecated: dict[str, str]
     other_names: frozenset[str]
     removed: dict[str, str] = field(default_factory=dict)
+    facts: TreeFacts | None = None
+    reference: TreeFacts | None = None
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any], removed: dict[str, str] | None = None) -> ApiIndex:
+    def from_manifest(
+        cls,
+        manifest: dict[str, Any],
+        removed: dict[str, str] | None = None,
+        reference: dict[str, Any] | None = None,
+        label: str | None = None,
+    ) -> ApiIndex:
+        """`reference`: the manifest the code was written against (the pinned bindings) when `manifest` is
+        another tree; it names fields that moved and types what the tree lacks. `label` names the API in
+        findings when its manifest has no commit (a tree outside git)."""
         functions = frozenset(f["name"] for f in manifest.get("functions", []))
         deprecated = {
             f["name"]: (f["deprecated"] or "deprecated without a named replacement")
@@ -85,7 +116,13 @@ class ApiIndex:
         table.update(removed or {})
         # A name the pinned API declares again is not removed, whatever an old table says.
         table = {k: v for k, v in table.items() if k not in functions}
-        return cls(functions, deprecated, frozenset(others), table)
+        facts = TreeFacts.from_manifest(manifest, label)
+        ref = TreeFacts.from_manifest(reference) if reference is not None else None
+        return cls(functions, deprecated, frozenset(others), table, facts, ref)
+
+    @property
+    def where(self) -> str:
+        return f"llama.cpp {self.facts.commit}" if self.facts else "the pinned llama.h"
 
     def classify(self, name: str, *, strong: bool) -> tuple[str, str] | None:
         """(status, hint) for a reportable name; `strong` when the context proves it is a C function."""
@@ -96,7 +133,7 @@ class ApiIndex:
         if name in self.removed:
             return "removed", self.removed[name]
         if strong and name.startswith(FUNCTION_PREFIXES):
-            return "undeclared", "not declared by the pinned llama.h (removed, renamed or misspelled)"
+            return "undeclared", f"not declared by {self.where} (removed, renamed or misspelled)"
         return None
 
 
@@ -125,7 +162,9 @@ def _call_name(node: ast.Call) -> str | None:
     return None
 
 
-class _Visitor(ast.NodeVisitor):
+class NameVisitor(ast.NodeVisitor):
+    """Finds the C names a module uses (`llamarcp.drift.usage.UsageVisitor` adds what it does with them)."""
+
     def __init__(self, api: ApiIndex, path: str) -> None:
         self.api = api
         self.path = path
@@ -138,37 +177,50 @@ class _Visitor(ast.NodeVisitor):
         self.star = False
         #: Dotted callables returning llamarcp's loaded library (`from llamarcp._lib import load`).
         self.loaders = {"_lib.load", "llamarcp._lib.load"}
-        self._seen: set[tuple[int, int, str]] = set()
+        self._seen: set[tuple[int, int, str, str]] = set()
         self._called: set[int] = set()
 
     # -- helpers
     def _report(self, node: ast.AST, name: str, how: str, *, strong: bool, col: int | None = None) -> None:
         verdict = self.api.classify(name, strong=strong)
-        if verdict is None:
-            return
+        if verdict is not None:
+            self._add(node, name, *verdict, how, col=col)
+
+    def _add(self, node: ast.AST, name: str, status: str, hint: str, how: str, *, col: int | None = None) -> None:
+        """Record one finding at `node` (`col`: 0-based override), once per place, name and status."""
         line = getattr(node, "lineno", 0)
         col = (getattr(node, "col_offset", 0) if col is None else col) + 1
-        key = (line, col, name)
-        if key in self._seen:
+        key = (line, col, name, status)
+        if key in self._seen or self._silenced(line, name):
             return
         self._seen.add(key)
-        status, hint = verdict
         self.uses.append(Use(self.path, line, col, name, status, hint, how))
 
+    def _silenced(self, line: int, name: str) -> bool:
+        """A use the code marks as handled (`# drift: adapted`, a capability check): see UsageVisitor."""
+        return False
+
     def _alias_kind(self, node: ast.AST) -> str | None:
+        if isinstance(node, ast.Call) and self._is_loader_call(node):
+            return "lib"  # get_lib().llama_x(...)
         dotted = _dotted(node)
         if dotted is None:
             return None
         if dotted in self.aliases:
             return self.aliases[dotted]
+        if dotted.rsplit(".", 1)[-1] in LIB_NAMES:
+            return "lib"
         return None
+
+    def _is_loader_call(self, node: ast.Call) -> bool:
+        return _call_name(node) in LOADER_CALLS or _dotted(node.func) in self.loaders
 
     def _is_lib_value(self, value: ast.AST) -> str | None:
         """Kind of alias an assigned value creates, if any."""
         kind = self._alias_kind(value)
         if kind:
             return kind
-        if isinstance(value, ast.Call) and (_call_name(value) in LOADER_CALLS or _dotted(value.func) in self.loaders):
+        if isinstance(value, ast.Call) and self._is_loader_call(value):
             return "lib"
         return None
 
@@ -262,19 +314,40 @@ class _Visitor(ast.NodeVisitor):
             self._report(node, node.id, "name", strong=id(node) in self._called)
 
 
-def scan_source(source: str, path: str, api: ApiIndex) -> list[Use]:
+def _parse(source: str, path: str) -> ast.Module:
     try:
-        tree = ast.parse(source, filename=path)
+        return ast.parse(source, filename=path)
     except SyntaxError as exc:
         raise DriftError(f"{path}:{exc.lineno}: cannot parse Python: {exc.msg}") from exc
     except (ValueError, RecursionError, MemoryError) as exc:  # null bytes, absurdly deep nesting
         raise DriftError(f"{path}: cannot parse Python: {exc}") from exc
-    visitor = _Visitor(api, path)
+
+
+def _visit(tree: ast.Module, source: str, path: str, api: ApiIndex, returns: Any = None) -> NameVisitor:
+    """Run the visitor over a parsed module: names only, or (an API with facts) the usage checks too."""
+    visitor: NameVisitor
+    if api.facts is None:
+        visitor = NameVisitor(api, path)
+    else:
+        from llamarcp.drift.usage import UsageVisitor  # usage.py builds on this module
+
+        visitor = UsageVisitor(api, path, source, returns)
     try:
         visitor.visit(tree)
     except RecursionError as exc:
         raise DriftError(f"{path}: code nested too deeply to scan") from exc
-    return sorted(visitor.uses, key=lambda u: (u.line, u.col, u.name))
+    return visitor
+
+
+def scan_source(source: str, path: str, api: ApiIndex) -> list[Use]:
+    """Findings in one module (struct types that other modules' functions return are not known here)."""
+    tree = _parse(source, path)
+    returns = None
+    if api.facts is not None:
+        from llamarcp.drift.usage import project_returns
+
+        returns = project_returns([(path, source, tree)], api)
+    return sorted(_visit(tree, source, path, api, returns).uses, key=lambda u: (u.line, u.col, u.name, u.status))
 
 
 def _skipped_dir(path: Path) -> bool:
@@ -304,6 +377,16 @@ def iter_python_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]
             raise DriftError(f"scan: {p} does not exist")
 
 
+#: How the summary line names the usage findings (shown only when there are some).
+USAGE_LABELS = {
+    "arity": "call(s) with another arity",
+    "field": "missing struct field(s)",
+    "constant": "undeclared constant(s)",
+    "type": "undeclared C type(s)",
+    "field-gone": "field(s) no struct has",
+}
+
+
 @dataclass
 class ScanResult:
     files: int
@@ -314,20 +397,22 @@ class ScanResult:
         return sum(1 for u in self.uses if u.status == status)
 
     def failed(self, strict: bool = False) -> bool:
-        bad = self.count("removed") + self.count("undeclared") + len(self.errors)
-        return bad > 0 or (strict and self.count("deprecated") > 0)
+        bad = sum(1 for u in self.uses if u.severity == "error") + len(self.errors)
+        return bad > 0 or (strict and any(u.severity == "warning" for u in self.uses))
 
     def summary(self) -> str:
+        usage = [f"{self.count(s)} {USAGE_LABELS[s]}" for s in USAGE_LABELS if self.count(s)]
         return (
             f"scan: {self.files} file(s); {self.count('removed')} removed, {self.count('undeclared')} undeclared, "
             f"{self.count('deprecated')} deprecated use(s)"
+            + (f"; {', '.join(usage)}" if usage else "")
             + (f"; {len(self.errors)} unparsable" if self.errors else "")
         )
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "files": self.files,
-            "summary": {s: self.count(s) for s in ("removed", "undeclared", "deprecated")},
+            "summary": {s: self.count(s) for s in STATUSES},
             "errors": self.errors,
             "uses": [asdict(u) | {"severity": u.severity} for u in self.uses],
         }
@@ -342,9 +427,13 @@ class ScanResult:
 
 
 def scan_paths(paths: Iterable[str | os.PathLike[str]], api: ApiIndex) -> ScanResult:
-    """Scan every .py file under `paths`; unparsable files are reported, not fatal."""
-    uses: list[Use] = []
+    """Scan every .py file under `paths`; unparsable files are reported, not fatal.
+
+    Two passes: the first learns which struct each function of the scanned code returns (`make_params()`),
+    the second checks every module with that knowledge.
+    """
     errors: list[str] = []
+    modules: list[tuple[str, str, ast.Module]] = []
     count = 0
     for path in iter_python_files(paths):
         count += 1
@@ -354,9 +443,22 @@ def scan_paths(paths: Iterable[str | os.PathLike[str]], api: ApiIndex) -> ScanRe
             errors.append(f"{path}: cannot read: {exc}")
             continue
         try:
-            uses.extend(scan_source(source, str(path), api))
+            modules.append((str(path), source, _parse(source, str(path))))
         except DriftError as exc:
             errors.append(str(exc))
+    returns = None
+    if api.facts is not None:
+        from llamarcp.drift.usage import project_returns
+
+        returns = project_returns(modules, api)
+    uses: list[Use] = []
+    for name, source, tree in modules:
+        try:
+            found = _visit(tree, source, name, api, returns).uses
+        except DriftError as exc:
+            errors.append(str(exc))
+            continue
+        uses.extend(sorted(found, key=lambda u: (u.line, u.col, u.name, u.status)))
     return ScanResult(count, uses, errors)
 
 

@@ -1,0 +1,656 @@
+"""What Python code does with llama.cpp's API, checked against one tree: arity, struct fields, constants, C types.
+
+`drift scan` runs this on top of the name checks of `llamarcp.drift.scan` whenever its API came from a manifest.
+It reports, each with path:line:col and a severity:
+
+- arity: a call of a C function (`lib.llama_x(...)`, an imported or aliased one) whose argument count differs
+  from the tree's parameter count; only calls whose arguments can be counted (no `*args` / `**kwargs`).
+- field: `x.field` (read, write, `setattr`/`getattr` with a literal, `ffi.offsetof`) where `x` is known to be a
+  struct of the tree that lacks that field.
+- constant: `lib.LLAMA_X`, `getattr(lib, "LLAMA_X")` (or a `"LLAMA_X_" + ...` prefix), `ffi.integer_const("X")`
+  naming an enum constant or #define the tree does not declare.
+- type: a llama.cpp type in a cffi type string (`ffi.new("struct llama_x *")`, `ffi.cast`, `ffi.typeof`, ...)
+  that the tree does not declare.
+- field-gone (warning): `x.field` on a receiver of unknown type, where `field` is a field of the bindings' structs
+  (the `reference` API) and of no struct of the tree.
+
+Where a struct comes from, so its fields can be checked:
+- the return type of a C function: `params = lib.llama_model_default_params()`, `lib.llama_batch_init(...)`;
+- a cffi type string: `ffi.new("struct llama_model_params *")`, `ffi.new("llama_token_data[]", n)` (indexing
+  gives the element), `ffi.cast("llama_batch *", p)`;
+- a field of a known struct (`batch.seq_id[i]`), a ctypes-style constructor (`llama_cpp.llama_batch()`);
+- an annotation naming a struct (`p: "llama_context_params"`, `p: llama_cpp.llama_model_params`);
+- a function or property of the scanned code that returns one (`params = context_params(...)`);
+- llamarcp's conventions: `self.x = <struct>` in a method types `self.x` in its class, and the pointer a
+  `Managed` subclass passes to `super().__init__(ptr, ...)` is its `self.ptr`.
+
+Code adapted to several releases is not flagged:
+- inside `if caps.has("name"):` / `if x.has_field("struct", "field"):` / `if hasattr(lib, "LLAMA_X"):` (any
+  call named `hasattr` or `has*` with string arguments, `"name" in caps`), in the `else` of `if not ...:`, after
+  `if not ...: return/raise/continue/break`, and after such a call in an `and` chain, uses of the names those
+  strings give (a `"struct.field"` string gives both parts) are trusted;
+- a `# drift: adapted` comment on the line of a use, or on any line of the simple statement holding it,
+  silences every finding there;
+- `NAMES = ("a", "b")  # drift: fields llama_context_params` declares a list of field names of a struct (for
+  code that sets them with `setattr`): each is checked like `params.a`.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import re
+import tokenize
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from llamarcp.drift.facts import CONSTANT_NAME, CType, TreeFacts
+from llamarcp.drift.scan import ApiIndex, NameVisitor, _call_name, _dotted
+
+#: cffi calls whose first argument is a C type string.
+FFI_TYPE_CALLS = frozenset({"new", "cast", "typeof", "sizeof", "alignof", "offsetof", "callback", "new_array"})
+#: cffi calls whose result is a struct (pointer) of their type string.
+FFI_STRUCT_CALLS = frozenset({"new", "cast"})
+#: A call spelled like this, with string arguments, is a capability check (`caps.has("x")`, `hasattr(lib, "X")`).
+GUARD_CALL = re.compile(r"^(hasattr|has\w*|supports\w*|declares\w*|provides\w*)$")
+ADAPTED = re.compile(r"#\s*drift:\s*adapted\b")
+FIELDS_PRAGMA = re.compile(r"#\s*drift:\s*fields\s+(?:of\s+)?(?:struct\s+)?(\w+)")
+
+
+@dataclass(frozen=True)
+class FunctionRef:
+    """A name bound to a C function (`decode = lib.llama_decode`)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Strings:
+    """A name bound to a literal tuple/list of strings (`for name in ("n_ctx", ...)`, a module constant)."""
+
+    nodes: tuple[ast.Constant, ...]
+
+
+Binding = CType | FunctionRef | Strings
+
+
+@dataclass
+class Returns:
+    """Which struct each function (or property) of the scanned code returns, by bare name (unique names only)."""
+
+    functions: dict[str, CType] = field(default_factory=dict)
+    properties: dict[str, CType] = field(default_factory=dict)
+
+
+@dataclass
+class Pragmas:
+    adapted: set[int] = field(default_factory=set)
+    fields: dict[int, str] = field(default_factory=dict)  # line -> struct
+
+    @classmethod
+    def read(cls, source: str) -> Pragmas:
+        found = cls()
+        try:
+            for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+                if tok.type != tokenize.COMMENT:
+                    continue
+                if ADAPTED.search(tok.string):
+                    found.adapted.add(tok.start[0])
+                match = FIELDS_PRAGMA.search(tok.string)
+                if match:
+                    found.fields[tok.start[0]] = match.group(1)
+        except (tokenize.TokenError, SyntaxError):  # ast accepted it; a tokenizer quirk only loses pragmas
+            pass
+        return found
+
+
+def _strings(node: ast.AST | None) -> tuple[ast.Constant, ...] | None:
+    """The string constants of a literal tuple/list/set of strings, else None."""
+    if not isinstance(node, (ast.Tuple, ast.List, ast.Set)) or not node.elts:
+        return None
+    constants = tuple(e for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str))
+    return constants if len(constants) == len(node.elts) else None
+
+
+def _str_const(node: ast.AST | None) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def _prefix(node: ast.AST) -> str | None:
+    """The literal start of a computed name: `"LLAMA_X_" + mode`, `f"LLAMA_X_{mode}"`."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        return _str_const(node.left) or None
+    if isinstance(node, ast.JoinedStr) and node.values:
+        return _str_const(node.values[0]) or None
+    return None
+
+
+def _guard_strings(call: ast.Call) -> set[str]:
+    names: set[str] = set()
+    for arg in call.args:
+        text = _str_const(arg)
+        if text:
+            names.add(text)
+            names.update(text.split("."))
+    return names
+
+
+def _guards(test: ast.AST) -> tuple[frozenset[str], frozenset[str]]:
+    """(names known present where `test` is true, names known present where it is false)."""
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+        yes, no = _guards(test.operand)
+        return no, yes
+    if isinstance(test, ast.BoolOp):
+        parts = [_guards(v) for v in test.values]
+        if isinstance(test.op, ast.And):
+            return frozenset().union(*(p[0] for p in parts)), frozenset()
+        return frozenset(), frozenset().union(*(p[1] for p in parts))
+    if isinstance(test, ast.Call) and GUARD_CALL.match(_call_name(test) or ""):
+        return frozenset(_guard_strings(test)), frozenset()
+    if isinstance(test, ast.Compare) and len(test.ops) == 1:
+        text = _str_const(test.left)
+        if text and isinstance(test.ops[0], ast.In):
+            return frozenset({text, *text.split(".")}), frozenset()
+        if text and isinstance(test.ops[0], ast.NotIn):
+            return frozenset(), frozenset({text, *text.split(".")})
+    return frozenset(), frozenset()
+
+
+def _exits(body: list[ast.stmt]) -> bool:
+    return bool(body) and isinstance(body[-1], (ast.Return, ast.Raise, ast.Continue, ast.Break))
+
+
+def _is_super_init(func: ast.AST) -> bool:
+    return (
+        isinstance(func, ast.Attribute)
+        and func.attr == "__init__"
+        and isinstance(func.value, ast.Call)
+        and isinstance(func.value.func, ast.Name)
+        and func.value.func.id == "super"
+    )
+
+
+def _is_ffi(node: ast.AST) -> bool:
+    dotted = _dotted(node)
+    return dotted is not None and dotted.rsplit(".", 1)[-1].lower().endswith("ffi")
+
+
+class UsageVisitor(NameVisitor):
+    def __init__(self, api: ApiIndex, path: str, source: str, returns: Returns | None = None) -> None:
+        super().__init__(api, path)
+        assert api.facts is not None
+        self.facts: TreeFacts = api.facts
+        self.ref = api.reference
+        self.pragmas = Pragmas.read(source)
+        self.returns = returns or Returns()
+        #: this module's functions: name -> struct types of their `return` values (None: not a struct)
+        self.returned: dict[str, list[CType | None]] = {}
+        self.properties: set[str] = set()
+        self.defined: Counter[str] = Counter()
+        self.scopes: list[dict[str, Binding]] = [{}]
+        self.classes: list[dict[str, CType]] = []
+        self.functions: list[str] = []
+        self.guards: list[frozenset[str]] = []
+        self.statements: list[ast.stmt] = []
+
+    # -- traversal: statement context, blocks, scopes
+    def visit(self, node: ast.AST) -> None:
+        if isinstance(node, ast.stmt):
+            self.statements.append(node)
+            try:
+                super().visit(node)
+            finally:
+                self.statements.pop()
+        else:
+            super().visit(node)
+
+    def generic_visit(self, node: ast.AST) -> None:
+        for _name, value in ast.iter_fields(node):
+            if isinstance(value, list):
+                depth = len(self.guards)  # guards an early exit adds last to the end of their block
+                for item in value:
+                    if isinstance(item, ast.AST):
+                        self.visit(item)
+                del self.guards[depth:]
+            elif isinstance(value, ast.AST):
+                self.visit(value)
+
+    def _visit_all(self, nodes: Iterable[ast.AST | None]) -> None:
+        for node in nodes:
+            if node is not None:
+                self.visit(node)
+
+    def _visit_block(self, body: list[ast.stmt], guards: frozenset[str] = frozenset()) -> None:
+        depth = len(self.guards)
+        if guards:
+            self.guards.append(guards)
+        for stmt in body:
+            self.visit(stmt)
+        del self.guards[depth:]
+
+    def _visit_function(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        self.defined[node.name] += 1
+        decorators = {_dotted(d) for d in node.decorator_list}
+        if decorators & {"property", "functools.cached_property", "cached_property"}:
+            self.properties.add(node.name)
+        args = node.args
+        self._visit_all(node.decorator_list)
+        self._visit_all([*args.defaults, *args.kw_defaults, node.returns])
+        scope: dict[str, Binding] = {}
+        for arg in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]:
+            if arg is not None and arg.annotation is not None:
+                self.visit(arg.annotation)
+                ctype = self._annotation_type(arg.annotation)
+                if ctype is not None:
+                    scope[arg.arg] = ctype
+        self.scopes.append(scope)
+        self.functions.append(node.name)
+        self.returned.setdefault(node.name, [])
+        try:
+            self._visit_block(node.body)
+        finally:
+            self.functions.pop()
+            self.scopes.pop()
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        self._visit_function(node)
+
+    def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> None:
+        self._visit_function(node)
+
+    def visit_Lambda(self, node: ast.Lambda) -> None:
+        self._visit_all([*node.args.defaults, *node.args.kw_defaults])
+        self.scopes.append({})
+        try:
+            self.visit(node.body)
+        finally:
+            self.scopes.pop()
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        self.classes.append({})
+        try:
+            self.generic_visit(node)
+        finally:
+            self.classes.pop()
+
+    def visit_Return(self, node: ast.Return) -> None:
+        self.generic_visit(node)
+        if self.functions:
+            self.returned[self.functions[-1]].append(self._type_of(node.value) if node.value else None)
+
+    # -- guards
+    def visit_If(self, node: ast.If) -> None:
+        self.visit(node.test)
+        yes, no = _guards(node.test)
+        self._visit_block(node.body, yes)
+        self._visit_block(node.orelse, no)
+        if no and not node.orelse and _exits(node.body):
+            self.guards.append(no)  # `if not caps.has("x"): return` guards the rest of the block
+
+    def visit_IfExp(self, node: ast.IfExp) -> None:
+        self.visit(node.test)
+        yes, no = _guards(node.test)
+        for branch, names in ((node.body, yes), (node.orelse, no)):
+            self.guards.append(names)
+            try:
+                self.visit(branch)
+            finally:
+                self.guards.pop()
+
+    def visit_BoolOp(self, node: ast.BoolOp) -> None:
+        depth = len(self.guards)
+        for value in node.values:
+            self.visit(value)
+            yes, no = _guards(value)
+            names = yes if isinstance(node.op, ast.And) else no
+            if names:
+                self.guards.append(names)
+        del self.guards[depth:]
+
+    def _silenced(self, line: int, name: str) -> bool:
+        if any(name in names for names in self.guards):
+            return True
+        if line in self.pragmas.adapted:
+            return True
+        if self.statements:
+            stmt = self.statements[-1]
+            if not hasattr(stmt, "body"):  # a simple statement: a pragma on any of its lines
+                end = getattr(stmt, "end_lineno", None) or stmt.lineno
+                return any(stmt.lineno <= ln <= end for ln in self.pragmas.adapted)
+        return False
+
+    # -- bindings
+    def _lookup(self, name: str) -> Binding | None:
+        for scope in reversed(self.scopes):
+            if name in scope:
+                return scope[name]
+        return None
+
+    def _binding_of(self, value: ast.AST) -> Binding | None:
+        strings = _strings(value)
+        if strings is not None:
+            return Strings(strings)
+        fn = self._c_function(value)
+        if fn is not None:
+            return FunctionRef(fn)
+        return self._type_of(value)
+
+    def _bind(self, target: ast.AST, value: ast.AST | None) -> None:
+        if isinstance(target, (ast.Tuple, ast.List)):
+            if isinstance(value, (ast.Tuple, ast.List)) and len(value.elts) == len(target.elts):
+                for t, v in zip(target.elts, value.elts, strict=True):
+                    self._bind(t, v)
+            else:
+                for t in target.elts:
+                    self._bind(t, None)
+            return
+        binding = self._binding_of(value) if value is not None else None
+        if isinstance(target, ast.Name):
+            if binding is None:
+                self.scopes[-1].pop(target.id, None)
+            else:
+                self.scopes[-1][target.id] = binding
+        elif self._is_self_attribute(target) and self.classes:
+            assert isinstance(target, ast.Attribute)
+            if isinstance(binding, CType):
+                self.classes[-1][target.attr] = binding
+            else:
+                self.classes[-1].pop(target.attr, None)
+
+    def _is_self_attribute(self, node: ast.AST) -> bool:
+        return isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self"
+
+    def visit_Assign(self, node: ast.Assign) -> None:
+        super().visit_Assign(node)
+        for target in node.targets:
+            self._bind(target, node.value)
+        self._check_fields_pragma(node, node.value)
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
+        super().visit_AnnAssign(node)
+        ctype = self._annotation_type(node.annotation)
+        if ctype is not None and isinstance(node.target, ast.Name):
+            self.scopes[-1][node.target.id] = ctype
+        elif node.value is not None:
+            self._bind(node.target, node.value)
+        self._check_fields_pragma(node, node.value)
+
+    def visit_For(self, node: ast.For) -> None:
+        self.visit(node.iter)
+        self._bind_loop(node.target, node.iter)
+        self.visit(node.target)
+        self._visit_block(node.body)
+        self._visit_block(node.orelse)
+
+    def _bind_loop(self, target: ast.AST, iterable: ast.AST) -> None:
+        """`for x in <strings or struct array>`, through `zip(...)` and `enumerate(...)`."""
+        if isinstance(target, (ast.Tuple, ast.List)) and isinstance(iterable, ast.Call) and not iterable.keywords:
+            name = iterable.func.id if isinstance(iterable.func, ast.Name) else None
+            args = iterable.args
+            if name == "zip" and len(args) == len(target.elts):
+                for t, a in zip(target.elts, args, strict=True):
+                    self._bind_loop(t, a)
+                return
+            if name == "enumerate" and len(args) == 1 and len(target.elts) == 2:
+                self._bind(target.elts[0], None)
+                self._bind_loop(target.elts[1], args[0])
+                return
+        if not isinstance(target, ast.Name):
+            self._bind(target, None)
+            return
+        binding: Binding | None = None
+        strings = _strings(iterable)
+        if strings is not None:
+            binding = Strings(strings)
+        elif isinstance(iterable, ast.Name) and isinstance(self._lookup(iterable.id), Strings):
+            binding = self._lookup(iterable.id)
+        else:
+            ctype = self._type_of(iterable)
+            binding = ctype.element() if ctype else None
+        if binding is None:
+            self.scopes[-1].pop(target.id, None)
+        else:
+            self.scopes[-1][target.id] = binding
+
+    # -- what an expression is
+    def _annotation_type(self, node: ast.AST) -> CType | None:
+        text = _str_const(node)
+        if text is None:
+            dotted = _dotted(node)
+            text = dotted.rsplit(".", 1)[-1] if dotted else None
+        return self.facts.struct_of(text, self.ref) if text else None
+
+    def _c_function(self, node: ast.AST) -> str | None:
+        """The C function `node` names: `lib.llama_x`, an imported `llama_x`, a name bound to one."""
+        if isinstance(node, ast.Attribute):
+            if self._alias_kind(node.value) in ("lib", "module") and self._is_function(node.attr):
+                return node.attr
+            return None
+        if isinstance(node, ast.Name):
+            if node.id in self.imported and self._is_function(self.imported[node.id]):
+                return self.imported[node.id]
+            binding = self._lookup(node.id)
+            if isinstance(binding, FunctionRef):
+                return binding.name
+            if self.star and node.id in self.facts.arity:
+                return node.id
+        return None
+
+    def _is_function(self, name: str) -> bool:
+        return name in self.facts.arity or (self.ref is not None and name in self.ref.arity)
+
+    def _struct_fields(self, struct: str) -> dict[str, str] | None:
+        fields = self.facts.fields.get(struct)
+        if fields is None and self.ref is not None:
+            fields = self.ref.fields.get(struct)
+        return fields
+
+    def _type_of(self, node: ast.AST | None) -> CType | None:
+        if isinstance(node, ast.Name):
+            binding = self._lookup(node.id)
+            return binding if isinstance(binding, CType) else None
+        if isinstance(node, ast.Attribute):
+            if self._is_self_attribute(node) and self.classes and node.attr in self.classes[-1]:
+                return self.classes[-1][node.attr]
+            base = self._type_of(node.value)
+            if base is not None and base.depth <= 1:
+                ftype = (self._struct_fields(base.struct) or {}).get(node.attr)
+                return self.facts.struct_of(ftype, self.ref) if ftype else None
+            if base is None and node.attr in self.returns.properties:
+                return self.returns.properties[node.attr]
+            return None
+        if isinstance(node, ast.Subscript):
+            base = self._type_of(node.value)
+            return base.element() if base else None
+        if isinstance(node, ast.Call):
+            return self._call_type(node)
+        return None
+
+    def _call_type(self, node: ast.Call) -> CType | None:
+        fn = self._c_function(node.func)
+        if fn is not None:
+            ret = self.facts.returns.get(fn) or (self.ref.returns.get(fn) if self.ref else None)
+            return self.facts.struct_of(ret, self.ref) if ret else None
+        func = node.func
+        if isinstance(func, ast.Attribute):
+            if func.attr in FFI_STRUCT_CALLS and _is_ffi(func.value) and node.args:
+                text = _str_const(node.args[0])
+                return self.facts.struct_of(text, self.ref) if text else None
+            if self._alias_kind(func.value) in ("lib", "module"):  # ctypes-style constructor: llama_cpp.llama_batch()
+                ctype = self.facts.struct_of(func.attr, self.ref)
+                return CType(ctype.struct, 0) if ctype and ctype.depth == 0 else None
+        name = _call_name(node)
+        return self.returns.functions.get(name) if name else None
+
+    # -- checks
+    def visit_Call(self, node: ast.Call) -> None:
+        self._check_arity(node)
+        self._check_reflection(node)
+        self._check_ffi(node)
+        if _is_super_init(node.func) and node.args and self.classes:
+            ctype = self._type_of(node.args[0])  # llamarcp's Managed: the pointer becomes self.ptr
+            if ctype is not None:
+                self.classes[-1]["ptr"] = ctype
+        super().visit_Call(node)
+
+    def _position(self, func: ast.AST) -> tuple[ast.AST, int | None]:
+        """Where a finding about a callee points: the attribute name itself, else the name."""
+        if isinstance(func, ast.Attribute):
+            end = getattr(func, "end_col_offset", None)
+            if end is not None and getattr(func, "end_lineno", func.lineno) == func.lineno:
+                return func, end - len(func.attr)
+        return func, None
+
+    def _check_arity(self, node: ast.Call) -> None:
+        fn = self._c_function(node.func)
+        if fn is None or fn not in self.facts.arity:
+            return
+        if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
+            return  # not countable
+        given = len(node.args) + len(node.keywords)
+        count, variadic = self.facts.arity[fn]
+        if given == count or (variadic and given >= count):
+            return
+        takes = f"at least {count}" if variadic else str(count)
+        hint = f"takes {takes} argument(s) in llama.cpp {self.facts.commit}, called with {given}"
+        if self.ref is not None and fn in self.ref.arity and self.ref.arity[fn][0] != count:
+            hint += f" (as the bindings' {self.ref.commit} declare it)" if self.ref.arity[fn][0] == given else ""
+        where, col = self._position(node.func)
+        self._add(where, fn, "arity", hint, "call", col=col)
+
+    def _check_reflection(self, node: ast.Call) -> None:
+        """`setattr(params, "field", v)`, `getattr(params, name)` over known names, `getattr(lib, "LLAMA_X")`."""
+        callee = node.func.id if isinstance(node.func, ast.Name) else None
+        if callee not in ("getattr", "setattr") or len(node.args) < 2:
+            return
+        target, key = node.args[0], node.args[1]
+        nodes: tuple[ast.Constant, ...] = ()
+        if isinstance(key, ast.Constant) and isinstance(key.value, str):
+            nodes = (key,)
+        elif isinstance(key, ast.Name) and isinstance(self._lookup(key.id), Strings):
+            binding = self._lookup(key.id)
+            assert isinstance(binding, Strings)
+            nodes = binding.nodes
+        ctype = self._type_of(target)
+        for constant in nodes:
+            name = str(constant.value)
+            if ctype is not None:
+                self._check_field(constant, ctype, name, "string")
+            elif self._alias_kind(target) is not None:
+                self._check_constant(constant, name, self._alias_kind(target), "string")
+        prefix = _prefix(key)
+        if not prefix or self._alias_kind(target) != "lib" or not CONSTANT_NAME.match(prefix + "X"):
+            return
+        if not self.facts.declares_constant_prefix(prefix):
+            hint = f"llama.cpp {self.facts.commit} declares no constant named {prefix}*"
+            self._add(key, prefix + "*", "constant", hint, "string")
+
+    def _check_ffi(self, node: ast.Call) -> None:
+        func = node.func
+        if not isinstance(func, ast.Attribute) or not _is_ffi(func.value) or not node.args:
+            return
+        text = _str_const(node.args[0])
+        if text is None:
+            return
+        if func.attr == "integer_const":
+            if not text.startswith("__"):
+                self._check_constant(node.args[0], text, "lib", "string")
+            return
+        if func.attr not in FFI_TYPE_CALLS:
+            return
+        for name in dict.fromkeys(self.facts.unknown_types(text)):
+            hint = f"C type {name} is not declared by llama.cpp {self.facts.commit}"
+            self._add(node.args[0], name, "type", hint, "string")
+        if func.attr == "offsetof":
+            ctype = self.facts.struct_of(text, self.ref)
+            for arg in node.args[1:]:
+                field_name = _str_const(arg)
+                if ctype is not None and field_name is not None:
+                    self._check_field(arg, ctype, field_name, "string")
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        where, col = self._position(node)
+        kind = self._alias_kind(node.value)
+        ctype = self._type_of(node.value)
+        if ctype is not None:
+            self._check_field(where, ctype, node.attr, "attribute", col)
+        elif kind is not None:
+            self._check_constant(where, node.attr, kind, "attribute", col)
+        elif self.ref is not None and not self._is_self_attribute(node):
+            self._check_gone_field(where, node.attr, col)
+        super().visit_Attribute(node)
+
+    def _check_field(self, where: ast.AST, ctype: CType, name: str, how: str, col: int | None = None) -> None:
+        fields = self.facts.fields.get(ctype.struct)
+        if fields is None or ctype.depth > 1 or name in fields:
+            return  # a struct this tree lacks (reported where it is named) or a valid field
+        hint = f"struct {ctype.struct} has no field {name} in llama.cpp {self.facts.commit}"
+        ref_fields = self.ref.fields.get(ctype.struct) if self.ref else None
+        if ref_fields is not None and name in ref_fields:
+            instead = [f for f in fields if f not in ref_fields]
+            hint += f"; it has {', '.join(instead)} instead" if instead else ""
+        self._add(where, name, "field", hint, how, col=col)
+
+    def _check_constant(self, where: ast.AST, name: str, kind: str | None, how: str, col: int | None = None) -> None:
+        if not CONSTANT_NAME.match(name) or name in self.facts.constants:
+            return
+        # A Python module (llama_cpp) also defines constants of its own: only a loaded library, or a name the
+        # bindings declare, proves it is one of llama.cpp's.
+        if kind != "lib" and not (self.ref is not None and name in self.ref.constants):
+            return
+        hint = f"enum constant or #define not declared by llama.cpp {self.facts.commit}"
+        self._add(where, name, "constant", hint, how, col=col)
+
+    def _check_gone_field(self, where: ast.AST, name: str, col: int | None) -> None:
+        assert self.ref is not None
+        if name in self.facts.all_fields:
+            return
+        # Only structs the tree has too: a field of a struct new since the tree (mtmd_gen_inp.seed) says nothing
+        # about a Python attribute spelled alike.
+        structs = sorted(s for s, fields in self.ref.fields.items() if name in fields and s in self.facts.fields)
+        if not structs:
+            return
+        hint = (
+            f"no struct of llama.cpp {self.facts.commit} has a field {name} "
+            f"(struct {', '.join(structs)} of the bindings' {self.ref.commit} does)"
+        )
+        self._add(where, name, "field-gone", hint, "attribute", col=col)
+
+    def _check_fields_pragma(self, node: ast.Assign | ast.AnnAssign, value: ast.AST | None) -> None:
+        end = getattr(node, "end_lineno", None) or node.lineno
+        structs = [s for line, s in self.pragmas.fields.items() if node.lineno <= line <= end]
+        strings = _strings(value)
+        if not structs or strings is None:
+            return
+        struct = structs[0]
+        if struct not in self.facts.fields:
+            hint = f"C type {struct} is not declared by llama.cpp {self.facts.commit}"
+            self._add(node, struct, "type", hint, "string")
+            return
+        for constant in strings:
+            self._check_field(constant, CType(struct), str(constant.value), "string")
+
+
+def project_returns(modules: Iterable[tuple[str, str, ast.Module]], api: ApiIndex) -> Returns:
+    """First pass over the scanned code: the struct each uniquely named function or property returns."""
+    defined: Counter[str] = Counter()
+    returned: dict[str, list[CType | None]] = {}
+    properties: set[str] = set()
+    for path, source, tree in modules:
+        visitor = UsageVisitor(api, path, source)
+        try:
+            visitor.visit(tree)
+        except RecursionError:
+            continue  # the second pass reports it
+        defined.update(visitor.defined)
+        for name, types in visitor.returned.items():
+            returned.setdefault(name, []).extend(types)
+        properties |= visitor.properties
+    out = Returns()
+    for name, types in returned.items():
+        if defined[name] != 1 or not types or types[0] is None or any(t != types[0] for t in types):
+            continue
+        first = types[0]
+        (out.properties if name in properties else out.functions)[name] = first
+    return out
