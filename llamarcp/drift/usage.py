@@ -46,7 +46,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from llamarcp.drift.facts import CONSTANT_NAME, CType, TreeFacts
-from llamarcp.drift.scan import ApiIndex, NameVisitor, _call_name, _dotted
+from llamarcp.drift.scan import LIB_MODULES, ApiIndex, NameVisitor, _call_name, _dotted
 
 #: cffi calls whose first argument is a C type string.
 FFI_TYPE_CALLS = frozenset({"new", "cast", "typeof", "sizeof", "alignof", "offsetof", "callback", "new_array"})
@@ -193,6 +193,10 @@ class UsageVisitor(NameVisitor):
         self.functions: list[str] = []
         self.guards: list[frozenset[str]] = []
         self.statements: list[ast.stmt] = []
+        #: local name -> C function imported from a module re-exporting them (`from llama_cpp import llama_x`)
+        self.imported_functions: dict[str, str] = {}
+        #: set by a capability check that always exits on this tree: the rest of its block is never reached
+        self.rest_unreachable = False
 
     # -- traversal: statement context, blocks, scopes
     def visit(self, node: ast.AST) -> None:
@@ -212,6 +216,9 @@ class UsageVisitor(NameVisitor):
                 for item in value:
                     if isinstance(item, ast.AST):
                         self.visit(item)
+                    if self.rest_unreachable:
+                        self.rest_unreachable = False
+                        break
                 del self.guards[depth:]
             elif isinstance(value, ast.AST):
                 self.visit(value)
@@ -227,6 +234,9 @@ class UsageVisitor(NameVisitor):
             self.guards.append(guards)
         for stmt in body:
             self.visit(stmt)
+            if self.rest_unreachable:
+                self.rest_unreachable = False
+                break
         del self.guards[depth:]
 
     def _visit_function(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
@@ -279,31 +289,91 @@ class UsageVisitor(NameVisitor):
         if self.functions:
             self.returned[self.functions[-1]].append(self._type_of(node.value) if node.value else None)
 
-    # -- guards
+    # -- guards: a branch the tree cannot take is not checked; names a capability check proved are trusted
+    def _declared(self, name: str) -> bool | None:
+        """Whether the tree declares `name` (function, constant, type, field; `struct.field`); None: not a C name
+        of the tree or of the bindings (a capability label the scan cannot evaluate)."""
+        if "." in name:
+            struct, _, member = name.partition(".")
+            if struct in self.facts.fields:
+                return member in self.facts.fields[struct]
+            known = struct in self.facts.types or (self.ref is not None and struct in self.ref.fields)
+            return False if known else None
+        for facts, verdict in ((self.facts, True), (self.ref, False)):
+            if facts is None:
+                continue
+            if name in facts.arity or name in facts.constants or name in facts.types or name in facts.all_fields:
+                return verdict
+        return None
+
+    def _truth(self, test: ast.AST) -> bool | None:
+        """The value a capability check has on the tree (`caps.has("x")`, `hasattr(lib, "X")`, `not`/`and`/`or`
+        of them), or None when it cannot be told."""
+        if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+            value = self._truth(test.operand)
+            return None if value is None else not value
+        if isinstance(test, ast.BoolOp):
+            values = [self._truth(v) for v in test.values]
+            decisive = isinstance(test.op, ast.Or)  # True decides an `or`, False an `and`
+            if decisive in values:
+                return decisive
+            return None if None in values else not decisive
+        strings: list[str] = []
+        if isinstance(test, ast.Call) and GUARD_CALL.match(_call_name(test) or ""):
+            strings = [text for text in map(_str_const, test.args) if text]
+            if _call_name(test) == "hasattr" and len(test.args) == 2 and strings:
+                ctype = self._type_of(test.args[0])
+                if ctype is not None and ctype.struct in self.facts.fields:
+                    return strings[0] in self.facts.fields[ctype.struct]
+            elif len(strings) == 2 and self._struct_fields(strings[0]) is not None:
+                return self._declared(".".join(strings))  # has_field("llama_model_params", "load_mode")
+        elif isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], (ast.In, ast.NotIn)):
+            text = _str_const(test.left)
+            value = self._declared(text) if text else None
+            return None if value is None else value == isinstance(test.ops[0], ast.In)
+        values = [self._declared(text) for text in strings]
+        if not values or None in values:
+            return None
+        return all(values)
+
+    def _visit_guarded(self, node: ast.AST, names: frozenset[str]) -> None:
+        self.guards.append(names)
+        try:
+            self.visit(node)
+        finally:
+            self.guards.pop()
+
     def visit_If(self, node: ast.If) -> None:
         self.visit(node.test)
+        value = self._truth(node.test)
         yes, no = _guards(node.test)
-        self._visit_block(node.body, yes)
-        self._visit_block(node.orelse, no)
-        if no and not node.orelse and _exits(node.body):
+        if value is not False:
+            self._visit_block(node.body, yes)
+        if value is not True:
+            self._visit_block(node.orelse, no)
+        if (value is True and _exits(node.body)) or (value is False and _exits(node.orelse)):
+            self.rest_unreachable = True  # `if caps.has("x"): return new_way()`: the old way below is dead here
+        elif no and value is None and not node.orelse and _exits(node.body):
             self.guards.append(no)  # `if not caps.has("x"): return` guards the rest of the block
 
     def visit_IfExp(self, node: ast.IfExp) -> None:
         self.visit(node.test)
+        value = self._truth(node.test)
         yes, no = _guards(node.test)
-        for branch, names in ((node.body, yes), (node.orelse, no)):
-            self.guards.append(names)
-            try:
-                self.visit(branch)
-            finally:
-                self.guards.pop()
+        if value is not False:
+            self._visit_guarded(node.body, yes)
+        if value is not True:
+            self._visit_guarded(node.orelse, no)
 
     def visit_BoolOp(self, node: ast.BoolOp) -> None:
         depth = len(self.guards)
+        is_and = isinstance(node.op, ast.And)
         for value in node.values:
             self.visit(value)
+            if self._truth(value) is (not is_and):
+                break  # `has("x") and ...` on a tree without x: the rest is never evaluated
             yes, no = _guards(value)
-            names = yes if isinstance(node.op, ast.And) else no
+            names = yes if is_and else no
             if names:
                 self.guards.append(names)
         del self.guards[depth:]
@@ -321,6 +391,13 @@ class UsageVisitor(NameVisitor):
         return False
 
     # -- bindings
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        super().visit_ImportFrom(node)
+        if (node.module or "") in LIB_MODULES:
+            for alias in node.names:
+                if alias.name != "*" and self._is_function(alias.name):
+                    self.imported_functions[alias.asname or alias.name] = alias.name
+
     def _lookup(self, name: str) -> Binding | None:
         for scope in reversed(self.scopes):
             if name in scope:
@@ -428,8 +505,8 @@ class UsageVisitor(NameVisitor):
                 return node.attr
             return None
         if isinstance(node, ast.Name):
-            if node.id in self.imported and self._is_function(self.imported[node.id]):
-                return self.imported[node.id]
+            if node.id in self.imported_functions:
+                return self.imported_functions[node.id]
             binding = self._lookup(node.id)
             if isinstance(binding, FunctionRef):
                 return binding.name

@@ -1,0 +1,454 @@
+"""drift scan's usage checks: call arity, struct fields, constants and C types of one tree, with capability guards,
+pragmas, the CLI, codegen.bump, and llamarcp's own code against a real old release (slow, when cached)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llamarcp.drift.__main__ import main
+from llamarcp.drift.scan import ApiIndex, scan_paths, scan_source
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data" / "drift"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="module")
+def manifests() -> dict[str, dict[str, Any]]:
+    """The two small headers, parsed with libclang once: "old" (b8672-like) and "new" (b10566-like)."""
+    from codegen import parse
+
+    return {name: parse.parse_header(DATA / f"release_{name}.h", name).to_manifest() for name in ("old", "new")}
+
+
+@pytest.fixture(scope="module")
+def old(manifests: dict[str, dict[str, Any]]) -> ApiIndex:
+    """Code written against "new" (the bindings), checked against the "old" tree."""
+    return ApiIndex.from_manifest(manifests["old"], reference=manifests["new"])
+
+
+@pytest.fixture(scope="module")
+def new(manifests: dict[str, dict[str, Any]]) -> ApiIndex:
+    return ApiIndex.from_manifest(manifests["new"], reference=manifests["new"])
+
+
+def scan(api: ApiIndex, code: str) -> list[tuple[int, str, str]]:
+    return [(u.line, u.status, u.name) for u in scan_source(textwrap.dedent(code), "f.py", api)]
+
+
+#: llamarcp's own ways of reaching the API (`_core.Model`, `sampling.sampler_chain`, compat's `model_params`).
+OWN_CODE = """\
+from llamarcp._backend import get_lib
+
+def load(path, use_mmap, use_mlock):
+    lib = get_lib()
+    params = lib.llama_model_default_params()
+    params.n_gpu_layers = 0
+    if use_mmap:
+        params.load_mode = lib.LLAMA_LOAD_MODE_MMAP_MLOCK if use_mlock else lib.LLAMA_LOAD_MODE_MMAP
+    return lib.llama_model_load_from_file(path, params)
+
+def penalties(model, p):
+    lib = get_lib()
+    return lib.llama_sampler_init_penalties(model.n_vocab, p.last_n, p.repeat, p.freq, p.present)
+
+def compat_params(mode):
+    from llamarcp import _backend
+    params = _backend.get_lib().llama_model_default_params()
+    params.load_mode = getattr(_backend.get_lib(), "LLAMA_LOAD_MODE_" + mode)
+    return params
+"""
+
+
+def test_own_code_patterns_are_flagged_on_the_old_release(old: ApiIndex) -> None:
+    uses = scan_source(OWN_CODE, "own.py", old)
+    assert [(u.line, u.col, u.status, u.name, u.severity) for u in uses] == [
+        (8, 16, "field", "load_mode", "error"),
+        (8, 32, "constant", "LLAMA_LOAD_MODE_MMAP_MLOCK", "error"),
+        (8, 81, "constant", "LLAMA_LOAD_MODE_MMAP", "error"),
+        (13, 16, "arity", "llama_sampler_init_penalties", "error"),
+        (18, 12, "field", "load_mode", "error"),
+        (18, 52, "constant", "LLAMA_LOAD_MODE_*", "error"),
+    ]
+    hints = {u.status + " " + u.name: u.hint for u in uses}
+    assert hints["field load_mode"] == (
+        "struct llama_model_params has no field load_mode in llama.cpp old; it has use_mmap, use_direct_io, "
+        "use_mlock instead"
+    )
+    assert hints["arity llama_sampler_init_penalties"] == (
+        "takes 4 argument(s) in llama.cpp old, called with 5 (as the bindings' new declare it)"
+    )
+    assert hints["constant LLAMA_LOAD_MODE_MMAP"] == "enum constant or #define not declared by llama.cpp old"
+    assert hints["constant LLAMA_LOAD_MODE_*"] == "llama.cpp old declares no constant named LLAMA_LOAD_MODE_*"
+
+
+def test_own_code_is_clean_on_the_release_it_was_written_for(new: ApiIndex) -> None:
+    assert scan(new, OWN_CODE) == []
+
+
+def test_arity_counts_only_countable_calls(old: ApiIndex) -> None:
+    code = """\
+    import llama_cpp
+    from llama_cpp import llama_sampler_init_dry as dry
+    from llamarcp import lib
+    dry(vocab, 1.0, 2.0)
+    lib.llama_sampler_init_dry(vocab, 512, 1.0, 2.0)
+    lib.llama_sampler_init_penalties(*args)
+    lib.llama_sampler_init_penalties(64, **kw)
+    llama_cpp.llama_sampler_init_penalties(64, 1.1, 0.0, 0.0)
+    init = lib.llama_sampler_init_penalties
+    init(32000, 64, 1.1, 0.0, 0.0)
+    lib.llama_format_log(buf, b"%d %s", 1, b"x")
+    lib.llama_format_log(buf)
+    lib.llama_batch_init(512, n_seq_max=1, embd=0)
+    """
+    assert scan(old, code) == [(4, "arity", "llama_sampler_init_dry"), (10, "arity", "llama_sampler_init_penalties"),
+                               (12, "arity", "llama_format_log")]  # fmt: skip
+    assert scan_source(textwrap.dedent(code), "f.py", old)[2].hint.startswith("takes at least 2 argument(s)")
+
+
+def test_struct_types_from_ffi_strings_fields_indexing_and_loops(old: ApiIndex) -> None:
+    code = """\
+    from llamarcp import ffi, lib
+    p = ffi.new("struct llama_model_params *")
+    p.use_mmap = True
+    p.load_mode = 1
+    b = ffi.cast("llama_batch *", ptr)
+    b.n_tokens = 3
+    b.n_outputs = 3
+    cand = ffi.new("llama_token_data[]", 8)
+    cand[0].logit = 1.0
+    cand[0].prob = 1.0
+    arr = ffi.new("llama_token_data_array *")
+    arr.data[0].bias = 0
+    arr.sorted = True
+    for item in cand:
+        item.id = 1
+        item.score = 0
+    for i, item in enumerate(cand):
+        item.weight = i
+    for item, token in zip(cand, tokens):
+        item.token = token
+    batch = lib.llama_batch_init(8, 0, 1)
+    batch.logits[0] = 1
+    batch.seq_id[0][0] = 0
+    batch.n_seq = 1
+    """
+    assert scan(old, code) == [
+        (4, "field", "load_mode"), (7, "field", "n_outputs"), (10, "field", "prob"), (12, "field", "bias"),
+        (16, "field", "score"), (18, "field", "weight"), (20, "field", "token"), (24, "field", "n_seq"),
+    ]  # fmt: skip
+
+
+def test_struct_types_from_annotations_classes_and_project_functions(old: ApiIndex) -> None:
+    code = """\
+    from typing import Any
+    import llama_cpp
+    from llamarcp import ffi, lib
+    from llamarcp._managed import Managed
+
+    def configure(params: "llama_context_params", other: llama_cpp.llama_model_params, free: Any) -> None:
+        params.n_ctx = 512
+        params.flash_attn = True
+        other.load_mode = 0
+        free.load_mode = 0
+
+    def make_context_params():
+        params = lib.llama_context_default_params()
+        return params
+
+    class Batch(Managed):
+        def __init__(self, n):
+            super().__init__(lib.llama_batch_init(n, 0, 1))
+            self._cur = ffi.new("llama_token_data_array *")
+
+        def fill(self):
+            self.ptr.n_tokens = 0
+            self.ptr.n_toks = 0
+            self._cur.length = 0
+            return self.ptr
+
+        @property
+        def model_params(self):
+            return llama_cpp.llama_model_params()
+
+    cp = make_context_params()
+    cp.n_threads = 4
+    filled = Batch(4).fill()
+    filled.embd_size = 1
+    llm.model_params.use_mmap = False
+    llm.model_params.load_mode = 1
+    """
+    assert scan(old, code) == [
+        (8, "field", "flash_attn"), (9, "field", "load_mode"), (10, "field-gone", "load_mode"),
+        (23, "field", "n_toks"), (24, "field", "length"), (32, "field", "n_threads"), (34, "field", "embd_size"),
+        (36, "field", "load_mode"),
+    ]  # fmt: skip
+
+
+def test_reflection_literal_field_lists_and_the_fields_pragma(old: ApiIndex) -> None:
+    code = """\
+    from llamarcp import ffi, lib
+    params = lib.llama_context_default_params()
+    setattr(params, "n_batch", 8)
+    setattr(params, "n_seq_max", 8)
+    getattr(params, "swa_full")
+    for name in ("n_ctx", "offload_kqv"):
+        setattr(params, name, 1)
+    CONTEXT_FIELDS = (  # drift: fields llama_context_params
+        "n_ctx",
+        "type_k",
+    )
+    OTHER = ("not", "checked")
+    MODEL_FIELDS = ("vocab_only",)  # drift: fields of struct llama_missing_params
+    ffi.offsetof("struct llama_model_params", "load_mode")
+    ffi.integer_const("LLAMA_DEFAULT_SEED")
+    ffi.integer_const("LLAMA_TOKEN_NULL")
+    """
+    assert scan(old, code) == [
+        (4, "field", "n_seq_max"), (5, "field", "swa_full"), (6, "field", "offload_kqv"), (10, "field", "type_k"),
+        (13, "type", "llama_missing_params"), (14, "field", "load_mode"), (16, "constant", "LLAMA_TOKEN_NULL"),
+    ]  # fmt: skip
+
+
+def test_constants_and_c_types(old: ApiIndex) -> None:
+    code = """\
+    import llama_cpp
+    from llamarcp import ffi, lib
+    lib.LLAMA_SPLIT_MODE_LAYER
+    lib.LLAMA_SPLIT_MODE_ROW
+    lib.LLAMA_DEFAULT_SEED
+    llama_cpp.LLAMA_LOAD_MODE_NONE
+    llama_cpp.LLAMA_MAX_DEVICES
+    getattr(lib, "LLAMA_LOAD_MODE_NONE")
+    getattr(lib, f"LLAMA_SPLIT_MODE_{name}")
+    getattr(lib, f"LLAMA_POOLING_TYPE_{name}")
+    ffi.new("struct llama_perf_data *")
+    ffi.typeof("enum llama_load_mode")
+    ffi.sizeof("llama_batch")
+    ffi.new("int32_t[]", 4)
+    ffi.callback("void(*)(struct llama_perf_data *)", fn)
+    """
+    assert scan(old, code) == [
+        (4, "constant", "LLAMA_SPLIT_MODE_ROW"), (6, "constant", "LLAMA_LOAD_MODE_NONE"),
+        (8, "constant", "LLAMA_LOAD_MODE_NONE"), (10, "constant", "LLAMA_POOLING_TYPE_*"),
+        (11, "type", "llama_perf_data"), (12, "type", "llama_load_mode"), (15, "type", "llama_perf_data"),
+    ]  # fmt: skip
+
+
+CAPABILITY_CODE = """\
+from llamarcp import lib
+from llamarcp._release import caps
+
+def set_mmap(params, use_mmap):
+    if caps.has_field("llama_model_params", "load_mode"):
+        params.load_mode = lib.LLAMA_LOAD_MODE_MMAP if use_mmap else lib.LLAMA_LOAD_MODE_NONE
+    else:
+        params.use_mmap = use_mmap
+
+def penalties(n_vocab, last_n):
+    if hasattr(lib, "LLAMA_LOAD_MODE_NONE"):
+        return lib.llama_sampler_init_penalties(n_vocab, last_n, 1.1, 0.0, 0.0)
+    return lib.llama_sampler_init_penalties(last_n, 1.1, 0.0, 0.0)
+
+def mode(use_mmap):
+    return lib.LLAMA_LOAD_MODE_MMAP if "LLAMA_LOAD_MODE_MMAP" in caps else None
+
+def perf(model):
+    if not caps.has("llama_perf"):
+        raise RuntimeError("llama_perf needs a newer llama.cpp")
+    return lib.llama_perf(model)
+
+def labelled():
+    params = lib.llama_model_default_params()
+    if caps.has("load_mode_enum"):  # not a C name: both branches are checked
+        params.load_mode = 1
+    else:
+        params.use_mlock = True
+
+def and_chain(params):
+    return caps.has("llama_perf") and lib.llama_perf(params)
+"""
+
+
+def test_code_behind_a_capability_check_is_not_flagged(old: ApiIndex, new: ApiIndex) -> None:
+    # Each tree takes one branch of each evaluable check; the other is not checked. A label that is no C name
+    # cannot be evaluated: both of its branches are.
+    assert scan(old, CAPABILITY_CODE) == [(26, "field", "load_mode")]
+    assert scan(new, CAPABILITY_CODE) == [(28, "field", "use_mlock")]
+
+
+def test_an_unevaluable_check_trusts_the_names_it_tests(old: ApiIndex) -> None:
+    code = """\
+    from llamarcp import lib
+    def f(caps, feature):
+        if caps.has(feature, "llama_perf"):  # a name the scan cannot resolve: the check cannot be evaluated
+            lib.llama_perf(model)
+        else:
+            lib.llama_perf(model)
+        if not caps.supports(feature, "llama_perf"):
+            return None
+        return lib.llama_perf(model)
+    """
+    assert scan(old, code) == [(6, "undeclared", "llama_perf")]
+
+
+def test_drift_adapted_pragma_silences_a_line_or_a_statement(old: ApiIndex) -> None:
+    code = """\
+    from llamarcp import lib
+    params = lib.llama_model_default_params()
+    params.load_mode = 1  # drift: adapted (set through the capability table)
+    sampler = lib.llama_sampler_init_penalties(  # drift: adapted
+        64, 1.1, 0.0, 0.0, 0.0
+    )
+    other = make(
+        lib.llama_sampler_init_penalties(64, 1.1, 0.0, 0.0, 0.0),
+    )  # drift: adapted
+    if params.n_gpu_layers:  # drift: adapted
+        params.load_mode = 2
+    text = "# drift: adapted"; params.load_mode = 3
+    """
+    assert scan(old, code) == [(11, "field", "load_mode"), (12, "field", "load_mode")]
+
+
+def test_cli_formats_and_exit_codes(
+    manifests: dict[str, dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from llamarcp.drift.inputs import pinned_manifest
+
+    api = tmp_path / "old.json"
+    api.write_text(json.dumps(manifests["old"]))
+    code = tmp_path / "own.py"
+    code.write_text(OWN_CODE)
+    assert main(["scan", str(code), "--api", str(api)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    pin = pinned_manifest()["llama_cpp_commit"]
+    arity_hint = f"takes 4 argument(s) in llama.cpp old, called with 5 (as the bindings' {pin} declare it)"
+    assert f"{code}:13:16: arity llama_sampler_init_penalties -> {arity_hint}" in out
+    assert out[-1] == (
+        "scan: 1 file(s); 0 removed, 0 undeclared, 0 deprecated use(s); 1 call(s) with another arity, "
+        "2 missing struct field(s), 3 undeclared constant(s)"
+    )
+    assert main(["scan", str(code), "--api", str(api), "--format", "github"]) == 1
+    github = capsys.readouterr().out.splitlines()
+    assert f"::error file={code},line=8,col=16::field load_mode -> struct llama_model_params has no field" in github[0]
+    assert main(["scan", str(code), "--api", str(api), "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["summary"]["arity"] == 1 and data["summary"]["field"] == 2 and data["summary"]["constant"] == 3
+    arity = next(u for u in data["uses"] if u["status"] == "arity")
+    assert arity == {
+        "path": str(code), "line": 13, "col": 16, "name": "llama_sampler_init_penalties", "status": "arity",
+        "hint": arity_hint, "how": "call", "severity": "error",
+    }  # fmt: skip
+    assert "use_mmap, use_direct_io, use_mlock instead" in github[0]  # named from the pinned bindings' struct
+    clean = tmp_path / "clean.py"
+    clean.write_text("from llamarcp import lib\nlib.llama_sampler_init_penalties(64, 1.1, 0.0, 0.0)\n")
+    assert main(["scan", str(clean), "--api", str(api)]) == 0
+    capsys.readouterr()
+
+
+def test_warnings_fail_only_with_strict(old: ApiIndex, tmp_path: Path) -> None:
+    (tmp_path / "w.py").write_text("def f(x):\n    x.load_mode = 1\n")
+    result = scan_paths([tmp_path], old)
+    assert [u.status for u in result.uses] == ["field-gone"] and result.uses[0].severity == "warning"
+    assert not result.failed() and result.failed(strict=True)
+
+
+def test_codegen_drift_reads_a_header_and_labels_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from codegen import drift
+
+    code = tmp_path / "own.py"
+    code.write_text(OWN_CODE)
+    header = DATA / "release_old.h"
+    assert drift.main(["scan", str(code), "--api", str(header)]) == 1
+    out = capsys.readouterr().out
+    assert f"takes 4 argument(s) in llama.cpp {header}, called with 5" in out
+
+
+def test_bump_own_code_step_reports_usage_findings(manifests: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    from codegen import bump
+    from llamarcp.drift.diff import diff_manifests
+    from llamarcp.drift.inputs import pinned_manifest
+
+    pinned = pinned_manifest()
+    tree = json.loads(json.dumps(pinned))
+    penalties = next(f for f in tree["functions"] if f["name"] == "llama_sampler_init_penalties")
+    penalties["params"] = penalties["params"][1:]  # as before b10566: no n_vocab
+    model_params = next(s for s in tree["structs"] if s["name"] == "llama_model_params")
+    model_params["fields"] = [f for f in model_params["fields"] if f["name"] != "load_mode"]
+    state = bump.Bump(source=tmp_path, commit="c" * 40, old=pinned, new=tree, diff=diff_manifests(pinned, tree))
+    step = bump.Step("own code")
+    bump.step_own_code(state, step)
+    text = "\n".join(step.lines)
+    assert step.status == "findings"
+    assert "1 call(s) with another arity, 3 missing struct field(s)" in text
+    assert "llamarcp/sampling.py:" in text and "arity llama_sampler_init_penalties -> takes 4 argument(s)" in text
+    assert "llamarcp/_core.py:" in text and "field load_mode -> struct llama_model_params has no field" in text
+
+
+def test_project_scan_is_clean_against_the_pinned_api() -> None:
+    """llamarcp's own code fits the API it is generated from: no arity, field, constant or type finding."""
+    from llamarcp.drift.inputs import pinned_manifest
+
+    pinned = pinned_manifest()
+    result = scan_paths(
+        [ROOT / "llamarcp", ROOT / "codegen", ROOT / "benchmarks", ROOT / "build_lib.py"],
+        ApiIndex.from_manifest(pinned, reference=pinned),
+    )
+    assert not result.failed(strict=False), result.render("text")
+    assert not [u for u in result.uses if u.status not in ("deprecated",)], result.render("text")
+
+
+def _cached_tree(release: str, tmp: Path) -> Path | None:
+    """A verified tree of `release` in llamarcp's cache (build_lib.py's carrier source), else the headers of its
+    cached xllamacpp sdist extracted under `tmp`; None when neither is on this machine (no download here)."""
+    import tarfile
+
+    from llamarcp import _cache
+
+    tree = _cache.cache_root() / "src" / release
+    if (tree / ".llamarcp-verified").is_file():
+        return tree
+    sdists = sorted((_cache.cache_root() / "downloads").glob(f"xllamacpp-*.{release.lstrip('b')}.tar.gz"))
+    if not sdists:
+        return None
+    prefix = sdists[-1].name.removesuffix(".tar.gz") + "/thirdparty/llama.cpp/"
+    with tarfile.open(sdists[-1]) as tar:
+        wanted = tuple(prefix + sub for sub in ("include/", "ggml/include/", "tools/mtmd/"))
+        tar.extractall(tmp, members=[m for m in tar.getmembers() if m.name.startswith(wanted)], filter="data")
+    return tmp / prefix
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("release", "flagged"), [("b8672", True), ("b10068", True), ("b10566", False)])
+def test_own_code_against_real_releases_when_cached(release: str, flagged: bool, tmp_path: Path) -> None:
+    """Issue 27: on b8672-b10068 llamarcp's model loading (load_mode) and penalty sampler (arity) are flagged;
+    from b10566 on its code fits unchanged."""
+    from codegen import drift
+    from llamarcp.drift.inputs import pinned_manifest
+
+    tree = _cached_tree(release, tmp_path)
+    if tree is None:
+        pytest.skip(f"llama.cpp {release} is not cached (python build_lib.py --print-source --carrier V fetches it)")
+    manifest = drift.parse_source_tree(tree, release)
+    result = scan_paths([ROOT / "llamarcp"], ApiIndex.from_manifest(manifest, reference=pinned_manifest()))
+    found = {(Path(u.path).name, u.status, u.name) for u in result.uses}
+    expected = {
+        ("sampling.py", "arity", "llama_sampler_init_penalties"),
+        ("_core.py", "field", "load_mode"),
+        ("_core.py", "constant", "LLAMA_LOAD_MODE_MMAP"),
+        ("llama_api.py", "field", "load_mode"),
+        ("llama_api.py", "constant", "LLAMA_LOAD_MODE_*"),
+    }
+    if flagged:
+        assert expected <= found, result.render("text")
+        assert result.failed()
+    else:
+        assert not result.failed(), result.render("text")
