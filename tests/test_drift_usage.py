@@ -452,3 +452,20 @@ def test_own_code_against_real_releases_when_cached(release: str, flagged: bool,
         assert result.failed()
     else:
         assert not result.failed(), result.render("text")
+
+
+@pytest.mark.parametrize(
+    ("section", "entry", "message"),
+    [
+        ("structs", {"name": "s", "fields": [{"name": "x"}]}, "struct s field #0 lacks a name or type"),
+        ("enums", {"name": "e", "constants": [{"value": 1}]}, "enum e constant #0 lacks a name"),
+    ],
+)
+def test_malformed_nested_entries_are_clear_errors(
+    section: str, entry: dict[str, Any], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api = tmp_path / "api.json"
+    api.write_text(json.dumps({"llama_cpp_commit": "x", "functions": [], section: [entry]}))
+    (tmp_path / "a.py").write_text("x = 1\n")
+    assert main(["scan", str(tmp_path / "a.py"), "--api", str(api)]) == 2
+    assert message in capsys.readouterr().err

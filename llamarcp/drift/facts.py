@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from llamarcp.errors import DriftError
+
 #: Identifiers in a C type that are not type names.
 C_WORDS = frozenset(
     {
@@ -54,6 +56,7 @@ class TreeFacts:
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any], label: str | None = None) -> TreeFacts:
         """`label` names the API where the manifest knows no commit (a tree outside git: "unknown")."""
+        _check_entries(manifest, label)
         functions = manifest.get("functions", [])
         structs = manifest.get("structs", [])
         types = {s["name"] for s in structs}
@@ -108,3 +111,16 @@ class TreeFacts:
 
     def declares_constant_prefix(self, prefix: str) -> bool:
         return any(name.startswith(prefix) for name in self.constants)
+
+
+def _check_entries(manifest: dict[str, Any], label: str | None) -> None:
+    """The nested entries the usage checks read (inputs.validate_manifest checks the sections' own keys)."""
+    where = label or str(manifest.get("llama_cpp_commit") or "manifest")
+    for struct in manifest.get("structs", []):
+        for i, member in enumerate(struct.get("fields") or []):
+            if not isinstance(member, dict) or not isinstance(member.get("name"), str) or "type" not in member:
+                raise DriftError(f"{where}: struct {struct.get('name')} field #{i} lacks a name or type")
+    for enum in manifest.get("enums", []):
+        for i, constant in enumerate(enum.get("constants") or []):
+            if not isinstance(constant, dict) or not isinstance(constant.get("name"), str):
+                raise DriftError(f"{where}: enum {enum.get('name')} constant #{i} lacks a name")

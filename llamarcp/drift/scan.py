@@ -100,6 +100,8 @@ class ApiIndex:
         """`reference`: the manifest the code was written against (the pinned bindings) when `manifest` is
         another tree; it names fields that moved and types what the tree lacks. `label` names the API in
         findings when its manifest has no commit (a tree outside git)."""
+        facts = TreeFacts.from_manifest(manifest, label)  # first: it names a malformed entry (DriftError)
+        ref = TreeFacts.from_manifest(reference) if reference is not None else None
         functions = frozenset(f["name"] for f in manifest.get("functions", []))
         deprecated = {
             f["name"]: (f["deprecated"] or "deprecated without a named replacement")
@@ -116,8 +118,6 @@ class ApiIndex:
         table.update(removed or {})
         # A name the pinned API declares again is not removed, whatever an old table says.
         table = {k: v for k, v in table.items() if k not in functions}
-        facts = TreeFacts.from_manifest(manifest, label)
-        ref = TreeFacts.from_manifest(reference) if reference is not None else None
         return cls(functions, deprecated, frozenset(others), table, facts, ref)
 
     @property
