@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import hashlib
 import os
 import platform
@@ -284,7 +285,11 @@ def step_own_code(bump: Bump, step: Step) -> None:
     index = ApiIndex.from_manifest(bump.new, removed, reference=bump.old, label=str(bump.source))
     result = scan_paths(SCANNED, index)
     step.lines.append(f"Uses (names, arity, struct fields, constants, types): {result.summary()}.")
-    step.lines += [f"- {u.severity}: {u.render()}" for u in result.uses]
+    for use in result.uses:
+        shown = Path(use.path).resolve()
+        if shown.is_relative_to(ROOT):
+            use = dataclasses.replace(use, path=str(shown.relative_to(ROOT)))
+        step.lines.append(f"- {use.severity}: {use.render()}")
     step.lines += [f"- error: {e}" for e in result.errors]
     if result.failed():
         step.status = "findings"
