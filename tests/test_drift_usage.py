@@ -300,6 +300,24 @@ def test_an_unevaluable_check_trusts_the_names_it_tests(old: ApiIndex) -> None:
     assert scan(old, code) == [(6, "undeclared", "llama_perf")]
 
 
+def test_duck_typing_is_no_capability_check(old: ApiIndex) -> None:
+    code = """\
+    from llamarcp import lib
+    def f(obj, options):
+        if hasattr(obj, "size"):  # "size" is a field of llama_token_data_array: still Python duck typing
+            return None
+        if "data" in options:
+            pass
+        else:
+            lib.llama_sampler_init_penalties(64, 1.1)
+        return lib.llama_sampler_init_penalties(64, 1.1, 0.0)
+    """
+    assert scan(old, code) == [
+        (8, "arity", "llama_sampler_init_penalties"),
+        (9, "arity", "llama_sampler_init_penalties"),
+    ]
+
+
 def test_drift_adapted_pragma_silences_a_line_or_a_statement(old: ApiIndex) -> None:
     code = """\
     from llamarcp import lib

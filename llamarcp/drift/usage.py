@@ -45,7 +45,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from llamarcp.drift.facts import CONSTANT_NAME, CType, TreeFacts
+from llamarcp.drift.facts import CONSTANT_NAME, TYPE_PREFIXES, CType, TreeFacts
 from llamarcp.drift.scan import LIB_MODULES, ApiIndex, NameVisitor, _call_name, _dotted
 
 #: cffi calls whose first argument is a C type string.
@@ -155,6 +155,11 @@ def _guards(test: ast.AST) -> tuple[frozenset[str], frozenset[str]]:
         if text and isinstance(test.ops[0], ast.NotIn):
             return frozenset(), frozenset({text, *text.split(".")})
     return frozenset(), frozenset()
+
+
+def _api_like(name: str) -> bool:
+    """Spelled like a llama.cpp function, type or constant (not like a struct field or a Python attribute)."""
+    return name.startswith(TYPE_PREFIXES) or CONSTANT_NAME.match(name) is not None
 
 
 def _exits(body: list[ast.stmt]) -> bool:
@@ -318,19 +323,24 @@ class UsageVisitor(NameVisitor):
             if decisive in values:
                 return decisive
             return None if None in values else not decisive
-        strings: list[str] = []
-        if isinstance(test, ast.Call) and GUARD_CALL.match(_call_name(test) or ""):
-            strings = [text for text in map(_str_const, test.args) if text]
-            if _call_name(test) == "hasattr" and len(test.args) == 2 and strings:
-                ctype = self._type_of(test.args[0])
-                if ctype is not None and ctype.struct in self.facts.fields:
-                    return strings[0] in self.facts.fields[ctype.struct]
-            elif len(strings) == 2 and self._struct_fields(strings[0]) is not None:
-                return self._declared(".".join(strings))  # has_field("llama_model_params", "load_mode")
-        elif isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], (ast.In, ast.NotIn)):
+        if isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], (ast.In, ast.NotIn)):
+            # `"llama_x" in caps`; `"data" in some_dict` is no capability check: API-looking names only
             text = _str_const(test.left)
-            value = self._declared(text) if text else None
+            value = self._declared(text) if text and _api_like(text) else None
             return None if value is None else value == isinstance(test.ops[0], ast.In)
+        if not isinstance(test, ast.Call) or not GUARD_CALL.match(_call_name(test) or ""):
+            return None
+        strings = [text for text in map(_str_const, test.args) if text]
+        if _call_name(test) == "hasattr":
+            if len(test.args) != 2 or len(strings) != 1:
+                return None
+            ctype = self._type_of(test.args[0])
+            if ctype is not None and ctype.struct in self.facts.fields:
+                return strings[0] in self.facts.fields[ctype.struct]  # hasattr(params, "load_mode")
+            # hasattr(lib, "llama_x"); on any other object it is Python duck typing
+            return self._declared(strings[0]) if self._alias_kind(test.args[0]) and _api_like(strings[0]) else None
+        if len(strings) == 2 and self._struct_fields(strings[0]) is not None:
+            return self._declared(".".join(strings))  # has_field("llama_model_params", "load_mode")
         values = [self._declared(text) for text in strings]
         if not values or None in values:
             return None
