@@ -286,9 +286,9 @@ def step_own_code(bump: Bump, step: Step) -> None:
     result = scan_paths(SCANNED, index)
     step.lines.append(f"Uses (names, arity, struct fields, constants, types): {result.summary()}.")
     for use in result.uses:
-        shown = Path(use.path).resolve()
-        if shown.is_relative_to(ROOT):
-            use = dataclasses.replace(use, path=str(shown.relative_to(ROOT)))
+        location = Path(use.path).resolve()
+        if location.is_relative_to(ROOT):
+            use = dataclasses.replace(use, path=str(location.relative_to(ROOT)))
         step.lines.append(f"- {use.severity}: {use.render()}")
     step.lines += [f"- error: {e}" for e in result.errors]
     if result.failed():
