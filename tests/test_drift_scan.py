@@ -289,11 +289,14 @@ def test_real_llama_cpp_python_0_3_16_uses_removed_functions(tmp_path: Path) -> 
     assert {"llama_get_kv_self", "llama_kv_self_clear", "llama_kv_self_seq_rm", "llama_sampler_init_softmax"} <= removed
     assert result.count("undeclared") == 0, "\n".join(ln for ln in lines if "undeclared" in ln)
     # What it does with the API the pin changed: penalties gained n_vocab, dry lost n_ctx_train, the mmap/mlock
-    # flags became load_mode, flash_attn became flash_attn_type.
+    # flags became load_mode, flash_attn became flash_attn_type; its hand-written ctypes tables say so too.
     usage = {(Path(u.path).name, u.status, u.name) for u in result.uses if u.status in ("arity", "field")}
     assert usage == {
         ("_internals.py", "arity", "llama_sampler_init_penalties"),
         ("_internals.py", "arity", "llama_sampler_init_dry"),
+        ("llama_cpp.py", "arity", "llama_sampler_init_penalties"),
+        ("llama_cpp.py", "arity", "llama_sampler_init_dry"),
+        ("mtmd_cpp.py", "arity", "mtmd_helper_bitmap_init_from_buf"),
         ("llama.py", "field", "use_mmap"), ("llama.py", "field", "use_mlock"), ("llama.py", "field", "flash_attn"),
     }  # fmt: skip
     assert result.failed()

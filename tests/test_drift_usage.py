@@ -114,6 +114,30 @@ def test_arity_counts_only_countable_calls(old: ApiIndex) -> None:
     assert scan_source(textwrap.dedent(code), "f.py", old)[2].hint.startswith("takes at least 2 argument(s)")
 
 
+def test_hand_written_ctypes_bindings_are_checked_against_the_tree(old: ApiIndex) -> None:
+    code = """\
+    import ctypes
+    @ctypes_function(
+        "llama_sampler_init_penalties",
+        [ctypes.c_int32, ctypes.c_int32, ctypes.c_float, ctypes.c_float, ctypes.c_float],
+        ctypes.c_void_p,
+    )
+    def llama_sampler_init_penalties(n_vocab, last_n, repeat, freq, present): ...
+    ctypes_function("llama_batch_init", [ctypes.c_int32, ctypes.c_int32, ctypes.c_int32], llama_batch)
+    ctypes_function("llama_format_log", [ctypes.c_char_p, ctypes.c_char_p], ctypes.c_int32)
+    ctypes_function("llama_format_log", [ctypes.c_char_p], ctypes.c_int32)
+    clib = ctypes.CDLL("libllama.so")
+    clib.llama_sampler_init_dry.argtypes = [ctypes.c_void_p, ctypes.c_float, ctypes.c_float]
+    clib.llama_batch_free.argtypes = [llama_batch]
+    """
+    assert scan(old, code) == [
+        (3, "arity", "llama_sampler_init_penalties"), (10, "arity", "llama_format_log"),
+        (12, "arity", "llama_sampler_init_dry"),
+    ]  # fmt: skip
+    hints = [u.hint for u in scan_source(textwrap.dedent(code), "f.py", old)]
+    assert hints[0] == "bound with 5 argument type(s); takes 4 in llama.cpp old"
+
+
 def test_struct_types_from_ffi_strings_fields_indexing_and_loops(old: ApiIndex) -> None:
     code = """\
     from llamarcp import ffi, lib

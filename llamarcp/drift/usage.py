@@ -4,7 +4,8 @@
 It reports, each with path:line:col and a severity:
 
 - arity: a call of a C function (`lib.llama_x(...)`, an imported or aliased one) whose argument count differs
-  from the tree's parameter count; only calls whose arguments can be counted (no `*args` / `**kwargs`).
+  from the tree's parameter count; only calls whose arguments can be counted (no `*args` / `**kwargs`). Also
+  hand-written ctypes bindings: `ctypes_function("llama_x", [argtypes], restype)`, `clib.llama_x.argtypes = [...]`.
 - field: `x.field` (read, write, `setattr`/`getattr` with a literal, `ffi.offsetof`) where `x` is known to be a
   struct of the tree that lacks that field.
 - constant: `lib.LLAMA_X`, `getattr(lib, "LLAMA_X")` (or a `"LLAMA_X_" + ...` prefix), `ffi.integer_const("X")`
@@ -450,6 +451,12 @@ class UsageVisitor(NameVisitor):
 
     def visit_Assign(self, node: ast.Assign) -> None:
         super().visit_Assign(node)
+        for target in node.targets:  # clib.llama_x.argtypes = [...]
+            if isinstance(target, ast.Attribute) and target.attr == "argtypes":
+                fn = self._c_function(target.value)
+                if fn is not None:
+                    where, col = self._position(target.value)
+                    self._check_argtypes(where, fn, node.value, "attribute", col)
         for target in node.targets:
             self._bind(target, node.value)
         self._check_fields_pragma(node, node.value)
@@ -573,6 +580,7 @@ class UsageVisitor(NameVisitor):
     # -- checks
     def visit_Call(self, node: ast.Call) -> None:
         self._check_arity(node)
+        self._check_binding_table(node)
         self._check_reflection(node)
         self._check_ffi(node)
         if _is_super_init(node.func) and node.args and self.classes:
@@ -605,6 +613,25 @@ class UsageVisitor(NameVisitor):
             hint += f" (as the bindings' {self.ref.commit} declare it)" if self.ref.arity[fn][0] == given else ""
         where, col = self._position(node.func)
         self._add(where, fn, "arity", hint, "call", col=col)
+
+    def _check_argtypes(self, where: ast.AST, fn: str, argtypes: ast.AST, how: str, col: int | None = None) -> None:
+        """A hand-written ctypes binding's argument type list against the tree's parameters."""
+        if fn not in self.facts.arity or not isinstance(argtypes, (ast.List, ast.Tuple)):
+            return
+        if any(isinstance(e, ast.Starred) for e in argtypes.elts):
+            return
+        declared, (count, variadic) = len(argtypes.elts), self.facts.arity[fn]
+        if declared == count or (variadic and declared >= count):
+            return
+        hint = f"bound with {declared} argument type(s); takes {count} in llama.cpp {self.facts.commit}"
+        self._add(where, fn, "arity", hint, how, col=col)
+
+    def _check_binding_table(self, node: ast.Call) -> None:
+        """`ctypes_function("llama_x", [argtypes], restype)` (llama-cpp-python's binding tables)."""
+        for name, argtypes in zip(node.args, node.args[1:]):
+            text = _str_const(name)
+            if text is not None:
+                self._check_argtypes(name, text, argtypes, "string")
 
     def _check_reflection(self, node: ast.Call) -> None:
         """`setattr(params, "field", v)`, `getattr(params, name)` over known names, `getattr(lib, "LLAMA_X")`."""
