@@ -309,6 +309,46 @@ def test_code_behind_a_capability_check_is_not_flagged(old: ApiIndex, new: ApiIn
     assert scan(new, CAPABILITY_CODE) == [(28, "field", "use_mlock")]
 
 
+#: The shape of llamarcp's adapter module: the loaded declarations are asked for a field or a parameter count.
+ADAPTER_CODE = """\
+from typing import Any
+from llamarcp._ffi import ffi
+
+def has_field(struct: str, name: str) -> bool:
+    return name in {n for n, _ in ffi.typeof(struct).fields}
+
+def arity(lib: Any, function: str) -> int:
+    return len(ffi.typeof(getattr(lib, function)).args)
+
+def set_load_mode(lib: Any, params: Any, use_mmap: bool, use_mlock: bool) -> None:
+    if has_field("struct llama_model_params", "load_mode"):
+        params.load_mode = getattr(lib, "LLAMA_LOAD_MODE_" + ("MMAP" if use_mmap else "NONE"))
+    else:
+        params.use_mmap = bool(use_mmap)
+        params.use_mlock = bool(use_mlock)
+
+def load_mode(lib: Any, params: Any) -> bool:
+    if not has_field("struct llama_model_params", "load_mode"):
+        return bool(params.use_mmap)
+    return int(params.load_mode) != lib.LLAMA_LOAD_MODE_NONE
+
+def penalties(lib: Any, n_vocab: int, last_n: int) -> Any:
+    if arity(lib, "llama_sampler_init_penalties") == 5:
+        return lib.llama_sampler_init_penalties(n_vocab, last_n, 1.0, 0.0, 0.0)
+    return lib.llama_sampler_init_penalties(last_n, 1.0, 0.0, 0.0)
+
+def wrong(lib: Any, last_n: int) -> Any:
+    if 5 <= arity(lib, "llama_sampler_init_penalties"):
+        return lib.llama_sampler_init_penalties(last_n, 1.0, 0.0, 0.0)
+    return None
+"""
+
+
+def test_the_adapter_shape_is_clean_on_every_release_and_its_mistakes_are_not(old: ApiIndex, new: ApiIndex) -> None:
+    assert scan(old, ADAPTER_CODE) == []
+    assert scan(new, ADAPTER_CODE) == [(29, "arity", "llama_sampler_init_penalties")]
+
+
 def test_an_unevaluable_check_trusts_the_names_it_tests(old: ApiIndex) -> None:
     code = """\
     from llamarcp import lib

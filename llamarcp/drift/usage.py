@@ -26,10 +26,14 @@ Where a struct comes from, so its fields can be checked:
   `Managed` subclass passes to `super().__init__(ptr, ...)` is its `self.ptr`.
 
 Code adapted to several releases is not flagged:
-- inside `if caps.has("name"):` / `if x.has_field("struct", "field"):` / `if hasattr(lib, "LLAMA_X"):` (any
-  call named `hasattr` or `has*` with string arguments, `"name" in caps`), in the `else` of `if not ...:`, after
-  `if not ...: return/raise/continue/break`, and after such a call in an `and` chain, uses of the names those
-  strings give (a `"struct.field"` string gives both parts) are trusted;
+- a capability check is evaluated against the tree, and the branch the tree never takes is not checked (nor
+  the rest of a block after `if <true>: return ...`): a call named `has*` / `supports*` / `hasattr` with
+  string arguments naming C things (`caps.has("llama_x")`, `has_field("struct llama_model_params",
+  "load_mode")`, `hasattr(lib, "LLAMA_X")`, `hasattr(params, "field")`), `"LLAMA_X" in caps`, a parameter
+  count compared with a number (`arity(lib, "llama_x") == 5`), and `not` / `and` / `or` of them;
+- a check the scan cannot evaluate (a label that is no C name) leaves both branches checked, but trusts the
+  names it tests where they are known present: in its body, in the `else` of `if not ...:`, after
+  `if not ...: return/raise/continue/break`, and after it in an `and` chain;
 - a `# drift: adapted` comment on the line of a use, or on any line of the simple statement holding it,
   silences every finding there;
 - `NAMES = ("a", "b")  # drift: fields llama_context_params` declares a list of field names of a struct (for
@@ -40,11 +44,13 @@ from __future__ import annotations
 
 import ast
 import io
+import operator
 import re
 import tokenize
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from llamarcp.drift.facts import CONSTANT_NAME, TYPE_PREFIXES, CType, TreeFacts
 from llamarcp.drift.scan import LIB_MODULES, ApiIndex, NameVisitor, _call_name, _dotted
@@ -127,14 +133,29 @@ def _prefix(node: ast.AST) -> str | None:
     return None
 
 
+def _c_name(text: str) -> str:
+    """The name in a capability check's C spelling: "struct llama_model_params" -> "llama_model_params"."""
+    words = text.replace("*", " ").split()
+    while len(words) > 1 and words[0] in ("const", "struct", "union", "enum"):
+        words.pop(0)
+    return " ".join(words)
+
+
 def _guard_strings(call: ast.Call) -> set[str]:
     names: set[str] = set()
     for arg in call.args:
         text = _str_const(arg)
         if text:
-            names.add(text)
-            names.update(text.split("."))
+            names.update({text, _c_name(text), *text.split(".")})
     return names
+
+
+#: `arity(lib, "llama_x") == 5`: a call spelled like this, with a function's name, counts its parameters.
+ARITY_CALL = re.compile(r"(^|_)(arity|n_params|param_count)$")
+COMPARISONS: dict[type, Any] = {
+    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+}  # fmt: skip
 
 
 def _guards(test: ast.AST) -> tuple[frozenset[str], frozenset[str]]:
@@ -324,6 +345,8 @@ class UsageVisitor(NameVisitor):
             if decisive in values:
                 return decisive
             return None if None in values else not decisive
+        if isinstance(test, ast.Compare) and len(test.ops) == 1 and type(test.ops[0]) in COMPARISONS:
+            return self._arity_truth(test.left, test.ops[0], test.comparators[0])
         if isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], (ast.In, ast.NotIn)):
             # `"llama_x" in caps`; `"data" in some_dict` is no capability check: API-looking names only
             text = _str_const(test.left)
@@ -331,7 +354,7 @@ class UsageVisitor(NameVisitor):
             return None if value is None else value == isinstance(test.ops[0], ast.In)
         if not isinstance(test, ast.Call) or not GUARD_CALL.match(_call_name(test) or ""):
             return None
-        strings = [text for text in map(_str_const, test.args) if text]
+        strings = [_c_name(text) for text in map(_str_const, test.args) if text]
         if _call_name(test) == "hasattr":
             if len(test.args) != 2 or len(strings) != 1:
                 return None
@@ -346,6 +369,20 @@ class UsageVisitor(NameVisitor):
         if not values or None in values:
             return None
         return all(values)
+
+    def _arity_truth(self, left: ast.AST, op: ast.cmpop, right: ast.AST) -> bool | None:
+        """`arity(lib, "llama_x") == 5` (either side) on the tree's parameter count."""
+        if isinstance(left, ast.Constant):
+            left, right = right, left
+            op = {ast.Lt: ast.Gt(), ast.LtE: ast.GtE(), ast.Gt: ast.Lt(), ast.GtE: ast.LtE()}.get(type(op), op)
+        if not isinstance(left, ast.Call) or not ARITY_CALL.search(_call_name(left) or ""):
+            return None
+        if not isinstance(right, ast.Constant) or type(right.value) is not int:
+            return None
+        names = [text for text in map(_str_const, left.args) if text and text in self.facts.arity]
+        if len(names) != 1:
+            return None
+        return bool(COMPARISONS[type(op)](self.facts.arity[names[0]][0], right.value))
 
     def _visit_guarded(self, node: ast.AST, names: frozenset[str]) -> None:
         self.guards.append(names)
