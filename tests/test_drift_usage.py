@@ -475,6 +475,27 @@ def test_bump_own_code_step_reports_usage_findings(manifests: dict[str, dict[str
     assert "llamarcp/_core.py:" in text and "field load_mode -> struct llama_model_params has no field" in text
 
 
+def test_scan_llamarcp_checks_the_package_against_a_tree() -> None:
+    """What build_lib.py --source prints for a user's tree: here the pin with two upstream-like changes."""
+    from llamarcp.drift.inputs import pinned_manifest
+    from llamarcp.drift.usage import scan_llamarcp
+
+    tree = json.loads(json.dumps(pinned_manifest()))
+    tree["llama_cpp_commit"] = "unknown"
+    batch_init = next(f for f in tree["functions"] if f["name"] == "llama_batch_init")
+    batch_init["params"] = batch_init["params"][:2]
+    cparams = next(s for s in tree["structs"] if s["name"] == "llama_context_params")
+    cparams["fields"] = [f for f in cparams["fields"] if f["name"] != "n_batch"]
+    result = scan_llamarcp(tree, label="~/my-llama.cpp")
+    found = {(Path(u.path).name, u.status, u.name) for u in result.uses}
+    assert {("_core.py", "arity", "llama_batch_init"), ("engine.py", "field", "n_batch")} <= found
+    hint = next(u.hint for u in result.uses if u.name == "llama_batch_init")
+    pin = pinned_manifest()["llama_cpp_commit"]
+    assert hint == f"takes 2 argument(s) in llama.cpp ~/my-llama.cpp, called with 3 (as the bindings' {pin} declare it)"
+    assert result.failed()
+    assert not scan_llamarcp(pinned_manifest()).failed()
+
+
 def test_project_scan_is_clean_against_the_pinned_api() -> None:
     """llamarcp's own code fits the API it is generated from: no arity, field, constant or type finding."""
     from llamarcp.drift.inputs import pinned_manifest

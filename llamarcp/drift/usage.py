@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llamarcp.drift.facts import CONSTANT_NAME, TYPE_PREFIXES, CType, TreeFacts
-from llamarcp.drift.scan import LIB_MODULES, ApiIndex, NameVisitor, _call_name, _dotted
+from llamarcp.drift.scan import LIB_MODULES, ApiIndex, NameVisitor, ScanResult, _call_name, _dotted, scan_paths
 
 #: cffi calls whose first argument is a C type string.
 FFI_TYPE_CALLS = frozenset({"new", "cast", "typeof", "sizeof", "alignof", "offsetof", "callback", "new_array"})
@@ -805,3 +805,12 @@ def project_returns(modules: Iterable[tuple[str, str, ast.Module]], api: ApiInde
         first = types[0]
         (out.properties if name in properties else out.functions)[name] = first
     return out
+
+
+def scan_llamarcp(manifest: dict[str, Any], label: str | None = None) -> ScanResult:
+    """llamarcp's own package against one tree's API (what `build_lib.py --source` and `codegen.bump` report),
+    the pinned bindings naming what moved. `label` names a tree whose manifest has no commit."""
+    from llamarcp.drift.inputs import PACKAGE_DIR, pinned_manifest
+
+    index = ApiIndex.from_manifest(manifest, reference=pinned_manifest(), label=label)
+    return scan_paths([PACKAGE_DIR], index)
