@@ -265,6 +265,8 @@ def test_constants_and_c_types(old: ApiIndex) -> None:
         (8, "constant", "LLAMA_LOAD_MODE_NONE"), (10, "constant", "LLAMA_POOLING_TYPE_*"),
         (11, "type", "llama_perf_data"), (12, "type", "llama_load_mode"), (15, "type", "llama_perf_data"),
     ]  # fmt: skip
+    star = "from llama_cpp import *\nx = LLAMA_LOAD_MODE_MMAP\ny = LLAMA_SPLIT_MODE_NONE\nLLAMA_MAX_DEVICES\n"
+    assert scan(old, star) == [(2, "constant", "LLAMA_LOAD_MODE_MMAP")]
 
 
 CAPABILITY_CODE = """\

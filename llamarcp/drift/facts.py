@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from llamarcp.errors import DriftError
@@ -82,7 +83,7 @@ class TreeFacts:
             constants=frozenset(constants),
         )
 
-    @property
+    @cached_property
     def all_fields(self) -> frozenset[str]:
         return frozenset(name for fields in self.fields.values() for name in fields)
 

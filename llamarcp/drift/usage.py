@@ -433,7 +433,7 @@ class UsageVisitor(NameVisitor):
             return True
         if self.statements:
             stmt = self.statements[-1]
-            if not hasattr(stmt, "body"):  # a simple statement: a pragma on any of its lines
+            if not hasattr(stmt, "body") and not hasattr(stmt, "cases"):  # simple: a pragma on any of its lines
                 end = getattr(stmt, "end_lineno", None) or stmt.lineno
                 return any(stmt.lineno <= ln <= end for ln in self.pragmas.adapted)
         return False
@@ -731,6 +731,11 @@ class UsageVisitor(NameVisitor):
         elif self.ref is not None and not self._is_self_attribute(node):
             self._check_gone_field(where, node.attr, col)
         super().visit_Attribute(node)
+
+    def visit_Name(self, node: ast.Name) -> None:
+        super().visit_Name(node)
+        if self.star and isinstance(node.ctx, ast.Load):  # `from llama_cpp import *` ... LLAMA_X
+            self._check_constant(node, node.id, "module", "name")
 
     def _check_field(self, where: ast.AST, ctype: CType, name: str, how: str, col: int | None = None) -> None:
         fields = self.facts.fields.get(ctype.struct)
