@@ -24,7 +24,7 @@ EXAMPLES = """\
 examples:
   python -m llamarcp.drift symbols "$(python build_lib.py | tail -n 1)"   # generated API vs the built lib
   python -m llamarcp.drift diff old/api.json pinned -o api-diff.md      # what changed between two manifests
-  python -m llamarcp.drift scan my_project/ --format github             # removed/deprecated calls in your code
+  python -m llamarcp.drift scan my_project/ --format github             # stale calls, arity, fields, constants
 in a llamarcp checkout, headers, trees and carrier sdists too:
   python -m codegen.drift diff carrier:0.3.16 pinned -o api-diff.md     # what changed since an older llama.cpp
   python -m codegen.drift diff old/include/llama.h ~/llama.cpp --json   # headers, trees, api.json: any mix
@@ -117,13 +117,15 @@ def build_parser(prog: str = "python -m llamarcp.drift") -> argparse.ArgumentPar
     p.add_argument("-o", "--output", help="write the report to this file (the summary still goes to stdout)")
     p.set_defaults(func=cmd_diff)
 
-    p = sub.add_parser("scan", help="find uses of removed/deprecated llama.cpp functions in Python code")
+    p = sub.add_parser(
+        "scan", help="find uses of removed/deprecated functions, other arities, missing fields/constants in Python code"
+    )
     p.add_argument("paths", nargs="+", help="files or directories")
     p.add_argument("--api", default="pinned", help=api_help)
     p.add_argument("--since", help="also treat functions removed since this older API as removed (hints from it)")
     p.add_argument("--format", choices=("text", "json", "github"), default="text")
     p.add_argument("--json", action="store_true", help="same as --format json")
-    p.add_argument("--strict", action="store_true", help="fail on deprecated uses too")
+    p.add_argument("--strict", action="store_true", help="fail on warnings too (deprecated, field-gone)")
     p.add_argument("-o", "--output", help="write the report to this file")
     p.set_defaults(func=cmd_scan)
 

@@ -16,11 +16,14 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llamarcp.drift.facts import TreeFacts
 from llamarcp.drift.replacements import REMOVED_FUNCTIONS
 from llamarcp.errors import DriftError
+
+if TYPE_CHECKING:
+    from llamarcp.drift.usage import Returns
 
 #: Modules whose attributes are the C functions themselves (llama-cpp-python re-exports them).
 LIB_MODULES = ("llama_cpp", "llama_cpp.llama_cpp", "llamarcp.lib")
@@ -217,12 +220,7 @@ class NameVisitor(ast.NodeVisitor):
 
     def _is_lib_value(self, value: ast.AST) -> str | None:
         """Kind of alias an assigned value creates, if any."""
-        kind = self._alias_kind(value)
-        if kind:
-            return kind
-        if isinstance(value, ast.Call) and self._is_loader_call(value):
-            return "lib"
-        return None
+        return self._alias_kind(value)  # an alias, a loader call (`get_lib()`, `ffi.dlopen(...)`) or `lib`
 
     # -- imports
     def visit_Import(self, node: ast.Import) -> None:
@@ -323,7 +321,7 @@ def _parse(source: str, path: str) -> ast.Module:
         raise DriftError(f"{path}: cannot parse Python: {exc}") from exc
 
 
-def _visit(tree: ast.Module, source: str, path: str, api: ApiIndex, returns: Any = None) -> NameVisitor:
+def _visit(tree: ast.Module, source: str, path: str, api: ApiIndex, returns: Returns | None = None) -> NameVisitor:
     """Run the visitor over a parsed module: names only, or (an API with facts) the usage checks too."""
     visitor: NameVisitor
     if api.facts is None:
@@ -342,7 +340,7 @@ def _visit(tree: ast.Module, source: str, path: str, api: ApiIndex, returns: Any
 def scan_source(source: str, path: str, api: ApiIndex) -> list[Use]:
     """Findings in one module (struct types that other modules' functions return are not known here)."""
     tree = _parse(source, path)
-    returns = None
+    returns: Returns | None = None
     if api.facts is not None:
         from llamarcp.drift.usage import project_returns
 
@@ -446,7 +444,7 @@ def scan_paths(paths: Iterable[str | os.PathLike[str]], api: ApiIndex) -> ScanRe
             modules.append((str(path), source, _parse(source, str(path))))
         except DriftError as exc:
             errors.append(str(exc))
-    returns = None
+    returns: Returns | None = None
     if api.facts is not None:
         from llamarcp.drift.usage import project_returns
 
