@@ -217,6 +217,26 @@ def test_struct_types_from_annotations_classes_and_project_functions(old: ApiInd
     ]  # fmt: skip
 
 
+def test_scopes_parameters_and_reassignments_shadow_outer_types(old: ApiIndex) -> None:
+    code = """\
+    from llamarcp import lib
+    params = lib.llama_model_default_params()
+    def f(params):
+        params.load_mode = 1
+    g = lambda params: params.load_mode
+    def h():
+        params = make()
+        params.load_mode = 2
+    params.load_mode = 3
+    params = None
+    params.load_mode = 4
+    """
+    assert scan(old, code) == [
+        (4, "field-gone", "load_mode"), (5, "field-gone", "load_mode"), (8, "field-gone", "load_mode"),
+        (9, "field", "load_mode"), (11, "field-gone", "load_mode"),
+    ]  # fmt: skip
+
+
 def test_reflection_literal_field_lists_and_the_fields_pragma(old: ApiIndex) -> None:
     code = """\
     from llamarcp import ffi, lib

@@ -215,7 +215,8 @@ class UsageVisitor(NameVisitor):
         self.returned: dict[str, list[CType | None]] = {}
         self.properties: set[str] = set()
         self.defined: Counter[str] = Counter()
-        self.scopes: list[dict[str, Binding]] = [{}]
+        #: name -> what it holds; None: something the scan does not know (it shadows outer scopes)
+        self.scopes: list[dict[str, Binding | None]] = [{}]
         self.classes: list[dict[str, CType]] = []
         self.functions: list[str] = []
         self.guards: list[frozenset[str]] = []
@@ -274,13 +275,14 @@ class UsageVisitor(NameVisitor):
         args = node.args
         self._visit_all(node.decorator_list)
         self._visit_all([*args.defaults, *args.kw_defaults, node.returns])
-        scope: dict[str, Binding] = {}
+        scope: dict[str, Binding | None] = {}
         for arg in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]:
-            if arg is not None and arg.annotation is not None:
+            if arg is None:
+                continue
+            scope[arg.arg] = None
+            if arg.annotation is not None:
                 self.visit(arg.annotation)
-                ctype = self._annotation_type(arg.annotation)
-                if ctype is not None:
-                    scope[arg.arg] = ctype
+                scope[arg.arg] = self._annotation_type(arg.annotation)
         self.scopes.append(scope)
         self.functions.append(node.name)
         self.returned.setdefault(node.name, [])
@@ -298,7 +300,10 @@ class UsageVisitor(NameVisitor):
 
     def visit_Lambda(self, node: ast.Lambda) -> None:
         self._visit_all([*node.args.defaults, *node.args.kw_defaults])
-        self.scopes.append({})
+        args = node.args
+        self.scopes.append(
+            {a.arg: None for a in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg] if a}
+        )
         try:
             self.visit(node.body)
         finally:
@@ -472,10 +477,7 @@ class UsageVisitor(NameVisitor):
             return
         binding = self._binding_of(value) if value is not None else None
         if isinstance(target, ast.Name):
-            if binding is None:
-                self.scopes[-1].pop(target.id, None)
-            else:
-                self.scopes[-1][target.id] = binding
+            self.scopes[-1][target.id] = binding
         elif self._is_self_attribute(target) and self.classes:
             assert isinstance(target, ast.Attribute)
             if isinstance(binding, CType):
@@ -539,10 +541,7 @@ class UsageVisitor(NameVisitor):
         else:
             ctype = self._type_of(iterable)
             binding = ctype.element() if ctype else None
-        if binding is None:
-            self.scopes[-1].pop(target.id, None)
-        else:
-            self.scopes[-1][target.id] = binding
+        self.scopes[-1][target.id] = binding
 
     # -- what an expression is
     def _annotation_type(self, node: ast.AST) -> CType | None:
