@@ -507,10 +507,12 @@ def test_scan_llamarcp_checks_the_package_against_a_tree() -> None:
     batch_init = next(f for f in tree["functions"] if f["name"] == "llama_batch_init")
     batch_init["params"] = batch_init["params"][:2]
     cparams = next(s for s in tree["structs"] if s["name"] == "llama_context_params")
-    cparams["fields"] = [f for f in cparams["fields"] if f["name"] != "n_batch"]
+    cparams["fields"] = [f for f in cparams["fields"] if f["name"] not in ("n_batch", "swa_full")]
     result = scan_llamarcp(tree, label="~/my-llama.cpp")
     found = {(Path(u.path).name, u.status, u.name) for u in result.uses}
     assert {("_core.py", "arity", "llama_batch_init"), ("engine.py", "field", "n_batch")} <= found
+    # set by name: loading.CONTEXT_FIELDS (`# drift: fields llama_context_params`), compat's literal loop
+    assert {("loading.py", "field", "swa_full"), ("llama_api.py", "field", "swa_full")} <= found
     hint = next(u.hint for u in result.uses if u.name == "llama_batch_init")
     pin = pinned_manifest()["llama_cpp_commit"]
     assert hint == f"takes 2 argument(s) in llama.cpp ~/my-llama.cpp, called with 3 (as the bindings' {pin} declare it)"
