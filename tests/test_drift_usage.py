@@ -500,7 +500,7 @@ def test_bump_own_code_step_reports_usage_findings(manifests: dict[str, dict[str
 def test_scan_llamarcp_checks_the_package_against_a_tree() -> None:
     """What build_lib.py --source prints for a user's tree: here the pin with two upstream-like changes."""
     from llamarcp.drift.inputs import pinned_manifest
-    from llamarcp.drift.usage import scan_llamarcp
+    from llamarcp.drift.scan import scan_llamarcp
 
     tree = json.loads(json.dumps(pinned_manifest()))
     tree["llama_cpp_commit"] = "unknown"

@@ -1,6 +1,6 @@
 """What Python code does with llama.cpp's API, checked against one tree: arity, struct fields, constants, C types.
 
-`drift scan` runs this on top of the name checks of `llamarcp.drift.scan` whenever its API came from a manifest.
+`drift scan` runs this on top of the name checks of `llamarcp.drift.names` whenever its API came from a manifest.
 It reports, each with path:line:col and a severity:
 
 - arity: a call of a C function (`lib.llama_x(...)`, an imported or aliased one) whose argument count differs
@@ -47,47 +47,22 @@ import io
 import operator
 import re
 import tokenize
-from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from llamarcp.drift.facts import CONSTANT_NAME, TYPE_PREFIXES, CType, TreeFacts
-from llamarcp.drift.scan import LIB_MODULES, ApiIndex, NameVisitor, ScanResult, _call_name, _dotted, scan_paths
+from llamarcp.drift.facts import CONSTANT_NAME, TYPE_PREFIXES, CType
+from llamarcp.drift.names import ApiIndex, call_name
+from llamarcp.drift.values import Returns, Strings, TypedVisitor, is_ffi, literal_strings, str_const
 
 #: cffi calls whose first argument is a C type string.
 FFI_TYPE_CALLS = frozenset({"new", "cast", "typeof", "sizeof", "alignof", "offsetof", "callback", "new_array"})
-#: cffi calls whose result is a struct (pointer) of their type string.
-FFI_STRUCT_CALLS = frozenset({"new", "cast"})
+
 #: A call spelled like this, with string arguments, is a capability check (`caps.has("x")`, `hasattr(lib, "X")`).
 GUARD_CALL = re.compile(r"^(hasattr|has\w*|supports\w*|declares\w*|provides\w*)$")
+
 ADAPTED = re.compile(r"#\s*drift:\s*adapted\b")
+
 FIELDS_PRAGMA = re.compile(r"#\s*drift:\s*fields\s+(?:of\s+)?(?:struct\s+)?(\w+)")
-
-
-@dataclass(frozen=True)
-class FunctionRef:
-    """A name bound to a C function (`decode = lib.llama_decode`)."""
-
-    name: str
-
-
-@dataclass(frozen=True)
-class Strings:
-    """A name bound to a literal tuple/list of strings (`for name in ("n_ctx", ...)`, a module constant)."""
-
-    nodes: tuple[ast.Constant, ...]
-
-
-Binding = CType | FunctionRef | Strings
-
-
-@dataclass
-class Returns:
-    """Which struct each function (or property) of the scanned code returns, by bare name (unique names only)."""
-
-    functions: dict[str, CType] = field(default_factory=dict)
-    properties: dict[str, CType] = field(default_factory=dict)
 
 
 @dataclass
@@ -112,24 +87,12 @@ class Pragmas:
         return found
 
 
-def _strings(node: ast.AST | None) -> tuple[ast.Constant, ...] | None:
-    """The string constants of a literal tuple/list/set of strings, else None."""
-    if not isinstance(node, (ast.Tuple, ast.List, ast.Set)) or not node.elts:
-        return None
-    constants = tuple(e for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str))
-    return constants if len(constants) == len(node.elts) else None
-
-
-def _str_const(node: ast.AST | None) -> str | None:
-    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
-
-
 def _prefix(node: ast.AST) -> str | None:
     """The literal start of a computed name: `"LLAMA_X_" + mode`, `f"LLAMA_X_{mode}"`."""
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
-        return _str_const(node.left) or None
+        return str_const(node.left) or None
     if isinstance(node, ast.JoinedStr) and node.values:
-        return _str_const(node.values[0]) or None
+        return str_const(node.values[0]) or None
     return None
 
 
@@ -144,7 +107,7 @@ def _c_name(text: str) -> str:
 def _guard_strings(call: ast.Call) -> set[str]:
     names: set[str] = set()
     for arg in call.args:
-        text = _str_const(arg)
+        text = str_const(arg)
         if text:
             names.update({text, _c_name(text), *text.split(".")})
     return names
@@ -152,6 +115,7 @@ def _guard_strings(call: ast.Call) -> set[str]:
 
 #: `arity(lib, "llama_x") == 5`: a call spelled like this, with a function's name, counts its parameters.
 ARITY_CALL = re.compile(r"(^|_)(arity|n_params|param_count)$")
+
 COMPARISONS: dict[type, Any] = {
     ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt,
     ast.GtE: operator.ge,
@@ -168,10 +132,10 @@ def _guards(test: ast.AST) -> tuple[frozenset[str], frozenset[str]]:
         if isinstance(test.op, ast.And):
             return frozenset().union(*(p[0] for p in parts)), frozenset()
         return frozenset(), frozenset().union(*(p[1] for p in parts))
-    if isinstance(test, ast.Call) and GUARD_CALL.match(_call_name(test) or ""):
+    if isinstance(test, ast.Call) and GUARD_CALL.match(call_name(test) or ""):
         return frozenset(_guard_strings(test)), frozenset()
     if isinstance(test, ast.Compare) and len(test.ops) == 1:
-        text = _str_const(test.left)
+        text = str_const(test.left)
         if text and isinstance(test.ops[0], ast.In):
             return frozenset({text, *text.split(".")}), frozenset()
         if text and isinstance(test.ops[0], ast.NotIn):
@@ -188,140 +152,14 @@ def _exits(body: list[ast.stmt]) -> bool:
     return bool(body) and isinstance(body[-1], (ast.Return, ast.Raise, ast.Continue, ast.Break))
 
 
-def _is_super_init(func: ast.AST) -> bool:
-    return (
-        isinstance(func, ast.Attribute)
-        and func.attr == "__init__"
-        and isinstance(func.value, ast.Call)
-        and isinstance(func.value.func, ast.Name)
-        and func.value.func.id == "super"
-    )
+class UsageVisitor(TypedVisitor):
+    """The usage checks (see the module docstring) on top of TypedVisitor's types."""
 
-
-def _is_ffi(node: ast.AST) -> bool:
-    dotted = _dotted(node)
-    return dotted is not None and dotted.rsplit(".", 1)[-1].lower().endswith("ffi")
-
-
-class UsageVisitor(NameVisitor):
     def __init__(self, api: ApiIndex, path: str, source: str, returns: Returns | None = None) -> None:
-        super().__init__(api, path)
-        assert api.facts is not None
-        self.facts: TreeFacts = api.facts
-        self.ref = api.reference
+        super().__init__(api, path, returns)
         self.pragmas = Pragmas.read(source)
-        self.returns = returns or Returns()
-        #: this module's functions: name -> struct types of their `return` values (None: not a struct)
-        self.returned: dict[str, list[CType | None]] = {}
-        self.properties: set[str] = set()
-        self.defined: Counter[str] = Counter()
-        #: name -> what it holds; None: something the scan does not know (it shadows outer scopes)
-        self.scopes: list[dict[str, Binding | None]] = [{}]
-        self.classes: list[dict[str, CType]] = []
-        self.functions: list[str] = []
-        self.guards: list[frozenset[str]] = []
-        self.statements: list[ast.stmt] = []
-        #: local name -> C function imported from a module re-exporting them (`from llama_cpp import llama_x`)
-        self.imported_functions: dict[str, str] = {}
-        #: set by a capability check that always exits on this tree: the rest of its block is never reached
-        self.rest_unreachable = False
 
-    # -- traversal: statement context, blocks, scopes
-    def visit(self, node: ast.AST) -> None:
-        if isinstance(node, ast.stmt):
-            self.statements.append(node)
-            try:
-                super().visit(node)
-            finally:
-                self.statements.pop()
-        else:
-            super().visit(node)
-
-    def generic_visit(self, node: ast.AST) -> None:
-        for _name, value in ast.iter_fields(node):
-            if isinstance(value, list):
-                depth = len(self.guards)  # guards an early exit adds last to the end of their block
-                for item in value:
-                    if isinstance(item, ast.AST):
-                        self.visit(item)
-                    if self.rest_unreachable:
-                        self.rest_unreachable = False
-                        break
-                del self.guards[depth:]
-            elif isinstance(value, ast.AST):
-                self.visit(value)
-
-    def _visit_all(self, nodes: Iterable[ast.AST | None]) -> None:
-        for node in nodes:
-            if node is not None:
-                self.visit(node)
-
-    def _visit_block(self, body: list[ast.stmt], guards: frozenset[str] = frozenset()) -> None:
-        depth = len(self.guards)
-        if guards:
-            self.guards.append(guards)
-        for stmt in body:
-            self.visit(stmt)
-            if self.rest_unreachable:
-                self.rest_unreachable = False
-                break
-        del self.guards[depth:]
-
-    def _visit_function(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
-        self.defined[node.name] += 1
-        decorators = {_dotted(d) for d in node.decorator_list}
-        if decorators & {"property", "functools.cached_property", "cached_property"}:
-            self.properties.add(node.name)
-        args = node.args
-        self._visit_all(node.decorator_list)
-        self._visit_all([*args.defaults, *args.kw_defaults, node.returns])
-        scope: dict[str, Binding | None] = {}
-        for arg in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]:
-            if arg is None:
-                continue
-            scope[arg.arg] = None
-            if arg.annotation is not None:
-                self.visit(arg.annotation)
-                scope[arg.arg] = self._annotation_type(arg.annotation)
-        self.scopes.append(scope)
-        self.functions.append(node.name)
-        self.returned.setdefault(node.name, [])
-        try:
-            self._visit_block(node.body)
-        finally:
-            self.functions.pop()
-            self.scopes.pop()
-
-    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
-        self._visit_function(node)
-
-    def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> None:
-        self._visit_function(node)
-
-    def visit_Lambda(self, node: ast.Lambda) -> None:
-        self._visit_all([*node.args.defaults, *node.args.kw_defaults])
-        args = node.args
-        self.scopes.append(
-            {a.arg: None for a in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg] if a}
-        )
-        try:
-            self.visit(node.body)
-        finally:
-            self.scopes.pop()
-
-    def visit_ClassDef(self, node: ast.ClassDef) -> None:
-        self.classes.append({})
-        try:
-            self.generic_visit(node)
-        finally:
-            self.classes.pop()
-
-    def visit_Return(self, node: ast.Return) -> None:
-        self.generic_visit(node)
-        if self.functions:
-            self.returned[self.functions[-1]].append(self._type_of(node.value) if node.value else None)
-
-    # -- guards: a branch the tree cannot take is not checked; names a capability check proved are trusted
+    # -- capability checks: a branch the tree cannot take is not checked; names a check proved are trusted
     def _declared(self, name: str) -> bool | None:
         """Whether the tree declares `name` (function, constant, type, field; `struct.field`); None: not a C name
         of the tree or of the bindings (a capability label the scan cannot evaluate)."""
@@ -354,13 +192,13 @@ class UsageVisitor(NameVisitor):
             return self._arity_truth(test.left, test.ops[0], test.comparators[0])
         if isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], (ast.In, ast.NotIn)):
             # `"llama_x" in caps`; `"data" in some_dict` is no capability check: API-looking names only
-            text = _str_const(test.left)
+            text = str_const(test.left)
             value = self._declared(text) if text and _api_like(text) else None
             return None if value is None else value == isinstance(test.ops[0], ast.In)
-        if not isinstance(test, ast.Call) or not GUARD_CALL.match(_call_name(test) or ""):
+        if not isinstance(test, ast.Call) or not GUARD_CALL.match(call_name(test) or ""):
             return None
-        strings = [_c_name(text) for text in map(_str_const, test.args) if text]
-        if _call_name(test) == "hasattr":
+        strings = [_c_name(text) for text in map(str_const, test.args) if text]
+        if call_name(test) == "hasattr":
             if len(test.args) != 2 or len(strings) != 1:
                 return None
             ctype = self._type_of(test.args[0])
@@ -380,11 +218,11 @@ class UsageVisitor(NameVisitor):
         if isinstance(left, ast.Constant):
             left, right = right, left
             op = {ast.Lt: ast.Gt(), ast.LtE: ast.GtE(), ast.Gt: ast.Lt(), ast.GtE: ast.LtE()}.get(type(op), op)
-        if not isinstance(left, ast.Call) or not ARITY_CALL.search(_call_name(left) or ""):
+        if not isinstance(left, ast.Call) or not ARITY_CALL.search(call_name(left) or ""):
             return None
         if not isinstance(right, ast.Constant) or type(right.value) is not int:
             return None
-        names = [text for text in map(_str_const, left.args) if text and text in self.facts.arity]
+        names = [text for text in map(str_const, left.args) if text and text in self.facts.arity]
         if len(names) != 1:
             return None
         return bool(COMPARISONS[type(op)](self.facts.arity[names[0]][0], right.value))
@@ -443,51 +281,7 @@ class UsageVisitor(NameVisitor):
                 return any(stmt.lineno <= ln <= end for ln in self.pragmas.adapted)
         return False
 
-    # -- bindings
-    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
-        super().visit_ImportFrom(node)
-        if (node.module or "") in LIB_MODULES:
-            for alias in node.names:
-                if alias.name != "*" and self._is_function(alias.name):
-                    self.imported_functions[alias.asname or alias.name] = alias.name
-
-    def _lookup(self, name: str) -> Binding | None:
-        for scope in reversed(self.scopes):
-            if name in scope:
-                return scope[name]
-        return None
-
-    def _binding_of(self, value: ast.AST) -> Binding | None:
-        strings = _strings(value)
-        if strings is not None:
-            return Strings(strings)
-        fn = self._c_function(value)
-        if fn is not None:
-            return FunctionRef(fn)
-        return self._type_of(value)
-
-    def _bind(self, target: ast.AST, value: ast.AST | None) -> None:
-        if isinstance(target, (ast.Tuple, ast.List)):
-            if isinstance(value, (ast.Tuple, ast.List)) and len(value.elts) == len(target.elts):
-                for t, v in zip(target.elts, value.elts, strict=True):
-                    self._bind(t, v)
-            else:
-                for t in target.elts:
-                    self._bind(t, None)
-            return
-        binding = self._binding_of(value) if value is not None else None
-        if isinstance(target, ast.Name):
-            self.scopes[-1][target.id] = binding
-        elif self._is_self_attribute(target) and self.classes:
-            assert isinstance(target, ast.Attribute)
-            if isinstance(binding, CType):
-                self.classes[-1][target.attr] = binding
-            else:
-                self.classes[-1].pop(target.attr, None)
-
-    def _is_self_attribute(self, node: ast.AST) -> bool:
-        return isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self"
-
+    # -- checks
     def visit_Assign(self, node: ast.Assign) -> None:
         super().visit_Assign(node)
         for target in node.targets:  # clib.llama_x.argtypes = [...]
@@ -496,133 +290,17 @@ class UsageVisitor(NameVisitor):
                 if fn is not None:
                     where, col = self._position(target.value)
                     self._check_argtypes(where, fn, node.value, "attribute", col)
-        for target in node.targets:
-            self._bind(target, node.value)
         self._check_fields_pragma(node, node.value)
 
     def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
         super().visit_AnnAssign(node)
-        ctype = self._annotation_type(node.annotation)
-        if ctype is not None and isinstance(node.target, ast.Name):
-            self.scopes[-1][node.target.id] = ctype
-        elif node.value is not None:
-            self._bind(node.target, node.value)
         self._check_fields_pragma(node, node.value)
 
-    def visit_For(self, node: ast.For) -> None:
-        self.visit(node.iter)
-        self._bind_loop(node.target, node.iter)
-        self.visit(node.target)
-        self._visit_block(node.body)
-        self._visit_block(node.orelse)
-
-    def _bind_loop(self, target: ast.AST, iterable: ast.AST) -> None:
-        """`for x in <strings or struct array>`, through `zip(...)` and `enumerate(...)`."""
-        if isinstance(target, (ast.Tuple, ast.List)) and isinstance(iterable, ast.Call) and not iterable.keywords:
-            name = iterable.func.id if isinstance(iterable.func, ast.Name) else None
-            args = iterable.args
-            if name == "zip" and len(args) == len(target.elts):
-                for t, a in zip(target.elts, args, strict=True):
-                    self._bind_loop(t, a)
-                return
-            if name == "enumerate" and len(args) == 1 and len(target.elts) == 2:
-                self._bind(target.elts[0], None)
-                self._bind_loop(target.elts[1], args[0])
-                return
-        if not isinstance(target, ast.Name):
-            self._bind(target, None)
-            return
-        binding: Binding | None = None
-        strings = _strings(iterable)
-        if strings is not None:
-            binding = Strings(strings)
-        elif isinstance(iterable, ast.Name) and isinstance(self._lookup(iterable.id), Strings):
-            binding = self._lookup(iterable.id)
-        else:
-            ctype = self._type_of(iterable)
-            binding = ctype.element() if ctype else None
-        self.scopes[-1][target.id] = binding
-
-    # -- what an expression is
-    def _annotation_type(self, node: ast.AST) -> CType | None:
-        text = _str_const(node)
-        if text is None:
-            dotted = _dotted(node)
-            text = dotted.rsplit(".", 1)[-1] if dotted else None
-        return self.facts.struct_of(text, self.ref) if text else None
-
-    def _c_function(self, node: ast.AST) -> str | None:
-        """The C function `node` names: `lib.llama_x`, an imported `llama_x`, a name bound to one."""
-        if isinstance(node, ast.Attribute):
-            if self._alias_kind(node.value) in ("lib", "module") and self._is_function(node.attr):
-                return node.attr
-            return None
-        if isinstance(node, ast.Name):
-            if node.id in self.imported_functions:
-                return self.imported_functions[node.id]
-            binding = self._lookup(node.id)
-            if isinstance(binding, FunctionRef):
-                return binding.name
-            if self.star and node.id in self.facts.arity:
-                return node.id
-        return None
-
-    def _is_function(self, name: str) -> bool:
-        return name in self.facts.arity or (self.ref is not None and name in self.ref.arity)
-
-    def _struct_fields(self, struct: str) -> dict[str, str] | None:
-        fields = self.facts.fields.get(struct)
-        if fields is None and self.ref is not None:
-            fields = self.ref.fields.get(struct)
-        return fields
-
-    def _type_of(self, node: ast.AST | None) -> CType | None:
-        if isinstance(node, ast.Name):
-            binding = self._lookup(node.id)
-            return binding if isinstance(binding, CType) else None
-        if isinstance(node, ast.Attribute):
-            if self._is_self_attribute(node) and self.classes and node.attr in self.classes[-1]:
-                return self.classes[-1][node.attr]
-            base = self._type_of(node.value)
-            if base is not None and base.depth <= 1:
-                ftype = (self._struct_fields(base.struct) or {}).get(node.attr)
-                return self.facts.struct_of(ftype, self.ref) if ftype else None
-            if base is None and node.attr in self.returns.properties:
-                return self.returns.properties[node.attr]
-            return None
-        if isinstance(node, ast.Subscript):
-            base = self._type_of(node.value)
-            return base.element() if base else None
-        if isinstance(node, ast.Call):
-            return self._call_type(node)
-        return None
-
-    def _call_type(self, node: ast.Call) -> CType | None:
-        fn = self._c_function(node.func)
-        if fn is not None:
-            ret = self.facts.returns.get(fn) or (self.ref.returns.get(fn) if self.ref else None)
-            return self.facts.struct_of(ret, self.ref) if ret else None
-        func = node.func
-        if isinstance(func, ast.Attribute):
-            if func.attr in FFI_STRUCT_CALLS and _is_ffi(func.value) and node.args:
-                text = _str_const(node.args[0])
-                return self.facts.struct_of(text, self.ref) if text else None
-            if self._alias_kind(func.value) in ("lib", "module"):  # ctypes-style constructor: llama_cpp.llama_batch()
-                ctype = self.facts.struct_of(func.attr, self.ref)
-                return CType(ctype.struct, 0) if ctype and ctype.depth == 0 else None
-        name = _call_name(node)
-        return self.returns.functions.get(name) if name else None
-
-    # -- checks
     def visit_Call(self, node: ast.Call) -> None:
         self._check_arity(node)
         self._check_binding_table(node)
         self._check_reflection(node)
         self._check_ffi(node)
-        if _is_super_init(node.func) and node.args and self.classes:
-            ctype = self._type_of(node.args[0])  # llamarcp's Managed: the pointer becomes self.ptr
-            if ctype is not None:
-                self.classes[-1]["ptr"] = ctype
         super().visit_Call(node)
 
     def _position(self, func: ast.AST) -> tuple[ast.AST, int | None]:
@@ -665,7 +343,7 @@ class UsageVisitor(NameVisitor):
     def _check_binding_table(self, node: ast.Call) -> None:
         """`ctypes_function("llama_x", [argtypes], restype)` (llama-cpp-python's binding tables)."""
         for name, argtypes in zip(node.args, node.args[1:]):
-            text = _str_const(name)
+            text = str_const(name)
             if text is not None:
                 self._check_argtypes(name, text, argtypes, "string")
 
@@ -698,9 +376,9 @@ class UsageVisitor(NameVisitor):
 
     def _check_ffi(self, node: ast.Call) -> None:
         func = node.func
-        if not isinstance(func, ast.Attribute) or not _is_ffi(func.value) or not node.args:
+        if not isinstance(func, ast.Attribute) or not is_ffi(func.value) or not node.args:
             return
-        text = _str_const(node.args[0])
+        text = str_const(node.args[0])
         if text is None:
             return
         if func.attr == "integer_const":
@@ -715,7 +393,7 @@ class UsageVisitor(NameVisitor):
         if func.attr == "offsetof":
             ctype = self.facts.struct_of(text, self.ref)
             for arg in node.args[1:]:
-                field_name = _str_const(arg)
+                field_name = str_const(arg)
                 if ctype is not None and field_name is not None:
                     self._check_field(arg, ctype, field_name, "string")
 
@@ -775,7 +453,7 @@ class UsageVisitor(NameVisitor):
     def _check_fields_pragma(self, node: ast.Assign | ast.AnnAssign, value: ast.AST | None) -> None:
         end = getattr(node, "end_lineno", None) or node.lineno
         structs = [s for line, s in self.pragmas.fields.items() if node.lineno <= line <= end]
-        strings = _strings(value)
+        strings = literal_strings(value)
         if not structs or strings is None:
             return
         struct = structs[0]
@@ -785,36 +463,3 @@ class UsageVisitor(NameVisitor):
             return
         for constant in strings:
             self._check_field(constant, CType(struct), str(constant.value), "string")
-
-
-def project_returns(modules: Iterable[tuple[str, str, ast.Module]], api: ApiIndex) -> Returns:
-    """First pass over the scanned code: the struct each uniquely named function or property returns."""
-    defined: Counter[str] = Counter()
-    returned: dict[str, list[CType | None]] = {}
-    properties: set[str] = set()
-    for path, source, tree in modules:
-        visitor = UsageVisitor(api, path, source)
-        try:
-            visitor.visit(tree)
-        except RecursionError:
-            continue  # the second pass reports it
-        defined.update(visitor.defined)
-        for name, types in visitor.returned.items():
-            returned.setdefault(name, []).extend(types)
-        properties |= visitor.properties
-    out = Returns()
-    for name, types in returned.items():
-        if defined[name] != 1 or not types or types[0] is None or any(t != types[0] for t in types):
-            continue
-        first = types[0]
-        (out.properties if name in properties else out.functions)[name] = first
-    return out
-
-
-def scan_llamarcp(manifest: dict[str, Any], label: str | None = None) -> ScanResult:
-    """llamarcp's own package against one tree's API (what `build_lib.py --source` and `codegen.bump` report),
-    the pinned bindings naming what moved. `label` names a tree whose manifest has no commit."""
-    from llamarcp.drift.inputs import PACKAGE_DIR, pinned_manifest
-
-    index = ApiIndex.from_manifest(manifest, reference=pinned_manifest(), label=label)
-    return scan_paths([PACKAGE_DIR], index)
