@@ -255,10 +255,13 @@ def test_reflection_literal_field_lists_and_the_fields_pragma(old: ApiIndex) -> 
     ffi.offsetof("struct llama_model_params", "load_mode")
     ffi.integer_const("LLAMA_DEFAULT_SEED")
     ffi.integer_const("LLAMA_TOKEN_NULL")
+    ffi.new("struct llama_model_params *", {"use_mmap": True, "load_mode": 1, **more})
+    getattr(lib, "llama_sampler_init_penalties")(32000, 64, 1.1, 0.0, 0.0)
     """
     assert scan(old, code) == [
         (4, "field", "n_seq_max"), (5, "field", "swa_full"), (6, "field", "offload_kqv"), (10, "field", "type_k"),
         (13, "type", "llama_missing_params"), (14, "field", "load_mode"), (16, "constant", "LLAMA_TOKEN_NULL"),
+        (17, "field", "load_mode"), (18, "arity", "llama_sampler_init_penalties"),
     ]  # fmt: skip
 
 

@@ -390,12 +390,19 @@ class UsageVisitor(TypedVisitor):
         for name in dict.fromkeys(self.facts.unknown_types(text)):
             hint = f"C type {name} is not declared by llama.cpp {self.facts.commit}"
             self._add(node.args[0], name, "type", hint, "string")
+        ctype = self.facts.struct_of(text, self.ref)
+        if ctype is None:
+            return
         if func.attr == "offsetof":
-            ctype = self.facts.struct_of(text, self.ref)
-            for arg in node.args[1:]:
-                field_name = str_const(arg)
-                if ctype is not None and field_name is not None:
-                    self._check_field(arg, ctype, field_name, "string")
+            names = node.args[1:]
+        elif func.attr == "new" and len(node.args) > 1 and isinstance(node.args[1], ast.Dict):
+            names = [key for key in node.args[1].keys if key is not None]  # ffi.new("struct x *", {"field": v})
+        else:
+            return
+        for arg in names:
+            field_name = str_const(arg)
+            if field_name is not None:
+                self._check_field(arg, ctype, field_name, "string")
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
         where, col = self._position(node)

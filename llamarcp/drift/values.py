@@ -311,6 +311,10 @@ class TypedVisitor(NameVisitor):
                 return binding.name
             if self.star and node.id in self.facts.arity:
                 return node.id
+        if isinstance(node, ast.Call) and call_name(node) == "getattr" and len(node.args) == 2:
+            name = str_const(node.args[1])  # getattr(lib, "llama_x")
+            if name and self._alias_kind(node.args[0]) in ("lib", "module") and self._is_function(name):
+                return name
         return None
 
     def _is_function(self, name: str) -> bool:
