@@ -129,6 +129,7 @@ def test_hand_written_ctypes_bindings_are_checked_against_the_tree(old: ApiIndex
     clib = ctypes.CDLL("libllama.so")
     clib.llama_sampler_init_dry.argtypes = [ctypes.c_void_p, ctypes.c_float, ctypes.c_float]
     clib.llama_batch_free.argtypes = [llama_batch]
+    log.debug("llama_format_log", [1])
     """
     assert scan(old, code) == [
         (3, "arity", "llama_sampler_init_penalties"), (10, "arity", "llama_format_log"),

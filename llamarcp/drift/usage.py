@@ -60,6 +60,8 @@ FFI_TYPE_CALLS = frozenset({"new", "cast", "typeof", "sizeof", "alignof", "offse
 #: A call spelled like this, with string arguments, is a capability check (`caps.has("x")`, `hasattr(lib, "X")`).
 GUARD_CALL = re.compile(r"^(hasattr|has\w*|supports\w*|declares\w*|provides\w*)$")
 
+#: A call spelled like this binds a C function by name (`ctypes_function`, `mtmd_function`, `bind_function`).
+BINDING_CALL = re.compile(r"function|bind|ctypes|cfunc|prototype", re.IGNORECASE)
 ADAPTED = re.compile(r"#\s*drift:\s*adapted\b")
 
 FIELDS_PRAGMA = re.compile(r"#\s*drift:\s*fields\s+(?:of\s+)?(?:struct\s+)?(\w+)")
@@ -342,6 +344,8 @@ class UsageVisitor(TypedVisitor):
 
     def _check_binding_table(self, node: ast.Call) -> None:
         """`ctypes_function("llama_x", [argtypes], restype)` (llama-cpp-python's binding tables)."""
+        if not BINDING_CALL.search(call_name(node) or ""):
+            return  # log("llama_decode", [a, b]) is no binding
         for name, argtypes in zip(node.args, node.args[1:]):
             text = str_const(name)
             if text is not None:
