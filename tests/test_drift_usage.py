@@ -1,5 +1,5 @@
-"""drift scan's usage checks: call arity, struct fields, constants and C types of one tree, with capability guards,
-pragmas, the CLI, codegen.bump, and llamarcp's own code against a real old release (slow, when cached)."""
+"""drift scan's usage checks: call arity, struct fields, constants and C types of one tree, with capability checks,
+pragmas, the CLI, codegen.bump, and llamarcp's own code against every cached release of the window (slow)."""
 
 from __future__ import annotations
 
@@ -480,31 +480,10 @@ def test_codegen_drift_reads_a_header_and_labels_it(tmp_path: Path, capsys: pyte
     assert f"takes 4 argument(s) in llama.cpp {header}, called with 5" in out
 
 
-def test_bump_own_code_step_reports_usage_findings(manifests: dict[str, dict[str, Any]], tmp_path: Path) -> None:
-    from codegen import bump
-    from llamarcp.drift.diff import diff_manifests
+def _pin_with_upstream_like_changes() -> dict[str, Any]:
+    """The pinned API with two changes llamarcp's code does not adapt to: `llama_batch_init` loses a parameter,
+    `llama_context_params` loses `n_batch` and `swa_full`."""
     from llamarcp.drift.inputs import pinned_manifest
-
-    pinned = pinned_manifest()
-    tree = json.loads(json.dumps(pinned))
-    penalties = next(f for f in tree["functions"] if f["name"] == "llama_sampler_init_penalties")
-    penalties["params"] = penalties["params"][1:]  # as before b10566: no n_vocab
-    model_params = next(s for s in tree["structs"] if s["name"] == "llama_model_params")
-    model_params["fields"] = [f for f in model_params["fields"] if f["name"] != "load_mode"]
-    state = bump.Bump(source=tmp_path, commit="c" * 40, old=pinned, new=tree, diff=diff_manifests(pinned, tree))
-    step = bump.Step("own code")
-    bump.step_own_code(state, step)
-    text = "\n".join(step.lines)
-    assert step.status == "findings"
-    assert "1 call(s) with another arity, 3 missing struct field(s)" in text
-    assert "llamarcp/sampling.py:" in text and "arity llama_sampler_init_penalties -> takes 4 argument(s)" in text
-    assert "llamarcp/_core.py:" in text and "field load_mode -> struct llama_model_params has no field" in text
-
-
-def test_scan_llamarcp_checks_the_package_against_a_tree() -> None:
-    """What build_lib.py --source prints for a user's tree: here the pin with two upstream-like changes."""
-    from llamarcp.drift.inputs import pinned_manifest
-    from llamarcp.drift.scan import scan_llamarcp
 
     tree = json.loads(json.dumps(pinned_manifest()))
     tree["llama_cpp_commit"] = "unknown"
@@ -512,7 +491,36 @@ def test_scan_llamarcp_checks_the_package_against_a_tree() -> None:
     batch_init["params"] = batch_init["params"][:2]
     cparams = next(s for s in tree["structs"] if s["name"] == "llama_context_params")
     cparams["fields"] = [f for f in cparams["fields"] if f["name"] not in ("n_batch", "swa_full")]
-    result = scan_llamarcp(tree, label="~/my-llama.cpp")
+    return tree
+
+
+def test_bump_own_code_step_reports_usage_findings(tmp_path: Path) -> None:
+    from codegen import bump
+    from llamarcp.drift.diff import diff_manifests
+    from llamarcp.drift.inputs import pinned_manifest
+
+    pinned, tree = pinned_manifest(), _pin_with_upstream_like_changes()
+    tree["llama_cpp_commit"] = "c" * 40
+    state = bump.Bump(source=tmp_path, commit="c" * 40, old=pinned, new=tree, diff=diff_manifests(pinned, tree))
+    step = bump.Step("own code")
+    bump.step_own_code(state, step)
+    text = "\n".join(step.lines)
+    assert step.status == "findings"
+    assert "Uses (names, arity, struct fields, constants, types): scan: " in text
+    assert (
+        "- error: llamarcp/_core.py:" in text and "arity llama_batch_init -> takes 2 argument(s) in llama.cpp" in text
+    )
+    assert (
+        "- error: llamarcp/engine.py:" in text and "field n_batch -> struct llama_context_params has no field" in text
+    )
+
+
+def test_scan_llamarcp_checks_the_package_against_a_tree() -> None:
+    """What build_lib.py --source prints for a user's tree: here the pin with two upstream-like changes."""
+    from llamarcp.drift.inputs import pinned_manifest
+    from llamarcp.drift.scan import scan_llamarcp
+
+    result = scan_llamarcp(_pin_with_upstream_like_changes(), label="~/my-llama.cpp")
     found = {(Path(u.path).name, u.status, u.name) for u in result.uses}
     assert {("_core.py", "arity", "llama_batch_init"), ("engine.py", "field", "n_batch")} <= found
     # set by name: loading.CONTEXT_FIELDS (`# drift: fields llama_context_params`), compat's literal loop
