@@ -641,3 +641,82 @@ def test_malformed_nested_entries_are_clear_errors(
     (tmp_path / "a.py").write_text("x = 1\n")
     assert main(["scan", str(tmp_path / "a.py"), "--api", str(api)]) == 2
     assert message in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------- releases of the window, from the package
+
+
+def _facts_summary(manifest: dict[str, Any]) -> tuple[Any, ...]:
+    from llamarcp.drift.facts import TreeFacts
+
+    facts = TreeFacts.from_manifest(manifest)
+    fields = {name: set(members) for name, members in facts.fields.items()}
+    return facts.arity, fields, facts.constants, facts.types
+
+
+def test_declarations_give_the_same_facts_as_the_headers() -> None:
+    """The pin's cffi declarations, read with pycparser, say what its libclang manifest says (for the scan)."""
+    from llamarcp.drift.cdef import manifest_from_cdef
+    from llamarcp.drift.inputs import pinned_manifest
+
+    cdef = (ROOT / "llamarcp" / "_generated" / "llama.cdef.h").read_text(encoding="utf-8")
+    assert _facts_summary(manifest_from_cdef(cdef, "pin")) == _facts_summary(pinned_manifest())
+
+
+def test_bad_declarations_are_a_clear_error() -> None:
+    from llamarcp.drift.cdef import manifest_from_cdef
+    from llamarcp.errors import DriftError
+
+    with pytest.raises(DriftError, match="cannot parse the declarations of broken"):
+        manifest_from_cdef("struct llama_batch { int32_t n_tokens; ", "broken")
+
+
+def test_release_spec_scans_against_a_release_of_the_window(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = tmp_path / "own.py"
+    code.write_text(OWN_CODE)
+    assert main(["scan", str(code), "--api", "release:b8672"]) == 1
+    out = capsys.readouterr().out
+    assert f"{code}:13:16: arity llama_sampler_init_penalties -> takes 4 argument(s) in llama.cpp b8672" in out
+    assert "field load_mode -> struct llama_model_params has no field load_mode in llama.cpp b8672" in out
+    assert main(["scan", str(code), "--api", "release:b10566"]) == 0
+    capsys.readouterr()
+    assert main(["scan", str(code), "--api", "release:b1"]) == 2
+    assert "release:b1 is not a release of llamarcp's window (known: b8672, " in capsys.readouterr().err
+
+
+def _release_names() -> list[Any]:
+    """Every release of the window; the oldest, the middle one and the pin run always, the others are slow."""
+    from llamarcp import _release
+
+    names = list(_release.release_names())
+    always = {names[0], names[len(names) // 2], names[-1]}
+    return [name if name in always else pytest.param(name, marks=pytest.mark.slow) for name in names]
+
+
+@pytest.mark.parametrize("name", _release_names())
+def test_own_code_fits_every_release_from_the_package(name: str) -> None:
+    """No tree, no libclang: llamarcp's own code against each release's declarations the package carries."""
+    from llamarcp.drift.cdef import release_manifest
+    from llamarcp.drift.inputs import pinned_manifest
+
+    index = ApiIndex.from_manifest(release_manifest(name), reference=pinned_manifest())
+    result = scan_paths([ROOT / "llamarcp"], index)
+    assert not result.uses, result.render("text")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", _window())
+def test_declarations_of_each_release_match_its_tree(version: str, release_index: Any) -> None:
+    from llamarcp import _pin
+    from llamarcp.drift.cdef import release_manifest
+
+    commit = _pin.KNOWN_CARRIERS[version].commit
+    name = commit[:12] if len(commit) == 40 else commit
+    tree = release_index(version)
+    from_package = ApiIndex.from_manifest(release_manifest(name))
+    assert from_package.facts is not None and tree.facts is not None
+    assert from_package.facts.arity == tree.facts.arity
+    assert {k: set(v) for k, v in from_package.facts.fields.items()} == {
+        k: set(v) for k, v in tree.facts.fields.items()
+    }
+    assert from_package.facts.constants == tree.facts.constants

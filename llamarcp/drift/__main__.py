@@ -25,6 +25,7 @@ examples:
   python -m llamarcp.drift symbols "$(python build_lib.py | tail -n 1)"   # generated API vs the built lib
   python -m llamarcp.drift diff old/api.json pinned -o api-diff.md      # what changed between two manifests
   python -m llamarcp.drift scan my_project/ --format github             # stale calls, arity, fields, constants
+  python -m llamarcp.drift scan my_project/ --api release:b8672         # against an older release of the window
 in a llamarcp checkout, headers, trees and carrier sdists too:
   python -m codegen.drift diff carrier:0.3.16 pinned -o api-diff.md     # what changed since an older llama.cpp
   python -m codegen.drift diff old/include/llama.h ~/llama.cpp --json   # headers, trees, api.json: any mix
@@ -95,7 +96,10 @@ def build_parser(prog: str = "python -m llamarcp.drift") -> argparse.ArgumentPar
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    api_help = "API to check against: pinned (default) or an api.json (codegen.drift: also llama.h, a tree, carrier:V)"
+    api_help = (
+        "API to check against: pinned (default), release:NAME (a release of the window, e.g. release:b8672) or an "
+        "api.json (codegen.drift: also llama.h, a tree, carrier:V)"
+    )
 
     p = sub.add_parser("symbols", help="compare the API manifest with a built library's exported symbols")
     p.add_argument(
