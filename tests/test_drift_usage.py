@@ -682,6 +682,8 @@ def test_release_spec_scans_against_a_release_of_the_window(tmp_path: Path, caps
     capsys.readouterr()
     assert main(["scan", str(code), "--api", "release:b1"]) == 2
     assert "release:b1 is not a release of llamarcp's window (known: b8672, " in capsys.readouterr().err
+    assert main(["diff", "release:b8672", "pinned"]) == 2  # declarations only: no layouts, no deprecation notes
+    assert "release:b8672: a release read from the package's declarations" in capsys.readouterr().err
 
 
 def _release_names() -> list[Any]:

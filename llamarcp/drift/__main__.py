@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from llamarcp.drift.inputs import SourceParser, load_api
-from llamarcp.errors import LlamaError
+from llamarcp.errors import DriftError, LlamaError
 
 EXIT_OK, EXIT_FINDINGS, EXIT_INPUT = 0, 1, 2
 
@@ -41,6 +41,16 @@ def _write(text: str, output: str | None) -> None:
         print(text)
 
 
+def _not_a_release(*specs: str) -> None:
+    """`release:NAME` is read from declarations (no sizes, offsets or deprecation notes): good for scan only."""
+    for spec in specs:
+        if spec.startswith("release:"):
+            raise DriftError(
+                f"{spec}: a release read from the package's declarations has no layouts or deprecation notes; use "
+                f"it with scan, or give its tree here (python -m codegen.drift ... carrier:VERSION)"
+            )
+
+
 def cmd_symbols(args: argparse.Namespace) -> int:
     from llamarcp.drift.symbols import compare
 
@@ -49,6 +59,7 @@ def cmd_symbols(args: argparse.Namespace) -> int:
         from llamarcp._lib import find_library
 
         library = str(find_library())
+    _not_a_release(args.api)
     manifest = args.load_api(args.api)
     report = compare(manifest, library, undeclared_prefixes=tuple(args.prefix), abi_check=not args.no_abi)
     _write(json.dumps(report.as_dict(), indent=2) if args.json else report.render_text(), args.output)
@@ -58,6 +69,7 @@ def cmd_symbols(args: argparse.Namespace) -> int:
 def cmd_diff(args: argparse.Namespace) -> int:
     from llamarcp.drift.diff import API_BREAK, diff_manifests
 
+    _not_a_release(args.old, args.new)
     report = diff_manifests(args.load_api(args.old), args.load_api(args.new), args.old, args.new)
     _write(report.to_json() if args.json else report.to_markdown(), args.output)
     if args.output:
@@ -96,8 +108,9 @@ def build_parser(prog: str = "python -m llamarcp.drift") -> argparse.ArgumentPar
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    api_help = (
-        "API to check against: pinned (default), release:NAME (a release of the window, e.g. release:b8672) or an "
+    api_help = "API to check against: pinned (default) or an api.json (codegen.drift: also llama.h, a tree, carrier:V)"
+    scan_api_help = (
+        "API to check against: pinned (default), release:NAME (a release of the window: release:b8672) or an "
         "api.json (codegen.drift: also llama.h, a tree, carrier:V)"
     )
 
@@ -125,7 +138,7 @@ def build_parser(prog: str = "python -m llamarcp.drift") -> argparse.ArgumentPar
         "scan", help="find uses of removed/deprecated functions, other arities, missing fields/constants in Python code"
     )
     p.add_argument("paths", nargs="+", help="files or directories")
-    p.add_argument("--api", default="pinned", help=api_help)
+    p.add_argument("--api", default="pinned", help=scan_api_help)
     p.add_argument("--since", help="also treat functions removed since this older API as removed (hints from it)")
     p.add_argument("--format", choices=("text", "json", "github"), default="text")
     p.add_argument("--json", action="store_true", help="same as --format json")
