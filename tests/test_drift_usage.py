@@ -722,3 +722,39 @@ def test_declarations_of_each_release_match_its_tree(version: str, release_index
         k: set(v) for k, v in tree.facts.fields.items()
     }
     assert from_package.facts.constants == tree.facts.constants
+
+
+def _cached_build(commit: str) -> Path | None:
+    """A library build_lib.py built (and stamped) from `commit`'s tree, if this machine has one."""
+    from llamarcp import _cache
+
+    for stamp in sorted((_cache.cache_root() / "builds").glob("*/lib/llamarcp-build.json")):
+        try:
+            if json.loads(stamp.read_text(encoding="utf-8")).get("commit") == commit:
+                return stamp.parent
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _scan_loaded(code: Path, library: str) -> Any:
+    import os
+    import subprocess
+
+    env = {**os.environ, "LLAMARCP_LIB_PATH": library, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "llamarcp.drift", "scan", str(code), "--api", "loaded"]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+
+
+def test_loaded_spec_checks_code_against_the_library_llamarcp_would_load(tmp_path: Path) -> None:
+    """`--api loaded`: the release llamarcp picks for LLAMARCP_LIB_PATH's library (here an old b8672 build)."""
+    code = tmp_path / "app.py"
+    code.write_text("from llamarcp import lib\nlib.llama_sampler_init_penalties(32000, 64, 1.1, 0.0, 0.0)\n")
+    missing = _scan_loaded(code, str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "--api loaded: $LLAMARCP_LIB_PATH=" in missing.stderr
+    old_build = _cached_build("b8672")
+    if old_build is None:
+        pytest.skip("no b8672 build in the cache (python build_lib.py --release oldest)")
+    proc = _scan_loaded(code, str(old_build))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "arity llama_sampler_init_penalties -> takes 4 argument(s) in llama.cpp b8672, called with 5" in proc.stdout

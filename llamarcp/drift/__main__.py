@@ -44,7 +44,7 @@ def _write(text: str, output: str | None) -> None:
 def _not_a_release(*specs: str) -> None:
     """`release:NAME` is read from declarations (no sizes, offsets or deprecation notes): good for scan only."""
     for spec in specs:
-        if spec.startswith("release:"):
+        if spec.startswith("release:") or spec == "loaded":
             raise DriftError(
                 f"{spec}: a release read from the package's declarations has no layouts or deprecation notes; use "
                 f"it with scan, or give its tree here (python -m codegen.drift ... carrier:VERSION)"
@@ -110,8 +110,9 @@ def build_parser(prog: str = "python -m llamarcp.drift") -> argparse.ArgumentPar
     sub = parser.add_subparsers(dest="command", required=True)
     api_help = "API to check against: pinned (default) or an api.json (codegen.drift: also llama.h, a tree, carrier:V)"
     scan_api_help = (
-        "API to check against: pinned (default), release:NAME (a release of the window: release:b8672) or an "
-        "api.json (codegen.drift: also llama.h, a tree, carrier:V)"
+        "API to check against: pinned (default), release:NAME (a release of the window: release:b8672), loaded "
+        "(the release of the library llamarcp would load) or an api.json (codegen.drift: also llama.h, a tree, "
+        "carrier:V)"
     )
 
     p = sub.add_parser("symbols", help="compare the API manifest with a built library's exported symbols")

@@ -167,3 +167,27 @@ def release_manifest(name: str) -> dict[str, Any]:
     if cdef is None:
         return pinned
     return manifest_from_cdef(cdef, name)
+
+
+def loaded_manifest() -> dict[str, Any]:
+    """The manifest of the release llamarcp picks for the library it would load (LLAMARCP_LIB_PATH, bundled,
+    system): `drift scan --api loaded` checks code against the llama.cpp this machine has."""
+    from llamarcp import _release
+    from llamarcp.drift.inputs import pinned_manifest
+
+    chosen = _release.selection()
+    if chosen.library is None:
+        from llamarcp import _lib
+        from llamarcp.errors import LlamaError
+
+        try:
+            _lib.find_library()
+        except LlamaError as exc:  # why none was found, in the loader's words
+            raise DriftError(f"--api loaded: {exc}") from exc
+        raise DriftError("--api loaded: no libllama found (build one with build_lib.py, or set LLAMARCP_LIB_PATH)")
+    if chosen.error is not None:
+        raise DriftError(f"--api loaded: llamarcp refuses {chosen.library}: {chosen.error}")
+    bindings = chosen.bindings
+    if bindings.cdef is None:
+        return pinned_manifest()
+    return manifest_from_cdef(bindings.cdef, bindings.name)
