@@ -396,7 +396,7 @@ def test_duck_typing_is_no_capability_check(old: ApiIndex) -> None:
     def f(obj, options):
         if hasattr(obj, "size"):  # "size" is a field of llama_token_data_array: still Python duck typing
             return None
-        if "data" in options:
+        if "data" in options or options.has("n_ctx"):
             pass
         else:
             lib.llama_sampler_init_penalties(64, 1.1)

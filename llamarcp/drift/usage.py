@@ -210,7 +210,8 @@ class UsageVisitor(TypedVisitor):
             return self._declared(strings[0]) if self._alias_kind(test.args[0]) and _api_like(strings[0]) else None
         if len(strings) == 2 and self._struct_fields(strings[0]) is not None:
             return self._declared(".".join(strings))  # has_field("llama_model_params", "load_mode")
-        values = [self._declared(text) for text in strings]
+        # caps.has("llama_x"); config.has("n_ctx") or a field name alone is not evaluated (a struct and a field are)
+        values = [self._declared(text) if _api_like(text) else None for text in strings]
         if not values or None in values:
             return None
         return all(values)
