@@ -467,6 +467,8 @@ def test_warnings_fail_only_with_strict(old: ApiIndex, tmp_path: Path) -> None:
     result = scan_paths([tmp_path], old)
     assert [u.status for u in result.uses] == ["field-gone"] and result.uses[0].severity == "warning"
     assert not result.failed() and result.failed(strict=True)
+    assert result.render("github").startswith(f"::warning file={tmp_path / 'w.py'},line=2,col=7::field-gone load_mode")
+    assert result.render("text").splitlines()[-1].endswith("; 1 field(s) no struct has")
 
 
 def test_codegen_drift_reads_a_header_and_labels_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
