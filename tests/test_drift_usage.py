@@ -703,7 +703,7 @@ def test_own_code_fits_every_release_from_the_package(name: str) -> None:
     from llamarcp.drift.cdef import release_manifest
     from llamarcp.drift.inputs import pinned_manifest
 
-    index = ApiIndex.from_manifest(release_manifest(name), reference=pinned_manifest())
+    index = ApiIndex.from_manifest(release_manifest(name, pinned_manifest()), reference=pinned_manifest())
     result = scan_paths([ROOT / "llamarcp"], index)
     assert not result.uses, result.render("text")
 
@@ -713,11 +713,12 @@ def test_own_code_fits_every_release_from_the_package(name: str) -> None:
 def test_declarations_of_each_release_match_its_tree(version: str, release_index: Any) -> None:
     from llamarcp import _pin
     from llamarcp.drift.cdef import release_manifest
+    from llamarcp.drift.inputs import pinned_manifest
 
     commit = _pin.KNOWN_CARRIERS[version].commit
     name = commit[:12] if len(commit) == 40 else commit
     tree = release_index(version)
-    from_package = ApiIndex.from_manifest(release_manifest(name))
+    from_package = ApiIndex.from_manifest(release_manifest(name, pinned_manifest()))
     assert from_package.facts is not None and tree.facts is not None
     assert from_package.facts.arity == tree.facts.arity
     assert {k: set(v) for k, v in from_package.facts.fields.items()} == {

@@ -150,14 +150,12 @@ def _literal(node_or_text: Any) -> int | str | None:
         return text
 
 
-def release_manifest(name: str) -> dict[str, Any]:
-    """The manifest of a release of llamarcp's window ("b8672", "release:b8672"): the pin's api.json for the pin,
-    else built from the declarations the package carries."""
+def release_manifest(name: str, pinned: dict[str, Any]) -> dict[str, Any]:
+    """The manifest of a release of llamarcp's window ("b8672", "release:b8672"): `pinned` (the pin's api.json)
+    for the pin, else built from the declarations the package carries."""
     from llamarcp import _release
-    from llamarcp.drift.inputs import pinned_manifest
 
     name = name.removeprefix("release:")
-    pinned = pinned_manifest()
     if name == pinned.get("llama_cpp_commit") or name == _release.pin().name:
         return pinned
     if name not in _release.release_names():
@@ -169,11 +167,10 @@ def release_manifest(name: str) -> dict[str, Any]:
     return manifest_from_cdef(cdef, name)
 
 
-def loaded_manifest() -> dict[str, Any]:
+def loaded_manifest(pinned: dict[str, Any]) -> dict[str, Any]:
     """The manifest of the release llamarcp picks for the library it would load (LLAMARCP_LIB_PATH, bundled,
-    system): `drift scan --api loaded` checks code against the llama.cpp this machine has."""
+    system; `pinned` when that is the pin): `drift scan --api loaded` checks code against the llama.cpp here."""
     from llamarcp import _release
-    from llamarcp.drift.inputs import pinned_manifest
 
     chosen = _release.selection()
     if chosen.library is None:
@@ -189,5 +186,5 @@ def loaded_manifest() -> dict[str, Any]:
         raise DriftError(f"--api loaded: llamarcp refuses {chosen.library}: {chosen.error}")
     bindings = chosen.bindings
     if bindings.cdef is None:
-        return pinned_manifest()
+        return pinned
     return manifest_from_cdef(bindings.cdef, bindings.name)

@@ -88,7 +88,7 @@ def load_api(spec: str, source_parser: SourceParser | None = None) -> dict[str, 
     if spec.startswith("release:") or spec == "loaded":  # from the declarations the package carries
         from llamarcp.drift.cdef import loaded_manifest, release_manifest
 
-        return loaded_manifest() if spec == "loaded" else release_manifest(spec)
+        return loaded_manifest(pinned_manifest()) if spec == "loaded" else release_manifest(spec, pinned_manifest())
     path = Path(spec).expanduser()
     if path.is_dir() and (path / "api.json").is_file() and not (path / "include" / "llama.h").is_file():
         return load_manifest_file(path / "api.json")
