@@ -159,6 +159,11 @@ def move_pin(version: str, tree: Path, pin_file: Path = PIN_FILE) -> tuple[str, 
     text, n_hash = re.subn(r'^TREE_SHA256 = "[0-9a-f]{64}"$', f'TREE_SHA256 = "{tree_hash}"', text, flags=re.M)
     if old is None or n_carrier != 1 or n_hash != 1:
         raise ValueError(f'{pin_file} has no single PINNED_CARRIER = "..." and TREE_SHA256 = "..." line to move')
+    window = re.search(r"^WINDOW: tuple\[str, \.\.\.\] = \(\n(.*?)^\)$", text, flags=re.M | re.S)
+    if window is None:
+        raise ValueError(f"{pin_file} has no WINDOW = (...) tuple to add the new pin to")
+    if f'"{version}"' not in window.group(1):  # the new pin joins the window (as its newest release)
+        text = text[: window.end(1)] + f'    "{version}",\n' + text[window.end(1) :]
     pin_file.write_text(text, encoding="utf-8")
     if pin_file == PIN_FILE:
         importlib.reload(_pin)  # build_lib and the cache read `_pin.NAME` at call time
@@ -179,6 +184,10 @@ def step_pin(bump: Bump, step: Step, version: str) -> None:
 
 def step_regenerate(bump: Bump, step: Step, apply: bool) -> None:
     result = generate.generate(bump.source, bump.commit)
+    if bump.pinned:  # the window moved with the pin: every release's declarations again
+        from codegen import releases
+
+        result.files[releases.FILE_NAME] = releases.render_window(releases.window_releases())
     out = generate.DEFAULT_OUT if apply else Path(tempfile.mkdtemp(prefix="llamarcp-bump-"))
     changed = generate.differing(generate.DEFAULT_OUT, result.files)
     generate.write_if_changed(out, result.files)

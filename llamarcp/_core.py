@@ -273,7 +273,7 @@ class Context(Managed):
         super().__init__(ptr, parent=model)
         self.model = model
         try:  # the first context of the process: the by-value results that need one are probed before use
-            _guard.probe_live("struct llama_context *", ptr)
+            _guard.probe_live("struct llama_context *", ptr, lib)
         except BaseException:
             self.close()
             raise
