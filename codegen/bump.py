@@ -9,7 +9,8 @@
 
 Steps, each timed and reported (a failing step is reported and the later ones still run where they can):
 diff (bindings -> new headers) -> the old bindings' guard verdict -> regenerate -> build -> symbols ->
-scan of llamarcp's own code (calls, struct/constant uses, hand copies, facts tied to llama.cpp sources) ->
+scan of llamarcp's own code (names, call arity, struct fields, constants and C types against the new tree; uses
+of changed items, hand copies, facts tied to llama.cpp sources) ->
 chat templates (models/templates: added, removed, changed; new ones rendered) -> tests (ci/setup.sh, ruff,
 mypy, ci/drift.sh, pytest: what `bash ci/test.sh` runs, each reported).
 Without `--pin` the pin (`llamarcp/_pin.py`) stays where it is; `--pin` (a known carrier only) rewrites its two
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import hashlib
 import os
 import platform
@@ -287,9 +289,17 @@ def step_own_code(bump: Bump, step: Step) -> None:
     if bump.new is None or bump.diff is None:
         raise RuntimeError("no manifest of the new tree (diff failed)")
     removed = {c.name: c.hint or "removed from llama.h; no replacement known" for c in bump.diff.sections["removed"]}
-    result = scan_paths(SCANNED, ApiIndex.from_manifest(bump.new, removed))
-    step.lines.append(f"Calls: {result.summary()}.")
-    step.lines += [f"- {u.render()}" for u in result.uses]
+    # What the code does with the API, checked against the new tree: names, call arity, struct fields, constants
+    # and C types; the bindings' manifest names what moved (`load_mode` -> `use_mmap`, ...).
+    index = ApiIndex.from_manifest(bump.new, removed, reference=bump.old, label=str(bump.source))
+    result = scan_paths(SCANNED, index)
+    step.lines.append(f"Uses (names, arity, struct fields, constants, types): {result.summary()}.")
+    for use in result.uses:
+        location = Path(use.path).resolve()
+        if location.is_relative_to(ROOT):
+            use = dataclasses.replace(use, path=str(location.relative_to(ROOT)))
+        step.lines.append(f"- {use.severity}: {use.render()}")
+    step.lines += [f"- error: {e}" for e in result.errors]
     if result.failed():
         step.status = "findings"
 
