@@ -49,7 +49,7 @@ def bundle_bindings(tree: Path, commit: str, dest: Path) -> list[str]:
 
 def report(document: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
     from llamarcp import _release
-    from llamarcp.drift.scan import ApiIndex, scan_paths
+    from llamarcp.drift.scan import scan_llamarcp
 
     lines = [f"llamarcp: bindings generated from {document['source']} ({len(document['functions'])} functions)"]
     window = _release.window()
@@ -65,13 +65,14 @@ def report(document: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
             f"nearest: {nearest.name} ({diff.summary(limit=6)}). llamarcp uses these bindings; what its code "
             "needs and the tree lacks is listed below"
         )
-    package = Path(__file__).resolve().parent.parent / "llamarcp"
-    sources = [p for p in sorted(package.rglob("*.py")) if "_generated" not in p.parts]
-    result = scan_paths(sources, ApiIndex.from_manifest(manifest))
+    result = scan_llamarcp(manifest, label=str(document["name"]))  # names, arity, fields, constants
     errors = [u for u in result.uses if u.severity == "error"]
     if errors:
         lines.append(f"llamarcp: {len(errors)} use(s) in llamarcp's own code that this tree does not serve:")
         lines += [f"  {u.render()}" for u in errors[:40]]
     else:
-        lines.append("llamarcp: every llama.cpp function llamarcp's own code calls is declared by this tree")
+        lines.append(
+            "llamarcp: everything llamarcp's own code uses (functions and their arity, struct fields, constants) "
+            "is declared by this tree"
+        )
     return lines
