@@ -24,7 +24,14 @@ from llamarcp.errors import (
     check_decode,
 )
 from llamarcp.sampling import SamplerChain, SamplingParams, build_sampler_chain, grammar_sampler
-from llamarcp.token_picker import GrammarPicker, LogitsRows, greedy_argmax, logits_view, logprob_info
+from llamarcp.token_picker import (
+    GrammarPicker,
+    LogitsRows,
+    apply_logits_processor,
+    greedy_argmax,
+    logits_view,
+    logprob_info,
+)
 
 __all__ = ["AbortState", "Engine", "Outcome", "Step", "context_params"]
 
@@ -318,7 +325,7 @@ class Engine:
                 if wants_scores:
                     scores = self.logits()
                     if logits_processor is not None:
-                        scores[:] = logits_processor(np.asarray(input_ids, dtype=np.intc), scores)
+                        apply_logits_processor(np, logits_processor, np.asarray(input_ids, dtype=np.intc), scores)
                 if greedy is not None:
                     token = greedy()
                 elif picker is None:
