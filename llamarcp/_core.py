@@ -7,7 +7,10 @@ not allocate.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import sys
 import threading
 from array import array
 from collections.abc import Mapping, Sequence
@@ -31,6 +34,33 @@ from llamarcp import _adapt, _guard
 from llamarcp._ffi import ffi
 
 GGUF_MAGIC = b"GGUF"
+
+
+def release_freed_memory() -> None:
+    """Hand the heap memory freed so far back to the system (glibc's `malloc_trim(0)`; elsewhere nothing).
+
+    glibc keeps what a closed model and its context freed in its arenas, fragmented among live blocks: each
+    load/close cycle left ~0.8 MB of RSS behind (45 -> 280 MB over 300), which a server swapping models pays.
+    Called once per freed model; it costs about 2 ms."""
+    trim = _malloc_trim()
+    if trim is not None:
+        with contextlib.suppress(Exception):  # interpreter exit: ctypes may be half torn down
+            trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # glibc only: musl and others lack it
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
 
 
 class Model(Managed):
@@ -101,6 +131,7 @@ class Model(Managed):
         self._lib.llama_model_free(ptr)
         if self._devices is not None:
             self._devices.release()
+        release_freed_memory()
 
     # -- vocab ------------------------------------------------------------------------------------------------
 

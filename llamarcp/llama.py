@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import weakref
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -178,18 +179,18 @@ class Llama(ModelFacts, LlamaCppApiMixin):
         self._scheduler: Scheduler | None = None
 
         self._model = loading.open_model(self._init_args)
+        model, this = self._model, weakref.ref(self)  # no cycle through self: a dropped Llama is freed at once
         self._turns = Turns(
-            free=self._model.close,
-            is_freed=lambda: self._model.closed,
-            on_close=self.abort,  # the per-token loop and the C abort callback both look at it
-            abandon=lambda: abandon(self._model),
+            free=model.close,
+            is_freed=lambda: model.closed,
+            on_close=lambda: _abort_if_alive(this),  # the per-token loop and the C abort callback look at it
+            abandon=lambda: abandon(model),
         )
+        turns = self._turns
         if vocab_only:
             return
         try:
-            self._engine = loading.open_engine(
-                self._model, self._init_args, self, is_closing=lambda: self._turns.closing
-            )
+            self._engine = loading.open_engine(self._model, self._init_args, self, is_closing=lambda: turns.closing)
             if n_parallel > 1:
                 self._scheduler = Scheduler(self._engine, self._turns, n_parallel)
             if logits_all and not self.embedding:  # an embedding context outputs embeddings, not logits
@@ -565,3 +566,9 @@ class Llama(ModelFacts, LlamaCppApiMixin):
         engine = self._engine
         status = "closed" if self.closed else f"n_ctx={engine.n_ctx}" if engine is not None else "vocab_only"
         return f"<Llama {Path(self.model_path).name} {status}>"
+
+
+def _abort_if_alive(llm: weakref.ref[Llama]) -> None:
+    target = llm()
+    if target is not None:
+        target.abort()
