@@ -27,6 +27,7 @@ from llamarcp.errors import (
     TokenizeError,
 )
 from llamarcp.validate import check_context_params, check_gguf_hparams
+from llamarcp.validate.params import set_fields
 
 __all__ = ["Batch", "Context", "LoraAdapter", "Model", "ffi"]
 
@@ -101,10 +102,8 @@ class Model(Managed):
         if self._kv_overrides is not None:
             params.kv_overrides = self._kv_overrides
         params.vocab_only = bool(vocab_only)
-        params.n_gpu_layers = int(n_gpu_layers)
-        params.main_gpu = int(main_gpu)
-        if split_mode is not None:
-            params.split_mode = int(split_mode)
+        fields = {"n_gpu_layers": n_gpu_layers, "main_gpu": main_gpu, "split_mode": split_mode}
+        set_fields(params, "struct llama_model_params", fields)  # each checked against its C type first
         _adapt.set_load_mode(lib, params, use_mmap, use_mlock)
         params.check_tensors = bool(check_tensors)
         if use_extra_bufts is None:

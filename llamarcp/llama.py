@@ -39,7 +39,14 @@ from llamarcp.state import LlamaState
 from llamarcp.text_completion import PromptType
 from llamarcp.tokenizer import LlamaTokenizer, detokenize
 from llamarcp.turns import Turns
-from llamarcp.validate.params import MAX_PENALTY_LAST_N, check_int, check_seed
+from llamarcp.validate.params import (
+    MAX_PENALTY_LAST_N,
+    check_int,
+    check_llama_keywords,
+    check_seed,
+    check_texts,
+    check_token_ids,
+)
 
 __all__ = [
     "LLAMA_DEFAULT_SEED",
@@ -150,6 +157,7 @@ class Llama(ModelFacts, LlamaCppApiMixin):
                 raise ValueError(f"{name} must be a positive int (n_ctx=0 means the model's training context)")
         if not isinstance(n_parallel, int) or isinstance(n_parallel, bool) or not 1 <= n_parallel <= MAX_PARALLEL:
             raise ValueError(f"n_parallel must be an int in 1..{MAX_PARALLEL}, got {n_parallel!r}")
+        check_llama_keywords({k: v for k, v in self._init_args.items() if k not in kwargs})
         self.n_parallel = n_parallel
         if logits_all and n_parallel > 1:
             raise ValueError("logits_all=True keeps one sequence's logits per position: it needs n_parallel=1")
@@ -250,6 +258,9 @@ class Llama(ModelFacts, LlamaCppApiMixin):
         self, tokens: Sequence[int], prev_tokens: Sequence[int] | None = None, special: bool = False
     ) -> bytes:
         """Token ids -> bytes. With `prev_tokens`, only the bytes the new tokens add after them (streaming)."""
+        tokens = check_token_ids("tokens", tokens)
+        if prev_tokens is not None:
+            prev_tokens = check_token_ids("prev_tokens", prev_tokens)
         with self._turns.using():
             return detokenize(self._model, tokens, prev_tokens, special)
 
@@ -280,7 +291,7 @@ class Llama(ModelFacts, LlamaCppApiMixin):
         append); returns how many were decoded. `reset()` first to start over."""
         with self._turns.exclusive():
             engine = self._engine_or_raise()
-            tokens = list(tokens)
+            tokens = check_token_ids("tokens", tokens)
             if not tokens:
                 return 0
             held = engine.input_ids if engine.owner == "single" else []
@@ -334,7 +345,7 @@ class Llama(ModelFacts, LlamaCppApiMixin):
         )
         processor = as_logits_processor(logits_processor)
         criteria = as_stopping_criteria(stopping_criteria)
-        return self._generated_tokens(list(tokens), params, processor, criteria)
+        return self._generated_tokens(check_token_ids("tokens", tokens), params, processor, criteria)
 
     def _generated_tokens(
         self, tokens: list[int], params: SamplingParams, processor: Any, criteria: Any
@@ -524,7 +535,7 @@ class Llama(ModelFacts, LlamaCppApiMixin):
             if not self.embedding:
                 raise LlamaError("embeddings need a Llama created with embedding=True")
             single = isinstance(input, str)
-            texts = [input] if isinstance(input, str) else list(input)
+            texts = check_texts("input", input)
             rows, count = embeddings.embed(engine, texts, normalize=normalize, truncate=truncate)
         output = rows[0] if single else rows
         return (output, count) if return_count else output
