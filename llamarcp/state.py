@@ -144,11 +144,12 @@ def save_file(engine: Engine, path: str | os.PathLike[str]) -> None:
 def load_file(engine: Engine, path: str | os.PathLike[str]) -> None:
     """Restore a session file written by `save_file` (or, with a warning, by llama.cpp's tools or an older
     llamarcp: files without the embedded checksum) into this context."""
-    data = _read_regular_file(path)  # a path that cannot be read leaves the context as it is
+    session_magic = struct.pack("<I", int(get_lib().LLAMA_SESSION_MAGIC))
+    data = _read_regular_file(path, (FILE_MAGIC, session_magic))  # unreadable: the context stays as it is
     try:
         if data.startswith(FILE_MAGIC):
             payload = _verified_payload(engine, data, path)
-        elif data[:4] == struct.pack("<I", int(get_lib().LLAMA_SESSION_MAGIC)):
+        elif data.startswith(session_magic):
             payload = memoryview(data)
             _check_legacy(engine, data, path)
         else:
@@ -170,7 +171,7 @@ def load_file(engine: Engine, path: str | os.PathLike[str]) -> None:
 
 
 def model_identity(engine: Engine) -> dict[str, Any]:
-    """What the sidecar records of the model, so a session is not loaded into another model."""
+    """What a session file records of its model, so it is not loaded into another model."""
     model = engine.model
     return {
         "model_description": model.description(),
@@ -287,8 +288,9 @@ def _keep_owner_and_mode(target: Path, tmp: Path) -> None:
             os.chown(tmp, info.st_uid, info.st_gid)
 
 
-def _read_regular_file(path: str | os.PathLike[str]) -> bytes:
-    """The bytes of a regular file; a FIFO, device or directory is refused without reading (or blocking)."""
+def _read_regular_file(path: str | os.PathLike[str], magics: tuple[bytes, ...]) -> bytes:
+    """The bytes of a regular file starting with one of `magics` (else only its first bytes, so a wrong file is
+    refused without reading it all); a FIFO, device or directory is refused without reading (or blocking)."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__} {path!r}")
     if os.fspath(path) in ("", b""):
@@ -305,7 +307,8 @@ def _read_regular_file(path: str | os.PathLike[str]) -> bytes:
         if not stat.S_ISREG(info.st_mode):
             raise StateError(f"could not load the session {path}: {_kind_of(info.st_mode, Path(path))}")
         with os.fdopen(os.dup(fd), "rb") as handle:
-            return handle.read()
+            head = handle.read(max(len(magic) for magic in magics))
+            return head + handle.read() if head.startswith(magics) else head
     except OSError as exc:
         raise StateError(f"could not load the session {path}: {exc.strerror or exc}") from exc
     finally:

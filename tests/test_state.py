@@ -53,7 +53,7 @@ def test_corrupt_state_is_refused(fresh: Any) -> None:
     assert text_of(llm(PROMPT, max_tokens=6, temperature=0)) == expected
 
 
-def test_state_files(fresh: Any, tmp_path: Path) -> None:
+def test_state_files(fresh: Any, tmp_path: Path, tiny_model_path: Path) -> None:
     llm = fresh()
     llm.eval(llm.tokenize(PROMPT.encode()))
     session = tmp_path / "session.bin"
@@ -70,6 +70,8 @@ def test_state_files(fresh: Any, tmp_path: Path) -> None:
     (tmp_path / "junk.bin").write_bytes(b"not a session" * 10)
     with pytest.raises(StateError, match="junk.bin is not a session file"):
         other.load_state_file(tmp_path / "junk.bin")
+    with pytest.raises(StateError, match=r"gguf is not a session file \(it starts with b'GGUF"):
+        other.load_state_file(tiny_model_path)  # refused from its first bytes, not read whole
     assert other.n_tokens == 0
     with pytest.raises(StateError, match="could not save the session to .*no-such-dir.*not a directory"):
         llm.save_state_file(tmp_path / "no-such-dir" / "s.bin")
