@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -206,8 +207,14 @@ def test_a_failing_callback_fails_only_its_own_request(
     scheduler = parallel._scheduler
     assert scheduler is not None
     running_at_failure: list[int] = []
+    calls: list[int] = []
 
     def callback(ids: Any, scores: Any) -> Any:
+        calls.append(1)
+        if len(calls) > 1:  # from the second token on, hold the shared loop until the others are submitted
+            deadline = time.monotonic() + 60
+            while scheduler.n_queued < 3 and scheduler.n_running < 4 and time.monotonic() < deadline:
+                time.sleep(0.002)
         if scheduler.n_running < 4:  # behave until the three others run beside this one
             return scores if keyword == "logits_processor" else False
         running_at_failure.append(scheduler.n_running)
