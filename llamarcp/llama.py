@@ -561,12 +561,14 @@ class Llama(ModelFacts, LlamaCppApiMixin):
             self._seed = snapshot.seed
 
     def save_state_file(self, path: str | os.PathLike[str]) -> None:
-        """Write the context state and its tokens to a llama.cpp session file (atomically; see llamarcp.state)."""
+        """Write the context state and its tokens to a session file: llama.cpp's session behind a header with its
+        sha256 and model identity, written atomically onto a regular file or a new name (see llamarcp.state)."""
         with self._turns.exclusive():
             state.save_file(self._engine_or_raise(), path)
 
     def load_state_file(self, path: str | os.PathLike[str]) -> None:
-        """Restore a session file written by `save_state_file` (same model; its tokens must fit this context)."""
+        """Restore a session file written by `save_state_file` (same model; its tokens must fit this context); a
+        plain llama.cpp session loads with a `StateFileWarning`. Refusals raise `StateError`."""
         with self._turns.exclusive():
             state.load_file(self._engine_or_raise(), path)
 
