@@ -227,6 +227,8 @@ def test_set_fields_checks_before_assigning() -> None:
         set_fields(params, "struct llama_context_params", {"n_ctx": 2**32})
     set_fields(params, "struct llama_context_params", {"n_ctx": 1024, "n_threads": None, "type_k": 1})
     assert params.n_ctx == 1024 and params.type_k == 1
+    with pytest.raises(ValueError, match="not_a_field is not supported by the loaded llama.cpp release"):
+        set_fields(params, "struct llama_context_params", {"not_a_field": 1})
 
 
 @pytest.mark.parametrize(

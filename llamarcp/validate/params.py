@@ -233,8 +233,11 @@ def set_fields(params: Any, struct: str, values: Mapping[str, Any]) -> None:
     """Assign `values` (None: keep the default) to the fields of `params`, each checked against its C type first."""
     types = c_field_types(struct)
     for name, value in values.items():
-        if value is not None:
-            setattr(params, name, check_c_value(name, types[name], value))
+        if value is None:
+            continue
+        if name not in types:
+            raise ValueError(f"{name} is not supported by the loaded llama.cpp release ({struct} has no such field)")
+        setattr(params, name, check_c_value(name, types[name], value))
 
 
 def check_llama_keywords(args: Mapping[str, Any]) -> None:
