@@ -195,6 +195,8 @@ class Llama(ModelFacts, LlamaCppApiMixin):
             abandon=lambda: abandon(model),
         )
         turns = self._turns
+        # Dropped without close(): closed all the same, so a batching thread lets the model go now, not when idle.
+        weakref.finalize(self, turns.close).atexit = False  # at exit, llamarcp._backend's shutdown frees models
         if vocab_only:
             return
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import sys
+import time
 import weakref
 from pathlib import Path
 
@@ -57,6 +58,21 @@ def test_a_dropped_llama_frees_its_model_at_once(tiny_model_path: Path) -> None:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def test_a_dropped_batching_llama_lets_its_model_go_without_waiting_for_the_idle_thread(tiny_model_path: Path) -> None:
+    """With n_parallel the decoding thread holds the context; dropping the Llama closes it, so the thread lets go
+    at once instead of after its idle timeout (llamarcp.batching.IDLE_EXIT_S)."""
+    from llamarcp.batching import IDLE_EXIT_S
+
+    llm = Llama(str(tiny_model_path), n_ctx=64, n_threads=1, n_parallel=2)
+    llm("Hello", max_tokens=2, temperature=0)
+    model = weakref.ref(llm._model)
+    del llm
+    deadline = time.monotonic() + IDLE_EXIT_S / 3  # a bound on the wait, well under the idle timeout
+    while model() is not None and not model().closed and time.monotonic() < deadline:  # type: ignore[union-attr]
+        time.sleep(0.01)
+    assert model() is None or model().closed  # type: ignore[union-attr]
 
 
 def test_each_freed_model_trims_the_heap_once(tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
