@@ -41,6 +41,7 @@ from llamarcp.tokenizer import LlamaTokenizer, detokenize
 from llamarcp.turns import Turns
 from llamarcp.validate.params import (
     MAX_PENALTY_LAST_N,
+    check_chat_arguments,
     check_int,
     check_llama_keywords,
     check_seed,
@@ -516,6 +517,7 @@ class Llama(ModelFacts, LlamaCppApiMixin):
         """
         from llamarcp.chat import create_chat_completion
 
+        check_chat_arguments(messages, kwargs)
         if kwargs.get("chat_format") is None and kwargs.get("chat_template") is None and self.chat_format:
             kwargs["chat_format"] = self.chat_format
         return create_chat_completion(self, messages, **kwargs)

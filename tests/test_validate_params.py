@@ -273,3 +273,21 @@ def test_call_arguments_accepted_and_refused(tiny_llama: Any) -> None:
     assert check_texts("input", "a") == ["a"]
     with pytest.raises(TypeError, match="input must be a string or a list of strings"):
         check_texts("input", 12345)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"messages": None}, "messages must be a list of objects"),
+        ({"messages": 12345}, "messages must be a list of objects"),
+        ({"messages": "hi"}, "messages must be a list of objects"),
+        ({"messages": ["hi"]}, r"messages\[0\] must be an object"),
+        ({"stop": 5}, "stop must be a string or a list of strings"),
+        ({"tools": 5}, "tools must be a list of objects"),
+        ({"functions": [1]}, r"functions\[0\] must be an object"),
+    ],
+)
+def test_chat_call_keywords(tiny_llama: Any, kwargs: dict[str, Any], message: str) -> None:
+    arguments: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, **kwargs}
+    with pytest.raises(TypeError, match=message):
+        tiny_llama.create_chat_completion(**arguments)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
 from typing import Any
 
@@ -28,6 +28,7 @@ __all__ = [
     "MODEL_AND_CONTEXT_STRUCTS",
     "c_field_types",
     "check_c_value",
+    "check_chat_arguments",
     "check_context_params",
     "check_finite",
     "check_int",
@@ -335,3 +336,22 @@ def check_texts(name: str, texts: Any) -> list[str]:
         if all(isinstance(t, str) for t in items):
             return items
     raise TypeError(f"{name} must be a string or a list of strings, got {type(texts).__name__} {texts!r:.60}")
+
+
+def check_chat_arguments(messages: Any, options: Mapping[str, Any]) -> None:
+    """The containers of a chat request: `messages` (and `tools`/`functions` when given) lists of objects, `stop`
+    a string or list of strings; what is inside each message is the chat module's to check."""
+    for name, value in (
+        ("messages", messages),
+        ("tools", options.get("tools")),
+        ("functions", options.get("functions")),
+    ):
+        if value is None and name != "messages":
+            continue
+        if isinstance(value, (str, bytes, bytearray, Mapping)) or not isinstance(value, Iterable):
+            raise TypeError(f"{name} must be a list of objects (dicts), got {type(value).__name__} {value!r:.60}")
+        items = value if isinstance(value, Sequence) else ()  # an iterator is left to the chat code, unconsumed
+        for index, item in enumerate(items):
+            if not isinstance(item, Mapping):
+                raise TypeError(f"{name}[{index}] must be an object (a dict), got {type(item).__name__} {item!r:.60}")
+    check_stop(options.get("stop"))
