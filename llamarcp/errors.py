@@ -101,7 +101,12 @@ class GrammarError(LlamaError, ValueError):
 
 
 class StateError(LlamaError, ValueError):
-    """A saved state could not be restored into this context (other model, other size, corrupt)."""
+    """A state could not be saved (the path names no regular file, the disk refused) or restored into this
+    context (other model, other size, corrupt); the message names the path and the reason."""
+
+
+class StateFileNotFoundError(StateError, FileNotFoundError):
+    """`load_state_file` was given a path where there is nothing."""
 
 
 # --- the one place llama.cpp return codes become exceptions ------------------------------------------------------

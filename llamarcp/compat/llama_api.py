@@ -253,10 +253,10 @@ class LlamaCppApiMixin:
             if processor is not None:
                 import numpy as np
 
-                from llamarcp.token_picker import logits_view
+                from llamarcp.token_picker import apply_logits_processor, logits_view
 
                 logits = logits_view(engine.ctx.ptr, int(self.n_vocab), row)  # type: ignore[attr-defined]
-                logits[:] = processor(np.asarray(self._history, dtype=np.intc), logits)
+                apply_logits_processor(np, processor, np.asarray(self._history, dtype=np.intc), logits)
             chain = build_sampler_chain(self._model, params, history=self._history)
             try:
                 return chain.sample(engine.ctx.ptr, row)
