@@ -4,7 +4,8 @@
 `llama_batch` holding the next token of every running sequence plus prompt chunks of newly admitted ones
 (chunked prefill within `n_batch`), decodes it once, and samples every sequence whose logits row came out
 with its own sampler chain (its own seed, grammar, penalties). Tokens reach each caller through its own queue,
-so streams run independently; a finished or cancelled sequence leaves its slot at once.
+so streams run independently; a finished or cancelled sequence leaves its slot at once, and so does one whose
+own callback (logits processor, stopping criteria) raised: that error goes to its caller only.
 
 Slots are sequence ids 0..n_parallel-1 of a unified KV cache of `n_parallel * n_ctx` cells; each sequence
 may hold at most `n_ctx` tokens, so the running and cached sequences always fit together. A finished
@@ -40,7 +41,7 @@ from llamarcp.errors import (
 )
 from llamarcp.multimodal import MediaPrompt
 from llamarcp.sampling import SamplerChain, SamplingParams, build_sampler_chain
-from llamarcp.token_picker import logits_view, logprob_info
+from llamarcp.token_picker import apply_logits_processor, logits_view, logprob_info
 
 if TYPE_CHECKING:
     from llamarcp.engine import Engine, Outcome, Step
@@ -249,7 +250,7 @@ class Scheduler:
             slot = self._slots[seq_id]
             slot.tokens.append(token)
             if wants_logits and slot.job is not None:
-                self._sample(slot, index)
+                self._sample_or_fail(slot, index)
 
     def _recover(self, rc: int, entries: list[tuple[int, int, int, bool]]) -> None:
         """A failed decode: drop what it may have stored, fail the sequences it carried (never the process)."""
@@ -387,6 +388,19 @@ class Scheduler:
             budget -= len(chunk)
         return entries
 
+    def _sample_or_fail(self, slot: _Slot, index: int) -> None:
+        """Sample one sequence. Its request's own callbacks (logits processor, stopping criteria) run here, in
+        the scheduler thread: what they raise, or a result of the wrong shape, fails that request alone (its
+        caller gets the exception) while the other sequences go on as if it had never been there."""
+        job = slot.job
+        try:
+            self._sample(slot, index)
+        except BaseException as exc:  # only this job's code runs here: signals reach the main thread, not this one
+            if slot.job is not job or job is None:
+                raise
+            job.results.put(("error", exc))
+            self._release(slot, keep_cache=True)  # the memory holds exactly slot.tokens: still a valid prefix
+
     def _sample(self, slot: _Slot, index: int) -> None:
         job = slot.job
         assert job is not None and job.chain is not None
@@ -399,7 +413,7 @@ class Scheduler:
         if job.logits_processor is not None or job.stopping_criteria is not None or job.logprobs is not None:
             scores = logits_view(engine.ctx.ptr, engine.model.n_vocab, index)
             if job.logits_processor is not None:
-                scores[:] = job.logits_processor(np.asarray(job.history, dtype=np.intc), scores)
+                apply_logits_processor(np, job.logits_processor, np.asarray(job.history, dtype=np.intc), scores)
         if job.chain.names == ["greedy"] and np is not None and job.logits_processor is None:
             row = scores if scores is not None else logits_view(engine.ctx.ptr, engine.model.n_vocab, index)
             token = int(np.argmax(row))

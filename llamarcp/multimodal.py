@@ -9,24 +9,18 @@ the same place, and nothing else changes for them. `evaluate` decodes the part a
 sequence: text chunks as tokens, image chunks as embeddings (encoded once per image: an LRU of embeddings keyed
 by the image hash serves a follow-up turn whose prefix differs).
 
-Media bytes come from `load_media` (data URIs, local files, http(s) with a size and a time limit) and are
-checked by `validate.media` before libmtmd decodes them.
+Media bytes come from `llamarcp.multimodal_input` (data URIs, local files, http(s) with a size and a time
+limit), checked by `validate.media` before libmtmd decodes them (and again here, for bytes given directly).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
-import hashlib
 import os
 import threading
-import time
-import urllib.parse
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llamarcp._backend import capture_log, get_lib
@@ -34,13 +28,8 @@ from llamarcp._core import Model
 from llamarcp._ffi import ffi
 from llamarcp._managed import Managed
 from llamarcp.errors import DecodeError, MediaError, ModelLoadError, PromptTooLongError, check_decode
-from llamarcp.validate.media import (
-    MAX_AUDIO_BYTES,
-    MAX_IMAGE_BYTES,
-    check_audio,
-    check_image,
-    check_request_images,
-)
+from llamarcp.multimodal_input import MEDIA_FETCH_TIMEOUT_S, Media, has_media, load_media, split_media_messages
+from llamarcp.validate.media import check_audio, check_image
 from llamarcp.validate.mmproj import ProjectorInfo, check_mmproj
 
 if TYPE_CHECKING:
@@ -50,16 +39,17 @@ __all__ = [
     "MAX_CACHED_EMBEDDING_BYTES",
     "MEDIA_FETCH_TIMEOUT_S",
     "Media",
+    "MediaMixin",
     "MediaPrompt",
     "Projector",
+    "has_media",
+    "input_modalities",
     "load_media",
     "split_media_messages",
 ]
 
 #: Bytes of image/audio embeddings a projector keeps for reuse (least recently used dropped first).
 MAX_CACHED_EMBEDDING_BYTES = 128 * 1024 * 1024
-#: The longest an http(s) image download may take, all of it.
-MEDIA_FETCH_TIMEOUT_S = 20.0
 
 _CHUNK_TEXT: int = ffi.integer_const("MTMD_INPUT_CHUNK_TYPE_TEXT")
 
@@ -88,124 +78,6 @@ class _Chunks(Managed):
         get_lib().mtmd_input_chunks_free(ptr)
 
 
-# -- media inputs --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Media:
-    """One image or audio clip of a request, as validated bytes."""
-
-    kind: str  # "image" or "audio"
-    data: bytes
-    source: str = ""
-
-    @property
-    def digest(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()
-
-
-def _read_limited(stream: Any, limit: int, deadline: float, what: str) -> bytes:
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        if time.monotonic() > deadline:
-            raise MediaError(f"{what}: the download took longer than {MEDIA_FETCH_TIMEOUT_S:g} s")
-        block = stream.read(65536)
-        if not block:
-            return b"".join(parts)
-        size += len(block)
-        if size > limit:
-            raise MediaError(f"{what} is larger than the {limit}-byte limit")
-        parts.append(block)
-
-
-def load_media(url: str, kind: str = "image", *, allow_files: bool = True) -> Media:
-    """The bytes of an OpenAI `image_url` / `input_audio` source: a data URI, an http(s) URL (size and time
-    limited) or, when `allow_files`, a local path or file:// URL. Validated (format, size) before returning."""
-    if not isinstance(url, str) or not url:
-        raise MediaError(f"{kind} source must be a non-empty string (a data: URI, an http(s) URL or a file path)")
-    limit = MAX_IMAGE_BYTES if kind == "image" else MAX_AUDIO_BYTES
-    shown = url if len(url) < 80 else url[:77] + "..."
-    what = f"{kind} {shown!r}"
-    if url.startswith("data:"):
-        header, sep, payload = url.partition(",")
-        if not sep:
-            raise MediaError(f"{what}: a data URI needs a ',' before its payload")
-        if len(payload) > limit * 4 // 3 + 4:
-            raise MediaError(f"{kind} data URI is larger than the {limit}-byte limit")
-        if header.endswith(";base64"):
-            try:
-                data = base64.b64decode(payload, validate=True)
-            except (binascii.Error, ValueError) as exc:
-                raise MediaError(f"{kind} data URI is not valid base64: {exc}") from exc
-        else:
-            data = urllib.parse.unquote_to_bytes(payload)
-        what = f"{kind} (data URI)"
-    elif url.startswith(("http://", "https://")):
-        from urllib import request as urlrequest  # only for downloads: it is slow to import
-
-        deadline = time.monotonic() + MEDIA_FETCH_TIMEOUT_S
-        request = urlrequest.Request(url, headers={"User-Agent": "llamarcp"})
-        try:
-            with urlrequest.urlopen(request, timeout=MEDIA_FETCH_TIMEOUT_S) as response:  # noqa: S310
-                length = response.headers.get("Content-Length")
-                if length is not None and length.isdigit() and int(length) > limit:
-                    raise MediaError(f"{what} is {length} bytes, larger than the {limit}-byte limit")
-                data = _read_limited(response, limit, deadline, what)
-        except MediaError:
-            raise
-        except (OSError, ValueError) as exc:  # URLError, HTTPError, timeouts
-            raise MediaError(f"could not download {what}: {exc}") from exc
-    else:
-        if not allow_files:
-            raise MediaError(f"{what}: only data: URIs and http(s) URLs are accepted here, not local files")
-        path = Path(urllib.parse.unquote(url[len("file://") :])) if url.startswith("file://") else Path(url)
-        try:
-            size = path.stat().st_size
-            if size > limit:
-                raise MediaError(f"{what} is {size} bytes, larger than the {limit}-byte limit")
-            with path.open("rb") as handle:
-                data = handle.read(limit + 1)
-        except OSError as exc:
-            raise MediaError(f"could not read {what}: {exc.strerror or exc}") from exc
-    if kind == "image":
-        check_image(data, what)
-    else:
-        check_audio(data, what)
-    return Media(kind, data, url)
-
-
-def _audio_bytes(part: Mapping[str, Any], where: str) -> Media:
-    audio = part.get("input_audio")
-    if not isinstance(audio, Mapping) or not isinstance(audio.get("data"), str):
-        raise MediaError(f"{where}: input_audio must be {{'data': <base64>, 'format': 'wav' | 'mp3'}}")
-    try:
-        data = base64.b64decode(audio["data"], validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise MediaError(f"{where}: input_audio data is not valid base64: {exc}") from exc
-    check_audio(data, where)
-    return Media("audio", data, "input_audio")
-
-
-def _image_url(part: Mapping[str, Any], where: str) -> str:
-    value = part.get("image_url")
-    url = value.get("url") if isinstance(value, Mapping) else value
-    if not isinstance(url, str):
-        raise MediaError(f"{where}: image_url must be a string or {{'url': ...}}")
-    return url
-
-
-def has_media(messages: Sequence[Mapping[str, Any]]) -> bool:
-    """True when a message holds an image_url or input_audio part."""
-    for message in messages:
-        content = message.get("content") if isinstance(message, Mapping) else None
-        if isinstance(content, (list, tuple)):
-            for part in content:
-                if isinstance(part, Mapping) and part.get("type") in ("image_url", "input_audio"):
-                    return True
-    return False
-
-
 def chat_tokenizer(llm: Any, messages: Sequence[Mapping[str, Any]], allow_files: bool) -> tuple[Any, Any]:
     """(messages, tokenize) for the chat path: without media parts, the messages and `llm.tokenize`; with them,
     the messages with markers and a tokenize that builds the MediaPrompt (MediaError for a text-only model)."""
@@ -218,42 +90,6 @@ def chat_tokenizer(llm: Any, messages: Sequence[Mapping[str, Any]], allow_files:
         return llm.media_prompt(text.decode("utf-8"), media, add_bos=add_bos)  # type: ignore[no-any-return]
 
     return marked, tokenize
-
-
-def split_media_messages(
-    messages: Sequence[Mapping[str, Any]], marker: str, *, allow_files: bool = True
-) -> tuple[list[dict[str, Any]], list[Media]]:
-    """Messages whose image_url / input_audio parts became `marker` in their (now string) content, and the media
-    in prompt order (loaded and validated)."""
-    out: list[dict[str, Any]] = []
-    media: list[Media] = []
-    for i, message in enumerate(messages):
-        content = message.get("content") if isinstance(message, Mapping) else None
-        if not isinstance(content, (list, tuple)):
-            out.append(dict(message) if isinstance(message, Mapping) else message)
-            continue
-        if not any(isinstance(p, Mapping) and p.get("type") in ("image_url", "input_audio") for p in content):
-            out.append(dict(message))
-            continue
-        # As llama.cpp's server: the parts become one string, text parts joined by newlines, none around markers.
-        text, after_marker = "", False
-        for j, part in enumerate(content):
-            kind = part.get("type") if isinstance(part, Mapping) else None
-            where = f"messages[{i}].content[{j}]"
-            if kind in ("image_url", "input_audio"):
-                if kind == "image_url":
-                    media.append(load_media(_image_url(part, where), "image", allow_files=allow_files))
-                else:
-                    media.append(_audio_bytes(part, where))
-                text, after_marker = text + marker, True
-            elif kind == "text" and isinstance(part.get("text"), str):
-                text += ("\n" if text and not after_marker else "") + part["text"]
-                after_marker = False
-            else:
-                raise MediaError(f"{where}: a message with images takes text, image_url and input_audio parts only")
-        out.append({**message, "content": text})
-    check_request_images([check_image(m.data) for m in media if m.kind == "image"])
-    return out, media
 
 
 @functools.lru_cache(maxsize=64)
@@ -598,3 +434,28 @@ class Projector:
                 raise DecodeError(rc, f"mtmd_helper_decode_image_chunk{log.reason()}")
             decoded += span.n_pos
         return decoded
+
+
+class MediaMixin:
+    """`Llama`'s image and audio methods (the facade keeps the projector; this module owns what it does)."""
+
+    # The facade provides these; declared for type checkers.
+    _projector: Projector | None
+    _turns: Any
+
+    @property
+    def projector(self) -> Projector | None:
+        """The multimodal projector (`mmproj=` / `load_projector`), or None for a text-only model."""
+        return self._projector
+
+    def load_projector(self, path: str | os.PathLike[str], *, use_gpu: bool | None = None) -> Projector:
+        """Load an mmproj GGUF for this model (validated first); chat messages may then hold images."""
+        with self._turns.exclusive():
+            self._engine_or_raise()  # type: ignore[attr-defined]
+            self._projector = Projector.attach(self, path, use_gpu)
+            return self._projector
+
+    def media_prompt(self, text: str, media: Sequence[Media], add_bos: bool = True) -> MediaPrompt:
+        """`text` with one `projector.marker` per image/audio of `media`: a prompt `create_completion` takes."""
+        with self._turns.using():
+            return Projector.require(self._projector).prompt(text, media, add_special=add_bos)
