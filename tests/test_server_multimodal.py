@@ -162,3 +162,20 @@ def test_a_config_file_names_the_projector(tiny_model_path: Path, mmproj: Path, 
     arguments = vision.llama_arguments()
     assert arguments["mmproj"] == str(mmproj) and type(arguments["chat_handler"]).__name__ == "Qwen25VLChatHandler"
     assert text.mmproj is None and "chat_handler" not in text.llama_arguments()
+
+
+def test_create_app_with_llama_cpp_python_settings_serves_images(tiny_model_path: Path, mmproj: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from llamarcp.server import create_app
+    from llamarcp.server.compat_settings import ModelSettings, ServerSettings
+
+    settings = ModelSettings(model=str(tiny_model_path), model_alias="v", n_ctx=512, n_threads=1,
+                             chat_format="llava-1-5", clip_model_path=str(mmproj))  # fmt: skip
+    with TestClient(create_app(server_settings=ServerSettings(), model_settings=[settings])) as client:
+        assert client.get("/v1/models").json()["data"][0]["input_modalities"] == ["text", "image"]
+        body = {"model": "v", "messages": _messages(png(10, 10)), "max_tokens": 2, "temperature": 0}
+        reply = client.post("/v1/chat/completions", json=body)
+        assert reply.status_code == 200 and reply.json()["usage"]["prompt_tokens"] > MLP_IMAGE_TOKENS
+        bad = {**body, "messages": _messages(b"garbage bytes")}
+        assert client.post("/v1/chat/completions", json=bad).status_code == 400
