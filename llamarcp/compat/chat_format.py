@@ -166,6 +166,7 @@ def _builtin_handler(name: str) -> Any:
 
 # -- formatter -> handler ---------------------------------------------------------------------------------------
 
+
 def chat_formatter_to_chat_completion_handler(chat_formatter: Any) -> Any:
     """A chat completion handler that renders the prompt with `chat_formatter` and completes it."""
 
