@@ -423,7 +423,7 @@ def context_params(
     """
     lib = get_lib()
     params = lib.llama_context_default_params()
-    sizes = {
+    sizes = {  # drift: fields llama_context_params
         "n_ctx": n_ctx,
         "n_batch": n_batch,
         "n_ubatch": n_ubatch if n_ubatch else (n_batch if embedding else min(n_batch, 512)),

@@ -46,11 +46,16 @@ class Returns:
 
 
 def literal_strings(node: ast.AST | None) -> tuple[ast.Constant, ...] | None:
-    """The string constants of a literal tuple/list/set of strings, else None."""
-    if not isinstance(node, (ast.Tuple, ast.List, ast.Set)) or not node.elts:
+    """The string constants of a literal tuple/list/set of strings (or the keys of a dict literal), else None."""
+    elts: list[ast.AST | None]
+    if isinstance(node, ast.Dict):
+        elts = list(node.keys)
+    elif isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        elts = list(node.elts)
+    else:
         return None
-    constants = tuple(e for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str))
-    return constants if len(constants) == len(node.elts) else None
+    constants = tuple(e for e in elts if isinstance(e, ast.Constant) and isinstance(e.value, str))
+    return constants if elts and len(constants) == len(elts) else None
 
 
 def str_const(node: ast.AST | None) -> str | None:
