@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from llamarcp._adapt import arity, has_field
+from llamarcp import _adapt
 from llamarcp._backend import capture_log, get_lib
 from llamarcp._core import Model
 from llamarcp._ffi import ffi
@@ -205,32 +205,6 @@ def evaluate(engine: Engine, prompt: MediaPrompt) -> int:
     return n_done
 
 
-# -- what differs between the llama.cpp releases of the window (asked of the loaded declarations) -----------------
-
-
-def _bitmap_from_buf(lib: Any, ctx: Any, buf: Any, size: int) -> Any:
-    """`mtmd_helper_bitmap_init_from_buf`'s bitmap: a pointer in old releases, a wrapper (with options) later."""
-    if arity(lib, "mtmd_helper_bitmap_init_from_buf") == 5:
-        return lib.mtmd_helper_bitmap_init_from_buf(ctx, buf, size, False, lib.mtmd_helper_init_opt_default()).bitmap
-    if arity(lib, "mtmd_helper_bitmap_init_from_buf") == 4:
-        return lib.mtmd_helper_bitmap_init_from_buf(ctx, buf, size, False).bitmap
-    return lib.mtmd_helper_bitmap_init_from_buf(ctx, buf, size)
-
-
-def _non_causal(lib: Any, ctx: Any, chunk: Any) -> bool:
-    """Whether the image's embeddings are decoded with non-causal attention (per chunk in newer releases)."""
-    if arity(lib, "mtmd_decode_use_non_causal") == 2:
-        return bool(lib.mtmd_decode_use_non_causal(ctx, chunk))
-    return bool(lib.mtmd_decode_use_non_causal(ctx))
-
-
-def _decode_image_chunk(lib: Any, ctx: Any, lctx: Any, chunk: Any, embd: Any, *args: Any) -> int:
-    """`mtmd_helper_decode_image_chunk` (n_past, seq_id, n_batch, new_n_past), without its newer callback."""
-    if arity(lib, "mtmd_helper_decode_image_chunk") == 10:
-        return int(lib.mtmd_helper_decode_image_chunk(ctx, lctx, chunk, embd, *args, ffi.NULL, ffi.NULL))
-    return int(lib.mtmd_helper_decode_image_chunk(ctx, lctx, chunk, embd, *args))
-
-
 # -- the projector -------------------------------------------------------------------------------------------------
 
 
@@ -325,7 +299,7 @@ class Projector:
             check_audio(medium.data, f"audio {index}")
         buf = ffi.from_buffer(medium.data)
         with capture_log() as log:
-            bitmap_ptr = _bitmap_from_buf(lib, self._ctx.ptr, buf, len(medium.data))
+            bitmap_ptr = _adapt.mtmd_bitmap_from_buf(lib, self._ctx.ptr, buf, len(medium.data))
         if bitmap_ptr == ffi.NULL:
             raise MediaError(f"{medium.kind} {index} could not be decoded{log.reason()}")
         bitmap = _Bitmap(bitmap_ptr)
@@ -350,8 +324,7 @@ class Projector:
             text_buf = ffi.new("char[]", encoded)
             inp = ffi.new("struct mtmd_input_text *")
             inp.text, inp.add_special, inp.parse_special = text_buf, add_special, True
-            if has_field("struct mtmd_input_text", "text_len"):  # older releases read up to the NUL
-                inp.text_len = len(encoded)
+            _adapt.set_mtmd_text_len(inp, len(encoded))
             array = ffi.new("struct mtmd_bitmap *[]", [b.ptr for b in bitmaps] or [ffi.NULL])
             chunks = _Chunks(lib.mtmd_input_chunks_init())
             with capture_log() as log:
@@ -437,7 +410,7 @@ class Projector:
                 continue
             if span.start < start:
                 raise AssertionError("a reused prefix ends inside a medium")  # MediaPrompt.safe_prefix prevents it
-            if _non_causal(lib, self._ctx.ptr, chunk) and span.n_tokens > n_ubatch:
+            if _adapt.mtmd_non_causal(lib, self._ctx.ptr, chunk) and span.n_tokens > n_ubatch:
                 raise MediaError(
                     f"an image of {span.n_tokens} tokens needs n_ubatch >= {span.n_tokens} (this context has "
                     f"{n_ubatch}): create the Llama with n_batch and n_ubatch of at least {span.n_tokens}"
@@ -448,7 +421,7 @@ class Projector:
             engine._set_abort_callback(True)  # Llama.abort() and Ctrl-C stop the image's llama_decode calls too
             try:
                 with capture_log() as log:
-                    rc = _decode_image_chunk(
+                    rc = _adapt.mtmd_decode_image_chunk(
                         lib, self._ctx.ptr, ctx, chunk, embd, span.start, seq_id, n_batch, new_n_past
                     )
             finally:
