@@ -65,6 +65,7 @@ LIMITS = {
     "machine": (30, 30),
     "stage": (60, 60),
     "venv": (90, 60),
+    "model": (60, 60),
     "build": (330, 60),
     "pytest": (150, 120),
     "bench-run": (90, 120),
@@ -345,8 +346,9 @@ class Runner:
         self.python = sys.executable
         self.manifest: dict[str, Any] = {}
         self.lib_dir: Path | None = None
-        self.model: Path | None = None
+        self.model_file: Path | None = None
         self.model_key = ""
+        self.tree = ROOT
         self.cmake_args: list[str] = [] if self.dry else list(CUDA_CMAKE_ARGS)
 
     # -- plumbing
@@ -466,57 +468,86 @@ class Runner:
                 tar.extractall(tree, filter="tar")  # Python >= 3.11.4 / 3.12: no paths or links out of `tree`
             build_lib.verify_tree(tree, source["tree_sha256"], f"the carried tree {tree}")
             step.facts["tree"] = f"{tree} (llama.cpp {source['commit']}, tree hash verified)"
+            self.tree = tree
             if not self.dry:
                 self.env["LLAMARCP_CACHE_DIR"] = str(self.work / "cache")
-            self.model, self.model_key, step.facts["model"] = self._assemble_model(tree)
-            self.env["LLAMARCP_MODEL"] = str(self.model)
 
         self.timed(step, run)
 
-    def _assemble_model(self, tree: Path) -> tuple[Path, str, str]:
-        meta = self.manifest["model"]
-        target = self.work / "models" / meta["name"]
-        target.parent.mkdir(parents=True, exist_ok=True)
+    def model(self) -> None:
+        """The model from its pieces (sha256 checked), else the tests' tiny random llama (written by the venv's
+        Python: the image's has no gguf package)."""
+        step = self.step("model", needs=("stage", "venv"))
+        if step is None:
+            return
+
+        def run(step: Step) -> None:
+            meta = self.manifest["model"]
+            tiny_path, vocab_file = self._tiny_model_facts()
+            target = self.work / "models" / meta["name"]
+            missing = self._assemble(meta, target)
+            if not missing:
+                self.model_key = "gemma" if meta["kind"] == "gemma" else "tiny"
+                self.model_file = target
+                if self.model_key == "tiny" and not (tiny_path.is_file() and sha256_of(tiny_path) == meta["sha256"]):
+                    tiny_path.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(target, tiny_path)  # benchmarks/run.py finds the tiny model at the tests' path
+                step.facts["model"] = (
+                    f"{meta['name']} ({meta['bytes']} B, sha256 verified, from {len(meta['pieces'])} pieces)"
+                )
+            else:
+                if not tiny_path.is_file():
+                    write = [
+                        self.python,
+                        "tests/tiny_model.py",
+                        str(tiny_path),
+                        "--vocab",
+                        str(self.tree / "models" / vocab_file),
+                    ]
+                    if not self.call(step, write, log=self.work / "model.log"):
+                        return
+                self.model_file, self.model_key = tiny_path, "tiny"
+                step.facts["model"] = (
+                    f"FALLBACK tiny random llama: {meta['name']} pieces {missing} not here (stash them first)"
+                )
+            self.env["LLAMARCP_MODEL"] = str(self.model_file)
+
+        self.timed(step, run)
+
+    def _assemble(self, meta: dict[str, Any], target: Path) -> list[Any]:
+        """Concatenate the pieces (from this call's carry or the stash) into `target`; what is missing."""
         found: list[Path] = []
-        missing = []
+        missing: list[Any] = []
         for piece in meta["pieces"]:
             candidates = [self.args.carry / piece["dir"] / piece["file"], self.args.stash_dir / piece["file"]]
             hit = next((c for c in candidates if c.is_file() and c.stat().st_size == piece["bytes"]), None)
-            (found.append(hit) if hit else missing.append(piece["index"]))
-        if not missing:
-            with target.open("wb") as out:
-                for part in found:
-                    with part.open("rb") as fh:
-                        shutil.copyfileobj(fh, out, 1 << 20)
-            if sha256_of(target) == meta["sha256"]:
-                key = "gemma" if meta["kind"] == "gemma" else "tiny"
-                if key == "tiny":
-                    self._place_tiny(target)
-                return target, key, f"{meta['name']} ({meta['bytes']} B, sha256 verified, from {len(found)} pieces)"
-            missing = ["(sha256 mismatch)"]
-        # The fallback: the tests' tiny random llama, written from the carried vocab.
-        from llamarcp import _cache
+            if hit is None:
+                missing.append(piece["index"])
+            else:
+                found.append(hit)
+        if missing:
+            return missing
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("wb") as out:
+            for part in found:
+                with part.open("rb") as fh:
+                    shutil.copyfileobj(fh, out, 1 << 20)
+        return [] if sha256_of(target) == meta["sha256"] else ["(sha256 mismatch)"]
 
-        tiny_model = tiny_model_module()
-
-        tiny = Path(self.env.get("LLAMARCP_CACHE_DIR") or _cache.cache_root()) / "test-models"
-        tiny = tiny / f"{tiny_model.TINY_MODEL_VERSION}.gguf"
-        if not tiny.is_file():
-            tiny_model.write_tiny_model(tiny, tree / "models" / tiny_model.VOCAB_FILE)
-        return tiny, "tiny", f"FALLBACK tiny random llama: {meta['name']} pieces {missing} not here (stash them first)"
-
-    def _place_tiny(self, model: Path) -> None:
-        """benchmarks/run.py finds the tiny model at the tests' cache path: put the carried one there."""
-        from llamarcp import _cache
-
-        tiny_model = tiny_model_module()
-
-        cached = Path(self.env.get("LLAMARCP_CACHE_DIR") or _cache.cache_root()) / "test-models"
-        cached = cached / f"{tiny_model.TINY_MODEL_VERSION}.gguf"
-        if cached.is_file() and sha256_of(cached) == sha256_of(model):
-            return
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(model, cached)
+    def _tiny_model_facts(self) -> tuple[Path, str]:
+        """(the tests' cached tiny model path, its vocab file name), asked of the venv's Python."""
+        code = (
+            "import importlib.util as u; s = u.spec_from_file_location('t', 'tests/tiny_model.py'); "
+            "m = u.module_from_spec(s); s.loader.exec_module(m); from llamarcp import _cache; "
+            "print(_cache.cache_root() / 'test-models' / f'{m.TINY_MODEL_VERSION}.gguf'); print(m.VOCAB_FILE)"
+        )
+        proc = subprocess.run(
+            [self.python, "-c", code], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=60
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"could not locate the tiny model: {proc.stderr[-800:]}")
+        path, vocab = proc.stdout.split()[-2:]
+        return Path(path), vocab
 
     def venv(self) -> None:
         """A venv whose .pth reaches the image's own packages (numpy), with the carried wheels installed over them."""
@@ -526,9 +557,9 @@ class Runner:
         venv_dir = self.work / "venv"
         if venv_dir.exists():
             shutil.rmtree(venv_dir)
-        # On the device `python3` runs this script: its packages (numpy, matplotlib) are the image's.
-        make = [sys.executable, "-m", "venv", *(["--without-pip"] if self.dry else []), str(venv_dir)]
-        if not self.call(step, make):
+        # On the device `python3` runs this script: its packages (numpy, matplotlib) are the image's. No pip in
+        # the venv (a distribution's Python may lack ensurepip): the image's pip installs into it with --target.
+        if not self.call(step, [sys.executable, "-m", "venv", "--without-pip", str(venv_dir)]):
             return
         python = venv_dir / "bin" / "python"
         site = subprocess.run(
@@ -564,11 +595,17 @@ class Runner:
                 step.status = "failed"
                 step.detail = f"wheels lacking for {lacking}; not for the device's Python: {untagged}"
                 return
-            if not self.dry:
-                install = [str(python), "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile"]
-                install += ["--disable-pip-version-check", *(str(wheels_dir / w) for w in wheels)]
-                if not self.call(step, install, log=self.work / "venv-pip.log"):
-                    return
+            # Here (dry run) the same install goes into a scratch folder, as for the device's Python.
+            target = Path(site) if not self.dry else self.work / f"site-py{DEVICE_PYTHON}"
+            install = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile"]
+            install += ["--disable-pip-version-check", "--target", str(target)]
+            if self.dry:
+                install += ["--only-binary", ":all:", "--python-version", DEVICE_PYTHON, "--implementation", "cp"]
+                install += [arg for plat in DEVICE_PLATFORMS for arg in ("--platform", plat)]
+            install += [str(wheels_dir / w) for w in wheels]
+            if not self.call(step, install, log=self.work / "venv-pip.log"):
+                return
+            step.facts["installed_into"] = str(target)
         check = [str(python), "-c", f"import {', '.join(IMPORT_CHECK)}; import llamarcp; print(llamarcp.__file__)"]
         if self.call(step, check, log=self.work / "venv-imports.log"):
             self.python = str(python)
@@ -592,8 +629,12 @@ class Runner:
                 self.env["PATH"] = f"{cuda_bin}{os.pathsep}{self.env.get('PATH', '')}"
         log = self.work / "build.log"
         if self.call(step, cmd, log=log):
-            lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
-            self.lib_dir = Path(lines[-1])
+            lines = [ln.strip() for ln in log.read_text().splitlines() if ln.strip()]
+            printed = [Path(ln) for ln in lines if ln.startswith("/") and Path(ln, "llamarcp-build.json").is_file()]
+            if not printed:
+                step.status, step.detail = "failed", "build_lib.py printed no library directory"
+                return
+            self.lib_dir = printed[-1]
             self.env["LLAMARCP_LIB_PATH"] = str(self.lib_dir)
             libs = sorted(p.name for p in self.lib_dir.glob("libggml*.so"))
             step.facts["lib_dir"] = str(self.lib_dir)
@@ -605,7 +646,7 @@ class Runner:
             shutil.copy2(cmake_log, self.work / "cmake-build.log")
 
     def pytest(self) -> None:
-        step = self.step("pytest", needs=("stage", "venv", "build"))
+        step = self.step("pytest", needs=("stage", "venv", "model", "build"))
         if step is None:
             return
         findings = self.work / "findings.jsonl"
@@ -629,7 +670,7 @@ class Runner:
             step.facts["findings"] = [json.loads(line) for line in findings.read_text().splitlines() if line.strip()]
 
     def bench_run(self) -> None:
-        step = self.step("bench-run", needs=("stage", "venv", "build"))
+        step = self.step("bench-run", needs=("stage", "venv", "model", "build"))
         if step is None:
             return
         out = self.work / "bench-run"
@@ -645,7 +686,7 @@ class Runner:
             step.facts["notes"] = [n for m in results["models"].values() for n in m.get("notes", [])]
 
     def bench_serving(self) -> None:
-        step = self.step("bench-serving", needs=("stage", "venv", "build"))
+        step = self.step("bench-serving", needs=("stage", "venv", "model", "build"))
         if step is None:
             return
         out = self.work / "serving"
@@ -664,7 +705,7 @@ class Runner:
             step.facts["failures"] = results.get("failures", [])
 
     def run(self) -> int:
-        for name in ("machine", "stage", "venv", "build", "pytest", "bench_run", "bench_serving"):
+        for name in ("machine", "stage", "venv", "model", "build", "pytest", "bench_run", "bench_serving"):
             getattr(self, name)()
         return self.report()
 
@@ -679,7 +720,7 @@ class Runner:
             "seconds": total,
             "budget_s": self.args.budget,
             "prepared": {k: self.manifest.get(k) for k in ("prepared_at", "git_commit")},
-            "model": str(self.model) if self.model else None,
+            "model": str(self.model_file) if self.model_file else None,
             "steps": [s.__dict__ for s in self.steps],
         }
         (out / "gpu-report.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
@@ -774,7 +815,7 @@ def render_report(data: dict[str, Any]) -> str:
     machine = by_name.get("machine", {}).get("facts", {})
     if machine:
         lines += ["", "## Machine", ""] + [f"- {k}: {v}" for k, v in machine.items()]
-    for name in ("stage", "venv", "build"):
+    for name in ("stage", "venv", "model", "build"):
         facts = by_name.get(name, {}).get("facts", {})
         if facts:
             lines += ["", f"## {name}", ""] + [f"- {k}: {v}" for k, v in facts.items()]

@@ -79,18 +79,17 @@ def steps(rehearsal: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def test_every_step_but_cuda_runs_on_the_cpu(rehearsal: dict[str, Any]) -> None:
     by_name = steps(rehearsal)
-    assert list(by_name) == ["machine", "stage", "venv", "build", "pytest", "bench-run", "bench-serving"]
+    assert list(by_name) == ["machine", "stage", "venv", "model", "build", "pytest", "bench-run", "bench-serving"]
     broken = {n: (s["status"], s["detail"], s["output_tail"][-800:]) for n, s in by_name.items() if s["status"] != "ok"}
     assert not broken
     assert rehearsal["proc"].returncode == 0
     assert "| build | ok |" in rehearsal["proc"].stdout  # the report is printed too (the call's output_tail)
 
 
-def test_stage_verifies_the_tree_and_assembles_the_stashed_pieces(rehearsal: dict[str, Any]) -> None:
+def test_the_tree_is_verified_and_the_stashed_pieces_assembled(rehearsal: dict[str, Any]) -> None:
     assert "now holds pieces [1, 2]" in rehearsal["stashed"].stdout
-    facts = steps(rehearsal)["stage"]["facts"]
-    assert "tree hash verified" in facts["tree"]
-    assert "sha256 verified, from 3 pieces" in facts["model"]
+    assert "tree hash verified" in steps(rehearsal)["stage"]["facts"]["tree"]
+    assert "sha256 verified, from 3 pieces" in steps(rehearsal)["model"]["facts"]["model"]
 
 
 def test_venv_reaches_the_image_packages_and_checks_the_requirements(rehearsal: dict[str, Any]) -> None:
@@ -150,10 +149,12 @@ def test_missing_pieces_fall_back_to_the_tiny_model(carry: Path, tmp_path: Path)
     args.work, args.out = tmp_path / "work", tmp_path / "out"
     runner = gpu.Runner(args)
     runner.stage()
+    runner.venv()
+    runner.model()
+    assert [(s.name, s.status) for s in runner.steps] == [("stage", "ok"), ("venv", "ok"), ("model", "ok")]
     facts = runner.steps[-1].facts
-    assert runner.steps[-1].status == "ok", runner.steps[-1].detail
     assert facts["model"].startswith("FALLBACK tiny random llama") and "[1, 2]" in facts["model"]
-    assert runner.model_key == "tiny" and runner.model is not None and runner.model.is_file()
+    assert runner.model_key == "tiny" and runner.model_file is not None and runner.model_file.is_file()
 
 
 def test_requirements_and_wheel_tags() -> None:
