@@ -156,7 +156,7 @@ def check_main_gpu(main_gpu: int, has_devices: bool = False) -> None:
     -1 is llama.cpp's "no GPU" for split_mode NONE; 0 is the default and valid on a CPU build. With an explicit
     device list (`has_devices`, e.g. RPC servers) llama.cpp indexes that list and checks the index itself."""
     if not isinstance(main_gpu, int) or isinstance(main_gpu, bool):
-        raise TypeError(f"main_gpu must be an int, got {type(main_gpu).__name__}")
+        return  # the type is checked with every other params field (llamarcp.validate), in one place
     if main_gpu < -1:
         raise ValueError(f"main_gpu must be >= -1 (-1: no GPU with split_mode NONE), got {main_gpu}")
     if main_gpu <= 0 or has_devices:

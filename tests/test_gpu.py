@@ -258,7 +258,7 @@ def test_main_gpu_is_checked_against_the_devices_of_any_build(tiny_model_path: P
     with pytest.raises(ValueError, match="main_gpu must be >= -1"):
         check_main_gpu(-2)
     with pytest.raises(TypeError, match="main_gpu must be an int"):
-        check_main_gpu("1")  # type: ignore[arg-type]
+        Llama(str(tiny_model_path), main_gpu="1")  # type: ignore[arg-type]
     check_main_gpu(0)
     check_main_gpu(-1)
     check_main_gpu(n + 5, has_devices=True)  # an explicit device list: llama.cpp checks the index against it
