@@ -10,7 +10,9 @@ The device machine has Python 3.12 with numpy, nvcc, CMake and ninja, but no net
 `base/` (wheels for CPython 3.12 manylinux x86_64, the pinned llama.cpp tree as a tar.gz, the manifest) and the
 model cut into pieces `model-0/` ... `model-N/`; it prints the exact device calls. gemma-3-270m (253 MB) does not
 fit one call: `model-0` rides with the run, the other pieces come first, one `--stash` call each, within the
-machine's warm window. Without every piece the run falls back to the tests' tiny random model and says so.
+machine's warm window; the first of them carries base/ too and starts the build in the background (its own
+session outlives the call), so it compiles while the rest travels. Without every piece the run falls back to the
+tests' tiny random model and says so.
 
 Every step is timed and bounded; a failing step is reported and the later steps that need it are marked "not run",
 the others still run. The whole run keeps inside `--budget` seconds (default 480: 8 minutes of a 10-minute call).
@@ -203,18 +205,21 @@ def model_source(kind: str) -> Path:
 
 
 def cut_model(model: Path, carry: Path, first: int, rest: int) -> list[dict[str, Any]]:
-    """Cut `model` into model-0 (`first` bytes, rides with the run) and model-1.. (`rest` bytes each)."""
+    """Cut `model` into pieces: model-0 (rides with the run) and model-1 (with the first stash call) of `first`
+    bytes, as each shares its call with base/, then model-2.. of `rest` bytes."""
     size = model.stat().st_size
-    count = 1 + max(0, -(-(size - first) // rest))
+    sizes: list[int] = []
+    while sum(sizes) < size or not sizes:
+        sizes.append(min(first if len(sizes) < 2 else rest, size - sum(sizes)))
     pieces: list[dict[str, Any]] = []
     with model.open("rb") as fh:
-        for index in range(count):
-            block = fh.read(first if index == 0 else rest)
+        for index, n in enumerate(sizes):
+            block = fh.read(n)
             folder = carry / f"model-{index}"
             folder.mkdir(parents=True)
             part = folder / f"{model.name}.part{index}"
             part.write_bytes(block)
-            piece = {"index": index, "of": count, "dir": folder.name, "file": part.name, "bytes": len(block)}
+            piece = {"index": index, "of": len(sizes), "dir": folder.name, "file": part.name, "bytes": len(block)}
             piece["sha256"] = hashlib.sha256(block).hexdigest()
             (folder / "piece.json").write_text(json.dumps(piece) + "\n")
             pieces.append(piece)
@@ -245,7 +250,7 @@ def prepare(args: argparse.Namespace) -> int:
     base_bytes = sum(p.stat().st_size for p in base.rglob("*") if p.is_file())
     repo = repo_bytes()
     rest = CALL_LIMIT - repo - MARGIN
-    first = rest - base_bytes - (64 << 10)  # the manifest is written after the cut
+    first = rest - base_bytes - (64 << 10)  # model-0 and model-1 travel with base/ (the manifest comes later)
     if first <= 0:
         raise SystemExit(f"gpu_check: the repository ({repo} B) and base/ ({base_bytes} B) leave no room for a model")
     model = model_source(args.model)
@@ -256,6 +261,7 @@ def prepare(args: argparse.Namespace) -> int:
         "bytes": model.stat().st_size,
         "sha256": sha256_of(model),
         "pieces": cut_model(model, carry, min(first, args.piece_bytes or first), min(rest, args.piece_bytes or rest)),
+        "with_base": ["model-0", "model-1"],
     }
     (base / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     sizes = {
@@ -273,17 +279,23 @@ def render_plan(manifest: dict[str, Any], sizes: dict[str, int], carry: Path) ->
     lines = ["", "| piece | MiB |", "| --- | ---: |"]
     lines += [f"| {name} | {size / 2**20:.1f} |" for name, size in sizes.items()]
     pieces = manifest["model"]["pieces"]
-    run_bytes = sizes["repository (every call)"] + sizes["base/ (the run)"] + pieces[0]["bytes"]
-    lines += [f"| **the run's call** | **{run_bytes / 2**20:.1f}** of {CALL_LIMIT >> 20} |", ""]
+    with_base = sizes["repository (every call)"] + sizes["base/ (the run)"]
+    biggest = max(
+        [with_base + p["bytes"] for p in pieces[:2]]
+        + [sizes["repository (every call)"] + p["bytes"] for p in pieces[2:]]
+    )
+    lines += [f"| **largest call** | **{biggest / 2**20:.1f}** of {CALL_LIMIT >> 20} |", ""]
     lines.append("Device calls, back to back (the machine stays warm ~30 s after each):")
     for piece in pieces[1:]:
-        lines.append(f'  run(carry=["{rel}/{piece["dir"]}"], command="bash ci/gpu_check.sh --stash", timeout_s=60)')
+        carried = [f"{rel}/base", f"{rel}/{piece['dir']}"] if piece["index"] == 1 else [f"{rel}/{piece['dir']}"]
+        note = "   # also stages, makes the venv, starts the build" if piece["index"] == 1 else ""
+        lines.append(f'  run(carry={json.dumps(carried)}, command="bash ci/gpu_check.sh --stash", timeout_s=90){note}')
     lines.append(
         f'  run(carry=["{rel}/base", "{rel}/model-0"], command="bash ci/gpu_check.sh", timeout_s=600)'
         "   # then give_back"
     )
     if len(pieces) > 1:
-        lines.append(f"Without the {len(pieces) - 1} stash calls the run uses the tests' tiny model instead.")
+        lines.append(f"Without the {len(pieces) - 1} stash calls the run builds from scratch and uses the tiny model.")
     return "\n".join(lines)
 
 
@@ -314,7 +326,16 @@ def stash(args: argparse.Namespace) -> int:
     have = sorted(int(p.name.rsplit("part", 1)[1].split(".")[0]) for p in args.stash_dir.glob("*.part*.json"))
     of = max((json.loads(p.read_text())["of"] for p in args.stash_dir.glob("*.json")), default=0)
     print(f"stashed pieces {kept}; {args.stash_dir} now holds pieces {have} of {of} (model-0 rides with the run)")
-    return 0 if kept else 1
+    if not kept:
+        return 1
+    if (args.carry / "base" / "manifest.json").is_file():
+        # base/ came along (the first stash call): stage, make the venv and start the build now, in the background.
+        runner = Runner(args)
+        runner.stage()
+        runner.venv()
+        failed = [f"{s.name}: {s.status} ({s.detail})" for s in runner.steps if s.status != "ok"]
+        print(f"early build not started: {'; '.join(failed)}" if failed else runner.start_early_build())
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------------- run
@@ -461,13 +482,18 @@ class Runner:
             self.manifest = json.loads(manifest_path.read_text())
             source = self.manifest["source"]
             tree = (self.work / "llama.cpp") if self.dry else build_lib.CARRIED_SOURCE
-            if tree.exists():
-                shutil.rmtree(tree)
-            tree.mkdir(parents=True)
-            with tarfile.open(self.args.carry / "base" / source["file"]) as tar:
-                tar.extractall(tree, filter="tar")  # Python >= 3.11.4 / 3.12: no paths or links out of `tree`
+            marker = tree / ".gpu-check-staged"
+            reused = marker.is_file() and marker.read_text().strip() == source["tree_sha256"]
+            if not reused:  # else an earlier call (--stash with base/) staged it: its early build may be reading it
+                if tree.exists():
+                    shutil.rmtree(tree)
+                tree.mkdir(parents=True)
+                with tarfile.open(self.args.carry / "base" / source["file"]) as tar:
+                    tar.extractall(tree, filter="tar")  # Python >= 3.11.4 / 3.12: no paths or links out of `tree`
             build_lib.verify_tree(tree, source["tree_sha256"], f"the carried tree {tree}")
-            step.facts["tree"] = f"{tree} (llama.cpp {source['commit']}, tree hash verified)"
+            marker.write_text(source["tree_sha256"] + "\n")
+            how = "staged by an earlier call" if reused else "unpacked"
+            step.facts["tree"] = f"{tree} (llama.cpp {source['commit']}, {how}, tree hash verified)"
             self.tree = tree
             if not self.dry:
                 self.env["LLAMARCP_CACHE_DIR"] = str(self.work / "cache")
@@ -555,6 +581,14 @@ class Runner:
         if step is None:
             return
         venv_dir = self.work / "venv"
+        ready = venv_dir / ".gpu-check-ready"
+        wanted = json.dumps([self.manifest.get("wheels"), requirements()])
+        if ready.is_file() and ready.read_text() == wanted:  # made by an earlier call; an early build may use it
+            step.facts["venv"] = f"{venv_dir} (made by an earlier call)"
+            python = venv_dir / "bin" / "python"
+            if self.call(step, self._import_check(python), log=self.work / "venv-imports.log"):
+                self.python = str(python)
+            return
         if venv_dir.exists():
             shutil.rmtree(venv_dir)
         # On the device `python3` runs this script: its packages (numpy, matplotlib) are the image's. No pip in
@@ -606,29 +640,63 @@ class Runner:
             if not self.call(step, install, log=self.work / "venv-pip.log"):
                 return
             step.facts["installed_into"] = str(target)
-        check = [str(python), "-c", f"import {', '.join(IMPORT_CHECK)}; import llamarcp; print(llamarcp.__file__)"]
-        if self.call(step, check, log=self.work / "venv-imports.log"):
+        if self.call(step, self._import_check(python), log=self.work / "venv-imports.log"):
             self.python = str(python)
+            ready.write_text(wanted)
+
+    @staticmethod
+    def _import_check(python: Path) -> list[str]:
+        return [str(python), "-c", f"import {', '.join(IMPORT_CHECK)}; import llamarcp; print(llamarcp.__file__)"]
+
+    def build_command(self) -> list[str]:
+        """build_lib.py as a user runs it (`--cuda`); in the dry run the cached CPU build (nothing compiled)."""
+        if self.dry:
+            return [self.python, "build_lib.py", "--no-build", "--tools", "llama-bench"]
+        if shutil.which("ninja"):
+            self.env["CMAKE_GENERATOR"] = "Ninja"  # the generator is not part of the build key
+        cuda_bin = Path("/usr/local/cuda/bin")
+        if not shutil.which("nvcc") and cuda_bin.is_dir():
+            self.env["PATH"] = f"{cuda_bin}{os.pathsep}{self.env.get('PATH', '')}"
+        flags = [f"--cmake-arg={a}" for a in CUDA_CMAKE_ARGS if a != "-DGGML_CUDA=ON"]
+        return [self.python, "build_lib.py", "--cuda", *flags, "--tools", TOOLS, "-j", str(os.cpu_count() or 16)]
+
+    def start_early_build(self) -> str:
+        """Start the build in a session of its own, so it outlives this (stash) call and compiles while the other
+        pieces travel; the run's build step then waits for it on build_lib's cache lock."""
+        log = self.work / "build-early.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                self.build_command(),
+                cwd=ROOT,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        (self.work / "build-early.pid").write_text(f"{proc.pid} {time.time():.0f}\n")
+        return f"early build started (pid {proc.pid}, log {log})"
 
     def build(self) -> None:
         step = self.step("build", needs=("stage", "venv"))
         if step is None:
             return
         flags = [f"--cmake-arg={a}" for a in CUDA_CMAKE_ARGS if a != "-DGGML_CUDA=ON"]
-        if self.dry:
-            step.facts["would_run"] = shlex.join(
-                ["python", "build_lib.py", "--cuda", *flags, "--tools", TOOLS, "-j", "16"]
-            )
-            cmd = [self.python, "build_lib.py", "--no-build", "--tools", "llama-bench"]  # the CPU build, cached
-        else:
-            cmd = [self.python, "build_lib.py", "--cuda", *flags, "--tools", TOOLS, "-j", str(os.cpu_count() or 16)]
-            if shutil.which("ninja"):
-                self.env["CMAKE_GENERATOR"] = "Ninja"  # the generator is not part of the build key
-            cuda_bin = Path("/usr/local/cuda/bin")
-            if not shutil.which("nvcc") and cuda_bin.is_dir():
-                self.env["PATH"] = f"{cuda_bin}{os.pathsep}{self.env.get('PATH', '')}"
+        step.facts["command"] = shlex.join(["python", "build_lib.py", "--cuda", *flags, "--tools", TOOLS, "-j", "16"])
+        cmd = self.build_command()
+        early = self.work / "build-early.pid"
+        if early.is_file():
+            pid, started = early.read_text().split()
+            step.facts["early_build"] = f"started {time.time() - float(started):.0f}s before this step (pid {pid})"
         log = self.work / "build.log"
-        if self.call(step, cmd, log=log):
+        ok = self.call(step, cmd, log=log)
+        for name in ("build-early.log", "build.log"):
+            path = self.work / name
+            if path.is_file():
+                took = re.findall(r"build_lib: built \S+ in (\d+)s", path.read_text(errors="replace"))
+                if took:
+                    step.facts[f"{name} compile seconds"] = took
+        if ok:
             lines = [ln.strip() for ln in log.read_text().splitlines() if ln.strip()]
             printed = [Path(ln) for ln in lines if ln.startswith("/") and Path(ln, "llamarcp-build.json").is_file()]
             if not printed:
@@ -726,7 +794,7 @@ class Runner:
         (out / "gpu-report.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
         text = render_report(data)
         (out / "gpu-report.md").write_text(text)
-        for name in ("pytest.log", "cmake-build.log", "build.log"):
+        for name in ("pytest.log", "cmake-build.log", "build.log", "build-early.log"):
             src = self.work / name
             if src.is_file():
                 (out / name).write_text(src.read_text(errors="replace")[-400_000:])  # the tail: files come back <16 MiB

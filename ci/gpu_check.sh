@@ -19,7 +19,7 @@ for arg in "$@"; do
 done
 # Here the project's venv; there the image's python3 (3.12 with numpy), which makes the run's own venv.
 python="python3"
-if [ "$mode" != stash ] && [ -x .venv/bin/python ] && [ -z "${LLAMARCP_GPU_PYTHON:-}" ]; then python=.venv/bin/python; fi
+if [ -x .venv/bin/python ] && [ -z "${LLAMARCP_GPU_PYTHON:-}" ]; then python=.venv/bin/python; fi
 python="${LLAMARCP_GPU_PYTHON:-$python}"
 export PYTHONUNBUFFERED=1
 exec "$python" benchmarks/gpu.py "$mode" ${args[@]+"${args[@]}"}

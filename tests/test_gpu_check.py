@@ -52,23 +52,27 @@ def carry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("gpu-check") / "carry"
     proc = run("--prepare", "--model", "tiny", "--no-wheels", "--piece-bytes", PIECE, "--carry", folder)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "the run's call" in proc.stdout and 'command="bash ci/gpu_check.sh --stash"' in proc.stdout
+    assert "largest call" in proc.stdout and 'command="bash ci/gpu_check.sh --stash"' in proc.stdout
     return folder
 
 
 @pytest.fixture(scope="module")
 def rehearsal(carry: Path) -> dict[str, Any]:
-    """The pieces past model-0 travel in calls of their own: moved out of the carry and stashed, then the run."""
+    """The calls `--prepare` printed: model-1 travels with base/ (that call also stages, makes the venv and starts
+    the build), model-2 alone, then the run with base/ and model-0."""
     root = carry.parent
-    call, stash_dir = root / "stash-call", root / "stash"
-    call.mkdir()
-    for piece in sorted(carry.glob("model-*")):
-        if piece.name != "model-0":
-            shutil.move(piece, call / piece.name)
-    stashed = run("--stash", "--carry", call, "--stash-dir", stash_dir)
-    assert stashed.returncode == 0, stashed.stderr[-2000:] + stashed.stdout
+    stash_dir, work = root / "stash", root / "work"
+    stashed = []
+    for index in (1, 2):
+        call = root / f"call-{index}"
+        call.mkdir()
+        if index == 1:
+            shutil.copytree(carry / "base", call / "base")
+        shutil.move(carry / f"model-{index}", call / f"model-{index}")
+        stashed.append(run("--stash", "--dry-run", "--carry", call, "--stash-dir", stash_dir, "--work", work))
+        assert stashed[-1].returncode == 0, stashed[-1].stderr[-2000:] + stashed[-1].stdout
     out = root / "out"
-    proc = run("--dry-run", "--carry", carry, "--stash-dir", stash_dir, "--work", root / "work", "--out", out)
+    proc = run("--dry-run", "--carry", carry, "--stash-dir", stash_dir, "--work", work, "--out", out)
     report = json.loads((out / "gpu-report.json").read_text())
     return {"proc": proc, "stashed": stashed, "report": report, "out": out}
 
@@ -87,22 +91,33 @@ def test_every_step_but_cuda_runs_on_the_cpu(rehearsal: dict[str, Any]) -> None:
 
 
 def test_the_tree_is_verified_and_the_stashed_pieces_assembled(rehearsal: dict[str, Any]) -> None:
-    assert "now holds pieces [1, 2]" in rehearsal["stashed"].stdout
-    assert "tree hash verified" in steps(rehearsal)["stage"]["facts"]["tree"]
+    first, second = rehearsal["stashed"]
+    assert "now holds pieces [1] of 3" in first.stdout and "early build started" in first.stdout
+    assert "now holds pieces [1, 2] of 3" in second.stdout
+    assert "staged by an earlier call, tree hash verified" in steps(rehearsal)["stage"]["facts"]["tree"]
+    assert "made by an earlier call" in steps(rehearsal)["venv"]["facts"]["venv"]
     assert "sha256 verified, from 3 pieces" in steps(rehearsal)["model"]["facts"]["model"]
 
 
 def test_venv_reaches_the_image_packages_and_checks_the_requirements(rehearsal: dict[str, Any]) -> None:
-    facts = steps(rehearsal)["venv"]["facts"]
-    assert facts["requirements_match_pyproject"] is True
-    assert facts["image_packages"] and "--no-wheels" in facts["wheels"]  # the rehearsal's carry has none
-    assert Path(facts["venv"], "bin", "python").exists()
+    venv = Path(steps(rehearsal)["venv"]["facts"]["venv"].split()[0])
+    pth = next((venv / "lib").glob("python3.*/site-packages/zz-image-packages.pth"))
+    assert Path(
+        pth.read_text().splitlines()[0], "numpy"
+    ).is_dir()  # the interpreter's own packages (on the device: the image's)
+    proc = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import numpy, gguf, llamarcp"],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert proc.returncode == 0
 
 
 def test_build_names_the_cuda_command_and_finds_the_cpu_build(rehearsal: dict[str, Any]) -> None:
     facts = steps(rehearsal)["build"]["facts"]
-    assert "build_lib.py --cuda --cmake-arg=-DCMAKE_CUDA_ARCHITECTURES=90" in facts["would_run"]
-    assert "--tools llama-bench,llama-server" in facts["would_run"]
+    assert "build_lib.py --cuda --cmake-arg=-DCMAKE_CUDA_ARCHITECTURES=90" in facts["command"]
+    assert "--tools llama-bench,llama-server" in facts["command"]
+    assert facts["early_build"].startswith("started")  # by the first stash call, which carried base/ too
     assert "libggml-cpu.so" in facts["libraries"]
 
 
