@@ -242,6 +242,7 @@ class Scheduler:
         if rc != 0:
             self._recover(rc, entries)
             return
+        engine.stats.add_decode(len({e[2] for e in entries}))
         for index, (token, _pos, seq_id, wants_logits) in enumerate(entries):
             slot = self._slots[seq_id]
             slot.tokens.append(token)
@@ -407,15 +408,7 @@ class Scheduler:
     def _finish(self, slot: _Slot, reason: str) -> None:
         job = slot.job
         assert job is not None
-        done = time.perf_counter()
-        first = job.first_token or done
-        timings = {
-            "prompt_n": float(len(job.prompt)),
-            "prompt_eval_n": float(job.n_prompt_eval),
-            "prompt_ms": (first - job.submitted) * 1e3,
-            "predicted_n": float(job.n_generated),
-            "predicted_ms": (done - first) * 1e3,
-        }
+        timings = _timings(job)
         self.engine.last_timings = timings
         job.results.put(("end", {"finish_reason": reason, "timings": timings}))
         self._release(slot, keep_cache=True)
@@ -427,12 +420,25 @@ class Scheduler:
         if job is not None:
             if job.chain is not None:
                 job.chain.close()
+                self.engine.stats.add_generation(_timings(job))  # finished, failed or cancelled alike
             job.cancelled = True
         if not keep_cache and not self.engine.ctx.closed:
             get_lib().llama_memory_seq_rm(self.engine.memory, slot.seq_id, -1, -1)
             slot.tokens = []
         with self._cond:
             self._cond.notify_all()
+
+
+def _timings(job: _Job) -> dict[str, float]:
+    done = time.perf_counter()
+    first = job.first_token or done
+    return {
+        "prompt_n": float(len(job.prompt)),
+        "prompt_eval_n": float(job.n_prompt_eval),
+        "prompt_ms": (first - job.submitted) * 1e3,
+        "predicted_n": float(job.n_generated),
+        "predicted_ms": (done - first) * 1e3,
+    }
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

@@ -23,6 +23,7 @@ from llamarcp.errors import (
     PromptTooLongError,
     check_decode,
 )
+from llamarcp.generation_stats import GenerationStats
 from llamarcp.sampling import SamplerChain, SamplingParams, build_sampler_chain, grammar_sampler
 from llamarcp.token_picker import GrammarPicker, LogitsRows, greedy_argmax, logits_view, logprob_info
 
@@ -80,6 +81,8 @@ class Engine:
         #: Tokens the last prompt evaluation actually decoded (the rest came from the reused prefix).
         self.n_prompt_tokens_evaluated = 0
         self.last_timings: dict[str, float] = {}
+        #: Totals over every generation of this context (the server's /metrics).
+        self.stats = GenerationStats()
         #: Who last arranged the memory: "single" (this class, sequence 0) or the batching scheduler.
         self.owner = "single"
         #: With `keep_all_logits()` (Llama(logits_all=True)): every evaluated position's logits.
@@ -377,6 +380,8 @@ class Engine:
                 timings["draft_n"] = float(outcome["drafted"])
                 timings["draft_accepted_n"] = float(outcome["accepted"])
             outcome["timings"] = self.last_timings = timings
+            decoded_alone = -(-n_eval // self.n_batch) + max(0, len(self.input_ids) - len(prompt_tokens))
+            self.stats.add_generation(timings, decode_calls=decoded_alone)
 
     def _grammar_sampler(self, params: SamplingParams) -> Any:
         """The grammar as a separate sampler for `GrammarPicker`, or None (no grammar, or no numpy: then the

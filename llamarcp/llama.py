@@ -25,6 +25,7 @@ from llamarcp.compat.cache import cache_restore, storing_after
 from llamarcp.compat.llama_api import LlamaCppApiMixin
 from llamarcp.engine import Engine, Outcome, Step
 from llamarcp.errors import LlamaError
+from llamarcp.generation_stats import StatsSnapshot
 from llamarcp.model_facts import ModelFacts
 from llamarcp.sampling import (
     LLAMA_DEFAULT_SEED,
@@ -557,6 +558,12 @@ class Llama(ModelFacts, LlamaCppApiMixin):
         """Restore a session file written by `save_state_file` (same model; its tokens must fit this context)."""
         with self._turns.exclusive():
             state.load_file(self._engine_or_raise(), path)
+
+    @property
+    def generation_stats(self) -> StatsSnapshot:
+        """Totals over every generation of this Llama: prompt tokens decoded / reused from the cache, generated
+        tokens, their seconds, llama_decode calls (the server's /metrics)."""
+        return self._engine.stats.snapshot() if self._engine is not None else StatsSnapshot()
 
     def set_seed(self, seed: int) -> None:
         self._seed = check_seed(seed) & 0xFFFFFFFF

@@ -79,6 +79,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-body-bytes", type=int, help="largest request body, declared or streamed (default 8 MiB; else 413)"
     )
+    p.add_argument(
+        "--metrics", action="store_true", default=None, help="serve Prometheus metrics at /metrics (default: off)"
+    )
+    p.add_argument(
+        "--slots",
+        dest="endpoint_slots",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve the slots' state at GET /slots (default: on; --no-slots turns it off)",
+    )
+    p.add_argument(
+        "--slot-save-path",
+        metavar="DIR",
+        help="directory where POST /slots/ID?action=save|restore keeps slot files (default: slot saving off)",
+    )
     p.add_argument("--no-embeddings", dest="embeddings", action="store_false", help="disable /v1/embeddings")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument(
@@ -164,6 +179,9 @@ def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
     settings = compat.server_settings(server_values, configs)
     if args.max_body_bytes is not None:
         settings.max_body_bytes = args.max_body_bytes
+    for name in ("metrics", "endpoint_slots", "slot_save_path"):  # llama-server's flags, llamarcp's settings
+        if getattr(args, name) is not None:
+            setattr(settings, name, getattr(args, name))
     try:
         settings.validate()
     except ValueError as exc:
