@@ -19,12 +19,14 @@ the other clears it first (`Engine.owner`).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import itertools
 import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -45,13 +47,36 @@ if TYPE_CHECKING:
     from llamarcp.engine import Engine, Outcome, Step
     from llamarcp.turns import Turns
 
-__all__ = ["Scheduler"]
+__all__ = ["Scheduler", "SlotRequest", "slot_request"]
 
 #: How long an idle scheduler thread waits for work before it ends (a new request starts a new one).
 IDLE_EXIT_S = 30.0
 _OWNER = "batch"
 #: A prefix at least this long (or the whole prompt) is worth waiting one prefill for instead of decoding it again.
 MIN_SHARED_PREFIX = 16
+
+
+@dataclass(frozen=True)
+class SlotRequest:
+    """Where a generation runs (llama-server's `id_slot`, `cache_prompt`): `slot` None lets the scheduler pick
+    (the longest cached prefix, else an empty or the least recently used slot); `cache_prompt` False decodes
+    the whole prompt again instead of reusing a cached prefix."""
+
+    slot: int | None = None
+    cache_prompt: bool = True
+
+
+_SLOT_REQUEST: contextvars.ContextVar[SlotRequest] = contextvars.ContextVar("llamarcp_slot_request")
+
+
+@contextlib.contextmanager
+def slot_request(request: SlotRequest) -> Iterator[None]:
+    """Generations submitted in this block (on this thread) run as `request` says."""
+    token = _SLOT_REQUEST.set(request)
+    try:
+        yield
+    finally:
+        _SLOT_REQUEST.reset(token)
 
 
 @dataclass(eq=False)
@@ -74,6 +99,7 @@ class _Job:
     n_prompt_eval: int = 0
     submitted: float = field(default_factory=time.perf_counter)
     first_token: float = 0.0
+    placement: SlotRequest = field(default_factory=SlotRequest)
 
 
 @dataclass(eq=False)
@@ -155,6 +181,9 @@ class Scheduler:
             raise PromptTooLongError(len(prompt), engine.n_ctx)
         limit = engine.n_ctx - len(prompt) if max_tokens is None else max_tokens
         job = _Job(list(prompt), params, limit, logprobs, logits_processor, stopping_criteria)
+        job.placement = _SLOT_REQUEST.get(SlotRequest())
+        if job.placement.slot is not None and not 0 <= job.placement.slot < self.n_parallel:
+            raise ValueError(f"slot {job.placement.slot} does not exist (slots 0..{self.n_parallel - 1})")
         with self._cond:
             self.turns.check_open()
             if self.max_queued is not None and len(self._pending) >= self.max_queued:
@@ -279,7 +308,8 @@ class Scheduler:
                 job = self._pending.popleft()
             if job.cancelled:
                 continue
-            if self._should_wait_for_prefill(job):
+            wanted = job.placement.slot
+            if (wanted is not None and self._slots[wanted].job is not None) or self._should_wait_for_prefill(job):
                 deferred.append(job)
                 continue
             try:
@@ -304,14 +334,17 @@ class Scheduler:
         lib = get_lib()
         prompt = job.prompt
         best_slot, best_n = None, 0
-        for slot in self._slots:
+        for slot in self._slots if job.placement.cache_prompt else ():
             n = _common_prefix(slot.tokens, prompt)
             if slot.job is not None:
                 n = min(n, len(slot.tokens))  # only what the running one has decoded already
             if n > best_n and self._prefix_usable(slot, n):
                 best_slot, best_n = slot, n
         best_n = min(best_n, len(prompt) - 1)  # the last prompt token is decoded again for fresh logits
-        if best_slot is not None and best_slot.job is None and best_n > 0 and 2 * best_n >= len(best_slot.tokens):
+        wanted = job.placement.slot
+        if wanted is not None:
+            target = self._slots[wanted]  # the caller's choice (free: _admit waited for it)
+        elif best_slot is not None and best_slot.job is None and best_n > 0 and 2 * best_n >= len(best_slot.tokens):
             target = best_slot  # continue an idle slot's cache in place (most of it is reused)
         else:
             # Empty slots first, then the least recently used cache; the source of a copy is kept if possible.

@@ -24,6 +24,7 @@ from llamarcp.server.errors import ApiError, install_error_handlers
 from llamarcp.server.guards import MAX_JSON_DEPTH, CatchAll, RequestGuard
 from llamarcp.server.metrics import add_metrics_route
 from llamarcp.server.pool import ModelEntry, ModelPool
+from llamarcp.server.routes_anthropic import add_anthropic_routes
 from llamarcp.server.routes_embeddings import add_embedding_routes
 from llamarcp.server.routes_extras import add_extras_routes
 from llamarcp.server.routes_generation import add_generation_routes
@@ -147,6 +148,7 @@ def create_app(
     add_extras_routes(app, dispatcher, require_key)
     add_metrics_route(app, pool, settings.metrics, require_key)
     add_llama_routes(app, dispatcher, settings, require_key)
+    add_anthropic_routes(app, dispatcher, require_key)
     return app
 
 
