@@ -30,6 +30,7 @@ from llamarcp.server.routes_extras import add_extras_routes
 from llamarcp.server.routes_generation import add_generation_routes
 from llamarcp.server.routes_info import add_info_routes
 from llamarcp.server.routes_llama import add_llama_routes
+from llamarcp.server.routes_responses import add_responses_routes
 from llamarcp.server.settings import ModelConfig, ServerSettings
 
 __all__ = ["ApiError", "ModelConfig", "ServerSettings", "ServerState", "create_app"]
@@ -149,6 +150,7 @@ def create_app(
     add_metrics_route(app, pool, settings.metrics, require_key)
     add_llama_routes(app, dispatcher, settings, require_key)
     add_anthropic_routes(app, dispatcher, require_key)
+    add_responses_routes(app, dispatcher, require_key)
     return app
 
 
