@@ -26,9 +26,10 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from llamarcp._backend import get_lib
 from llamarcp._core import Batch
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
     from llamarcp.turns import Turns
 
 __all__ = ["Scheduler", "SlotRequest", "slot_request"]
+
+T = TypeVar("T")
 
 #: How long an idle scheduler thread waits for work before it ends (a new request starts a new one).
 IDLE_EXIT_S = 30.0
@@ -120,6 +123,8 @@ class Scheduler:
         self.max_queued = max_queued
         self._slots = [_Slot(i) for i in range(n_parallel)]
         self._pending: deque[_Job] = deque()
+        #: Work to run on the scheduler thread between two steps (slot save/restore/erase).
+        self._controls: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._clock = itertools.count(1)
@@ -164,6 +169,47 @@ class Scheduler:
             with self._cond:
                 self._cond.notify_all()
 
+    def call_between_steps(self, fn: Callable[[], T]) -> T:
+        """Run `fn()` on the scheduler thread between two decode steps, while the memory holds what the slots
+        say (`slot_states`), and return its result (or raise its exception)."""
+        future: Future[T] = Future()
+        with self._cond:
+            self.turns.check_open()
+            self._controls.append((fn, future))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="llamarcp-batching", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+        return future.result()
+
+    def slot(self, index: int) -> _Slot:
+        """The slot of sequence `index` (only to be touched from `call_between_steps`)."""
+        return self._slots[index]
+
+    def slot_states(self) -> list[dict[str, Any]]:
+        """Each slot now: its cached tokens, and the request it runs (counts only, no text)."""
+        states = []
+        for slot in self._slots:
+            job = slot.job
+            state: dict[str, Any] = {"id": slot.seq_id, "n_tokens": len(slot.tokens), "is_processing": job is not None}
+            if job is not None:
+                state["n_prompt_tokens"] = len(job.prompt)
+                state["n_decoded"] = job.n_generated
+                state["n_remain"] = max(0, job.max_tokens - job.n_generated)
+            states.append(state)
+        return states
+
+    def _run_controls(self) -> None:
+        while True:
+            with self._cond:
+                if not self._controls:
+                    return
+                fn, future = self._controls.popleft()
+            try:
+                future.set_result(fn())
+            except Exception as exc:  # handed to the caller of call_between_steps
+                future.set_exception(exc)
+
     def submit(
         self,
         prompt: list[int],
@@ -203,12 +249,12 @@ class Scheduler:
             while True:
                 with self._cond:
                     idle_since = time.monotonic()
-                    while not has_turn and not self._pending and self.n_running == 0:
+                    while not has_turn and not self._pending and self.n_running == 0 and not self._controls:
                         if self.turns.closing or time.monotonic() - idle_since > IDLE_EXIT_S:
                             self._thread = None
                             return
                         self._cond.wait(1.0)
-                    work = bool(self._pending) or self.n_running > 0
+                    work = bool(self._pending) or self.n_running > 0 or bool(self._controls)
                 if not work:  # idle: let exclusive calls have the context, then wait for work
                     self.turns.leave()
                     has_turn = False
@@ -242,6 +288,10 @@ class Scheduler:
         with self._cond:
             jobs = list(self._pending)
             self._pending.clear()
+            controls = list(self._controls)
+            self._controls.clear()
+        for _fn, future in controls:
+            future.set_exception(exc)
         for slot in self._slots:
             if slot.job is not None:
                 jobs.append(slot.job)
@@ -254,6 +304,7 @@ class Scheduler:
         if self.turns.closing:
             self._fail_all(ClosedError("this Llama was closed during generation"))
             return
+        self._run_controls()
         if engine.abort.requested:
             engine.abort.requested = False
             self._fail_all(GenerationAborted("generation aborted by Llama.abort()"))

@@ -98,3 +98,5 @@ def test_metrics_off_without_the_flag(tiny_model_path: Path, tmp_path: Path) -> 
     for plain in start_server(tmp_path, "--model", str(tiny_model_path), "-t", "1", "-c", "512"):
         error = _error(httpx.get(plain.url + "/metrics", timeout=10), 501)
         assert "--metrics" in error["message"]
+        error = _error(httpx.post(plain.url + "/slots/0?action=erase", timeout=10), 501)
+        assert "--slot-save-path" in error["message"]

@@ -32,6 +32,7 @@ from llamarcp.server.routes_info import add_info_routes
 from llamarcp.server.routes_llama import add_llama_routes
 from llamarcp.server.routes_responses import add_responses_routes
 from llamarcp.server.settings import ModelConfig, ServerSettings
+from llamarcp.server.slots import add_slot_routes
 
 __all__ = ["ApiError", "ModelConfig", "ServerSettings", "ServerState", "create_app"]
 
@@ -151,6 +152,7 @@ def create_app(
     add_llama_routes(app, dispatcher, settings, require_key)
     add_anthropic_routes(app, dispatcher, require_key)
     add_responses_routes(app, dispatcher, require_key)
+    add_slot_routes(app, dispatcher, settings, require_key)
     return app
 
 

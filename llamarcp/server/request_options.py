@@ -16,12 +16,9 @@ from llamarcp.llama import MAX_PARALLEL
 from llamarcp.server.errors import ApiError
 from llamarcp.server.pool import ModelEntry
 
-__all__ = ["MAX_N_PROBS", "LlamaServerOptions", "call_in_slot", "generation_options", "in_slot", "slot_options"]
+__all__ = ["LlamaServerOptions", "call_in_slot", "generation_options", "in_slot", "slot_options"]
 
 T = TypeVar("T")
-
-#: llama-server caps nothing here; the top-n list is sorted per token, so keep it small (OpenAI allows 20).
-MAX_N_PROBS = 100
 
 
 class LlamaServerOptions(BaseModel):

@@ -283,7 +283,7 @@ class AnthropicEncoder(StreamEncoder):
 
     def _start(self) -> list[dict[str, str]]:
         self.started = True
-        message = {
+        message: dict[str, Any] = {
             "id": self.message_id,
             "type": "message",
             "role": "assistant",

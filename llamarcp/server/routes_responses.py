@@ -375,7 +375,7 @@ class ResponsesEncoder(StreamEncoder):
                 events += self._open(kind)
             assert self.open is not None
             self.open_text += piece
-            extra = {"logprobs": []} if kind == "message" else {}
+            extra: dict[str, Any] = {"logprobs": []} if kind == "message" else {}
             events.append(
                 self._event(
                     event, item_id=self.open["id"], output_index=len(self.output), content_index=0, delta=piece, **extra
