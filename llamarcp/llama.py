@@ -529,6 +529,18 @@ class Llama(ModelFacts, LlamaCppApiMixin):
         output = rows[0] if single else rows
         return (output, count) if return_count else output
 
+    def rank(self, query: str, documents: Sequence[str], truncate: bool = True, return_count: bool = False) -> Any:
+        """How relevant each document is to `query` (higher is more relevant), from a reranker (cross-encoder)
+        model loaded with `Llama(path, embedding=True, pooling_type=LLAMA_POOLING_TYPE_RANK)`: the classifier's
+        raw score per document, in the order given, as llama-server's /v1/rerank computes it. Pairs longer than
+        one pass are cut (`truncate=False`: PromptTooLongError); `return_count` adds the tokens read."""
+        with self._turns.exclusive():
+            engine = self._engine_or_raise()
+            if not self.embedding:
+                raise LlamaError("rank() needs Llama(..., embedding=True, pooling_type=LLAMA_POOLING_TYPE_RANK)")
+            scores, count = embeddings.rank(engine, query, list(documents), truncate=truncate)
+        return (scores, count) if return_count else scores
+
     def create_embedding(self, input: str | Sequence[str], model: str | None = None) -> dict[str, Any]:
         """OpenAI-shaped embeddings response for one text or a list of texts."""
         rows, count = self.embed(input, return_count=True)

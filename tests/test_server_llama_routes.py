@@ -101,10 +101,12 @@ def test_infill(server: Server) -> None:
     assert "input_extra" in _error(server.post("/infill", bad_extra), 400)["message"]
 
 
-def test_infill_needs_fim_tokens(tiny_model_path: Path, tmp_path: Path) -> None:
+def test_plain_model_has_no_infill_and_no_rerank(tiny_model_path: Path, tmp_path: Path) -> None:
     for plain in start_server(tmp_path, "--model", str(tiny_model_path), "-t", "1", "-c", "512", "-np", "1"):
         error = _error(plain.post("/infill", {"input_prefix": "a", "input_suffix": "b"}), 400)
         assert "Infill is not supported" in error["message"]
+        error = _error(plain.post("/v1/rerank", {"query": "a", "documents": ["b"]}), 501)
+        assert "--reranking" in error["message"]
 
 
 def test_llama_server_request_fields(server: Server) -> None:

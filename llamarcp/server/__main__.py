@@ -94,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="directory where POST /slots/ID?action=save|restore keeps slot files (default: slot saving off)",
     )
+    p.add_argument(
+        "--reranking",
+        "--rerank",
+        action="store_true",
+        default=None,
+        help="serve a reranker (cross-encoder) model: embeddings with rank pooling, for /v1/rerank",
+    )
     p.add_argument("--no-embeddings", dest="embeddings", action="store_false", help="disable /v1/embeddings")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument(
@@ -166,6 +173,11 @@ def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
     if args.embeddings is False:
         for config in configs:
             config.embeddings = False
+    if args.reranking:  # llama-server's --reranking: embedding contexts with rank pooling
+        from llamarcp._ffi import ffi
+
+        for config in configs:
+            config.llama_kwargs.update(embedding=True, pooling_type=ffi.integer_const("LLAMA_POOLING_TYPE_RANK"))
     if args.n_parallel is not None:  # a server-wide choice, also for the models of a config file
         for config in configs:
             config.n_parallel = args.n_parallel
