@@ -67,9 +67,16 @@ class SlotRequest:
 
     slot: int | None = None
     cache_prompt: bool = True
+    #: LoRA scales by adapter id for this generation, over the Llama's defaults (llamarcp.lora).
+    lora: tuple[tuple[int, float], ...] | None = None
 
 
 _SLOT_REQUEST: contextvars.ContextVar[SlotRequest] = contextvars.ContextVar("llamarcp_slot_request")
+
+
+def current_slot_request() -> SlotRequest:
+    """The `SlotRequest` in force on this thread (the default one outside `slot_request`)."""
+    return _SLOT_REQUEST.get(SlotRequest())
 
 
 @contextlib.contextmanager
@@ -103,6 +110,7 @@ class _Job:
     submitted: float = field(default_factory=time.perf_counter)
     first_token: float = 0.0
     placement: SlotRequest = field(default_factory=SlotRequest)
+    lora: tuple[float, ...] = ()  # the LoRA configuration it runs with
 
 
 @dataclass(eq=False)
@@ -111,6 +119,7 @@ class _Slot:
     tokens: list[int] = field(default_factory=list)  # what the memory holds for this sequence
     job: _Job | None = None
     last_used: int = 0
+    lora: tuple[float, ...] = ()  # the LoRA configuration its tokens were computed with
 
 
 class Scheduler:
@@ -227,7 +236,9 @@ class Scheduler:
             raise PromptTooLongError(len(prompt), engine.n_ctx)
         limit = engine.n_ctx - len(prompt) if max_tokens is None else max_tokens
         job = _Job(list(prompt), params, limit, logprobs, logits_processor, stopping_criteria)
-        job.placement = _SLOT_REQUEST.get(SlotRequest())
+        job.placement = current_slot_request()
+        if engine.loras is not None:
+            job.lora = engine.loras.resolve(job.placement.lora)
         if job.placement.slot is not None and not 0 <= job.placement.slot < self.n_parallel:
             raise ValueError(f"slot {job.placement.slot} does not exist (slots 0..{self.n_parallel - 1})")
         with self._cond:
@@ -359,6 +370,11 @@ class Scheduler:
                 job = self._pending.popleft()
             if job.cancelled:
                 continue
+            if not self._lora_ready(job):  # it and the jobs behind it wait for the running ones to finish
+                deferred.append(job)
+                with self._cond:
+                    self._pending.extendleft(reversed(deferred))
+                return
             wanted = job.placement.slot
             if (wanted is not None and self._slots[wanted].job is not None) or self._should_wait_for_prefill(job):
                 deferred.append(job)
@@ -367,6 +383,16 @@ class Scheduler:
                 self._start(job, free)
             except Exception as exc:
                 job.results.put(("error", exc))
+
+    def _lora_ready(self, job: _Job) -> bool:
+        """The context has the job's LoRA configuration, or can switch to it now (no other sequence runs)."""
+        loras = self.engine.loras
+        if loras is None or job.lora == loras.applied:
+            return True
+        if self.n_running > 0:
+            return False
+        loras.apply(job.lora)
+        return True
 
     def _should_wait_for_prefill(self, job: _Job) -> bool:
         """A prompt sharing a long prefix with one still being prefilled starts once that prefix is in memory
@@ -386,6 +412,8 @@ class Scheduler:
         prompt = job.prompt
         best_slot, best_n = None, 0
         for slot in self._slots if job.placement.cache_prompt else ():
+            if slot.lora != job.lora:
+                continue  # computed with other adapters
             n = _common_prefix(slot.tokens, prompt)
             if slot.job is not None:
                 n = min(n, len(slot.tokens))  # only what the running one has decoded already
@@ -416,6 +444,7 @@ class Scheduler:
         job.history = list(prompt)
         job.n_prompt_eval = len(job.todo)
         target.job = job
+        target.lora = job.lora
         target.last_used = next(self._clock)
         self.n_prompt_tokens_evaluated = job.n_prompt_eval
 

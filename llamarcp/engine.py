@@ -83,6 +83,8 @@ class Engine:
         self.last_timings: dict[str, float] = {}
         #: Totals over every generation of this context (the server's /metrics).
         self.stats = GenerationStats()
+        #: Hot-swappable LoRA adapters (`Llama.add_lora`; llamarcp.lora), None until one is loaded.
+        self.loras: Any = None
         #: Who last arranged the memory: "single" (this class, sequence 0) or the batching scheduler.
         self.owner = "single"
         #: With `keep_all_logits()` (Llama(logits_all=True)): every evaluated position's logits.

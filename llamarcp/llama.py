@@ -20,12 +20,13 @@ from llamarcp import _backend, embeddings, loading, state, text_completion
 from llamarcp._core import Context, ffi
 from llamarcp._cpu import physical_core_count
 from llamarcp._managed import abandon
-from llamarcp.batching import Scheduler
+from llamarcp.batching import Scheduler, current_slot_request
 from llamarcp.compat.cache import cache_restore, storing_after
 from llamarcp.compat.llama_api import LlamaCppApiMixin
 from llamarcp.engine import Engine, Outcome, Step
 from llamarcp.errors import LlamaError
 from llamarcp.generation_stats import StatsSnapshot
+from llamarcp.lora import LoraAdapters
 from llamarcp.model_facts import ModelFacts
 from llamarcp.sampling import (
     LLAMA_DEFAULT_SEED,
@@ -197,6 +198,7 @@ class Llama(ModelFacts, LlamaCppApiMixin):
                 self._engine.keep_all_logits()
             if lora_path is not None:
                 self._lora = loading.apply_lora(self._model, self._engine, lora_path, lora_scale)
+                self._lora_adapters().register(self._lora, float(lora_scale), applied=True)
         except BaseException:
             self._model.close()
             raise
@@ -379,6 +381,30 @@ class Llama(ModelFacts, LlamaCppApiMixin):
             prompt_tokens, params, max_tokens, logprobs, logits_processor, stopping_criteria, outcome, prompt_logprobs
         )
 
+    def _lora_adapters(self) -> LoraAdapters:
+        engine = self._engine_or_raise()
+        if engine.loras is None:
+            engine.loras = LoraAdapters(self._model, engine.ctx)
+        loras: LoraAdapters = engine.loras
+        return loras
+
+    def add_lora(self, path: str | os.PathLike[str], scale: float = 1.0) -> int:
+        """Load a LoRA adapter for hot swapping and return its id (0, 1, ...). `scale` is its default scale
+        (0: loaded but not applied); a generation may override scales by id (the server's per-request `lora`).
+        With several sequences (`n_parallel`), generations with different scales take turns."""
+        with self._turns.using():
+            return self._lora_adapters().add(path, scale)
+
+    def lora_adapters(self) -> list[dict[str, Any]]:
+        """The loaded adapters: [{"id", "path", "scale"}] with their default scales."""
+        engine = self._engine
+        return engine.loras.describe() if engine is not None and engine.loras is not None else []
+
+    def set_lora_scales(self, scales: Mapping[int, float], reset_others: bool = False) -> None:
+        """Change the default scales by adapter id (`reset_others`: adapters not named get 0); generations
+        already running keep the scales they started with."""
+        self._lora_adapters().set_defaults(scales, reset_others)
+
     def _single_steps(
         self,
         prompt_tokens: list[int],
@@ -394,6 +420,8 @@ class Llama(ModelFacts, LlamaCppApiMixin):
         self._turns.enter()
         try:
             engine = self._engine_or_raise()
+            if engine.loras is not None and engine.loras.apply(engine.loras.resolve(current_slot_request().lora)):
+                engine.clear()  # the cached prefix was computed with other adapters
             yield from engine.generate(
                 prompt_tokens,
                 params,
