@@ -101,6 +101,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="serve a reranker (cross-encoder) model: embeddings with rank pooling, for /v1/rerank",
     )
+    p.add_argument(
+        "--lora",
+        action="append",
+        metavar="FNAME",
+        help="LoRA adapter to load for hot swapping (repeatable; ids 0, 1, ... in order; scale 1)",
+    )
+    p.add_argument(
+        "--lora-scaled",
+        action="append",
+        nargs=2,
+        metavar=("FNAME", "SCALE"),
+        help="LoRA adapter with its default scale (repeatable; ids follow the --lora ones)",
+    )
+    p.add_argument(
+        "--lora-init-without-apply",
+        action="store_true",
+        help="load the LoRA adapters with scale 0 (set scales later with POST /lora-adapters or per request)",
+    )
     p.add_argument("--no-embeddings", dest="embeddings", action="store_false", help="disable /v1/embeddings")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument(
@@ -173,6 +191,11 @@ def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
     if args.embeddings is False:
         for config in configs:
             config.embeddings = False
+    adapters = _lora_flags(args)
+    if adapters:
+        if config_file:
+            raise UsageError("--lora/--lora-scaled serve one model; not with --config_file")
+        configs[0].lora_adapters = adapters
     if args.reranking:  # llama-server's --reranking: embedding contexts with rank pooling
         from llamarcp._ffi import ffi
 
@@ -206,6 +229,20 @@ def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
         "timeout_keep_alive": pick(args.timeout_keep_alive, "timeout_keep_alive", 5.0),
     }
     return settings, listener
+
+
+def _lora_flags(args: argparse.Namespace) -> list[tuple[str, float]]:
+    from llamarcp.lora import check_scale
+
+    adapters = [(path, 1.0) for path in args.lora or []]
+    for path, scale in args.lora_scaled or []:
+        try:
+            adapters.append((path, check_scale(float(scale))))
+        except ValueError as exc:
+            raise UsageError(f"--lora-scaled {path} {scale}: {exc}") from None
+    if args.lora_init_without_apply:
+        adapters = [(path, 0.0) for path, _ in adapters]
+    return adapters
 
 
 def _describe(configs: list[ModelConfig]) -> str:

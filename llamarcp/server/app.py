@@ -30,6 +30,7 @@ from llamarcp.server.routes_extras import add_extras_routes
 from llamarcp.server.routes_generation import add_generation_routes
 from llamarcp.server.routes_info import add_info_routes
 from llamarcp.server.routes_llama import add_llama_routes
+from llamarcp.server.routes_lora import add_lora_routes
 from llamarcp.server.routes_rerank import add_rerank_routes
 from llamarcp.server.routes_responses import add_responses_routes
 from llamarcp.server.settings import ModelConfig, ServerSettings
@@ -155,6 +156,7 @@ def create_app(
     add_responses_routes(app, dispatcher, require_key)
     add_slot_routes(app, dispatcher, settings, require_key)
     add_rerank_routes(app, dispatcher, require_key)
+    add_lora_routes(app, dispatcher, require_key)
     return app
 
 

@@ -86,6 +86,13 @@ class ModelEntry:
             # A worker serves one open model per process, so only the served model gets the RPC workers.
             self.llama = Llama(self.config.model, rpc_servers=self.config.rpc_servers, **self.config.llama_arguments())
             self._owns_llama = True
+            try:
+                for path, scale in self.config.lora_adapters:
+                    self.llama.add_lora(path, scale)
+            except BaseException:
+                self.llama.close()
+                self.llama = None
+                raise
             self.model_path = self.llama.model_path
             if not self.config.alias:
                 self.model_id = Path(self.model_path).name

@@ -15,6 +15,7 @@ from llamarcp.batching import SlotRequest, slot_request
 from llamarcp.llama import MAX_PARALLEL
 from llamarcp.server.errors import ApiError
 from llamarcp.server.pool import ModelEntry
+from llamarcp.server.routes_lora import lora_overrides
 
 __all__ = ["LlamaServerOptions", "call_in_slot", "generation_options", "in_slot", "slot_options"]
 
@@ -28,6 +29,9 @@ class LlamaServerOptions(BaseModel):
     id_slot: int = Field(-1, ge=-1, lt=MAX_PARALLEL, description="llama.cpp extension: run in this slot (-1: any)")
     chat_template_kwargs: dict[str, Any] | None = Field(
         None, description="llama.cpp extension: extra chat template variables, e.g. {'enable_thinking': false}"
+    )
+    lora: list[Any] | None = Field(
+        None, description="llama.cpp extension: [{id, scale}] LoRA scales for this request (others: the defaults)"
     )
     reasoning_format: Literal["auto", "deepseek", "none"] = Field(
         "auto", description="llama.cpp extension: split <think> reasoning into its own field ('none': keep it)"
@@ -56,7 +60,14 @@ def slot_options(body: Any, entry: ModelEntry) -> SlotRequest:
     n_slots = entry.runner.n_parallel
     if slot >= n_slots:
         raise ApiError(400, f"id_slot must be in -1..{n_slots - 1} (this model has {n_slots} slots)", param="id_slot")
-    return SlotRequest(slot=None if slot < 0 else slot, cache_prompt=getattr(body, "cache_prompt", True))
+    lora = getattr(body, "lora", None)
+    overrides = None
+    if lora is not None:
+        llama = entry.llama
+        overrides = lora_overrides(lora, len(llama.lora_adapters()) if llama is not None else None)
+    return SlotRequest(
+        slot=None if slot < 0 else slot, cache_prompt=getattr(body, "cache_prompt", True), lora=overrides
+    )
 
 
 def in_slot(options: SlotRequest, make: Callable[[], Iterator[T]]) -> Iterator[T]:

@@ -80,6 +80,9 @@ class _Request(_Body):
     ignore_eos: bool = Field(False, description="llama.cpp extension: never end at an end-of-generation token")
     cache_prompt: bool = Field(True, description="llama.cpp extension: reuse the longest cached prefix of the prompt")
     id_slot: int = Field(-1, ge=-1, le=MAX_SLOT_ID, description="llama.cpp extension: run in this slot (-1: any)")
+    lora: list[Any] | None = Field(
+        None, description="llama.cpp extension: [{id, scale}] LoRA scales for this request (others: the defaults)"
+    )
     n_probs: int = Field(
         0, ge=0, le=MAX_N_PROBS, description="llama.cpp extension: the top-n log-probabilities of each token"
     )

@@ -45,6 +45,8 @@ class ModelConfig:
     #: Further `Llama()` keywords (n_ubatch, flash_attn, type_k, use_mmap, embedding, lora_path, ...).
     llama_kwargs: dict[str, Any] = field(default_factory=dict)
     verbose: bool = False
+    #: Hot-swappable LoRA adapters (path, default scale), ids in this order (llama-server's --lora/--lora-scaled).
+    lora_adapters: list[tuple[str, float]] = field(default_factory=list)
 
     def llama_arguments(self) -> dict[str, Any]:
         """Keyword arguments for `Llama(self.model, **...)`."""
