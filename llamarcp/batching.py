@@ -35,6 +35,7 @@ from llamarcp._backend import get_lib
 from llamarcp._core import Batch
 from llamarcp.errors import (
     DECODE_ABORTED,
+    DECODE_NO_KV_SLOT,
     ClosedError,
     GenerationAborted,
     LlamaError,
@@ -132,6 +133,8 @@ class Scheduler:
         self.max_queued = max_queued
         self._slots = [_Slot(i) for i in range(n_parallel)]
         self._pending: deque[_Job] = deque()
+        #: Sequences whose entries in the current step are their next token (not a prompt chunk).
+        self._planned_next: set[int] = set()
         #: Work to run on the scheduler thread between two steps (slot save/restore/erase).
         self._controls: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._cond = threading.Condition()
@@ -330,6 +333,8 @@ class Scheduler:
         lib = get_lib()
         batch = self._batch.fill_entries(entries)
         rc = int(lib.llama_decode(engine.ctx.ptr, batch))
+        if rc == DECODE_NO_KV_SLOT and self._make_room(entries):
+            return  # the same tokens go into the next step
         if rc != 0:
             self._recover(rc, entries)
             return
@@ -339,6 +344,39 @@ class Scheduler:
             slot.tokens.append(token)
             if wants_logits and slot.job is not None:
                 self._sample(slot, index)
+
+    def _make_room(self, entries: list[tuple[int, int, int, bool]]) -> bool:
+        """The KV cache is full (sequences share it with `kv_unified`): give the step's tokens back to their
+        jobs, then drop the least recently used idle prefix cache, or else end the running sequence that holds
+        the most cells (finish_reason "length", as when one sequence fills its context). False if nothing
+        could be freed."""
+        lib = get_lib()
+        memory = self.engine.memory
+        for seq_id in {e[2] for e in entries}:
+            lib.llama_memory_seq_rm(memory, seq_id, len(self._slots[seq_id].tokens), -1)
+        for seq_id in {e[2] for e in entries}:
+            job = self._slots[seq_id].job
+            if job is None:
+                continue
+            tokens = [e[0] for e in entries if e[2] == seq_id]
+            if seq_id in self._planned_next:
+                job.next_token = tokens[0]
+            else:
+                job.todo = tokens + job.todo
+        idle = [s for s in self._slots if s.job is None and s.tokens]
+        if idle:
+            victim = min(idle, key=lambda s: s.last_used)
+            lib.llama_memory_seq_rm(memory, victim.seq_id, -1, -1)
+            victim.tokens = []
+            return True
+        running = [s for s in self._slots if s.job is not None and s.tokens]
+        if len(running) < 2:
+            return False
+        victim = max(running, key=lambda s: len(s.tokens))
+        self._finish(victim, "length")
+        lib.llama_memory_seq_rm(memory, victim.seq_id, -1, -1)
+        victim.tokens = []
+        return True
 
     def _recover(self, rc: int, entries: list[tuple[int, int, int, bool]]) -> None:
         """A failed decode: drop what it may have stored, fail the sequences it carried (never the process)."""
@@ -462,10 +500,12 @@ class Scheduler:
         """(token, position, seq_id, wants logits) for this step: next tokens first, then prompt chunks."""
         budget = self.engine.n_batch
         entries: list[tuple[int, int, int, bool]] = []
+        self._planned_next.clear()
         for slot in self._slots:
             job = slot.job
             if job is not None and job.next_token is not None and budget > 0:
                 entries.append((job.next_token, len(slot.tokens), slot.seq_id, True))
+                self._planned_next.add(slot.seq_id)
                 job.next_token = None
                 budget -= 1
         for slot in sorted((s for s in self._slots if s.job is not None and s.job.todo), key=lambda s: s.last_used):

@@ -99,6 +99,7 @@ class Llama(ModelFacts, LlamaCppApiMixin):
         n_threads_batch: int | None = None,
         n_seq_max: int | None = None,
         n_parallel: int = 1,
+        kv_unified: bool = False,
         rope_scaling_type: int | None = None,
         pooling_type: int = _POOLING_UNSPECIFIED,
         attention_type: int | None = None,
@@ -152,6 +153,9 @@ class Llama(ModelFacts, LlamaCppApiMixin):
         if not isinstance(n_parallel, int) or isinstance(n_parallel, bool) or not 1 <= n_parallel <= MAX_PARALLEL:
             raise ValueError(f"n_parallel must be an int in 1..{MAX_PARALLEL}, got {n_parallel!r}")
         self.n_parallel = n_parallel
+        if not isinstance(kv_unified, bool):
+            raise TypeError(f"kv_unified must be True or False, got {kv_unified!r}")
+        self.kv_unified = kv_unified and n_parallel > 1
         if logits_all and n_parallel > 1:
             raise ValueError("logits_all=True keeps one sequence's logits per position: it needs n_parallel=1")
         self.verbose = verbose
@@ -380,6 +384,12 @@ class Llama(ModelFacts, LlamaCppApiMixin):
         return self._single_steps(
             prompt_tokens, params, max_tokens, logprobs, logits_processor, stopping_criteria, outcome, prompt_logprobs
         )
+
+    def kv_cells(self) -> int:
+        """Token cells of the context's KV cache, all sequences together: `n_parallel * n_ctx`, or `n_ctx`
+        with `kv_unified=True` (the sequences share them, each up to `n_ctx`)."""
+        with self._turns.using():
+            return int(self._engine_or_raise().ctx.n_ctx())
 
     def _lora_adapters(self) -> LoraAdapters:
         engine = self._engine_or_raise()

@@ -7,6 +7,7 @@ are confined to the slot directory (`../`, absolute paths, symlinks, directories
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import struct
 from collections.abc import Iterator
@@ -165,3 +166,17 @@ def test_busy_slot_and_bad_actions(server: Server) -> None:
     no_key = httpx.post(server.url + "/slots/0?action=erase", timeout=10)
     assert _error(no_key, 401)["code"] == "invalid_api_key"
     assert _error(httpx.get(server.url + "/slots", timeout=10), 401)["code"] == "invalid_api_key"
+
+
+def test_kv_unified_server(tiny_model_path: Path, tmp_path: Path) -> None:
+    args = ("--model", str(tiny_model_path), "-t", "1", "-c", "256", "-np", "3", "--kv-unified")
+    for unified in start_server(tmp_path, *args):
+        assert unified.health()["slots"]["kv_cells"] == 256
+        props = httpx.get(unified.url + "/props", timeout=10).json()
+        assert props["kv_unified"] is True and props["kv_cells"] == 256 and props["total_slots"] == 3
+        body = {"prompt": PROMPT, "max_tokens": 120, "temperature": 0, "ignore_eos": True}
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(lambda _: unified.post("/v1/completions", body).json(), range(3)))
+        counts = [a["usage"]["completion_tokens"] for a in answers]
+        assert all(a["choices"][0]["finish_reason"] == "length" for a in answers)
+        assert max(counts) == 120 and min(counts) < 120  # 3 x ~140 cells do not fit in 256: one ended early

@@ -102,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve a reranker (cross-encoder) model: embeddings with rank pooling, for /v1/rerank",
     )
     p.add_argument(
+        "-kvu",
+        "--kv-unified",
+        action="store_true",
+        default=None,
+        help="the --parallel slots share one KV cache of --ctx-size cells (each slot up to --ctx-size; llama-server's "
+        "memory for -np N -c C) instead of N x ctx-size; when it is full, idle prefix caches go first",
+    )
+    p.add_argument(
         "--lora",
         action="append",
         metavar="FNAME",
@@ -196,6 +204,9 @@ def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
         if config_file:
             raise UsageError("--lora/--lora-scaled serve one model; not with --config_file")
         configs[0].lora_adapters = adapters
+    if args.kv_unified:
+        for config in configs:
+            config.llama_kwargs["kv_unified"] = True
     if args.reranking:  # llama-server's --reranking: embedding contexts with rank pooling
         from llamarcp._ffi import ffi
 

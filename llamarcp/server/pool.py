@@ -170,6 +170,9 @@ class ModelEntry:
         status = getattr(self.llama, "batching_status", None)
         if self.loaded and status is not None:
             counts.update(status())
+        kv_cells = getattr(self.llama, "kv_cells", None)
+        if self.loaded and kv_cells is not None:
+            counts["kv_cells"] = kv_cells()  # all slots together (--kv-unified: shared)
         return counts
 
     def end_of_generation_tokens(self) -> frozenset[int]:
