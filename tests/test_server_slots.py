@@ -170,7 +170,9 @@ def test_busy_slot_and_bad_actions(server: Server) -> None:
 
 def test_kv_unified_server(tiny_model_path: Path, tmp_path: Path) -> None:
     args = ("--model", str(tiny_model_path), "-t", "1", "-c", "256", "-np", "3", "--kv-unified")
-    for unified in start_server(tmp_path, *args):
+    servers = start_server(tmp_path, *args)
+    unified = next(servers)
+    try:
         assert unified.health()["slots"]["kv_cells"] == 256
         props = httpx.get(unified.url + "/props", timeout=10).json()
         assert props["kv_unified"] is True and props["kv_cells"] == 256 and props["total_slots"] == 3
@@ -180,3 +182,5 @@ def test_kv_unified_server(tiny_model_path: Path, tmp_path: Path) -> None:
         counts = [a["usage"]["completion_tokens"] for a in answers]
         assert all(a["choices"][0]["finish_reason"] == "length" for a in answers)
         assert max(counts) == 120 and min(counts) < 120  # 3 x ~140 cells do not fit in 256: one ended early
+    finally:
+        servers.close()
