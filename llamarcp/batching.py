@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from llamarcp._backend import get_lib
 from llamarcp._core import Batch
+from llamarcp.compat.speculative import LlamaPromptLookupDecoding
 from llamarcp.errors import (
     DECODE_ABORTED,
     DECODE_NO_KV_SLOT,
@@ -42,6 +43,7 @@ from llamarcp.errors import (
     PromptTooLongError,
     check_decode,
 )
+from llamarcp.ngram_draft import DraftControl, NgramIndex
 from llamarcp.sampling import SamplerChain, SamplingParams, build_sampler_chain
 from llamarcp.token_picker import logits_view, logprob_info
 
@@ -70,6 +72,8 @@ class SlotRequest:
     cache_prompt: bool = True
     #: LoRA scales by adapter id for this generation, over the Llama's defaults (llamarcp.lora).
     lora: tuple[tuple[int, float], ...] | None = None
+    #: Most drafts per step for speculative decoding (None: the draft model's own; 0: off).
+    draft_max: int | None = None
 
 
 _SLOT_REQUEST: contextvars.ContextVar[SlotRequest] = contextvars.ContextVar("llamarcp_slot_request")
@@ -111,6 +115,9 @@ class _Job:
     submitted: float = field(default_factory=time.perf_counter)
     first_token: float = 0.0
     placement: SlotRequest = field(default_factory=SlotRequest)
+    draft: DraftControl | None = None  # speculative decoding of this greedy request
+    ngrams: NgramIndex | None = None
+    drafts: list[int] = field(default_factory=list)  # proposed in the current step
     lora: tuple[float, ...] = ()  # the LoRA configuration it runs with
 
 
@@ -126,8 +133,13 @@ class _Slot:
 class Scheduler:
     """Continuous batching over an Engine whose context has `n_parallel` sequences."""
 
-    def __init__(self, engine: Engine, turns: Turns, n_parallel: int, max_queued: int | None = None) -> None:
+    def __init__(
+        self, engine: Engine, turns: Turns, n_parallel: int, max_queued: int | None = None, draft_model: Any = None
+    ) -> None:
         self.engine = engine
+        #: Speculative decoding of greedy requests (llamarcp.ngram_draft): a `LlamaPromptLookupDecoding` uses an
+        #: incremental n-gram index; any other draft model is called with the history.
+        self.draft_model = draft_model
         self.turns = turns
         self.n_parallel = n_parallel
         self.max_queued = max_queued
@@ -339,11 +351,38 @@ class Scheduler:
             self._recover(rc, entries)
             return
         engine.stats.add_decode(len({e[2] for e in entries}))
+        drafting: dict[int, _Job] = {}
+        for seq_id in self._planned_next:
+            planned = self._slots[seq_id].job
+            if planned is not None and planned.drafts:
+                drafting[seq_id] = planned
+        seen: set[int] = set()
+        accepted: dict[int, int] = dict.fromkeys(drafting, 0)
+        rejected: set[int] = set()
         for index, (token, _pos, seq_id, wants_logits) in enumerate(entries):
             slot = self._slots[seq_id]
+            job = drafting.get(seq_id)
+            if job is not None:
+                if seq_id not in seen:  # the sampled token that the drafts follow
+                    assert job.draft is not None
+                    job.draft.tried(len(job.drafts))
+                elif seq_id in rejected or slot.job is not job or job.next_token != token:
+                    rejected.add(seq_id)  # greedy picked another token here (or the request ended)
+                    continue
+                else:  # the draft is the token greedy decoding picked: it is decoded already
+                    assert job.draft is not None
+                    job.next_token = None
+                    job.draft.accepted += 1
+                    accepted[seq_id] += 1
+            seen.add(seq_id)
             slot.tokens.append(token)
             if wants_logits and slot.job is not None:
                 self._sample(slot, index)
+        for seq_id, job in drafting.items():
+            assert job.draft is not None
+            job.draft.adapt(len(job.drafts), accepted[seq_id])
+            if accepted[seq_id] < len(job.drafts):  # drop the rejected drafts' KV
+                lib.llama_memory_seq_rm(engine.memory, seq_id, len(self._slots[seq_id].tokens), -1)
 
     def _make_room(self, entries: list[tuple[int, int, int, bool]]) -> bool:
         """The KV cache is full (sequences share it with `kv_unified`): give the step's tokens back to their
@@ -478,6 +517,7 @@ class Scheduler:
                 lib.llama_memory_seq_cp(memory, best_slot.seq_id, target.seq_id, 0, best_n)
                 target.tokens = list(prompt[:best_n])
         job.chain = build_sampler_chain(engine.model, job.params, history=prompt)
+        self._setup_drafts(job)
         job.todo = list(prompt[len(target.tokens) :])
         job.history = list(prompt)
         job.n_prompt_eval = len(job.todo)
@@ -485,6 +525,35 @@ class Scheduler:
         target.lora = job.lora
         target.last_used = next(self._clock)
         self.n_prompt_tokens_evaluated = job.n_prompt_eval
+
+    def _setup_drafts(self, job: _Job) -> None:
+        """Speculative decoding for a greedy request (temperature 0, with any biases, penalties, grammar or logits
+        processor), when a draft model is set. Each row is sampled in order exactly as without drafts, so the
+        answer is the same; only rows whose draft equals the token sampled before them are kept."""
+        draft_model = self.draft_model
+        assert job.chain is not None
+        if draft_model is None or job.chain.names[-1:] != ["greedy"]:
+            return
+        n_max = int(getattr(draft_model, "num_pred_tokens", 8))
+        if job.placement.draft_max is not None:
+            n_max = min(n_max, job.placement.draft_max)
+        if n_max <= 0:
+            return
+        job.draft = DraftControl(n_max)
+        if isinstance(draft_model, LlamaPromptLookupDecoding):
+            job.ngrams = NgramIndex(draft_model.max_ngram_size, job.history)
+
+    def _propose(self, job: _Job, n: int) -> list[int]:
+        if job.ngrams is not None:
+            return job.ngrams.propose(n)
+        try:
+            proposed = self.draft_model(self._np.asarray(job.history, dtype=self._np.intc))
+            drafts = [int(t) for t in self._np.asarray(proposed).reshape(-1)[:n]]
+            self.engine.model.check_tokens(drafts)
+        except Exception:  # a draft model's failure costs its request the speed-up, not the answer
+            job.draft = None
+            return []
+        return drafts
 
     def _prefix_usable(self, slot: _Slot, n: int) -> bool:
         """A sliding-window cache may have dropped positions a reused prefix needs."""
@@ -508,6 +577,15 @@ class Scheduler:
                 self._planned_next.add(slot.seq_id)
                 job.next_token = None
                 budget -= 1
+                job.drafts = []
+                if job.draft is not None:
+                    room = min(budget, self.engine.n_ctx - len(slot.tokens) - 2, job.max_tokens - job.n_generated - 1)
+                    n = min(job.draft.budget(), room)
+                    if n > 0:
+                        job.drafts = self._propose(job, n)
+                    pos = len(slot.tokens) + 1
+                    entries.extend((d, pos + i, slot.seq_id, True) for i, d in enumerate(job.drafts))
+                    budget -= len(job.drafts)
         for slot in sorted((s for s in self._slots if s.job is not None and s.job.todo), key=lambda s: s.last_used):
             if budget <= 0:
                 break
@@ -553,6 +631,8 @@ class Scheduler:
             self._finish(slot, "stop")
             return
         job.history.append(token)
+        if job.ngrams is not None:
+            job.ngrams.extend((token,))
         if job.n_generated >= job.max_tokens or len(slot.tokens) >= engine.n_ctx:
             self._finish(slot, "length")
             return
@@ -585,13 +665,20 @@ class Scheduler:
 def _timings(job: _Job) -> dict[str, float]:
     done = time.perf_counter()
     first = job.first_token or done
-    return {
+    timings = {
         "prompt_n": float(len(job.prompt)),
         "prompt_eval_n": float(job.n_prompt_eval),
         "prompt_ms": (first - job.submitted) * 1e3,
         "predicted_n": float(job.n_generated),
         "predicted_ms": (done - first) * 1e3,
     }
+    if job.draft is not None:
+        timings.update(
+            draft_n=float(job.draft.drafted),
+            draft_accepted_n=float(job.draft.accepted),
+            draft_steps=float(job.draft.steps),
+        )
+    return timings
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

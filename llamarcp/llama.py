@@ -197,7 +197,7 @@ class Llama(ModelFacts, LlamaCppApiMixin):
                 self._model, self._init_args, self, is_closing=lambda: self._turns.closing
             )
             if n_parallel > 1:
-                self._scheduler = Scheduler(self._engine, self._turns, n_parallel)
+                self._scheduler = Scheduler(self._engine, self._turns, n_parallel, draft_model=draft_model)
             if logits_all and not self.embedding:  # an embedding context outputs embeddings, not logits
                 self._engine.keep_all_logits()
             if lora_path is not None:

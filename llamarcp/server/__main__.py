@@ -110,6 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
         "memory for -np N -c C) instead of N x ctx-size; when it is full, idle prefix caches go first",
     )
     p.add_argument(
+        "--spec-type",
+        choices=["ngram-simple"],
+        help="speculative decoding of greedy requests: ngram-simple drafts from the prompt and the answer so far "
+        "(prompt lookup); the draft length adapts to how many drafts are accepted (default: off)",
+    )
+    p.add_argument("--spec-draft-n-max", type=int, metavar="N", help="most draft tokens per step (default 10; 1..256)")
+    p.add_argument(
+        "--spec-ngram-simple-size-n", type=int, metavar="N", help="longest n-gram looked up (default 2; 1..16)"
+    )
+    p.add_argument(
         "--lora",
         action="append",
         metavar="FNAME",
@@ -204,6 +214,17 @@ def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
         if config_file:
             raise UsageError("--lora/--lora-scaled serve one model; not with --config_file")
         configs[0].lora_adapters = adapters
+    if args.spec_type or args.spec_draft_n_max is not None or args.spec_ngram_simple_size_n is not None:
+        if not args.spec_type:
+            raise UsageError("--spec-draft-n-max / --spec-ngram-simple-size-n need --spec-type ngram-simple")
+        n_max = 10 if args.spec_draft_n_max is None else args.spec_draft_n_max
+        size_n = 2 if args.spec_ngram_simple_size_n is None else args.spec_ngram_simple_size_n
+        if not 1 <= n_max <= 256 or not 1 <= size_n <= 16:
+            raise UsageError("--spec-draft-n-max must be in 1..256 and --spec-ngram-simple-size-n in 1..16")
+        from llamarcp.compat.speculative import LlamaPromptLookupDecoding
+
+        for config in configs:
+            config.llama_kwargs["draft_model"] = LlamaPromptLookupDecoding(size_n, n_max)
     if args.kv_unified:
         for config in configs:
             config.llama_kwargs["kv_unified"] = True

@@ -30,6 +30,13 @@ class LlamaServerOptions(BaseModel):
     chat_template_kwargs: dict[str, Any] | None = Field(
         None, description="llama.cpp extension: extra chat template variables, e.g. {'enable_thinking': false}"
     )
+    speculative_n_max: int | None = Field(
+        None,
+        alias="speculative.n_max",
+        ge=0,
+        le=256,
+        description="llama.cpp extension: most draft tokens per step for speculative decoding (0: off)",
+    )
     lora: list[Any] | None = Field(
         None, description="llama.cpp extension: [{id, scale}] LoRA scales for this request (others: the defaults)"
     )
@@ -66,7 +73,10 @@ def slot_options(body: Any, entry: ModelEntry) -> SlotRequest:
         llama = entry.llama
         overrides = lora_overrides(lora, len(llama.lora_adapters()) if llama is not None else None)
     return SlotRequest(
-        slot=None if slot < 0 else slot, cache_prompt=getattr(body, "cache_prompt", True), lora=overrides
+        slot=None if slot < 0 else slot,
+        cache_prompt=getattr(body, "cache_prompt", True),
+        lora=overrides,
+        draft_max=getattr(body, "speculative_n_max", None),
     )
 
 

@@ -80,6 +80,13 @@ class _Request(_Body):
     ignore_eos: bool = Field(False, description="llama.cpp extension: never end at an end-of-generation token")
     cache_prompt: bool = Field(True, description="llama.cpp extension: reuse the longest cached prefix of the prompt")
     id_slot: int = Field(-1, ge=-1, le=MAX_SLOT_ID, description="llama.cpp extension: run in this slot (-1: any)")
+    speculative_n_max: int | None = Field(
+        None,
+        alias="speculative.n_max",
+        ge=0,
+        le=256,
+        description="llama.cpp extension: most draft tokens per step for speculative decoding (0: off)",
+    )
     lora: list[Any] | None = Field(
         None, description="llama.cpp extension: [{id, scale}] LoRA scales for this request (others: the defaults)"
     )
