@@ -146,6 +146,8 @@ def restore_sequence(llama: Llama, seq_id: int, snapshot: SequenceSnapshot) -> N
             raise StateError(f"llama.cpp could not restore the state into slot {seq_id}{reason}")
         if slot is not None:
             slot.tokens = tokens
+            # The file does not say which LoRA scales the state was computed with: take the current defaults.
+            slot.lora = engine.loras.resolve() if engine.loras is not None else ()
         else:
             engine.input_ids = tokens
 

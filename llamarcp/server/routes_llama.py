@@ -30,6 +30,8 @@ __all__ = ["add_llama_routes"]
 MAX_CONTENT_PARTS = 65536
 MAX_DETOKENIZE = 1 << 20
 MAX_INFILL_EXTRA = 256
+#: Tokens one /tokenize may answer with pieces (each piece is a small object: bound the answer's memory).
+MAX_PIECES = 1 << 18
 
 
 class _Body(BaseModel):
@@ -177,6 +179,12 @@ def add_llama_routes(
         def run(llama: Any) -> list[Any]:
             tokens = _tokenize_content(llama, body)
             if body.with_pieces:
+                if len(tokens) > MAX_PIECES:
+                    raise ApiError(
+                        400,
+                        f"with_pieces answers at most {MAX_PIECES} tokens; this text has {len(tokens)}",
+                        param="with_pieces",
+                    )
                 return [{"id": t, "piece": _piece(llama, t)} for t in tokens]
             return tokens
 
