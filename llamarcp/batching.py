@@ -344,6 +344,7 @@ class Scheduler:
             return
         lib = get_lib()
         batch = self._batch.fill_entries(entries)
+        started = time.perf_counter()
         rc = int(lib.llama_decode(engine.ctx.ptr, batch))
         if rc == DECODE_NO_KV_SLOT and self._make_room(entries):
             return  # the same tokens go into the next step
@@ -378,11 +379,16 @@ class Scheduler:
             slot.tokens.append(token)
             if wants_logits and slot.job is not None:
                 self._sample(slot, index)
+        seconds = time.perf_counter() - started
         for seq_id, job in drafting.items():
             assert job.draft is not None
-            job.draft.adapt(len(job.drafts), accepted[seq_id])
+            job.draft.adapt(len(job.drafts), accepted[seq_id], seconds)
             if accepted[seq_id] < len(job.drafts):  # drop the rejected drafts' KV
                 lib.llama_memory_seq_rm(engine.memory, seq_id, len(self._slots[seq_id].tokens), -1)
+        for seq_id in self._planned_next - drafting.keys():  # a plain step of a drafting request: its yardstick
+            plain = self._slots[seq_id].job
+            if plain is not None and plain.draft is not None:
+                plain.draft.observe_plain(seconds)
 
     def _make_room(self, entries: list[tuple[int, int, int, bool]]) -> bool:
         """The KV cache is full (sequences share it with `kv_unified`): give the step's tokens back to their

@@ -4,11 +4,8 @@
 occurrence of the longest matching tail n-gram), but keeps a dict of n-gram -> first position that grows with
 each token, so a proposal costs O(max_ngram_size) instead of a scan of the whole history per token.
 
-`DraftControl` sets how many drafts a sequence tries per step from the acceptance it has seen, so drafting never
-costs much where it does not pay: the length doubles after a fully accepted run and drops to one more than the
-accepted count after a miss (as `llamarcp.draft_decoding`); when fewer than half of the recent drafts were
-accepted, drafting pauses, then probes again with a few single drafts; each failed probe doubles the pause, so a
-sequence whose drafts are always wrong drafts on a few percent of its steps.
+`DraftControl` sets how many drafts a sequence tries per step from what drafting has paid so far (tokens per
+second against its own plain steps), so drafting never costs much where it does not pay.
 """
 
 from __future__ import annotations
@@ -49,34 +46,43 @@ class NgramIndex:
 
 
 class DraftControl:
-    #: Drafts judged together, and the share of them that must be accepted to go on drafting.
-    WINDOW = 16
+    """How many drafts one sequence tries per step, from what drafting has paid so far.
+
+    The length doubles after a fully accepted run and drops to one more than the accepted count after a miss.
+    Every `WINDOW` drafting steps are judged: by time when plain steps of the same sequence have been measured
+    (tokens per second with drafts against without; on a CPU, verifying k drafts costs far more than 1/k of a
+    step), else by acceptance (at least half). A window that did not pay pauses drafting, twice as long after each
+    failed probe; one that paid is followed by `MEASURE` plain steps that refresh the comparison.
+    """
+
+    WINDOW = 8
+    MEASURE = 2
     MIN_RATE = 0.5
-    #: Steps without drafts after a poor window (doubling after each poor probe, up to MAX_PAUSE), and the drafts
-    #: a probe tries before it is judged.
-    PAUSE = 32
+    PAUSE = 16
     MAX_PAUSE = 1024
-    PROBE = 4
+    #: Weight of the newest step in the moving averages of tokens per second.
+    EMA = 0.3
 
     def __init__(self, n_max: int) -> None:
         self.n_max = n_max
         self.n = min(n_max, 4)
-        self.window = self.WINDOW
-        self.window_drafted = 0
-        self.window_accepted = 0
         self.pause = self.PAUSE
         self.paused_for = 0
+        self.plain_rate: float | None = None
+        self.window_steps = 0
+        self.window_drafted = 0
+        self.window_accepted = 0
+        self.window_tokens = 0
+        self.window_seconds = 0.0
         #: Totals of the sequence: drafts tried, accepted, verification steps.
         self.drafted = 0
         self.accepted = 0
         self.steps = 0
 
     def budget(self) -> int:
-        """Drafts to try in the next step (0 while paused)."""
+        """Drafts to try in the next step (0: a plain step, while paused or measuring)."""
         if self.paused_for > 0:
             self.paused_for -= 1
-            if self.paused_for == 0:
-                self.n, self.window = 1, self.PROBE  # probe again, briefly
             return 0
         return self.n
 
@@ -84,17 +90,33 @@ class DraftControl:
         self.drafted += drafted
         self.steps += 1
 
-    def adapt(self, drafted: int, accepted: int) -> None:
-        """After a verification step: `accepted` of `drafted` were right (the totals count them as they are
-        verified, so a sequence that ends mid-step has them too)."""
+    def observe_plain(self, seconds: float) -> None:
+        """A step of this sequence without drafts took `seconds` (one token)."""
+        if seconds > 0:
+            rate = 1.0 / seconds
+            self.plain_rate = rate if self.plain_rate is None else self.plain_rate + self.EMA * (rate - self.plain_rate)
+
+    def adapt(self, drafted: int, accepted: int, seconds: float = 0.0) -> None:
+        """After a verification step: `accepted` of `drafted` were right, in `seconds` (the totals count them as
+        they are verified, so a sequence that ends mid-step has them too)."""
+        self.n = min(self.n_max, 2 * self.n) if accepted == drafted else max(1, accepted + 1)
+        self.window_steps += 1
         self.window_drafted += drafted
         self.window_accepted += accepted
-        self.n = min(self.n_max, 2 * self.n) if accepted == drafted else max(1, accepted + 1)
-        if self.window_drafted >= self.window:
-            if self.window_accepted < self.MIN_RATE * self.window_drafted:
-                self.paused_for = self.pause
-                self.pause = min(self.MAX_PAUSE, 2 * self.pause)
-            else:
-                self.pause = self.PAUSE
-            self.window = self.WINDOW
-            self.window_drafted = self.window_accepted = 0
+        self.window_tokens += accepted + 1
+        self.window_seconds += seconds
+        if self.window_steps < self.WINDOW:
+            return
+        if self.plain_rate is not None and self.window_seconds > 0:
+            paid = self.window_tokens / self.window_seconds >= self.plain_rate
+        else:
+            paid = self.window_accepted >= self.MIN_RATE * self.window_drafted
+        if paid:
+            self.pause = self.PAUSE
+            self.paused_for = self.MEASURE
+        else:
+            self.paused_for = self.pause
+            self.pause = min(self.MAX_PAUSE, 2 * self.pause)
+            self.n = 1  # the probe after the pause starts small
+        self.window_steps = self.window_drafted = self.window_accepted = self.window_tokens = 0
+        self.window_seconds = 0.0

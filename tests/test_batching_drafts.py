@@ -123,25 +123,29 @@ def test_draft_control_adapts() -> None:
     control = DraftControl(8)
     assert control.budget() == 4
     control.tried(4)
-    control.adapt(4, 4)
+    control.adapt(4, 4, 0.01)
     assert control.budget() == 8
     control.tried(8)
-    control.adapt(8, 2)
+    control.adapt(8, 2, 0.01)
     assert control.budget() == 3
-    for _ in range(3):  # the window of 16 drafts ends with 2 of 16 accepted: pause
-        control.tried(1)
-        control.adapt(1, 0)
-    assert control.budget() == 1
-    control.tried(1)
-    control.adapt(1, 0)
-    assert [control.budget() for _ in range(DraftControl.PAUSE)] == [0] * DraftControl.PAUSE
-    for _ in range(DraftControl.PROBE):  # a failed probe: the next pause is twice as long
-        assert control.budget() == 1
-        control.tried(1)
-        control.adapt(1, 0)
-    assert [control.budget() for _ in range(2 * DraftControl.PAUSE)] == [0] * (2 * DraftControl.PAUSE)
-    for _ in range(DraftControl.PROBE):  # a good probe: back to drafting, more each time
-        assert control.budget() >= 1
+    for _ in range(DraftControl.WINDOW - 2):  # the window ends with 6 of 18 accepted (no timing yet): pause
         control.tried(control.n)
-        control.adapt(control.n, control.n)
-    assert control.budget() == 8
+        control.adapt(control.n, 0, 0.01)
+    assert [control.budget() for _ in range(DraftControl.PAUSE)] == [0] * DraftControl.PAUSE
+    assert control.budget() == 1  # the probe starts small
+
+    # With plain steps measured, the window is judged by tokens per second, whatever the acceptance.
+    control.observe_plain(0.1)  # 10 tokens/s without drafts
+    for _ in range(DraftControl.WINDOW):
+        control.tried(control.n)
+        control.adapt(control.n, 0, 0.05)  # 20 tokens/s with them: it pays
+    assert [control.budget() for _ in range(DraftControl.MEASURE)] == [0] * DraftControl.MEASURE
+    assert control.budget() == 1
+    for _ in range(20):
+        control.observe_plain(0.01)  # now 100 tokens/s without drafts
+    for pause in (DraftControl.PAUSE, 2 * DraftControl.PAUSE):  # drafting at 50 tokens/s does not: pauses double
+        for _ in range(DraftControl.WINDOW):
+            control.tried(control.n)
+            control.adapt(control.n, control.n, 0.02 * (control.n + 1))
+        assert [control.budget() for _ in range(pause)] == [0] * pause
+        assert control.budget() == 1
