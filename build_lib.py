@@ -442,6 +442,16 @@ def _locked(path: Path, what: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+#: A llama.cpp tree to build instead of the pin (build_lib.py's default --source; setup.py generates its bindings).
+SOURCE_ENV = "LLAMARCP_LLAMA_CPP_SOURCE"
+
+
+def user_tree(source: Path, commit: str | None = None) -> tuple[Path, str]:
+    """(resolved tree, its commit) of a user's llama.cpp tree; BuildError naming what is missing."""
+    tree, _, found = source_identity(source, commit)
+    return tree, found
+
+
 def user_cmake_args(backends: list[str], extra: list[str], env: Mapping[str, str] | None = None) -> list[str]:
     source = os.environ if env is None else env
     args = [BACKEND_FLAGS[b] for b in backends]
@@ -554,9 +564,12 @@ def build(
         missing_tools = [t for t in tools if not (bins / TOOLS[t][1]).exists()]
         missing_libs = [n for n in libraries if not any((libs / f).exists() for f in companion_file_names(n))]
         if fresh and not missing_tools and not missing_libs:
-            if stamp is not None and "abi_fingerprint" not in stamp:  # a stamp older than the ABI fingerprint
-                stamp.update(_abi_stamp(src, commit, libs))
-                _write_stamp(stamp_path, stamp)
+            if stamp is not None and not stamp.get("abi_fingerprint"):  # stamped without one (no libclang then)
+                update = _abi_stamp(src, commit, libs, verified=identity.startswith("pinned:"))
+                if update.get("abi_fingerprint") or "abi_fingerprint" not in stamp:
+                    stamp.pop("abi_error", None)
+                    stamp.update(update)
+                    _write_stamp(stamp_path, stamp)
             _say(f"cached build {print_id} is up to date (nothing to do)")
             return libs
         if not allow_build:
@@ -594,7 +607,7 @@ def build(
                 "fingerprint": fp,
                 "key": print_id,
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                **_abi_stamp(src, commit, libs),
+                **_abi_stamp(src, commit, libs, verified=identity.startswith("pinned:")),
             }
             stamp_path.write_text(json.dumps(stamp, indent=2) + "\n")
         if missing_tools:
@@ -620,13 +633,41 @@ def build(
     return libs
 
 
-def _abi_stamp(src: Path, commit: str, libs: Path) -> dict[str, object]:
-    """The ABI fingerprint of the headers built from (codegen/abi.py), for the runtime guard."""
+def _abi_stamp(src: Path, commit: str, libs: Path, verified: bool = False) -> dict[str, object]:
+    """The ABI fingerprint of the headers built from, for the runtime guard.
+
+    A verified tree of a release of the window (the pin included) has it in the generated bindings: no libclang
+    needed. Any other tree is parsed (codegen/abi.py, libclang).
+    """
+    if verified:
+        known = _known_abi(commit, libs)
+        if known is not None:
+            return known
     try:
         from codegen.abi import stamp_library
     except ImportError as exc:  # codegen's dependencies absent: no fingerprint, the guard probes the library
         return {"abi_fingerprint": None, "abi_error": f"codegen not importable: {exc}"}
     return stamp_library(src, commit, libs)
+
+
+def _known_abi(commit: str, libs: Path) -> dict[str, object] | None:
+    """The stamp fields of a window release's tree, from the generated bindings (None: not in the window)."""
+    from llamarcp import _release
+    from llamarcp.drift import abi
+
+    try:
+        name = _release.release_name_of(commit)
+        bindings = _release.release(name) if name is not None else None
+    except (ImportError, KeyError):
+        return None
+    if bindings is None:
+        return None
+    document = {"commit": commit, "fingerprint": bindings.fingerprint, "items": bindings.items}
+    target = libs / abi.ITEMS_FILE
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps(document, indent=0, sort_keys=True) + "\n")
+    tmp.replace(target)
+    return {"abi_fingerprint": bindings.fingerprint, "abi_from": f"the generated bindings of {name}"}
 
 
 def _write_stamp(path: Path, stamp: dict[str, object]) -> None:
@@ -650,7 +691,7 @@ def _bundle_name(aliases: list[str]) -> str:
     return min(versioned or aliases, key=len)
 
 
-def bundle(libs: Path, dest: Path) -> list[Path]:
+def bundle(libs: Path, dest: Path, keep: tuple[str, ...] = ()) -> list[Path]:
     """Copy libllama, its ggml libraries and the build stamp from a build's `libs` into `dest`, as plain files.
 
     Wheels hold no symlinks, so each library is copied once, under the one name it is looked up by; the
@@ -662,8 +703,14 @@ def bundle(libs: Path, dest: Path) -> list[Path]:
             by_target.setdefault(path.resolve(), []).append(path.name)
     if not any(_bundle_name(names) in LIB_NAMES for names in by_target.values()):
         raise BuildError(f"{libs} holds no libllama to bundle")
-    shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir(parents=True)
+    for entry in dest.iterdir() if dest.is_dir() else ():
+        if entry.name in keep:
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    dest.mkdir(parents=True, exist_ok=True)
     written = []
     for target, names in sorted(by_target.items()):
         out = dest / _bundle_name(names)
@@ -675,7 +722,7 @@ def bundle(libs: Path, dest: Path) -> list[Path]:
     return written
 
 
-def build_for_wheel(dest: Path, source: Path | None = None) -> list[Path]:
+def build_for_wheel(dest: Path, source: Path | None = None, keep: tuple[str, ...] = ()) -> list[Path]:
     """The PEP 517 hook's one call (setup.py): build or reuse the pinned library, bundle it into `dest`.
 
     Honours $CMAKE_ARGS (e.g. `-DGGML_CUDA=on`) like llama-cpp-python, and FORCE_CMAKE=1 to rebuild.
@@ -683,12 +730,44 @@ def build_for_wheel(dest: Path, source: Path | None = None) -> list[Path]:
     """
     force = os.environ.get("FORCE_CMAKE", "").strip().lower() in ("1", "true", "yes", "on")
     libs = build(source, force=force)
-    written = bundle(libs, dest)
+    written = bundle(libs, dest, keep)
     _say(f"bundled {', '.join(p.name for p in written)} from {libs}")
     return written
 
 
+def build_own_tree_for_wheel(dest: Path, source: Path) -> list[str]:
+    """`pip install` with LLAMARCP_LLAMA_CPP_SOURCE: bindings from the tree's headers, then its library, bundled.
+
+    The headers are parsed first (seconds), so a tree without llama.h or with a header libclang cannot parse
+    fails before any compiling. Returns the report lines the build prints (codegen/own_tree.py).
+    """
+    tree, commit = user_tree(source)
+    try:
+        from codegen import parse
+        from codegen.own_tree import bundle_bindings
+    except ImportError as exc:
+        raise BuildError(f"generating bindings for {tree} needs llamarcp's codegen and libclang: {exc}") from exc
+    try:
+        report = bundle_bindings(tree, commit, dest / "bindings")
+    except parse.ParseError as exc:
+        raise BuildError(f"the headers of {tree} cannot be turned into bindings: {exc}") from exc
+    build_for_wheel(dest, source=tree, keep=("bindings",))
+    return report
+
+
 # ------------------------------------------------------------------------------------------------ cli
+
+
+def release_carrier(name: str) -> _pin.Carrier:
+    """The carrier of a window release: its name (b8672, 0c1e57098bba), carrier version, or oldest/middle/pin."""
+    aliases = {"oldest": _pin.WINDOW[0], "middle": _pin.WINDOW[len(_pin.WINDOW) // 2], "pin": _pin.PINNED_CARRIER}
+    name = aliases.get(name, name)
+    for version in _pin.WINDOW:
+        carrier = _pin.KNOWN_CARRIERS[version]
+        if name in (version, carrier.commit, carrier.commit[:12]):
+            return carrier
+    names = ", ".join(_pin.KNOWN_CARRIERS[v].commit[:12] for v in _pin.WINDOW)
+    raise BuildError(f"{name!r} is not a release of the window ({names})")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -697,6 +776,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--source", type=Path, help="build this llama.cpp checkout instead of the pin")
     parser.add_argument("--commit", help="the --source tree's llama.cpp revision (default: its git HEAD)")
+    parser.add_argument(
+        "--release",
+        metavar="NAME",
+        help="build a release of the window instead of the pin: its name (b8672) or carrier version (2026.4.8672)",
+    )
     for name in BACKEND_FLAGS:
         parser.add_argument(f"--{name}", action="store_true", help=f"enable the {name.upper()} backend")
     parser.add_argument("--cmake-arg", action="append", default=[], metavar="X", help="extra CMake argument")
@@ -728,12 +812,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     opts = _parse(argv)
+    if opts.source is None and not opts.release and os.environ.get(SOURCE_ENV, "").strip():
+        opts.source = Path(os.environ[SOURCE_ENV].strip())
     try:
         if opts.print_source:
             print(ensure_source(_pin.KNOWN_CARRIERS[opts.carrier], opts.fetch))
             return 0
         if opts.fetch:
             os.environ["LLAMARCP_FETCH"] = opts.fetch
+        if opts.release:
+            if opts.source:
+                raise BuildError("--release and --source both name the tree to build: give one")
+            opts.source = ensure_source(release_carrier(opts.release), opts.fetch)
         backends = [name for name in BACKEND_FLAGS if getattr(opts, name)]
         tools = [t.strip() for t in opts.tools.split(",") if t.strip()]
         libraries = ["mtmd"] if opts.mtmd else []

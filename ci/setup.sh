@@ -24,4 +24,9 @@ if [ "$extras" = dev ]; then
     .venv/bin/python build_lib.py --rpc ${bindings_tree:+--source "$bindings_tree"} >/dev/null  # tests/test_rpc.py
     .venv/bin/python build_lib.py --mtmd ${bindings_tree:+--source "$bindings_tree"} >/dev/null  # tests/test_mtmd.py
     .venv/bin/python benchmarks/run.py --prepare         # llama-bench + llama-cpp-python for the benchmark smoke test
+    # The release window: every tree fetched (generate.py --check compares _releases.py with them), the oldest and
+    # middle releases built (tests/test_release.py, ci/matrix.py; the pin is built above).
+    .venv/bin/python -c 'import build_lib, llamarcp._pin as p; [build_lib.ensure_source(p.KNOWN_CARRIERS[v]) for v in p.WINDOW]'
+    .venv/bin/python build_lib.py --release oldest >/dev/null
+    .venv/bin/python build_lib.py --release middle >/dev/null
 fi

@@ -7,3 +7,5 @@ bash ci/setup.sh dev
 .venv/bin/python -m mypy
 bash ci/drift.sh
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# Llama on the oldest and middle releases of the window besides the pin, each picked by llamarcp from its library.
+.venv/bin/python ci/matrix.py --releases oldest,middle,pin

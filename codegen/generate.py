@@ -6,6 +6,7 @@ python codegen/generate.py --check            # exit 1 listing files that differ
 python codegen/generate.py --source DIR       # generate from another llama.cpp tree (bumping)
 python codegen/generate.py --header llama.h   # ... or from one llama.h (ggml headers from --source/pin)
 python codegen/generate.py --update-golden    # rewrite the expected outputs of tests/data/codegen/
+python codegen/generate.py --releases         # also every release of the window (_pin.WINDOW) -> _releases.py
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from codegen import parse, render, used  # noqa: E402
+from codegen import parse, releases, render, used  # noqa: E402
 from codegen.model import Api  # noqa: E402
 
 DEFAULT_OUT = ROOT / "llamarcp" / "_generated"
@@ -224,6 +225,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--commit", help="llama.cpp commit of --source/--header (default: detected)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     p.add_argument("--update-golden", action="store_true", help="rewrite tests/data/codegen/expected/*")
+    p.add_argument(
+        "--releases",
+        action="store_true",
+        help=f"also (re)generate {releases.FILE_NAME} from every release of the window (fetches their trees once)",
+    )
     p.add_argument("-q", "--quiet", action="store_true")
     return p.parse_args(argv)
 
@@ -246,6 +252,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"codegen: error: {exc}", file=sys.stderr)
         return 2
     errors = [d for d in result.api.diagnostics if d.startswith("ERROR:")]
+    if args.releases and args.source is None and args.header is None:
+        try:
+            result.files[releases.FILE_NAME] = releases.render_window(releases.window_releases())
+        except parse.ParseError as exc:
+            print(f"codegen: error: {exc}", file=sys.stderr)
+            return 2
+    elif args.check and args.out == DEFAULT_OUT and args.source is None and args.header is None:
+        window = releases.window_releases_if_cached()
+        if window is not None:
+            result.files[releases.FILE_NAME] = releases.render_window(window)
+        else:
+            print(
+                f"codegen: {releases.FILE_NAME} cannot be checked: the window's llama.cpp trees are not all fetched "
+                "(`bash ci/setup.sh` or `python codegen/generate.py --releases` fetches them)",
+                file=sys.stderr,
+            )
+            return 1
     if args.check:
         bad = differing(args.out, result.files)
         if args.out == DEFAULT_OUT and args.source is None and args.header is None:
@@ -262,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
             fix = (
                 "python codegen/generate.py --update-golden"
                 if all("/" in n for n in bad)
+                else "python codegen/generate.py --releases"
+                if releases.FILE_NAME in bad
                 else "python codegen/generate.py"
             )
             print(f"run: {fix}", file=sys.stderr)

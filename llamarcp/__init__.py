@@ -13,8 +13,8 @@ from llamarcp.errors import LlamaError
 
 __version__ = "0.3.0"
 if TYPE_CHECKING:  # the typed view of lib/ffi comes from the generated stubs
-    from llamarcp._generated import lib as lib
     from llamarcp._ffi import ffi as ffi
+    from llamarcp._generated import lib as lib
     from llamarcp.compat import install_as_llama_cpp as install_as_llama_cpp
     from llamarcp.llama import Llama as Llama
 

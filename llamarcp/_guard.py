@@ -14,7 +14,6 @@ Called by `llamarcp._lib.load()` right after dlopen; cheap checks only, no ELF o
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import warnings
@@ -22,16 +21,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from llamarcp import _cache
+from llamarcp._locate import SKIP_ENV, read_stamp, skipped  # noqa: F401 - part of the guard's interface
 from llamarcp.errors import LibraryMismatchError
 
 
 class LibraryUnverifiedWarning(UserWarning):
     """The loaded libllama carries no ABI stamp and the probe could check nothing: a mismatch would go unseen."""
-
-
-#: Set to 1 to skip the guard (you vouch that header and library agree).
-SKIP_ENV = "LLAMARCP_SKIP_GUARD"
 
 
 def optional_groups() -> dict[str, str]:
@@ -71,10 +66,6 @@ def bindings_commit() -> str:
     return LLAMA_CPP_COMMIT
 
 
-def skipped() -> bool:
-    return os.environ.get(SKIP_ENV, "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def used_functions() -> tuple[str, ...]:
     """Functions llamarcp's own code calls (scanned by codegen/generate.py into `_generated/_used.py`)."""
     from llamarcp._generated._used import USED_FUNCTIONS
@@ -109,19 +100,6 @@ def missing_functions(lib: Any, names: Iterable[str]) -> list[str]:
         except NotImplementedError:
             continue  # cffi cannot call this declaration in ABI mode; the symbol itself is not the issue
     return sorted(missing)
-
-
-def read_stamp(library_path: str | os.PathLike[str]) -> tuple[dict[str, Any] | None, Path | None]:
-    """(stamp, its path) beside the library; (None, path or None) when absent or unreadable."""
-    path = Path(library_path)
-    if not path.is_absolute() and path.parent == Path("."):
-        return None, None  # a bare soname from the system loader: no directory to look in
-    stamp = path.parent / _cache.STAMP_NAME
-    try:
-        data = json.loads(stamp.read_text())
-    except (OSError, ValueError):
-        return None, None
-    return (data, stamp) if isinstance(data, dict) else (None, stamp)
 
 
 def stamp_commit(library_path: str | os.PathLike[str]) -> tuple[str | None, Path | None]:
@@ -160,26 +138,80 @@ def _probe(lib: Any) -> Any:
     return abi.probe(lib, ffi, bindings_abi()[2], platform.machine())
 
 
+_live_probed: dict[str, bool] = {}
+
+
+def probe_live(kind: str, pointer: Any, lib: Any) -> None:
+    """Probe the by-value results that need a live object (`llama_perf_context(ctx)`), once per process and kind.
+
+    Called by the one owner of each such object right after creating the first one, before anything else calls
+    into it; raises LibraryMismatchError naming the struct when the library writes another layout.
+    """
+    if kind in _live_probed or skipped():
+        return
+    from llamarcp import _release
+    from llamarcp._ffi import ffi
+    from llamarcp.drift import abi
+
+    raw = getattr(lib, "_raw", lib)
+    path = getattr(lib, "_path", "libllama")
+    chosen = _release.bindings()
+    result = abi.probe(raw, ffi, chosen.probes, platform.machine(), live=(kind, pointer))
+    _live_probed[kind] = True
+    if result.problems:
+        error = LibraryMismatchError(
+            f"libllama at {path} does not match the API llamarcp uses (llama.cpp {chosen.name}):\n"
+            + "\n".join(f"  {p}" for p in result.problems)
+            + f"\n{FIX_HINT}"
+        )
+        error.library = str(path)
+        error.expected_commit = chosen.name
+        _live_probed.pop(kind)
+        raise error
+
+
 def check(
     lib: Any,
     library_path: str | os.PathLike[str],
     *,
     used: Iterable[str] | None = None,
     expected_commit: str | None = None,
+    selection: Any = None,
 ) -> None:
-    """Raise LibraryMismatchError naming every problem at once; return quietly when the library fits."""
+    """Raise LibraryMismatchError naming every problem at once; return quietly when the library fits.
+
+    `selection` (llamarcp._release.Selection): the release the library was matched to; its declarations are the
+    expectation, and only the functions llamarcp calls that this release declares must be exported (the others
+    raise MissingSymbolError naming the first release that has them, when called).
+    """
     if skipped():
         return
+    chosen = selection.bindings if selection is not None else None
     if expected_commit is None:
-        expected_commit = bindings_commit()
-    missing = missing_functions(lib, used_functions() if used is None else used)
+        expected_commit = chosen.name if chosen is not None else bindings_commit()
+    names = list(used_functions() if used is None else used)
+    if chosen is not None:
+        names = [n for n in names if n in chosen.functions]
+    missing = missing_functions(lib, names)
     stamp, stamp_path = read_stamp(library_path)
     commit, _ = stamp_commit(library_path)
     lines: list[str] = []
     changed: list[str] = []
     found_fp = stamp.get("abi_fingerprint") if stamp else None
-    if isinstance(found_fp, str) and stamp is not None:
-        expected_fp, expected_items, _ = bindings_abi()
+    if chosen is not None and not isinstance(found_fp, str):
+        for note in selection.notes:  # matched by its exported functions and the probe (llamarcp._release)
+            if note.startswith("the probe verified nothing") and not missing:
+                warnings.warn(
+                    f"libllama at {library_path} has no build stamp with an ABI fingerprint and {note}: llamarcp "
+                    f"matched it to llama.cpp {chosen.name} by its exported functions only; a mismatch would "
+                    "corrupt memory silently. Build it with `python build_lib.py --source DIR` to get a stamp",
+                    LibraryUnverifiedWarning,
+                    stacklevel=3,
+                )
+    elif isinstance(found_fp, str) and stamp is not None:
+        expected_fp, expected_items, _ = (
+            (chosen.fingerprint, chosen.items, chosen.probes) if chosen is not None else bindings_abi()
+        )
         if found_fp != expected_fp:
             changed = _abi_problems(Path(library_path), stamp, expected_items)
             if changed:

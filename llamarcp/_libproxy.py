@@ -64,12 +64,23 @@ class LibProxy:
 
 def _missing(name: str, path: str, hint: str | None = None) -> Any:
     """A stand-in for a declared function the library lacks, or AttributeError for an unknown name."""
+    from llamarcp import _release
     from llamarcp._generated import _symbols
 
     if name in _symbols.EXTRA_CONSTANTS:
         return _symbols.EXTRA_CONSTANTS[name]
-    if name not in _symbols.FUNCTIONS:
-        raise AttributeError(f"llama.h (llama.cpp {_symbols.LLAMA_CPP_COMMIT[:12]}) declares no {name!r}")
+    chosen = _release.bindings()
+    if name not in chosen.functions:
+        first = _release.first_release_with(name) if name.startswith(("llama_", "ggml_", "mtmd_")) else None
+        if first is None:
+            raise AttributeError(f"llama.h (llama.cpp {chosen.name}) declares no {name!r}")
+        return _raiser(
+            name,
+            path,
+            f"the loaded library is llama.cpp {chosen.name}, which does not have it; {first} is the first release "
+            "of llamarcp's window that does",
+            _header_of(name),
+        )
     return _raiser(name, path, hint or hint_for(name), _header_of(name))
 
 

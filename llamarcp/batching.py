@@ -4,7 +4,8 @@
 `llama_batch` holding the next token of every running sequence plus prompt chunks of newly admitted ones
 (chunked prefill within `n_batch`), decodes it once, and samples every sequence whose logits row came out
 with its own sampler chain (its own seed, grammar, penalties). Tokens reach each caller through its own queue,
-so streams run independently; a finished or cancelled sequence leaves its slot at once.
+so streams run independently; a finished or cancelled sequence leaves its slot at once, and so does one whose
+own callback (logits processor, stopping criteria) raised: that error goes to its caller only.
 
 Slots are sequence ids 0..n_parallel-1 of a unified KV cache of `n_parallel * n_ctx` cells; each sequence
 may hold at most `n_ctx` tokens, so the running and cached sequences always fit together. A finished
@@ -45,7 +46,7 @@ from llamarcp.errors import (
 )
 from llamarcp.ngram_draft import DraftControl, NgramIndex
 from llamarcp.sampling import SamplerChain, SamplingParams, build_sampler_chain
-from llamarcp.token_picker import logits_view, logprob_info
+from llamarcp.token_picker import apply_logits_processor, logits_view, logprob_info
 
 if TYPE_CHECKING:
     from llamarcp.engine import Engine, Outcome, Step
@@ -378,7 +379,7 @@ class Scheduler:
             seen.add(seq_id)
             slot.tokens.append(token)
             if wants_logits and slot.job is not None:
-                self._sample(slot, index)
+                self._sample_or_fail(slot, index)
         seconds = time.perf_counter() - started
         for seq_id, job in drafting.items():
             assert job.draft is not None
@@ -604,6 +605,19 @@ class Scheduler:
             budget -= len(chunk)
         return entries
 
+    def _sample_or_fail(self, slot: _Slot, index: int) -> None:
+        """Sample one sequence. Its request's own callbacks (logits processor, stopping criteria) run here, in
+        the scheduler thread: what they raise, or a result of the wrong shape, fails that request alone (its
+        caller gets the exception) while the other sequences go on as if it had never been there."""
+        job = slot.job
+        try:
+            self._sample(slot, index)
+        except BaseException as exc:  # only this job's code runs here: signals reach the main thread, not this one
+            if slot.job is not job or job is None:
+                raise
+            job.results.put(("error", exc))
+            self._release(slot, keep_cache=True)  # the memory holds exactly slot.tokens: still a valid prefix
+
     def _sample(self, slot: _Slot, index: int) -> None:
         job = slot.job
         assert job is not None and job.chain is not None
@@ -616,7 +630,7 @@ class Scheduler:
         if job.logits_processor is not None or job.stopping_criteria is not None or job.logprobs is not None:
             scores = logits_view(engine.ctx.ptr, engine.model.n_vocab, index)
             if job.logits_processor is not None:
-                scores[:] = job.logits_processor(np.asarray(job.history, dtype=np.intc), scores)
+                apply_logits_processor(np, job.logits_processor, np.asarray(job.history, dtype=np.intc), scores)
         if job.chain.names == ["greedy"] and np is not None and job.logits_processor is None:
             row = scores if scores is not None else logits_view(engine.ctx.ptr, engine.model.n_vocab, index)
             token = int(np.argmax(row))

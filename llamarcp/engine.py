@@ -25,7 +25,15 @@ from llamarcp.errors import (
 )
 from llamarcp.generation_stats import GenerationStats
 from llamarcp.sampling import SamplerChain, SamplingParams, build_sampler_chain, grammar_sampler
-from llamarcp.token_picker import GrammarPicker, LogitsRows, greedy_argmax, logits_view, logprob_info
+from llamarcp.token_picker import (
+    GrammarPicker,
+    LogitsRows,
+    apply_logits_processor,
+    greedy_argmax,
+    logits_view,
+    logprob_info,
+)
+from llamarcp.validate.params import set_fields
 
 __all__ = ["AbortState", "Engine", "Outcome", "Step", "context_params"]
 
@@ -323,7 +331,7 @@ class Engine:
                 if wants_scores:
                     scores = self.logits()
                     if logits_processor is not None:
-                        scores[:] = logits_processor(np.asarray(input_ids, dtype=np.intc), scores)
+                        apply_logits_processor(np, logits_processor, np.asarray(input_ids, dtype=np.intc), scores)
                 if greedy is not None:
                     token = greedy()
                 elif picker is None:
@@ -413,12 +421,15 @@ def context_params(
     """
     lib = get_lib()
     params = lib.llama_context_default_params()
-    params.n_ctx = n_ctx
-    params.n_batch = n_batch
-    params.n_ubatch = n_ubatch if n_ubatch else (n_batch if embedding else min(n_batch, 512))
-    params.n_threads = n_threads
-    params.n_threads_batch = n_threads_batch
-    params.n_seq_max = n_seq_max if n_seq_max else (8 if embedding else 1)
+    sizes = {
+        "n_ctx": n_ctx,
+        "n_batch": n_batch,
+        "n_ubatch": n_ubatch if n_ubatch else (n_batch if embedding else min(n_batch, 512)),
+        "n_threads": n_threads,
+        "n_threads_batch": n_threads_batch,
+        "n_seq_max": n_seq_max if n_seq_max else (8 if embedding else 1),
+    }
+    set_fields(params, "struct llama_context_params", sizes)  # each checked against its C type first
     params.kv_unified = True  # every sequence may use the whole n_ctx (embedding batches)
     params.embeddings = bool(embedding)
     if flash_attn is None and embedding:
@@ -429,9 +440,7 @@ def context_params(
         params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_AUTO
     else:
         params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
-    for name, value in fields.items():
-        if value is not None:
-            setattr(params, name, value)
+    set_fields(params, "struct llama_context_params", fields)
     return params
 
 

@@ -14,6 +14,12 @@ class LibraryNotFoundError(LlamaError, OSError):
     """No libllama could be found or loaded; the message names every place looked at."""
 
 
+class LibraryLoadError(LlamaError, OSError):
+    """A libllama was found but the system loader could not load it; the message quotes the loader's reason."""
+
+    library: str | None = None
+
+
 class LibraryMismatchError(LlamaError, ImportError):
     """The loaded libllama does not match the API llamarcp was generated from."""
 
@@ -95,7 +101,12 @@ class GrammarError(LlamaError, ValueError):
 
 
 class StateError(LlamaError, ValueError):
-    """A saved state could not be restored into this context (other model, other size, corrupt)."""
+    """A state could not be saved (the path names no regular file, the disk refused) or restored into this
+    context (other model, other size, corrupt); the message names the path and the reason."""
+
+
+class StateFileNotFoundError(StateError, FileNotFoundError):
+    """`load_state_file` was given a path where there is nothing."""
 
 
 # --- the one place llama.cpp return codes become exceptions ------------------------------------------------------

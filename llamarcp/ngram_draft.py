@@ -49,18 +49,20 @@ class DraftControl:
     """How many drafts one sequence tries per step, from what drafting has paid so far.
 
     The length doubles after a fully accepted run and drops to one more than the accepted count after a miss.
-    Every `WINDOW` drafting steps are judged: by time when plain steps of the same sequence have been measured
-    (tokens per second with drafts against without; on a CPU, verifying k drafts costs far more than 1/k of a
-    step), else by acceptance (at least half). A window that did not pay pauses drafting, twice as long after each
-    failed probe; one that paid is followed by `MEASURE` plain steps that refresh the comparison.
+    Every `WINDOW` drafting steps are judged: by time once plain steps of the same sequence have been measured
+    (tokens per second with drafts against without: on a CPU, verifying k drafts costs far more than 1/k of a
+    step), before that by acceptance (at least half). A window that did not pay pauses drafting (the pause
+    doubles after each failed probe, so drafts that never pay cost a few probe steps in a long answer); the
+    plain rate is measured with `MEASURE` plain steps after the first window and again every `REFRESH` windows.
     """
 
-    WINDOW = 8
+    WINDOW = 4
     MEASURE = 2
+    REFRESH = 8
     MIN_RATE = 0.5
     PAUSE = 16
     MAX_PAUSE = 1024
-    #: Weight of the newest step in the moving averages of tokens per second.
+    #: Weight of the newest step in the moving average of plain tokens per second.
     EMA = 0.3
 
     def __init__(self, n_max: int) -> None:
@@ -69,6 +71,7 @@ class DraftControl:
         self.pause = self.PAUSE
         self.paused_for = 0
         self.plain_rate: float | None = None
+        self.windows = 0
         self.window_steps = 0
         self.window_drafted = 0
         self.window_accepted = 0
@@ -107,13 +110,15 @@ class DraftControl:
         self.window_seconds += seconds
         if self.window_steps < self.WINDOW:
             return
+        self.windows += 1
         if self.plain_rate is not None and self.window_seconds > 0:
             paid = self.window_tokens / self.window_seconds >= self.plain_rate
         else:
             paid = self.window_accepted >= self.MIN_RATE * self.window_drafted
         if paid:
             self.pause = self.PAUSE
-            self.paused_for = self.MEASURE
+            if self.plain_rate is None or self.windows % self.REFRESH == 0:
+                self.paused_for = self.MEASURE
         else:
             self.paused_for = self.pause
             self.pause = min(self.MAX_PAUSE, 2 * self.pause)

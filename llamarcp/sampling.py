@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from llamarcp import _adapt
 from llamarcp._backend import capture_log, get_lib
 from llamarcp._ffi import ffi
 from llamarcp._managed import Managed
@@ -140,7 +141,8 @@ def build_sampler_chain(
             chain.add(Sampler(lib.llama_sampler_init_logit_bias(model.n_vocab, len(items), arr)), "logit_bias")
         if params.uses_penalties:
             penalties = Sampler(
-                lib.llama_sampler_init_penalties(
+                _adapt.sampler_init_penalties(
+                    lib,
                     model.n_vocab,
                     params.penalty_last_n,
                     params.repeat_penalty,

@@ -128,18 +128,17 @@ def test_draft_control_adapts() -> None:
     control.tried(8)
     control.adapt(8, 2, 0.01)
     assert control.budget() == 3
-    for _ in range(DraftControl.WINDOW - 2):  # the window ends with 6 of 18 accepted (no timing yet): pause
+    for _ in range(DraftControl.WINDOW - 2):  # the window ends with 6 of 15 accepted (no timing yet): pause
         control.tried(control.n)
         control.adapt(control.n, 0, 0.01)
     assert [control.budget() for _ in range(DraftControl.PAUSE)] == [0] * DraftControl.PAUSE
     assert control.budget() == 1  # the probe starts small
 
-    # With plain steps measured, the window is judged by tokens per second, whatever the acceptance.
+    # With plain steps measured, a window is judged by tokens per second, whatever the acceptance.
     control.observe_plain(0.1)  # 10 tokens/s without drafts
     for _ in range(DraftControl.WINDOW):
         control.tried(control.n)
-        control.adapt(control.n, 0, 0.05)  # 20 tokens/s with them: it pays
-    assert [control.budget() for _ in range(DraftControl.MEASURE)] == [0] * DraftControl.MEASURE
+        control.adapt(control.n, 0, 0.05)  # 20 tokens/s with them: it pays, drafting goes on
     assert control.budget() == 1
     for _ in range(20):
         control.observe_plain(0.01)  # now 100 tokens/s without drafts
@@ -149,3 +148,12 @@ def test_draft_control_adapts() -> None:
             control.adapt(control.n, control.n, 0.02 * (control.n + 1))
         assert [control.budget() for _ in range(pause)] == [0] * pause
         assert control.budget() == 1
+
+
+def test_draft_control_measures_plain_steps_first() -> None:
+    control = DraftControl(8)
+    for _ in range(DraftControl.WINDOW):  # all accepted, nothing measured yet: judged by acceptance, then measure
+        control.tried(control.n)
+        control.adapt(control.n, control.n, 0.01)
+    assert [control.budget() for _ in range(DraftControl.MEASURE)] == [0] * DraftControl.MEASURE
+    assert control.budget() == 8

@@ -228,3 +228,23 @@ def test_object_file_without_dynsym_is_rejected(tmp_path: Path) -> None:
     subprocess.run(["gcc", "-c", "-fPIC", "-o", str(obj), str(src)], check=True, capture_output=True)
     with pytest.raises(DriftError, match="without a dynamic symbol table"):
         symbols.read_exports(obj)
+
+
+def test_a_library_the_loader_refuses_fails_the_check(tmp_path: Path) -> None:
+    """Exports readable from the file but unloadable here (a library it links is gone): exit 1, naming why."""
+    (tmp_path / "dep.c").write_text("int dep_value(void) { return 1; }\n")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(tmp_path / "libdep.so"), str(tmp_path / "dep.c")], check=True)
+    (tmp_path / "llama.c").write_text("int dep_value(void);\nint llama_backend_init(void) { return dep_value(); }\n")
+    lib = tmp_path / "libllama.so"
+    link = ["-Wl,--no-as-needed", "-L", str(tmp_path), "-ldep"]
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(lib), str(tmp_path / "llama.c"), *link], check=True)
+    (tmp_path / "libdep.so").unlink()
+    done = subprocess.run(
+        [sys.executable, "-m", "codegen.drift", "symbols", str(lib), "--api", "pinned"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "cannot load" in done.stdout + done.stderr and "libdep.so" in done.stdout + done.stderr

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from llamarcp import _lib, lib
-from llamarcp._generated import _symbols
 from llamarcp._ffi import ffi
+from llamarcp._generated import _symbols
 from llamarcp._libproxy import LibProxy, companion_path, is_available, library_of
 from llamarcp.drift import symbols
 from llamarcp.errors import MissingSymbolError

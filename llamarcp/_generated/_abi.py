@@ -708,9 +708,34 @@ ABI_ITEMS: dict[str, str] = {
     "typedef llama_token_data_array": "7e112c56f122",
 }
 
-#: Argument-less functions returning a struct through a caller buffer: its size, alignment, last field offset,
-#: bool fields (name, offset) and enum fields (name, offset, allowed values).
+#: Functions returning a struct through a caller buffer: its size, alignment, last field offset, bool fields
+#: (name, offset) and enum fields (name, offset, allowed values); "args" says how to call one that takes
+#: parameters ("int", "buffer", "live <type>": probed with llamarcp's first such object), "free" what gives
+#: back what it allocated.
 PROBES: tuple[dict[str, object], ...] = (
+    {
+        "function": "llama_batch_get_one",
+        "struct": "llama_batch",
+        "size": 56,
+        "align": 8,
+        "last_field_offset": 48,
+        "bool_fields": (),
+        "enum_fields": (
+        ),
+        "args": ('buffer', 'int'),
+    },
+    {
+        "function": "llama_batch_init",
+        "struct": "llama_batch",
+        "size": 56,
+        "align": 8,
+        "last_field_offset": 48,
+        "bool_fields": (),
+        "enum_fields": (
+        ),
+        "args": ('int', 'int', 'int'),
+        "free": "llama_batch_free",
+    },
     {
         "function": "llama_context_default_params",
         "struct": "llama_context_params",
@@ -753,5 +778,16 @@ PROBES: tuple[dict[str, object], ...] = (
             ("output_tensor_type", 8, (0, 1, 2, 3, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 34, 35, 39, 40, 41, 42, 43)),
             ("token_embedding_type", 12, (0, 1, 2, 3, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 34, 35, 39, 40, 41, 42, 43)),
         ),
+    },
+    {
+        "function": "llama_perf_context",
+        "struct": "llama_perf_context_data",
+        "size": 48,
+        "align": 8,
+        "last_field_offset": 40,
+        "bool_fields": (),
+        "enum_fields": (
+        ),
+        "args": ('live struct llama_context *',),
     },
 )

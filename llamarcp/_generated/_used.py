@@ -99,8 +99,6 @@ USED_FUNCTIONS: tuple[str, ...] = (
     "llama_set_adapters_lora",
     "llama_state_get_data",
     "llama_state_get_size",
-    "llama_state_load_file",
-    "llama_state_save_file",
     "llama_state_set_data",
     "llama_supports_rpc",
     "llama_token_to_piece",

@@ -128,16 +128,16 @@ class LlamaCppApiMixin:
     @property
     def model_params(self) -> Any:
         """A `struct llama_model_params` with the constructor's model options."""
-        from llamarcp import _backend
+        from llamarcp import _adapt, _backend
 
         params = _backend.get_lib().llama_model_default_params()
         args = self._init_args
         for name in ("n_gpu_layers", "main_gpu", "vocab_only", "check_tensors"):
             if args.get(name) is not None:
                 setattr(params, name, args[name])
-        mmap, mlock = bool(args.get("use_mmap", True)), bool(args.get("use_mlock", False))
-        modes = {(True, True): "MMAP_MLOCK", (True, False): "MMAP", (False, True): "MLOCK", (False, False): "NONE"}
-        params.load_mode = getattr(_backend.get_lib(), "LLAMA_LOAD_MODE_" + modes[mmap, mlock])
+        _adapt.set_load_mode(
+            _backend.get_lib(), params, bool(args.get("use_mmap", True)), bool(args.get("use_mlock", False))
+        )
         if args.get("split_mode") is not None:
             params.split_mode = int(args["split_mode"])
         return params
@@ -253,10 +253,10 @@ class LlamaCppApiMixin:
             if processor is not None:
                 import numpy as np
 
-                from llamarcp.token_picker import logits_view
+                from llamarcp.token_picker import apply_logits_processor, logits_view
 
                 logits = logits_view(engine.ctx.ptr, int(self.n_vocab), row)  # type: ignore[attr-defined]
-                logits[:] = processor(np.asarray(self._history, dtype=np.intc), logits)
+                apply_logits_processor(np, processor, np.asarray(self._history, dtype=np.intc), logits)
             chain = build_sampler_chain(self._model, params, history=self._history)
             try:
                 return chain.sample(engine.ctx.ptr, row)

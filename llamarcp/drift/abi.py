@@ -109,13 +109,41 @@ def fingerprint(item_digests: dict[str, str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def probes(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """Argument-less functions returning a struct by value through a caller buffer, with what to expect of it.
+_INTEGER_TYPES = frozenset(
+    ("bool", "char", "int", "short", "long", "size_t", "unsigned", "signed")
+    + tuple(f"{sign}int{bits}_t" for sign in ("", "u") for bits in (8, 16, 32, 64))
+)
 
-    The guard calls each into a sentinel-filled buffer and measures how many bytes the library wrote; bool
-    fields must read 0 or 1 and enum fields one of their constants. Only libllama's (the probe calls into it).
+
+def _probe_arg(canon: TypeCanon, text: str, structs: dict[str, Any]) -> str | None:
+    """How the probe passes a parameter: "int", "buffer" (pointer to scalars), "live <type>" (pointer to an
+    opaque object it needs a real one of), or None (a parameter the probe cannot fake: the function is left out)."""
+    spelled = canon(text)
+    if spelled.endswith("*"):
+        target = spelled[:-1].strip()
+        if target in structs:
+            return f"live {target} *" if structs[target].get("opaque") else None
+        return "buffer" if all(tok in _INTEGER_TYPES or tok == "float" for tok in target.split()) else None
+    if spelled in structs or "(" in spelled:
+        return None
+    if all(tok in _INTEGER_TYPES for tok in spelled.split()) or spelled in ("enum",):
+        return "int"
+    if spelled.startswith("enum "):
+        return "int"
+    return None
+
+
+def probes(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Functions returning a struct by value through a caller buffer, with what to expect of what they write.
+
+    Covers every struct libllama passes or returns by value that some function returns and the probe can call:
+    argument-less ones (`*_default_params`), ones taking integers or scalar buffers (`llama_batch_init`,
+    `llama_batch_get_one`), and ones needing a live object (`llama_perf_context(ctx)`: probed when llamarcp has
+    made the first such object). The guard calls each into a sentinel-filled buffer and measures how many bytes
+    were written; bool fields must read 0 or 1 and enum fields one of their constants. Only libllama's.
     """
     manifest = _without_companions(manifest)
+    canon = TypeCanon(manifest)
     structs = {f"{s.get('kind', 'struct')} {s['name']}": s for s in manifest.get("structs", [])}
     for t in manifest.get("typedefs", []):
         if t["type"] in structs:
@@ -127,27 +155,53 @@ def probes(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     for t in manifest.get("typedefs", []):
         if t["type"] in enums:
             enums[t["name"]] = enums[t["type"]]
+    frees = {}
+    for f in manifest.get("functions", []):
+        if len(f["params"]) == 1 and f["return_type"] == "void" and f["name"].endswith("_free"):
+            frees[f["params"][0]["type"].replace("const ", "").strip()] = f["name"]
     out = []
     for f in manifest.get("functions", []):
-        if f["params"] or f.get("variadic"):
+        if f.get("variadic"):
             continue
-        s = structs.get(f["return_type"].replace("const ", "").strip())
+        returned = f["return_type"].replace("const ", "").strip()
+        s = structs.get(returned)
         if s is None or s.get("opaque") or not s.get("size") or s["size"] <= REGISTER_RETURN_MAX or not s["fields"]:
+            continue
+        args = [_probe_arg(canon, p["type"], structs) for p in f["params"]]
+        if any(a is None for a in args) or sum(1 for a in args if a and a.startswith("live")) > 1:
             continue
         bools = [(fl["name"], fl["offset"]) for fl in s["fields"] if fl["type"] == "bool" and fl["bitwidth"] is None]
         enum_fields = [(fl["name"], fl["offset"], enums[fl["type"]]) for fl in s["fields"] if fl["type"] in enums]
-        out.append(
-            {
-                "function": f["name"],
-                "struct": s["name"],
-                "size": s["size"],
-                "align": s["align"],
-                "last_field_offset": max(fl["offset"] for fl in s["fields"]),
-                "bool_fields": bools,
-                "enum_fields": enum_fields,
-            }
-        )
+        entry: dict[str, Any] = {
+            "function": f["name"],
+            "struct": s["name"],
+            "size": s["size"],
+            "align": s["align"],
+            "last_field_offset": max(fl["offset"] for fl in s["fields"]),
+            "bool_fields": bools,
+            "enum_fields": enum_fields,
+        }
+        if args:
+            entry["args"] = args
+            free = frees.get(returned) or frees.get(f"struct {s['name']}")
+            if free and all(a == "int" for a in args):  # a constructor: what it allocated is given back
+                entry["free"] = free
+        out.append(entry)
     return sorted(out, key=lambda p: p["function"])
+
+
+def by_value_structs(manifest: dict[str, Any]) -> list[str]:
+    """Names of the structs libllama's functions take or return by value (what the probe must cover)."""
+    manifest = _without_companions(manifest)
+    canon = TypeCanon(manifest)
+    structs = {f"{s.get('kind', 'struct')} {s['name']}": s for s in manifest.get("structs", [])}
+    names = set()
+    for f in manifest.get("functions", []):
+        for text in [f["return_type"], *(p["type"] for p in f["params"])]:
+            s = structs.get(canon(text).strip())
+            if s is not None and not s.get("opaque"):
+                names.add(s["name"])
+    return sorted(names)
 
 
 def document(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -218,8 +272,26 @@ class ProbeResult:
     skipped: str | None = None  # why nothing ran
 
 
-def probe(raw: Any, ffi: Any, probe_table: Any, machine: str) -> ProbeResult:
-    """Call each table entry's function into a sentinel-filled buffer (twice) and check what it wrote."""
+def _probe_call(ffi: Any, raw: Any, entry: dict[str, Any], live: Any) -> Any:
+    """A callable `f(buffer)` running the entry's function with its result written into `buffer`."""
+    args = entry.get("args", [])
+    c_args = ["unsigned char *"] + ["void *" if a != "int" else "int64_t" for a in args]
+    function = ffi.cast(f"void(*)({', '.join(c_args)})", getattr(raw, entry["function"]))
+    scratch = ffi.new("unsigned char[]", PROBE_BUFFER)  # zeroed: a harmless token/position array
+
+    def call(buf: Any) -> None:
+        values = [1 if a == "int" else live if a.startswith("live") else scratch for a in args]
+        function(buf, *values)
+
+    return call
+
+
+def probe(raw: Any, ffi: Any, probe_table: Any, machine: str, live: tuple[str, Any] | None = None) -> ProbeResult:
+    """Call each table entry's function into a sentinel-filled buffer (twice) and check what it wrote.
+
+    Without `live`, entries needing a live object are left out; with `live=(type, pointer)` only those taking
+    that type run (llamarcp calls this with its first context and sampler chain).
+    """
     result = ProbeResult()
     if machine.lower() not in PROBE_MACHINES:
         result.skipped = f"the struct-size probe needs an x86-64 ABI (this machine: {machine})"
@@ -227,8 +299,11 @@ def probe(raw: Any, ffi: Any, probe_table: Any, machine: str) -> ProbeResult:
     # not exported, not callable in ABI mode, or not a C function at all (a test stand-in)
     lookup_errors: tuple[type[BaseException], ...] = (AttributeError, ffi.error, NotImplementedError, TypeError)
     for entry in probe_table:
+        needs = next((a[5:] for a in entry.get("args", []) if a.startswith("live ")), None)
+        if (live is None and needs is not None) or (live is not None and needs != live[0]):
+            continue
         try:
-            call = ffi.cast("void(*)(unsigned char *)", getattr(raw, entry["function"]))
+            call = _probe_call(ffi, raw, entry, live[1] if live else None)
         except lookup_errors:
             continue
         buf = ffi.new("unsigned char[]", PROBE_BUFFER)
@@ -240,6 +315,8 @@ def probe(raw: Any, ffi: Any, probe_table: Any, machine: str) -> ProbeResult:
             data = bytes(ffi.buffer(buf))
             passes.append(data)
             extent = max(extent, len(data.rstrip(bytes([fill]))))  # bytes up to the last one the call wrote
+            if entry.get("free") and extent == entry["size"]:
+                _free_result(ffi, raw, entry, data)
         data = passes[0]
         name, size = f"struct {entry['struct']}", entry["size"]
         where = f"{entry['function']}()"
@@ -265,3 +342,16 @@ def probe(raw: Any, ffi: Any, probe_table: Any, machine: str) -> ProbeResult:
     if not result.verified and not result.problems:
         result.skipped = "the library exports none of the probed functions"
     return result
+
+
+def _free_result(ffi: Any, raw: Any, entry: dict[str, Any], data: bytes) -> None:
+    """Give back what a probed constructor allocated (`llama_batch_free(batch)`), when the layout is the bindings'."""
+    struct = f"struct {entry['struct']}"
+    try:
+        if ffi.sizeof(struct) != entry["size"]:
+            return
+        value = ffi.new(f"{struct} *")
+        ffi.memmove(value, data[: entry["size"]], entry["size"])
+        getattr(raw, entry["free"])(value[0])
+    except (AttributeError, ffi.error, TypeError):
+        return

@@ -387,10 +387,17 @@ def abi_findings(manifest: dict[str, Any], library: Path) -> list[Finding]:
 
         try:
             raw = ffi.dlopen(str(library))
-        except OSError as exc:
-            result.skipped = f"dlopen failed: {exc}"
-        else:
-            result = abi.probe(raw, ffi, table, platform.machine())
+        except OSError as exc:  # its exports were read from the file, but nothing can run it here
+            return [
+                Finding(
+                    "error",
+                    "unloadable",
+                    "library",
+                    f"the system loader cannot load {library}: {exc}; it has no ABI stamp, so its layouts cannot "
+                    "be checked, and llamarcp could not use it on this machine either",
+                )
+            ]
+        result = abi.probe(raw, ffi, table, platform.machine())
     out = [Finding("error", "abi-probe", problem.split(":", 1)[0], problem) for problem in result.problems]
     if result.verified and not result.problems:
         out.append(Finding("note", "abi-probe", "abi", f"no ABI stamp; probe verified {', '.join(result.verified)}"))

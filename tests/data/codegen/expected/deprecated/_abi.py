@@ -24,7 +24,9 @@ ABI_ITEMS: dict[str, str] = {
     "struct dp_ctx": "1900f300c0d6",
 }
 
-#: Argument-less functions returning a struct through a caller buffer: its size, alignment, last field offset,
-#: bool fields (name, offset) and enum fields (name, offset, allowed values).
+#: Functions returning a struct through a caller buffer: its size, alignment, last field offset, bool fields
+#: (name, offset) and enum fields (name, offset, allowed values); "args" says how to call one that takes
+#: parameters ("int", "buffer", "live <type>": probed with llamarcp's first such object), "free" what gives
+#: back what it allocated.
 PROBES: tuple[dict[str, object], ...] = (
 )

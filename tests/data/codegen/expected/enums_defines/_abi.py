@@ -41,7 +41,9 @@ ABI_ITEMS: dict[str, str] = {
     "function ed_wide_of": "05be2c3990de",
 }
 
-#: Argument-less functions returning a struct through a caller buffer: its size, alignment, last field offset,
-#: bool fields (name, offset) and enum fields (name, offset, allowed values).
+#: Functions returning a struct through a caller buffer: its size, alignment, last field offset, bool fields
+#: (name, offset) and enum fields (name, offset, allowed values); "args" says how to call one that takes
+#: parameters ("int", "buffer", "live <type>": probed with llamarcp's first such object), "free" what gives
+#: back what it allocated.
 PROBES: tuple[dict[str, object], ...] = (
 )

@@ -1,0 +1,79 @@
+"""Every difference between the llama.cpp releases of the window that llamarcp's own code meets, in one place.
+
+Each function asks the loaded declarations (the ffi `llamarcp._release` selected) what they have: a struct's
+fields, a function's parameter count. No release names or version comparisons: a release that renames or adds
+a parameter is served by what its header declares. Code elsewhere calls these instead of the C function or field.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from llamarcp._ffi import ffi
+from llamarcp.errors import MissingSymbolError
+
+
+@cache
+def fields(struct: str) -> frozenset[str]:
+    """Field names of a struct of the loaded declarations ("struct llama_model_params")."""
+    return frozenset(name for name, _ in ffi.typeof(struct).fields)
+
+
+def has_field(struct: str, name: str) -> bool:
+    return name in fields(struct)
+
+
+def arity(lib: Any, function: str) -> int:
+    """How many parameters `function` takes in the loaded declarations."""
+    return len(ffi.typeof(getattr(lib, function)).args)
+
+
+#: (use_mmap, use_mlock) -> the `enum llama_load_mode` constant of releases that replaced the two bools by it.
+_LOAD_MODES = {(True, True): "MMAP_MLOCK", (True, False): "MMAP", (False, True): "MLOCK", (False, False): "NONE"}
+
+
+def set_load_mode(lib: Any, params: Any, use_mmap: bool, use_mlock: bool) -> None:
+    """Set how a model is read into `struct llama_model_params`: `load_mode`, or `use_mmap`/`use_mlock` before it."""
+    if has_field("struct llama_model_params", "load_mode"):
+        params.load_mode = getattr(lib, "LLAMA_LOAD_MODE_" + _LOAD_MODES[bool(use_mmap), bool(use_mlock)])
+    else:
+        params.use_mmap = bool(use_mmap)
+        params.use_mlock = bool(use_mlock)
+
+
+def load_mode(params: Any) -> tuple[bool, bool]:
+    """(use_mmap, use_mlock) of a `struct llama_model_params`, whichever way the release spells them."""
+    if not has_field("struct llama_model_params", "load_mode"):
+        return bool(params.use_mmap), bool(params.use_mlock)
+    from llamarcp._backend import get_lib
+
+    lib = get_lib()
+    for (mmap, mlock), name in _LOAD_MODES.items():
+        if int(params.load_mode) == int(getattr(lib, "LLAMA_LOAD_MODE_" + name)):
+            return mmap, mlock
+    return True, False
+
+
+def sampler_init_penalties(lib: Any, n_vocab: int, last_n: int, repeat: float, freq: float, present: float) -> Any:
+    """`llama_sampler_init_penalties`: releases before the vocabulary-size parameter take the four penalties only."""
+    if arity(lib, "llama_sampler_init_penalties") == 5:
+        return lib.llama_sampler_init_penalties(n_vocab, last_n, repeat, freq, present)
+    return lib.llama_sampler_init_penalties(last_n, repeat, freq, present)
+
+
+def require(lib: Any, function: str, feature: str) -> Any:
+    """`lib.<function>`, or MissingSymbolError naming the feature and the first release that has it."""
+    from llamarcp._libproxy import is_available
+
+    if is_available(lib, function):
+        return getattr(lib, function)
+    from llamarcp import _release
+
+    first = _release.first_release_with(function)
+    since = f"llama.cpp {first} and later have it" if first else "no llama.cpp release llamarcp knows has it"
+    raise MissingSymbolError(
+        function,
+        str(getattr(lib, "_path", "libllama")),
+        f"{feature} needs it; {since} (this one: {_release.bindings().name})",
+    )
