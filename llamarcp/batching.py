@@ -20,21 +20,18 @@ the other clears it first (`Engine.owner`).
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import itertools
 import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from llamarcp._backend import get_lib
 from llamarcp._core import Batch
-from llamarcp.compat.speculative import LlamaPromptLookupDecoding
 from llamarcp.errors import (
     DECODE_ABORTED,
     DECODE_NO_KV_SLOT,
@@ -44,15 +41,17 @@ from llamarcp.errors import (
     PromptTooLongError,
     check_decode,
 )
-from llamarcp.ngram_draft import DraftControl, NgramIndex
+from llamarcp.ngram_draft import JobDrafts
+from llamarcp.placement import SlotRequest, current_slot_request
 from llamarcp.sampling import SamplerChain, SamplingParams, build_sampler_chain
+from llamarcp.slot_controls import SlotControls
 from llamarcp.token_picker import apply_logits_processor, logits_view, logprob_info
 
 if TYPE_CHECKING:
     from llamarcp.engine import Engine, Outcome, Step
     from llamarcp.turns import Turns
 
-__all__ = ["Scheduler", "SlotRequest", "slot_request"]
+__all__ = ["Scheduler"]
 
 T = TypeVar("T")
 
@@ -61,38 +60,6 @@ IDLE_EXIT_S = 30.0
 _OWNER = "batch"
 #: A prefix at least this long (or the whole prompt) is worth waiting one prefill for instead of decoding it again.
 MIN_SHARED_PREFIX = 16
-
-
-@dataclass(frozen=True)
-class SlotRequest:
-    """Where a generation runs (llama-server's `id_slot`, `cache_prompt`): `slot` None lets the scheduler pick
-    (the longest cached prefix, else an empty or the least recently used slot); `cache_prompt` False decodes
-    the whole prompt again instead of reusing a cached prefix."""
-
-    slot: int | None = None
-    cache_prompt: bool = True
-    #: LoRA scales by adapter id for this generation, over the Llama's defaults (llamarcp.lora).
-    lora: tuple[tuple[int, float], ...] | None = None
-    #: Most drafts per step for speculative decoding (None: the draft model's own; 0: off).
-    draft_max: int | None = None
-
-
-_SLOT_REQUEST: contextvars.ContextVar[SlotRequest] = contextvars.ContextVar("llamarcp_slot_request")
-
-
-def current_slot_request() -> SlotRequest:
-    """The `SlotRequest` in force on this thread (the default one outside `slot_request`)."""
-    return _SLOT_REQUEST.get(SlotRequest())
-
-
-@contextlib.contextmanager
-def slot_request(request: SlotRequest) -> Iterator[None]:
-    """Generations submitted in this block (on this thread) run as `request` says."""
-    token = _SLOT_REQUEST.set(request)
-    try:
-        yield
-    finally:
-        _SLOT_REQUEST.reset(token)
 
 
 @dataclass(eq=False)
@@ -116,9 +83,7 @@ class _Job:
     submitted: float = field(default_factory=time.perf_counter)
     first_token: float = 0.0
     placement: SlotRequest = field(default_factory=SlotRequest)
-    draft: DraftControl | None = None  # speculative decoding of this greedy request
-    ngrams: NgramIndex | None = None
-    drafts: list[int] = field(default_factory=list)  # proposed in the current step
+    drafting: JobDrafts | None = None  # speculative decoding of this greedy request
     lora: tuple[float, ...] = ()  # the LoRA configuration it runs with
 
 
@@ -131,7 +96,7 @@ class _Slot:
     lora: tuple[float, ...] = ()  # the LoRA configuration its tokens were computed with
 
 
-class Scheduler:
+class Scheduler(SlotControls):
     """Continuous batching over an Engine whose context has `n_parallel` sequences."""
 
     def __init__(
@@ -193,47 +158,6 @@ class Scheduler:
             job.cancelled = True  # a no-op when it has finished; otherwise its slot is freed at the next step
             with self._cond:
                 self._cond.notify_all()
-
-    def call_between_steps(self, fn: Callable[[], T]) -> T:
-        """Run `fn()` on the scheduler thread between two decode steps, while the memory holds what the slots
-        say (`slot_states`), and return its result (or raise its exception)."""
-        future: Future[T] = Future()
-        with self._cond:
-            self.turns.check_open()
-            self._controls.append((fn, future))
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, name="llamarcp-batching", daemon=True)
-                self._thread.start()
-            self._cond.notify_all()
-        return future.result()
-
-    def slot(self, index: int) -> _Slot:
-        """The slot of sequence `index` (only to be touched from `call_between_steps`)."""
-        return self._slots[index]
-
-    def slot_states(self) -> list[dict[str, Any]]:
-        """Each slot now: its cached tokens, and the request it runs (counts only, no text)."""
-        states = []
-        for slot in self._slots:
-            job = slot.job
-            state: dict[str, Any] = {"id": slot.seq_id, "n_tokens": len(slot.tokens), "is_processing": job is not None}
-            if job is not None:
-                state["n_prompt_tokens"] = len(job.prompt)
-                state["n_decoded"] = job.n_generated
-                state["n_remain"] = max(0, job.max_tokens - job.n_generated)
-            states.append(state)
-        return states
-
-    def _run_controls(self) -> None:
-        while True:
-            with self._cond:
-                if not self._controls:
-                    return
-                fn, future = self._controls.popleft()
-            try:
-                future.set_result(fn())
-            except Exception as exc:  # handed to the caller of call_between_steps
-                future.set_exception(exc)
 
     def submit(
         self,
@@ -356,7 +280,7 @@ class Scheduler:
         drafting: dict[int, _Job] = {}
         for seq_id in self._planned_next:
             planned = self._slots[seq_id].job
-            if planned is not None and planned.drafts:
+            if planned is not None and planned.drafting is not None and planned.drafting.current:
                 drafting[seq_id] = planned
         seen: set[int] = set()
         accepted: dict[int, int] = dict.fromkeys(drafting, 0)
@@ -365,16 +289,15 @@ class Scheduler:
             slot = self._slots[seq_id]
             job = drafting.get(seq_id)
             if job is not None:
+                assert job.drafting is not None
                 if seq_id not in seen:  # the sampled token that the drafts follow
-                    assert job.draft is not None
-                    job.draft.tried(len(job.drafts))
+                    job.drafting.control.tried(len(job.drafting.current))
                 elif seq_id in rejected or slot.job is not job or job.next_token != token:
                     rejected.add(seq_id)  # greedy picked another token here (or the request ended)
                     continue
                 else:  # the draft is the token greedy decoding picked: it is decoded already
-                    assert job.draft is not None
                     job.next_token = None
-                    job.draft.accepted += 1
+                    job.drafting.control.accepted += 1
                     accepted[seq_id] += 1
             seen.add(seq_id)
             slot.tokens.append(token)
@@ -382,47 +305,15 @@ class Scheduler:
                 self._sample_or_fail(slot, index)
         seconds = time.perf_counter() - started
         for seq_id, job in drafting.items():
-            assert job.draft is not None
-            job.draft.adapt(len(job.drafts), accepted[seq_id], seconds)
-            if accepted[seq_id] < len(job.drafts):  # drop the rejected drafts' KV
+            assert job.drafting is not None
+            n_drafts = len(job.drafting.current)
+            job.drafting.control.adapt(n_drafts, accepted[seq_id], seconds)
+            if accepted[seq_id] < n_drafts:  # drop the rejected drafts' KV
                 lib.llama_memory_seq_rm(engine.memory, seq_id, len(self._slots[seq_id].tokens), -1)
         for seq_id in self._planned_next - drafting.keys():  # a plain step of a drafting request: its yardstick
             plain = self._slots[seq_id].job
-            if plain is not None and plain.draft is not None:
-                plain.draft.observe_plain(seconds)
-
-    def _make_room(self, entries: list[tuple[int, int, int, bool]]) -> bool:
-        """The KV cache is full (sequences share it with `kv_unified`): give the step's tokens back to their
-        jobs, then drop the least recently used idle prefix cache, or else end the running sequence that holds
-        the most cells (finish_reason "length", as when one sequence fills its context). False if nothing
-        could be freed."""
-        lib = get_lib()
-        memory = self.engine.memory
-        for seq_id in {e[2] for e in entries}:
-            lib.llama_memory_seq_rm(memory, seq_id, len(self._slots[seq_id].tokens), -1)
-        for seq_id in {e[2] for e in entries}:
-            job = self._slots[seq_id].job
-            if job is None:
-                continue
-            tokens = [e[0] for e in entries if e[2] == seq_id]
-            if seq_id in self._planned_next:
-                job.next_token = tokens[0]
-            else:
-                job.todo = tokens + job.todo
-        idle = [s for s in self._slots if s.job is None and s.tokens]
-        if idle:
-            victim = min(idle, key=lambda s: s.last_used)
-            lib.llama_memory_seq_rm(memory, victim.seq_id, -1, -1)
-            victim.tokens = []
-            return True
-        running = [s for s in self._slots if s.job is not None and s.tokens]
-        if len(running) < 2:
-            return False
-        victim = max(running, key=lambda s: len(s.tokens))
-        self._finish(victim, "length")
-        lib.llama_memory_seq_rm(memory, victim.seq_id, -1, -1)
-        victim.tokens = []
-        return True
+            if plain is not None and plain.drafting is not None:
+                plain.drafting.control.observe_plain(seconds)
 
     def _recover(self, rc: int, entries: list[tuple[int, int, int, bool]]) -> None:
         """A failed decode: drop what it may have stored, fail the sequences it carried (never the process)."""
@@ -524,7 +415,9 @@ class Scheduler:
                 lib.llama_memory_seq_cp(memory, best_slot.seq_id, target.seq_id, 0, best_n)
                 target.tokens = list(prompt[:best_n])
         job.chain = build_sampler_chain(engine.model, job.params, history=prompt)
-        self._setup_drafts(job)
+        job.drafting = JobDrafts.create(
+            self.draft_model, job.chain.names, job.placement.draft_max, job.history, engine.model.check_tokens
+        )
         job.todo = list(prompt[len(target.tokens) :])
         job.history = list(prompt)
         job.n_prompt_eval = len(job.todo)
@@ -532,35 +425,6 @@ class Scheduler:
         target.lora = job.lora
         target.last_used = next(self._clock)
         self.n_prompt_tokens_evaluated = job.n_prompt_eval
-
-    def _setup_drafts(self, job: _Job) -> None:
-        """Speculative decoding for a greedy request (temperature 0, with any biases, penalties, grammar or logits
-        processor), when a draft model is set. Each row is sampled in order exactly as without drafts, so the
-        answer is the same; only rows whose draft equals the token sampled before them are kept."""
-        draft_model = self.draft_model
-        assert job.chain is not None
-        if draft_model is None or job.chain.names[-1:] != ["greedy"]:
-            return
-        n_max = int(getattr(draft_model, "num_pred_tokens", 8))
-        if job.placement.draft_max is not None:
-            n_max = min(n_max, job.placement.draft_max)
-        if n_max <= 0:
-            return
-        job.draft = DraftControl(n_max)
-        if isinstance(draft_model, LlamaPromptLookupDecoding):
-            job.ngrams = NgramIndex(draft_model.max_ngram_size, job.history)
-
-    def _propose(self, job: _Job, n: int) -> list[int]:
-        if job.ngrams is not None:
-            return job.ngrams.propose(n)
-        try:
-            proposed = self.draft_model(self._np.asarray(job.history, dtype=self._np.intc))
-            drafts = [int(t) for t in self._np.asarray(proposed).reshape(-1)[:n]]
-            self.engine.model.check_tokens(drafts)
-        except Exception:  # a draft model's failure costs its request the speed-up, not the answer
-            job.draft = None
-            return []
-        return drafts
 
     def _prefix_usable(self, slot: _Slot, n: int) -> bool:
         """A sliding-window cache may have dropped positions a reused prefix needs."""
@@ -584,15 +448,15 @@ class Scheduler:
                 self._planned_next.add(slot.seq_id)
                 job.next_token = None
                 budget -= 1
-                job.drafts = []
-                if job.draft is not None:
+                drafting = job.drafting
+                if drafting is not None:
+                    drafting.current = []
                     room = min(budget, self.engine.n_ctx - len(slot.tokens) - 2, job.max_tokens - job.n_generated - 1)
-                    n = min(job.draft.budget(), room)
-                    if n > 0:
-                        job.drafts = self._propose(job, n)
+                    n = min(drafting.control.budget(), room)
+                    drafts = drafting.propose(job.history, n) if n > 0 else []
                     pos = len(slot.tokens) + 1
-                    entries.extend((d, pos + i, slot.seq_id, True) for i, d in enumerate(job.drafts))
-                    budget -= len(job.drafts)
+                    entries.extend((d, pos + i, slot.seq_id, True) for i, d in enumerate(drafts))
+                    budget -= len(drafts)
         for slot in sorted((s for s in self._slots if s.job is not None and s.job.todo), key=lambda s: s.last_used):
             if budget <= 0:
                 break
@@ -651,8 +515,8 @@ class Scheduler:
             self._finish(slot, "stop")
             return
         job.history.append(token)
-        if job.ngrams is not None:
-            job.ngrams.extend((token,))
+        if job.drafting is not None:
+            job.drafting.extend(token)
         if job.n_generated >= job.max_tokens or len(slot.tokens) >= engine.n_ctx:
             self._finish(slot, "length")
             return
@@ -692,12 +556,8 @@ def _timings(job: _Job) -> dict[str, float]:
         "predicted_n": float(job.n_generated),
         "predicted_ms": (done - first) * 1e3,
     }
-    if job.draft is not None:
-        timings.update(
-            draft_n=float(job.draft.drafted),
-            draft_accepted_n=float(job.draft.accepted),
-            draft_steps=float(job.draft.steps),
-        )
+    if job.drafting is not None:
+        timings.update(job.drafting.timings())
     return timings
 
 

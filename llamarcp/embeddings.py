@@ -20,8 +20,18 @@ from llamarcp.errors import LlamaError, PromptTooLongError, check_decode
 
 if TYPE_CHECKING:
     from llamarcp.engine import Engine
+    from llamarcp.turns import Turns
 
-__all__ = ["ROW_ALIGN", "embed", "embed_tokens", "embedding_response", "max_input_tokens", "rank", "rerank_tokens"]
+__all__ = [
+    "ROW_ALIGN",
+    "embed",
+    "embed_tokens",
+    "embedding_response",
+    "max_input_tokens",
+    "rank",
+    "rerank_tokens",
+    "Reranking",
+]
 
 #: Every text starts and ends on a multiple of this many batch rows (padding rows go to a sequence of their
 #: own that nothing reads). ggml's CPU matrix kernels work in row tiles and round a row differently at other
@@ -212,3 +222,25 @@ def rank(engine: Engine, query: str, documents: Sequence[str], *, truncate: bool
         pairs.append(tokens)
     rows = embed_tokens(engine, pairs) if pairs else []
     return [float(row[0]) for row in rows], sum(len(t) for t in pairs)
+
+
+class Reranking:
+    """`Llama.rank` (a mixin of the facade)."""
+
+    if TYPE_CHECKING:
+        embedding: bool
+        _turns: Turns
+
+        def _engine_or_raise(self) -> Engine: ...
+
+    def rank(self, query: str, documents: Sequence[str], truncate: bool = True, return_count: bool = False) -> Any:
+        """How relevant each document is to `query` (higher is more relevant), from a reranker (cross-encoder)
+        model loaded with `Llama(path, embedding=True, pooling_type=LLAMA_POOLING_TYPE_RANK)`: the classifier's
+        raw score per document, in the order given, as llama-server's /v1/rerank computes it. Pairs longer than
+        one pass are cut (`truncate=False`: PromptTooLongError); `return_count` adds the tokens read."""
+        with self._turns.exclusive():
+            engine = self._engine_or_raise()
+            if not self.embedding:
+                raise LlamaError("rank() needs Llama(..., embedding=True, pooling_type=LLAMA_POOLING_TYPE_RANK)")
+            scores, count = rank(engine, query, list(documents), truncate=truncate)
+        return (scores, count) if return_count else scores

@@ -21,14 +21,15 @@ from llamarcp import _backend, embeddings, loading, state, text_completion
 from llamarcp._core import Context, ffi
 from llamarcp._cpu import physical_core_count
 from llamarcp._managed import abandon
-from llamarcp.batching import Scheduler, current_slot_request
+from llamarcp.batching import Scheduler
 from llamarcp.compat.cache import cache_restore, storing_after
 from llamarcp.compat.llama_api import LlamaCppApiMixin
+from llamarcp.embeddings import Reranking
 from llamarcp.engine import Engine, Outcome, Step
 from llamarcp.errors import LlamaError
-from llamarcp.generation_stats import StatsSnapshot
-from llamarcp.lora import LoraAdapters
+from llamarcp.lora import LoraMethods
 from llamarcp.model_facts import ModelFacts
+from llamarcp.placement import current_slot_request
 from llamarcp.sampling import (
     LLAMA_DEFAULT_SEED,
     LogitsProcessorList,
@@ -74,7 +75,7 @@ MAX_PARALLEL = 64
 _GENERATE_OBSOLETE = frozenset({"tfs_z", "penalize_nl"})
 
 
-class Llama(ModelFacts, LlamaCppApiMixin):
+class Llama(ModelFacts, LoraMethods, Reranking, LlamaCppApiMixin):
     """A model plus one context: tokenize, complete, embed, save/restore state.
 
     `model_path=None` loads the default model (gemma-3-270m, `pip install 'llamarcp[model]'`). `n_ctx` may be
@@ -163,8 +164,6 @@ class Llama(ModelFacts, LlamaCppApiMixin):
             raise ValueError(f"n_parallel must be an int in 1..{MAX_PARALLEL}, got {n_parallel!r}")
         check_llama_keywords({k: v for k, v in self._init_args.items() if k not in kwargs})
         self.n_parallel = n_parallel
-        if not isinstance(kv_unified, bool):
-            raise TypeError(f"kv_unified must be True or False, got {kv_unified!r}")
         self.kv_unified = kv_unified and n_parallel > 1
         if logits_all and n_parallel > 1:
             raise ValueError("logits_all=True keeps one sequence's logits per position: it needs n_parallel=1")
@@ -400,36 +399,6 @@ class Llama(ModelFacts, LlamaCppApiMixin):
             prompt_tokens, params, max_tokens, logprobs, logits_processor, stopping_criteria, outcome, prompt_logprobs
         )
 
-    def kv_cells(self) -> int:
-        """Token cells of the context's KV cache, all sequences together: `n_parallel * n_ctx`, or `n_ctx`
-        with `kv_unified=True` (the sequences share them, each up to `n_ctx`)."""
-        with self._turns.using():
-            return int(self._engine_or_raise().ctx.n_ctx())
-
-    def _lora_adapters(self) -> LoraAdapters:
-        engine = self._engine_or_raise()
-        if engine.loras is None:
-            engine.loras = LoraAdapters(self._model, engine.ctx)
-        loras: LoraAdapters = engine.loras
-        return loras
-
-    def add_lora(self, path: str | os.PathLike[str], scale: float = 1.0) -> int:
-        """Load a LoRA adapter for hot swapping and return its id (0, 1, ...). `scale` is its default scale
-        (0: loaded but not applied); a generation may override scales by id (the server's per-request `lora`).
-        With several sequences (`n_parallel`), generations with different scales take turns."""
-        with self._turns.using():
-            return self._lora_adapters().add(path, scale)
-
-    def lora_adapters(self) -> list[dict[str, Any]]:
-        """The loaded adapters: [{"id", "path", "scale"}] with their default scales."""
-        engine = self._engine
-        return engine.loras.describe() if engine is not None and engine.loras is not None else []
-
-    def set_lora_scales(self, scales: Mapping[int, float], reset_others: bool = False) -> None:
-        """Change the default scales by adapter id (`reset_others`: adapters not named get 0); generations
-        already running keep the scales they started with."""
-        self._lora_adapters().set_defaults(scales, reset_others)
-
     def _single_steps(
         self,
         prompt_tokens: list[int],
@@ -583,18 +552,6 @@ class Llama(ModelFacts, LlamaCppApiMixin):
         output = rows[0] if single else rows
         return (output, count) if return_count else output
 
-    def rank(self, query: str, documents: Sequence[str], truncate: bool = True, return_count: bool = False) -> Any:
-        """How relevant each document is to `query` (higher is more relevant), from a reranker (cross-encoder)
-        model loaded with `Llama(path, embedding=True, pooling_type=LLAMA_POOLING_TYPE_RANK)`: the classifier's
-        raw score per document, in the order given, as llama-server's /v1/rerank computes it. Pairs longer than
-        one pass are cut (`truncate=False`: PromptTooLongError); `return_count` adds the tokens read."""
-        with self._turns.exclusive():
-            engine = self._engine_or_raise()
-            if not self.embedding:
-                raise LlamaError("rank() needs Llama(..., embedding=True, pooling_type=LLAMA_POOLING_TYPE_RANK)")
-            scores, count = embeddings.rank(engine, query, list(documents), truncate=truncate)
-        return (scores, count) if return_count else scores
-
     def create_embedding(self, input: str | Sequence[str], model: str | None = None) -> dict[str, Any]:
         """OpenAI-shaped embeddings response for one text or a list of texts."""
         rows, count = self.embed(input, return_count=True)
@@ -626,12 +583,6 @@ class Llama(ModelFacts, LlamaCppApiMixin):
         plain llama.cpp session loads with a `StateFileWarning`. Refusals raise `StateError`."""
         with self._turns.exclusive():
             state.load_file(self._engine_or_raise(), path)
-
-    @property
-    def generation_stats(self) -> StatsSnapshot:
-        """Totals over every generation of this Llama: prompt tokens decoded / reused from the cache, generated
-        tokens, their seconds, llama_decode calls (the server's /metrics)."""
-        return self._engine.stats.snapshot() if self._engine is not None else StatsSnapshot()
 
     def set_seed(self, seed: int) -> None:
         self._seed = check_seed(seed) & 0xFFFFFFFF

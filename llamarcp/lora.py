@@ -23,8 +23,10 @@ from llamarcp.errors import LoraAdapterError
 
 if TYPE_CHECKING:
     from llamarcp._core import Context, Model
+    from llamarcp.engine import Engine
+    from llamarcp.turns import Turns
 
-__all__ = ["MAX_ADAPTERS", "MAX_LORA_SCALE", "LoraAdapters", "LoraConfig"]
+__all__ = ["MAX_ADAPTERS", "MAX_LORA_SCALE", "LoraAdapters", "LoraConfig", "LoraMethods"]
 
 #: One configuration: a scale per loaded adapter (index = adapter id).
 LoraConfig = tuple[float, ...]
@@ -126,3 +128,38 @@ class LoraAdapters:
             raise LoraAdapterError(f"llama_set_adapters_lora failed ({rc}){log.reason()}")
         self.applied = config
         return True
+
+
+class LoraMethods:
+    """`Llama`'s LoRA hot-swap methods (a mixin of the facade; the adapters live on its engine)."""
+
+    if TYPE_CHECKING:
+        _model: Model
+        _engine: Engine | None
+        _turns: Turns
+
+        def _engine_or_raise(self) -> Engine: ...
+
+    def _lora_adapters(self) -> LoraAdapters:
+        engine = self._engine_or_raise()
+        if engine.loras is None:
+            engine.loras = LoraAdapters(self._model, engine.ctx)
+        loras: LoraAdapters = engine.loras
+        return loras
+
+    def add_lora(self, path: str | os.PathLike[str], scale: float = 1.0) -> int:
+        """Load a LoRA adapter for hot swapping and return its id (0, 1, ...). `scale` is its default scale
+        (0: loaded but not applied); a generation may override scales by id (the server's per-request `lora`).
+        With several sequences (`n_parallel`), generations with different scales take turns."""
+        with self._turns.using():
+            return self._lora_adapters().add(path, scale)
+
+    def lora_adapters(self) -> list[dict[str, Any]]:
+        """The loaded adapters: [{"id", "path", "scale"}] with their default scales."""
+        engine = self._engine
+        return engine.loras.describe() if engine is not None and engine.loras is not None else []
+
+    def set_lora_scales(self, scales: Mapping[int, float], reset_others: bool = False) -> None:
+        """Change the default scales by adapter id (`reset_others`: adapters not named get 0); generations
+        already running keep the scales they started with."""
+        self._lora_adapters().set_defaults(scales, reset_others)

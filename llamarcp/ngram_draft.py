@@ -11,8 +11,9 @@ second against its own plain steps), so drafting never costs much where it does 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["DraftControl", "NgramIndex"]
+__all__ = ["DraftControl", "JobDrafts", "NgramIndex"]
 
 
 class NgramIndex:
@@ -125,3 +126,65 @@ class DraftControl:
             self.n = 1  # the probe after the pause starts small
         self.window_steps = self.window_drafted = self.window_accepted = self.window_tokens = 0
         self.window_seconds = 0.0
+
+
+class JobDrafts:
+    """One request's speculative decoding in the batching scheduler: its `DraftControl`, its `NgramIndex`
+    (prompt lookup) or another draft model called with the history, and the drafts of the current step."""
+
+    def __init__(self, control: DraftControl, draft_model: Any, ngrams: NgramIndex | None, check: Any) -> None:
+        self.control = control
+        self.draft_model = draft_model
+        self.ngrams = ngrams
+        self.check = check
+        self.current: list[int] = []
+        self.failed = False
+
+    @classmethod
+    def create(
+        cls, draft_model: Any, chain_names: list[str], draft_max: int | None, history: Sequence[int], check: Any
+    ) -> JobDrafts | None:
+        """Drafting for a request whose chain ends in greedy (temperature 0; biases, penalties, grammar are fine:
+        every row is sampled in order as without drafts), when a draft model is set and `draft_max` allows."""
+        if draft_model is None or chain_names[-1:] != ["greedy"]:
+            return None
+        n_max = int(getattr(draft_model, "num_pred_tokens", 8))
+        if draft_max is not None:
+            n_max = min(n_max, draft_max)
+        if n_max <= 0:
+            return None
+        from llamarcp.compat.speculative import LlamaPromptLookupDecoding
+
+        ngrams = None
+        if isinstance(draft_model, LlamaPromptLookupDecoding):
+            ngrams = NgramIndex(draft_model.max_ngram_size, history)
+        return cls(DraftControl(n_max), draft_model, ngrams, check)
+
+    def propose(self, history: Sequence[int], n: int) -> list[int]:
+        """Set and return this step's drafts (at most `n`)."""
+        self.current = []
+        if self.ngrams is not None:
+            self.current = self.ngrams.propose(n)
+        elif not self.failed:
+            import numpy as np
+
+            try:
+                proposed = self.draft_model(np.asarray(history, dtype=np.intc))
+                drafts = [int(t) for t in np.asarray(proposed).reshape(-1)[:n]]
+                self.check(drafts)
+                self.current = drafts
+            except Exception:  # a draft model's failure costs its request the speed-up, not the answer
+                self.failed = True
+        return self.current
+
+    def extend(self, token: int) -> None:
+        if self.ngrams is not None:
+            self.ngrams.extend((token,))
+
+    def timings(self) -> dict[str, float]:
+        control = self.control
+        return {
+            "draft_n": float(control.drafted),
+            "draft_accepted_n": float(control.accepted),
+            "draft_steps": float(control.steps),
+        }

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from llamarcp import Llama
-from llamarcp.batching import SlotRequest, slot_request
 from llamarcp.compat.speculative import LlamaDraftModel, LlamaPromptLookupDecoding
 from llamarcp.ngram_draft import DraftControl, NgramIndex
+from llamarcp.placement import SlotRequest, slot_request
 
 REPETITIVE = "one two three four five six seven. one two three four five six seven. one two three"
 PROMPTS = [REPETITIVE, "Once upon a time", "a b a b a b a b a b a b"]

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from llamarcp import Llama
-from llamarcp.batching import SlotRequest, slot_request
 from llamarcp.errors import LoraAdapterError
+from llamarcp.placement import SlotRequest, slot_request
 
 PROMPT = "The adapters change what comes next:"
 NO_EOS = {2: float("-inf")}

@@ -11,8 +11,8 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
-from llamarcp.batching import SlotRequest, slot_request
 from llamarcp.llama import MAX_PARALLEL
+from llamarcp.placement import SlotRequest, slot_request
 from llamarcp.server.errors import ApiError
 from llamarcp.server.pool import ModelEntry
 from llamarcp.server.routes_lora import lora_overrides
