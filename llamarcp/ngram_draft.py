@@ -57,18 +57,21 @@ class DraftControl:
     plain rate is measured with `MEASURE` plain steps after the first window and again every `REFRESH` windows.
     """
 
-    WINDOW = 4
+    WINDOW = 3
+    #: Drafting steps of a probe after a pause (short: most probes of drafts that do not pay fail again).
+    PROBE = 2
     MEASURE = 2
     REFRESH = 8
     MIN_RATE = 0.5
-    PAUSE = 16
+    PAUSE = 32
     MAX_PAUSE = 1024
     #: Weight of the newest step in the moving average of plain tokens per second.
     EMA = 0.3
 
     def __init__(self, n_max: int) -> None:
         self.n_max = n_max
-        self.n = min(n_max, 4)
+        self.n = min(n_max, 2)
+        self.window = self.WINDOW
         self.pause = self.PAUSE
         self.paused_for = 0
         self.plain_rate: float | None = None
@@ -109,8 +112,9 @@ class DraftControl:
         self.window_accepted += accepted
         self.window_tokens += accepted + 1
         self.window_seconds += seconds
-        if self.window_steps < self.WINDOW:
+        if self.window_steps < self.window:
             return
+        self.window = self.WINDOW
         self.windows += 1
         if self.plain_rate is not None and self.window_seconds > 0:
             paid = self.window_tokens / self.window_seconds >= self.plain_rate
@@ -123,7 +127,7 @@ class DraftControl:
         else:
             self.paused_for = self.pause
             self.pause = min(self.MAX_PAUSE, 2 * self.pause)
-            self.n = 1  # the probe after the pause starts small
+            self.n, self.window = 1, self.PROBE  # the probe after the pause is small and short
         self.window_steps = self.window_drafted = self.window_accepted = self.window_tokens = 0
         self.window_seconds = 0.0
 

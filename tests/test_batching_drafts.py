@@ -121,29 +121,28 @@ def test_ngram_index_matches_prompt_lookup() -> None:
 
 def test_draft_control_adapts() -> None:
     control = DraftControl(8)
+    assert control.budget() == 2
+    control.tried(2)
+    control.adapt(2, 2, 0.01)
     assert control.budget() == 4
     control.tried(4)
-    control.adapt(4, 4, 0.01)
-    assert control.budget() == 8
-    control.tried(8)
-    control.adapt(8, 2, 0.01)
-    assert control.budget() == 3
-    for _ in range(DraftControl.WINDOW - 2):  # the window ends with 6 of 15 accepted (no timing yet): pause
-        control.tried(control.n)
-        control.adapt(control.n, 0, 0.01)
+    control.adapt(4, 1, 0.01)
+    assert control.budget() == 2
+    control.tried(2)  # the first window (3 steps) ends with 3 of 8 accepted, no timing yet: pause
+    control.adapt(2, 0, 0.01)
     assert [control.budget() for _ in range(DraftControl.PAUSE)] == [0] * DraftControl.PAUSE
     assert control.budget() == 1  # the probe starts small
 
     # With plain steps measured, a window is judged by tokens per second, whatever the acceptance.
     control.observe_plain(0.1)  # 10 tokens/s without drafts
-    for _ in range(DraftControl.WINDOW):
+    for _ in range(DraftControl.PROBE):
         control.tried(control.n)
         control.adapt(control.n, 0, 0.05)  # 20 tokens/s with them: it pays, drafting goes on
     assert control.budget() == 1
     for _ in range(20):
         control.observe_plain(0.01)  # now 100 tokens/s without drafts
-    for pause in (DraftControl.PAUSE, 2 * DraftControl.PAUSE):  # drafting at 50 tokens/s does not: pauses double
-        for _ in range(DraftControl.WINDOW):
+    for steps, pause in ((DraftControl.WINDOW, DraftControl.PAUSE), (DraftControl.PROBE, 2 * DraftControl.PAUSE)):
+        for _ in range(steps):  # drafting at 50 tokens/s does not pay: the pauses double
             control.tried(control.n)
             control.adapt(control.n, control.n, 0.02 * (control.n + 1))
         assert [control.budget() for _ in range(pause)] == [0] * pause
