@@ -83,6 +83,8 @@ def greedy_with_drafts(engine: Engine, draft_model: Any, limit: int, outcome: Ou
                 return  # context full: stop like running out of room
             check_decode(rc)
         input_ids.extend(tokens)
+        if drafts:
+            outcome["draft_steps"] = outcome.get("draft_steps", 0) + 1  # verification steps (/metrics)
         accepted = 0
         for i, draft in enumerate(drafts):
             if pick(i) != draft:

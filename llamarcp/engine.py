@@ -389,6 +389,7 @@ class Engine:
             if "drafted" in outcome:  # speculative decoding (llamarcp.draft_decoding): drafts tried / kept
                 timings["draft_n"] = float(outcome["drafted"])
                 timings["draft_accepted_n"] = float(outcome["accepted"])
+                timings["draft_steps"] = float(outcome.get("draft_steps", 0))
             outcome["timings"] = self.last_timings = timings
             decoded_alone = -(-n_eval // self.n_batch) + max(0, len(self.input_ids) - len(prompt_tokens))
             self.stats.add_generation(timings, decode_calls=decoded_alone)

@@ -156,3 +156,16 @@ def test_draft_control_measures_plain_steps_first() -> None:
         control.adapt(control.n, control.n, 0.01)
     assert [control.budget() for _ in range(DraftControl.MEASURE)] == [0] * DraftControl.MEASURE
     assert control.budget() == 8
+
+
+def test_one_sequence_drafts_are_counted(tiny_model_path: Path) -> None:
+    """The one-sequence engine (n_parallel=1) reports drafts, accepted drafts and verification steps too."""
+    with Llama(str(tiny_model_path), n_ctx=512, n_threads=1, draft_model=LlamaPromptLookupDecoding()) as spec:
+        greedy(spec, REPETITIVE, 80)
+        timings, stats = spec.last_timings, spec.generation_stats
+    assert timings["draft_n"] > 0 and 0 < timings["draft_steps"] <= timings["draft_n"]
+    assert (stats.draft_tokens, stats.draft_accepted, stats.draft_steps) == (
+        timings["draft_n"],
+        timings["draft_accepted_n"],
+        timings["draft_steps"],
+    )
