@@ -2,6 +2,11 @@
 prompt (the model is asked to repeat a block of code), in one process, interleaved round by round.
 
     python benchmarks/draft_decoding.py [--model tiny|gemma|PATH] [--threads 1] [--tokens 96] [--rounds 3]
+        [--parallel N] [--prompt code|json]
+
+`--parallel N` (N > 1) measures the continuous-batching scheduler's drafting (the server's `--spec-type
+ngram-simple`) instead of the one-sequence engine's; `--prompt json` continues a JSON array whose rows differ by
+a counter (drafts are often wrong there: the adaptive draft length must keep it as fast as plain decoding).
 
 Prints one Markdown table row: tokens/s of both, the median per-round speed-up with its range, the share of
 drafts accepted, and whether the greedy texts were identical (they must be).
@@ -22,6 +27,9 @@ from run import gemma_model_path, tiny_model_path  # noqa: E402
 
 CODE = "def scale(values, factor):\n    return [value * factor for value in values]\n\n"
 PROMPT = "Repeat this code exactly, three times.\n\n" + CODE * 3 + "Here it is again:\n\n"
+ROWS = "".join(f'  {{"id": {i}, "name": "item{i}", "price": {3 * i + 1}, "tags": ["a", "b"]}},\n' for i in range(8))
+JSON_PROMPT = "Continue this JSON array with 40 more rows.\n\n[\n" + ROWS
+PROMPTS = {"code": PROMPT, "json": JSON_PROMPT}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,13 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ngram", type=int, default=2)
     parser.add_argument("--draft", type=int, default=10, help="num_pred_tokens")
+    parser.add_argument("--parallel", type=int, default=1, help="n_parallel (> 1: the batching scheduler)")
+    parser.add_argument("--prompt", choices=sorted(PROMPTS), default="code")
     args = parser.parse_args(argv)
+    prompt = PROMPTS[args.prompt]
 
     from llamarcp import Llama
     from llamarcp.compat.speculative import LlamaPromptLookupDecoding
 
     path = {"tiny": tiny_model_path, "gemma": gemma_model_path}.get(args.model, lambda: Path(args.model))()
-    common = {"n_ctx": 1024, "n_threads": args.threads, "n_threads_batch": args.threads}
+    common = {"n_ctx": 1024, "n_threads": args.threads, "n_threads_batch": args.threads, "n_parallel": args.parallel}
     plain = Llama(str(path), **common)
     spec = Llama(str(path), draft_model=LlamaPromptLookupDecoding(args.ngram, args.draft), **common)
     rates: dict[str, list[float]] = {"plain": [], "draft": []}
@@ -49,10 +60,13 @@ def main(argv: list[str] | None = None) -> int:
             order.reverse()
         this_round = {}
         for name, llm in order:
-            llm.reset()
-            llm.eval(llm.tokenize(PROMPT.encode()))  # prompt evaluated outside the clock
+            if args.parallel == 1:
+                llm.reset()
+                llm.eval(llm.tokenize(prompt.encode()))  # prompt evaluated outside the clock
+            else:
+                llm(prompt, max_tokens=1, temperature=0)  # the scheduler's slot caches the prompt
             started = time.perf_counter()
-            text = llm(PROMPT, max_tokens=args.tokens, temperature=0)["choices"][0]["text"]
+            text = llm(prompt, max_tokens=args.tokens, temperature=0)["choices"][0]["text"]
             elapsed = time.perf_counter() - started
             texts.add(text)
             n = llm.last_timings["predicted_n"]
@@ -64,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         ratios.append(this_round["draft"] / this_round["plain"])
     identical = len(texts) == 1
     print(
-        f"| {Path(path).name} | {args.threads} | {args.tokens} | {statistics.median(rates['plain']):.1f} "
+        f"| {Path(path).name} | {args.prompt} | {args.parallel} | {args.threads} | {args.tokens} "
+        f"| {statistics.median(rates['plain']):.1f} "
         f"| {statistics.median(rates['draft']):.1f} | **{statistics.median(ratios):.2f}x** "
         f"({min(ratios):.2f}-{max(ratios):.2f}) | {accepted / max(drafted, 1):.0%} | {'yes' if identical else 'NO'} |"
     )

@@ -25,14 +25,16 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from llamarcp._backend import get_lib
 from llamarcp._core import Batch
 from llamarcp.errors import (
     DECODE_ABORTED,
+    DECODE_NO_KV_SLOT,
     ClosedError,
     GenerationAborted,
     LlamaError,
@@ -40,7 +42,10 @@ from llamarcp.errors import (
     check_decode,
 )
 from llamarcp.multimodal import MediaPrompt
+from llamarcp.ngram_draft import JobDrafts
+from llamarcp.placement import SlotRequest, current_slot_request
 from llamarcp.sampling import SamplerChain, SamplingParams, build_sampler_chain
+from llamarcp.slot_controls import SlotControls
 from llamarcp.token_picker import apply_logits_processor, logits_view, logprob_info
 
 if TYPE_CHECKING:
@@ -48,6 +53,8 @@ if TYPE_CHECKING:
     from llamarcp.turns import Turns
 
 __all__ = ["Scheduler"]
+
+T = TypeVar("T")
 
 #: How long an idle scheduler thread waits for work before it ends (a new request starts a new one).
 IDLE_EXIT_S = 30.0
@@ -77,6 +84,9 @@ class _Job:
     submitted: float = field(default_factory=time.perf_counter)
     first_token: float = 0.0
     media: MediaPrompt | None = None  # images/audio among the prompt ids (llamarcp.multimodal)
+    placement: SlotRequest = field(default_factory=SlotRequest)
+    drafting: JobDrafts | None = None  # speculative decoding of this greedy request
+    lora: tuple[float, ...] = ()  # the LoRA configuration it runs with
 
 
 @dataclass(eq=False)
@@ -85,18 +95,28 @@ class _Slot:
     tokens: list[int] = field(default_factory=list)  # what the memory holds for this sequence
     job: _Job | None = None
     last_used: int = 0
+    lora: tuple[float, ...] = ()  # the LoRA configuration its tokens were computed with
 
 
-class Scheduler:
+class Scheduler(SlotControls):
     """Continuous batching over an Engine whose context has `n_parallel` sequences."""
 
-    def __init__(self, engine: Engine, turns: Turns, n_parallel: int, max_queued: int | None = None) -> None:
+    def __init__(
+        self, engine: Engine, turns: Turns, n_parallel: int, max_queued: int | None = None, draft_model: Any = None
+    ) -> None:
         self.engine = engine
+        #: Speculative decoding of greedy requests (llamarcp.ngram_draft): a `LlamaPromptLookupDecoding` uses an
+        #: incremental n-gram index; any other draft model is called with the history.
+        self.draft_model = draft_model
         self.turns = turns
         self.n_parallel = n_parallel
         self.max_queued = max_queued
         self._slots = [_Slot(i) for i in range(n_parallel)]
         self._pending: deque[_Job] = deque()
+        #: Sequences whose entries in the current step are their next token (not a prompt chunk).
+        self._planned_next: set[int] = set()
+        #: Work to run on the scheduler thread between two steps (slot save/restore/erase).
+        self._controls: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._clock = itertools.count(1)
@@ -159,6 +179,11 @@ class Scheduler:
             raise PromptTooLongError(len(prompt), engine.n_ctx)
         limit = engine.n_ctx - len(prompt) if max_tokens is None else max_tokens
         job = _Job(list(prompt), params, limit, logprobs, logits_processor, stopping_criteria, media=media)
+        job.placement = current_slot_request()
+        if engine.loras is not None:
+            job.lora = engine.loras.resolve(job.placement.lora)
+        if job.placement.slot is not None and not 0 <= job.placement.slot < self.n_parallel:
+            raise ValueError(f"slot {job.placement.slot} does not exist (slots 0..{self.n_parallel - 1})")
         with self._cond:
             self.turns.check_open()
             if self.max_queued is not None and len(self._pending) >= self.max_queued:
@@ -178,12 +203,12 @@ class Scheduler:
             while True:
                 with self._cond:
                     idle_since = time.monotonic()
-                    while not has_turn and not self._pending and self.n_running == 0:
+                    while not has_turn and not self._pending and self.n_running == 0 and not self._controls:
                         if self.turns.closing or time.monotonic() - idle_since > IDLE_EXIT_S:
                             self._thread = None
                             return
                         self._cond.wait(1.0)
-                    work = bool(self._pending) or self.n_running > 0
+                    work = bool(self._pending) or self.n_running > 0 or bool(self._controls)
                 if not work:  # idle: let exclusive calls have the context, then wait for work
                     self.turns.leave()
                     has_turn = False
@@ -217,6 +242,10 @@ class Scheduler:
         with self._cond:
             jobs = list(self._pending)
             self._pending.clear()
+            controls = list(self._controls)
+            self._controls.clear()
+        for _fn, future in controls:
+            future.set_exception(exc)
         for slot in self._slots:
             if slot.job is not None:
                 jobs.append(slot.job)
@@ -229,6 +258,7 @@ class Scheduler:
         if self.turns.closing:
             self._fail_all(ClosedError("this Llama was closed during generation"))
             return
+        self._run_controls()
         if engine.abort.requested:
             engine.abort.requested = False
             self._fail_all(GenerationAborted("generation aborted by Llama.abort()"))
@@ -242,15 +272,51 @@ class Scheduler:
             return
         lib = get_lib()
         batch = self._batch.fill_entries(entries)
+        started = time.perf_counter()
         rc = int(lib.llama_decode(engine.ctx.ptr, batch))
+        if rc == DECODE_NO_KV_SLOT and self._make_room(entries):
+            return  # the same tokens go into the next step
         if rc != 0:
             self._recover(rc, entries)
             return
+        engine.stats.add_decode(len({e[2] for e in entries}))
+        drafting: dict[int, _Job] = {}
+        for seq_id in self._planned_next:
+            planned = self._slots[seq_id].job
+            if planned is not None and planned.drafting is not None and planned.drafting.current:
+                drafting[seq_id] = planned
+        seen: set[int] = set()
+        accepted: dict[int, int] = dict.fromkeys(drafting, 0)
+        rejected: set[int] = set()
         for index, (token, _pos, seq_id, wants_logits) in enumerate(entries):
             slot = self._slots[seq_id]
+            job = drafting.get(seq_id)
+            if job is not None:
+                assert job.drafting is not None
+                if seq_id not in seen:  # the sampled token that the drafts follow
+                    job.drafting.control.tried(len(job.drafting.current))
+                elif seq_id in rejected or slot.job is not job or job.next_token != token:
+                    rejected.add(seq_id)  # greedy picked another token here (or the request ended)
+                    continue
+                else:  # the draft is the token greedy decoding picked: it is decoded already
+                    job.next_token = None
+                    job.drafting.control.accepted += 1
+                    accepted[seq_id] += 1
+            seen.add(seq_id)
             slot.tokens.append(token)
             if wants_logits and slot.job is not None:
                 self._sample_or_fail(slot, index)
+        seconds = time.perf_counter() - started
+        for seq_id, job in drafting.items():
+            assert job.drafting is not None
+            n_drafts = len(job.drafting.current)
+            job.drafting.control.adapt(n_drafts, accepted[seq_id], seconds)
+            if accepted[seq_id] < n_drafts:  # drop the rejected drafts' KV
+                lib.llama_memory_seq_rm(engine.memory, seq_id, len(self._slots[seq_id].tokens), -1)
+        for seq_id in self._planned_next - drafting.keys():  # a plain step of a drafting request: its yardstick
+            plain = self._slots[seq_id].job
+            if plain is not None and plain.drafting is not None:
+                plain.drafting.control.observe_plain(seconds)
 
     def _recover(self, rc: int, entries: list[tuple[int, int, int, bool]]) -> None:
         """A failed decode: drop what it may have stored, fail the sequences it carried (never the process)."""
@@ -282,13 +348,29 @@ class Scheduler:
                 job = self._pending.popleft()
             if job.cancelled:
                 continue
-            if self._should_wait_for_prefill(job):
+            if not self._lora_ready(job):  # it and the jobs behind it wait for the running ones to finish
+                deferred.append(job)
+                with self._cond:
+                    self._pending.extendleft(reversed(deferred))
+                return
+            wanted = job.placement.slot
+            if (wanted is not None and self._slots[wanted].job is not None) or self._should_wait_for_prefill(job):
                 deferred.append(job)
                 continue
             try:
                 self._start(job, free)
             except Exception as exc:
                 job.results.put(("error", exc))
+
+    def _lora_ready(self, job: _Job) -> bool:
+        """The context has the job's LoRA configuration, or can switch to it now (no other sequence runs)."""
+        loras = self.engine.loras
+        if loras is None or job.lora == loras.applied:
+            return True
+        if self.n_running > 0:
+            return False
+        loras.apply(job.lora)
+        return True
 
     def _should_wait_for_prefill(self, job: _Job) -> bool:
         """A prompt sharing a long prefix with one still being prefilled starts once that prefix is in memory
@@ -307,7 +389,9 @@ class Scheduler:
         lib = get_lib()
         prompt = job.prompt
         best_slot, best_n = None, 0
-        for slot in self._slots:
+        for slot in self._slots if job.placement.cache_prompt else ():
+            if slot.lora != job.lora:
+                continue  # computed with other adapters
             n = _common_prefix(slot.tokens, prompt)
             if slot.job is not None:
                 n = min(n, len(slot.tokens))  # only what the running one has decoded already
@@ -316,7 +400,10 @@ class Scheduler:
         best_n = min(best_n, len(prompt) - 1)  # the last prompt token is decoded again for fresh logits
         if job.media is not None:
             best_n = job.media.safe_prefix(best_n)  # never reuse half an image
-        if best_slot is not None and best_slot.job is None and best_n > 0 and 2 * best_n >= len(best_slot.tokens):
+        wanted = job.placement.slot
+        if wanted is not None:
+            target = self._slots[wanted]  # the caller's choice (free: _admit waited for it)
+        elif best_slot is not None and best_slot.job is None and best_n > 0 and 2 * best_n >= len(best_slot.tokens):
             target = best_slot  # continue an idle slot's cache in place (most of it is reused)
         else:
             # Empty slots first, then the least recently used cache; the source of a copy is kept if possible.
@@ -338,8 +425,12 @@ class Scheduler:
         job.chain = build_sampler_chain(engine.model, job.params, history=history)
         job.todo = list(prompt[len(target.tokens) :])
         job.history = list(history)
+        job.drafting = JobDrafts.create(
+            self.draft_model, job.chain.names, job.placement.draft_max, job.history, engine.model.check_tokens
+        )
         job.n_prompt_eval = len(job.todo)
         target.job = job
+        target.lora = job.lora
         target.last_used = next(self._clock)
         self.n_prompt_tokens_evaluated = job.n_prompt_eval
 
@@ -370,12 +461,23 @@ class Scheduler:
         """(token, position, seq_id, wants logits) for this step: next tokens first, then prompt chunks."""
         budget = self.engine.n_batch
         entries: list[tuple[int, int, int, bool]] = []
+        self._planned_next.clear()
         for slot in self._slots:
             job = slot.job
             if job is not None and job.next_token is not None and budget > 0:
                 entries.append((job.next_token, len(slot.tokens), slot.seq_id, True))
+                self._planned_next.add(slot.seq_id)
                 job.next_token = None
                 budget -= 1
+                drafting = job.drafting
+                if drafting is not None:
+                    drafting.current = []
+                    room = min(budget, self.engine.n_ctx - len(slot.tokens) - 2, job.max_tokens - job.n_generated - 1)
+                    n = min(drafting.control.budget(), room)
+                    drafts = drafting.propose(job.history, n) if n > 0 else []
+                    pos = len(slot.tokens) + 1
+                    entries.extend((d, pos + i, slot.seq_id, True) for i, d in enumerate(drafts))
+                    budget -= len(drafts)
         for slot in sorted((s for s in self._slots if s.job is not None and s.job.todo), key=lambda s: s.last_used):
             if budget <= 0:
                 break
@@ -434,6 +536,8 @@ class Scheduler:
             self._finish(slot, "stop")
             return
         job.history.append(token)
+        if job.drafting is not None:
+            job.drafting.extend(token)
         if job.n_generated >= job.max_tokens or len(slot.tokens) >= engine.n_ctx:
             self._finish(slot, "length")
             return
@@ -442,15 +546,7 @@ class Scheduler:
     def _finish(self, slot: _Slot, reason: str) -> None:
         job = slot.job
         assert job is not None
-        done = time.perf_counter()
-        first = job.first_token or done
-        timings = {
-            "prompt_n": float(len(job.prompt)),
-            "prompt_eval_n": float(job.n_prompt_eval),
-            "prompt_ms": (first - job.submitted) * 1e3,
-            "predicted_n": float(job.n_generated),
-            "predicted_ms": (done - first) * 1e3,
-        }
+        timings = _timings(job)
         self.engine.last_timings = timings
         job.results.put(("end", {"finish_reason": reason, "timings": timings}))
         self._release(slot, keep_cache=True)
@@ -462,12 +558,28 @@ class Scheduler:
         if job is not None:
             if job.chain is not None:
                 job.chain.close()
+                self.engine.stats.add_generation(_timings(job))  # finished, failed or cancelled alike
             job.cancelled = True
         if not keep_cache and not self.engine.ctx.closed:
             get_lib().llama_memory_seq_rm(self.engine.memory, slot.seq_id, -1, -1)
             slot.tokens = []
         with self._cond:
             self._cond.notify_all()
+
+
+def _timings(job: _Job) -> dict[str, float]:
+    done = time.perf_counter()
+    first = job.first_token or done
+    timings = {
+        "prompt_n": float(len(job.prompt)),
+        "prompt_eval_n": float(job.n_prompt_eval),
+        "prompt_ms": (first - job.submitted) * 1e3,
+        "predicted_n": float(job.n_generated),
+        "predicted_ms": (done - first) * 1e3,
+    }
+    if job.drafting is not None:
+        timings.update(job.drafting.timings())
+    return timings
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

@@ -6,8 +6,9 @@ model's argmax at position i is compared with draft i, and the run of agreeing d
 the token plain greedy decoding would have picked there). The first disagreement is already the next token,
 read from the same logits; the rejected drafts are removed from the KV memory. Output is token-for-token that
 of plain greedy decoding; the speed-up is the number of accepted drafts per decode. How many drafts go into a
-batch adapts: it doubles after a fully accepted run and drops to one more than the accepted count after a
-miss, so a draft model that is often wrong costs little more than plain decoding.
+batch adapts (`llamarcp.ngram_draft.DraftControl`, shared with the batching scheduler): it doubles after a fully
+accepted run and drops to one more than the accepted count after a miss, and drafting pauses while fewer than
+half of the drafts are accepted, so a draft model that is often wrong costs little more than plain decoding.
 
 Used by `Engine.generate` for greedy requests (a greedy-only sampler chain, no grammar, no logits processor,
 stopping criteria or logprobs) when `Llama(draft_model=...)` is set; other requests ignore the draft model.
@@ -15,12 +16,14 @@ stopping criteria or logprobs) when `Llama(draft_model=...)` is set; other reque
 
 from __future__ import annotations
 
+import time
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 from llamarcp._backend import get_lib
 from llamarcp._ffi import ffi
 from llamarcp.errors import DECODE_NO_KV_SLOT, check_decode
+from llamarcp.ngram_draft import DraftControl
 
 if TYPE_CHECKING:
     from llamarcp.engine import Engine, Outcome, Step
@@ -48,7 +51,7 @@ def greedy_with_drafts(engine: Engine, draft_model: Any, limit: int, outcome: Ou
         return token, piece if piece is not None else token_to_piece(token), None
 
     n_generated = 0
-    budget = max_drafts  # drafts tried in the next batch (adapts to how often they are right)
+    control = DraftControl(max_drafts)  # drafts tried in the next batch (adapts to how often they are right)
     out = -1  # the output row whose logits predict the next token
     outcome["finish_reason"] = "length"
     outcome["drafted"] = outcome["accepted"] = 0
@@ -63,13 +66,14 @@ def greedy_with_drafts(engine: Engine, draft_model: Any, limit: int, outcome: Ou
         yield step(token)
         if n_generated >= limit or len(input_ids) >= n_ctx:
             return  # no room to decode this token; finish_reason stays "length"
-        room = min(budget, n_ctx - len(input_ids) - 1, limit - n_generated)
+        room = min(control.budget(), n_ctx - len(input_ids) - 1, limit - n_generated)
         drafts: list[int] = []
         if room > 0:
             proposed = draft_model(np.asarray([*input_ids, token], dtype=np.intc))
             drafts = [int(t) for t in np.asarray(proposed).reshape(-1)[:room]]
             model.check_tokens(drafts)  # a draft model's bug must not reach llama_decode as an invalid id
         tokens = [token, *drafts]
+        started = time.perf_counter()
         b = batch.fill(tokens, len(input_ids), 0, logits_last=False)
         ffi.memmove(b.logits, b"\x01" * len(tokens), len(tokens))  # logits at every position, to verify drafts
         rc = decode(ctx_ptr, b)
@@ -79,6 +83,8 @@ def greedy_with_drafts(engine: Engine, draft_model: Any, limit: int, outcome: Ou
                 return  # context full: stop like running out of room
             check_decode(rc)
         input_ids.extend(tokens)
+        if drafts:
+            outcome["draft_steps"] = outcome.get("draft_steps", 0) + 1  # verification steps (/metrics)
         accepted = 0
         for i, draft in enumerate(drafts):
             if pick(i) != draft:
@@ -98,7 +104,8 @@ def greedy_with_drafts(engine: Engine, draft_model: Any, limit: int, outcome: Ou
         outcome["accepted"] += accepted
         if accepted < len(drafts):
             engine.truncate(len(input_ids) - (len(drafts) - accepted))
-            budget = accepted + 1
-        elif drafts:
-            budget = min(max_drafts, 2 * budget)
+        if drafts:
+            control.adapt(len(drafts), accepted, time.perf_counter() - started)
+        else:
+            control.observe_plain(time.perf_counter() - started)
         out = accepted

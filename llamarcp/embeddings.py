@@ -20,8 +20,18 @@ from llamarcp.errors import LlamaError, PromptTooLongError, check_decode
 
 if TYPE_CHECKING:
     from llamarcp.engine import Engine
+    from llamarcp.turns import Turns
 
-__all__ = ["ROW_ALIGN", "embed", "embedding_response", "max_input_tokens"]
+__all__ = [
+    "ROW_ALIGN",
+    "embed",
+    "embed_tokens",
+    "embedding_response",
+    "max_input_tokens",
+    "rank",
+    "rerank_tokens",
+    "Reranking",
+]
 
 #: Every text starts and ends on a multiple of this many batch rows (padding rows go to a sequence of their
 #: own that nothing reads). ggml's CPU matrix kernels work in row tiles and round a row differently at other
@@ -49,14 +59,7 @@ def embed(
     """
     if not all(isinstance(t, str) for t in texts):
         raise TypeError("input must be a string or a list of strings")
-    lib = get_lib()
-    model, ctx = engine.model, engine.ctx
-    n_seq_max = ctx.n_seq_max()
-    pooling = ctx.pooling_type()
-    n_embd = model.n_embd()
-    if pooling == lib.LLAMA_POOLING_TYPE_RANK:
-        n_embd = int(lib.llama_model_n_cls_out(model.ptr))
-    encoder_only = model.has_encoder() and not model.has_decoder()
+    model = engine.model
     limit = max_input_tokens(engine)
     all_tokens: list[list[int]] = []
     for text in texts:
@@ -68,6 +71,19 @@ def embed(
         if not tokens:
             raise ValueError("cannot embed an empty input (no tokens)")
         all_tokens.append(tokens)
+    return embed_tokens(engine, all_tokens, normalize=normalize), sum(len(t) for t in all_tokens)
+
+
+def embed_tokens(engine: Engine, all_tokens: Sequence[list[int]], *, normalize: bool = False) -> list[Any]:
+    """`embed` for token lists that already fit `max_input_tokens` (rerank pairs are built as tokens)."""
+    lib = get_lib()
+    model, ctx = engine.model, engine.ctx
+    n_seq_max = ctx.n_seq_max()
+    pooling = ctx.pooling_type()
+    n_embd = model.n_embd()
+    if pooling == lib.LLAMA_POOLING_TYPE_RANK:
+        n_embd = int(lib.llama_model_n_cls_out(model.ptr))
+    encoder_only = model.has_encoder() and not model.has_decoder()
     results: list[Any] = []
     embed_batch = Batch(engine.n_batch, n_seq_max, parent=ctx)
     what = "llama_encode" if encoder_only else "llama_decode"
@@ -125,7 +141,7 @@ def embed(
         flush()
     finally:
         embed_batch.close()
-    return results, sum(len(t) for t in all_tokens)
+    return results
 
 
 def _padded(n: int, n_batch: int) -> int:
@@ -153,3 +169,78 @@ def _floats(ptr: Any, n: int, normalize: bool) -> list[float]:
         if norm > 0:
             values = [v / norm for v in values]
     return values
+
+
+def rerank_tokens(engine: Engine, query: str, document: str) -> list[int]:
+    """The tokens a reranker reads for one (query, document) pair, as llama-server builds them: the model's
+    `rerank` chat template with {query}/{document} filled in, else BOS query EOS SEP document EOS (per the
+    vocab's add-BOS/EOS/SEP flags)."""
+    model = engine.model
+    lib = get_lib()
+    template = model.chat_template("rerank")
+    if template is not None:
+        prompt = template.replace("{query}", query).replace("{document}", document)
+        return model.tokenize(prompt, add_special=False, parse_special=True)
+    vocab = model.vocab
+    eos = model.token_eos()
+    if eos < 0:
+        eos = int(lib.llama_vocab_sep(vocab))
+    tokens: list[int] = []
+    if lib.llama_vocab_get_add_bos(vocab):
+        tokens.append(model.token_bos())
+    tokens += model.tokenize(query, add_special=False, parse_special=False)
+    if lib.llama_vocab_get_add_eos(vocab):
+        tokens.append(eos)
+    if lib.llama_vocab_get_add_sep(vocab):
+        tokens.append(int(lib.llama_vocab_sep(vocab)))
+    tokens += model.tokenize(document, add_special=False, parse_special=False)
+    if lib.llama_vocab_get_add_eos(vocab):
+        tokens.append(eos)
+    return tokens
+
+
+def rank(engine: Engine, query: str, documents: Sequence[str], *, truncate: bool = True) -> tuple[list[float], int]:
+    """A relevance score per document (the classifier head's first output, as llama-server reports it) and
+    the tokens read. The context must pool with LLAMA_POOLING_TYPE_RANK."""
+    lib = get_lib()
+    if engine.ctx.pooling_type() != lib.LLAMA_POOLING_TYPE_RANK:
+        raise LlamaError(
+            "rank() needs a reranker context: Llama(..., embedding=True, pooling_type=LLAMA_POOLING_TYPE_RANK)"
+        )
+    if not isinstance(query, str) or not all(isinstance(d, str) for d in documents):
+        raise TypeError("rank() takes a query string and a list of document strings")
+    limit = max_input_tokens(engine)
+    pairs = []
+    for document in documents:
+        tokens = rerank_tokens(engine, query, document)
+        if len(tokens) > limit:
+            if not truncate:
+                raise PromptTooLongError(len(tokens), limit)
+            tokens = tokens[:limit]
+        if not tokens:
+            raise ValueError("cannot rank an empty query and document (no tokens)")
+        pairs.append(tokens)
+    rows = embed_tokens(engine, pairs) if pairs else []
+    return [float(row[0]) for row in rows], sum(len(t) for t in pairs)
+
+
+class Reranking:
+    """`Llama.rank` (a mixin of the facade)."""
+
+    if TYPE_CHECKING:
+        embedding: bool
+        _turns: Turns
+
+        def _engine_or_raise(self) -> Engine: ...
+
+    def rank(self, query: str, documents: Sequence[str], truncate: bool = True, return_count: bool = False) -> Any:
+        """How relevant each document is to `query` (higher is more relevant), from a reranker (cross-encoder)
+        model loaded with `Llama(path, embedding=True, pooling_type=LLAMA_POOLING_TYPE_RANK)`: the classifier's
+        raw score per document, in the order given, as llama-server's /v1/rerank computes it. Pairs longer than
+        one pass are cut (`truncate=False`: PromptTooLongError); `return_count` adds the tokens read."""
+        with self._turns.exclusive():
+            engine = self._engine_or_raise()
+            if not self.embedding:
+                raise LlamaError("rank() needs Llama(..., embedding=True, pooling_type=LLAMA_POOLING_TYPE_RANK)")
+            scores, count = rank(engine, query, list(documents), truncate=truncate)
+        return (scores, count) if return_count else scores

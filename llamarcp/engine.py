@@ -23,6 +23,7 @@ from llamarcp.errors import (
     PromptTooLongError,
     check_decode,
 )
+from llamarcp.generation_stats import GenerationStats
 from llamarcp.multimodal import MediaPrompt
 from llamarcp.multimodal import evaluate as evaluate_media
 from llamarcp.sampling import SamplerChain, SamplingParams, build_sampler_chain, grammar_sampler
@@ -90,6 +91,10 @@ class Engine:
         #: Tokens the last prompt evaluation actually decoded (the rest came from the reused prefix).
         self.n_prompt_tokens_evaluated = 0
         self.last_timings: dict[str, float] = {}
+        #: Totals over every generation of this context (the server's /metrics).
+        self.stats = GenerationStats()
+        #: Hot-swappable LoRA adapters (`Llama.add_lora`; llamarcp.lora), None until one is loaded.
+        self.loras: Any = None
         #: Who last arranged the memory: "single" (this class, sequence 0) or the batching scheduler.
         self.owner = "single"
         #: With `keep_all_logits()` (Llama(logits_all=True)): every evaluated position's logits.
@@ -393,7 +398,10 @@ class Engine:
             if "drafted" in outcome:  # speculative decoding (llamarcp.draft_decoding): drafts tried / kept
                 timings["draft_n"] = float(outcome["drafted"])
                 timings["draft_accepted_n"] = float(outcome["accepted"])
+                timings["draft_steps"] = float(outcome.get("draft_steps", 0))
             outcome["timings"] = self.last_timings = timings
+            decoded_alone = -(-n_eval // self.n_batch) + max(0, len(self.input_ids) - len(prompt_tokens))
+            self.stats.add_generation(timings, decode_calls=decoded_alone)
 
     def _grammar_sampler(self, params: SamplingParams) -> Any:
         """The grammar as a separate sampler for `GrammarPicker`, or None (no grammar, or no numpy: then the

@@ -24,10 +24,13 @@ from llamarcp._managed import abandon
 from llamarcp.batching import Scheduler
 from llamarcp.compat.cache import cache_restore, storing_after
 from llamarcp.compat.llama_api import LlamaCppApiMixin
+from llamarcp.embeddings import Reranking
 from llamarcp.engine import Engine, Outcome, Step
 from llamarcp.errors import LlamaError
+from llamarcp.lora import LoraMethods
 from llamarcp.model_facts import ModelFacts
 from llamarcp.multimodal import MediaMixin, Projector
+from llamarcp.placement import current_slot_request
 from llamarcp.sampling import (
     LLAMA_DEFAULT_SEED,
     LogitsProcessorList,
@@ -73,7 +76,7 @@ MAX_PARALLEL = 64
 _GENERATE_OBSOLETE = frozenset({"tfs_z", "penalize_nl"})
 
 
-class Llama(ModelFacts, LlamaCppApiMixin, MediaMixin):
+class Llama(ModelFacts, LoraMethods, Reranking, LlamaCppApiMixin, MediaMixin):
     """A model plus one context: tokenize, complete, embed, save/restore state.
 
     `model_path=None` loads the default model (gemma-3-270m, `pip install 'llamarcp[model]'`). `n_ctx` may be
@@ -107,6 +110,7 @@ class Llama(ModelFacts, LlamaCppApiMixin, MediaMixin):
         n_threads_batch: int | None = None,
         n_seq_max: int | None = None,
         n_parallel: int = 1,
+        kv_unified: bool = False,
         rope_scaling_type: int | None = None,
         pooling_type: int = _POOLING_UNSPECIFIED,
         attention_type: int | None = None,
@@ -163,6 +167,7 @@ class Llama(ModelFacts, LlamaCppApiMixin, MediaMixin):
             raise ValueError(f"n_parallel must be an int in 1..{MAX_PARALLEL}, got {n_parallel!r}")
         check_llama_keywords({k: v for k, v in self._init_args.items() if k not in kwargs})
         self.n_parallel = n_parallel
+        self.kv_unified = kv_unified and n_parallel > 1
         if logits_all and n_parallel > 1:
             raise ValueError("logits_all=True keeps one sequence's logits per position: it needs n_parallel=1")
         self.verbose = verbose
@@ -207,11 +212,12 @@ class Llama(ModelFacts, LlamaCppApiMixin, MediaMixin):
         try:
             self._engine = loading.open_engine(self._model, self._init_args, self, is_closing=lambda: turns.closing)
             if n_parallel > 1:
-                self._scheduler = Scheduler(self._engine, self._turns, n_parallel)
+                self._scheduler = Scheduler(self._engine, self._turns, n_parallel, draft_model=draft_model)
             if logits_all and not self.embedding:  # an embedding context outputs embeddings, not logits
                 self._engine.keep_all_logits()
             if lora_path is not None:
                 self._lora = loading.apply_lora(self._model, self._engine, lora_path, lora_scale)
+                self._lora_adapters().register(self._lora, float(lora_scale), applied=True)
             if mmproj is not None:
                 self.load_projector(mmproj)
         except BaseException:
@@ -414,6 +420,8 @@ class Llama(ModelFacts, LlamaCppApiMixin, MediaMixin):
         self._turns.enter()
         try:
             engine = self._engine_or_raise()
+            if engine.loras is not None and engine.loras.apply(engine.loras.resolve(current_slot_request().lora)):
+                engine.clear()  # the cached prefix was computed with other adapters
             yield from engine.generate(
                 prompt_tokens,
                 params,

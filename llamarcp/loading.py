@@ -71,8 +71,9 @@ def open_engine(model: Model, args: dict[str, Any], llm: Llama, is_closing: Call
     n_parallel = args["n_parallel"]
     n_ctx = args["n_ctx"]
     n_ctx_seq = n_ctx or model.n_ctx_train()
+    cells = n_ctx_seq * (1 if args.get("kv_unified") else n_parallel)  # kv_unified: the sequences share n_ctx
     params = context_params(
-        n_ctx=n_ctx_seq * n_parallel if n_parallel > 1 else n_ctx,
+        n_ctx=cells if n_parallel > 1 else n_ctx,
         n_batch=args["n_batch"],
         n_ubatch=args["n_ubatch"],
         n_threads=llm.n_threads,

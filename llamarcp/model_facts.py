@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from llamarcp.generation_stats import StatsSnapshot
+
 if TYPE_CHECKING:
     from llamarcp._core import Model
     from llamarcp.batching import Scheduler
@@ -93,6 +95,18 @@ class ModelFacts:
             self._metadata = cached
         self._turns.check_open()
         return dict(cached)
+
+    def kv_cells(self) -> int:
+        """Token cells of the context's KV cache, all sequences together: `n_parallel * n_ctx`, or `n_ctx`
+        with `kv_unified=True` (the sequences share them, each up to `n_ctx`)."""
+        with self._turns.using():
+            return int(self._engine_or_raise().ctx.n_ctx())
+
+    @property
+    def generation_stats(self) -> StatsSnapshot:
+        """Totals over every generation of this Llama: prompt tokens decoded / reused from the cache, generated
+        tokens, their seconds, llama_decode calls (the server's /metrics)."""
+        return self._engine.stats.snapshot() if self._engine is not None else StatsSnapshot()
 
     def chat_template(self, name: str | None = None) -> str | None:
         """The model's `tokenizer.chat_template` (or a named one), None when it has none."""

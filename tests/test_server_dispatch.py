@@ -57,7 +57,7 @@ def _data(lines: Iterator[str]) -> Iterator[str]:
 
 def test_health_reports_the_slots(parallel_server: Server) -> None:
     health = parallel_server.wait_idle()
-    assert health["slots"] == {"total": PARALLEL, "in_use": 0, "running": 0, "queued": 0}
+    assert health["slots"] == {"total": PARALLEL, "in_use": 0, "running": 0, "queued": 0, "kv_cells": PARALLEL * 2048}
     assert health["queue"]["slots"] == PARALLEL
 
 

@@ -103,7 +103,7 @@ def test_logit_bias_type_tokens(server: Server, tiny_llama: Any) -> None:
     ("path", "extra", "field"),
     [
         ("/v1/completions", {"tfs_z": 0.5}, "tfs_z"),
-        ("/v1/completions", {"cache_prompt": True}, "cache_prompt"),
+        ("/v1/completions", {"n_keep": 4}, "n_keep"),
         ("/v1/chat/completions", {"top_a": 0.1}, "top_a"),
         ("/v1/chat/completions", {"dry_multiplier": 0.8}, "dry_multiplier"),
         ("/v1/chat/completions", {"repeat_last_n": 64}, "repeat_last_n"),

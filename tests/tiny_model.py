@@ -128,8 +128,13 @@ def write_tiny_model(out_path: str | os.PathLike[str], vocab_path: str | os.Path
 BERT_VOCAB_FILE = "ggml-vocab-bert-bge.gguf"
 
 
-def write_tiny_bert(out_path: str | os.PathLike[str], vocab_path: str | os.PathLike[str], pooling: int = 1) -> Path:
-    """A tiny random BERT (non-causal, no KV cache) with the real bge WordPiece vocab, for embedding tests."""
+def write_tiny_bert(
+    out_path: str | os.PathLike[str], vocab_path: str | os.PathLike[str], pooling: int = 1, classifier: bool = False
+) -> Path:
+    """A tiny random BERT (non-causal, no KV cache) with the real bge WordPiece vocab, for embedding tests.
+
+    `classifier=True` adds a cross-encoder head (llama.cpp's src/models/bert.cpp: `cls` dense + tanh,
+    `cls.output` to one score) and rank pooling: a tiny reranker."""
     import gguf
     import numpy as np
 
@@ -145,7 +150,7 @@ def write_tiny_bert(out_path: str | os.PathLike[str], vocab_path: str | os.PathL
         writer.add_head_count(N_HEAD)
         writer.add_layer_norm_eps(1e-12)
         writer.add_causal_attention(False)
-        writer.add_pooling_type(gguf.PoolingType(pooling))
+        writer.add_pooling_type(gguf.PoolingType.RANK if classifier else gguf.PoolingType(pooling))
         writer.add_file_type(gguf.LlamaFileType.ALL_F32)
         for key, field in reader.fields.items():
             if key.startswith("tokenizer."):
@@ -178,6 +183,11 @@ def write_tiny_bert(out_path: str | os.PathLike[str], vocab_path: str | os.PathL
             writer.add_tensor(prefix + "ffn_down.bias", rand(N_EMBD, std=0.02))
             writer.add_tensor(prefix + "layer_output_norm.weight", ones)
             writer.add_tensor(prefix + "layer_output_norm.bias", zeros)
+        if classifier:
+            writer.add_tensor("cls.weight", rand(N_EMBD, N_EMBD))
+            writer.add_tensor("cls.bias", rand(N_EMBD, std=0.02))
+            writer.add_tensor("cls.output.weight", rand(1, N_EMBD, std=1.0))
+            writer.add_tensor("cls.output.bias", np.zeros(1, dtype=np.float32))
     return Path(out_path)
 
 

@@ -81,6 +81,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-body-bytes", type=int, help="largest request body, declared or streamed (default 8 MiB; else 413)"
     )
+    p.add_argument(
+        "--metrics", action="store_true", default=None, help="serve Prometheus metrics at /metrics (default: off)"
+    )
+    p.add_argument(
+        "--slots",
+        dest="endpoint_slots",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve the slots' state at GET /slots (default: on; --no-slots turns it off)",
+    )
+    p.add_argument(
+        "--slot-save-path",
+        metavar="DIR",
+        help="directory where POST /slots/ID?action=save|restore keeps slot files (default: slot saving off)",
+    )
+    p.add_argument(
+        "--reranking",
+        "--rerank",
+        action="store_true",
+        default=None,
+        help="serve a reranker (cross-encoder) model: embeddings with rank pooling, for /v1/rerank",
+    )
+    p.add_argument(
+        "-kvu",
+        "--kv-unified",
+        action="store_true",
+        default=None,
+        help="the --parallel slots share one KV cache of --ctx-size cells (each slot up to --ctx-size; llama-server's "
+        "memory for -np N -c C) instead of N x ctx-size; when it is full, idle prefix caches go first",
+    )
+    p.add_argument(
+        "--spec-type",
+        choices=["ngram-simple"],
+        help="speculative decoding of greedy requests: ngram-simple drafts from the prompt and the answer so far "
+        "(prompt lookup); the draft length adapts to how many drafts are accepted (default: off)",
+    )
+    p.add_argument("--spec-draft-n-max", type=int, metavar="N", help="most draft tokens per step (default 10; 1..256)")
+    p.add_argument(
+        "--spec-ngram-simple-size-n", type=int, metavar="N", help="longest n-gram looked up (default 2; 1..16)"
+    )
+    p.add_argument(
+        "--lora",
+        action="append",
+        metavar="FNAME",
+        help="LoRA adapter to load for hot swapping (repeatable; ids 0, 1, ... in order; scale 1)",
+    )
+    p.add_argument(
+        "--lora-scaled",
+        action="append",
+        nargs=2,
+        metavar=("FNAME", "SCALE"),
+        help="LoRA adapter with its default scale (repeatable; ids follow the --lora ones)",
+    )
+    p.add_argument(
+        "--lora-init-without-apply",
+        action="store_true",
+        help="load the LoRA adapters with scale 0 (set scales later with POST /lora-adapters or per request)",
+    )
     p.add_argument("--no-embeddings", dest="embeddings", action="store_false", help="disable /v1/embeddings")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument(
@@ -153,6 +211,30 @@ def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
     if args.embeddings is False:
         for config in configs:
             config.embeddings = False
+    adapters = _lora_flags(args)
+    if adapters:
+        if config_file:
+            raise UsageError("--lora/--lora-scaled serve one model; not with --config_file")
+        configs[0].lora_adapters = adapters
+    if args.spec_type or args.spec_draft_n_max is not None or args.spec_ngram_simple_size_n is not None:
+        if not args.spec_type:
+            raise UsageError("--spec-draft-n-max / --spec-ngram-simple-size-n need --spec-type ngram-simple")
+        n_max = 10 if args.spec_draft_n_max is None else args.spec_draft_n_max
+        size_n = 2 if args.spec_ngram_simple_size_n is None else args.spec_ngram_simple_size_n
+        if not 1 <= n_max <= 256 or not 1 <= size_n <= 16:
+            raise UsageError("--spec-draft-n-max must be in 1..256 and --spec-ngram-simple-size-n in 1..16")
+        from llamarcp.compat.speculative import LlamaPromptLookupDecoding
+
+        for config in configs:
+            config.llama_kwargs["draft_model"] = LlamaPromptLookupDecoding(size_n, n_max)
+    if args.kv_unified:
+        for config in configs:
+            config.llama_kwargs["kv_unified"] = True
+    if args.reranking:  # llama-server's --reranking: embedding contexts with rank pooling
+        from llamarcp._ffi import ffi
+
+        for config in configs:
+            config.llama_kwargs.update(embedding=True, pooling_type=ffi.integer_const("LLAMA_POOLING_TYPE_RANK"))
     if args.n_parallel is not None:  # a server-wide choice, also for the models of a config file
         for config in configs:
             config.n_parallel = args.n_parallel
@@ -166,6 +248,9 @@ def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
     settings = compat.server_settings(server_values, configs)
     if args.max_body_bytes is not None:
         settings.max_body_bytes = args.max_body_bytes
+    for name in ("metrics", "endpoint_slots", "slot_save_path"):  # llama-server's flags, llamarcp's settings
+        if getattr(args, name) is not None:
+            setattr(settings, name, getattr(args, name))
     try:
         settings.validate()
     except ValueError as exc:
@@ -178,6 +263,20 @@ def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
         "timeout_keep_alive": pick(args.timeout_keep_alive, "timeout_keep_alive", 5.0),
     }
     return settings, listener
+
+
+def _lora_flags(args: argparse.Namespace) -> list[tuple[str, float]]:
+    from llamarcp.lora import check_scale
+
+    adapters = [(path, 1.0) for path in args.lora or []]
+    for path, scale in args.lora_scaled or []:
+        try:
+            adapters.append((path, check_scale(float(scale))))
+        except ValueError as exc:
+            raise UsageError(f"--lora-scaled {path} {scale}: {exc}") from None
+    if args.lora_init_without_apply:
+        adapters = [(path, 0.0) for path, _ in adapters]
+    return adapters
 
 
 def _describe(configs: list[ModelConfig]) -> str:

@@ -22,12 +22,19 @@ from llamarcp.server.auth import key_checks
 from llamarcp.server.dispatch import Dispatcher
 from llamarcp.server.errors import ApiError, install_error_handlers
 from llamarcp.server.guards import MAX_JSON_DEPTH, CatchAll, RequestGuard
+from llamarcp.server.metrics import add_metrics_route
 from llamarcp.server.pool import ModelEntry, ModelPool
+from llamarcp.server.routes_anthropic import add_anthropic_routes
 from llamarcp.server.routes_embeddings import add_embedding_routes
 from llamarcp.server.routes_extras import add_extras_routes
 from llamarcp.server.routes_generation import add_generation_routes
 from llamarcp.server.routes_info import add_info_routes
+from llamarcp.server.routes_llama import add_llama_routes
+from llamarcp.server.routes_lora import add_lora_routes
+from llamarcp.server.routes_rerank import add_rerank_routes
+from llamarcp.server.routes_responses import add_responses_routes
 from llamarcp.server.settings import ModelConfig, ServerSettings
+from llamarcp.server.slots import add_slot_routes
 
 __all__ = ["ApiError", "ModelConfig", "ServerSettings", "ServerState", "create_app"]
 
@@ -143,6 +150,13 @@ def create_app(
     add_generation_routes(app, dispatcher, require_key)
     add_embedding_routes(app, dispatcher, require_key)
     add_extras_routes(app, dispatcher, require_key)
+    add_metrics_route(app, pool, settings.metrics, require_key)
+    add_llama_routes(app, dispatcher, settings, require_key)
+    add_anthropic_routes(app, dispatcher, require_key)
+    add_responses_routes(app, dispatcher, require_key)
+    add_slot_routes(app, dispatcher, settings, require_key)
+    add_rerank_routes(app, dispatcher, require_key)
+    add_lora_routes(app, dispatcher, require_key)
     return app
 
 

@@ -1,4 +1,5 @@
-"""The API key: `Authorization: Bearer KEY` checked in constant time, as a plain test and as a FastAPI dependency."""
+"""The API key: `Authorization: Bearer KEY` (or Anthropic's `X-Api-Key: KEY`) checked in constant time, as a
+plain test and as a FastAPI dependency."""
 
 from __future__ import annotations
 
@@ -19,7 +20,11 @@ def key_checks(api_key: str | None) -> tuple[Callable[[Request], bool], Callable
         if api_key is None:
             return True
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode()):
+            return True
+        # Anthropic's clients send the key as X-Api-Key (llama-server accepts it too).
+        other = request.headers.get("x-api-key")
+        return other is not None and hmac.compare_digest(other.strip().encode(), api_key.encode())
 
     async def require_key(request: Request) -> None:
         if not has_key(request):

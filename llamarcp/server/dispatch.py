@@ -22,7 +22,7 @@ from llamarcp.server.errors import ClientGone, api_error_from
 from llamarcp.server.pool import ModelEntry, ModelPool
 from llamarcp.server.settings import ServerSettings
 
-__all__ = ["Dispatcher", "withdraw_abort"]
+__all__ = ["Dispatcher", "StreamEncoder", "withdraw_abort"]
 
 log = logging.getLogger("llamarcp.server")
 
@@ -32,6 +32,21 @@ def withdraw_abort(llama: Any) -> None:
     clear = getattr(llama, "clear_abort", None)  # test stand-ins may lack it
     if clear is not None:
         clear()
+
+
+class StreamEncoder:
+    """How a stream's chunks become server-sent events: OpenAI's `data: {json}` lines ending with `[DONE]`.
+    Other APIs (Anthropic's messages, OpenAI's responses) subclass it; one instance per stream (it may keep
+    state between chunks)."""
+
+    def chunk(self, chunk: dict[str, Any]) -> list[dict[str, str]]:
+        return [{"data": json.dumps(chunk, ensure_ascii=False)}]
+
+    def done(self) -> list[dict[str, str]]:
+        return [{"data": "[DONE]"}]
+
+    def error(self, message: str, type_: str, code: str | None) -> list[dict[str, str]]:
+        return [{"data": json.dumps({"error": {"message": message, "type": type_, "code": code}})}]
 
 
 class Dispatcher:
@@ -140,9 +155,16 @@ class Dispatcher:
         finally:
             self.leave(entry)
 
-    async def run_stream(self, entry: ModelEntry, make: Callable[[], Iterator[dict[str, Any]]]) -> EventSourceResponse:
-        """Stream `make()`'s chunks as server-sent events, holding a slot until the stream ends or the client
-        leaves (then the generator is closed, which ends that generation only)."""
+    async def run_stream(
+        self,
+        entry: ModelEntry,
+        make: Callable[[], Iterator[dict[str, Any]]],
+        encoder: StreamEncoder | None = None,
+    ) -> EventSourceResponse:
+        """Stream `make()`'s chunks as server-sent events (shaped by `encoder`, OpenAI's by default), holding a
+        slot until the stream ends or the client leaves (then the generator is closed, which ends that
+        generation only)."""
+        encoder = encoder if encoder is not None else StreamEncoder()
         runner = entry.runner
         settings = self.settings
         await self.enter(entry)
@@ -165,16 +187,19 @@ class Dispatcher:
             try:
                 if first is not None:
                     runner.stats.streamed_chunks += 1
-                    yield {"data": json.dumps(first, ensure_ascii=False)}
+                    for event in encoder.chunk(first):
+                        yield event
                 async for chunk in chunks:
                     runner.stats.streamed_chunks += 1
-                    yield {"data": json.dumps(chunk, ensure_ascii=False)}
+                    for event in encoder.chunk(chunk):
+                        yield event
                     if settings.interrupt_requests and runner.waiting > 0:
                         log.info("stream interrupted: another request waits for %r", entry.model_id)
                         break
                 finished = True
                 runner.stats.served += 1
-                yield {"data": "[DONE]"}
+                for event in encoder.done():
+                    yield event
             except (asyncio.CancelledError, GeneratorExit):
                 if not finished:
                     runner.stats.cancelled += 1
@@ -184,9 +209,8 @@ class Dispatcher:
                 runner.stats.failed += 1
                 error = api_error_from(exc)
                 log.warning("stream failed: %s", error.message)
-                yield {
-                    "data": json.dumps({"error": {"message": error.message, "type": error.type, "code": error.code}})
-                }
+                for event in encoder.error(error.message, error.type, error.code):
+                    yield event
             finally:
                 llama = entry.llama
                 abort = client_left and not runner.parallel and llama is not None

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from llamarcp.server.errors import ApiError
 from llamarcp.server.pool import ModelEntry
-from llamarcp.server.schemas import IGNORED_FIELDS, ChatCompletionRequest, CompletionRequest
+from llamarcp.server.schemas import IGNORED_FIELDS, _Request
 
 __all__ = ["max_tokens_for", "refuse_unknown_fields", "sampling"]
 
@@ -52,7 +52,7 @@ def min_tokens_processor(n: int, banned: list[int]) -> Callable[[Any, Any], Any]
     return process
 
 
-def sampling(body: CompletionRequest | ChatCompletionRequest, entry: ModelEntry) -> dict[str, Any]:
+def sampling(body: _Request, entry: ModelEntry) -> dict[str, Any]:
     """The sampling keywords of a request (on a model thread: token-text logit biases need the model)."""
     bias = None
     if body.logit_bias:

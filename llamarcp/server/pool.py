@@ -17,6 +17,7 @@ from typing import Any
 
 from llamarcp import lib
 from llamarcp.errors import LlamaError
+from llamarcp.generation_stats import StatsSnapshot
 from llamarcp.server.runner import ModelRunner
 from llamarcp.server.settings import ModelConfig
 
@@ -56,6 +57,8 @@ class ModelEntry:
         self.loads = 0
         self._n_ctx: int | None = None
         self._eog: frozenset[int] | None = None
+        #: Generation totals of this model's earlier loads (a reload starts its Llama's own totals at zero).
+        self._retired_stats: list[StatsSnapshot] = []
         path = config.model or (getattr(llama, "model_path", None) if llama is not None else None)
         self.model_path = str(path) if path else None
         self.model_id = config.alias or (Path(self.model_path).name if self.model_path else "default")
@@ -83,6 +86,13 @@ class ModelEntry:
             # A worker serves one open model per process, so only the served model gets the RPC workers.
             self.llama = Llama(self.config.model, rpc_servers=self.config.rpc_servers, **self.config.llama_arguments())
             self._owns_llama = True
+            try:
+                for path, scale in self.config.lora_adapters:
+                    self.llama.add_lora(path, scale)
+            except BaseException:
+                self.llama.close()
+                self.llama = None
+                raise
             self.model_path = self.llama.model_path
             if not self.config.alias:
                 self.model_id = Path(self.model_path).name
@@ -104,10 +114,22 @@ class ModelEntry:
             self.embedder.close()
         self.embedder = None
         if self._owns_llama and self.llama is not None:
+            live = self._live_stats()
+            if live is not None:
+                self._retired_stats.append(live)
             self.llama.close()
             self.llama = None
         self._eog = None
         self.state = _UNLOADED
+
+    def _live_stats(self) -> StatsSnapshot | None:
+        stats = getattr(self.llama, "generation_stats", None) if self.llama is not None else None
+        return stats if isinstance(stats, StatsSnapshot) else None  # test stand-ins have none
+
+    def stats_snapshots(self) -> list[StatsSnapshot]:
+        """`GenerationStats` snapshots: of each earlier load, and of the loaded Llama (for /metrics)."""
+        live = self._live_stats() if self.loaded else None
+        return [*self._retired_stats, *([live] if live is not None else [])]
 
     def embedding_model(self) -> Any:
         """A second context on the same file with embeddings on (created on first use, on the model thread).
@@ -148,6 +170,9 @@ class ModelEntry:
         status = getattr(self.llama, "batching_status", None)
         if self.loaded and status is not None:
             counts.update(status())
+        kv_cells = getattr(self.llama, "kv_cells", None)
+        if self.loaded and kv_cells is not None:
+            counts["kv_cells"] = kv_cells()  # all slots together (--kv-unified: shared)
         return counts
 
     def end_of_generation_tokens(self) -> frozenset[int]:

@@ -13,9 +13,18 @@ from llamarcp.chat import create_chat_completion
 from llamarcp.server.dispatch import Dispatcher
 from llamarcp.server.errors import ApiError
 from llamarcp.server.params import max_tokens_for, refuse_unknown_fields, sampling
+from llamarcp.server.request_options import call_in_slot, ignore_eos_bias, in_slot, slot_options
 from llamarcp.server.schemas import ChatCompletionRequest, CompletionRequest
 
 __all__ = ["add_generation_routes"]
+
+
+def llama_server_sampling(body: CompletionRequest | ChatCompletionRequest, entry: Any) -> dict[str, Any]:
+    """The request's sampling keywords, with llama-server's ignore_eos as a -inf bias on end-of-generation."""
+    kwargs = sampling(body, entry)
+    if body.ignore_eos:
+        kwargs["logit_bias"] = {**(kwargs.get("logit_bias") or {}), **ignore_eos_bias(entry)}
+    return kwargs
 
 
 def add_generation_routes(app: FastAPI, dispatcher: Dispatcher, require_key: Callable[..., Any]) -> None:
@@ -42,11 +51,14 @@ def add_generation_routes(app: FastAPI, dispatcher: Dispatcher, require_key: Cal
                 raise ApiError(400, "only one prompt per request is supported", param="prompt")
             prompt = prompt[0]
 
+        slot = slot_options(body, entry)
+        logprobs = body.logprobs if body.logprobs is not None or not body.n_probs else body.n_probs
+
         def kwargs() -> dict[str, Any]:
             return dict(
-                sampling(body, entry),
+                llama_server_sampling(body, entry),
                 max_tokens=max_tokens,
-                logprobs=body.logprobs,
+                logprobs=logprobs,
                 echo=body.echo,
                 suffix=body.suffix,
                 model=entry.model_id,
@@ -55,10 +67,14 @@ def add_generation_routes(app: FastAPI, dispatcher: Dispatcher, require_key: Cal
 
         if body.stream:
             return await dispatcher.run_stream(
-                entry, lambda: entry.llama.create_completion(prompt, stream=True, **kwargs())
+                entry, lambda: in_slot(slot, lambda: entry.llama.create_completion(prompt, stream=True, **kwargs()))
             )
         result = await dispatcher.run_blocking(
-            request, entry, lambda stop: entry.llama.create_completion(prompt, stopping_criteria=stop, **kwargs())
+            request,
+            entry,
+            lambda stop: call_in_slot(
+                slot, lambda: entry.llama.create_completion(prompt, stopping_criteria=stop, **kwargs())
+            ),
         )
         return JSONResponse(result)
 
@@ -75,18 +91,22 @@ def add_generation_routes(app: FastAPI, dispatcher: Dispatcher, require_key: Cal
         )
         config = entry.config
         template_kwargs = {**(config.chat_template_kwargs or {}), **(body.chat_template_kwargs or {})} or None
+        slot = slot_options(body, entry)
+        logprobs, top_logprobs = body.logprobs, body.top_logprobs
+        if body.n_probs and not logprobs:  # llama-server's n_probs on the chat route: OpenAI's top logprobs
+            logprobs, top_logprobs = True, body.n_probs
 
         def kwargs() -> dict[str, Any]:
             return dict(
-                sampling(body, entry),
+                llama_server_sampling(body, entry),
                 max_tokens=max_tokens,
                 tools=body.tools,
                 tool_choice=body.tool_choice,
                 functions=body.functions,
                 function_call=body.function_call,
                 response_format=response_format,
-                logprobs=body.logprobs,
-                top_logprobs=body.top_logprobs,
+                logprobs=logprobs,
+                top_logprobs=top_logprobs,
                 template_kwargs=template_kwargs,
                 reasoning_format=body.reasoning_format,
                 chat_format=config.chat_format,
@@ -99,11 +119,14 @@ def add_generation_routes(app: FastAPI, dispatcher: Dispatcher, require_key: Cal
         messages = body.messages
         if body.stream:
             return await dispatcher.run_stream(
-                entry, lambda: create_chat_completion(entry.llama, messages, stream=True, **kwargs())
+                entry,
+                lambda: in_slot(slot, lambda: create_chat_completion(entry.llama, messages, stream=True, **kwargs())),
             )
         result = await dispatcher.run_blocking(
             request,
             entry,
-            lambda stop: create_chat_completion(entry.llama, messages, stopping_criteria=stop, **kwargs()),
+            lambda stop: call_in_slot(
+                slot, lambda: create_chat_completion(entry.llama, messages, stopping_criteria=stop, **kwargs())
+            ),
         )
         return JSONResponse(result)

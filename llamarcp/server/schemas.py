@@ -17,6 +17,10 @@ from llamarcp.text_completion import MAX_CHOICES
 IGNORED_FIELDS = frozenset({"user", "store", "metadata", "service_tier", "stream_options", "parallel_tool_calls"})
 
 INT32_MAX = 2**31 - 1
+#: llama-server's n_probs has no cap; the top-n list is sorted per token, so keep it bounded.
+MAX_N_PROBS = 100
+#: Slot ids a request may name (llamarcp.llama.MAX_PARALLEL slots at most; the route checks the model's count).
+MAX_SLOT_ID = 63
 
 #: Every stop string is checked after each token: bound how many there are and how long (OpenAI allows 4).
 MAX_STOP_STRINGS = 64
@@ -73,6 +77,22 @@ class _Request(_Body):
         None, description="llama-cpp-python: 'tokens' makes logit_bias keys text, biasing each of its tokens"
     )
     grammar: str | None = Field(None, description="llama.cpp extension: GBNF grammar constraining the output")
+    ignore_eos: bool = Field(False, description="llama.cpp extension: never end at an end-of-generation token")
+    cache_prompt: bool = Field(True, description="llama.cpp extension: reuse the longest cached prefix of the prompt")
+    id_slot: int = Field(-1, ge=-1, le=MAX_SLOT_ID, description="llama.cpp extension: run in this slot (-1: any)")
+    speculative_n_max: int | None = Field(
+        None,
+        alias="speculative.n_max",
+        ge=0,
+        le=256,
+        description="llama.cpp extension: most draft tokens per step for speculative decoding (0: off)",
+    )
+    lora: list[Any] | None = Field(
+        None, description="llama.cpp extension: [{id, scale}] LoRA scales for this request (others: the defaults)"
+    )
+    n_probs: int = Field(
+        0, ge=0, le=MAX_N_PROBS, description="llama.cpp extension: the top-n log-probabilities of each token"
+    )
 
 
 class CompletionRequest(_Request):

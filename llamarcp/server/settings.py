@@ -7,6 +7,7 @@ config file onto them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 __all__ = ["DEFAULT_PARALLEL", "ModelConfig", "ServerSettings"]
@@ -44,6 +45,8 @@ class ModelConfig:
     #: Further `Llama()` keywords (n_ubatch, flash_attn, type_k, use_mmap, embedding, lora_path, ...).
     llama_kwargs: dict[str, Any] = field(default_factory=dict)
     verbose: bool = False
+    #: Hot-swappable LoRA adapters (path, default scale), ids in this order (llama-server's --lora/--lora-scaled).
+    lora_adapters: list[tuple[str, float]] = field(default_factory=list)
     #: Multimodal projector GGUF (`--mmproj`, llama-cpp-python's `clip_model_path`): image_url parts accepted.
     mmproj: str | None = None
     #: A multimodal `chat_format` of llama-cpp-python ("llava-1-5", ...): served by its chat handler.
@@ -121,6 +124,12 @@ class ServerSettings:
     #: The most tokens one request generates (max_tokens null or larger is cut to it); None = the context size.
     n_predict: int | None = None
     max_body_bytes: int = 8 * 1024 * 1024
+    #: Serve Prometheus metrics at /metrics (llama-server's --metrics).
+    metrics: bool = False
+    #: Serve the slots' state at GET /slots (llama-server's --slots / --no-slots).
+    endpoint_slots: bool = True
+    #: Directory for POST /slots/{id}?action=save|restore files (llama-server's --slot-save-path); None = off.
+    slot_save_path: str | None = None
     #: Seconds a client may take to send a whole request body (slow uploads get 408).
     body_timeout: float = 30.0
 
@@ -157,6 +166,8 @@ class ServerSettings:
             raise ValueError("max_loaded_models must be at least 1")
         if self.max_body_bytes < 1:
             raise ValueError("max_body_bytes must be at least 1")
+        if self.slot_save_path is not None and not Path(self.slot_save_path).expanduser().is_dir():
+            raise ValueError(f"slot_save_path (--slot-save-path) is not a directory: {self.slot_save_path}")
         if self.n_predict is not None and self.n_predict < 1:
             raise ValueError("n_predict must be at least 1 (or unset: the context size)")
         from llamarcp.llama import MAX_PARALLEL

@@ -1,0 +1,194 @@
+"""Prompt-lookup drafts for the batching scheduler, incremental and adaptive.
+
+`NgramIndex` proposes what `LlamaPromptLookupDecoding` proposes (the continuation of the earliest earlier
+occurrence of the longest matching tail n-gram), but keeps a dict of n-gram -> first position that grows with
+each token, so a proposal costs O(max_ngram_size) instead of a scan of the whole history per token.
+
+`DraftControl` sets how many drafts a sequence tries per step from what drafting has paid so far (tokens per
+second against its own plain steps), so drafting never costs much where it does not pay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["DraftControl", "JobDrafts", "NgramIndex"]
+
+
+class NgramIndex:
+    def __init__(self, max_ngram_size: int, history: Sequence[int] = ()) -> None:
+        self.max_ngram_size = max_ngram_size
+        self.tokens: list[int] = []
+        #: n-gram -> where its earliest occurrence starts, counting only occurrences with a token after them.
+        self._first: dict[tuple[int, ...], int] = {}
+        self.extend(history)
+
+    def extend(self, tokens: Sequence[int]) -> None:
+        ids, first = self.tokens, self._first
+        for token in tokens:
+            end = len(ids)  # n-grams ending at `end - 1` now have a continuation (this token)
+            for size in range(1, min(self.max_ngram_size, end) + 1):
+                first.setdefault(tuple(ids[end - size : end]), end - size)
+            ids.append(token)
+
+    def propose(self, n: int) -> list[int]:
+        """Up to `n` tokens that followed an earlier occurrence of the history's tail."""
+        ids = self.tokens
+        total = len(ids)
+        if n <= 0:
+            return []
+        for size in range(min(self.max_ngram_size, total - 1), 0, -1):
+            start = self._first.get(tuple(ids[total - size :]))
+            if start is not None and start + size < total:
+                follow = start + size
+                return ids[follow : min(follow + n, total)]
+        return []
+
+
+class DraftControl:
+    """How many drafts one sequence tries per step, from what drafting has paid so far.
+
+    The length doubles after a fully accepted run and drops to one more than the accepted count after a miss.
+    Every `WINDOW` drafting steps are judged: by time once plain steps of the same sequence have been measured
+    (tokens per second with drafts against without: on a CPU, verifying k drafts costs far more than 1/k of a
+    step), before that by acceptance (at least half). A window that did not pay pauses drafting (the pause
+    doubles after each failed probe, so drafts that never pay cost a few probe steps in a long answer); the
+    plain rate is measured with `MEASURE` plain steps after the first window and again every `REFRESH` windows.
+    """
+
+    WINDOW = 3
+    #: Drafting steps of a probe after a pause (short: most probes of drafts that do not pay fail again).
+    PROBE = 2
+    MEASURE = 2
+    REFRESH = 8
+    MIN_RATE = 0.5
+    PAUSE = 32
+    MAX_PAUSE = 1024
+    #: Weight of the newest step in the moving average of plain tokens per second.
+    EMA = 0.3
+
+    def __init__(self, n_max: int) -> None:
+        self.n_max = n_max
+        self.n = min(n_max, 2)
+        self.window = self.WINDOW
+        self.pause = self.PAUSE
+        self.paused_for = 0
+        self.plain_rate: float | None = None
+        self.windows = 0
+        self.window_steps = 0
+        self.window_drafted = 0
+        self.window_accepted = 0
+        self.window_tokens = 0
+        self.window_seconds = 0.0
+        #: Totals of the sequence: drafts tried, accepted, verification steps.
+        self.drafted = 0
+        self.accepted = 0
+        self.steps = 0
+
+    def budget(self) -> int:
+        """Drafts to try in the next step (0: a plain step, while paused or measuring)."""
+        if self.paused_for > 0:
+            self.paused_for -= 1
+            return 0
+        return self.n
+
+    def tried(self, drafted: int) -> None:
+        self.drafted += drafted
+        self.steps += 1
+
+    def observe_plain(self, seconds: float) -> None:
+        """A step of this sequence without drafts took `seconds` (one token)."""
+        if seconds > 0:
+            rate = 1.0 / seconds
+            self.plain_rate = rate if self.plain_rate is None else self.plain_rate + self.EMA * (rate - self.plain_rate)
+
+    def adapt(self, drafted: int, accepted: int, seconds: float = 0.0) -> None:
+        """After a verification step: `accepted` of `drafted` were right, in `seconds` (the totals count them as
+        they are verified, so a sequence that ends mid-step has them too)."""
+        self.n = min(self.n_max, 2 * self.n) if accepted == drafted else max(1, accepted + 1)
+        self.window_steps += 1
+        self.window_drafted += drafted
+        self.window_accepted += accepted
+        self.window_tokens += accepted + 1
+        self.window_seconds += seconds
+        if self.window_steps < self.window:
+            return
+        self.window = self.WINDOW
+        self.windows += 1
+        if self.plain_rate is not None and self.window_seconds > 0:
+            paid = self.window_tokens / self.window_seconds >= self.plain_rate
+        else:
+            paid = self.window_accepted >= self.MIN_RATE * self.window_drafted
+        if paid:
+            self.pause = self.PAUSE
+            if self.plain_rate is None or self.windows % self.REFRESH == 0:
+                self.paused_for = self.MEASURE
+        else:
+            self.paused_for = self.pause
+            self.pause = min(self.MAX_PAUSE, 2 * self.pause)
+            self.n, self.window = 1, self.PROBE  # the probe after the pause is small and short
+        self.window_steps = self.window_drafted = self.window_accepted = self.window_tokens = 0
+        self.window_seconds = 0.0
+
+
+class JobDrafts:
+    """One request's speculative decoding in the batching scheduler: its `DraftControl`, its `NgramIndex`
+    (prompt lookup) or another draft model called with the history, and the drafts of the current step."""
+
+    def __init__(self, control: DraftControl, draft_model: Any, ngrams: NgramIndex | None, check: Any) -> None:
+        self.control = control
+        self.draft_model = draft_model
+        self.ngrams = ngrams
+        self.check = check
+        self.current: list[int] = []
+        self.failed = False
+
+    @classmethod
+    def create(
+        cls, draft_model: Any, chain_names: list[str], draft_max: int | None, history: Sequence[int], check: Any
+    ) -> JobDrafts | None:
+        """Drafting for a request whose chain ends in greedy (temperature 0; biases, penalties, grammar are fine:
+        every row is sampled in order as without drafts), when a draft model is set and `draft_max` allows."""
+        if draft_model is None or chain_names[-1:] != ["greedy"]:
+            return None
+        n_max = int(getattr(draft_model, "num_pred_tokens", 8))
+        if draft_max is not None:
+            n_max = min(n_max, draft_max)
+        if n_max <= 0:
+            return None
+        from llamarcp.compat.speculative import LlamaPromptLookupDecoding
+
+        ngrams = None
+        if isinstance(draft_model, LlamaPromptLookupDecoding):
+            ngrams = NgramIndex(draft_model.max_ngram_size, history)
+        return cls(DraftControl(n_max), draft_model, ngrams, check)
+
+    def propose(self, history: Sequence[int], n: int) -> list[int]:
+        """Set and return this step's drafts (at most `n`)."""
+        self.current = []
+        if self.ngrams is not None:
+            self.current = self.ngrams.propose(n)
+        elif not self.failed:
+            import numpy as np
+
+            try:
+                proposed = self.draft_model(np.asarray(history, dtype=np.intc))
+                drafts = [int(t) for t in np.asarray(proposed).reshape(-1)[:n]]
+                self.check(drafts)
+                self.current = drafts
+            except Exception:  # a draft model's failure costs its request the speed-up, not the answer
+                self.failed = True
+        return self.current
+
+    def extend(self, token: int) -> None:
+        if self.ngrams is not None:
+            self.ngrams.extend((token,))
+
+    def timings(self) -> dict[str, float]:
+        control = self.control
+        return {
+            "draft_n": float(control.drafted),
+            "draft_accepted_n": float(control.accepted),
+            "draft_steps": float(control.steps),
+        }
