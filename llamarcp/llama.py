@@ -17,7 +17,7 @@ from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from llamarcp import _backend, embeddings, loading, state, text_completion
+from llamarcp import _backend, embeddings, loading, text_completion
 from llamarcp._core import Context, ffi
 from llamarcp._cpu import physical_core_count
 from llamarcp._managed import abandon
@@ -40,6 +40,7 @@ from llamarcp.sampling import (
     as_stopping_criteria,
 )
 from llamarcp.state import LlamaState
+from llamarcp.state_methods import StateMethods
 from llamarcp.text_completion import PromptType
 from llamarcp.tokenizer import LlamaTokenizer, detokenize
 from llamarcp.turns import Turns
@@ -76,7 +77,7 @@ MAX_PARALLEL = 64
 _GENERATE_OBSOLETE = frozenset({"tfs_z", "penalize_nl"})
 
 
-class Llama(ModelFacts, LoraMethods, Reranking, LlamaCppApiMixin, MediaMixin):
+class Llama(ModelFacts, LoraMethods, Reranking, StateMethods, LlamaCppApiMixin, MediaMixin):
     """A model plus one context: tokenize, complete, embed, save/restore state.
 
     `model_path=None` loads the default model (gemma-3-270m, `pip install 'llamarcp[model]'`). `n_ctx` may be
@@ -564,31 +565,6 @@ class Llama(ModelFacts, LoraMethods, Reranking, LlamaCppApiMixin, MediaMixin):
         return embeddings.embedding_response(
             [rows] if isinstance(input, str) else rows, count, model or self.model_path
         )
-
-    # -- state ------------------------------------------------------------------------------------------------
-
-    def save_state(self) -> LlamaState:
-        """Snapshot of the context (memory, logits) and its token history."""
-        with self._turns.exclusive():
-            return state.save(self._engine_or_raise(), self._seed)
-
-    def load_state(self, snapshot: LlamaState) -> None:
-        """Restore a snapshot taken from a Llama with the same model and context size."""
-        with self._turns.exclusive():
-            state.load(self._engine_or_raise(), snapshot)
-            self._seed = snapshot.seed
-
-    def save_state_file(self, path: str | os.PathLike[str]) -> None:
-        """Write the context state and its tokens to a session file: llama.cpp's session behind a header with its
-        sha256 and model identity, written atomically onto a regular file or a new name (see llamarcp.state)."""
-        with self._turns.exclusive():
-            state.save_file(self._engine_or_raise(), path)
-
-    def load_state_file(self, path: str | os.PathLike[str]) -> None:
-        """Restore a session file written by `save_state_file` (same model; its tokens must fit this context); a
-        plain llama.cpp session loads with a `StateFileWarning`. Refusals raise `StateError`."""
-        with self._turns.exclusive():
-            state.load_file(self._engine_or_raise(), path)
 
     def set_seed(self, seed: int) -> None:
         self._seed = check_seed(seed) & 0xFFFFFFFF
