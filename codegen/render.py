@@ -589,7 +589,12 @@ def _ctypes_struct_rows(api: Api, speller: CtypesSpeller) -> list[tuple[str, str
                 anonymous += not f.name
                 inner_base = (f.offset or 0) if not f.name else 0
                 add(f"{name}_{member}", f.anonymous, inner_base)
-                fields.append((member, f"S:{name}_{member}", None if f.offset is None else f.offset - base, not f.name))
+                offset = None if f.offset is None else f.offset - base
+                fields.append(
+                    (member, f"S:{name}_{member}", offset, True)
+                    if not f.name
+                    else (member, f"S:{name}_{member}", offset)
+                )
                 continue
             offset = None if f.offset is None else f.offset - base
             spelling = speller.spell(f.type, hint=f"{name}_{f.name}")

@@ -463,8 +463,8 @@ STRUCTS: dict[str, tuple[str, int | None, tuple[tuple[object, ...], ...]]] = {
         ('caps', 'S:ggml_backend_dev_caps', 48),
     )),
     "ggml_opt_optimizer_params": ("struct", 28, (
-        ('adamw', 'S:ggml_opt_optimizer_params_adamw', 0, False),
-        ('sgd', 'S:ggml_opt_optimizer_params_sgd', 20, False),
+        ('adamw', 'S:ggml_opt_optimizer_params_adamw', 0),
+        ('sgd', 'S:ggml_opt_optimizer_params_sgd', 20),
     )),
     "ggml_opt_optimizer_params_adamw": ("struct", 20, (
         ('alpha', 'c_float', 0),

@@ -42,6 +42,7 @@ _SUBMODULES = (
     "llama_speculative",
     "llama_tokenizer",
     "llama_chat_format",
+    "mtmd_cpp",
     "server",
 )
 

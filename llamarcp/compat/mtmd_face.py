@@ -1,0 +1,51 @@
+"""`llama_cpp.mtmd_cpp`: llama-cpp-python's ctypes module of libmtmd (images and audio), generated like
+`llama_cpp.llama_cpp` from the API model (see llamarcp/compat/ctypes_face.py).
+
+Names resolve on first access: `mtmd_*` functions bound to the libmtmd beside the loaded libllama (a function
+of a build without it raises MissingSymbolError when called), the `mtmd_*` structs, callback types and
+`mtmd_*_p` handle aliases, `MTMD_*` enum values from the cffi `lib`, and `_libmtmd`, a `ctypes.CDLL`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llamarcp.compat.ctypes_face import CtypesFace, cdll
+
+__all__: list[str] = []  # names resolve lazily
+
+_FACE = CtypesFace(("mtmd",), prefixes=("mtmd_", "MTMD_"))
+
+
+def __getattr__(name: str) -> Any:
+    if name.startswith("__"):
+        raise AttributeError(name)
+    value = _resolve(name)
+    globals()[name] = value
+    return value
+
+
+def _resolve(name: str) -> Any:
+    if name == "_libmtmd":
+        library = cdll("mtmd")
+        if library is None:
+            from llamarcp._release import generated_module
+
+            raise AttributeError(f"_libmtmd: {generated_module('_symbols').HINTS.get('mtmd', 'no libmtmd found')}")
+        return library
+    try:
+        return _FACE.lookup(name)
+    except KeyError:
+        pass
+    if name.startswith("MTMD_"):
+        from llamarcp import _backend
+
+        try:
+            return getattr(_backend.get_lib(), name)
+        except AttributeError:
+            pass
+    raise AttributeError(f"mtmd.h declares no {name!r}: llama_cpp.mtmd_cpp has no such name")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_FACE.names(), "_libmtmd"})
