@@ -16,7 +16,7 @@ import pytest
 
 from llamarcp import Llama, _lib
 from llamarcp._release import generated_module
-from llamarcp.compat import ctypes_face, lowlevel, mtmd_face
+from llamarcp.compat import ctypes_face, lowlevel, mtmd_module
 from llamarcp.errors import ModelLoadError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -274,14 +274,14 @@ def test_pointer_aliases_and_callback_types() -> None:
 def test_mtmd_cpp_face() -> None:
     if ctypes_face.cdll("mtmd") is None:
         pytest.skip("no libmtmd beside the loaded libllama (python build_lib.py --mtmd)")
-    assert mtmd_face.mtmd_default_marker() == b"<__media__>"
-    params = mtmd_face.mtmd_context_params_default()
-    assert isinstance(params, mtmd_face.mtmd_context_params) and params.n_threads > 0
-    chunks = mtmd_face.mtmd_input_chunks_init()
-    assert isinstance(chunks, int) and mtmd_face.mtmd_input_chunks_size(chunks) == 0
-    mtmd_face.mtmd_input_chunks_free(chunks)
-    assert mtmd_face.MTMD_INPUT_CHUNK_TYPE_TEXT == 0 and mtmd_face.mtmd_context_p_ctypes is ctypes.c_void_p
-    assert isinstance(mtmd_face._libmtmd, ctypes.CDLL)
+    assert mtmd_module.mtmd_default_marker() == b"<__media__>"
+    params = mtmd_module.mtmd_context_params_default()
+    assert isinstance(params, mtmd_module.mtmd_context_params) and params.n_threads > 0
+    chunks = mtmd_module.mtmd_input_chunks_init()
+    assert isinstance(chunks, int) and mtmd_module.mtmd_input_chunks_size(chunks) == 0
+    mtmd_module.mtmd_input_chunks_free(chunks)
+    assert mtmd_module.MTMD_INPUT_CHUNK_TYPE_TEXT == 0 and mtmd_module.mtmd_context_p_ctypes is ctypes.c_void_p
+    assert isinstance(mtmd_module._libmtmd, ctypes.CDLL)
 
 
 def test_importing_llama_cpp_builds_nothing() -> None:

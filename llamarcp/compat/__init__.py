@@ -9,7 +9,7 @@ llamarcp unchanged. PyMySQL's `install_as_MySQLdb()` is the precedent.
 | `llama_cpp`                 | `llamarcp.compat.package`                |
 | `llama_cpp.llama`           | `llamarcp.compat.llama_module`           |
 | `llama_cpp.llama_cpp`       | `llamarcp.compat.lowlevel` (ctypes face) |
-| `llama_cpp.mtmd_cpp`        | `llamarcp.compat.mtmd_face` (ctypes face)|
+| `llama_cpp.mtmd_cpp`        | `llamarcp.compat.mtmd_module` (ctypes face) |
 | `llama_cpp.llama_types`     | `llamarcp.compat.types`                  |
 | `llama_cpp.llama_grammar`   | `llamarcp.compat.grammar`                |
 | `llama_cpp.llama_cache`     | `llamarcp.compat.cache`                  |
@@ -36,7 +36,7 @@ LLAMA_CPP_MODULES: dict[str, str] = {
     "llama_cpp": "llamarcp.compat.package",
     "llama_cpp.llama": "llamarcp.compat.llama_module",
     "llama_cpp.llama_cpp": "llamarcp.compat.lowlevel",
-    "llama_cpp.mtmd_cpp": "llamarcp.compat.mtmd_face",
+    "llama_cpp.mtmd_cpp": "llamarcp.compat.mtmd_module",
     "llama_cpp.llama_types": "llamarcp.compat.types",
     "llama_cpp.llama_grammar": "llamarcp.compat.grammar",
     "llama_cpp.llama_cache": "llamarcp.compat.cache",

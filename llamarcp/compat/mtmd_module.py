@@ -44,7 +44,7 @@ def _resolve(name: str) -> Any:
             return getattr(_backend.get_lib(), name)
         except AttributeError:
             pass
-    raise AttributeError(f"mtmd.h declares no {name!r}: llama_cpp.mtmd_cpp has no such name")
+    raise AttributeError(f"llamarcp's llama_cpp.mtmd_cpp has no {name!r} (mtmd.h names only)")
 
 
 def __dir__() -> list[str]:
