@@ -165,7 +165,7 @@ class Llama(ModelFacts, LlamaCppApiMixin):
         self._init_args["model_path"] = model_path
         self._seed = check_seed(seed) & 0xFFFFFFFF if seed is not None else LLAMA_DEFAULT_SEED
         self.last_n_tokens_size = check_int("last_n_tokens_size", last_n_tokens_size, -1, MAX_PENALTY_LAST_N)
-        self.chat_format = chat_format
+        self._chat_format = chat_format
         self.chat_handler = chat_handler
         self.draft_model = draft_model
         self.tokenizer_ = tokenizer
@@ -220,6 +220,20 @@ class Llama(ModelFacts, LlamaCppApiMixin):
     @property
     def closed(self) -> bool:
         return self._turns.closed
+
+    @property
+    def chat_format(self) -> str | None:
+        """The chat format chat completions use: the constructor's, else (without a chat_handler) the one picked
+        for the model, named as llama-cpp-python names it ("chat_template.default": the GGUF's own template)."""
+        if self._chat_format is None and self.chat_handler is None and not self.closed:
+            from llamarcp.chat.completion import guessed_chat_format  # the chat package loads on first chat use
+
+            self._chat_format = guessed_chat_format(self)
+        return self._chat_format
+
+    @chat_format.setter
+    def chat_format(self, value: str | None) -> None:
+        self._chat_format = value
 
     def _engine_or_raise(self) -> Engine:
         self._turns.check_open()
