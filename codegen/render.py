@@ -486,6 +486,12 @@ _LENGTH_PARAM = re.compile(
 _FUNCTION_POINTER = re.compile(r"^(?P<ret>.*?)\(\*\)\((?P<args>.*)\)$")
 
 
+def _writes_through(ctype: str) -> bool:
+    """A pointer parameter whose pointee is not const (`char * buf`): the function may write there."""
+    text = re.sub(r"\s+", " ", ctype).strip()
+    return text.endswith("*") and not text.startswith("const ")
+
+
 def _split_args(text: str) -> list[str]:
     """Top-level comma split of a parameter list (nested parentheses stay whole)."""
     out, depth, current = [], 0, ""
@@ -621,7 +627,7 @@ def render_ctypes_face(api: Api) -> str:
         ]
         functions.append((f.name, f.library, speller.spell(f.return_type), params))
         pairs = [
-            (i, i + 1)
+            (i, i + 1, _writes_through(f.params[i].type))
             for i in range(len(params) - 1)
             if (params[i][1] in ("c_char_p", "c_void_p") or params[i][1].startswith("*"))
             and _LENGTH_PARAM.fullmatch(params[i + 1][0])

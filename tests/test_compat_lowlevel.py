@@ -241,6 +241,8 @@ def test_buffer_smaller_than_its_count_is_refused(llm: Llama) -> None:
         lowlevel.llama_tokenize(vocab, b"hello", 5, (lowlevel.llama_token * 2)(), 4, False, False)
     with pytest.raises(TypeError, match=r"'text' holds 5 element\(s\).*text_len=50"):
         lowlevel.llama_tokenize(vocab, b"hello", 50, (lowlevel.llama_token * 8)(), 8, False, False)
+    with pytest.raises(TypeError, match="'buf' is written to and bytes are immutable"):
+        lowlevel.llama_token_to_piece(vocab, 100, b"x" * 32, 32, 0, True)  # ctypes would write into the bytes
     tokens = (lowlevel.llama_token * 8)()  # exactly large enough: allowed
     assert lowlevel.llama_tokenize(vocab, b"hello", 5, tokens, 8, False, False) > 0
 
@@ -262,6 +264,7 @@ def test_pointer_aliases_and_callback_types() -> None:
     assert lowlevel.llama_model_p_ctypes is ctypes.c_void_p and lowlevel.llama_vocab_p(5) == 5
     assert lowlevel.llama_token_data_array_p._type_ is lowlevel.llama_token_data_array
     assert lowlevel.llama_token_p._type_ is ctypes.c_int32 and lowlevel.llama_memory_t is ctypes.c_void_p
+    assert lowlevel.llama_memory_t_ctypes is ctypes.c_void_p
     assert lowlevel.llama_log_callback is lowlevel.ggml_log_callback
     assert lowlevel.ggml_abort_callback._restype_ is ctypes.c_bool
     assert lowlevel.llama_sampler_i_apply._argtypes_[1]._type_ is lowlevel.llama_token_data_array

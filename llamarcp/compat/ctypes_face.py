@@ -150,17 +150,23 @@ def _capacity(value: Any) -> int | None:
 
 
 class _Bound:
-    __slots__ = ("buffer", "count", "element", "names")
+    __slots__ = ("buffer", "count", "element", "names", "written")
 
-    def __init__(self, buffer: int, count: int, element: int, names: tuple[str, str]) -> None:
-        self.buffer, self.count, self.element, self.names = buffer, count, element, names
+    def __init__(self, buffer: int, count: int, element: int, names: tuple[str, str], written: bool) -> None:
+        self.buffer, self.count, self.element, self.names, self.written = buffer, count, element, names, written
 
 
 def _check_bounds(function: str, bounds: tuple[_Bound, ...], args: tuple[Any, ...]) -> None:
     for bound in bounds:
         if len(args) <= max(bound.buffer, bound.count):
             return  # ctypes reports the missing arguments
-        capacity = _capacity(args[bound.buffer])
+        value = args[bound.buffer]
+        if bound.written and isinstance(value, (bytes, str)):
+            raise TypeError(
+                f"{function}(): {bound.names[0]!r} is written to and bytes are immutable: "
+                "pass a ctypes array (ctypes.create_string_buffer(n))"
+            )
+        capacity = _capacity(value)
         if capacity is None:
             continue
         count = args[bound.count]
@@ -293,6 +299,8 @@ class CtypesFace:
             return ctype("F:" + CALLBACK_ALIASES[name])
         if name in t.TYPEDEFS:
             return ctype(t.TYPEDEFS[name])
+        if name.endswith("_ctypes") and name[: -len("_ctypes")] in t.TYPEDEFS:  # `llama_memory_t_ctypes`
+            return ctype(t.TYPEDEFS[name[: -len("_ctypes")]])
         for suffix in ("_p_ctypes", "_p"):
             if name.endswith(suffix):
                 return self._pointer_alias(name[: -len(suffix)], suffix)
@@ -323,7 +331,7 @@ class CtypesFace:
         raw.restype = ctype(result)
         raw.argtypes = [ctype(spelling) for _, spelling in params]
         bounds = tuple(
-            _Bound(b, c, element_size(raw.argtypes[b]), (params[b][0], params[c][0]))
-            for b, c in table().BOUNDS.get(name, ())
+            _Bound(b, c, element_size(raw.argtypes[b]), (params[b][0], params[c][0]), written)
+            for b, c, written in table().BOUNDS.get(name, ())
         )
         return make_function(name, raw, params, bounds)
