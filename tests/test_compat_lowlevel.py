@@ -16,7 +16,7 @@ import pytest
 
 from llamarcp import Llama, _lib
 from llamarcp._release import generated_module
-from llamarcp.compat import ctypes_face, lowlevel, mtmd_module
+from llamarcp.compat import ctypes_face, install_as_llama_cpp, lowlevel, mtmd_module
 from llamarcp.errors import ModelLoadError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -301,3 +301,52 @@ print(sorted(m for m in sys.modules if m.endswith("_ctypes_face")))
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split("\n")[:3] == ["[]", "None", "['llamarcp._generated._ctypes_face']"]
+
+
+# ------------------------------------------------------------------------------------------ llama_cpp._internals
+
+
+def test_internals_model_context_batch_sampler(tiny_model_path: Path) -> None:
+    from llamarcp.compat import internals
+
+    install_as_llama_cpp()
+    import llama_cpp._internals as li
+
+    assert li is internals
+    model = li.LlamaModel(path_model=str(tiny_model_path), params=li.LlamaModel.default_params(), verbose=False)
+    assert isinstance(model.model, int) and model.n_vocab() == 32000 and model.metadata()["general.architecture"]
+    tokens = model.tokenize(b"hello world", add_bos=True, special=False)
+    assert tokens[0] == model.token_bos() and model.detokenize(tokens) == b"hello world"
+    params = li.LlamaContext.default_params()
+    params.n_ctx, params.n_batch, params.n_threads, params.n_threads_batch = 64, 16, 1, 1
+    ctx = li.LlamaContext(model=model, params=params, verbose=False)
+    batch = li.LlamaBatch(n_tokens=16, embd=0, n_seq_max=1)
+    batch.set_batch(tokens, n_past=0, logits_all=False)
+    ctx.decode(batch)
+    sampler = li.LlamaSampler()
+    sampler.add_top_k(1)
+    sampler.add_greedy()
+    token = sampler.sample(ctx, -1)
+    row = ctx.get_logits_ith(-1)
+    assert token == max(range(model.n_vocab()), key=lambda i: row[i])
+    with pytest.raises(ValueError, match="holds 16 tokens: cannot put 17 after 0"):
+        batch.set_batch(list(range(17)), n_past=0, logits_all=False)  # llama-cpp-python would write past the end
+    with pytest.raises(ValueError, match="n_threads"):
+        bad = li.LlamaContext.default_params()
+        bad.n_threads = 0
+        li.LlamaContext(model=model, params=bad)
+    sampler.close()
+    batch.close()
+    model.close()  # closes its context first
+    assert ctx.ctx is None and model.model is None
+    with pytest.raises(ValueError, match="does not exist"):
+        li.LlamaModel(path_model=str(tiny_model_path) + ".missing", params=li.LlamaModel.default_params())
+
+
+def test_ctypes_loader_checks_the_gguf_first(tiny_model_path: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(tiny_model_path.read_bytes()[:4096])
+    with pytest.raises(ModelLoadError, match="broken.gguf"):
+        lowlevel.llama_model_load_from_file(str(broken).encode(), lowlevel.llama_model_default_params())
+    with pytest.raises(Exception, match="root"):
+        lowlevel.llama_sampler_init_grammar(None, b'other ::= "x"', b"root")  # no root rule: refused first

@@ -9,6 +9,7 @@ llamarcp unchanged. PyMySQL's `install_as_MySQLdb()` is the precedent.
 | `llama_cpp`                 | `llamarcp.compat.package`                |
 | `llama_cpp.llama`           | `llamarcp.compat.llama_module`           |
 | `llama_cpp.llama_cpp`       | `llamarcp.compat.lowlevel` (ctypes face) |
+| `llama_cpp._internals`      | `llamarcp.compat.internals` (on the ctypes face) |
 | `llama_cpp.llama_types`     | `llamarcp.compat.types`                  |
 | `llama_cpp.llama_grammar`   | `llamarcp.compat.grammar`                |
 | `llama_cpp.llama_cache`     | `llamarcp.compat.cache`                  |
@@ -36,6 +37,7 @@ LLAMA_CPP_MODULES: dict[str, str] = {
     "llama_cpp": "llamarcp.compat.package",
     "llama_cpp.llama": "llamarcp.compat.llama_module",
     "llama_cpp.llama_cpp": "llamarcp.compat.lowlevel",
+    "llama_cpp._internals": "llamarcp.compat.internals",
     "llama_cpp.llama_types": "llamarcp.compat.types",
     "llama_cpp.llama_grammar": "llamarcp.compat.grammar",
     "llama_cpp.llama_cache": "llamarcp.compat.cache",

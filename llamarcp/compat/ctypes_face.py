@@ -200,6 +200,47 @@ def _from_cffi(value: Any, argtype: Any) -> Any:
     return value
 
 
+def _text(value: Any) -> str | None:
+    value = getattr(value, "value", value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    return value if isinstance(value, str) else None
+
+
+def _check_model_file(args: tuple[Any, ...]) -> None:
+    from llamarcp.validate import check_gguf_hparams
+
+    path = _text(args[0]) if args else None
+    if path is not None and len(args) > 1:  # what llama.cpp would abort on is refused here (ModelLoadError)
+        check_gguf_hparams(path, vocab_only=bool(getattr(args[1], "vocab_only", False)))
+
+
+def _check_context(args: tuple[Any, ...]) -> None:
+    from llamarcp.validate import check_context_params
+
+    if len(args) > 1 and isinstance(args[1], ctypes.Structure):
+        check_context_params(args[1])
+
+
+def _check_grammar(args: tuple[Any, ...]) -> None:
+    from llamarcp.validate import check_grammar
+
+    text, root = (_text(a) for a in args[1:3]) if len(args) > 2 else (None, None)
+    if text is not None and root is not None:
+        check_grammar(text, root)
+
+
+#: Inputs llama.cpp asserts or crashes on, checked in Python before these calls (the same checks llamarcp's own
+#: Model, Context and grammar sampler make).
+GUARDS = {
+    "llama_model_load_from_file": _check_model_file,
+    "llama_load_model_from_file": _check_model_file,
+    "llama_init_from_model": _check_context,
+    "llama_new_context_with_model": _check_context,
+    "llama_sampler_init_grammar": _check_grammar,
+}
+
+
 def make_function(name: str, raw: Any, params: tuple[tuple[str, str], ...], bounds: tuple[_Bound, ...]) -> Any:
     """`raw` (a ctypes function with argtypes/restype set) with llama-cpp-python's calling convention kept and
     ctypes' ArgumentError turned into a TypeError naming the parameter."""
@@ -223,10 +264,13 @@ def make_function(name: str, raw: Any, params: tuple[tuple[str, str], ...], boun
             f"got {type(got).__name__} ({str(error).split(': ', 1)[-1]})"
         ) from None
 
-    if bounds:
+    guard = GUARDS.get(name)
+    if bounds or guard is not None:
 
         def call(*args: Any) -> Any:
             _check_bounds(name, bounds, args)
+            if guard is not None:
+                guard(args)
             try:
                 return raw(*args)
             except ctypes.ArgumentError as error:
