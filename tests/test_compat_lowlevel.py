@@ -350,3 +350,16 @@ def test_ctypes_loader_checks_the_gguf_first(tiny_model_path: Path, tmp_path: Pa
         lowlevel.llama_model_load_from_file(str(broken).encode(), lowlevel.llama_model_default_params())
     with pytest.raises(Exception, match="root"):
         lowlevel.llama_sampler_init_grammar(None, b'other ::= "x"', b"root")  # no root rule: refused first
+
+
+def test_every_spelling_of_the_tables_is_a_ctypes_type() -> None:
+    tables = generated_module("_ctypes_face")
+    spellings = {s for _, result, params in tables.FUNCTIONS.values() for s in (result, *(p for _, p in params))}
+    spellings |= {s for result, params in tables.CALLBACKS.values() for s in (result, *params)}
+    spellings |= set(tables.TYPEDEFS.values())
+    for spelling in sorted(spellings):
+        built = ctypes_face.ctype(spelling)
+        assert built is None if spelling == "None" else isinstance(built, type), spelling
+    assert ctypes_face.ctype("[4]*c_float")._length_ == 4
+    with pytest.raises(KeyError, match="unknown type 'c_nothing'"):
+        ctypes_face._build_type("c_nothing")
