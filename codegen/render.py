@@ -618,6 +618,7 @@ def render_ctypes_face(api: Api) -> str:
     speller = CtypesSpeller(api)
     functions = []
     bounds = []
+    tokens = []
     for f in api.functions:
         if f.variadic:
             speller.diagnostics.append(f"WARN: ctypes face: variadic {f.name} left out")
@@ -635,6 +636,10 @@ def render_ctypes_face(api: Api) -> str:
         ]
         if pairs:
             bounds.append((f.name, pairs))
+        vocab = [i for i, p in enumerate(f.params) if re.search(r"\bstruct llama_vocab\b", p.type)]
+        token = [i for i, p in enumerate(f.params) if p.type == "llama_token"]
+        if vocab and token:
+            tokens.append((f.name, (vocab[0], token[0])))
     structs = _ctypes_struct_rows(api, speller)
     for c in api.callbacks:
         speller.callback(c.name)
@@ -655,6 +660,7 @@ def render_ctypes_face(api: Api) -> str:
             commit=api.llama_cpp_commit,
             functions=functions,
             bounds=bounds,
+            tokens=tokens,
             structs=sorted(structs),
             callbacks=sorted(speller.callbacks.items()),
             handles=handles,

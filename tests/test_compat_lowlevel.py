@@ -247,6 +247,21 @@ def test_buffer_smaller_than_its_count_is_refused(llm: Llama) -> None:
     assert lowlevel.llama_tokenize(vocab, b"hello", 5, tokens, 8, False, False) > 0
 
 
+def test_token_ids_out_of_the_vocab_are_refused_not_aborted(llm: Llama) -> None:
+    """llama.cpp indexes its vocab with the id unchecked: an id past the end aborts the whole process."""
+    vocab = lowlevel.llama_model_get_vocab(llm.model)
+    n_vocab = lowlevel.llama_vocab_n_tokens(vocab)
+    for function in (lowlevel.llama_vocab_get_attr, lowlevel.llama_token_get_text, lowlevel.llama_vocab_is_control):
+        with pytest.raises(ValueError, match=rf"token={n_vocab} is not a token of this vocab \(0..{n_vocab - 1}\)"):
+            function(vocab, n_vocab)
+    with pytest.raises(ValueError, match="token=-5"):
+        lowlevel.llama_token_to_piece(vocab, -5, ctypes.create_string_buffer(8), 8, 0, True)
+    with pytest.raises(ValueError, match="'vocab' is NULL"):
+        lowlevel.llama_vocab_get_score(None, 1)
+    assert lowlevel.llama_vocab_is_eog(vocab, -1) is False  # LLAMA_TOKEN_NULL: llama.cpp checks it there
+    assert lowlevel.llama_vocab_is_eog(vocab, lowlevel.llama_vocab_eos(vocab)) is True
+
+
 def test_every_struct_matches_the_compiler_layout() -> None:
     structs = generated_module("_ctypes_face").STRUCTS
     for name, (_, size, fields) in structs.items():

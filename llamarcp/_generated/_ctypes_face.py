@@ -444,6 +444,22 @@ BOUNDS: dict[str, tuple[tuple[int, int, bool], ...]] = {
     "mtmd_tokenize_from_parts": ((2, 3, False),),
 }
 
+#: function -> (vocab parameter index, token parameter index): llama.cpp indexes the vocab with the token
+#: unchecked (out of range aborts the process), so the token is checked against llama_vocab_n_tokens first.
+TOKEN_CHECKS: dict[str, tuple[int, int]] = {
+    "llama_token_get_attr": (0, 1),
+    "llama_token_get_score": (0, 1),
+    "llama_token_get_text": (0, 1),
+    "llama_token_is_control": (0, 1),
+    "llama_token_is_eog": (0, 1),
+    "llama_token_to_piece": (0, 1),
+    "llama_vocab_get_attr": (0, 1),
+    "llama_vocab_get_score": (0, 1),
+    "llama_vocab_get_text": (0, 1),
+    "llama_vocab_is_control": (0, 1),
+    "llama_vocab_is_eog": (0, 1),
+}
+
 #: struct or union class -> (kind, size in bytes, fields); a field is (name, spelling, byte offset) with the
 #: bit width appended for a bit-field, or True appended for an anonymous member (its fields read through).
 STRUCTS: dict[str, tuple[str, int | None, tuple[tuple[object, ...], ...]]] = {

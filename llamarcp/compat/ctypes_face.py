@@ -230,6 +230,36 @@ def _check_grammar(args: tuple[Any, ...]) -> None:
         check_grammar(text, root)
 
 
+def _check_token(function: str, names: tuple[str, str], vocab: Any, token: Any) -> None:
+    """A token id llama.cpp would index its vocab with: in range, or a ValueError naming it (never an abort)."""
+    address = getattr(vocab, "value", vocab)
+    if not isinstance(address, int):
+        address = _from_cffi(vocab, ctypes.c_void_p)
+    if not address:
+        raise ValueError(f"{function}(): {names[0]!r} is NULL")
+    token = getattr(token, "value", token)
+    if not isinstance(token, int):
+        return  # ctypes refuses it, naming the parameter
+    if token == -1 and function.endswith("_is_eog"):
+        return  # llama.cpp checks LLAMA_TOKEN_NULL there itself
+    n_tokens = _n_tokens()(address)
+    if not 0 <= token < n_tokens:
+        raise ValueError(f"{function}(): {names[1]}={token} is not a token of this vocab (0..{n_tokens - 1})")
+
+
+_vocab_size: list[Any] = []  # the raw ctypes llama_vocab_n_tokens, once built
+
+
+def _n_tokens() -> Any:
+    if not _vocab_size:
+        lib = cdll("llama")
+        assert lib is not None
+        raw = lib["llama_vocab_n_tokens"]
+        raw.restype, raw.argtypes = ctypes.c_int32, [ctypes.c_void_p]
+        _vocab_size.append(raw)
+    return _vocab_size[0]
+
+
 #: Inputs llama.cpp asserts or crashes on, checked in Python before these calls (the same checks llamarcp's own
 #: Model, Context and grammar sampler make).
 GUARDS = {
@@ -241,7 +271,13 @@ GUARDS = {
 }
 
 
-def make_function(name: str, raw: Any, params: tuple[tuple[str, str], ...], bounds: tuple[_Bound, ...]) -> Any:
+def make_function(
+    name: str,
+    raw: Any,
+    params: tuple[tuple[str, str], ...],
+    bounds: tuple[_Bound, ...],
+    token_check: tuple[int, int] | None = None,
+) -> Any:
     """`raw` (a ctypes function with argtypes/restype set) with llama-cpp-python's calling convention kept and
     ctypes' ArgumentError turned into a TypeError naming the parameter."""
     argtypes = raw.argtypes or ()
@@ -265,12 +301,16 @@ def make_function(name: str, raw: Any, params: tuple[tuple[str, str], ...], boun
         ) from None
 
     guard = GUARDS.get(name)
-    if bounds or guard is not None:
+    if bounds or guard is not None or token_check is not None:
+        vocab_at, token_at = token_check or (0, 0)
+        token_names = (params[vocab_at][0], params[token_at][0]) if token_check else ("", "")
 
         def call(*args: Any) -> Any:
             _check_bounds(name, bounds, args)
             if guard is not None:
                 guard(args)
+            if token_check is not None and len(args) > max(vocab_at, token_at):
+                _check_token(name, token_names, args[vocab_at], args[token_at])
             try:
                 return raw(*args)
             except ctypes.ArgumentError as error:
@@ -378,4 +418,4 @@ class CtypesFace:
             _Bound(b, c, element_size(raw.argtypes[b]), (params[b][0], params[c][0]), written)
             for b, c, written in table().BOUNDS.get(name, ())
         )
-        return make_function(name, raw, params, bounds)
+        return make_function(name, raw, params, bounds, table().TOKEN_CHECKS.get(name))
