@@ -378,3 +378,17 @@ def test_every_spelling_of_the_tables_is_a_ctypes_type() -> None:
     assert ctypes_face.ctype("[4]*c_float")._length_ == 4
     with pytest.raises(KeyError, match="unknown type 'c_nothing'"):
         ctypes_face._build_type("c_nothing")
+
+
+def test_star_import_binds_functions_types_and_constants() -> None:
+    code = """
+import llamarcp
+llamarcp.install_as_llama_cpp()
+from llama_cpp.llama_cpp import *
+from llama_cpp.mtmd_cpp import *
+print(llama_batch.__name__, llama_decode.__name__, LLAMA_TOKEN_ATTR_CONTROL, llama_token_p._type_.__name__)
+print(mtmd_context_params.__name__, MTMD_INPUT_CHUNK_TYPE_TEXT, "_lib" in dir())
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["llama_batch", "llama_decode", "8", "c_int", "mtmd_context_params", "0", "False"]

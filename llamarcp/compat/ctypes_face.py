@@ -362,7 +362,7 @@ class CtypesFace:
         out = [n for n, (library, _, _) in t.FUNCTIONS.items() if library in self.libraries]
         types = [*t.STRUCTS, *t.CALLBACKS, *t.TYPEDEFS]
         types += [f"{h}_p" for h in t.HANDLES] + [f"{h}_p_ctypes" for h in t.HANDLES]
-        types += [f"{s}_p" for s in t.STRUCTS]
+        types += [f"{s}_p" for s in t.STRUCTS] + [f"{s}_p" for s in t.TYPEDEFS] + [f"{s}_ctypes" for s in t.TYPEDEFS]
         if not self.prefixes:
             types += list(CALLBACK_ALIASES)
         return sorted(set(out) | {n for n in types if self.serves(n)})

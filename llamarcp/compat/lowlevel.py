@@ -15,8 +15,6 @@ from typing import Any
 
 from llamarcp.compat.ctypes_face import CtypesFace, cdll
 
-__all__: list[str] = []  # `from llama_cpp.llama_cpp import *` exports nothing: the names are resolved lazily
-
 #: Every ctypes function type derives from this (the class of `ctypes.CFUNCTYPE(...)` instances).
 _FUNCTION_POINTER: Any = ctypes.CFUNCTYPE(None).__mro__[1]
 
@@ -72,7 +70,20 @@ def _names() -> list[str]:
     return sorted({*_FACE.names(), *generated_module("_symbols").EXTRA_CONSTANTS, "_lib", "LLAMA_MAX_DEVICES"})
 
 
+def _public_names() -> list[str]:
+    """What `from llama_cpp.llama_cpp import *` binds, as llama-cpp-python's star import does: every function,
+    type and constant (this loads the library, as importing llama-cpp-python does)."""
+    from llamarcp import _backend
+
+    constants = [n for n in dir(_backend.get_lib()) if n.startswith(("LLAMA_", "GGML_", "GGUF_"))]
+    return sorted({*(n for n in _names() if not n.startswith("_")), *constants})
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__all__":  # computed on a star import only: plain `import` builds nothing
+        value: Any = _public_names()
+        globals()[name] = value
+        return value
     if name.startswith("__"):
         raise AttributeError(name)
     value = _resolve(name)

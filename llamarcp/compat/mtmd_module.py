@@ -12,12 +12,17 @@ from typing import Any
 
 from llamarcp.compat.ctypes_face import CtypesFace, cdll
 
-__all__: list[str] = []  # names resolve lazily
-
 _FACE = CtypesFace(("mtmd",), prefixes=("mtmd_", "MTMD_"))
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__all__":  # a star import binds every mtmd name (and loads libmtmd); plain `import` builds nothing
+        from llamarcp import _backend
+
+        constants = [n for n in dir(_backend.get_lib()) if n.startswith("MTMD_")]
+        value: Any = sorted({*_FACE.names(), *constants})
+        globals()[name] = value
+        return value
     if name.startswith("__"):
         raise AttributeError(name)
     value = _resolve(name)
