@@ -226,7 +226,7 @@ class Llama(ModelFacts, LlamaCppApiMixin):
         """The chat format chat completions use: the constructor's, else (without a chat_handler) the one picked
         for the model, named as llama-cpp-python names it ("chat_template.default": the GGUF's own template)."""
         if self._chat_format is None and self.chat_handler is None and not self.closed:
-            from llamarcp.chat.completion import guessed_chat_format  # the chat package loads on first chat use
+            from llamarcp.chat.formats import guessed_chat_format  # the chat package loads on first chat use
 
             self._chat_format = guessed_chat_format(self)
         return self._chat_format

@@ -14,7 +14,6 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from llamarcp.chat.formats import guess_chat_format
 from llamarcp.chat.grammars import JSON_OBJECT_GRAMMAR, json_schema_grammar, tool_call_grammar
 from llamarcp.chat.handlers import FUNCTION_CALLING, registered
 from llamarcp.chat.templates import ChatFormatter, formatter_for_model, normalize_messages
@@ -54,25 +53,11 @@ def _token_text(llama: Any, token: int) -> str:
     return bytes(llama.detokenize([token], special=True)).decode("utf-8", errors="replace")
 
 
-#: llama-cpp-python's name for the GGUF's own `tokenizer.chat_template` (what `Llama.chat_format` reports then).
-GGUF_TEMPLATE_FORMAT = "chat_template.default"
-
-
-def guessed_chat_format(llama: Any) -> str:
-    """The chat format `llama` uses when none is given, named as llama-cpp-python names it: the GGUF's template
-    ("chat_template.default"), else the format guessed from the architecture (gemma, phi-3, ...; chatml)."""
-    if llama.chat_template():
-        return GGUF_TEMPLATE_FORMAT
-    return guess_chat_format(dict(llama.metadata))
-
-
 def chat_formatter(llama: Any, chat_format: str | None = None, chat_template: str | None = None) -> ChatFormatter:
     """The formatter `llama` uses: explicit template > chat_format (argument, then `Llama(chat_format=)`) >
     the GGUF's `tokenizer.chat_template` > chatml."""
     if chat_format is None and chat_template is None:
         chat_format = getattr(llama, "chat_format", None)
-    if chat_format == GGUF_TEMPLATE_FORMAT:
-        chat_format = None
     per_model = _FORMATTERS.setdefault(llama, {})
     key = (chat_format, chat_template)
     formatter = per_model.get(key)
@@ -285,8 +270,7 @@ def create_chat_completion(
             grammar=grammar,
             **completion_kwargs,
         )
-    if tools is not None and len(tools) == 0:
-        tools = None  # `tools=[]` means no tools (llama-cpp-python; haystack passes it on every call)
+    tools = tools or None  # `tools=[]` means no tools (llama-cpp-python; haystack passes it on every call)
     if functions is not None:
         if tools is not None:
             raise ChatMessageError("pass either tools or the legacy functions, not both")

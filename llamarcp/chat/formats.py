@@ -257,3 +257,15 @@ def guess_chat_format(metadata: Mapping[str, Any]) -> str:
     if arch == "llama" and metadata.get("tokenizer.ggml.pre") in ("llama-bpe", "llama3"):
         return "llama-3"
     return DEFAULT_CHAT_FORMAT
+
+
+#: llama-cpp-python's name for the GGUF's own `tokenizer.chat_template` (what `Llama.chat_format` reports then).
+GGUF_TEMPLATE_FORMAT = "chat_template.default"
+
+
+def guessed_chat_format(llama: Any) -> str:
+    """The chat format `llama` uses when none is given, named as llama-cpp-python names it: the GGUF's template
+    ("chat_template.default"), else the format guessed from the architecture (gemma3, phi-3, ...; chatml)."""
+    if llama.chat_template():
+        return GGUF_TEMPLATE_FORMAT
+    return guess_chat_format(dict(llama.metadata))
