@@ -52,6 +52,7 @@ TOOLS = {
     "llama-cli": ("llama-cli", "llama-cli", ["-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_USE_PREBUILT_UI=OFF"]),
     "llama-server": ("llama-server", "llama-server", ["-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_USE_PREBUILT_UI=OFF"]),
     "rpc-server": ("ggml-rpc-server", "ggml-rpc-server", []),
+    "llama-mtmd-cli": ("llama-mtmd-cli", "llama-mtmd-cli", []),
 }
 KNOWN_TOOLS = tuple(TOOLS)
 
@@ -442,6 +443,16 @@ def _locked(path: Path, what: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+#: A llama.cpp tree to build instead of the pin (build_lib.py's default --source; setup.py generates its bindings).
+SOURCE_ENV = "LLAMARCP_LLAMA_CPP_SOURCE"
+
+
+def user_tree(source: Path, commit: str | None = None) -> tuple[Path, str]:
+    """(resolved tree, its commit) of a user's llama.cpp tree; BuildError naming what is missing."""
+    tree, _, found = source_identity(source, commit)
+    return tree, found
+
+
 def user_cmake_args(backends: list[str], extra: list[str], env: Mapping[str, str] | None = None) -> list[str]:
     source = os.environ if env is None else env
     args = [BACKEND_FLAGS[b] for b in backends]
@@ -681,7 +692,7 @@ def _bundle_name(aliases: list[str]) -> str:
     return min(versioned or aliases, key=len)
 
 
-def bundle(libs: Path, dest: Path) -> list[Path]:
+def bundle(libs: Path, dest: Path, keep: tuple[str, ...] = ()) -> list[Path]:
     """Copy libllama, its ggml libraries and the build stamp from a build's `libs` into `dest`, as plain files.
 
     Wheels hold no symlinks, so each library is copied once, under the one name it is looked up by; the
@@ -693,8 +704,14 @@ def bundle(libs: Path, dest: Path) -> list[Path]:
             by_target.setdefault(path.resolve(), []).append(path.name)
     if not any(_bundle_name(names) in LIB_NAMES for names in by_target.values()):
         raise BuildError(f"{libs} holds no libllama to bundle")
-    shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir(parents=True)
+    for entry in dest.iterdir() if dest.is_dir() else ():
+        if entry.name in keep:
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    dest.mkdir(parents=True, exist_ok=True)
     written = []
     for target, names in sorted(by_target.items()):
         out = dest / _bundle_name(names)
@@ -706,7 +723,7 @@ def bundle(libs: Path, dest: Path) -> list[Path]:
     return written
 
 
-def build_for_wheel(dest: Path, source: Path | None = None) -> list[Path]:
+def build_for_wheel(dest: Path, source: Path | None = None, keep: tuple[str, ...] = ()) -> list[Path]:
     """The PEP 517 hook's one call (setup.py): build or reuse the pinned library, bundle it into `dest`.
 
     Honours $CMAKE_ARGS (e.g. `-DGGML_CUDA=on`) like llama-cpp-python, and FORCE_CMAKE=1 to rebuild.
@@ -714,9 +731,29 @@ def build_for_wheel(dest: Path, source: Path | None = None) -> list[Path]:
     """
     force = os.environ.get("FORCE_CMAKE", "").strip().lower() in ("1", "true", "yes", "on")
     libs = build(source, force=force)
-    written = bundle(libs, dest)
+    written = bundle(libs, dest, keep)
     _say(f"bundled {', '.join(p.name for p in written)} from {libs}")
     return written
+
+
+def build_own_tree_for_wheel(dest: Path, source: Path) -> list[str]:
+    """`pip install` with LLAMARCP_LLAMA_CPP_SOURCE: bindings from the tree's headers, then its library, bundled.
+
+    The headers are parsed first (seconds), so a tree without llama.h or with a header libclang cannot parse
+    fails before any compiling. Returns the report lines the build prints (codegen/own_tree.py).
+    """
+    tree, commit = user_tree(source)
+    try:
+        from codegen import parse
+        from codegen.own_tree import bundle_bindings
+    except ImportError as exc:
+        raise BuildError(f"generating bindings for {tree} needs llamarcp's codegen and libclang: {exc}") from exc
+    try:
+        report = bundle_bindings(tree, commit, dest / "bindings")
+    except parse.ParseError as exc:
+        raise BuildError(f"the headers of {tree} cannot be turned into bindings: {exc}") from exc
+    build_for_wheel(dest, source=tree, keep=("bindings",))
+    return report
 
 
 # ------------------------------------------------------------------------------------------------ cli
@@ -776,6 +813,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     opts = _parse(argv)
+    if opts.source is None and not opts.release and os.environ.get(SOURCE_ENV, "").strip():
+        opts.source = Path(os.environ[SOURCE_ENV].strip())
     try:
         if opts.print_source:
             print(ensure_source(_pin.KNOWN_CARRIERS[opts.carrier], opts.fetch))

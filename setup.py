@@ -7,10 +7,14 @@
   bindings use cffi's ABI mode, so one wheel serves every Python 3 on that platform).
 - sdist: carries the pinned tree (`_pin.TREE_PATHS`, verified by tree hash) under vendor/llama.cpp, so a
   wheel builds from it offline.
+- Your own llama.cpp: with LLAMARCP_LLAMA_CPP_SOURCE=DIR (or `--config-settings llama-cpp-source=DIR`, which
+  build_backend.py turns into it) the wheel bundles DIR's library and bindings generated from DIR's headers
+  (codegen/own_tree.py, libclang), and the build prints the scan of llamarcp's code against that tree.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -32,8 +36,14 @@ class BuildPyWithLibrary(build_py):
         super().run()
         if self.editable_mode:
             return
+        native = Path(self.build_lib) / "llamarcp" / NATIVE_DIR
+        own = os.environ.get(build_lib.SOURCE_ENV, "").strip()
         try:
-            build_lib.build_for_wheel(Path(self.build_lib) / "llamarcp" / NATIVE_DIR)
+            if not own:
+                build_lib.build_for_wheel(native)
+                return
+            for line in build_lib.build_own_tree_for_wheel(native, Path(own)):
+                print(line, file=sys.stderr)
         except build_lib.BuildError as exc:
             where = f" (log: {exc.log})" if exc.log else ""
             raise SystemExit(f"llamarcp: building libllama for the wheel failed: {exc}{where}") from exc

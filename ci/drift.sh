@@ -40,6 +40,10 @@ for step in $steps; do
         ;;
     scan)
         run_step scan "$PYTHON" -m codegen.drift scan llamarcp codegen benchmarks build_lib.py --api "$api"
+        # llamarcp's own code against the oldest and middle releases of the window (arity, fields, constants)
+        for release in $("$PYTHON" -c 'from llamarcp import _release as r; n = r.release_names(); print(n[0], n[len(n) // 2])'); do
+            run_step "scan-$release" "$PYTHON" -m llamarcp.drift scan llamarcp --api "release:$release"
+        done
         ;;
     generated)
         run_step generated "$PYTHON" codegen/generate.py --check

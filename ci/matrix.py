@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 import build_lib  # noqa: E402
 from llamarcp import _pin  # noqa: E402
 
-CHECKS = ("greedy", "chat", "penalties", "state", "grammar", "batching", "embeddings")
+CHECKS = ("greedy", "chat", "speculative", "server", "penalties", "state", "grammar", "batching", "embeddings")
 BEGIN, END = "<!-- matrix:begin -->", "<!-- matrix:end -->"
 
 

@@ -1,7 +1,8 @@
 """One release's smoke for ci/matrix.py, run in a child process with LLAMARCP_LIB_PATH set to that release's build.
 
 Prints one JSON object: the release llamarcp matched the library to, and per check "ok" or the error. Checks on the
-tiny random model: greedy text, chat, embeddings, state round trip, batching with n_parallel=4, grammar; on
+tiny random model: greedy text, chat, prompt-lookup speculation (same text), the server (in-process, chat
+completion), penalties, state file round trip, grammar, batching with n_parallel=4, embeddings; on
 gemma-3-270m (with --gemma): greedy text of a fixed prompt, and the same through n_parallel=4.
 """
 
@@ -72,8 +73,32 @@ def tiny_checks(results: dict[str, Any], model_path: Path, bert_path: Path) -> N
         assert text.startswith("{"), text
         return text
 
+    def speculative() -> None:
+        from llamarcp.llama_speculative import LlamaPromptLookupDecoding
+
+        prompt = "one two three four one two three four one two three"
+        plain = llm(prompt, max_tokens=10, temperature=0)["choices"][0]["text"]
+        drafted = Llama(str(model_path), n_ctx=256, verbose=False, draft_model=LlamaPromptLookupDecoding())
+        text = drafted(prompt, max_tokens=10, temperature=0)["choices"][0]["text"]
+        drafted.close()
+        assert text == plain, (text, plain)
+
+    def server() -> None:
+        from fastapi.testclient import TestClient
+
+        from llamarcp.server import ServerSettings, create_app
+
+        settings = ServerSettings(model_alias="tiny", disable_ping_events=True)
+        with TestClient(create_app(settings, llama=llm)) as client:
+            body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0}
+            reply = client.post("/v1/chat/completions", json=body)
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["choices"][0]["message"]["role"] == "assistant"
+
     _check(results, "greedy", greedy)
     _check(results, "chat", chat)
+    _check(results, "speculative", speculative)
+    _check(results, "server", server)
     _check(results, "penalties", penalties)
     _check(results, "state", state)
     _check(results, "grammar", grammar)

@@ -9,7 +9,8 @@
 
 Steps, each timed and reported (a failing step is reported and the later ones still run where they can):
 diff (bindings -> new headers) -> the old bindings' guard verdict -> regenerate -> build -> symbols ->
-scan of llamarcp's own code (calls, struct/constant uses, hand copies, facts tied to llama.cpp sources) ->
+scan of llamarcp's own code (names, call arity, struct fields, constants and C types against the new tree; uses
+of changed items, hand copies, facts tied to llama.cpp sources) ->
 chat templates (models/templates: added, removed, changed; new ones rendered) -> tests (ci/setup.sh, ruff,
 mypy, ci/drift.sh, pytest: what `bash ci/test.sh` runs, each reported).
 Without `--pin` the pin (`llamarcp/_pin.py`) stays where it is; `--pin` (a known carrier only) rewrites its two
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import hashlib
 import os
 import platform
@@ -157,6 +159,11 @@ def move_pin(version: str, tree: Path, pin_file: Path = PIN_FILE) -> tuple[str, 
     text, n_hash = re.subn(r'^TREE_SHA256 = "[0-9a-f]{64}"$', f'TREE_SHA256 = "{tree_hash}"', text, flags=re.M)
     if old is None or n_carrier != 1 or n_hash != 1:
         raise ValueError(f'{pin_file} has no single PINNED_CARRIER = "..." and TREE_SHA256 = "..." line to move')
+    window = re.search(r"^WINDOW: tuple\[str, \.\.\.\] = \(\n(.*?)^\)$", text, flags=re.M | re.S)
+    if window is None:
+        raise ValueError(f"{pin_file} has no WINDOW = (...) tuple to add the new pin to")
+    if f'"{version}"' not in window.group(1):  # the new pin joins the window (as its newest release)
+        text = text[: window.end(1)] + f'    "{version}",\n' + text[window.end(1) :]
     pin_file.write_text(text, encoding="utf-8")
     if pin_file == PIN_FILE:
         importlib.reload(_pin)  # build_lib and the cache read `_pin.NAME` at call time
@@ -177,6 +184,10 @@ def step_pin(bump: Bump, step: Step, version: str) -> None:
 
 def step_regenerate(bump: Bump, step: Step, apply: bool) -> None:
     result = generate.generate(bump.source, bump.commit)
+    if bump.pinned:  # the window moved with the pin: every release's declarations again
+        from codegen import releases
+
+        result.files[releases.FILE_NAME] = releases.render_window(releases.window_releases())
     out = generate.DEFAULT_OUT if apply else Path(tempfile.mkdtemp(prefix="llamarcp-bump-"))
     changed = generate.differing(generate.DEFAULT_OUT, result.files)
     generate.write_if_changed(out, result.files)
@@ -278,9 +289,17 @@ def step_own_code(bump: Bump, step: Step) -> None:
     if bump.new is None or bump.diff is None:
         raise RuntimeError("no manifest of the new tree (diff failed)")
     removed = {c.name: c.hint or "removed from llama.h; no replacement known" for c in bump.diff.sections["removed"]}
-    result = scan_paths(SCANNED, ApiIndex.from_manifest(bump.new, removed))
-    step.lines.append(f"Calls: {result.summary()}.")
-    step.lines += [f"- {u.render()}" for u in result.uses]
+    # What the code does with the API, checked against the new tree: names, call arity, struct fields, constants
+    # and C types; the bindings' manifest names what moved (`load_mode` -> `use_mmap`, ...).
+    index = ApiIndex.from_manifest(bump.new, removed, reference=bump.old, label=str(bump.source))
+    result = scan_paths(SCANNED, index)
+    step.lines.append(f"Uses (names, arity, struct fields, constants, types): {result.summary()}.")
+    for use in result.uses:
+        location = Path(use.path).resolve()
+        if location.is_relative_to(ROOT):
+            use = dataclasses.replace(use, path=str(location.relative_to(ROOT)))
+        step.lines.append(f"- {use.severity}: {use.render()}")
+    step.lines += [f"- error: {e}" for e in result.errors]
     if result.failed():
         step.status = "findings"
 

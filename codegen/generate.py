@@ -286,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
             fix = (
                 "python codegen/generate.py --update-golden"
                 if all("/" in n for n in bad)
+                else "python codegen/generate.py --releases"
+                if releases.FILE_NAME in bad
                 else "python codegen/generate.py"
             )
             print(f"run: {fix}", file=sys.stderr)

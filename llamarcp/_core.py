@@ -7,7 +7,10 @@ not allocate.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import sys
 import threading
 from array import array
 from collections.abc import Mapping, Sequence
@@ -24,6 +27,7 @@ from llamarcp.errors import (
     TokenizeError,
 )
 from llamarcp.validate import check_context_params, check_gguf_hparams
+from llamarcp.validate.params import set_fields
 
 __all__ = ["Batch", "Context", "LoraAdapter", "Model", "ffi"]
 
@@ -31,6 +35,33 @@ from llamarcp import _adapt, _guard
 from llamarcp._ffi import ffi
 
 GGUF_MAGIC = b"GGUF"
+
+
+def release_freed_memory() -> None:
+    """Hand the heap memory freed so far back to the system (glibc's `malloc_trim(0)`; elsewhere nothing).
+
+    glibc keeps what a closed model and its context freed in its arenas, fragmented among live blocks: each
+    load/close cycle left ~0.8 MB of RSS behind (45 -> 280 MB over 300), which a server swapping models pays.
+    Called once per freed model; it costs about 2 ms."""
+    trim = _malloc_trim()
+    if trim is not None:
+        with contextlib.suppress(Exception):  # interpreter exit: ctypes may be half torn down
+            trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # glibc only: musl and others lack it
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
 
 
 class Model(Managed):
@@ -71,10 +102,8 @@ class Model(Managed):
         if self._kv_overrides is not None:
             params.kv_overrides = self._kv_overrides
         params.vocab_only = bool(vocab_only)
-        params.n_gpu_layers = int(n_gpu_layers)
-        params.main_gpu = int(main_gpu)
-        if split_mode is not None:
-            params.split_mode = int(split_mode)
+        fields = {"n_gpu_layers": n_gpu_layers, "main_gpu": main_gpu, "split_mode": split_mode}
+        set_fields(params, "struct llama_model_params", fields)  # each checked against its C type first
         _adapt.set_load_mode(lib, params, use_mmap, use_mlock)
         params.check_tensors = bool(check_tensors)
         if use_extra_bufts is None:
@@ -101,6 +130,7 @@ class Model(Managed):
         self._lib.llama_model_free(ptr)
         if self._devices is not None:
             self._devices.release()
+        release_freed_memory()
 
     # -- vocab ------------------------------------------------------------------------------------------------
 
@@ -273,7 +303,7 @@ class Context(Managed):
         super().__init__(ptr, parent=model)
         self.model = model
         try:  # the first context of the process: the by-value results that need one are probed before use
-            _guard.probe_live("struct llama_context *", ptr)
+            _guard.probe_live("struct llama_context *", ptr, lib)
         except BaseException:
             self.close()
             raise

@@ -14,7 +14,6 @@ Called by `llamarcp._lib.load()` right after dlopen; cheap checks only, no ELF o
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import warnings
@@ -22,16 +21,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from llamarcp import _cache
+from llamarcp._locate import SKIP_ENV, read_stamp, skipped  # noqa: F401 - part of the guard's interface
 from llamarcp.errors import LibraryMismatchError
 
 
 class LibraryUnverifiedWarning(UserWarning):
     """The loaded libllama carries no ABI stamp and the probe could check nothing: a mismatch would go unseen."""
-
-
-#: Set to 1 to skip the guard (you vouch that header and library agree).
-SKIP_ENV = "LLAMARCP_SKIP_GUARD"
 
 
 def optional_groups() -> dict[str, str]:
@@ -71,10 +66,6 @@ def bindings_commit() -> str:
     return LLAMA_CPP_COMMIT
 
 
-def skipped() -> bool:
-    return os.environ.get(SKIP_ENV, "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def used_functions() -> tuple[str, ...]:
     """Functions llamarcp's own code calls (scanned by codegen/generate.py into `_generated/_used.py`)."""
     from llamarcp._generated._used import USED_FUNCTIONS
@@ -109,19 +100,6 @@ def missing_functions(lib: Any, names: Iterable[str]) -> list[str]:
         except NotImplementedError:
             continue  # cffi cannot call this declaration in ABI mode; the symbol itself is not the issue
     return sorted(missing)
-
-
-def read_stamp(library_path: str | os.PathLike[str]) -> tuple[dict[str, Any] | None, Path | None]:
-    """(stamp, its path) beside the library; (None, path or None) when absent or unreadable."""
-    path = Path(library_path)
-    if not path.is_absolute() and path.parent == Path("."):
-        return None, None  # a bare soname from the system loader: no directory to look in
-    stamp = path.parent / _cache.STAMP_NAME
-    try:
-        data = json.loads(stamp.read_text())
-    except (OSError, ValueError):
-        return None, None
-    return (data, stamp) if isinstance(data, dict) else (None, stamp)
 
 
 def stamp_commit(library_path: str | os.PathLike[str]) -> tuple[str | None, Path | None]:
@@ -163,7 +141,7 @@ def _probe(lib: Any) -> Any:
 _live_probed: dict[str, bool] = {}
 
 
-def probe_live(kind: str, pointer: Any) -> None:
+def probe_live(kind: str, pointer: Any, lib: Any) -> None:
     """Probe the by-value results that need a live object (`llama_perf_context(ctx)`), once per process and kind.
 
     Called by the one owner of each such object right after creating the first one, before anything else calls
@@ -171,22 +149,22 @@ def probe_live(kind: str, pointer: Any) -> None:
     """
     if kind in _live_probed or skipped():
         return
-    from llamarcp import _lib, _release
+    from llamarcp import _release
     from llamarcp._ffi import ffi
     from llamarcp.drift import abi
 
-    lib = _lib.load()
     raw = getattr(lib, "_raw", lib)
+    path = getattr(lib, "_path", "libllama")
     chosen = _release.bindings()
     result = abi.probe(raw, ffi, chosen.probes, platform.machine(), live=(kind, pointer))
     _live_probed[kind] = True
     if result.problems:
         error = LibraryMismatchError(
-            f"libllama at {_lib.loaded_path()} does not match the API llamarcp uses (llama.cpp {chosen.name}):\n"
+            f"libllama at {path} does not match the API llamarcp uses (llama.cpp {chosen.name}):\n"
             + "\n".join(f"  {p}" for p in result.problems)
             + f"\n{FIX_HINT}"
         )
-        error.library = _lib.loaded_path()
+        error.library = str(path)
         error.expected_commit = chosen.name
         _live_probed.pop(kind)
         raise error

@@ -176,7 +176,7 @@ def release_names() -> tuple[str, ...]:
 
 
 def _stamp(library: Path | str) -> dict[str, Any] | None:
-    from llamarcp._guard import read_stamp
+    from llamarcp._locate import read_stamp
 
     data, _ = read_stamp(library)
     return data
@@ -346,15 +346,15 @@ def selection() -> Selection:
 
 
 def _select() -> Selection:
-    from llamarcp import _guard, _lib
+    from llamarcp import _locate
     from llamarcp.errors import LibraryNotFoundError
 
     try:
-        library = _lib.find_library()
+        library = _locate.find_library()
     except LibraryNotFoundError:
         return Selection(pin(), None, "no library found: the pin's bindings")
-    if _guard.skipped():
-        return Selection(pin(), str(library), f"{_guard.SKIP_ENV} is set: the pin's bindings, unchecked")
+    if _locate.skipped():
+        return Selection(pin(), str(library), f"{_locate.SKIP_ENV} is set: the pin's bindings, unchecked")
     try:
         return choose(library)
     except OSError as exc:  # found but not loadable: _lib.load() reports it with the loader's reason

@@ -4,7 +4,8 @@
 `llama_batch` holding the next token of every running sequence plus prompt chunks of newly admitted ones
 (chunked prefill within `n_batch`), decodes it once, and samples every sequence whose logits row came out
 with its own sampler chain (its own seed, grammar, penalties). Tokens reach each caller through its own queue,
-so streams run independently; a finished or cancelled sequence leaves its slot at once.
+so streams run independently; a finished or cancelled sequence leaves its slot at once, and so does one whose
+own callback (logits processor, stopping criteria) raised: that error goes to its caller only.
 
 Slots are sequence ids 0..n_parallel-1 of a unified KV cache of `n_parallel * n_ctx` cells; each sequence
 may hold at most `n_ctx` tokens, so the running and cached sequences always fit together. A finished
@@ -38,8 +39,9 @@ from llamarcp.errors import (
     PromptTooLongError,
     check_decode,
 )
+from llamarcp.multimodal import MediaPrompt
 from llamarcp.sampling import SamplerChain, SamplingParams, build_sampler_chain
-from llamarcp.token_picker import logits_view, logprob_info
+from llamarcp.token_picker import apply_logits_processor, logits_view, logprob_info
 
 if TYPE_CHECKING:
     from llamarcp.engine import Engine, Outcome, Step
@@ -74,6 +76,7 @@ class _Job:
     n_prompt_eval: int = 0
     submitted: float = field(default_factory=time.perf_counter)
     first_token: float = 0.0
+    media: MediaPrompt | None = None  # images/audio among the prompt ids (llamarcp.multimodal)
 
 
 @dataclass(eq=False)
@@ -150,11 +153,12 @@ class Scheduler:
         engine = self.engine
         if not prompt:
             raise ValueError("nothing to evaluate: the token list is empty")
-        engine.model.check_tokens(prompt)
+        media = prompt if isinstance(prompt, MediaPrompt) else None
+        engine.model.check_tokens(media.text_tokens() if media is not None else prompt)
         if len(prompt) >= engine.n_ctx:
             raise PromptTooLongError(len(prompt), engine.n_ctx)
         limit = engine.n_ctx - len(prompt) if max_tokens is None else max_tokens
-        job = _Job(list(prompt), params, limit, logprobs, logits_processor, stopping_criteria)
+        job = _Job(list(prompt), params, limit, logprobs, logits_processor, stopping_criteria, media=media)
         with self._cond:
             self.turns.check_open()
             if self.max_queued is not None and len(self._pending) >= self.max_queued:
@@ -246,7 +250,7 @@ class Scheduler:
             slot = self._slots[seq_id]
             slot.tokens.append(token)
             if wants_logits and slot.job is not None:
-                self._sample(slot, index)
+                self._sample_or_fail(slot, index)
 
     def _recover(self, rc: int, entries: list[tuple[int, int, int, bool]]) -> None:
         """A failed decode: drop what it may have stored, fail the sequences it carried (never the process)."""
@@ -310,6 +314,8 @@ class Scheduler:
             if n > best_n and self._prefix_usable(slot, n):
                 best_slot, best_n = slot, n
         best_n = min(best_n, len(prompt) - 1)  # the last prompt token is decoded again for fresh logits
+        if job.media is not None:
+            best_n = job.media.safe_prefix(best_n)  # never reuse half an image
         if best_slot is not None and best_slot.job is None and best_n > 0 and 2 * best_n >= len(best_slot.tokens):
             target = best_slot  # continue an idle slot's cache in place (most of it is reused)
         else:
@@ -326,13 +332,29 @@ class Scheduler:
             if best_slot is not None and best_n > 0:
                 lib.llama_memory_seq_cp(memory, best_slot.seq_id, target.seq_id, 0, best_n)
                 target.tokens = list(prompt[:best_n])
-        job.chain = build_sampler_chain(engine.model, job.params, history=prompt)
+        if job.media is not None:
+            self._decode_media(job.media, target)
+        history = job.media.text_tokens() if job.media is not None else prompt
+        job.chain = build_sampler_chain(engine.model, job.params, history=history)
         job.todo = list(prompt[len(target.tokens) :])
-        job.history = list(prompt)
+        job.history = list(history)
         job.n_prompt_eval = len(job.todo)
         target.job = job
         target.last_used = next(self._clock)
         self.n_prompt_tokens_evaluated = job.n_prompt_eval
+
+    def _decode_media(self, media: MediaPrompt, target: _Slot) -> None:
+        """Decode the prompt up to the text after its last medium into the slot now (the images go in as
+        embeddings, one sequence at a time); that text then joins the shared batches like any prompt."""
+        start, end = len(target.tokens), media.tail_start
+        if start >= end:
+            return
+        try:
+            media.decode_from(self.engine, start, target.seq_id, end)
+        except BaseException:
+            get_lib().llama_memory_seq_rm(self.engine.memory, target.seq_id, start, -1)
+            raise
+        target.tokens = list(media[:end])
 
     def _prefix_usable(self, slot: _Slot, n: int) -> bool:
         """A sliding-window cache may have dropped positions a reused prefix needs."""
@@ -366,6 +388,19 @@ class Scheduler:
             budget -= len(chunk)
         return entries
 
+    def _sample_or_fail(self, slot: _Slot, index: int) -> None:
+        """Sample one sequence. Its request's own callbacks (logits processor, stopping criteria) run here, in
+        the scheduler thread: what they raise, or a result of the wrong shape, fails that request alone (its
+        caller gets the exception) while the other sequences go on as if it had never been there."""
+        job = slot.job
+        try:
+            self._sample(slot, index)
+        except BaseException as exc:  # only this job's code runs here: signals reach the main thread, not this one
+            if slot.job is not job or job is None:
+                raise
+            job.results.put(("error", exc))
+            self._release(slot, keep_cache=True)  # the memory holds exactly slot.tokens: still a valid prefix
+
     def _sample(self, slot: _Slot, index: int) -> None:
         job = slot.job
         assert job is not None and job.chain is not None
@@ -378,7 +413,7 @@ class Scheduler:
         if job.logits_processor is not None or job.stopping_criteria is not None or job.logprobs is not None:
             scores = logits_view(engine.ctx.ptr, engine.model.n_vocab, index)
             if job.logits_processor is not None:
-                scores[:] = job.logits_processor(np.asarray(job.history, dtype=np.intc), scores)
+                apply_logits_processor(np, job.logits_processor, np.asarray(job.history, dtype=np.intc), scores)
         if job.chain.names == ["greedy"] and np is not None and job.logits_processor is None:
             row = scores if scores is not None else logits_view(engine.ctx.ptr, engine.model.n_vocab, index)
             token = int(np.argmax(row))

@@ -23,8 +23,18 @@ from llamarcp.errors import (
     PromptTooLongError,
     check_decode,
 )
+from llamarcp.multimodal import MediaPrompt
+from llamarcp.multimodal import evaluate as evaluate_media
 from llamarcp.sampling import SamplerChain, SamplingParams, build_sampler_chain, grammar_sampler
-from llamarcp.token_picker import GrammarPicker, LogitsRows, greedy_argmax, logits_view, logprob_info
+from llamarcp.token_picker import (
+    GrammarPicker,
+    LogitsRows,
+    apply_logits_processor,
+    greedy_argmax,
+    logits_view,
+    logprob_info,
+)
+from llamarcp.validate.params import set_fields
 
 __all__ = ["AbortState", "Engine", "Outcome", "Step", "context_params"]
 
@@ -273,13 +283,20 @@ class Engine:
         outcome = {} if outcome is None else outcome
         model = self.model
         started = time.perf_counter()
-        if prompt_logprobs is not None:
-            outcome["prompt_logprobs"] = self.prompt_logprobs(prompt_tokens, prompt_logprobs)
-        n_eval = self.eval(prompt_tokens)
+        media = prompt_tokens if isinstance(prompt_tokens, MediaPrompt) else None
+        if media is not None:  # images/audio among the tokens (llamarcp.multimodal)
+            if prompt_logprobs is not None:
+                raise ValueError("prompt logprobs (echo with logprobs) are not available for a prompt with images")
+            n_eval = evaluate_media(self, media)
+            draft_model = None
+        else:
+            if prompt_logprobs is not None:
+                outcome["prompt_logprobs"] = self.prompt_logprobs(prompt_tokens, prompt_logprobs)
+            n_eval = self.eval(prompt_tokens)
         prompt_done = time.perf_counter()
         grammar = self._grammar_sampler(params)
         chain: SamplerChain = build_sampler_chain(
-            model, params, history=prompt_tokens, grammar_in_chain=grammar is None
+            model, params, history=media.text_tokens() if media else prompt_tokens, grammar_in_chain=grammar is None
         )
         n_generated = 0
         try:
@@ -318,7 +335,7 @@ class Engine:
                 if wants_scores:
                     scores = self.logits()
                     if logits_processor is not None:
-                        scores[:] = logits_processor(np.asarray(input_ids, dtype=np.intc), scores)
+                        apply_logits_processor(np, logits_processor, np.asarray(input_ids, dtype=np.intc), scores)
                 if greedy is not None:
                     token = greedy()
                 elif picker is None:
@@ -406,12 +423,15 @@ def context_params(
     """
     lib = get_lib()
     params = lib.llama_context_default_params()
-    params.n_ctx = n_ctx
-    params.n_batch = n_batch
-    params.n_ubatch = n_ubatch if n_ubatch else (n_batch if embedding else min(n_batch, 512))
-    params.n_threads = n_threads
-    params.n_threads_batch = n_threads_batch
-    params.n_seq_max = n_seq_max if n_seq_max else (8 if embedding else 1)
+    sizes = {  # drift: fields llama_context_params
+        "n_ctx": n_ctx,
+        "n_batch": n_batch,
+        "n_ubatch": n_ubatch if n_ubatch else (n_batch if embedding else min(n_batch, 512)),
+        "n_threads": n_threads,
+        "n_threads_batch": n_threads_batch,
+        "n_seq_max": n_seq_max if n_seq_max else (8 if embedding else 1),
+    }
+    set_fields(params, "struct llama_context_params", sizes)  # each checked against its C type first
     params.kv_unified = True  # every sequence may use the whole n_ctx (embedding batches)
     params.embeddings = bool(embedding)
     if flash_attn is None and embedding:
@@ -422,9 +442,7 @@ def context_params(
         params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_AUTO
     else:
         params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
-    for name, value in fields.items():
-        if value is not None:
-            setattr(params, name, value)
+    set_fields(params, "struct llama_context_params", fields)
     return params
 
 

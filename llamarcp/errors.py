@@ -101,7 +101,12 @@ class GrammarError(LlamaError, ValueError):
 
 
 class StateError(LlamaError, ValueError):
-    """A saved state could not be restored into this context (other model, other size, corrupt)."""
+    """A state could not be saved (the path names no regular file, the disk refused) or restored into this
+    context (other model, other size, corrupt); the message names the path and the reason."""
+
+
+class StateFileNotFoundError(StateError, FileNotFoundError):
+    """`load_state_file` was given a path where there is nothing."""
 
 
 # --- the one place llama.cpp return codes become exceptions ------------------------------------------------------
@@ -132,6 +137,10 @@ class ChatTemplateSecurityError(ChatTemplateError):
 
 class ChatMessageError(LlamaError, ValueError):
     """The chat messages (or tools) are not in the OpenAI shape the chat API accepts."""
+
+
+class MediaError(ChatMessageError):
+    """An image or audio input is malformed, truncated, too large or unsupported, or the model takes no such input."""
 
 
 # --- backends and distributed inference (llamarcp.rpc) ------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import weakref
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from llamarcp.compat.llama_api import LlamaCppApiMixin
 from llamarcp.engine import Engine, Outcome, Step
 from llamarcp.errors import LlamaError
 from llamarcp.model_facts import ModelFacts
+from llamarcp.multimodal import MediaMixin, Projector
 from llamarcp.sampling import (
     LLAMA_DEFAULT_SEED,
     LogitsProcessorList,
@@ -38,7 +40,15 @@ from llamarcp.state import LlamaState
 from llamarcp.text_completion import PromptType
 from llamarcp.tokenizer import LlamaTokenizer, detokenize
 from llamarcp.turns import Turns
-from llamarcp.validate.params import MAX_PENALTY_LAST_N, check_int, check_seed
+from llamarcp.validate.params import (
+    MAX_PENALTY_LAST_N,
+    check_chat_arguments,
+    check_int,
+    check_llama_keywords,
+    check_seed,
+    check_texts,
+    check_token_ids,
+)
 
 __all__ = [
     "LLAMA_DEFAULT_SEED",
@@ -63,7 +73,7 @@ MAX_PARALLEL = 64
 _GENERATE_OBSOLETE = frozenset({"tfs_z", "penalize_nl"})
 
 
-class Llama(ModelFacts, LlamaCppApiMixin):
+class Llama(ModelFacts, LlamaCppApiMixin, MediaMixin):
     """A model plus one context: tokenize, complete, embed, save/restore state.
 
     `model_path=None` loads the default model (gemma-3-270m, `pip install 'llamarcp[model]'`). `n_ctx` may be
@@ -129,11 +139,13 @@ class Llama(ModelFacts, LlamaCppApiMixin):
         spm_infill: bool = False,
         verbose: bool = False,
         strict: bool = False,
+        mmproj: str | os.PathLike[str] | None = None,
         **kwargs: Any,
     ) -> None:
         """Load `model_path` and create its context. Every keyword of llama-cpp-python's `Llama` is accepted;
         keywords unknown to both are ignored with one warning (as llama-cpp-python swallows them), or refused
-        with TypeError when `strict=True`."""
+        with TypeError when `strict=True`. `mmproj` is a multimodal projector GGUF (llamarcp.multimodal): then
+        chat messages may hold OpenAI `image_url` (and `input_audio`) parts."""
         self._init_args: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "kwargs")}
         self._init_args.update(kwargs)
         unknown = sorted(set(kwargs) - _SWALLOWED_KEYWORDS)
@@ -149,6 +161,7 @@ class Llama(ModelFacts, LlamaCppApiMixin):
                 raise ValueError(f"{name} must be a positive int (n_ctx=0 means the model's training context)")
         if not isinstance(n_parallel, int) or isinstance(n_parallel, bool) or not 1 <= n_parallel <= MAX_PARALLEL:
             raise ValueError(f"n_parallel must be an int in 1..{MAX_PARALLEL}, got {n_parallel!r}")
+        check_llama_keywords({k: v for k, v in self._init_args.items() if k not in kwargs})
         self.n_parallel = n_parallel
         if logits_all and n_parallel > 1:
             raise ValueError("logits_all=True keeps one sequence's logits per position: it needs n_parallel=1")
@@ -176,26 +189,31 @@ class Llama(ModelFacts, LlamaCppApiMixin):
         self.n_threads_batch = n_threads_batch if n_threads_batch and n_threads_batch > 0 else self.n_threads
         self._engine: Engine | None = None
         self._scheduler: Scheduler | None = None
+        self._projector: Projector | None = None
 
         self._model = loading.open_model(self._init_args)
+        model, this = self._model, weakref.ref(self)  # no cycle through self: a dropped Llama is freed at once
         self._turns = Turns(
-            free=self._model.close,
-            is_freed=lambda: self._model.closed,
-            on_close=self.abort,  # the per-token loop and the C abort callback both look at it
-            abandon=lambda: abandon(self._model),
+            free=model.close,
+            is_freed=lambda: model.closed,
+            on_close=lambda: _abort_if_alive(this),  # the per-token loop and the C abort callback look at it
+            abandon=lambda: abandon(model),
         )
+        turns = self._turns
+        # Dropped without close(): closed all the same, so a batching thread lets the model go now, not when idle.
+        weakref.finalize(self, turns.close).atexit = False  # at exit, llamarcp._backend's shutdown frees models
         if vocab_only:
             return
         try:
-            self._engine = loading.open_engine(
-                self._model, self._init_args, self, is_closing=lambda: self._turns.closing
-            )
+            self._engine = loading.open_engine(self._model, self._init_args, self, is_closing=lambda: turns.closing)
             if n_parallel > 1:
                 self._scheduler = Scheduler(self._engine, self._turns, n_parallel)
             if logits_all and not self.embedding:  # an embedding context outputs embeddings, not logits
                 self._engine.keep_all_logits()
             if lora_path is not None:
                 self._lora = loading.apply_lora(self._model, self._engine, lora_path, lora_scale)
+            if mmproj is not None:
+                self.load_projector(mmproj)
         except BaseException:
             self._model.close()
             raise
@@ -220,20 +238,6 @@ class Llama(ModelFacts, LlamaCppApiMixin):
     @property
     def closed(self) -> bool:
         return self._turns.closed
-
-    @property
-    def chat_format(self) -> str | None:
-        """The chat format chat completions use: the constructor's, else (without a chat_handler) the one picked
-        for the model, named as llama-cpp-python names it ("chat_template.default": the GGUF's own template)."""
-        if self._chat_format is None and self.chat_handler is None and not self.closed:
-            from llamarcp.chat.formats import guessed_chat_format  # the chat package loads on first chat use
-
-            self._chat_format = guessed_chat_format(self)
-        return self._chat_format
-
-    @chat_format.setter
-    def chat_format(self, value: str | None) -> None:
-        self._chat_format = value
 
     def _engine_or_raise(self) -> Engine:
         self._turns.check_open()
@@ -263,6 +267,9 @@ class Llama(ModelFacts, LlamaCppApiMixin):
         self, tokens: Sequence[int], prev_tokens: Sequence[int] | None = None, special: bool = False
     ) -> bytes:
         """Token ids -> bytes. With `prev_tokens`, only the bytes the new tokens add after them (streaming)."""
+        tokens = check_token_ids("tokens", tokens)
+        if prev_tokens is not None:
+            prev_tokens = check_token_ids("prev_tokens", prev_tokens)
         with self._turns.using():
             return detokenize(self._model, tokens, prev_tokens, special)
 
@@ -293,7 +300,7 @@ class Llama(ModelFacts, LlamaCppApiMixin):
         append); returns how many were decoded. `reset()` first to start over."""
         with self._turns.exclusive():
             engine = self._engine_or_raise()
-            tokens = list(tokens)
+            tokens = check_token_ids("tokens", tokens)
             if not tokens:
                 return 0
             held = engine.input_ids if engine.owner == "single" else []
@@ -347,7 +354,7 @@ class Llama(ModelFacts, LlamaCppApiMixin):
         )
         processor = as_logits_processor(logits_processor)
         criteria = as_stopping_criteria(stopping_criteria)
-        return self._generated_tokens(list(tokens), params, processor, criteria)
+        return self._generated_tokens(check_token_ids("tokens", tokens), params, processor, criteria)
 
     def _generated_tokens(
         self, tokens: list[int], params: SamplingParams, processor: Any, criteria: Any
@@ -516,6 +523,7 @@ class Llama(ModelFacts, LlamaCppApiMixin):
         """
         from llamarcp.chat import create_chat_completion
 
+        check_chat_arguments(messages, kwargs)
         if kwargs.get("chat_format") is None and kwargs.get("chat_template") is None and self.chat_format:
             kwargs["chat_format"] = self.chat_format
         return create_chat_completion(self, messages, **kwargs)
@@ -537,7 +545,7 @@ class Llama(ModelFacts, LlamaCppApiMixin):
             if not self.embedding:
                 raise LlamaError("embeddings need a Llama created with embedding=True")
             single = isinstance(input, str)
-            texts = [input] if isinstance(input, str) else list(input)
+            texts = check_texts("input", input)
             rows, count = embeddings.embed(engine, texts, normalize=normalize, truncate=truncate)
         output = rows[0] if single else rows
         return (output, count) if return_count else output
@@ -563,12 +571,14 @@ class Llama(ModelFacts, LlamaCppApiMixin):
             self._seed = snapshot.seed
 
     def save_state_file(self, path: str | os.PathLike[str]) -> None:
-        """Write the context state and its tokens to a llama.cpp session file (atomically; see llamarcp.state)."""
+        """Write the context state and its tokens to a session file: llama.cpp's session behind a header with its
+        sha256 and model identity, written atomically onto a regular file or a new name (see llamarcp.state)."""
         with self._turns.exclusive():
             state.save_file(self._engine_or_raise(), path)
 
     def load_state_file(self, path: str | os.PathLike[str]) -> None:
-        """Restore a session file written by `save_state_file` (same model; its tokens must fit this context)."""
+        """Restore a session file written by `save_state_file` (same model; its tokens must fit this context); a
+        plain llama.cpp session loads with a `StateFileWarning`. Refusals raise `StateError`."""
         with self._turns.exclusive():
             state.load_file(self._engine_or_raise(), path)
 
@@ -579,3 +589,9 @@ class Llama(ModelFacts, LlamaCppApiMixin):
         engine = self._engine
         status = "closed" if self.closed else f"n_ctx={engine.n_ctx}" if engine is not None else "vocab_only"
         return f"<Llama {Path(self.model_path).name} {status}>"
+
+
+def _abort_if_alive(llm: weakref.ref[Llama]) -> None:
+    target = llm()
+    if target is not None:
+        target.abort()

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["CONTEXT_FIELDS", "apply_lora", "open_engine", "open_model"]
 
 #: Constructor keywords that are `llama_context_params` fields of the same name (None: llama.cpp's default).
-CONTEXT_FIELDS = (
+CONTEXT_FIELDS = (  # drift: fields llama_context_params
     "pooling_type",
     "rope_freq_base",
     "rope_freq_scale",

@@ -1,11 +1,22 @@
-"""Context state: in-memory snapshots (`LlamaState`) and llama.cpp session files on disk.
+"""Context state: in-memory snapshots (`LlamaState`) and session files on disk.
 
-Session files are llama.cpp's own format (`llama_state_save_file`), so its tools can read them, written
-atomically: into a temporary file beside the target, fsynced, then renamed over it, so a full disk or a crash
-mid-write never destroys the previous good file. Beside each file goes a small JSON sidecar
-(`<file>.llamarcp.json`) with its sha256 and the model it belongs to; loading checks it when present (a file
-from llama.cpp's tools has none), and always checks that every restored token id is in the vocab and that
-the memory holds exactly the restored tokens. Any failure leaves the context empty and raises `StateError`.
+A session file carries its own integrity check, so a copy cannot lose it:
+
+    b"LLAMARCP", u32 format (1), u32 metadata size, sha256 of everything else in the file (32 bytes),
+    metadata (JSON: the model's identity, the token count, the payload size),
+    payload: a llama.cpp session, byte for byte what `llama_state_save_file` writes (magic, version, tokens, state)
+
+Loading refuses a file whose checksum, model or llama.cpp session version differs, then checks that every
+restored token id is in the vocab and that the memory holds exactly the restored tokens; a refused file leaves the
+context empty (a path that cannot be read leaves it as it was) and raises `StateError` naming the path and the
+reason. A plain llama.cpp session (its tools, or
+llamarcp before format 1, whose checksum sat in a `<file>.llamarcp.json` sidecar, still checked when present)
+loads with a `StateFileWarning`.
+
+Saving writes only to a regular file or a new name: a directory, device node, FIFO or socket at the path is
+refused untouched, and a symlink is followed to the file it leads to (the link stays a link). The file is written
+beside that target, fsynced and renamed onto it, so a full disk or a crash mid-write leaves the previous file
+whole.
 """
 
 from __future__ import annotations
@@ -14,22 +25,44 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
+import secrets
+import stat
+import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llamarcp._backend import capture_log, get_lib
 from llamarcp._ffi import ffi
-from llamarcp.errors import StateError
+from llamarcp.errors import StateError, StateFileNotFoundError
 
 if TYPE_CHECKING:
     from llamarcp.engine import Engine
 
-__all__ = ["SIDECAR_SUFFIX", "LlamaState", "load", "load_file", "save", "save_file"]
+__all__ = [
+    "FILE_FORMAT",
+    "FILE_MAGIC",
+    "SIDECAR_SUFFIX",
+    "LlamaState",
+    "StateFileWarning",
+    "load",
+    "load_file",
+    "save",
+    "save_file",
+]
 
+#: The first bytes of a state file written by `save_file`, then its format version (u32).
+FILE_MAGIC = b"LLAMARCP"
+FILE_FORMAT = 1
+#: Beside a session file, where llamarcp before format 1 kept its checksum (still checked when present).
 SIDECAR_SUFFIX = ".llamarcp.json"
-_SIDECAR_FORMAT = 1
+_DIGEST_SIZE = 32
+_MAX_META_SIZE = 1 << 16
+
+
+class StateFileWarning(UserWarning):
+    """A session file was loaded without the checksum llamarcp embeds (llama.cpp's tools, older llamarcp)."""
 
 
 @dataclass
@@ -86,59 +119,59 @@ def load(engine: Engine, state: LlamaState) -> None:
 
 
 def save_file(engine: Engine, path: str | os.PathLike[str]) -> None:
-    """Write the context state and its tokens to a llama.cpp session file, atomically, plus its sidecar."""
-    target = Path(path)
-    if not target.parent.is_dir():
-        raise StateError(f"could not save the session to {path}: {target.parent} is not a directory")
+    """Write the context state and its tokens to `path` (see the module docstring for the format and the rules)."""
+    target = _save_target(path)
     engine.claim("single")
-    tokens = ffi.new("int32_t[]", engine.input_ids or [0])
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        with capture_log() as log:
-            ok = get_lib().llama_state_save_file(engine.ctx.ptr, os.fsencode(tmp), tokens, len(engine.input_ids))
-        if not ok:
-            raise StateError(f"could not save the session to {path}{log.reason(2)}")
-        digest = _fsync_and_hash(tmp)
-        sidecar = {"format": _SIDECAR_FORMAT, "sha256": digest, "n_tokens": len(engine.input_ids)}
-        sidecar.update(model_identity(engine))
-        _write_atomic(_sidecar_path(target), json.dumps(sidecar, indent=1).encode())
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
-    except OSError as exc:
-        raise StateError(f"could not save the session to {path}: {exc}") from exc
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    lib = get_lib()
+    tokens = list(engine.input_ids)
+    size = int(lib.llama_state_get_size(engine.ctx.ptr))
+    buf = ffi.new("uint8_t[]", max(size, 1))
+    written = int(lib.llama_state_get_data(engine.ctx.ptr, buf, size))
+    if written <= 0:
+        raise StateError(f"could not save the session to {path}: llama_state_get_data wrote nothing")
+    session_head = struct.pack("<III", int(lib.LLAMA_SESSION_MAGIC), int(lib.LLAMA_SESSION_VERSION), len(tokens))
+    parts = [session_head, struct.pack(f"<{len(tokens)}i", *tokens), ffi.buffer(buf, written)]
+    meta = {"n_tokens": len(tokens), "payload_size": sum(len(part) for part in parts)}
+    meta.update(model_identity(engine))
+    meta_bytes = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+    head = FILE_MAGIC + struct.pack("<II", FILE_FORMAT, len(meta_bytes))
+    digest = hashlib.sha256(head)
+    for part in (meta_bytes, *parts):
+        digest.update(part)
+    _write_replacing(target, path, [head, digest.digest(), meta_bytes, *parts])
 
 
 def load_file(engine: Engine, path: str | os.PathLike[str]) -> None:
-    """Restore a session file written by `save_file` (or by llama.cpp's tools) into this context."""
-    source = Path(path)
-    if not source.is_file():
-        raise FileNotFoundError(f"session file not found: {path}")
-    _check_sidecar(engine, source)
-    engine.claim("single")
-    n_ctx = engine.n_ctx
-    tokens = ffi.new("int32_t[]", n_ctx)
-    count = ffi.new("size_t *")
-    with capture_log() as log:
-        ok = get_lib().llama_state_load_file(engine.ctx.ptr, os.fsencode(source), tokens, n_ctx, count)
-    if not ok:
-        engine.clear()
-        raise StateError(f"could not load the session {path}{log.reason(2)}")
-    restored = list(ffi.unpack(tokens, int(count[0])))
+    """Restore a session file written by `save_file` (or, with a warning, by llama.cpp's tools or an older
+    llamarcp: files without the embedded checksum) into this context."""
+    session_magic = struct.pack("<I", int(get_lib().LLAMA_SESSION_MAGIC))
+    data = _read_regular_file(path, (FILE_MAGIC, session_magic))  # unreadable: the context stays as it is
     try:
-        _check_tokens(engine, restored, f"the session {path}")
+        if data.startswith(FILE_MAGIC):
+            payload = _verified_payload(engine, data, path)
+        elif data.startswith(session_magic):
+            payload = memoryview(data)
+            _check_legacy(engine, data, path)
+        else:
+            raise StateError(f"{path} is not a session file (it starts with {bytes(data[:8])!r})")
+        tokens, state_data = _split_session(engine, payload, path)
+        _check_tokens(engine, tokens, f"the session {path}")
     except StateError:
-        engine.clear()
+        engine.clear()  # as after a failed restore: a refused file never leaves half of something behind
         raise
-    _adopt(engine, restored, f"the session {path}")
+    engine.claim("single")
+    with capture_log() as log:
+        source = ffi.from_buffer("uint8_t[]", state_data)
+        read = int(get_lib().llama_state_set_data(engine.ctx.ptr, source, len(state_data)))
+    if read != len(state_data):
+        engine.clear()
+        why = f"read {read} of its {len(state_data)} state bytes" if read else "llama.cpp refused the state"
+        raise StateError(f"could not load the session {path}: {why}{log.reason(2)}")
+    _adopt(engine, tokens, f"the session {path}")
 
 
 def model_identity(engine: Engine) -> dict[str, Any]:
-    """What the sidecar records of the model, so a session is not loaded into another model."""
+    """What a session file records of its model, so it is not loaded into another model."""
     model = engine.model
     return {
         "model_description": model.description(),
@@ -181,52 +214,193 @@ def _adopt(engine: Engine, tokens: list[int], what: str, scores: Any = None) -> 
             raise StateError(f"{what} has unusable logits: {exc}") from exc
 
 
-def _check_sidecar(engine: Engine, source: Path) -> None:
-    sidecar = _sidecar_path(source)
+def _save_target(path: str | os.PathLike[str]) -> Path:
+    """Where `save_file` may write for `path`: a regular file (through any symlinks) or a new name in an
+    existing directory. Anything else (a directory, a device node, a FIFO, a socket) is refused untouched."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__} {path!r}")
+    if os.fspath(path) in ("", b""):
+        raise StateError("could not save the session to '': the path is empty")
+    resolved = Path(os.path.realpath(path))  # symlinks are followed: the file they lead to is written
+    try:
+        info = os.lstat(resolved)
+    except FileNotFoundError:
+        info = None
+    except OSError as exc:
+        raise StateError(f"could not save the session to {path}: {exc.strerror or exc}") from exc
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        raise StateError(
+            f"could not save the session to {path}: {_kind_of(info.st_mode, resolved)}; refusing to replace it"
+        )
+    if not resolved.parent.is_dir():
+        raise StateError(f"could not save the session to {path}: {resolved.parent} is not a directory")
+    return resolved
+
+
+def _kind_of(mode: int, where: Path) -> str:
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISLNK, "a symlink that does not resolve (a loop?)"),
+    )
+    what = next((name for test, name in kinds if test(mode)), "not a regular file")
+    return f"{where} is {what}"
+
+
+def _write_replacing(target: Path, path: str | os.PathLike[str], parts: list[Any]) -> None:
+    """Write `parts` to a new file beside `target`, fsync it and rename it onto `target` (a regular file or a
+    new name): a full disk or a crash mid-write leaves the previous file whole."""
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)  # umask applies
+    except OSError as exc:
+        raise StateError(
+            f"could not save the session to {path}: cannot create a file in {target.parent}: {exc.strerror or exc}"
+        ) from exc
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            for part in parts:
+                handle.write(part)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _keep_owner_and_mode(target, tmp)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except OSError as exc:
+        raise StateError(f"could not save the session to {path}: {exc.strerror or exc}") from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _keep_owner_and_mode(target: Path, tmp: Path) -> None:
+    """An overwritten file keeps its permissions (and, for root, its owner) instead of the temp file's."""
+    try:
+        info = os.stat(target)
+    except FileNotFoundError:
+        return
+    with contextlib.suppress(OSError):
+        os.chmod(tmp, stat.S_IMODE(info.st_mode))
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            os.chown(tmp, info.st_uid, info.st_gid)
+
+
+def _read_regular_file(path: str | os.PathLike[str], magics: tuple[bytes, ...]) -> bytes:
+    """The bytes of a regular file starting with one of `magics` (else only its first bytes, so a wrong file is
+    refused without reading it all); a FIFO, device or directory is refused without reading (or blocking)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__} {path!r}")
+    if os.fspath(path) in ("", b""):
+        raise StateError("could not load the session '': the path is empty")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError as exc:
+        raise StateFileNotFoundError(f"session file not found: {path}") from exc
+    except OSError as exc:
+        raise StateError(f"could not load the session {path}: {exc.strerror or exc}") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise StateError(f"could not load the session {path}: {_kind_of(info.st_mode, Path(path))}")
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            head = handle.read(max(len(magic) for magic in magics))
+            return head + handle.read() if head.startswith(magics) else head
+    except OSError as exc:
+        raise StateError(f"could not load the session {path}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
+
+
+def _verified_payload(engine: Engine, data: bytes, path: str | os.PathLike[str]) -> memoryview:
+    """The llama.cpp session inside a llamarcp state file, once its checksum and model identity match."""
+    fixed = len(FILE_MAGIC) + 8
+    if len(data) < fixed + _DIGEST_SIZE:
+        raise StateError(f"the session {path} is corrupt: truncated header")
+    file_format, meta_size = struct.unpack_from("<II", data, len(FILE_MAGIC))
+    if file_format != FILE_FORMAT:
+        raise StateError(
+            f"the session {path} has format {file_format}; this llamarcp reads format {FILE_FORMAT} (or is it corrupt?)"
+        )
+    meta_start = fixed + _DIGEST_SIZE
+    if meta_size > _MAX_META_SIZE or meta_start + meta_size > len(data):
+        raise StateError(f"the session {path} is corrupt: its header claims {meta_size} bytes of metadata")
+    view = memoryview(data)
+    digest = hashlib.sha256(view[:fixed])
+    digest.update(view[meta_start:])
+    if digest.digest() != data[fixed:meta_start]:
+        raise StateError(f"the session {path} is corrupt: its sha256 does not match the checksum it carries")
+    try:
+        meta = json.loads(bytes(view[meta_start : meta_start + meta_size]))
+        payload_size = int(meta["payload_size"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StateError(f"the session {path} has unreadable metadata: {exc}") from exc
+    payload = view[meta_start + meta_size :]
+    if payload_size != len(payload):
+        raise StateError(f"the session {path} is corrupt: {len(payload)} bytes of state, {payload_size} expected")
+    _check_identity(engine, meta, path)
+    return payload
+
+
+def _check_identity(engine: Engine, meta: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    for key, value in model_identity(engine).items():
+        if key in meta and meta[key] != value:
+            raise StateError(f"the session {path} belongs to another model ({key} {meta[key]!r} != {value!r})")
+
+
+def _check_legacy(engine: Engine, data: bytes, path: str | os.PathLike[str]) -> None:
+    """A plain llama.cpp session (llama.cpp's tools, llamarcp before the embedded checksum): checked against
+    its sidecar when one is beside it, loaded with a warning either way."""
+    sidecar = _sidecar_path(Path(path))
     if not sidecar.is_file():
-        return  # a file from llama.cpp's own tools: the token and memory checks still run
+        warnings.warn(
+            f"{path} is a plain llama.cpp session without a checksum: loading it unverified "
+            "(save_state_file writes files that carry one)",
+            StateFileWarning,
+            stacklevel=4,
+        )
+        return
     try:
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
         expected = str(meta["sha256"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise StateError(f"the session's sidecar {sidecar} is unreadable: {exc}") from exc
-    actual = _sha256(source)
-    if actual != expected:
-        raise StateError(f"the session {source} is corrupt: sha256 {actual[:16]}... differs from its sidecar")
-    for key, value in model_identity(engine).items():
-        if key in meta and meta[key] != value:
-            raise StateError(f"the session {source} belongs to another model ({key} {meta[key]!r} != {value!r})")
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise StateError(f"the session {path} is corrupt: its sha256 differs from its sidecar {sidecar.name}")
+    _check_identity(engine, meta, path)
+    warnings.warn(
+        f"{path} is in the older format checked by a sidecar file; save it again to embed the checksum",
+        StateFileWarning,
+        stacklevel=4,
+    )
+
+
+def _split_session(engine: Engine, payload: Any, path: str | os.PathLike[str]) -> tuple[list[int], Any]:
+    """llama.cpp's session layout: magic, version, token count (u32 each), the int32 tokens, then the state."""
+    lib = get_lib()
+    view = memoryview(payload)
+    if len(view) < 12:
+        raise StateError(f"could not load the session {path}: truncated")
+    magic, version, n_tokens = struct.unpack_from("<III", view, 0)
+    expected = (int(lib.LLAMA_SESSION_MAGIC), int(lib.LLAMA_SESSION_VERSION))
+    if (magic, version) != expected:
+        raise StateError(
+            f"could not load the session {path}: llama.cpp session version {version}, this library reads {expected[1]}"
+        )
+    if n_tokens > engine.n_ctx:
+        raise StateError(f"the session {path} holds {n_tokens} tokens; this context has room for {engine.n_ctx}")
+    end = 12 + 4 * n_tokens
+    if end > len(view):
+        raise StateError(f"could not load the session {path}: truncated in its token list")
+    tokens = list(struct.unpack_from(f"<{n_tokens}i", view, 12))
+    return tokens, view[end:]
 
 
 def _sidecar_path(path: Path) -> Path:
     return path.with_name(path.name + SIDECAR_SUFFIX)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync_and_hash(path: Path) -> str:
-    with path.open("rb+") as handle:
-        os.fsync(handle.fileno())
-    return _sha256(path)
-
-
-def _write_atomic(target: Path, data: bytes) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from llamarcp._backend import get_lib
 from llamarcp.errors import PromptTooLongError
+from llamarcp.multimodal import MediaPrompt
 from llamarcp.sampling import (
     LLAMA_DEFAULT_SEED as RANDOM_SEED,
 )
@@ -27,6 +28,7 @@ from llamarcp.sampling import (
     grammar_sampler,
 )
 from llamarcp.tokenizer import TextStream
+from llamarcp.validate.params import check_int, check_logit_bias, check_prompt, check_stop
 
 if TYPE_CHECKING:
     from llamarcp.engine import Outcome, Step
@@ -69,6 +71,8 @@ class CompletionRequest:
 def prompt_tokens(llm: Llama, prompt: PromptType) -> list[int]:
     """Text (tokenized with BOS and special tokens) or token ids (checked against the vocab); never empty."""
     model = llm._model
+    if isinstance(prompt, MediaPrompt):  # text tokens and media placeholders (llamarcp.multimodal)
+        return prompt
     if isinstance(prompt, (str, bytes, bytearray)):
         tokens = llm.tokenize(bytes(prompt) if isinstance(prompt, bytearray) else prompt, add_bos=True, special=True)
     else:
@@ -137,15 +141,16 @@ def prepare(
         )
     if max_tokens is not None and max_tokens <= 0:
         max_tokens = None  # llama-cpp-python: 0 or -1 mean "until the context is full"
-    if logprobs is not None and (not isinstance(logprobs, int) or logprobs < 0):
-        raise ValueError("logprobs must be a non-negative int or None")
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
-    if not all(isinstance(s, str) for s in stops):
-        raise TypeError("stop must be a string or a list of strings")
+    if logprobs is not None:
+        check_int("logprobs", logprobs, 0, 2**31 - 1)
+    stops = check_stop(stop)
+    prompt = prompt if isinstance(prompt, MediaPrompt) else check_prompt(prompt)  # its ids are the projector's
     tokens = infill_tokens(llm, prompt, suffix) if suffix is not None else prompt_tokens(llm, prompt)
+    if isinstance(tokens, MediaPrompt) and echo:
+        raise ValueError("echo=True is not available for a prompt with images or audio")
     if len(tokens) >= n_ctx:
         raise PromptTooLongError(len(tokens), n_ctx)
-    bias = {int(k): float(v) for k, v in logit_bias.items()} if logit_bias else None
+    bias = check_logit_bias(logit_bias)
     params = llm._sampling_params(
         seed,
         temperature=temperature,

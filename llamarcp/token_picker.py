@@ -18,7 +18,7 @@ from llamarcp._backend import get_lib
 from llamarcp._ffi import ffi
 from llamarcp.errors import GrammarError, LlamaError
 
-__all__ = ["GrammarPicker", "LogitsRows", "greedy_argmax", "logits_view", "logprob_info"]
+__all__ = ["GrammarPicker", "LogitsRows", "apply_logits_processor", "greedy_argmax", "logits_view", "logprob_info"]
 
 
 def logits_view(ctx_ptr: Any, n_vocab: int, index: int = -1) -> Any:
@@ -32,6 +32,23 @@ def logits_view(ctx_ptr: Any, n_vocab: int, index: int = -1) -> Any:
     if ptr == ffi.NULL:
         raise LlamaError("no logits available (nothing decoded yet?)")
     return np.frombuffer(ffi.buffer(ptr, 4 * n_vocab), dtype=np.float32)
+
+
+def apply_logits_processor(np: Any, processor: Any, input_ids: Any, scores: Any) -> None:
+    """Run a caller's logits processor and write what it returns into `scores` (the logits row, in place).
+
+    The result must be the scores themselves or an array of the same shape: a scalar or a wrong-sized array
+    would otherwise be broadcast into every logit (or fail deep in numpy with no name)."""
+    result = processor(input_ids, scores)
+    if result is scores:
+        return
+    array = np.asarray(result, dtype=np.float32)
+    if array.shape != scores.shape:
+        raise ValueError(
+            f"logits_processor must return the scores (an array of shape {scores.shape}), got "
+            f"{type(result).__name__} of shape {array.shape}"
+        )
+    scores[:] = array
 
 
 class LogitsRows:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +178,68 @@ def test_per_sequence_context_limit(parallel: Llama) -> None:
         parallel([1] * 300, max_tokens=2)
     result = parallel("The quick brown fox", max_tokens=None, temperature=0)
     assert result["usage"]["total_tokens"] <= 256
+
+
+def _boom(ids: Any, scores: Any) -> Any:
+    return 1 / 0
+
+
+def _raise_key_error(ids: Any, scores: Any) -> bool:
+    raise KeyError("a stopping criterion failed")
+
+
+#: Callbacks that fail once every slot runs: (keyword, failing callback, the exception its caller must get).
+FAILING_CALLBACKS: list[tuple[str, Any, type[BaseException], str]] = [
+    ("logits_processor", _boom, ZeroDivisionError, "division"),
+    ("logits_processor", lambda ids, scores: scores[:10], ValueError, "logits_processor must return"),
+    ("logits_processor", lambda ids, scores: 0.5, ValueError, "logits_processor must return"),
+    ("logits_processor", lambda ids, scores: ["x"] * len(scores), ValueError, "could not convert"),
+    ("stopping_criteria", _raise_key_error, KeyError, "stopping criterion"),
+    ("stopping_criteria", lambda ids, scores: scores > 0, ValueError, "ambiguous"),
+]
+
+
+@pytest.mark.parametrize(("keyword", "fail", "error", "message"), FAILING_CALLBACKS)
+def test_a_failing_callback_fails_only_its_own_request(
+    solo: Llama, parallel: Llama, keyword: str, fail: Any, error: type[BaseException], message: str
+) -> None:
+    """The issue's case: every running stream got the ZeroDivisionError of one request's logits processor."""
+    scheduler = parallel._scheduler
+    assert scheduler is not None
+    running_at_failure: list[int] = []
+    calls: list[int] = []
+
+    def callback(ids: Any, scores: Any) -> Any:
+        calls.append(1)
+        if len(calls) > 1:  # from the second token on, hold the shared loop until the others are submitted
+            deadline = time.monotonic() + 60
+            while scheduler.n_queued < 3 and scheduler.n_running < 4 and time.monotonic() < deadline:
+                time.sleep(0.002)
+        if scheduler.n_running < 4:  # behave until the three others run beside this one
+            return scores if keyword == "logits_processor" else False
+        running_at_failure.append(scheduler.n_running)
+        return fail(ids, scores)
+
+    callbacks: Any = [lambda ids, scores: scores, callback] if keyword == "logits_processor" else callback
+    failing = parallel(PROMPTS[3], max_tokens=200, temperature=0, stream=True, **{keyword: callbacks})
+    next(failing)  # running
+    others = parallel.create_completions(PROMPTS[:3], max_tokens=24, temperature=0)  # started together
+    with pytest.raises(error, match=message):
+        list(failing)
+    assert running_at_failure == [4]
+    assert [text_of(r) for r in others] == [text_of(solo(p, max_tokens=24, temperature=0)) for p in PROMPTS[:3]]
+    assert scheduler.n_running == 0
+    assert text_of(parallel(PROMPTS[3], max_tokens=8, temperature=0)) == text_of(
+        solo(PROMPTS[3], max_tokens=8, temperature=0)
+    )  # its slot serves the next request
+
+
+def test_a_wrong_shaped_logits_processor_result_is_refused_without_batching(solo: Llama) -> None:
+    with pytest.raises(ValueError, match="logits_processor must return"):
+        solo("Hello", max_tokens=4, logits_processor=lambda ids, scores: scores[:3])
+    with pytest.raises(ZeroDivisionError):
+        solo("Hello", max_tokens=4, logits_processor=_boom)
+    assert text_of(solo("Hello", max_tokens=4, temperature=0))
 
 
 def test_bad_n_parallel(tiny_model_path: Path) -> None:

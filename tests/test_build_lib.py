@@ -514,3 +514,21 @@ def test_a_build_tree_configured_from_another_source_is_detected(tmp_path: Path)
     tree.mkdir()
     (tree / "CMakeCache.txt").write_text(f"X:BOOL=ON\nCMAKE_HOME_DIRECTORY:INTERNAL={tmp_path / 'src'}\n")
     assert build_lib._configured_source(tree) == (tmp_path / "src").resolve()
+
+
+def test_own_tree_without_llama_h_fails_before_building(tmp_path: Path) -> None:
+    (tmp_path / "tree").mkdir()
+    with pytest.raises(build_lib.BuildError, match=r"not a llama.cpp tree \(no include/llama.h"):
+        build_lib.build_own_tree_for_wheel(tmp_path / "native", tmp_path / "tree")
+
+
+def test_own_tree_whose_header_libclang_cannot_parse_fails_before_building(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    for name in ("include", "ggml/include"):
+        shutil.copytree(build_lib.ensure_source() / name, tree / name)
+    (tree / "CMakeLists.txt").write_text("project(x)\n")
+    header = tree / "include" / "llama.h"
+    header.write_text(header.read_text().replace("struct llama_batch {", "struct llama_batch { this is not C;", 1))
+    with pytest.raises(build_lib.BuildError, match="cannot be turned into bindings"):
+        build_lib.build_own_tree_for_wheel(tmp_path / "native", tree)
+    assert not (tmp_path / "native" / "bindings" / "bindings.json").exists()

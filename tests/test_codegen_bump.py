@@ -142,6 +142,21 @@ def test_move_pin_rewrites_only_the_carrier_and_tree_hash_lines(tmp_path: Path) 
     assert bump.PIN_FILE.read_text() == original  # the checkout's pin is untouched
 
 
+def test_move_pin_adds_a_new_carrier_to_the_window(tmp_path: Path) -> None:
+    from llamarcp import _pin
+
+    tree = tmp_path / "tree"
+    (tree / "include").mkdir(parents=True)
+    (tree / "include" / "llama.h").write_text("/* a later llama.cpp */\n")
+    pin_file = tmp_path / "_pin.py"
+    pin_file.write_text(bump.PIN_FILE.read_text())
+    newcomer = next(v for v in _pin.KNOWN_CARRIERS if v not in _pin.WINDOW)
+    bump.move_pin(newcomer, tree, pin_file)
+    namespace: dict[str, object] = {"__name__": "moved_pin"}
+    exec(compile(pin_file.read_text(), str(pin_file), "exec"), namespace)
+    assert namespace["WINDOW"] == (*_pin.WINDOW, newcomer)  # the new pin is the window's newest release
+
+
 def test_move_pin_refuses_unknown_carriers_and_files_without_the_lines(tmp_path: Path) -> None:
     pin_file = tmp_path / "_pin.py"
     pin_file.write_text("PINNED = 'somewhere'\n")

@@ -18,17 +18,23 @@ from llamarcp.errors import DriftError
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def function(name: str, deprecated: str | None = None) -> dict[str, Any]:
-    return {"name": name, "return_type": "void", "params": [], "variadic": False, "deprecated": deprecated}
+def function(name: str, deprecated: str | None = None, params: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {
+        "name": name,
+        "return_type": "void",
+        "params": [{"name": p, "type": "int32_t"} for p in params],
+        "variadic": False,
+        "deprecated": deprecated,
+    }
 
 
 MANIFEST: dict[str, Any] = {
     "llama_cpp_commit": "test",
     "headers": ["llama.h"],
     "functions": [
-        function("llama_memory_clear"),
-        function("llama_decode"),
-        function("llama_n_vocab", "use llama_vocab_n_tokens instead"),
+        function("llama_memory_clear", params=("mem", "data")),
+        function("llama_decode", params=("ctx", "batch")),
+        function("llama_n_vocab", "use llama_vocab_n_tokens instead", ("vocab",)),
     ],
     "structs": [{"name": "llama_batch", "kind": "struct", "opaque": False, "fields": []}],
     "typedefs": [{"name": "llama_token", "type": "int32_t"}],
@@ -200,7 +206,10 @@ def test_output_formats_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFix
 
     assert main(["scan", str(old), "--api", str(api_file), "--json"]) == 1
     data = json.loads(capsys.readouterr().out)
-    assert data["summary"] == {"removed": 1, "undeclared": 0, "deprecated": 1}
+    assert data["summary"] == {
+        "removed": 1, "undeclared": 0, "deprecated": 1, "arity": 0, "field": 0, "constant": 0, "type": 0,
+        "field-gone": 0,
+    }  # fmt: skip
     assert data["uses"][0] == {
         "path": str(old), "line": 3, "col": 11, "name": "llama_kv_self_clear", "status": "removed",
         "hint": "use llama_memory_clear", "how": "attribute", "severity": "error",
@@ -279,6 +288,17 @@ def test_real_llama_cpp_python_0_3_16_uses_removed_functions(tmp_path: Path) -> 
     removed = {u.name for u in result.uses if u.status == "removed"}
     assert {"llama_get_kv_self", "llama_kv_self_clear", "llama_kv_self_seq_rm", "llama_sampler_init_softmax"} <= removed
     assert result.count("undeclared") == 0, "\n".join(ln for ln in lines if "undeclared" in ln)
+    # What it does with the API the pin changed: penalties gained n_vocab, dry lost n_ctx_train, the mmap/mlock
+    # flags became load_mode, flash_attn became flash_attn_type; its hand-written ctypes tables say so too.
+    usage = {(Path(u.path).name, u.status, u.name) for u in result.uses if u.status in ("arity", "field")}
+    assert usage == {
+        ("_internals.py", "arity", "llama_sampler_init_penalties"),
+        ("_internals.py", "arity", "llama_sampler_init_dry"),
+        ("llama_cpp.py", "arity", "llama_sampler_init_penalties"),
+        ("llama_cpp.py", "arity", "llama_sampler_init_dry"),
+        ("mtmd_cpp.py", "arity", "mtmd_helper_bitmap_init_from_buf"),
+        ("llama.py", "field", "use_mmap"), ("llama.py", "field", "use_mlock"), ("llama.py", "field", "flash_attn"),
+    }  # fmt: skip
     assert result.failed()
 
 

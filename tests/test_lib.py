@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llamarcp import _cache, _lib
+from llamarcp import _cache, _lib, _locate
 from llamarcp.errors import LibraryNotFoundError
 
 
@@ -19,8 +19,8 @@ def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         monkeypatch.delenv(var, raising=False)
     cache = tmp_path / "empty-cache"
     monkeypatch.setenv("LLAMARCP_CACHE_DIR", str(cache))
-    monkeypatch.setattr(_lib, "BUNDLED_DIR", tmp_path / "no-bundle")
-    monkeypatch.setattr(_lib, "system_find_library", lambda name: None)
+    monkeypatch.setattr(_locate, "BUNDLED_DIR", tmp_path / "no-bundle")
+    monkeypatch.setattr(_locate, "system_find_library", lambda name: None)
     return cache
 
 
@@ -89,7 +89,7 @@ def test_bundled_library_comes_after_the_env_vars_and_before_the_cache(
     cached = stamped_lib_dir(_cache.pinned_default_lib_dir())
     assert _lib.find_library() == cached / "libllama.so"
     bundled = stamped_lib_dir(tmp_path / "site-packages" / "llamarcp" / "_native")
-    monkeypatch.setattr(_lib, "BUNDLED_DIR", bundled)
+    monkeypatch.setattr(_locate, "BUNDLED_DIR", bundled)
     assert _lib.find_library() == bundled / "libllama.so"
     wheres = [where for where, _ in _lib.candidates()]
     assert wheres.index(f"bundled with the package {bundled}") < wheres.index(f"build cache {cached}")
@@ -102,7 +102,7 @@ def test_bundled_dir_without_stamp_is_ignored_and_named_when_nothing_is_found(
     clean_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bundled = fake_lib_dir(tmp_path, "_native")  # a library but no stamp: not what a wheel build leaves
-    monkeypatch.setattr(_lib, "BUNDLED_DIR", bundled)
+    monkeypatch.setattr(_locate, "BUNDLED_DIR", bundled)
     with pytest.raises(LibraryNotFoundError) as info:
         _lib.find_library()
     assert f"bundled with the package {bundled}" in str(info.value)
@@ -123,14 +123,14 @@ def test_unstamped_cache_entry_is_ignored(clean_env: Path) -> None:
 
 
 def test_system_loader_is_last(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_lib, "system_find_library", lambda name: "libllama.so.0")
+    monkeypatch.setattr(_locate, "system_find_library", lambda name: "libllama.so.0")
     assert _lib.find_library() == "libllama.so.0"
 
 
 def test_env_var_pointing_nowhere_is_an_error_not_a_fallthrough(
     clean_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_lib, "system_find_library", lambda name: "libllama.so.0")
+    monkeypatch.setattr(_locate, "system_find_library", lambda name: "libllama.so.0")
     monkeypatch.setenv("LLAMARCP_LIB_PATH", str(tmp_path / "nope"))
     with pytest.raises(LibraryNotFoundError, match=r"\$LLAMARCP_LIB_PATH=.*nope"):
         _lib.find_library()
@@ -144,7 +144,19 @@ def test_import_survives_without_library_and_lib_access_fails_clearly(tmp_path: 
 
 
 def test_a_file_that_is_not_a_library_fails_with_the_path(tmp_path: Path) -> None:
+    """Found but not loadable: LibraryLoadError (its own error, an OSError) with the loader's reason."""
     bogus = fake_lib_dir(tmp_path, "bogus")
     env = {"LLAMARCP_CACHE_DIR": str(tmp_path), "LLAMARCP_LIB_PATH": str(bogus), "PATH": ""}
-    proc = touch_lib_in_child(env)
-    assert f"CAUGHT could not load {bogus / 'libllama.so'}" in proc.stdout
+    code = (
+        "import llamarcp\n"
+        "from llamarcp.errors import LibraryLoadError\n"
+        "try:\n"
+        "    llamarcp.lib\n"
+        "except LibraryLoadError as exc:\n"
+        "    print('CAUGHT', exc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        f"CAUGHT libllama was found at {bogus / 'libllama.so'} but the system loader could not load it" in proc.stdout
+    )

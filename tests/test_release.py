@@ -239,3 +239,17 @@ def test_a_found_but_unloadable_library_is_its_own_error(tmp_path: Path) -> None
     assert done.returncode == 1
     assert "LibraryLoadError: libllama was found at" in done.stderr and "could not load it" in done.stderr
     assert "LLAMARCP_LIB_PATH" not in done.stderr.splitlines()[-1]
+
+
+@x86_64_only
+def test_a_newer_library_is_served_by_the_newest_release_when_its_probes_pass(tmp_path: Path) -> None:
+    """A build past the pin (one function the window does not know) is accepted with the pin's bindings."""
+    real = release_library("pin")
+    src = tmp_path / "newer.c"
+    src.write_text("int llama_brand_new_function(void) { return 42; }\n")
+    shim = tmp_path / "libllama-newer.so"
+    link = ["-Wl,--no-as-needed", "-L", str(real.parent), "-l:libllama.so", f"-Wl,-rpath,{real.parent}"]
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(shim), str(src), *link], check=True, capture_output=True)
+    selection = _release.choose(shim)
+    assert selection.error is None and selection.bindings.is_pin, selection.how
+    assert selection.how.startswith("exported functions and probes")

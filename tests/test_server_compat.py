@@ -94,7 +94,7 @@ def test_environment_variables_any_case_and_precedence() -> None:
         ([], {"N_CTX": "x"}, "environment variable N_CTX"),
         (["--chat_template_kwargs", "[1]"], {}, "not a JSON object"),
         (["--kv_overrides", "a=int:1"], {}, "kv_overrides is not supported"),
-        (["--clip_model_path", "c.gguf"], {}, "multimodal"),
+        (["--chat_format", "llava-1-5"], {}, "needs a projector"),
         (["--hf_model_repo_id", "x/y"], {}, "HuggingFace"),
         (["--draft_model", "prompt-lookup-decoding"], {}, "speculative decoding"),
         (["--yarn_ext_factor", "0.5"], {}, "YaRN"),

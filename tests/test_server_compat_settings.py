@@ -51,8 +51,14 @@ def test_conversion_to_llamarcps_settings() -> None:
 
 
 def test_what_llamarcp_cannot_honour_is_refused_when_the_app_is_made() -> None:
-    with pytest.raises(CompatError, match="clip_model_path is not supported"):
-        to_server_settings(model_settings=[ModelSettings(model="m.gguf", clip_model_path="mmproj.gguf")])
+    vision = to_server_settings(model_settings=[ModelSettings(model="m.gguf", chat_format="llava-1-5",
+                                                              clip_model_path="mmproj.gguf")])  # fmt: skip
+    assert vision.models is not None and (vision.models[0].mmproj, vision.models[0].vision_format) == (
+        "mmproj.gguf",
+        "llava-1-5",
+    )
+    with pytest.raises(CompatError, match="hf_model_repo_id is not supported"):
+        to_server_settings(model_settings=[ModelSettings(model="m.gguf", hf_model_repo_id="x/y")])
     with pytest.raises(CompatError, match="at least one ModelSettings"):
         to_server_settings(server_settings=ServerSettings())
     with pytest.raises(CompatError, match="not both"):

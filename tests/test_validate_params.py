@@ -143,3 +143,151 @@ def test_llama_refuses_huge_last_n_tokens_size(tiny_model_path: Path) -> None:
 
     with pytest.raises(ValueError, match="last_n_tokens_size"):  # refused where Llama takes it
         Llama(str(tiny_model_path), n_ctx=64, n_threads=1, last_n_tokens_size=10**9)
+
+
+# -- every keyword checked before cffi sees it (issue 22) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"n_ctx": 2**32}, ValueError, "n_ctx must be between 0 and 4294967295"),
+        ({"n_ctx": 10**12}, ValueError, "n_ctx must be between 0 and 4294967295"),
+        ({"n_ubatch": -1}, ValueError, "n_ubatch must be between 1 and 2147483647"),
+        ({"type_k": -1}, ValueError, r"type_k must be one of the enum ggml_type values: 0 \(GGML_TYPE_F32\)"),
+        ({"split_mode": 99}, ValueError, "split_mode must be one of the enum llama_split_mode values"),
+        ({"offload_kqv": 2}, TypeError, "offload_kqv must be a bool"),
+        ({"rope_freq_base": "x"}, TypeError, "rope_freq_base must be a number"),
+        ({"yarn_ext_factor": 1e300}, ValueError, "yarn_ext_factor must be between"),
+        ({"n_ctx": 2**31, "n_parallel": 4}, ValueError, r"n_ctx \(per sequence, with n_parallel=4\)"),
+    ],
+)
+def test_the_issues_constructor_keywords(
+    tiny_model_path: Path, kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    from llamarcp import Llama
+
+    with pytest.raises(error, match=message):
+        Llama(str(tiny_model_path), n_threads=1, **kwargs)
+
+
+def _llama_keyword_fields() -> list[tuple[str, Any]]:
+    """Every Llama keyword that names a model/context params field, with the field's C type (from the loaded
+    release's declarations: a field a release adds is covered as soon as Llama takes it)."""
+    import inspect
+
+    from llamarcp import Llama
+    from llamarcp.validate.params import MODEL_AND_CONTEXT_STRUCTS, c_field_types
+
+    keywords = set(inspect.signature(Llama.__init__).parameters)
+    return [
+        (name, ctype)
+        for struct in MODEL_AND_CONTEXT_STRUCTS
+        for name, ctype in c_field_types(struct).items()
+        if name in keywords and ctype.kind in ("primitive", "enum")
+    ]
+
+
+def _bad_values(ctype: Any) -> list[Any]:
+    from llamarcp.validate.params import c_int_range
+
+    if ctype.kind == "enum":
+        return [max(ctype.elements) + 1000, min(ctype.elements) - 1000, "1"]
+    if ctype.cname == "_Bool":
+        return [2, "yes"]
+    if ctype.cname in ("float", "double"):
+        return [math.nan, math.inf, 1e309 if ctype.cname == "double" else 1e39, "x"]
+    low, high = c_int_range(ctype)
+    return [low - 1, high + 1, 2**64, 1.5, "3"]
+
+
+def test_every_integer_field_a_keyword_sets_is_checked_with_its_name(tiny_model_path: Path) -> None:
+    """cffi would raise OverflowError naming the C type; every keyword/field pair answers with the keyword."""
+    from llamarcp import Llama
+
+    pairs = _llama_keyword_fields()
+    names = {name for name, _ in pairs}
+    assert {"n_ctx", "n_batch", "n_ubatch", "n_seq_max", "n_threads", "yarn_orig_ctx", "n_gpu_layers"} <= names
+    assert {"type_k", "type_v", "pooling_type", "split_mode", "offload_kqv", "rope_freq_base"} <= names
+    checked = 0
+    for name, ctype in pairs:
+        for bad in _bad_values(ctype):
+            with pytest.raises((TypeError, ValueError), match=name) as caught:
+                Llama(str(tiny_model_path), **{"n_threads": 1, name: bad})
+            assert not isinstance(caught.value, OverflowError)
+            checked += 1
+    assert checked >= 5 * len(pairs) // 2
+
+
+def test_set_fields_checks_before_assigning() -> None:
+    from llamarcp.validate.params import set_fields
+
+    params = _context_params()
+    with pytest.raises(ValueError, match="n_ctx must be between 0 and 4294967295"):
+        set_fields(params, "struct llama_context_params", {"n_ctx": 2**32})
+    set_fields(params, "struct llama_context_params", {"n_ctx": 1024, "n_threads": None, "type_k": 1})
+    assert params.n_ctx == 1024 and params.type_k == 1
+    with pytest.raises(ValueError, match="not_a_field is not supported by the loaded llama.cpp release"):
+        set_fields(params, "struct llama_context_params", {"not_a_field": 1})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"prompt": 12345}, TypeError, "prompt must be a str, bytes or a list of token ids, got int"),
+        ({"prompt": None}, TypeError, "prompt must be a str, bytes or a list of token ids, got NoneType"),
+        ({"prompt": [1.5]}, TypeError, "prompt must hold token ids"),
+        ({"prompt": [2**40]}, ValueError, "prompt holds token id 1099511627776: outside the vocab"),
+        ({"prompt": "hi", "logit_bias": [1, 2]}, TypeError, "logit_bias must be a mapping of token id -> bias"),
+        ({"prompt": "hi", "logit_bias": {"a": 1.0}}, TypeError, "logit_bias keys must be token ids"),
+        ({"prompt": "hi", "logit_bias": {5: "x"}}, TypeError, "logit_bias for token 5 must be a number"),
+        ({"prompt": "hi", "logit_bias": {10**12: 1.0}}, ValueError, "logit_bias token"),
+        ({"prompt": "hi", "stop": 5}, TypeError, "stop must be a string or a list of strings"),
+        ({"prompt": "hi", "logprobs": True}, TypeError, "logprobs must be an int"),
+        ({"prompt": "hi", "logprobs": -1}, ValueError, "logprobs must be between 0"),
+    ],
+)
+def test_the_issues_call_keywords(
+    tiny_llama: Any, kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        tiny_llama.create_completion(max_tokens=2, **kwargs)
+
+
+def test_call_arguments_accepted_and_refused(tiny_llama: Any) -> None:
+    import numpy as np
+
+    from llamarcp.validate.params import check_texts, check_token_ids
+
+    tokens = tiny_llama.tokenize(b"Hello")
+    assert tiny_llama.create_completion(tokens, max_tokens=2, temperature=0)["choices"][0]["text"] is not None
+    assert tiny_llama.create_completion(np.array(tokens), max_tokens=2, temperature=0)["usage"]["prompt_tokens"] == len(
+        tokens
+    )
+    result = tiny_llama.create_completion("hi", max_tokens=2, logit_bias={"5": -1.0, 7: 1}, temperature=0)
+    assert result["choices"][0]["text"] is not None  # OpenAI's JSON sends token ids as strings
+    assert check_token_ids("tokens", np.array([1, 2], dtype=np.int32)) == [1, 2]
+    for call, bad in ((tiny_llama.eval, 12345), (tiny_llama.detokenize, None), (tiny_llama.generate, 5)):
+        with pytest.raises(TypeError, match="tokens must be a sequence of token ids"):
+            call(bad)
+    assert check_texts("input", "a") == ["a"]
+    with pytest.raises(TypeError, match="input must be a string or a list of strings"):
+        check_texts("input", 12345)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"messages": None}, "messages must be a list of objects"),
+        ({"messages": 12345}, "messages must be a list of objects"),
+        ({"messages": "hi"}, "messages must be a list of objects"),
+        ({"messages": ["hi"]}, r"messages\[0\] must be an object"),
+        ({"stop": 5}, "stop must be a string or a list of strings"),
+        ({"tools": 5}, "tools must be a list of objects"),
+        ({"functions": [1]}, r"functions\[0\] must be an object"),
+    ],
+)
+def test_chat_call_keywords(tiny_llama: Any, kwargs: dict[str, Any], message: str) -> None:
+    arguments: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, **kwargs}
+    with pytest.raises(TypeError, match=message):
+        tiny_llama.create_chat_completion(**arguments)

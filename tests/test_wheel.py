@@ -51,7 +51,11 @@ def _ok(proc: subprocess.CompletedProcess[str]) -> None:
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
-    work = tmp_path_factory.mktemp("wheel")
+    return build_and_install(tmp_path_factory.mktemp("wheel"))
+
+
+def build_and_install(work: Path, build_env: dict[str, str] | None = None, settings: tuple[str, ...] = ()) -> Installed:
+    """sdist -> wheel (with `build_env` added to the build's environment and pip `settings`) -> a fresh venv."""
     dist = work / "dist"
     code = "import sys; from setuptools import build_meta; print(build_meta.build_sdist(sys.argv[1]))"
     sdist_proc = run([sys.executable, "-c", code, dist], cwd=ROOT, timeout=BUILD_TIMEOUT)
@@ -69,12 +73,14 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
             "--no-deps",
             "--no-index",
             "--disable-pip-version-check",
+            *settings,
             "-w",
             dist,
             sdist,
         ],
         cwd=work,
         timeout=BUILD_TIMEOUT,
+        env={**os.environ, **(build_env or {})},
     )
     _ok(wheel_proc)
     (wheel,) = dist.glob("llamarcp-*.whl")
@@ -200,3 +206,56 @@ def test_server_health(installed: Installed, tiny_model_path: Path, tmp_path: Pa
         else:
             raise AssertionError(f"server never answered /health:\n{log.read_text()}")
     assert health.status_code == 200, health.text
+
+
+# --------------------------------------------------------------------------------- your own llama.cpp tree
+
+
+@pytest.fixture(scope="module")
+def own_tree() -> Path:
+    """A llama.cpp tree other than the pin, whose library ci/setup.sh already built (the window's oldest)."""
+    import build_lib
+
+    tree = build_lib.ensure_source(build_lib.release_carrier("oldest"))
+    try:
+        build_lib.build(tree, allow_build=False)
+    except build_lib.BuildError as exc:
+        pytest.fail(f"{exc}: run `bash ci/setup.sh` (it builds the oldest release)")
+    return tree
+
+
+@pytest.fixture(scope="module")
+def installed_own(tmp_path_factory: pytest.TempPathFactory, own_tree: Path) -> Installed:
+    """`pip wheel --config-settings llama-cpp-source=TREE` (what `pip install` does), installed into a fresh venv."""
+    return build_and_install(
+        tmp_path_factory.mktemp("own"), settings=["--config-settings", f"llama-cpp-source={own_tree}"]
+    )
+
+
+def test_own_tree_wheel_bundles_its_library_and_bindings(installed_own: Installed, own_tree: Path) -> None:
+    with zipfile.ZipFile(installed_own.wheel) as whl:
+        stamp = json.loads(whl.read(f"llamarcp/_native/{_cache.STAMP_NAME}"))
+        bindings = json.loads(whl.read("llamarcp/_native/bindings/bindings.json"))
+    assert stamp["source"] == str(own_tree) and stamp["abi_fingerprint"] == bindings["fingerprint"]
+    assert "llama_model_params" in bindings["cdef"] and "use_mmap" in bindings["cdef"]  # b8672: no load_mode yet
+    log = installed_own.wheel_log
+    assert "llamarcp: bindings generated from" in log and "a release of llamarcp's window" in log
+
+
+def test_own_tree_install_loads_the_library_it_built(installed_own: Installed, tiny_model_path: Path) -> None:
+    code = (
+        "import llamarcp._lib as L, llamarcp._release as R\n"
+        "from llamarcp import Llama\n"
+        f"llm = Llama({str(tiny_model_path)!r}, n_ctx=128, verbose=False)\n"
+        "text = llm('Once upon a time', max_tokens=6, temperature=0)['choices'][0]['text']\n"
+        "sel = R.selection()\n"
+        "print(L.loaded_path())\n"
+        "print(sel.bindings.name, sel.bindings.is_pin, R.CUSTOM_BINDINGS_DIR.is_dir())\n"
+        "print(repr(text))\n"
+    )
+    proc = _py(installed_own, "-c", code)
+    _ok(proc)
+    loaded, chosen, text = proc.stdout.strip().splitlines()[-3:]
+    assert Path(loaded) == installed_own.site / "llamarcp" / "_native" / "libllama.so"
+    assert chosen.split() == ["b8672", "False", "True"]
+    assert len(text) > 2

@@ -19,6 +19,7 @@ from llamarcp.chat.handlers import FUNCTION_CALLING, registered
 from llamarcp.chat.templates import ChatFormatter, formatter_for_model, normalize_messages
 from llamarcp.chat.tools import parse_tool_calls, tool_names
 from llamarcp.errors import ChatMessageError, ChatTemplateError
+from llamarcp.multimodal import chat_tokenizer
 
 __all__ = [
     "LEGACY_FORMAT_NAMES",
@@ -270,13 +271,12 @@ def create_chat_completion(
             grammar=grammar,
             **completion_kwargs,
         )
-    tools = tools or None  # `tools=[]` means no tools (llama-cpp-python; haystack passes it on every call)
     if functions is not None:
-        if tools is not None:
+        if tools:  # `tools=[]` is no tools, as in llama-cpp-python (haystack sends it on every call)
             raise ChatMessageError("pass either tools or the legacy functions, not both")
         tools, tool_choice = _legacy_functions(functions, function_call)
     offered, forced = _select_tools(
-        [dict(t) if isinstance(t, Mapping) else t for t in tools] if tools is not None else None, tool_choice
+        [dict(t) if isinstance(t, Mapping) else t for t in tools] if tools else None, tool_choice
     )
 
     constraint = _response_grammar(response_format)
@@ -290,6 +290,7 @@ def create_chat_completion(
     if constraint is not None:
         grammar = constraint
 
+    messages, tokenize = chat_tokenizer(llama, messages, completion_kwargs.pop("allow_local_media", True))
     formatter = chat_formatter(llama, chat_format, chat_template)
     prompt = render_chat_prompt(formatter, messages, offered, template_kwargs)
     splitter = _reasoning_splitter(formatter, prompt, reasoning_format)
@@ -298,7 +299,7 @@ def create_chat_completion(
         prompt_bytes = prompt.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise ChatMessageError(f"the conversation contains text that is not valid Unicode ({exc.reason})") from exc
-    prompt_tokens = llama.tokenize(prompt_bytes, add_bos=not (bos and prompt.startswith(bos)), special=True)
+    prompt_tokens = tokenize(prompt_bytes, add_bos=not (bos and prompt.startswith(bos)), special=True)
 
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     stops += [s for s in formatter.stop if s not in stops]

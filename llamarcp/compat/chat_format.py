@@ -24,7 +24,10 @@ from llamarcp.chat.completion import completion_to_chat
 from llamarcp.chat.function_calling import chatml_function_calling, legacy_to_tools
 from llamarcp.chat.templates import CHAT_FORMATS
 from llamarcp.chat.templates import ChatFormatter as _TemplateFormatter
-from llamarcp.compat.grammar import JSON_GBNF, LlamaGrammar
+from llamarcp.compat.handler_support import COMPLETION_KEYS as _COMPLETION_KEYS
+from llamarcp.compat.handler_support import grammar_for as _grammar_for
+from llamarcp.compat.vision_handlers import *  # noqa: F403 - llama-cpp-python's multimodal handlers
+from llamarcp.compat.vision_handlers import __all__ as _vision_names
 
 __all__ = [
     "CHATML_BOS_TOKEN",
@@ -162,48 +165,6 @@ def _builtin_handler(name: str) -> Any:
 
 
 # -- formatter -> handler ---------------------------------------------------------------------------------------
-
-_COMPLETION_KEYS = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "typical_p",
-    "seed",
-    "max_tokens",
-    "presence_penalty",
-    "frequency_penalty",
-    "repeat_penalty",
-    "mirostat_mode",
-    "mirostat_tau",
-    "mirostat_eta",
-    "model",
-    "logits_processor",
-    "logit_bias",
-)
-
-
-def _grammar_for(response_format: Any, tools: Any, tool_choice: Any) -> tuple[Any, Any]:
-    """(grammar, forced tool) from response_format / a named tool_choice, as llama-cpp-python's handlers do."""
-    if isinstance(tool_choice, Mapping) and tools:
-        name = (tool_choice.get("function") or {}).get("name")
-        tool = next((t for t in tools if t.get("function", {}).get("name") == name), None)
-        if tool is None:
-            raise ValueError(f"tool_choice names {name!r}, which is not one of the tools")
-        return _schema_grammar(tool["function"].get("parameters") or {"type": "object"}), tool
-    if isinstance(response_format, Mapping) and response_format.get("type") == "json_object":
-        schema = response_format.get("schema")
-        return (_schema_grammar(schema) if isinstance(schema, Mapping) else LlamaGrammar.from_string(JSON_GBNF)), None
-    if isinstance(response_format, Mapping) and response_format.get("type") == "json_schema":
-        wrapper = response_format.get("json_schema") or {}
-        schema = wrapper.get("schema") if isinstance(wrapper, Mapping) else None
-        if isinstance(schema, Mapping):
-            return _schema_grammar(schema), None
-    return None, None
-
-
-def _schema_grammar(schema: Mapping[str, Any]) -> LlamaGrammar:
-    return LlamaGrammar.from_json_schema(dict(schema))
 
 
 def chat_formatter_to_chat_completion_handler(chat_formatter: Any) -> Any:
@@ -405,5 +366,7 @@ _FORMAT_FUNCTIONS = {
 for _function_name, _format_name in _FORMAT_FUNCTIONS.items():
     globals()[_function_name] = _formatter_function(_format_name)
 __all__ += list(_FORMAT_FUNCTIONS)
+
+__all__ += [name for name in _vision_names if name != "VISION_CHAT_FORMATS"]
 
 register_chat_completion_handler("chatml-function-calling")(chatml_function_calling)

@@ -71,6 +71,8 @@ class LlamaCppApiMixin:
     tensor_split = _init_arg("tensor_split")
 
     # The facade provides these; declared for type checkers.
+    _chat_format: str | None
+    chat_handler: Any
     _model: Any
     _engine: Any
     _turns: Any
@@ -92,6 +94,20 @@ class LlamaCppApiMixin:
         """The `llama_model *` (cffi cdata)."""
         self._turns.check_open()
         return self._model.ptr
+
+    @property
+    def chat_format(self) -> str | None:
+        """The chat format chat completions use: the constructor's, else (without a chat_handler) the one picked
+        for the model, named as llama-cpp-python names it ("chat_template.default": the GGUF's own template)."""
+        if self._chat_format is None and self.chat_handler is None and not self._turns.closed:
+            from llamarcp.chat.formats import guessed_chat_format  # the chat package loads on first chat use
+
+            self._chat_format = guessed_chat_format(self)
+        return self._chat_format
+
+    @chat_format.setter
+    def chat_format(self, value: str | None) -> None:
+        self._chat_format = value
 
     @property
     def n_batch(self) -> int:
@@ -253,10 +269,10 @@ class LlamaCppApiMixin:
             if processor is not None:
                 import numpy as np
 
-                from llamarcp.token_picker import logits_view
+                from llamarcp.token_picker import apply_logits_processor, logits_view
 
                 logits = logits_view(engine.ctx.ptr, int(self.n_vocab), row)  # type: ignore[attr-defined]
-                logits[:] = processor(np.asarray(self._history, dtype=np.intc), logits)
+                apply_logits_processor(np, processor, np.asarray(self._history, dtype=np.intc), logits)
             chain = build_sampler_chain(self._model, params, history=self._history)
             try:
                 return chain.sample(engine.ctx.ptr, row)

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from llamarcp.drift.inputs import SourceParser, load_api
-from llamarcp.errors import LlamaError
+from llamarcp.errors import DriftError, LlamaError
 
 EXIT_OK, EXIT_FINDINGS, EXIT_INPUT = 0, 1, 2
 
@@ -24,7 +24,8 @@ EXAMPLES = """\
 examples:
   python -m llamarcp.drift symbols "$(python build_lib.py | tail -n 1)"   # generated API vs the built lib
   python -m llamarcp.drift diff old/api.json pinned -o api-diff.md      # what changed between two manifests
-  python -m llamarcp.drift scan my_project/ --format github             # removed/deprecated calls in your code
+  python -m llamarcp.drift scan my_project/ --format github             # stale calls, arity, fields, constants
+  python -m llamarcp.drift scan my_project/ --api release:b8672         # against an older release of the window
 in a llamarcp checkout, headers, trees and carrier sdists too:
   python -m codegen.drift diff carrier:0.3.16 pinned -o api-diff.md     # what changed since an older llama.cpp
   python -m codegen.drift diff old/include/llama.h ~/llama.cpp --json   # headers, trees, api.json: any mix
@@ -40,6 +41,16 @@ def _write(text: str, output: str | None) -> None:
         print(text)
 
 
+def _not_a_release(*specs: str) -> None:
+    """`release:NAME` is read from declarations (no sizes, offsets or deprecation notes): good for scan only."""
+    for spec in specs:
+        if spec.startswith("release:") or spec == "loaded":
+            raise DriftError(
+                f"{spec}: a release read from the package's declarations has no layouts or deprecation notes; use "
+                f"it with scan, or give its tree here (python -m codegen.drift ... carrier:VERSION)"
+            )
+
+
 def cmd_symbols(args: argparse.Namespace) -> int:
     from llamarcp.drift.symbols import compare
 
@@ -48,6 +59,7 @@ def cmd_symbols(args: argparse.Namespace) -> int:
         from llamarcp._lib import find_library
 
         library = str(find_library())
+    _not_a_release(args.api)
     manifest = args.load_api(args.api)
     report = compare(manifest, library, undeclared_prefixes=tuple(args.prefix), abi_check=not args.no_abi)
     _write(json.dumps(report.as_dict(), indent=2) if args.json else report.render_text(), args.output)
@@ -57,6 +69,7 @@ def cmd_symbols(args: argparse.Namespace) -> int:
 def cmd_diff(args: argparse.Namespace) -> int:
     from llamarcp.drift.diff import API_BREAK, diff_manifests
 
+    _not_a_release(args.old, args.new)
     report = diff_manifests(args.load_api(args.old), args.load_api(args.new), args.old, args.new)
     _write(report.to_json() if args.json else report.to_markdown(), args.output)
     if args.output:
@@ -77,7 +90,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
         for change in diff_manifests(args.load_api(args.since), args.load_api(args.api)).sections["removed"]:
             removed[change.name] = change.hint or "removed from llama.h; no replacement known"
-    index = ApiIndex.from_manifest(args.load_api(args.api), removed)
+    # The bindings' own API names what moved (`load_mode` -> `use_mmap`, ...) when the code is checked against
+    # another tree.
+    reference = args.load_api("pinned") if args.api != "pinned" else None
+    index = ApiIndex.from_manifest(args.load_api(args.api), removed, reference, label=args.api)
     result = scan_paths(args.paths, index)
     fmt = "json" if args.json else args.format
     _write(result.render(fmt), args.output)
@@ -93,6 +109,11 @@ def build_parser(prog: str = "python -m llamarcp.drift") -> argparse.ArgumentPar
     )
     sub = parser.add_subparsers(dest="command", required=True)
     api_help = "API to check against: pinned (default) or an api.json (codegen.drift: also llama.h, a tree, carrier:V)"
+    scan_api_help = (
+        "API to check against: pinned (default), release:NAME (a release of the window: release:b8672), loaded "
+        "(the release of the library llamarcp would load) or an api.json (codegen.drift: also llama.h, a tree, "
+        "carrier:V)"
+    )
 
     p = sub.add_parser("symbols", help="compare the API manifest with a built library's exported symbols")
     p.add_argument(
@@ -114,13 +135,15 @@ def build_parser(prog: str = "python -m llamarcp.drift") -> argparse.ArgumentPar
     p.add_argument("-o", "--output", help="write the report to this file (the summary still goes to stdout)")
     p.set_defaults(func=cmd_diff)
 
-    p = sub.add_parser("scan", help="find uses of removed/deprecated llama.cpp functions in Python code")
+    p = sub.add_parser(
+        "scan", help="find uses of removed/deprecated functions, other arities, missing fields/constants in Python code"
+    )
     p.add_argument("paths", nargs="+", help="files or directories")
-    p.add_argument("--api", default="pinned", help=api_help)
+    p.add_argument("--api", default="pinned", help=scan_api_help)
     p.add_argument("--since", help="also treat functions removed since this older API as removed (hints from it)")
     p.add_argument("--format", choices=("text", "json", "github"), default="text")
     p.add_argument("--json", action="store_true", help="same as --format json")
-    p.add_argument("--strict", action="store_true", help="fail on deprecated uses too")
+    p.add_argument("--strict", action="store_true", help="fail on warnings too (deprecated, field-gone)")
     p.add_argument("-o", "--output", help="write the report to this file")
     p.set_defaults(func=cmd_scan)
 

@@ -2,6 +2,8 @@
 
 A spec is one of:
   pinned                 the manifest shipped in llamarcp/_generated/api.json
+  release:b8672          a release of llamarcp's window, from the declarations the package carries
+  loaded                 the release llamarcp picks for the library it would load (scan only)
   path/to/api.json       any manifest file (or a directory holding one)
 Headers, llama.cpp trees and `carrier:VERSION` are parsed with codegen/ and libclang, which live only in a
 llamarcp checkout: `python -m codegen.drift` (the same commands) passes a `source_parser` that reads them.
@@ -83,6 +85,10 @@ def load_api(spec: str, source_parser: SourceParser | None = None) -> dict[str, 
     """Manifest for `spec`: pinned, an api.json (or a directory with one); anything else via `source_parser`."""
     if spec == "pinned":
         return pinned_manifest()
+    if spec.startswith("release:") or spec == "loaded":  # from the declarations the package carries
+        from llamarcp.drift.cdef import loaded_manifest, release_manifest
+
+        return loaded_manifest(pinned_manifest()) if spec == "loaded" else release_manifest(spec, pinned_manifest())
     path = Path(spec).expanduser()
     if path.is_dir() and (path / "api.json").is_file() and not (path / "include" / "llama.h").is_file():
         return load_manifest_file(path / "api.json")

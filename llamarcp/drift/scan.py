@@ -1,9 +1,7 @@
-"""Find uses of removed, deprecated or undeclared llama.cpp functions in Python code (with `ast`).
+"""`drift scan`: what Python code uses of a llama.cpp API, checked against one API (pinned, an api.json, a tree).
 
-Recognised: `lib.llama_x(...)` on any alias of a loaded library (`L = lib`, `self._lib = lib`,
-`ffi.dlopen(...)`, `ctypes.CDLL(...)`), `llama_cpp.llama_x(...)`, `from m import llama_x`,
-`getattr(lib, "llama_x")`, `lib["llama_x"]`, and ctypes-style binding tables that name a
-function in a string argument (`ctypes_function("llama_x", ...)`).
+The names it calls (`llamarcp.drift.names`: removed, deprecated, undeclared functions) and, for an API read from a
+manifest, what it does with them (`llamarcp.drift.usage`: call arity, struct fields, constants, C types).
 """
 
 from __future__ import annotations
@@ -16,265 +14,43 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llamarcp.drift.replacements import REMOVED_FUNCTIONS
+from llamarcp.drift.names import SEVERITY, STATUSES, ApiIndex, NameVisitor, Use, call_name, gh_escape
+from llamarcp.drift.usage import UsageVisitor
+from llamarcp.drift.values import Returns, project_returns
 from llamarcp.errors import DriftError
 
-#: Modules whose attributes are the C functions themselves (llama-cpp-python re-exports them).
-LIB_MODULES = ("llama_cpp", "llama_cpp.llama_cpp", "llamarcp.lib")
-#: Calls whose result is a loaded library object.
-LOADER_CALLS = ("dlopen", "CDLL", "PyDLL", "WinDLL", "LoadLibrary", "load_shared_library")
-#: A name with this prefix that the pinned API does not declare is reported as undeclared.
-FUNCTION_PREFIXES = ("llama_",)
+__all__ = [
+    "SEVERITY", "STATUSES", "ApiIndex", "ScanResult", "Use", "called_functions", "iter_python_files", "scan_llamarcp",
+    "scan_paths", "scan_source",
+]  # fmt: skip
+
 SKIP_DIRS = frozenset({".git", ".hg", ".venv", "venv", "__pycache__", "node_modules", "build", "dist", ".tox"})
 
-SEVERITY = {"removed": "error", "undeclared": "error", "deprecated": "warning"}
 
-
-@dataclass(frozen=True)
-class Use:
-    path: str
-    line: int
-    col: int  # 1-based, as editors count
-    name: str
-    status: str  # "removed" | "deprecated" | "undeclared"
-    hint: str
-    how: str  # "attribute" | "import" | "name" | "string"
-
-    @property
-    def severity(self) -> str:
-        return SEVERITY[self.status]
-
-    def render(self) -> str:
-        return f"{self.path}:{self.line}:{self.col}: {self.status} {self.name} -> {self.hint}"
-
-    def render_github(self) -> str:
-        message = _gh_escape(f"{self.status} {self.name} -> {self.hint}")
-        path = _gh_escape(self.path).replace(":", "%3A").replace(",", "%2C")
-        return f"::{self.severity} file={path},line={self.line},col={self.col}::{message}"
-
-
-def _gh_escape(text: str) -> str:
-    """GitHub workflow-command escaping (`%`, CR, LF); property values also escape `:` and `,`."""
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-@dataclass
-class ApiIndex:
-    """What the pinned API says about a name: declared, deprecated (with hint), known removed."""
-
-    functions: frozenset[str]
-    deprecated: dict[str, str]
-    other_names: frozenset[str]
-    removed: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_manifest(cls, manifest: dict[str, Any], removed: dict[str, str] | None = None) -> ApiIndex:
-        functions = frozenset(f["name"] for f in manifest.get("functions", []))
-        deprecated = {
-            f["name"]: (f["deprecated"] or "deprecated without a named replacement")
-            for f in manifest.get("functions", [])
-            if f.get("deprecated") is not None
-        }
-        others: set[str] = set()
-        for key in ("structs", "callbacks", "typedefs", "defines"):
-            others.update(item["name"] for item in manifest.get(key, []))
-        for enum in manifest.get("enums", []):
-            others.add(enum["name"])
-            others.update(c["name"] for c in enum.get("constants", []))
-        table = dict(REMOVED_FUNCTIONS)
-        table.update(removed or {})
-        # A name the pinned API declares again is not removed, whatever an old table says.
-        table = {k: v for k, v in table.items() if k not in functions}
-        return cls(functions, deprecated, frozenset(others), table)
-
-    def classify(self, name: str, *, strong: bool) -> tuple[str, str] | None:
-        """(status, hint) for a reportable name; `strong` when the context proves it is a C function."""
-        if name in self.deprecated:
-            return "deprecated", self.deprecated[name]
-        if name in self.functions or name in self.other_names:
-            return None
-        if name in self.removed:
-            return "removed", self.removed[name]
-        if strong and name.startswith(FUNCTION_PREFIXES):
-            return "undeclared", "not declared by the pinned llama.h (removed, renamed or misspelled)"
-        return None
-
-
-def _dotted(node: ast.AST) -> str | None:
-    """`a.b.c` for a Name/Attribute chain, else None."""
-    parts: list[str] = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    if isinstance(node, ast.Name):
-        parts.append(node.id)
-        return ".".join(reversed(parts))
-    return None
-
-
-def _module_kind(module: str) -> str:
-    return "lib" if module == "llamarcp.lib" else "module"
-
-
-def _call_name(node: ast.Call) -> str | None:
-    func = node.func
-    if isinstance(func, ast.Name):
-        return func.id
-    if isinstance(func, ast.Attribute):
-        return func.attr
-    return None
-
-
-class _Visitor(ast.NodeVisitor):
-    def __init__(self, api: ApiIndex, path: str) -> None:
-        self.api = api
-        self.path = path
-        self.uses: list[Use] = []
-        #: dotted name -> "lib" (a loaded C library: any llama_* attribute is a C function) or "module"
-        #: (a Python module re-exporting them: only known removed/deprecated names are reported).
-        self.aliases: dict[str, str] = {}
-        #: local name -> imported C name (`from llama_cpp import llama_x as y`).
-        self.imported: dict[str, str] = {}
-        self.star = False
-        #: Dotted callables returning llamarcp's loaded library (`from llamarcp._lib import load`).
-        self.loaders = {"_lib.load", "llamarcp._lib.load"}
-        self._seen: set[tuple[int, int, str]] = set()
-        self._called: set[int] = set()
-
-    # -- helpers
-    def _report(self, node: ast.AST, name: str, how: str, *, strong: bool, col: int | None = None) -> None:
-        verdict = self.api.classify(name, strong=strong)
-        if verdict is None:
-            return
-        line = getattr(node, "lineno", 0)
-        col = (getattr(node, "col_offset", 0) if col is None else col) + 1
-        key = (line, col, name)
-        if key in self._seen:
-            return
-        self._seen.add(key)
-        status, hint = verdict
-        self.uses.append(Use(self.path, line, col, name, status, hint, how))
-
-    def _alias_kind(self, node: ast.AST) -> str | None:
-        dotted = _dotted(node)
-        if dotted is None:
-            return None
-        if dotted in self.aliases:
-            return self.aliases[dotted]
-        return None
-
-    def _is_lib_value(self, value: ast.AST) -> str | None:
-        """Kind of alias an assigned value creates, if any."""
-        kind = self._alias_kind(value)
-        if kind:
-            return kind
-        if isinstance(value, ast.Call) and (_call_name(value) in LOADER_CALLS or _dotted(value.func) in self.loaders):
-            return "lib"
-        return None
-
-    # -- imports
-    def visit_Import(self, node: ast.Import) -> None:
-        for alias in node.names:
-            local_root = alias.asname or alias.name
-            for module in LIB_MODULES:
-                if module == alias.name or module.startswith(alias.name + "."):
-                    # `import llama_cpp as lc` makes `lc` and `lc.llama_cpp` library modules.
-                    self.aliases[local_root + module[len(alias.name) :]] = _module_kind(module)
-                elif alias.asname is None and alias.name.startswith(module + "."):
-                    # `import llama_cpp.llama_cpp` also binds the package `llama_cpp` itself.
-                    self.aliases[module] = _module_kind(module)
-
-    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
-        module = node.module or ""
-        for alias in node.names:
-            bound = alias.asname or alias.name
-            if alias.name == "*":
-                self.star = self.star or module in LIB_MODULES
-                continue
-            full = f"{module}.{alias.name}"
-            if full == "llamarcp._lib.load":
-                self.loaders.add(bound)
-            if full in LIB_MODULES:
-                self.aliases[bound] = _module_kind(full)
-                continue
-            # Modules also export Python helpers named llama_*: only known removed/deprecated names count.
-            if self.api.classify(alias.name, strong=False) is not None:
-                where = alias if hasattr(alias, "lineno") else node  # ast.alias has a position from 3.10 on
-                self._report(where, alias.name, "import", strong=False)
-                self.imported[bound] = alias.name
-
-    # -- aliases
-    def visit_Assign(self, node: ast.Assign) -> None:
-        kind = self._is_lib_value(node.value)
-        if kind:
-            for target in node.targets:
-                dotted = _dotted(target)
-                if dotted:
-                    self.aliases[dotted] = kind
-        self.generic_visit(node)
-
-    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
-        if node.value is not None:
-            kind = self._is_lib_value(node.value)
-            dotted = _dotted(node.target)
-            if kind and dotted:
-                self.aliases[dotted] = kind
-        self.generic_visit(node)
-
-    # -- uses
-    def visit_Call(self, node: ast.Call) -> None:
-        self._called.add(id(node.func))
-        callee = _call_name(node)
-        if callee in ("getattr", "hasattr") and len(node.args) >= 2:
-            target, name = node.args[0], node.args[1]
-            if isinstance(name, ast.Constant) and isinstance(name.value, str):
-                self._report(name, name.value, "string", strong=self._alias_kind(target) == "lib")
-        else:
-            # ctypes binding tables: `ctypes_function("llama_x", argtypes, restype)` and the like.
-            for arg in node.args:
-                if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-                    self._report(arg, arg.value, "string", strong=False)
-        self.generic_visit(node)
-
-    def visit_Subscript(self, node: ast.Subscript) -> None:
-        key = node.slice
-        if self._alias_kind(node.value) == "lib" and isinstance(key, ast.Constant) and isinstance(key.value, str):
-            self._report(key, key.value, "string", strong=True)
-        self.generic_visit(node)
-
-    def visit_Attribute(self, node: ast.Attribute) -> None:
-        # Python modules (llama_cpp) define helpers and ctypes types named llama_*: only a loaded C library
-        # proves that an unknown llama_* attribute is a C function.
-        strong = self._alias_kind(node.value) == "lib"
-        # Point at the attribute name itself, not at the start of `self._lib.llama_x`.
-        end = getattr(node, "end_col_offset", None)
-        same_line = getattr(node, "end_lineno", node.lineno) == node.lineno
-        col = end - len(node.attr) if end is not None and same_line else None
-        self._report(node, node.attr, "attribute", strong=strong, col=col)
-        self.generic_visit(node)
-
-    def visit_Name(self, node: ast.Name) -> None:
-        if not isinstance(node.ctx, ast.Load):
-            return
-        if node.id in self.imported:
-            self._report(node, self.imported[node.id], "name", strong=True)
-        elif self.star:
-            self._report(node, node.id, "name", strong=id(node) in self._called)
-
-
-def scan_source(source: str, path: str, api: ApiIndex) -> list[Use]:
+def _parse(source: str, path: str) -> ast.Module:
     try:
-        tree = ast.parse(source, filename=path)
+        return ast.parse(source, filename=path)
     except SyntaxError as exc:
         raise DriftError(f"{path}:{exc.lineno}: cannot parse Python: {exc.msg}") from exc
     except (ValueError, RecursionError, MemoryError) as exc:  # null bytes, absurdly deep nesting
         raise DriftError(f"{path}: cannot parse Python: {exc}") from exc
-    visitor = _Visitor(api, path)
+
+
+def _visit(tree: ast.Module, source: str, path: str, api: ApiIndex, returns: Returns | None = None) -> NameVisitor:
+    """Run the visitor over a parsed module: names only, or (an API with facts) the usage checks too."""
+    visitor = NameVisitor(api, path) if api.facts is None else UsageVisitor(api, path, source, returns)
     try:
         visitor.visit(tree)
     except RecursionError as exc:
         raise DriftError(f"{path}: code nested too deeply to scan") from exc
-    return sorted(visitor.uses, key=lambda u: (u.line, u.col, u.name))
+    return visitor
+
+
+def scan_source(source: str, path: str, api: ApiIndex) -> list[Use]:
+    """Findings in one module (struct types that other modules' functions return are not known here)."""
+    tree = _parse(source, path)
+    returns = project_returns([(path, source, tree)], api) if api.facts is not None else None
+    return sorted(_visit(tree, source, path, api, returns).uses, key=lambda u: (u.line, u.col, u.name, u.status))
 
 
 def _skipped_dir(path: Path) -> bool:
@@ -304,6 +80,16 @@ def iter_python_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]
             raise DriftError(f"scan: {p} does not exist")
 
 
+#: How the summary line names the usage findings (shown only when there are some).
+USAGE_LABELS = {
+    "arity": "call(s) with another arity",
+    "field": "missing struct field(s)",
+    "constant": "undeclared constant(s)",
+    "type": "undeclared C type(s)",
+    "field-gone": "field(s) no struct has",
+}
+
+
 @dataclass
 class ScanResult:
     files: int
@@ -314,20 +100,22 @@ class ScanResult:
         return sum(1 for u in self.uses if u.status == status)
 
     def failed(self, strict: bool = False) -> bool:
-        bad = self.count("removed") + self.count("undeclared") + len(self.errors)
-        return bad > 0 or (strict and self.count("deprecated") > 0)
+        bad = sum(1 for u in self.uses if u.severity == "error") + len(self.errors)
+        return bad > 0 or (strict and any(u.severity == "warning" for u in self.uses))
 
     def summary(self) -> str:
+        usage = [f"{self.count(s)} {USAGE_LABELS[s]}" for s in USAGE_LABELS if self.count(s)]
         return (
             f"scan: {self.files} file(s); {self.count('removed')} removed, {self.count('undeclared')} undeclared, "
             f"{self.count('deprecated')} deprecated use(s)"
+            + (f"; {', '.join(usage)}" if usage else "")
             + (f"; {len(self.errors)} unparsable" if self.errors else "")
         )
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "files": self.files,
-            "summary": {s: self.count(s) for s in ("removed", "undeclared", "deprecated")},
+            "summary": {s: self.count(s) for s in STATUSES},
             "errors": self.errors,
             "uses": [asdict(u) | {"severity": u.severity} for u in self.uses],
         }
@@ -336,15 +124,19 @@ class ScanResult:
         if fmt == "json":
             return json.dumps(self.as_dict(), indent=2)
         lines = [u.render_github() if fmt == "github" else u.render() for u in self.uses]
-        lines += [f"::error::{_gh_escape(e)}" if fmt == "github" else f"error: {e}" for e in self.errors]
+        lines += [f"::error::{gh_escape(e)}" if fmt == "github" else f"error: {e}" for e in self.errors]
         lines.append(self.summary())
         return "\n".join(lines)
 
 
 def scan_paths(paths: Iterable[str | os.PathLike[str]], api: ApiIndex) -> ScanResult:
-    """Scan every .py file under `paths`; unparsable files are reported, not fatal."""
-    uses: list[Use] = []
+    """Scan every .py file under `paths`; unparsable files are reported, not fatal.
+
+    Two passes: the first learns which struct each function of the scanned code returns (`make_params()`),
+    the second checks every module with that knowledge.
+    """
     errors: list[str] = []
+    modules: list[tuple[str, str, ast.Module]] = []
     count = 0
     for path in iter_python_files(paths):
         count += 1
@@ -354,9 +146,18 @@ def scan_paths(paths: Iterable[str | os.PathLike[str]], api: ApiIndex) -> ScanRe
             errors.append(f"{path}: cannot read: {exc}")
             continue
         try:
-            uses.extend(scan_source(source, str(path), api))
+            modules.append((str(path), source, _parse(source, str(path))))
         except DriftError as exc:
             errors.append(str(exc))
+    returns = project_returns(modules, api) if api.facts is not None else None
+    uses: list[Use] = []
+    for name, source, tree in modules:
+        try:
+            found = _visit(tree, source, name, api, returns).uses
+        except DriftError as exc:
+            errors.append(str(exc))
+            continue
+        uses.extend(sorted(found, key=lambda u: (u.line, u.col, u.name, u.status)))
     return ScanResult(count, uses, errors)
 
 
@@ -377,10 +178,19 @@ def called_functions(paths: Iterable[str | os.PathLike[str]], declared: Iterable
                 found.add(node.attr)
             elif (
                 isinstance(node, ast.Call)
-                and _call_name(node) in ("getattr", "hasattr")
+                and call_name(node) in ("getattr", "hasattr")
                 and len(node.args) >= 2
                 and isinstance(node.args[1], ast.Constant)
                 and node.args[1].value in names
             ):
                 found.add(str(node.args[1].value))
     return sorted(found)
+
+
+def scan_llamarcp(manifest: dict[str, Any], label: str | None = None) -> ScanResult:
+    """llamarcp's own package against one tree's API (what `build_lib.py --source` and `codegen.bump` report),
+    the pinned bindings naming what moved. `label` names a tree whose manifest has no commit."""
+    from llamarcp.drift.inputs import PACKAGE_DIR, pinned_manifest
+
+    index = ApiIndex.from_manifest(manifest, reference=pinned_manifest(), label=label)
+    return scan_paths([PACKAGE_DIR], index)

@@ -26,6 +26,7 @@ _SAME_SETTING = {
     "n_gpu_layers": ("n_gpu_layers", "--n-gpu-layers"),
     "rpc_servers": ("rpc_servers", "--rpc"),
     "chat_format": ("chat_format", "--chat-format"),
+    "mmproj": ("clip_model_path", "--mmproj"),
 }
 
 
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="default sampling seed")
     p.add_argument("--chat-format", help="named chat format instead of the model's template (e.g. chatml)")
     p.add_argument("--chat-template-file", help="jinja chat template to use instead of the model's own")
+    p.add_argument("--mmproj", help="multimodal projector GGUF for the model: chat messages may hold images")
     p.add_argument("--max-queue", type=int, help="requests per model running or waiting before 503 (default 16)")
     p.add_argument(
         "--max-loaded-models",

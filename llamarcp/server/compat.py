@@ -145,7 +145,7 @@ MODEL_FIELDS: dict[str, Field] = {
         _f("numa", parse_bool, "noop", default=False, why="NUMA placement is left to the OS"),
         _f("chat_format", _str, "model:chat_format"),
         _f("chat_template_kwargs", _json_object, "model:chat_template_kwargs"),
-        _f("clip_model_path", _str, "refuse", why="multimodal (CLIP) chat handlers are not supported"),
+        _f("clip_model_path", _str, "model:mmproj"),
         _f("cache", parse_bool, "noop", default=False, why="the context always reuses the cached prompt prefix"),
         _f("cache_type", _str, "noop", default="ram", why="the context always reuses the cached prompt prefix"),
         _f("cache_size", _int, "noop", default=2 << 30, why="the context always reuses the cached prompt prefix"),
@@ -334,6 +334,7 @@ def model_config(values: Mapping[str, Any], where: str = "") -> ModelConfig:
         config.n_threads = None
     if config.seed is not None and config.seed < 0:
         config.seed = None
+    config.__post_init__()  # a multimodal chat_format becomes its handler's name
     return config
 
 

@@ -93,6 +93,7 @@ def add_generation_routes(app: FastAPI, dispatcher: Dispatcher, require_key: Cal
                 chat_template=config.chat_template,
                 model=entry.model_id,
                 n=body.n,
+                allow_local_media=False,  # image_url parts: data URIs and http(s), never the server's own files
             )
 
         messages = body.messages

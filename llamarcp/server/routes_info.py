@@ -9,6 +9,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from llamarcp.multimodal import input_modalities
 from llamarcp.server.pool import ModelEntry, ModelPool
 
 __all__ = ["add_info_routes"]
@@ -60,7 +61,8 @@ def add_info_routes(
             return get_redoc_html(openapi_url=root + "/openapi.json", title="llamarcp")
 
     def model_card(entry: ModelEntry) -> dict[str, Any]:
-        return {"id": entry.model_id, "object": "model", "created": created, "owned_by": "llamarcp"}
+        card = {"id": entry.model_id, "object": "model", "created": created, "owned_by": "llamarcp"}
+        return {**card, "input_modalities": input_modalities(entry.config.mmproj)}
 
     @app.get("/v1/models", dependencies=guarded)
     async def list_models() -> dict[str, Any]:

@@ -44,6 +44,16 @@ class ModelConfig:
     #: Further `Llama()` keywords (n_ubatch, flash_attn, type_k, use_mmap, embedding, lora_path, ...).
     llama_kwargs: dict[str, Any] = field(default_factory=dict)
     verbose: bool = False
+    #: Multimodal projector GGUF (`--mmproj`, llama-cpp-python's `clip_model_path`): image_url parts accepted.
+    mmproj: str | None = None
+    #: A multimodal `chat_format` of llama-cpp-python ("llava-1-5", ...): served by its chat handler.
+    vision_format: str | None = None
+
+    def __post_init__(self) -> None:
+        from llamarcp.compat.vision_handlers import VISION_CHAT_FORMATS
+
+        if self.chat_format in VISION_CHAT_FORMATS:  # a handler, not a template llamarcp renders
+            self.vision_format, self.chat_format = self.chat_format, None
 
     def llama_arguments(self) -> dict[str, Any]:
         """Keyword arguments for `Llama(self.model, **...)`."""
@@ -59,6 +69,12 @@ class ModelConfig:
         }
         if self.seed is not None:
             kwargs["seed"] = self.seed
+        if self.mmproj is not None:
+            from llamarcp.compat.vision_handlers import VISION_CHAT_FORMATS
+
+            kwargs["mmproj"] = self.mmproj
+            if self.vision_format is not None:
+                kwargs["chat_handler"] = VISION_CHAT_FORMATS[self.vision_format](self.mmproj, verbose=self.verbose)
         return kwargs
 
 
@@ -89,6 +105,7 @@ class ServerSettings:
     embeddings: bool = True
     llama_kwargs: dict[str, Any] = field(default_factory=dict)
     verbose: bool = False
+    mmproj: str | None = None
     #: Several models (from a config file); the first is the default and is loaded at startup.
     models: list[ModelConfig] | None = None
     #: At most this many models are loaded at once; loading another evicts the least recently used idle one.
@@ -128,6 +145,7 @@ class ServerSettings:
                 embeddings=self.embeddings,
                 llama_kwargs=dict(self.llama_kwargs),
                 verbose=self.verbose,
+                mmproj=self.mmproj,
             )
         ]
 
@@ -147,6 +165,8 @@ class ServerSettings:
         for i, config in enumerate(self.model_configs()):
             if isinstance(config.n_parallel, bool) or not 1 <= config.n_parallel <= MAX_PARALLEL:
                 raise ValueError(f"n_parallel (--parallel) must be in 1..{MAX_PARALLEL}, got {config.n_parallel!r}")
+            if config.vision_format is not None and config.mmproj is None:
+                raise ValueError(f"chat_format {config.vision_format!r} needs a projector: --mmproj / clip_model_path")
             name = config.alias or config.model or ""
             if name in aliases:
                 raise ValueError(f"models {aliases[name]} and {i} share the alias {name!r}; give each a model_alias")

@@ -74,6 +74,15 @@ class GGUFHeader:
     tensors: list[tuple[str, int]] = field(default_factory=list)
     #: Index of the first token of `tokenizer.ggml.tokens` whose text repeats an earlier one, if any.
     duplicate_token: int | None = None
+    #: gguf_type id of every key (for arrays: of the elements, in `array_types`).
+    kv_types: dict[str, int] = field(default_factory=dict)
+    array_types: dict[str, int] = field(default_factory=dict)
+    #: ggml `ne` (innermost first, as ggml stores it) and data offset (from `data_start`) of every tensor.
+    tensor_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    tensor_offsets: dict[str, int] = field(default_factory=dict)
+    #: Where the tensor data section starts (the end of the tensor infos, aligned) and the file's size.
+    data_start: int = 0
+    file_size: int = 0
 
     @property
     def architecture(self) -> str | None:
@@ -142,6 +151,7 @@ def _read_value(cur: _Cursor, type_id: int, names: dict[int, str], key: str, hea
     count = cur.unpack("<Q")
     elem = names.get(elem_id)
     header.array_lengths[key] = count
+    header.array_types[key] = elem_id
     if elem in _SCALARS:
         fmt = _SCALARS[elem]
         width = struct.calcsize(fmt)
@@ -207,16 +217,21 @@ def _parse(cur: _Cursor) -> GGUFHeader:
     for _ in range(n_kv):
         key = cur.string(MAX_KEY_BYTES).decode("utf-8", errors="replace")
         type_id = cur.unpack("<I")
+        header.kv_types[key] = type_id
         header.kv[key] = _read_value(cur, type_id, names, key, header)
     for _ in range(n_tensors):
         name = cur.string(MAX_KEY_BYTES).decode("utf-8", errors="replace")
         n_dims = cur.unpack("<I")
         if n_dims > _MAX_DIMS:
             raise cur.fail(f"tensor {name!r} has {n_dims} dimensions (at most {_MAX_DIMS})")
-        cur.take(8 * n_dims)
+        header.tensor_shapes[name] = struct.unpack(f"<{n_dims}Q", cur.take(8 * n_dims))
         tensor_type = cur.unpack("<I")
-        cur.unpack("<Q")  # data offset: gguf.cpp checks it against the file
+        header.tensor_offsets[name] = cur.unpack("<Q")  # gguf.cpp checks it against the file; validate/mmproj too
         header.tensors.append((name, tensor_type))
+    alignment = header.kv.get("general.alignment", 32)
+    alignment = alignment if isinstance(alignment, int) and alignment > 0 else 32
+    header.data_start = -(-cur.pos // alignment) * alignment
+    header.file_size = cur.size
     return header
 
 
