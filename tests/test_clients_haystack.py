@@ -1,9 +1,8 @@
 """llama-cpp-haystack (unchanged from PyPI, installed without its llama-cpp-python requirement) on llamarcp via
 install_as_llama_cpp(): `LlamaCppChatGenerator` as its docs use it (run, streaming, generation kwargs, tools),
 on gemma-3-270m. Version 3.x has only the chat generator (LlamaCppGenerator was removed).
-
-The component imports `Llava15ChatHandler` from `llama_cpp.llama_chat_format` at import time: those handlers
-come with the images work (issue 23); until that is merged this module is an expected failure.
+The component imports `Llava15ChatHandler` from `llama_cpp.llama_chat_format` at import time (issue 23's
+handlers).
 """
 
 from __future__ import annotations
@@ -15,19 +14,10 @@ from typing import Any
 import pytest
 
 import llamarcp
-from llamarcp.compat import chat_format as _chat_format
 
 llamarcp.install_as_llama_cpp()
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.xfail(
-        not hasattr(_chat_format, "Llava15ChatHandler"),
-        reason="llama_cpp.llama_chat_format.Llava15ChatHandler (issue 23) is not merged yet",
-        raises=ImportError,
-        strict=True,
-    ),
-]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
