@@ -54,6 +54,8 @@ class Worker:
             "seed": req["seed"],
             "verbose": False,
         }
+        if req.get("n_gpu_layers"):  # only when asked: the CPU rows keep the keyword set they always had
+            wanted["n_gpu_layers"] = req["n_gpu_layers"]
         accepted = _accepted_keywords(Llama)
         kwargs = {k: v for k, v in wanted.items() if accepted is None or k in accepted}
         not_set = sorted(set(wanted) - set(kwargs))

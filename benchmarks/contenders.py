@@ -43,10 +43,11 @@ class Toolchain:
 PREPARE_HINT = "run `bash ci/setup.sh` or `python benchmarks/run.py --prepare` first"
 
 
-def ensure_toolchain(cmake_args: list[str] | None = None, install: bool = True) -> Toolchain:
+def ensure_toolchain(cmake_args: list[str] | None = None, install: bool = True, with_lcp: bool = True) -> Toolchain:
     """Build (or reuse from the cache) libllama plus llama-bench of the bindings' tree (the pin), via build_lib.py.
 
     With `install=False` (`--no-install`) nothing is built: a missing llama-bench is an error naming the fix.
+    `with_lcp=False`: no library for llama-cpp-python (it is not benchmarked; its tree may not be fetchable).
     """
     extra = [f"--cmake-arg={arg}" for arg in cmake_args or []]
     no_build = [] if install else ["--no-build"]
@@ -64,7 +65,7 @@ def ensure_toolchain(cmake_args: list[str] | None = None, install: bool = True) 
     commit = str(json.loads((lib_dir / "llamarcp-build.json").read_text())["commit"])
     lcp_commit = KNOWN_CARRIERS[LCP_VERSION].commit  # the llama.cpp llama-cpp-python's ctypes were written for
     lcp_lib_dir = lib_dir
-    if lcp_commit != commit:
+    if lcp_commit != commit and with_lcp:
         lcp_tree = _build_lib(["--print-source", "--carrier", LCP_VERSION, *no_build], install)
         lcp_lib_dir = _build_lib(["--source", str(lcp_tree), *no_build, *extra], install)
     return Toolchain(lib_dir, bench, commit, lcp_lib_dir, lcp_commit)
@@ -198,6 +199,7 @@ def run_llama_bench(
     n_batch: int,
     flash_attn: bool,
     repack: bool = True,
+    n_gpu_layers: int = 0,
 ) -> dict[str, Any]:
     """One llama-bench test (pp when n_gen == 0, tg when n_prompt == 0), one repetition after its own warmup."""
     cmd = [
@@ -210,6 +212,7 @@ def run_llama_bench(
         "-ub", str(n_batch),
         "-fa", "on" if flash_attn else "off",
         "--repack", "1" if repack else "0",
+        "-ngl", str(n_gpu_layers),
         "-r", "1",
         "-o", "jsonl",
     ]  # fmt: skip

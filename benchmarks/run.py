@@ -330,6 +330,7 @@ class ThroughputRun:
             n_threads=self.threads,
             flash_attn=self.args.flash_attn,
             seed=1234,
+            n_gpu_layers=self.args.n_gpu_layers,
         )
 
     def _random_tokens(self, n_vocab: int, n: int, seed: int) -> list[int]:
@@ -358,6 +359,7 @@ class ThroughputRun:
                     n_batch=args.n_batch,
                     flash_attn=args.flash_attn,
                     repack=result.get("repack", True),
+                    n_gpu_layers=args.n_gpu_layers,
                 )
             except BenchmarkError as exc:
                 return str(exc)
@@ -456,6 +458,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=physical_cores(), help="threads for every contender")
     p.add_argument("--n-batch", type=int, default=512)
     p.add_argument("--flash-attn", choices=("on", "off"), default="on")
+    p.add_argument("--n-gpu-layers", type=int, default=0, help="layers every contender offloads (-ngl; default 0)")
     p.add_argument(
         "--cmake-arg",
         action="append",
@@ -504,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         n_batch=args.n_batch,
         flash_attn=args.flash_attn,
+        n_gpu_layers=args.n_gpu_layers,
         load_before=_load_average(),
         command="python benchmarks/run.py" + (" " + " ".join(sys.argv[1:]) if argv is None and sys.argv[1:] else ""),
     )
@@ -516,7 +520,9 @@ def main(argv: list[str] | None = None) -> int:
             log(f"llama-cpp-python ready: {contenders.ensure_llama_cpp_python(log)}")
         return 0
 
-    toolchain = contenders.ensure_toolchain(args.cmake_arg, install=not args.no_install)
+    toolchain = contenders.ensure_toolchain(
+        args.cmake_arg, install=not args.no_install, with_lcp=not args.no_llama_cpp_python
+    )
     meta["cmake_args"] = args.cmake_arg
     meta.update(
         lib_dir=str(toolchain.lib_dir),

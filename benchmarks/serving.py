@@ -179,6 +179,8 @@ def server_specs(
 ) -> list[ServerSpec]:
     """One server per (contender, slot count) the client counts need; the one-slot server serves them all."""
     common = ["--host", "127.0.0.1", "-t", str(args.threads), "-b", str(args.n_batch)]
+    if args.n_gpu_layers:
+        common += ["-ngl", str(args.n_gpu_layers)]
     specs: list[ServerSpec] = []
     # Where the server knows the option its default is several slots: the one-slot contender asks for 1.
     one_slot = [PARALLEL_FLAG, "1"] if parallel_ok else []
@@ -581,10 +583,18 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
 
 
 # -- main ------------------------------------------------------------------------------------------------
-def ensure_llama_server(install: bool) -> tuple[Path, str]:
+def ensure_llama_server(install: bool, cmake_args: list[str] | None = None) -> tuple[Path, str]:
     """The pinned library dir and llama-server from build_lib.py (`install=False`: never build; fail instead)."""
+    extra = [f"--cmake-arg={arg}" for arg in cmake_args or []]
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "build_lib.py"), "--tools", "llama-server", *([] if install else ["--no-build"])],
+        [
+            sys.executable,
+            str(ROOT / "build_lib.py"),
+            "--tools",
+            "llama-server",
+            *([] if install else ["--no-build"]),
+            *extra,
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -599,9 +609,10 @@ def ensure_llama_server(install: bool) -> tuple[Path, str]:
     return lib_dir, str(stamp["commit"])
 
 
-def pinned_lib_dir() -> tuple[Path, str]:
+def pinned_lib_dir(cmake_args: list[str] | None = None) -> tuple[Path, str]:
+    extra = [f"--cmake-arg={arg}" for arg in cmake_args or []]
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "build_lib.py"), "--no-build"], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, str(ROOT / "build_lib.py"), "--no-build", *extra], cwd=ROOT, capture_output=True, text=True
     )
     if proc.returncode != 0:
         raise BenchmarkError(f"build_lib.py --no-build failed:\n{proc.stderr[-2000:]}")
@@ -633,6 +644,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="threads of every server (default 2)")
     p.add_argument("--n-batch", type=int, default=512)
     p.add_argument("--ctx", type=int, default=512, help="context tokens per slot (default 512)")
+    p.add_argument("--n-gpu-layers", type=int, default=0, help="layers every server offloads (-ngl; default 0)")
+    p.add_argument(
+        "--cmake-arg",
+        action="append",
+        default=[],
+        help="CMake argument of the library build to use (repeatable; e.g. -DGGML_CUDA=ON for the CUDA build)",
+    )
     p.add_argument("--max-slots", type=int, default=None, help="most slots of a parallel server (default 16; smoke 2)")
     p.add_argument(
         "--contenders",
@@ -679,17 +697,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.perf_counter() - started:6.1f}s] {msg}", flush=True)
 
     if args.prepare:
-        lib_dir, _ = ensure_llama_server(install=True)
+        lib_dir, _ = ensure_llama_server(install=True, cmake_args=args.cmake_arg)
         log(f"llama-server ready: {lib_dir.parent / 'bin' / 'llama-server'}")
         return 0
 
     import run  # the machine description and the model paths of the throughput benchmark
 
     if LLAMA_SERVER in args.contenders:
-        lib_dir, commit = ensure_llama_server(install=not args.no_install)
+        lib_dir, commit = ensure_llama_server(install=not args.no_install, cmake_args=args.cmake_arg)
         server_bin: Path | None = lib_dir.parent / "bin"
     else:
-        (lib_dir, commit), server_bin = pinned_lib_dir(), None
+        (lib_dir, commit), server_bin = pinned_lib_dir(args.cmake_arg), None
     env = dict(os.environ, LLAMARCP_LIB_PATH=str(lib_dir))
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     failures: list[str] = []
@@ -704,6 +722,8 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         n_batch=args.n_batch,
         ctx=args.ctx,
+        n_gpu_layers=args.n_gpu_layers,
+        cmake_args=args.cmake_arg,
         max_slots=args.max_slots,
         requests=args.requests,
         max_tokens=args.max_tokens,

@@ -27,7 +27,18 @@ sys.path.insert(0, str(ROOT))
 import build_lib  # noqa: E402
 from llamarcp import _pin  # noqa: E402
 
-CHECKS = ("greedy", "chat", "speculative", "server", "penalties", "state", "grammar", "batching", "embeddings")
+CHECKS = (
+    "greedy",
+    "chat",
+    "speculative",
+    "server",
+    "penalties",
+    "state",
+    "grammar",
+    "batching",
+    "embeddings",
+    "image",
+)
 BEGIN, END = "<!-- matrix:begin -->", "<!-- matrix:end -->"
 
 
@@ -57,9 +68,9 @@ def build(name: str) -> tuple[Path, float]:
     started = time.monotonic()
     carrier = build_lib.release_carrier(name)
     if _pin.KNOWN_CARRIERS[_pin.PINNED_CARRIER] == carrier:
-        libs = build_lib.build()
+        libs = build_lib.build(libraries=["mtmd"])
     else:
-        libs = build_lib.build(build_lib.ensure_source(carrier))
+        libs = build_lib.build(build_lib.ensure_source(carrier), libraries=["mtmd"])
     return libs, time.monotonic() - started
 
 

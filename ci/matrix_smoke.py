@@ -2,7 +2,8 @@
 
 Prints one JSON object: the release llamarcp matched the library to, and per check "ok" or the error. Checks on the
 tiny random model: greedy text, chat, prompt-lookup speculation (same text), the server (in-process, chat
-completion), penalties, state file round trip, grammar, batching with n_parallel=4, embeddings; on
+completion), penalties, state file round trip, grammar, batching with n_parallel=4, embeddings, an image chat
+(a random mlp projector, libmtmd of the same release); on
 gemma-3-270m (with --gemma): greedy text of a fixed prompt, and the same through n_parallel=4.
 """
 
@@ -121,8 +122,32 @@ def tiny_checks(results: dict[str, Any], model_path: Path, bert_path: Path) -> N
         assert len(vectors) == 2 and len(vectors[0]) > 0
         return len(vectors[0])
 
+    def image() -> int:
+        import base64
+
+        from media_files import png
+        from tiny_mmproj import MLP_IMAGE_TOKENS, write_tiny_mmproj
+
+        mmproj = model_path.parent / "matrix-mlp.gguf"
+        if not mmproj.is_file():
+            write_tiny_mmproj(mmproj, "mlp", 64)
+        vision = Llama(str(model_path), mmproj=str(mmproj), n_ctx=512, verbose=False)
+        answers = []
+        for seed in (1, 2):
+            uri = "data:image/png;base64," + base64.b64encode(png(40, 30, seed=seed)).decode()
+            content = [{"type": "image_url", "image_url": {"url": uri}}, {"type": "text", "text": "Describe."}]
+            reply = vision.create_chat_completion(
+                [{"role": "user", "content": content}], max_tokens=6, temperature=0, chat_format="chatml"
+            )
+            answers.append(reply)
+        vision.close()
+        prompt_tokens = answers[0]["usage"]["prompt_tokens"]
+        assert prompt_tokens > MLP_IMAGE_TOKENS, prompt_tokens  # the image's 36 tokens are in the prompt
+        return int(prompt_tokens)
+
     _check(results, "batching", batching)
     _check(results, "embeddings", embeddings)
+    _check(results, "image", image)
 
 
 def gemma_checks(results: dict[str, Any]) -> None:

@@ -28,6 +28,6 @@ if [ "$extras" = dev ]; then
     # The release window: every tree fetched (generate.py --check compares _releases.py with them), the oldest and
     # middle releases built (tests/test_release.py, ci/matrix.py; the pin is built above).
     .venv/bin/python -c 'import build_lib, llamarcp._pin as p; [build_lib.ensure_source(p.KNOWN_CARRIERS[v]) for v in p.WINDOW]'
-    .venv/bin/python build_lib.py --release oldest >/dev/null
-    .venv/bin/python build_lib.py --release middle >/dev/null
+    .venv/bin/python build_lib.py --release oldest --mtmd >/dev/null
+    .venv/bin/python build_lib.py --release middle --mtmd >/dev/null
 fi

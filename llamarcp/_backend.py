@@ -25,10 +25,13 @@ if TYPE_CHECKING:  # the generated Protocol: mypy checks every lib.* call of the
 __all__ = [
     "LogCapture",
     "capture_log",
+    "check_main_gpu",
     "ensure_backend",
     "get_lib",
+    "gpu_names",
     "init_numa",
     "last_log_errors",
+    "local_gpus",
     "logger",
     "set_verbose",
 ]
@@ -97,6 +100,71 @@ def init_numa(strategy: int) -> None:
             raise ValueError(f"numa must be a bool or a ggml_numa_strategy value, got {strategy!r}")
         lib.llama_numa_init(strategy)
         _state["numa"] = strategy
+
+
+#: The backend registry name of ggml's RPC client: its devices are remote, never "local GPUs".
+RPC_REG_NAME = b"RPC"
+
+
+def local_gpus(lib: Any) -> list[Any]:
+    """Local GPUs llama.cpp would offload to by default: discrete GPUs, else integrated ones (never CPU/RPC).
+
+    The same list, in the same order, that `llama_model_load_from_file` builds: `main_gpu` indexes it."""
+    from llamarcp._ffi import ffi
+
+    gpus: list[Any] = []
+    igpus: list[Any] = []
+    seen_ids: set[bytes] = set()  # one physical GPU may be listed by two backends (e.g. CUDA and Vulkan)
+    props = ffi.new("struct ggml_backend_dev_props *")
+    for i in range(int(lib.ggml_backend_dev_count())):
+        dev = lib.ggml_backend_dev_get(i)
+        reg = lib.ggml_backend_dev_backend_reg(dev)
+        if reg != ffi.NULL and ffi.string(lib.ggml_backend_reg_name(reg)) == RPC_REG_NAME:
+            continue
+        kind = int(lib.ggml_backend_dev_type(dev))
+        if kind == int(lib.GGML_BACKEND_DEVICE_TYPE_GPU):
+            lib.ggml_backend_dev_get_props(dev, props)
+            device_id = ffi.string(props.device_id) if props.device_id != ffi.NULL else None
+            if device_id is not None and device_id in seen_ids:
+                continue
+            if device_id is not None:
+                seen_ids.add(device_id)
+            gpus.append(dev)
+        elif kind == int(lib.GGML_BACKEND_DEVICE_TYPE_IGPU) and (
+            not igpus or lib.ggml_backend_dev_backend_reg(igpus[-1]) == reg  # as llama.cpp: one iGPU backend
+        ):
+            igpus.append(dev)
+    return gpus or igpus
+
+
+def gpu_names() -> list[str]:
+    """'CUDA0 (NVIDIA H100 80GB HBM3)'-style names of the local GPUs of the loaded libllama ([] on a CPU build)."""
+    from llamarcp._ffi import ffi
+
+    lib = get_lib()
+    names = []
+    for dev in local_gpus(lib):
+        name = ffi.string(lib.ggml_backend_dev_name(dev)).decode("utf-8", "replace")
+        description = ffi.string(lib.ggml_backend_dev_description(dev)).decode("utf-8", "replace")
+        names.append(f"{name} ({description})")
+    return names
+
+
+def check_main_gpu(main_gpu: int, has_devices: bool = False) -> None:
+    """Refuse a `main_gpu` that names no local GPU (llama.cpp ignores it outside split_mode NONE, silently).
+
+    -1 is llama.cpp's "no GPU" for split_mode NONE; 0 is the default and valid on a CPU build. With an explicit
+    device list (`has_devices`, e.g. RPC servers) llama.cpp indexes that list and checks the index itself."""
+    if not isinstance(main_gpu, int) or isinstance(main_gpu, bool):
+        return  # the type is checked with every other params field (llamarcp.validate), in one place
+    if main_gpu < -1:
+        raise ValueError(f"main_gpu must be >= -1 (-1: no GPU with split_mode NONE), got {main_gpu}")
+    if main_gpu <= 0 or has_devices:
+        return
+    names = gpu_names()
+    if main_gpu >= len(names):
+        seen = f"{len(names)} GPU(s): {', '.join(f'{i}={n}' for i, n in enumerate(names))}" if names else "no GPU"
+        raise ValueError(f"main_gpu={main_gpu} is out of range: this libllama sees {seen}")
 
 
 def _shutdown(lib: Any, ffi: Any) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from llamarcp._backend import capture_log, get_lib
+from llamarcp._backend import capture_log, check_main_gpu, get_lib
 from llamarcp._managed import Managed
 from llamarcp.errors import (
     ContextCreationError,
@@ -88,6 +88,7 @@ class Model(Managed):
         lib = get_lib()
         self._lib = lib
         self.path = Path(path)
+        check_main_gpu(main_gpu, has_devices=devices is not None)
         _check_gguf_file(self.path)
         check_gguf_hparams(self.path, vocab_only=vocab_only)
         params = lib.llama_model_default_params()

@@ -31,6 +31,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from llamarcp._backend import RPC_REG_NAME as _RPC_REG_NAME
+from llamarcp._backend import local_gpus
 from llamarcp.errors import BackendUnavailableError, RpcProtocolError, RpcServerInUseError, RpcServerUnreachableError
 
 __all__ = [
@@ -65,7 +67,6 @@ KEEPALIVE_INTERVAL = 5
 KEEPALIVE_COUNT = 3
 USER_TIMEOUT_MS = 30_000
 
-_RPC_REG_NAME = b"RPC"
 _ADD_SERVER = b"ggml_backend_rpc_add_server"
 _ADD_SERVER_TYPE = "ggml_backend_reg_t (*)(const char *)"
 
@@ -235,35 +236,6 @@ def _describe(lib: Any, dev: Any, endpoint: str | None) -> RpcDevice:
     )
 
 
-def _local_gpus(lib: Any) -> list[Any]:
-    """Local GPUs llama.cpp would offload to by default: discrete GPUs, else integrated ones (never CPU/RPC)."""
-    from llamarcp._ffi import ffi
-
-    gpus: list[Any] = []
-    igpus: list[Any] = []
-    seen_ids: set[bytes] = set()  # one physical GPU may be listed by two backends (e.g. CUDA and Vulkan)
-    props = ffi.new("struct ggml_backend_dev_props *")
-    for i in range(int(lib.ggml_backend_dev_count())):
-        dev = lib.ggml_backend_dev_get(i)
-        reg = lib.ggml_backend_dev_backend_reg(dev)
-        if reg != ffi.NULL and ffi.string(lib.ggml_backend_reg_name(reg)) == _RPC_REG_NAME:
-            continue
-        kind = int(lib.ggml_backend_dev_type(dev))
-        if kind == int(lib.GGML_BACKEND_DEVICE_TYPE_GPU):
-            lib.ggml_backend_dev_get_props(dev, props)
-            device_id = ffi.string(props.device_id) if props.device_id != ffi.NULL else None
-            if device_id is not None and device_id in seen_ids:
-                continue
-            if device_id is not None:
-                seen_ids.add(device_id)
-            gpus.append(dev)
-        elif kind == int(lib.GGML_BACKEND_DEVICE_TYPE_IGPU) and (
-            not igpus or lib.ggml_backend_dev_backend_reg(igpus[-1]) == reg  # as llama.cpp: one iGPU backend
-        ):
-            igpus.append(dev)
-    return gpus or igpus
-
-
 def _add_server_function(lib: Any) -> Any:
     from llamarcp._ffi import ffi
     from llamarcp._lib import loaded_path
@@ -336,7 +308,7 @@ def rpc_devices(
             handles.append(dev)
             described.append(_describe(lib, dev, endpoint))
     if include_local_gpus:
-        for dev in _local_gpus(lib):
+        for dev in local_gpus(lib):
             handles.append(dev)
             described.append(_describe(lib, dev, None))
     return RpcDevices(endpoints, handles, described)

@@ -29,6 +29,28 @@ def _load_tiny_model_module() -> Any:
 tiny_model = _load_tiny_model_module()
 
 
+def cuda_build_found() -> bool:
+    """Whether the libllama llamarcp would load has ggml's CUDA backend beside it (nothing is loaded to tell)."""
+    from llamarcp._lib import find_library
+    from llamarcp.errors import LibraryNotFoundError
+
+    try:
+        found = Path(find_library())
+    except LibraryNotFoundError:
+        return False
+    return any(found.parent.glob("libggml-cuda*"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`gpu` tests are deselected (not skipped: they never count as passed) unless the library has CUDA or the
+    command line's -m names them (then they run, and fail clearly without a GPU)."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items or "gpu" in (config.getoption("markexpr") or "") or cuda_build_found():
+        return
+    config.hook.pytest_deselected(items=gpu_items)
+    items[:] = [item for item in items if not item.get_closest_marker("gpu")]
+
+
 @pytest.fixture(scope="session")
 def llama_cpp_source() -> Path:
     """The llama.cpp tree the generated bindings describe (include/, models/ggml-vocab-*.gguf, templates).
