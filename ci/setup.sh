@@ -12,7 +12,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/python -m pip install --disable-pip-version-check -q --upgrade pip
     .venv/bin/python -m pip install --disable-pip-version-check -q -e ".[$extras]"
     case ",$extras," in *,dev,*|*,compat,*)  # its only other requirement is llama-cpp-python, which llamarcp replaces
-        .venv/bin/python -m pip install --disable-pip-version-check -q --no-deps "llama-index-llms-llama-cpp>=0.4" ;;
+        .venv/bin/python -m pip install --disable-pip-version-check -q --no-deps "llama-index-llms-llama-cpp>=0.4" \
+            "llama-cpp-haystack>=3.0" ;;
     esac
     echo "$want" > "$stamp"
 fi

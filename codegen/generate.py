@@ -153,6 +153,7 @@ def render_all(
         "codegen_report.md": render.render_report(api, groups),
         "_abi.py": render.render_abi(api),
         "lib_types.pyi": render.render_protocol(api),
+        "_ctypes_face.py": render.render_ctypes_face(api),
     }
     if used_names is not None:
         files[used.FILE_NAME] = render.render_used(api, used_names)

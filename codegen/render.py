@@ -460,3 +460,211 @@ def render_protocol(api: Api) -> str:
             any_deprecated=any(f.deprecated for f in api.functions),
         )
     )
+
+
+# --------------------------------------------------------------------------------------------- ctypes face
+
+_CTYPES_PRIMITIVES = {
+    "void": "None", "bool": "c_bool", "_Bool": "c_bool", "char": "c_char", "signed char": "c_byte",
+    "unsigned char": "c_ubyte", "short": "c_short", "short int": "c_short", "unsigned short": "c_ushort",
+    "unsigned short int": "c_ushort", "int": "c_int", "signed": "c_int", "signed int": "c_int", "unsigned": "c_uint",
+    "unsigned int": "c_uint", "long": "c_long", "long int": "c_long", "unsigned long": "c_ulong",
+    "unsigned long int": "c_ulong", "long long": "c_longlong", "long long int": "c_longlong",
+    "unsigned long long": "c_ulonglong", "unsigned long long int": "c_ulonglong", "int8_t": "c_int8",
+    "uint8_t": "c_uint8", "int16_t": "c_int16", "uint16_t": "c_uint16", "int32_t": "c_int32", "uint32_t": "c_uint32",
+    "int64_t": "c_int64", "uint64_t": "c_uint64", "size_t": "c_size_t", "ssize_t": "c_ssize_t",
+    "ptrdiff_t": "c_ssize_t", "intptr_t": "c_ssize_t", "uintptr_t": "c_size_t", "float": "c_float",
+    "double": "c_double", "long double": "c_longdouble", "wchar_t": "c_wchar",
+}  # fmt: skip
+#: Headers whose structs llama-cpp-python passes as `void *` even when they are complete (ggml's internals).
+_CTYPES_VOID_HEADERS = ("ggml.h", "ggml-backend.h", "ggml-opt.h", "ggml-alloc.h", "ggml-cpu.h", "ggml-rpc.h", "gguf.h")
+#: Names of a count parameter that bounds the buffer parameter just before it (`buf, length`, `tokens, n_tokens_max`).
+_LENGTH_PARAM = re.compile(
+    r"(size|len|length|buf_size|out_len|maxlen|text_len|text_len_max|n_tokens|n_tokens_max|n_token_capacity"
+    r"|n_token_count|n_paths|n_bitmaps|n_parts|num_\w+)"
+)
+_FUNCTION_POINTER = re.compile(r"^(?P<ret>.*?)\(\*\)\((?P<args>.*)\)$")
+
+
+def _writes_through(ctype: str) -> bool:
+    """A pointer parameter whose pointee is not const (`char * buf`): the function may write there."""
+    text = re.sub(r"\s+", " ", ctype).strip()
+    return text.endswith("*") and not text.startswith("const ")
+
+
+def _split_args(text: str) -> list[str]:
+    """Top-level comma split of a parameter list (nested parentheses stay whole)."""
+    out, depth, current = [], 0, ""
+    for ch in text:
+        if ch == "," and depth == 0:
+            out.append(current.strip())
+            current = ""
+            continue
+        depth += ch == "("
+        depth -= ch == ")"
+        current += ch
+    if current.strip():
+        out.append(current.strip())
+    return [] if out == ["void"] else out
+
+
+class CtypesSpeller:
+    """C type text -> the compact ctypes spelling the runtime (llamarcp/compat/ctypes_face.py) reads:
+
+    a ctypes name (`c_int32`, `c_char_p`, `c_void_p`), `None` (void), `*X` (pointer to X), `[N]X` (array),
+    `S:name` (a struct/union class of STRUCTS) or `F:name` (a callback type of CALLBACKS). Pointers to opaque
+    structs (and ggml's internals) are `c_void_p`, so handles come back as ints, as llama-cpp-python's do.
+    """
+
+    def __init__(self, api: Api) -> None:
+        self.typedefs = {t.name: t.type for t in api.typedefs}
+        self.callbacks: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self._callback_decls = {c.name: c for c in api.callbacks}
+        self.structs = {s.name: s for s in api.structs}
+        self.unsigned_enums = {e.name for e in api.enums if e.name and e.underlying.startswith("unsigned")}
+        self.diagnostics: list[str] = []
+
+    @staticmethod
+    def _clean(ctype: str) -> str:
+        text = re.sub(r"\b(const|volatile|restrict)\b", " ", ctype)
+        text = re.sub(r"\s+", " ", text).strip()
+        return re.sub(r"\s*\*\s*", "*", text)  # "llama_seq_id **" -> "llama_seq_id**"
+
+    def callback(self, name: str) -> str:
+        if name not in self.callbacks and name in self._callback_decls:
+            c = self._callback_decls[name]
+            self.callbacks[name] = ("", ())  # a callback that mentions itself resolves to this entry
+            self.callbacks[name] = (self.spell(c.return_type), tuple(self.spell(p.type) for p in c.params))
+        return f"F:{name}"
+
+    def spell(self, ctype: str, hint: str = "") -> str:
+        """`hint` names a function pointer type written inline (the struct field or parameter it types)."""
+        text = self._clean(ctype)
+        m = _FUNCTION_POINTER.match(text)
+        if m:
+            if not hint:
+                self.diagnostics.append(f"WARN: ctypes face: inline function pointer {ctype!r} has no name")
+                return "c_void_p"
+            self.callbacks[hint] = (self.spell(m["ret"]), tuple(self.spell(a) for a in _split_args(m["args"])))
+            return f"F:{hint}"
+        array = re.match(r"^(.*?)\s*\[(\d+)\]$", text)
+        if array:
+            return f"[{array[2]}]{self.spell(array[1])}"
+        if text.endswith("*"):
+            return self._pointer(text[:-1].strip())
+        if text in _CTYPES_PRIMITIVES:
+            return _CTYPES_PRIMITIVES[text]
+        if text in self._callback_decls:
+            return self.callback(text)
+        if text.startswith("enum "):
+            return "c_uint" if text[5:] in self.unsigned_enums else "c_int"
+        record = re.match(r"^(struct|union) (\w+)$", text)
+        if record:
+            return f"S:{record[2]}"
+        if text in self.typedefs:
+            target = self.typedefs[text]
+            if target.endswith("{...}"):  # `typedef struct { ... } name;`: known by the typedef name
+                return f"S:{text}" if target.startswith(("struct", "union")) else "c_int"
+            return self.spell(target)
+        self.diagnostics.append(f"WARN: ctypes face: unknown type {ctype!r} spelled as void *")
+        return "c_void_p"
+
+    def _pointer(self, base: str) -> str:
+        if base in ("char", "void") or base == "FILE":
+            return "c_char_p" if base == "char" else "c_void_p"
+        target = self.spell(base)
+        if target.startswith("S:"):
+            s = self.structs.get(target[2:])
+            if s is None or s.opaque or s.header in _CTYPES_VOID_HEADERS:
+                return "c_void_p"
+        if target == "None":
+            return "c_void_p"
+        return f"*{target}"
+
+
+def _ctypes_struct_rows(api: Api, speller: CtypesSpeller) -> list[tuple[str, str, int | None, list[tuple]]]:
+    """(class name, kind, size, fields) per complete struct; each field (name, spelling, offset[, bits])."""
+    rows: list[tuple[str, str, int | None, list[tuple]]] = []
+
+    def add(name: str, s: Struct, base: int) -> None:
+        fields: list[tuple] = []
+        anonymous = 0
+        for f in s.fields:
+            if f.anonymous is not None:
+                member = f.name or ("value" if anonymous == 0 else f"value{anonymous}")
+                anonymous += not f.name
+                inner_base = (f.offset or 0) if not f.name else 0
+                add(f"{name}_{member}", f.anonymous, inner_base)
+                offset = None if f.offset is None else f.offset - base
+                fields.append(
+                    (member, f"S:{name}_{member}", offset, True)
+                    if not f.name
+                    else (member, f"S:{name}_{member}", offset)
+                )
+                continue
+            offset = None if f.offset is None else f.offset - base
+            spelling = speller.spell(f.type, hint=f"{name}_{f.name}")
+            fields.append((f.name, spelling, offset, f.bitwidth) if f.bitwidth else (f.name, spelling, offset))
+        rows.append((name, s.kind, s.size, fields))
+
+    for s in api.structs:
+        if not s.opaque:
+            add(s.name, s, 0)
+    return rows
+
+
+def render_ctypes_face(api: Api) -> str:
+    """`_ctypes_face.py`: llama.h (and mtmd.h) as ctypes spellings, for llama-cpp-python's ctypes modules."""
+    speller = CtypesSpeller(api)
+    functions = []
+    bounds = []
+    tokens = []
+    for f in api.functions:
+        if f.variadic:
+            speller.diagnostics.append(f"WARN: ctypes face: variadic {f.name} left out")
+            continue
+        params = [
+            (p.name or f"arg{i}", speller.spell(p.type, hint=f"{f.name}_{p.name}")) for i, p in enumerate(f.params)
+        ]
+        functions.append((f.name, f.library, speller.spell(f.return_type), params))
+        pairs = [
+            (i, i + 1, _writes_through(f.params[i].type))
+            for i in range(len(params) - 1)
+            if (params[i][1] in ("c_char_p", "c_void_p") or params[i][1].startswith("*"))
+            and _LENGTH_PARAM.fullmatch(params[i + 1][0])
+            and params[i + 1][1].startswith(("c_int", "c_uint", "c_size"))
+        ]
+        if pairs:
+            bounds.append((f.name, pairs))
+        vocab = [i for i, p in enumerate(f.params) if re.search(r"\bstruct llama_vocab\b", p.type)]
+        token = [i for i, p in enumerate(f.params) if p.type == "llama_token"]
+        if vocab and token:
+            tokens.append((f.name, (vocab[0], token[0])))
+    structs = _ctypes_struct_rows(api, speller)
+    for c in api.callbacks:
+        speller.callback(c.name)
+    struct_names = {name for name, *_ in structs}
+    handles = sorted(s.name for s in api.structs if s.opaque or s.header in _CTYPES_VOID_HEADERS)
+    scalars = []
+    for t in api.typedefs:
+        if t.type.endswith("{...}") or t.name in struct_names:
+            continue
+        spelling = speller.spell(t.type)
+        if not spelling.startswith("S:"):
+            scalars.append((t.name, spelling))
+    return (
+        _env()
+        .get_template("_ctypes_face.py.j2")
+        .render(
+            header=do_not_edit(api),
+            commit=api.llama_cpp_commit,
+            functions=functions,
+            bounds=bounds,
+            tokens=tokens,
+            structs=sorted(structs),
+            callbacks=sorted(speller.callbacks.items()),
+            handles=handles,
+            scalars=sorted(scalars),
+            diagnostics=sorted(set(speller.diagnostics)),
+        )
+    )

@@ -15,13 +15,16 @@ from llamarcp.drift.scan import called_functions
 PACKAGE_DIR = Path(__file__).resolve().parent.parent / "llamarcp"
 FILE_NAME = "_used.py"
 EXCLUDED = ("_generated",)
+#: Modules that call llama.h through the ctypes face (`llama_cpp.llama_cpp`), not `lib`: each function is looked up
+#: when called there, so the runtime guard must not require it of every library.
+CTYPES_FACE_USERS = ("compat/internals.py",)
 
 
 def package_sources(package_dir: Path = PACKAGE_DIR) -> list[Path]:
     out = []
     for path in sorted(package_dir.rglob("*.py")):
         rel = path.relative_to(package_dir)
-        if rel.parts[0] in EXCLUDED or "__pycache__" in rel.parts:
+        if rel.parts[0] in EXCLUDED or "__pycache__" in rel.parts or rel.as_posix() in CTYPES_FACE_USERS:
             continue
         out.append(path)
     return out

@@ -184,7 +184,7 @@ class Llama(ModelFacts, LoraMethods, Reranking, StateMethods, LlamaCppApiMixin, 
         self._init_args["model_path"] = model_path
         self._seed = check_seed(seed) & 0xFFFFFFFF if seed is not None else LLAMA_DEFAULT_SEED
         self.last_n_tokens_size = check_int("last_n_tokens_size", last_n_tokens_size, -1, MAX_PENALTY_LAST_N)
-        self.chat_format = chat_format
+        self._chat_format = chat_format
         self.chat_handler = chat_handler
         self.draft_model = draft_model
         self.tokenizer_ = tokenizer

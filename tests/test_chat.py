@@ -287,7 +287,9 @@ EXPECTED_NAMED = {
     "llama-3": "<s><|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|><|start_header_id|>user<|end_header_id|>"
     "\n\nU1<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nA1<|eot_id|><|start_header_id|>user"
     "<|end_header_id|>\n\nU2<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
-    "gemma": "<s><start_of_turn>user\nS\n\nU1<end_of_turn>\n<start_of_turn>model\nA1<end_of_turn>\n"
+    "gemma": "<s><start_of_turn>user\nU1<end_of_turn>\n<start_of_turn>model\nA1<end_of_turn>\n"
+    "<start_of_turn>user\nU2<end_of_turn>\n<start_of_turn>model\n",  # llama-cpp-python's: no system message
+    "gemma3": "<s><start_of_turn>user\nS\n\nU1<end_of_turn>\n<start_of_turn>model\nA1<end_of_turn>\n"
     "<start_of_turn>user\nU2<end_of_turn>\n<start_of_turn>model\n",
     "mistral-instruct": "<s>[INST] S\n\nU1[/INST] A1</s>[INST] U2[/INST]",
     "mistral-v7": "<s>[SYSTEM_PROMPT] S[/SYSTEM_PROMPT][INST] U1[/INST] A1</s>[INST] U2[/INST]",
@@ -612,8 +614,8 @@ def test_gguf_chat_template_is_used(tiny_model_path: Path, tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("metadata", "expected"),
     [
-        ({"general.architecture": "gemma3"}, "gemma"),
-        ({"general.architecture": "gemma2"}, "gemma"),
+        ({"general.architecture": "gemma3"}, "gemma3"),
+        ({"general.architecture": "gemma2"}, "gemma3"),
         ({"general.architecture": "phi3"}, "phi-3"),
         ({"general.architecture": "qwen2"}, "chatml"),
         ({"general.architecture": "llama", "tokenizer.ggml.pre": "llama-bpe"}, "llama-3"),
@@ -641,7 +643,7 @@ def gemma(default_model_path: Path) -> Any:
 @pytest.mark.slow
 def test_gemma_prompt_uses_gemma_turns_and_one_bos(gemma: Any) -> None:
     formatter = chat_formatter(gemma)
-    assert formatter.name == "gemma" and formatter.bos_token == "<bos>"
+    assert formatter.name == "gemma3" and formatter.bos_token == "<bos>"
     prompt = formatter.render(CHAT)
     tokens = gemma.tokenize(prompt.encode(), add_bos=False, special=True)
     start, end, bos = (

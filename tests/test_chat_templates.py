@@ -275,7 +275,7 @@ def test_mistral_tekken_matches_llama_cpp_by_name(name: str) -> None:
 NAMED_VS_NATIVE = {
     "chatml": ("chatml", ""),
     "llama-3": ("llama3", ""),
-    "gemma": ("gemma", ""),
+    "gemma3": ("gemma", ""),  # llamarcp's "gemma" is llama-cpp-python's, which drops system messages
     "mistral-instruct": ("mistral-v3", "</s>"),
     "mistral-v7": ("mistral-v7", "</s>"),
     "phi-3": ("phi3", ""),

@@ -41,7 +41,7 @@ def test_full_generate_writes_only_changed_files(tmp_path: Path, capsys: pytest.
     names = sorted(p.name for p in tmp_path.iterdir())
     assert set(names) == {
         "__init__.py", "_abi.py", "_llama_ffi.py", "_llama_ffi.pyi", "_symbols.py", "_used.py", "api.json",
-        "codegen_report.md", "grammars.py", "lib.pyi", "lib_types.pyi", "llama.cdef.h",
+        "_ctypes_face.py", "codegen_report.md", "grammars.py", "lib.pyi", "lib_types.pyi", "llama.cdef.h",
     }  # fmt: skip
     for name in names:
         assert (tmp_path / name).read_text() == (GENERATED / name).read_text(), name + _moved_pin_hint()

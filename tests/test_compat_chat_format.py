@@ -14,6 +14,7 @@ from llamarcp import Llama
 from llamarcp.chat.completion import LEGACY_FORMAT_NAMES
 from llamarcp.chat.legacy_formats import LEGACY_FORMATS
 from llamarcp.compat import chat_format as cf
+from llamarcp.errors import ChatMessageError
 
 MESSAGES = [
     {"role": "system", "content": "Be brief."},
@@ -216,3 +217,53 @@ def test_template_constants_render_their_formats() -> None:
     )
     assert cf.MIXTRAL_INSTRUCT_CHAT_TEMPLATE == cf.MISTRAL_INSTRUCT_CHAT_TEMPLATE
     assert "<|start_header_id|>" in cf.LLAMA3_INSTRUCT_CHAT_TEMPLATE
+
+
+# --- behaviour llama-cpp-python's users rely on (haystack, guidance) ------------------------------------------
+
+
+def test_empty_tools_list_means_no_tools(llm: Llama) -> None:
+    """llama-cpp-haystack passes `tools=[]` on every call; llama-cpp-python treats it as no tools."""
+    with_empty = llm.create_chat_completion(MESSAGES, tools=[], max_tokens=3, temperature=0, seed=1)
+    without = llm.create_chat_completion(MESSAGES, max_tokens=3, temperature=0, seed=1)
+    assert with_empty["choices"][0]["message"] == without["choices"][0]["message"]
+    assert with_empty["usage"]["prompt_tokens"] == without["usage"]["prompt_tokens"]
+    with pytest.raises(ChatMessageError, match="tool_choice needs tools"):
+        llm.create_chat_completion(MESSAGES, tools=[], tool_choice="required", max_tokens=3)
+
+
+def test_chat_format_reports_the_format_picked_for_the_model(llm: Llama, tiny_model_path: Path) -> None:
+    assert llm.chat_format == "chatml"  # the tiny model has no template and an unknown family: chatml
+    with Llama(str(tiny_model_path), n_ctx=256, n_threads=1, chat_format="gemma") as explicit:
+        assert explicit.chat_format == "gemma"
+    with Llama(str(tiny_model_path), n_ctx=256, n_threads=1, chat_handler=lambda **kwargs: None) as handled:
+        assert handled.chat_format is None  # llama-cpp-python leaves it unset when a handler decides
+
+
+def test_chat_format_of_a_gguf_template_is_chat_template_default(tmp_path: Path, tiny_model_path: Path) -> None:
+    from llamarcp.chat.completion import chat_formatter
+
+    with Llama(str(tiny_model_path), n_ctx=256, n_threads=1) as llm:
+        llm._model.chat_template = lambda name=None: "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+        llm._chat_format = None
+        assert llm.chat_format == "chat_template.default"
+        assert chat_formatter(llm).render(MESSAGES[:2]) == "<system>Be brief.<user>Hi"
+        assert chat_formatter(llm, "chat_template.default").name == "tokenizer.chat_template"
+
+
+def test_gemma_drops_system_messages_as_llama_cpp_python_does() -> None:
+    from llamarcp.chat.templates import ChatFormatter
+
+    messages = [
+        {"role": "system", "content": "Answer in French."},
+        {"role": "user", "content": "Hi"},
+        {"role": "system", "content": "Late system."},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": " 2+2? "},
+    ]
+    prompt = ChatFormatter.from_format("gemma", "<bos>", "<eos>").render(messages)
+    # llama-cpp-python 0.3.36 format_gemma: user/model turns only, text untrimmed, generation prompt last.
+    assert prompt == (
+        "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n"
+        "<start_of_turn>user\n 2+2? <end_of_turn>\n<start_of_turn>model\n"
+    )

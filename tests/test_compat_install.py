@@ -91,7 +91,7 @@ def test_unknown_names_fail_clearly() -> None:
     with pytest.raises(AttributeError, match="declares no 'llama_no_such_function'"):
         low.llama_no_such_function  # noqa: B018
     with pytest.raises(ModuleNotFoundError):
-        import llama_cpp._internals  # noqa: F401
+        import llama_cpp._no_such_module  # noqa: F401
 
 
 def test_refuses_to_shadow_a_real_llama_cpp(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -272,11 +272,11 @@ def create_chat_completion(
             **completion_kwargs,
         )
     if functions is not None:
-        if tools is not None:
+        if tools:  # `tools=[]` is no tools, as in llama-cpp-python (haystack sends it on every call)
             raise ChatMessageError("pass either tools or the legacy functions, not both")
         tools, tool_choice = _legacy_functions(functions, function_call)
     offered, forced = _select_tools(
-        [dict(t) if isinstance(t, Mapping) else t for t in tools] if tools is not None else None, tool_choice
+        [dict(t) if isinstance(t, Mapping) else t for t in tools] if tools else None, tool_choice
     )
 
     constraint = _response_grammar(response_format)

@@ -75,7 +75,8 @@ _LLAMA_3 = """\
 {% endif -%}
 """
 
-_GEMMA = """\
+# Gemma as llama.cpp lays it out (and Gemma 3's own template): system text opens the first user turn.
+_GEMMA_MERGED = """\
 {{- bos_token -}}
 {%- set ns = namespace(system='') -%}
 {%- for message in messages -%}
@@ -88,6 +89,19 @@ _GEMMA = """\
 
 {% set ns.system = '' %}{% endif %}{{ message.content | trim }}<end_of_turn>
 {% endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+<start_of_turn>model
+{% endif -%}
+"""
+
+# llama-cpp-python's "gemma": only user and assistant turns (system messages are dropped), text as given.
+_GEMMA = """\
+{{- bos_token -}}
+{%- for message in messages if message.role in ('user', 'assistant') -%}
+<start_of_turn>{{ 'model' if message.role == 'assistant' else 'user' }}
+{% if message.content is string and message.content %}{{ message.content }}<end_of_turn>
+{% endif %}
 {%- endfor -%}
 {%- if add_generation_prompt -%}
 <start_of_turn>model
@@ -214,7 +228,8 @@ for _fmt in (
     ChatFormat("chatml", _CHATML, ("<|im_end|>",), "ChatML (Qwen, Yi, OpenHermes, SmolLM, ...)"),
     ChatFormat("llama-2", _LLAMA_2, (), "Llama 2 chat: [INST] <<SYS>> ... [/INST]", ("llama2",)),
     ChatFormat("llama-3", _LLAMA_3, ("<|eot_id|>",), "Llama 3 / 3.1 / 3.2 / 3.3 instruct", ("llama3",)),
-    ChatFormat("gemma", _GEMMA, ("<end_of_turn>",), "Gemma 1/2/3 (system merged into the first user turn)"),
+    ChatFormat("gemma", _GEMMA, ("<end_of_turn>",), "Gemma as llama-cpp-python's gemma (system messages dropped)"),
+    ChatFormat("gemma3", _GEMMA_MERGED, ("<end_of_turn>",), "Gemma as llama.cpp lays it out (system in the 1st turn)"),
     ChatFormat("mistral-instruct", _MISTRAL_INSTRUCT, (), "Mistral instruct v3 [INST] ...[/INST]", ("mistral",)),
     ChatFormat("mistral-v7", _MISTRAL_V7, (), "Mistral v7 with [SYSTEM_PROMPT]"),
     ChatFormat("phi-3", _PHI_3, ("<|end|>",), "Phi-3 / Phi-3.5", ("phi3",)),
@@ -230,7 +245,7 @@ DEFAULT_CHAT_FORMAT = "chatml"
 
 #: general.architecture prefix -> format, for GGUFs that carry no template (the default gemma-3-270m has none).
 #: Only families whose chat layout is unambiguous from the architecture are listed.
-_ARCHITECTURE_FORMATS = (("gemma", "gemma"), ("phi3", "phi-3"), ("qwen", "chatml"))
+_ARCHITECTURE_FORMATS = (("gemma", "gemma3"), ("phi3", "phi-3"), ("qwen", "chatml"))
 
 
 def guess_chat_format(metadata: Mapping[str, Any]) -> str:
@@ -242,3 +257,15 @@ def guess_chat_format(metadata: Mapping[str, Any]) -> str:
     if arch == "llama" and metadata.get("tokenizer.ggml.pre") in ("llama-bpe", "llama3"):
         return "llama-3"
     return DEFAULT_CHAT_FORMAT
+
+
+#: llama-cpp-python's name for the GGUF's own `tokenizer.chat_template` (what `Llama.chat_format` reports then).
+GGUF_TEMPLATE_FORMAT = "chat_template.default"
+
+
+def guessed_chat_format(llama: Any) -> str:
+    """The chat format `llama` uses when none is given, named as llama-cpp-python names it: the GGUF's template
+    ("chat_template.default"), else the format guessed from the architecture (gemma3, phi-3, ...; chatml)."""
+    if llama.chat_template():
+        return GGUF_TEMPLATE_FORMAT
+    return guess_chat_format(dict(llama.metadata))

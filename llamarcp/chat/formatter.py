@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from llamarcp.chat.formats import ChatFormat, get_chat_format, guess_chat_format
+from llamarcp.chat.formats import GGUF_TEMPLATE_FORMAT, ChatFormat, get_chat_format, guess_chat_format
 from llamarcp.chat.sandbox import (
     DEFAULT_RENDER_TIMEOUT,
     MAX_RENDERED_CHARS,
@@ -263,7 +263,7 @@ def formatter_for_model(
     the architecture (chatml when unknown)."""
     if chat_template is not None:
         return ChatFormatter(chat_template, bos_token, eos_token, name="chat_template")
-    if chat_format is not None:
+    if chat_format is not None and chat_format != GGUF_TEMPLATE_FORMAT:  # that one names the GGUF's template
         return ChatFormatter.from_format(chat_format, bos_token, eos_token)
     source = metadata.get("tokenizer.chat_template")
     if isinstance(source, str) and source.strip():

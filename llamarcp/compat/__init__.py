@@ -8,14 +8,15 @@ llamarcp unchanged. PyMySQL's `install_as_MySQLdb()` is the precedent.
 |-----------------------------|------------------------------------------|
 | `llama_cpp`                 | `llamarcp.compat.package`                |
 | `llama_cpp.llama`           | `llamarcp.compat.llama_module`           |
-| `llama_cpp.llama_cpp`       | `llamarcp.compat.lowlevel` (lazy `lib`)  |
+| `llama_cpp.llama_cpp`       | `llamarcp.compat.lowlevel` (ctypes face) |
+| `llama_cpp._internals`      | `llamarcp.compat.internals` (on the ctypes face) |
 | `llama_cpp.llama_types`     | `llamarcp.compat.types`                  |
 | `llama_cpp.llama_grammar`   | `llamarcp.compat.grammar`                |
 | `llama_cpp.llama_cache`     | `llamarcp.compat.cache`                  |
 | `llama_cpp.llama_speculative` | `llamarcp.compat.speculative`          |
 | `llama_cpp.llama_tokenizer` | `llamarcp.compat.tokenizer`              |
 | `llama_cpp.llama_chat_format` | `llamarcp.compat.chat_format`          |
-| `llama_cpp.mtmd_cpp`        | `llamarcp.compat.mtmd_module` (lazy `lib`) |
+| `llama_cpp.mtmd_cpp`        | `llamarcp.compat.mtmd_module` (ctypes face) |
 | `llama_cpp.server[.app]`    | `llamarcp.server[.app]` (`create_app` also takes llama-cpp-python's settings) |
 | `llama_cpp.server.settings` | `llamarcp.server.compat_settings` (its ModelSettings, ServerSettings, ...) |
 """
@@ -36,6 +37,7 @@ LLAMA_CPP_MODULES: dict[str, str] = {
     "llama_cpp": "llamarcp.compat.package",
     "llama_cpp.llama": "llamarcp.compat.llama_module",
     "llama_cpp.llama_cpp": "llamarcp.compat.lowlevel",
+    "llama_cpp._internals": "llamarcp.compat.internals",
     "llama_cpp.llama_types": "llamarcp.compat.types",
     "llama_cpp.llama_grammar": "llamarcp.compat.grammar",
     "llama_cpp.llama_cache": "llamarcp.compat.cache",

@@ -71,6 +71,8 @@ class LlamaCppApiMixin:
     tensor_split = _init_arg("tensor_split")
 
     # The facade provides these; declared for type checkers.
+    _chat_format: str | None
+    chat_handler: Any
     _model: Any
     _engine: Any
     _turns: Any
@@ -92,6 +94,20 @@ class LlamaCppApiMixin:
         """The `llama_model *` (cffi cdata)."""
         self._turns.check_open()
         return self._model.ptr
+
+    @property
+    def chat_format(self) -> str | None:
+        """The chat format chat completions use: the constructor's, else (without a chat_handler) the one picked
+        for the model, named as llama-cpp-python names it ("chat_template.default": the GGUF's own template)."""
+        if self._chat_format is None and self.chat_handler is None and not self._turns.closed:
+            from llamarcp.chat.formats import guessed_chat_format  # the chat package loads on first chat use
+
+            self._chat_format = guessed_chat_format(self)
+        return self._chat_format
+
+    @chat_format.setter
+    def chat_format(self, value: str | None) -> None:
+        self._chat_format = value
 
     @property
     def n_batch(self) -> int:

@@ -1,8 +1,11 @@
-"""`llama_cpp.llama_cpp`: llama.h's functions and constants under their C names, from `llamarcp.lib`.
+"""`llama_cpp.llama_cpp`: llama-cpp-python's ctypes module, generated from the same API model as llamarcp's cffi.
 
-Resolved on first access (module `__getattr__`), so importing this module loads no library. The values are
-cffi's: functions take cffi cdata (`llamarcp.ffi.new(...)`, `ffi.NULL`) where llama-cpp-python's take ctypes
-objects, and structs come back as cdata with the same field names.
+Every name resolves on first access (module `__getattr__`), so importing this module loads no library and
+builds no ctypes type. Functions are ctypes functions of the loaded libllama with llama-cpp-python's argtypes
+and restypes (opaque pointers as ints, `float *` as ctypes pointers, by-value structs as `ctypes.Structure`);
+structs, callback types, typedefs and the `*_p` aliases come from the generated tables
+(llamarcp/compat/ctypes_face.py); enum values and #defines from the cffi `lib`. `_lib` is a `ctypes.CDLL` of
+the library llamarcp loaded.
 """
 
 from __future__ import annotations
@@ -10,14 +13,10 @@ from __future__ import annotations
 import ctypes
 from typing import Any
 
-__all__: list[str] = []  # `from llama_cpp.llama_cpp import *` exports nothing: the names are resolved lazily
+from llamarcp.compat.ctypes_face import CtypesFace, cdll
 
-#: llama-cpp-python's ctypes names for llama.h's integer typedefs (code builds arrays with them).
-llama_token = ctypes.c_int32
-llama_pos = ctypes.c_int32
-llama_seq_id = ctypes.c_int32
-#: `ggml_log_callback` as a ctypes function type, llama-cpp-python's name: `llama_log_set` below takes one.
-llama_log_callback = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+#: Every ctypes function type derives from this (the class of `ctypes.CFUNCTYPE(...)` instances).
+_FUNCTION_POINTER: Any = ctypes.CFUNCTYPE(None).__mro__[1]
 
 
 def llama_log_set(log_callback: Any, user_data: Any = None) -> None:
@@ -47,8 +46,8 @@ def llama_log_set(log_callback: Any, user_data: Any = None) -> None:
 
 def _is_null_function(value: Any) -> bool:
     """A ctypes function pointer to address 0 (`llama_log_callback()` or `llama_log_callback(0)`)."""
-    is_function_pointer = isinstance(value, llama_log_callback.__mro__[1])  # ctypes' base of every CFUNCTYPE
-    return is_function_pointer and not ctypes.cast(value, ctypes.c_void_p).value
+    pointer: Any = value  # isinstance() below would narrow it to object for mypy
+    return isinstance(value, _FUNCTION_POINTER) and not ctypes.cast(pointer, ctypes.c_void_p).value
 
 
 def llama_backend_init() -> None:
@@ -62,43 +61,56 @@ def llama_backend_free() -> None:
     """A no-op: llamarcp frees the backends at interpreter exit, after the last model is gone."""
 
 
-def _names() -> list[str]:
-    from llamarcp._generated import _symbols
+_FACE = CtypesFace(("llama", "ggml", "ggml-rpc"))
 
-    return sorted(set(_symbols.FUNCTIONS) | set(_symbols.EXTRA_CONSTANTS))
+
+def _names() -> list[str]:
+    from llamarcp._release import generated_module
+
+    return sorted({*_FACE.names(), *generated_module("_symbols").EXTRA_CONSTANTS, "_lib", "LLAMA_MAX_DEVICES"})
+
+
+def _public_names() -> list[str]:
+    """What `from llama_cpp.llama_cpp import *` binds, as llama-cpp-python's star import does: every function,
+    type and constant (this loads the library, as importing llama-cpp-python does)."""
+    from llamarcp import _backend
+
+    constants = [n for n in dir(_backend.get_lib()) if n.startswith(("LLAMA_", "GGML_", "GGUF_"))]
+    return sorted({*(n for n in _names() if not n.startswith("_")), *constants})
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__all__":  # computed on a star import only: plain `import` builds nothing
+        value: Any = _public_names()
+        globals()[name] = value
+        return value
     if name.startswith("__"):
         raise AttributeError(name)
-    if not (name.startswith(("llama_", "LLAMA_", "ggml_", "GGML_", "GGUF_")) or name in ("gguf_type",)):
-        raise AttributeError(f"llamarcp's llama_cpp.llama_cpp has no {name!r} (llama.h names only)")
-    from llamarcp import _backend
-
-    value = getattr(_backend.get_lib(), name)  # AttributeError names the pinned llama.h when it is not there
-    value = _bytes_result(value)
+    value = _resolve(name)
     globals()[name] = value
     return value
 
 
-def _bytes_result(func: Any) -> Any:
-    """ctypes gives `const char *` results as bytes (llama-cpp-python code calls `.decode()` on them)."""
-    from llamarcp._ffi import ffi
-
+def _resolve(name: str) -> Any:
+    if name == "_lib":
+        return cdll("llama")
+    if name == "LLAMA_MAX_DEVICES":  # llama-cpp-python computes it at import
+        return __getattr__("llama_max_devices")()
     try:
-        ctype = ffi.typeof(func)
-    except TypeError:  # a constant, or a stand-in for a symbol the library lacks
-        return func
-    if ctype.kind != "function" or ctype.result.cname not in ("char *", "const char *"):
-        return func
+        return _FACE.lookup(name)
+    except KeyError:
+        pass
+    if name.isupper() or name.startswith(("LLAMA_", "GGML_", "GGUF_")):  # enum values and #defines
+        from llamarcp import _backend
 
-    def returns_bytes(*args: Any) -> bytes | None:
-        result = func(*args)
-        return None if result == ffi.NULL else ffi.string(result)
+        try:
+            return getattr(_backend.get_lib(), name)
+        except AttributeError:
+            pass
+    from llamarcp._release import generated_module
 
-    returns_bytes.__name__ = returns_bytes.__qualname__ = getattr(func, "__name__", "function")
-    returns_bytes.__doc__ = f"{returns_bytes.__name__}(...): the C string result as bytes (None for NULL)."
-    return returns_bytes
+    commit = generated_module("_symbols").LLAMA_CPP_COMMIT[:12]
+    raise AttributeError(f"llama.h (llama.cpp {commit}) declares no {name!r}: llama_cpp.llama_cpp has no such name")
 
 
 def __dir__() -> list[str]:

@@ -1,34 +1,56 @@
-"""`llama_cpp.mtmd_cpp`: libmtmd's C names (mtmd.h, mtmd-helper.h), resolved lazily from `llamarcp.lib`.
+"""`llama_cpp.mtmd_cpp`: llama-cpp-python's ctypes module of libmtmd (images and audio), generated like
+`llama_cpp.llama_cpp` from the API model (see llamarcp/compat/ctypes_face.py).
 
-The functions are the generated cffi ones (libmtmd is loaded from beside libllama on first use); like
-`llama_cpp.llama_cpp`, a `const char *` result comes back as bytes (`mtmd_default_marker().decode()` works).
-llama-cpp-python's ctypes structure classes are not here: high-level code uses the chat handlers
-(`llama_cpp.llama_chat_format.Llava15ChatHandler`, ...) or `Llama(mmproj=...)`.
+Names resolve on first access: `mtmd_*` functions bound to the libmtmd beside the loaded libllama (a function
+of a build without it raises MissingSymbolError when called), the `mtmd_*` structs, callback types and
+`mtmd_*_p` handle aliases, `MTMD_*` enum values from the cffi `lib`, and `_libmtmd`, a `ctypes.CDLL`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from llamarcp.compat.ctypes_face import CtypesFace, cdll
 
-def _names() -> list[str]:
-    from llamarcp._generated import _symbols
-
-    return sorted(n for group in ("mtmd", "mtmd-helper") for n in _symbols.GROUPS.get(group, ()))
+_FACE = CtypesFace(("mtmd",), prefixes=("mtmd_", "MTMD_"))
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__all__":  # a star import binds every mtmd name (and loads libmtmd); plain `import` builds nothing
+        from llamarcp import _backend
+
+        constants = [n for n in dir(_backend.get_lib()) if n.startswith("MTMD_")]
+        value: Any = sorted({*_FACE.names(), *constants})
+        globals()[name] = value
+        return value
     if name.startswith("__"):
         raise AttributeError(name)
-    if not name.startswith(("mtmd_", "MTMD_")):
-        raise AttributeError(f"llamarcp's llama_cpp.mtmd_cpp has no {name!r} (mtmd.h names only)")
-    from llamarcp import _backend
-    from llamarcp.compat.lowlevel import _bytes_result
-
-    value = _bytes_result(getattr(_backend.get_lib(), name))
+    value = _resolve(name)
     globals()[name] = value
     return value
 
 
+def _resolve(name: str) -> Any:
+    if name == "_libmtmd":
+        library = cdll("mtmd")
+        if library is None:
+            from llamarcp._release import generated_module
+
+            raise AttributeError(f"_libmtmd: {generated_module('_symbols').HINTS.get('mtmd', 'no libmtmd found')}")
+        return library
+    try:
+        return _FACE.lookup(name)
+    except KeyError:
+        pass
+    if name.startswith("MTMD_"):
+        from llamarcp import _backend
+
+        try:
+            return getattr(_backend.get_lib(), name)
+        except AttributeError:
+            pass
+    raise AttributeError(f"llamarcp's llama_cpp.mtmd_cpp has no {name!r} (mtmd.h names only)")
+
+
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_names()})
+    return sorted({*globals(), *_FACE.names(), "_libmtmd"})
