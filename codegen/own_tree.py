@@ -35,6 +35,7 @@ def bindings_document(tree: Path, commit: str) -> tuple[dict[str, Any], dict[str
         "functions": sorted(f.name for f in api.functions),
         "groups": {f.name: f.group for f in api.functions},
         "cdef": "\n".join(cdef_chunks(render.render_cdef(api))) + "\n",
+        "ctypes_face": render.render_ctypes_face(api),  # llama-cpp-python's ctypes face of this tree
     }
     return document, manifest
 

@@ -67,6 +67,33 @@ class Release:
         return {f.name: f.group for f in self.api.functions}
 
 
+#: The tables of `_generated/_ctypes_face.py` (llama-cpp-python's ctypes face), per release as deltas from the pin's.
+CTYPES_TABLES = ("FUNCTIONS", "BOUNDS", "TOKEN_CHECKS", "STRUCTS", "CALLBACKS", "HANDLES", "TYPEDEFS")
+
+
+def ctypes_tables(api: Api) -> dict[str, Any]:
+    """The ctypes face's tables of one release (the rendered module is data only)."""
+    namespace: dict[str, Any] = {}
+    exec(compile(render.render_ctypes_face(api), "<ctypes face>", "exec"), namespace)  # noqa: S102 - our own text
+    return {name: namespace[name] for name in CTYPES_TABLES}
+
+
+def ctypes_delta(tables: dict[str, Any], pin: dict[str, Any]) -> dict[str, Any]:
+    """What differs from the pin's tables: per dict table the changed/added entries (None: removed); a tuple
+    table whole, when it differs."""
+    out: dict[str, Any] = {}
+    for name in CTYPES_TABLES:
+        mine, theirs = tables[name], pin[name]
+        if isinstance(mine, dict):
+            changed: dict[str, Any] = {k: v for k, v in mine.items() if theirs.get(k) != v}
+            changed.update({k: None for k in theirs if k not in mine})
+            if changed:
+                out[name] = dict(sorted(changed.items()))
+        elif mine != theirs:
+            out[name] = mine
+    return out
+
+
 def release_name(commit: str) -> str:
     return commit if re.fullmatch(r"b\d+", commit) else commit[:12]
 
@@ -96,6 +123,7 @@ def render_releases(releases: list[Release], pin: Release, notice: str) -> str:
             pool.setdefault(chunk, len(pool))
     pin_items = abi.items(pin.manifest)
     pin_functions = pin.functions
+    pin_tables = ctypes_tables(pin.api)
     lines = [
         notice,
         '"""Every release of the window: chunks of cffi declarations shared between releases, and per release what',
@@ -149,6 +177,10 @@ def render_releases(releases: list[Release], pin: Release, notice: str) -> str:
         "}",
         "#: Group (codegen.parse.GROUPS) of each function some release has and the pin lacks.",
         f"EXTRA_GROUPS: dict[str, str] = {dict(sorted(groups.items()))!r}",
+        "#: Release -> how its ctypes face (`_ctypes_face.py`'s tables) differs from the pin's (None: entry absent).",
+        "CTYPES_DELTA: dict[str, dict[str, Any]] = {",
+        *(f"    {r.name!r}: {ctypes_delta(ctypes_tables(r.api), pin_tables)!r}," for r in releases),
+        "}",
         "#: Release -> its probe table (llamarcp.drift.abi.probes).",
         "PROBES: dict[str, tuple[dict[str, Any], ...]] = {",
         *(f"    {r.name!r}: {tuple(abi.probes(r.manifest))!r}," for r in releases),

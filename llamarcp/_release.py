@@ -43,6 +43,7 @@ class Bindings:
     functions: frozenset[str]
     groups: dict[str, str]  #: function -> group, for the functions the pin lacks
     cdef: str | None = None  #: None: the pin's precompiled module
+    ctypes_source: str | None = None  #: a user's tree: its `_ctypes_face.py` text (the window's are deltas)
 
     @property
     def is_pin(self) -> bool:
@@ -140,6 +141,7 @@ def custom() -> Bindings | None:
         functions=frozenset(data["functions"]),
         groups=dict(data["groups"]),
         cdef=str(data["cdef"]),
+        ctypes_source=data.get("ctypes_face"),
     )
 
 
@@ -369,13 +371,48 @@ def selected_ffi() -> Any:
     return _state["ffi"]
 
 
-def generated_module(name: str) -> ModuleType:
-    """The generated module `name` (e.g. "_ctypes_face") for the selected release.
+_modules: dict[str, ModuleType] = {}
 
-    Per-release tables exist only for the pin today; other releases use the pin's module, whose entries for
-    functions the release lacks are never reached (`selection().bindings.functions` says which exist).
+
+def generated_module(name: str) -> ModuleType:
+    """The generated module `name` ("_ctypes_face", "_symbols", ...) as it describes the selected release.
+
+    The pin's module for the pin; for another release of the window, `_ctypes_face` is the pin's tables with
+    that release's delta applied (`_releases.CTYPES_DELTA`), for a user's tree the tables generated from it.
     """
-    return importlib.import_module(f"llamarcp._generated.{name}")
+    pinned = importlib.import_module(f"llamarcp._generated.{name}")
+    chosen = bindings()
+    if name != "_ctypes_face" or chosen.is_pin:
+        return pinned
+    key = f"{name}:{chosen.name}:{chosen.fingerprint}"
+    if key not in _modules:
+        with _lock:
+            if key not in _modules:
+                _modules[key] = _ctypes_face_of(chosen, pinned)
+    return _modules[key]
+
+
+def _ctypes_face_of(chosen: Bindings, pinned: ModuleType) -> ModuleType:
+    module = ModuleType(f"llamarcp._generated._ctypes_face[{chosen.name}]", pinned.__doc__)
+    module.__dict__.update({k: v for k, v in vars(pinned).items() if not k.startswith("__")})
+    module.LLAMA_CPP_COMMIT = chosen.name  # type: ignore[attr-defined]
+    if chosen.ctypes_source is not None:  # a user's tree: its own tables, generated at install
+        exec(compile(chosen.ctypes_source, module.__name__, "exec"), module.__dict__)  # noqa: S102 - ours
+        return module
+    from llamarcp._generated import _releases
+
+    for table, delta in _releases.CTYPES_DELTA.get(chosen.name, {}).items():
+        if isinstance(delta, dict):
+            merged = dict(getattr(pinned, table))
+            for key, value in delta.items():
+                if value is None:
+                    merged.pop(key, None)
+                else:
+                    merged[key] = value
+            setattr(module, table, merged)
+        else:
+            setattr(module, table, delta)
+    return module
 
 
 def bindings() -> Bindings:

@@ -253,3 +253,21 @@ def test_a_newer_library_is_served_by_the_newest_release_when_its_probes_pass(tm
     selection = _release.choose(shim)
     assert selection.error is None and selection.bindings.is_pin, selection.how
     assert selection.how.startswith("exported functions and probes")
+
+
+def test_the_ctypes_face_follows_the_loaded_release(tmp_path: Path) -> None:
+    """llama-cpp-python's low level on the oldest release: its own arity and struct fields, not the pin's."""
+    code = (
+        "import llamarcp\n"
+        "llamarcp.install_as_llama_cpp()\n"
+        "import llama_cpp\n"
+        "low = llama_cpp.llama_cpp\n"
+        "low.llama_sampler_free(low.llama_sampler_init_penalties(64, 1.1, 0.0, 0.0))\n"
+        "fields = [name for name, *_ in low.llama_model_default_params()._fields_]\n"
+        "print('use_mmap' in fields, 'load_mode' in fields)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("LLAMA_CPP_LIB_PATH", "LLAMARCP_SKIP_GUARD")}
+    env["LLAMARCP_LIB_PATH"] = str(release_library("oldest"))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["True", "False"]
