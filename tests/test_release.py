@@ -271,3 +271,25 @@ def test_the_ctypes_face_follows_the_loaded_release(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["True", "False"]
+
+
+def test_a_function_the_loaded_release_lacks_names_the_first_release_with_it() -> None:
+    oldest = _release.release_names()[0]
+    missing = sorted(n for n in _release.pin().functions - _release.release(oldest).functions if n.startswith("llama_"))
+    assert missing, "the oldest release should lack some of the pin's llama_* functions"
+    name = missing[0]
+    first = _release.first_release_with(name)
+    code = (
+        "from llamarcp import lib\n"
+        "from llamarcp.errors import MissingSymbolError\n"
+        "try:\n"
+        f"    lib.{name}()\n"
+        "except MissingSymbolError as exc:\n"
+        "    print('MISSING', exc)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("LLAMA_CPP_LIB_PATH", "LLAMARCP_SKIP_GUARD")}
+    env["LLAMARCP_LIB_PATH"] = str(release_library("oldest"))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"MISSING {name}" in done.stdout and f"llama.cpp {oldest}, which does not have it" in done.stdout
+    assert f"{first} is the first release" in done.stdout
