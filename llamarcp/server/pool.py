@@ -10,8 +10,10 @@ caused it leaves, so the count of loaded models is always exact.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -255,6 +257,24 @@ class ModelPool:
         entry.users -= 1
         entry.last_used = time.monotonic()
         self._notify()
+
+    @contextlib.asynccontextmanager
+    async def unslotted(self, entry: ModelEntry) -> AsyncIterator[None]:
+        """A request that runs without a generation slot (embeddings, rerank): admitted to `entry`'s queue (503
+        when full), the model loaded, counted as running until the block ends."""
+        runner = entry.runner
+        runner.admit()
+        try:
+            await self.enter(entry)
+        except BaseException:
+            runner.leave()
+            raise
+        runner.start_unslotted()
+        try:
+            yield
+        finally:
+            runner.finish_unslotted()
+            self.leave(entry)
 
     async def _make_room_and_load(self, entry: ModelEntry) -> None:
         if entry.state != _UNLOADED:  # being loaded for another request, or being evicted: wait

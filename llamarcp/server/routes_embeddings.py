@@ -70,31 +70,23 @@ def add_embedding_routes(app: FastAPI, dispatcher: Dispatcher, require_key: Call
         if body.dimensions is not None:
             raise ApiError(400, "dimensions is not supported (the model's size is fixed)", param="dimensions")
         runner = entry.runner
-        runner.admit()
-        try:
-            await pool.enter(entry)
-        except BaseException:
-            runner.leave()
-            raise
-        runner.start_unslotted()
-        try:
-            texts = await _texts(entry, body.input)
-            rows, tokens = await batcher_for(entry).embed(texts, request.is_disconnected)
-            result = embedding_response(rows, tokens, entry.model_id)
-            if body.encoding_format == "base64":  # what the openai client asks for by default
-                for row in result["data"]:
-                    vector = row["embedding"]
-                    row["embedding"] = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
-            runner.stats.served += 1
-            return JSONResponse(result)
-        except ClientGone:
-            raise
-        except BaseException:
-            runner.stats.failed += 1
-            raise
-        finally:
-            runner.finish_unslotted()
-            pool.leave(entry)
+        async with pool.unslotted(entry):
+            try:
+                texts = await _texts(entry, body.input)
+                rows, tokens = await batcher_for(entry).embed(texts, request.is_disconnected)
+                result = embedding_response(rows, tokens, entry.model_id)
+                if body.encoding_format == "base64":  # what the openai client asks for by default
+                    for row in result["data"]:
+                        vector = row["embedding"]
+                        packed = struct.pack(f"<{len(vector)}f", *vector)
+                        row["embedding"] = base64.b64encode(packed).decode("ascii")
+                runner.stats.served += 1
+                return JSONResponse(result)
+            except ClientGone:
+                raise
+            except BaseException:
+                runner.stats.failed += 1
+                raise
 
 
 async def _texts(entry: ModelEntry, given: Any) -> list[str]:

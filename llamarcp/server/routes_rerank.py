@@ -51,13 +51,6 @@ def add_rerank_routes(app: FastAPI, dispatcher: Dispatcher, require_key: Callabl
             raise ApiError(400, '"documents" must be a non-empty string array', param="texts" if tei else "documents")
         entry = pool.resolve(body.model)
         runner = entry.runner
-        runner.admit()
-        try:
-            await pool.enter(entry)
-        except BaseException:
-            runner.leave()
-            raise
-        runner.start_unslotted()
 
         def run() -> tuple[list[float], int]:
             ranker = entry.embedding_model()
@@ -70,15 +63,13 @@ def add_rerank_routes(app: FastAPI, dispatcher: Dispatcher, require_key: Callabl
             scores, count = ranker.rank(body.query, documents, return_count=True)
             return scores, count
 
-        try:
-            scores, count = await runner.call(run)
-            runner.stats.served += 1
-        except BaseException:
-            runner.stats.failed += 1
-            raise
-        finally:
-            runner.finish_unslotted()
-            pool.leave(entry)
+        async with pool.unslotted(entry):
+            try:
+                scores, count = await runner.call(run)
+                runner.stats.served += 1
+            except BaseException:
+                runner.stats.failed += 1
+                raise
         label = "score" if tei else "relevance_score"
         results: list[dict[str, Any]] = []
         for index, score in enumerate(scores):
