@@ -61,6 +61,38 @@ def generation_options(body: Any, entry: ModelEntry, logit_bias: dict[int, float
     return kwargs
 
 
+def chat_kwargs(
+    body: Any,
+    entry: ModelEntry,
+    *,
+    max_tokens: int | None,
+    tools: Any,
+    tool_choice: Any,
+    response_format: Any,
+    template_kwargs: Any,
+    stop: Any = None,
+) -> dict[str, Any]:
+    """`create_chat_completion` keywords of a translated request (Anthropic messages, OpenAI responses): the
+    sampling fields both APIs share, the server's chat format and template, and what the route translated."""
+    config = entry.config
+    return dict(
+        generation_options(body, entry),
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k,
+        stop=stop,
+        max_tokens=max_tokens,
+        tools=tools,
+        tool_choice=tool_choice if tools else None,
+        response_format=response_format,
+        template_kwargs=template_kwargs,
+        reasoning_format=body.reasoning_format,
+        chat_format=config.chat_format,
+        chat_template=config.chat_template,
+        model=entry.model_id,
+    )
+
+
 def slot_options(body: Any, entry: ModelEntry) -> SlotRequest:
     """`id_slot` and `cache_prompt` checked against the model's slots (400 naming the field)."""
     slot = getattr(body, "id_slot", -1)

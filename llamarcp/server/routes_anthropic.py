@@ -27,7 +27,7 @@ from llamarcp.server.params import max_tokens_for, refuse_unknown_fields
 from llamarcp.server.request_options import (
     LlamaServerOptions,
     call_in_slot,
-    generation_options,
+    chat_kwargs,
     in_slot,
     slot_options,
 )
@@ -373,25 +373,18 @@ def add_anthropic_routes(app: FastAPI, dispatcher: Dispatcher, require_key: Call
             entry, {**thinking_kwargs(body.thinking), **(body.chat_template_kwargs or {})}
         )
         response_format = response_format_of(body.output_config)
-        config = entry.config
         message_id = f"msg_{uuid.uuid4().hex[:24]}"
 
         def kwargs() -> dict[str, Any]:
-            return dict(
-                generation_options(body, entry),
-                temperature=body.temperature,
-                top_p=body.top_p,
-                top_k=body.top_k,
-                stop=body.stop_sequences,
+            return chat_kwargs(
+                body,
+                entry,
                 max_tokens=max_tokens,
                 tools=tools,
-                tool_choice=tool_choice if tools else None,
+                tool_choice=tool_choice,
                 response_format=response_format,
                 template_kwargs=template_kwargs,
-                reasoning_format=body.reasoning_format,
-                chat_format=config.chat_format,
-                chat_template=config.chat_template,
-                model=entry.model_id,
+                stop=body.stop_sequences,
             )
 
         slot = slot_options(body, entry)

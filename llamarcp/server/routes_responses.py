@@ -27,7 +27,7 @@ from llamarcp.server.params import max_tokens_for, refuse_unknown_fields
 from llamarcp.server.request_options import (
     LlamaServerOptions,
     call_in_slot,
-    generation_options,
+    chat_kwargs,
     in_slot,
     slot_options,
 )
@@ -449,25 +449,18 @@ def add_responses_routes(app: FastAPI, dispatcher: Dispatcher, require_key: Call
         template_kwargs = template_kwargs_for(
             entry, {**thinking_kwargs(body.reasoning), **(body.chat_template_kwargs or {})}
         )
-        config = entry.config
         shape = _Shape(body, entry.model_id, body.max_output_tokens)
         slot = slot_options(body, entry)
 
         def kwargs() -> dict[str, Any]:
-            return dict(
-                generation_options(body, entry),
-                temperature=body.temperature,
-                top_p=body.top_p,
-                top_k=body.top_k,
+            return chat_kwargs(
+                body,
+                entry,
                 max_tokens=max_tokens,
                 tools=tools,
-                tool_choice=tool_choice if tools else None,
+                tool_choice=tool_choice,
                 response_format=response_format,
                 template_kwargs=template_kwargs,
-                reasoning_format=body.reasoning_format,
-                chat_format=config.chat_format,
-                chat_template=config.chat_template,
-                model=entry.model_id,
             )
 
         if body.stream:
