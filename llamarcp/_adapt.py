@@ -11,7 +11,6 @@ from functools import cache
 from typing import Any
 
 from llamarcp._ffi import ffi
-from llamarcp.errors import MissingSymbolError
 
 
 @cache
@@ -40,19 +39,6 @@ def set_load_mode(lib: Any, params: Any, use_mmap: bool, use_mlock: bool) -> Non
     else:
         params.use_mmap = bool(use_mmap)
         params.use_mlock = bool(use_mlock)
-
-
-def load_mode(params: Any) -> tuple[bool, bool]:
-    """(use_mmap, use_mlock) of a `struct llama_model_params`, whichever way the release spells them."""
-    if not has_field("struct llama_model_params", "load_mode"):
-        return bool(params.use_mmap), bool(params.use_mlock)
-    from llamarcp._backend import get_lib
-
-    lib = get_lib()
-    for (mmap, mlock), name in _LOAD_MODES.items():
-        if int(params.load_mode) == int(getattr(lib, "LLAMA_LOAD_MODE_" + name)):
-            return mmap, mlock
-    return True, False
 
 
 def sampler_init_penalties(lib: Any, n_vocab: int, last_n: int, repeat: float, freq: float, present: float) -> Any:
@@ -89,20 +75,3 @@ def set_mtmd_text_len(text: Any, length: int) -> None:
     """`struct mtmd_input_text.text_len` where the release has it; older releases read the text up to its NUL."""
     if has_field("struct mtmd_input_text", "text_len"):
         text.text_len = length
-
-
-def require(lib: Any, function: str, feature: str) -> Any:
-    """`lib.<function>`, or MissingSymbolError naming the feature and the first release that has it."""
-    from llamarcp._libproxy import is_available
-
-    if is_available(lib, function):
-        return getattr(lib, function)
-    from llamarcp import _release
-
-    first = _release.first_release_with(function)
-    since = f"llama.cpp {first} and later have it" if first else "no llama.cpp release llamarcp knows has it"
-    raise MissingSymbolError(
-        function,
-        str(getattr(lib, "_path", "libllama")),
-        f"{feature} needs it; {since} (this one: {_release.bindings().name})",
-    )

@@ -199,15 +199,16 @@ def check(
     changed: list[str] = []
     found_fp = stamp.get("abi_fingerprint") if stamp else None
     if chosen is not None and not isinstance(found_fp, str):
-        for note in selection.notes:  # matched by its exported functions and the probe (llamarcp._release)
-            if note.startswith("the probe verified nothing") and not missing:
-                warnings.warn(
-                    f"libllama at {library_path} has no build stamp with an ABI fingerprint and {note}: llamarcp "
-                    f"matched it to llama.cpp {chosen.name} by its exported functions only; a mismatch would "
-                    "corrupt memory silently. Build it with `python build_lib.py --source DIR` to get a stamp",
-                    LibraryUnverifiedWarning,
-                    stacklevel=3,
-                )
+        # matched by its exported functions and the probe (llamarcp._release); warn when the probe checked nothing
+        if selection.unverified is not None and not missing:
+            warnings.warn(
+                f"libllama at {library_path} has no build stamp with an ABI fingerprint and "
+                f"{selection.unverified}: llamarcp matched it to llama.cpp {chosen.name} by its exported functions "
+                "only; a mismatch would corrupt memory silently. Build it with `python build_lib.py --source DIR` "
+                "to get a stamp",
+                LibraryUnverifiedWarning,
+                stacklevel=3,
+            )
     elif isinstance(found_fp, str) and stamp is not None:
         expected_fp, expected_items, _ = (
             (chosen.fingerprint, chosen.items, chosen.probes) if chosen is not None else bindings_abi()

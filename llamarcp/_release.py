@@ -15,6 +15,7 @@ A refusal is kept and raised by `llamarcp._lib.load()`; until then the pin's bin
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -61,6 +62,8 @@ class Selection:
     how: str
     error: Exception | None = None
     notes: list[str] = field(default_factory=list)
+    #: Matched without a stamp and the probe could check nothing: why (the guard warns).
+    unverified: str | None = None
 
 
 # ------------------------------------------------------------------------------------------ the sets
@@ -127,6 +130,7 @@ def _join_chunks(chunks: tuple[str, ...], ranges: str) -> str:
     return "\n".join(parts) + "\n"
 
 
+@functools.lru_cache(maxsize=1)
 def custom() -> Bindings | None:
     """The bindings generated at install from the user's own tree (a wheel built with LLAMARCP_LLAMA_CPP_SOURCE)."""
     path = CUSTOM_BINDINGS_DIR / CUSTOM_BINDINGS_FILE
@@ -264,7 +268,8 @@ def _by_symbols(library: Path | str, sets: list[Bindings]) -> Selection:
         if extra:
             sel.notes.append(f"it exports {len(extra)} function(s) {bindings.name} lacks: {', '.join(extra[:5])}")
         if not result.verified:
-            sel.notes.append(f"the probe verified nothing: {result.skipped}")
+            sel.unverified = f"the probe verified nothing ({result.skipped})"
+            sel.notes.append(sel.unverified)
         return sel
     nearest = min(sets, key=lambda b: len(b.llama_functions() ^ have))
     error = LibraryMismatchError(
