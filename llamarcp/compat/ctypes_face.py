@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import re
 import threading
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any, NewType
 
@@ -35,6 +36,26 @@ class BufferTooSmallError(TypeError):
 
 class StructLayoutError(TypeError):
     """A ctypes Structure built from the tables does not match the compiler's layout (size or offsets)."""
+
+
+def lazy_module_getattr(
+    namespace: dict[str, Any], resolve: Callable[[str], Any], public_names: Callable[[], list[str]]
+) -> Callable[[str], Any]:
+    """A module `__getattr__` (PEP 562) for the ctypes modules: each name is resolved once and kept in
+    `namespace` (the module's globals); `__all__` is computed on a star import only, so a plain import builds
+    nothing."""
+
+    def __getattr__(name: str) -> Any:
+        if name == "__all__":
+            value: Any = public_names()
+        elif name.startswith("__"):
+            raise AttributeError(name)
+        else:
+            value = resolve(name)
+        namespace[name] = value
+        return value
+
+    return __getattr__
 
 
 def table() -> ModuleType:

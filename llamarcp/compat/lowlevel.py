@@ -13,7 +13,7 @@ from __future__ import annotations
 import ctypes
 from typing import Any
 
-from llamarcp.compat.ctypes_face import CtypesFace, cdll
+from llamarcp.compat.ctypes_face import CtypesFace, cdll, lazy_module_getattr
 
 #: Every ctypes function type derives from this (the class of `ctypes.CFUNCTYPE(...)` instances).
 _FUNCTION_POINTER: Any = ctypes.CFUNCTYPE(None).__mro__[1]
@@ -79,18 +79,6 @@ def _public_names() -> list[str]:
     return sorted({*(n for n in _names() if not n.startswith("_")), *constants})
 
 
-def __getattr__(name: str) -> Any:
-    if name == "__all__":  # computed on a star import only: plain `import` builds nothing
-        value: Any = _public_names()
-        globals()[name] = value
-        return value
-    if name.startswith("__"):
-        raise AttributeError(name)
-    value = _resolve(name)
-    globals()[name] = value
-    return value
-
-
 def _resolve(name: str) -> Any:
     if name == "_lib":
         return cdll("llama")
@@ -115,3 +103,6 @@ def _resolve(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_names()})
+
+
+__getattr__ = lazy_module_getattr(globals(), _resolve, _public_names)

@@ -10,24 +10,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from llamarcp.compat.ctypes_face import CtypesFace, cdll
+from llamarcp.compat.ctypes_face import CtypesFace, cdll, lazy_module_getattr
 
 _FACE = CtypesFace(("mtmd",), prefixes=("mtmd_", "MTMD_"))
 
 
-def __getattr__(name: str) -> Any:
-    if name == "__all__":  # a star import binds every mtmd name (and loads libmtmd); plain `import` builds nothing
-        from llamarcp import _backend
+def _public_names() -> list[str]:
+    """What a star import binds: every mtmd name (this loads libmtmd)."""
+    from llamarcp import _backend
 
-        constants = [n for n in dir(_backend.get_lib()) if n.startswith("MTMD_")]
-        value: Any = sorted({*_FACE.names(), *constants})
-        globals()[name] = value
-        return value
-    if name.startswith("__"):
-        raise AttributeError(name)
-    value = _resolve(name)
-    globals()[name] = value
-    return value
+    constants = [n for n in dir(_backend.get_lib()) if n.startswith("MTMD_")]
+    return sorted({*_FACE.names(), *constants})
 
 
 def _resolve(name: str) -> Any:
@@ -54,3 +47,6 @@ def _resolve(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_FACE.names(), "_libmtmd"})
+
+
+__getattr__ = lazy_module_getattr(globals(), _resolve, _public_names)
