@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from llamarcp._backend import get_lib
 from llamarcp._ffi import ffi
 from llamarcp.errors import DECODE_NO_KV_SLOT, check_decode
-from llamarcp.ngram_draft import DraftControl
+from llamarcp.ngram_draft import DraftControl, prompt_lookup_index
 
 if TYPE_CHECKING:
     from llamarcp.engine import Engine, Outcome, Step
@@ -51,6 +51,7 @@ def greedy_with_drafts(engine: Engine, draft_model: Any, limit: int, outcome: Ou
         return token, piece if piece is not None else token_to_piece(token), None
 
     n_generated = 0
+    ngrams = prompt_lookup_index(draft_model, input_ids)
     control = DraftControl(max_drafts)  # drafts tried in the next batch (adapts to how often they are right)
     out = -1  # the output row whose logits predict the next token
     outcome["finish_reason"] = "length"
@@ -64,11 +65,15 @@ def greedy_with_drafts(engine: Engine, draft_model: Any, limit: int, outcome: Ou
             return
         n_generated += 1
         yield step(token)
+        if ngrams is not None:
+            ngrams.extend((token,))
         if n_generated >= limit or len(input_ids) >= n_ctx:
             return  # no room to decode this token; finish_reason stays "length"
         room = min(control.budget(), n_ctx - len(input_ids) - 1, limit - n_generated)
         drafts: list[int] = []
-        if room > 0:
+        if room > 0 and ngrams is not None:
+            drafts = ngrams.propose(min(room, draft_model.num_pred_tokens))
+        elif room > 0:
             proposed = draft_model(np.asarray([*input_ids, token], dtype=np.intc))
             drafts = [int(t) for t in np.asarray(proposed).reshape(-1)[:room]]
             model.check_tokens(drafts)  # a draft model's bug must not reach llama_decode as an invalid id
@@ -98,6 +103,8 @@ def greedy_with_drafts(engine: Engine, draft_model: Any, limit: int, outcome: Ou
             accepted += 1
             n_generated += 1
             yield step(draft)
+            if ngrams is not None:
+                ngrams.extend((draft,))
             if n_generated >= limit:
                 break
         outcome["drafted"] += len(drafts)

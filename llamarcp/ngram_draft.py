@@ -1,8 +1,11 @@
 """Prompt-lookup drafts for the batching scheduler, incremental and adaptive.
 
 `NgramIndex` proposes what `LlamaPromptLookupDecoding` proposes (the continuation of the earliest earlier
-occurrence of the longest matching tail n-gram), but keeps a dict of n-gram -> first position that grows with
-each token, so a proposal costs O(max_ngram_size) instead of a scan of the whole history per token.
+occurrence of the longest matching tail n-gram), but keeps dicts of n-gram -> first and latest position that
+grow with each token, so a proposal costs O(max_ngram_size + n) instead of a scan of the whole history per
+token. Where the n-gram occurred more than once, the proposal stops where the earliest and the latest
+occurrence's continuations disagree: text that varies there (a counter in repeated rows) is not drafted, which
+keeps drafts that would be rejected out of the batch.
 
 `DraftControl` sets how many drafts a sequence tries per step from what drafting has paid so far (tokens per
 second against its own plain steps), so drafting never costs much where it does not pay.
@@ -13,43 +16,69 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["DraftControl", "JobDrafts", "NgramIndex"]
+__all__ = ["DraftControl", "JobDrafts", "NgramIndex", "prompt_lookup_index"]
+
+
+def prompt_lookup_index(draft_model: Any, history: Sequence[int]) -> NgramIndex | None:
+    """An incremental index standing in for a `LlamaPromptLookupDecoding` (not for a subclass that proposes
+    something else), or None."""
+    from llamarcp.compat.speculative import LlamaPromptLookupDecoding
+
+    if isinstance(draft_model, LlamaPromptLookupDecoding) and (
+        type(draft_model).__call__ is LlamaPromptLookupDecoding.__call__
+    ):
+        return NgramIndex(draft_model.max_ngram_size, history)
+    return None
 
 
 class NgramIndex:
     def __init__(self, max_ngram_size: int, history: Sequence[int] = ()) -> None:
         self.max_ngram_size = max_ngram_size
         self.tokens: list[int] = []
-        #: n-gram -> where its earliest occurrence starts, counting only occurrences with a token after them.
+        #: n-gram -> where its earliest / latest occurrence starts, counting only occurrences with a token after them.
         self._first: dict[tuple[int, ...], int] = {}
+        self._last: dict[tuple[int, ...], int] = {}
         self.extend(history)
 
     def extend(self, tokens: Sequence[int]) -> None:
-        ids, first = self.tokens, self._first
+        ids, first, last = self.tokens, self._first, self._last
         for token in tokens:
             end = len(ids)  # n-grams ending at `end - 1` now have a continuation (this token)
             for size in range(1, min(self.max_ngram_size, end) + 1):
-                first.setdefault(tuple(ids[end - size : end]), end - size)
+                key = tuple(ids[end - size : end])
+                first.setdefault(key, end - size)
+                last[key] = end - size
             ids.append(token)
 
     def propose(self, n: int) -> list[int]:
-        """Up to `n` tokens that followed an earlier occurrence of the history's tail."""
+        """Up to `n` tokens that followed an earlier occurrence of the history's tail (as prompt lookup), cut
+        where the latest earlier occurrence went on differently."""
         ids = self.tokens
         total = len(ids)
         if n <= 0:
             return []
         for size in range(min(self.max_ngram_size, total - 1), 0, -1):
-            start = self._first.get(tuple(ids[total - size :]))
+            key = tuple(ids[total - size :])
+            start = self._first.get(key)
             if start is not None and start + size < total:
                 follow = start + size
-                return ids[follow : min(follow + n, total)]
+                proposal = ids[follow : min(follow + n, total)]
+                other = self._last[key] + size
+                if other == follow:
+                    return proposal
+                for i, token in enumerate(proposal):
+                    if other + i >= total:
+                        break  # the latest occurrence's continuation ends here: nothing left to compare
+                    if ids[other + i] != token:
+                        return proposal[:i]
+                return proposal
         return []
 
 
 class DraftControl:
     """How many drafts one sequence tries per step, from what drafting has paid so far.
 
-    The length doubles after a fully accepted run and drops to one more than the accepted count after a miss.
+    The length doubles (from the drafts tried) after a fully accepted run and drops to one more than the accepted count after a miss.
     Every `WINDOW` drafting steps are judged: by time once plain steps of the same sequence have been measured
     (tokens per second with drafts against without: on a CPU, verifying k drafts costs far more than 1/k of a
     step), before that by acceptance (at least half). A window that did not pay pauses drafting (the pause
@@ -106,7 +135,8 @@ class DraftControl:
     def adapt(self, drafted: int, accepted: int, seconds: float = 0.0) -> None:
         """After a verification step: `accepted` of `drafted` were right, in `seconds` (the totals count them as
         they are verified, so a sequence that ends mid-step has them too)."""
-        self.n = min(self.n_max, 2 * self.n) if accepted == drafted else max(1, accepted + 1)
+        # Grow from what was tried: a short proposal that was right says little about a long one.
+        self.n = min(self.n_max, max(2, 2 * drafted)) if accepted == drafted else max(1, accepted + 1)
         self.window_steps += 1
         self.window_drafted += drafted
         self.window_accepted += accepted
@@ -157,12 +187,7 @@ class JobDrafts:
             n_max = min(n_max, draft_max)
         if n_max <= 0:
             return None
-        from llamarcp.compat.speculative import LlamaPromptLookupDecoding
-
-        ngrams = None
-        if isinstance(draft_model, LlamaPromptLookupDecoding):
-            ngrams = NgramIndex(draft_model.max_ngram_size, history)
-        return cls(DraftControl(n_max), draft_model, ngrams, check)
+        return cls(DraftControl(n_max), draft_model, prompt_lookup_index(draft_model, history), check)
 
     def propose(self, history: Sequence[int], n: int) -> list[int]:
         """Set and return this step's drafts (at most `n`)."""
