@@ -78,7 +78,8 @@ class NgramIndex:
 class DraftControl:
     """How many drafts one sequence tries per step, from what drafting has paid so far.
 
-    The length doubles (from the drafts tried) after a fully accepted run and drops to one more than the accepted count after a miss.
+    The length doubles (from the drafts tried) after a fully accepted run and drops to one more than the accepted
+    count after a miss.
     Every `WINDOW` drafting steps are judged: by time once plain steps of the same sequence have been measured
     (tokens per second with drafts against without: on a CPU, verifying k drafts costs far more than 1/k of a
     step), before that by acceptance (at least half). A window that did not pay pauses drafting (the pause
