@@ -310,7 +310,7 @@ class Scheduler(SlotControls):
         for seq_id, job in drafting.items():
             assert job.drafting is not None
             n_drafts = len(job.drafting.current)
-            job.drafting.control.adapt(n_drafts, accepted[seq_id], seconds)
+            job.drafting.control.adapt(n_drafts, accepted[seq_id], seconds + job.drafting.seconds)
             if accepted[seq_id] < n_drafts:  # drop the rejected drafts' KV
                 lib.llama_memory_seq_rm(engine.memory, seq_id, len(self._slots[seq_id].tokens), -1)
         for seq_id in self._planned_next - drafting.keys():  # a plain step of a drafting request: its yardstick
@@ -426,7 +426,13 @@ class Scheduler(SlotControls):
         job.todo = list(prompt[len(target.tokens) :])
         job.history = list(history)
         job.drafting = JobDrafts.create(
-            self.draft_model, job.chain.names, job.placement.draft_max, job.history, engine.model.check_tokens
+            self.draft_model,
+            job.chain.names,
+            job.placement.draft_max,
+            job.history,
+            engine.model.check_tokens,
+            seq_id=target.seq_id,
+            has_media=job.media is not None,
         )
         job.n_prompt_eval = len(job.todo)
         target.job = job

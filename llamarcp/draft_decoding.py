@@ -1,6 +1,7 @@
 """Speculative decoding with a draft model: several greedy tokens per `llama_decode` when the drafts are right.
 
-After each sampled token the draft model (e.g. `LlamaPromptLookupDecoding`) proposes the tokens that probably
+After each sampled token the draft model (`LlamaPromptLookupDecoding`, or a small model with the same vocab:
+llamarcp.draft_model.DraftModel) proposes the tokens that probably
 follow. The sampled token and all drafts go into one batch that outputs logits at every position; the target
 model's argmax at position i is compared with draft i, and the run of agreeing drafts is kept (each is exactly
 the token plain greedy decoding would have picked there). The first disagreement is already the next token,
@@ -52,7 +53,9 @@ def greedy_with_drafts(engine: Engine, draft_model: Any, limit: int, outcome: Ou
 
     n_generated = 0
     ngrams = prompt_lookup_index(draft_model, input_ids)
-    control = DraftControl(max_drafts)  # drafts tried in the next batch (adapts to how often they are right)
+    min_drafts = int(getattr(draft_model, "min_pred_tokens", 0))
+    own_drafts = getattr(draft_model, "draft", None)  # llamarcp.draft_model.DraftModel: `draft(history, n, seq)`
+    control = DraftControl(max_drafts, min_drafts)  # drafts tried in the next batch (adapts to how often they are right)
     out = -1  # the output row whose logits predict the next token
     outcome["finish_reason"] = "length"
     outcome["drafted"] = outcome["accepted"] = 0
@@ -71,14 +74,18 @@ def greedy_with_drafts(engine: Engine, draft_model: Any, limit: int, outcome: Ou
             return  # no room to decode this token; finish_reason stays "length"
         room = min(control.budget(), n_ctx - len(input_ids) - 1, limit - n_generated)
         drafts: list[int] = []
+        started = time.perf_counter()  # drafting counts: a draft model's own decodes are part of the price
         if room > 0 and ngrams is not None:
             drafts = ngrams.propose(min(room, draft_model.num_pred_tokens))
+        elif room > 0 and own_drafts is not None:
+            drafts = own_drafts([*input_ids, token], room, 0)
         elif room > 0:
             proposed = draft_model(np.asarray([*input_ids, token], dtype=np.intc))
             drafts = [int(t) for t in np.asarray(proposed).reshape(-1)[:room]]
             model.check_tokens(drafts)  # a draft model's bug must not reach llama_decode as an invalid id
+        if len(drafts) < min_drafts:
+            drafts = []
         tokens = [token, *drafts]
-        started = time.perf_counter()
         b = batch.fill(tokens, len(input_ids), 0, logits_last=False)
         ffi.memmove(b.logits, b"\x01" * len(tokens), len(tokens))  # logits at every position, to verify drafts
         rc = decode(ctx_ptr, b)

@@ -13,6 +13,7 @@ second against its own plain steps), so drafting never costs much where it does 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -98,9 +99,11 @@ class DraftControl:
     #: Weight of the newest step in the moving average of plain tokens per second.
     EMA = 0.3
 
-    def __init__(self, n_max: int) -> None:
+    def __init__(self, n_max: int, n_min: int = 0) -> None:
         self.n_max = n_max
-        self.n = min(n_max, 2)
+        #: Never fewer drafts per drafting step (a shorter proposal is not tried: the server's --spec-draft-n-min).
+        self.n_min = min(n_min, n_max)
+        self.n = max(self.n_min, min(n_max, 2))
         self.window = self.WINDOW
         self.pause = self.PAUSE
         self.paused_for = 0
@@ -138,6 +141,7 @@ class DraftControl:
         they are verified, so a sequence that ends mid-step has them too)."""
         # Grow from what was tried: a short proposal that was right says little about a long one.
         self.n = min(self.n_max, max(2, 2 * drafted)) if accepted == drafted else max(1, accepted + 1)
+        self.n = max(self.n, self.n_min)
         self.window_steps += 1
         self.window_drafted += drafted
         self.window_accepted += accepted
@@ -158,29 +162,46 @@ class DraftControl:
         else:
             self.paused_for = self.pause
             self.pause = min(self.MAX_PAUSE, 2 * self.pause)
-            self.n, self.window = 1, self.PROBE  # the probe after the pause is small and short
+            self.n, self.window = max(1, self.n_min), self.PROBE  # the probe after the pause is small and short
         self.window_steps = self.window_drafted = self.window_accepted = self.window_tokens = 0
         self.window_seconds = 0.0
 
 
 class JobDrafts:
     """One request's speculative decoding in the batching scheduler: its `DraftControl`, its `NgramIndex`
-    (prompt lookup) or another draft model called with the history, and the drafts of the current step."""
+    (prompt lookup), its slot's sequence of a `DraftModel` (llamarcp.draft_model) or another draft model called
+    with the history, and the drafts of the current step."""
 
-    def __init__(self, control: DraftControl, draft_model: Any, ngrams: NgramIndex | None, check: Any) -> None:
+    def __init__(
+        self, control: DraftControl, draft_model: Any, ngrams: NgramIndex | None, check: Any, seq_id: int = 0
+    ) -> None:
         self.control = control
         self.draft_model = draft_model
         self.ngrams = ngrams
         self.check = check
+        self.seq_id = seq_id
+        #: A shorter proposal is not tried (the server's --spec-draft-n-min).
+        self.min_n = int(getattr(draft_model, "min_pred_tokens", 0))
         self.current: list[int] = []
         self.failed = False
+        #: Time spent proposing this step's drafts (a draft model decodes): charged to the step that verifies them.
+        self.seconds = 0.0
 
     @classmethod
     def create(
-        cls, draft_model: Any, chain_names: list[str], draft_max: int | None, history: Sequence[int], check: Any
+        cls,
+        draft_model: Any,
+        chain_names: list[str],
+        draft_max: int | None,
+        history: Sequence[int],
+        check: Any,
+        seq_id: int = 0,
+        has_media: bool = False,
     ) -> JobDrafts | None:
         """Drafting for a request whose chain ends in greedy (temperature 0; biases, penalties, grammar are fine:
-        every row is sampled in order as without drafts), when a draft model is set and `draft_max` allows."""
+        every row is sampled in order as without drafts), when a draft model is set and `draft_max` allows.
+        A draft model that reads the history (not prompt lookup) skips prompts with images: their ids are not
+        the whole context."""
         if draft_model is None or chain_names[-1:] != ["greedy"]:
             return None
         n_max = int(getattr(draft_model, "num_pred_tokens", 8))
@@ -188,23 +209,35 @@ class JobDrafts:
             n_max = min(n_max, draft_max)
         if n_max <= 0:
             return None
-        return cls(DraftControl(n_max), draft_model, prompt_lookup_index(draft_model, history), check)
+        ngrams = prompt_lookup_index(draft_model, history)
+        if ngrams is None and has_media:
+            return None
+        n_min = int(getattr(draft_model, "min_pred_tokens", 0))
+        return cls(DraftControl(n_max, n_min), draft_model, ngrams, check, seq_id)
 
     def propose(self, history: Sequence[int], n: int) -> list[int]:
         """Set and return this step's drafts (at most `n`)."""
         self.current = []
+        started = time.perf_counter()
         if self.ngrams is not None:
             self.current = self.ngrams.propose(n)
         elif not self.failed:
-            import numpy as np
-
             try:
-                proposed = self.draft_model(np.asarray(history, dtype=np.intc))
-                drafts = [int(t) for t in np.asarray(proposed).reshape(-1)[:n]]
+                own = getattr(self.draft_model, "draft", None)
+                if own is not None:
+                    drafts = own(history, n, self.seq_id)
+                else:
+                    import numpy as np
+
+                    proposed = self.draft_model(np.asarray(history, dtype=np.intc))
+                    drafts = [int(t) for t in np.asarray(proposed).reshape(-1)[:n]]
                 self.check(drafts)
                 self.current = drafts
             except Exception:  # a draft model's failure costs its request the speed-up, not the answer
                 self.failed = True
+        if len(self.current) < self.min_n:
+            self.current = []
+        self.seconds = time.perf_counter() - started
         return self.current
 
     def extend(self, token: int) -> None:

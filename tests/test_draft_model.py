@@ -1,0 +1,157 @@
+"""A second model drafting for the target (llamarcp.draft_model.DraftModel): greedy output is exactly the target's
+plain greedy output with one sequence and in the batching scheduler, a draft model identical to the target has
+its drafts accepted, drafts are counted, and a draft model that cannot serve the target is refused clearly."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from llamarcp import Llama
+from llamarcp.draft_model import DraftModel
+from llamarcp.errors import DraftModelError, ModelLoadError, ModelNotFoundError
+from llamarcp.placement import SlotRequest, slot_request
+
+REPETITIVE = "one two three four five six seven. one two three four five six seven. one two three"
+PROMPTS = [REPETITIVE, "Once upon a time", "a b a b a b a b a b a b"]
+
+
+@pytest.fixture(scope="module")
+def other_weights(tiny_model_writer: Any, llama_cpp_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model's vocab with other random weights: a draft model whose drafts are mostly wrong."""
+    out = tmp_path_factory.mktemp("draft") / "tiny-other.gguf"
+    return Path(
+        tiny_model_writer.write_tiny_model(out, llama_cpp_source / "models" / tiny_model_writer.VOCAB_FILE, seed=99)
+    )
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_model_path: Path) -> Iterator[Llama]:
+    with Llama(str(tiny_model_path), n_ctx=512, n_threads=1) as llm:
+        yield llm
+
+
+def greedy(llm: Llama, prompt: str, n: int = 48) -> str:
+    return str(llm(prompt, max_tokens=n, temperature=0)["choices"][0]["text"])
+
+
+@pytest.mark.parametrize("n_parallel", [1, 3])
+def test_same_model_drafts_are_accepted(plain: Llama, tiny_model_path: Path, n_parallel: int) -> None:
+    expected = [greedy(plain, p) for p in PROMPTS]
+    with DraftModel(tiny_model_path, num_pred_tokens=6) as draft:
+        with Llama(str(tiny_model_path), n_ctx=512, n_threads=1, n_parallel=n_parallel, draft_model=draft) as spec:
+            for prompt, want in zip(PROMPTS, expected):
+                assert greedy(spec, prompt) == want
+                timings = spec.last_timings
+                # The same weights agree with the target except where batch rounding flips a near-tie.
+                assert timings["draft_n"] > 0 and timings["draft_accepted_n"] >= 0.8 * timings["draft_n"]
+                assert timings["draft_steps"] < timings["predicted_n"] / 2  # several tokens per target decode
+            stats = spec.generation_stats
+            assert stats.draft_tokens > 0 and stats.draft_accepted > 0 and stats.draft_steps > 0
+            # The history the draft sequence holds follows the accepted tokens: a second request reuses it.
+            assert greedy(spec, REPETITIVE, 20) == greedy(plain, REPETITIVE, 20)
+
+
+@pytest.mark.parametrize("n_parallel", [1, 3])
+def test_other_draft_model_keeps_greedy_output(
+    plain: Llama, tiny_model_path: Path, other_weights: Path, n_parallel: int
+) -> None:
+    expected = [greedy(plain, p, 80) for p in PROMPTS]
+    with DraftModel(other_weights) as draft:
+        with Llama(str(tiny_model_path), n_ctx=512, n_threads=1, n_parallel=n_parallel, draft_model=draft) as spec:
+            assert [greedy(spec, p, 80) for p in PROMPTS] == expected
+            assert spec.generation_stats.draft_tokens > 0
+            chunks = list(spec(REPETITIVE, max_tokens=30, temperature=0, stream=True))
+            assert "".join(c["choices"][0]["text"] for c in chunks) == greedy(plain, REPETITIVE, 30)
+            sampled = spec(REPETITIVE, max_tokens=12, temperature=0.8, seed=5)["choices"][0]["text"]
+            if n_parallel == 1:  # sampled requests ignore the draft model
+                assert sampled == plain(REPETITIVE, max_tokens=12, temperature=0.8, seed=5)["choices"][0]["text"]
+            if n_parallel > 1:
+                # Concurrent requests, one draft sequence per slot. Prompts without a near-tie in their answer
+                # (see test_batching_drafts: batch rounding may flip one on the random model).
+                stable = [PROMPTS[0], PROMPTS[2]]
+                with concurrent.futures.ThreadPoolExecutor(4) as pool:
+                    together = list(pool.map(lambda p: greedy(spec, p, 80), stable * 2))
+                assert together == [expected[0], expected[2]] * 2
+                with slot_request(SlotRequest(draft_max=0)):
+                    greedy(spec, REPETITIVE)
+                assert "draft_n" not in spec.last_timings
+
+
+def test_llama_cpp_python_call_and_draft(plain: Llama, tiny_model_path: Path) -> None:
+    """`draft_model(input_ids)` (llama-cpp-python's LlamaDraftModel) proposes the draft model's greedy tokens."""
+    prompt = plain.tokenize(REPETITIVE.encode())
+    tokens = plain.generate(prompt, temp=0)
+    expected = [next(tokens) for _ in range(5)]
+    tokens.close()
+    with DraftModel(tiny_model_path, num_pred_tokens=5) as draft:
+        with pytest.raises(DraftModelError, match="not attached"):
+            draft(np.asarray(prompt))
+        with Llama(str(tiny_model_path), n_ctx=512, n_threads=1, draft_model=draft):
+            proposed = draft(np.asarray(prompt, dtype=np.intc))
+            assert proposed.dtype == np.intc and proposed.tolist() == expected
+            assert draft.draft(prompt, 2) == expected[:2]
+            assert draft.draft([*prompt, *expected[:3]], 2) == expected[3:5]  # continues from its cache
+            assert draft.draft(prompt, 0) == []
+
+
+def test_incompatible_vocab_is_refused(tiny_model_path: Path, tiny_bert_path: Path) -> None:
+    with DraftModel(tiny_bert_path) as draft:
+        with pytest.raises(DraftModelError, match="vocab"):
+            Llama(str(tiny_model_path), n_ctx=256, n_threads=1, draft_model=draft)
+
+
+def test_one_open_llama_at_a_time(tiny_model_path: Path) -> None:
+    with DraftModel(tiny_model_path) as draft:
+        first = Llama(str(tiny_model_path), n_ctx=256, n_threads=1, draft_model=draft)
+        with pytest.raises(DraftModelError, match="another open Llama"):
+            Llama(str(tiny_model_path), n_ctx=256, n_threads=1, draft_model=draft)
+        first.close()
+        with Llama(str(tiny_model_path), n_ctx=256, n_threads=1, draft_model=draft) as second:
+            assert greedy(second, REPETITIVE, 8)
+
+
+def test_bad_arguments(tiny_model_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError):
+        DraftModel(tmp_path / "missing.gguf")
+    not_gguf = tmp_path / "x.gguf"
+    not_gguf.write_bytes(b"nope")
+    with pytest.raises(ModelLoadError, match="not a GGUF"):
+        DraftModel(not_gguf)
+    for bad in ({"num_pred_tokens": 0}, {"num_pred_tokens": 257}, {"num_pred_tokens": True}):
+        with pytest.raises(ValueError, match="num_pred_tokens"):
+            DraftModel(tiny_model_path, **bad)
+    with pytest.raises(ValueError, match="min_pred_tokens"):
+        DraftModel(tiny_model_path, num_pred_tokens=2, min_pred_tokens=3)
+    with pytest.raises(ValueError, match="n_threads"):
+        DraftModel(tiny_model_path, n_threads=0)
+
+
+def test_min_pred_tokens(plain: Llama, tiny_model_path: Path) -> None:
+    """A proposal shorter than min_pred_tokens is not tried: with the minimum at the maximum, every drafting step
+    tries all of them (the adaptive length never goes below it)."""
+    with DraftModel(tiny_model_path, num_pred_tokens=4, min_pred_tokens=4) as draft:
+        with Llama(str(tiny_model_path), n_ctx=512, n_threads=1, draft_model=draft) as spec:
+            assert greedy(spec, REPETITIVE) == greedy(plain, REPETITIVE)
+            timings = spec.last_timings
+            assert timings["draft_steps"] > 0 and timings["draft_n"] == 4 * timings["draft_steps"]
+
+
+@pytest.mark.slow
+def test_gemma_drafting_for_itself(default_model_path: Path) -> None:
+    prompt = "Write the numbers from one to twenty in words, separated by commas."
+    with Llama(str(default_model_path), n_ctx=1024, n_threads=2) as plain_gemma:
+        want = greedy(plain_gemma, prompt, 64)
+    with DraftModel(default_model_path) as draft:
+        for n_parallel in (1, 2):
+            with Llama(
+                str(default_model_path), n_ctx=1024, n_threads=2, n_parallel=n_parallel, draft_model=draft
+            ) as spec:
+                assert greedy(spec, prompt, 64) == want
+                timings = spec.last_timings
+                assert timings["draft_accepted_n"] >= 0.8 * timings["draft_n"] > 0
