@@ -55,7 +55,7 @@ def greedy_with_drafts(engine: Engine, draft_model: Any, limit: int, outcome: Ou
     ngrams = prompt_lookup_index(draft_model, input_ids)
     min_drafts = int(getattr(draft_model, "min_pred_tokens", 0))
     own_drafts = getattr(draft_model, "draft", None)  # llamarcp.draft_model.DraftModel: `draft(history, n, seq)`
-    control = DraftControl(max_drafts, min_drafts)  # drafts tried in the next batch (adapts to how often they are right)
+    control = DraftControl(max_drafts, min_drafts)  # drafts tried in the next batch (adapts to their acceptance)
     out = -1  # the output row whose logits predict the next token
     outcome["finish_reason"] = "length"
     outcome["drafted"] = outcome["accepted"] = 0

@@ -43,18 +43,18 @@ def greedy(llm: Llama, prompt: str, n: int = 48) -> str:
 @pytest.mark.parametrize("n_parallel", [1, 3])
 def test_same_model_drafts_are_accepted(plain: Llama, tiny_model_path: Path, n_parallel: int) -> None:
     expected = [greedy(plain, p) for p in PROMPTS]
-    with DraftModel(tiny_model_path, num_pred_tokens=6) as draft:
-        with Llama(str(tiny_model_path), n_ctx=512, n_threads=1, n_parallel=n_parallel, draft_model=draft) as spec:
-            for prompt, want in zip(PROMPTS, expected):
-                assert greedy(spec, prompt) == want
-                timings = spec.last_timings
-                # The same weights agree with the target except where batch rounding flips a near-tie.
-                assert timings["draft_n"] > 0 and timings["draft_accepted_n"] >= 0.8 * timings["draft_n"]
-                assert timings["draft_steps"] < timings["predicted_n"] / 2  # several tokens per target decode
-            stats = spec.generation_stats
-            assert stats.draft_tokens > 0 and stats.draft_accepted > 0 and stats.draft_steps > 0
-            # The history the draft sequence holds follows the accepted tokens: a second request reuses it.
-            assert greedy(spec, REPETITIVE, 20) == greedy(plain, REPETITIVE, 20)
+    draft = DraftModel(tiny_model_path, num_pred_tokens=6)
+    with draft, Llama(str(tiny_model_path), n_ctx=512, n_threads=1, n_parallel=n_parallel, draft_model=draft) as spec:
+        for prompt, want in zip(PROMPTS, expected):
+            assert greedy(spec, prompt) == want
+            timings = spec.last_timings
+            # The same weights agree with the target except where batch rounding flips a near-tie.
+            assert timings["draft_n"] > 0 and timings["draft_accepted_n"] >= 0.8 * timings["draft_n"]
+            assert timings["draft_steps"] < timings["predicted_n"] / 2  # several tokens per target decode
+        stats = spec.generation_stats
+        assert stats.draft_tokens > 0 and stats.draft_accepted > 0 and stats.draft_steps > 0
+        # The history the draft sequence holds follows the accepted tokens: a second request reuses it.
+        assert greedy(spec, REPETITIVE, 20) == greedy(plain, REPETITIVE, 20)
 
 
 @pytest.mark.parametrize("n_parallel", [1, 3])
@@ -62,25 +62,25 @@ def test_other_draft_model_keeps_greedy_output(
     plain: Llama, tiny_model_path: Path, other_weights: Path, n_parallel: int
 ) -> None:
     expected = [greedy(plain, p, 80) for p in PROMPTS]
-    with DraftModel(other_weights) as draft:
-        with Llama(str(tiny_model_path), n_ctx=512, n_threads=1, n_parallel=n_parallel, draft_model=draft) as spec:
-            assert [greedy(spec, p, 80) for p in PROMPTS] == expected
-            assert spec.generation_stats.draft_tokens > 0
-            chunks = list(spec(REPETITIVE, max_tokens=30, temperature=0, stream=True))
-            assert "".join(c["choices"][0]["text"] for c in chunks) == greedy(plain, REPETITIVE, 30)
-            sampled = spec(REPETITIVE, max_tokens=12, temperature=0.8, seed=5)["choices"][0]["text"]
-            if n_parallel == 1:  # sampled requests ignore the draft model
-                assert sampled == plain(REPETITIVE, max_tokens=12, temperature=0.8, seed=5)["choices"][0]["text"]
-            if n_parallel > 1:
-                # Concurrent requests, one draft sequence per slot. Prompts without a near-tie in their answer
-                # (see test_batching_drafts: batch rounding may flip one on the random model).
-                stable = [PROMPTS[0], PROMPTS[2]]
-                with concurrent.futures.ThreadPoolExecutor(4) as pool:
-                    together = list(pool.map(lambda p: greedy(spec, p, 80), stable * 2))
-                assert together == [expected[0], expected[2]] * 2
-                with slot_request(SlotRequest(draft_max=0)):
-                    greedy(spec, REPETITIVE)
-                assert "draft_n" not in spec.last_timings
+    draft = DraftModel(other_weights)
+    with draft, Llama(str(tiny_model_path), n_ctx=512, n_threads=1, n_parallel=n_parallel, draft_model=draft) as spec:
+        assert [greedy(spec, p, 80) for p in PROMPTS] == expected
+        assert spec.generation_stats.draft_tokens > 0
+        chunks = list(spec(REPETITIVE, max_tokens=30, temperature=0, stream=True))
+        assert "".join(c["choices"][0]["text"] for c in chunks) == greedy(plain, REPETITIVE, 30)
+        sampled = spec(REPETITIVE, max_tokens=12, temperature=0.8, seed=5)["choices"][0]["text"]
+        if n_parallel == 1:  # sampled requests ignore the draft model
+            assert sampled == plain(REPETITIVE, max_tokens=12, temperature=0.8, seed=5)["choices"][0]["text"]
+        if n_parallel > 1:
+            # Concurrent requests, one draft sequence per slot. Prompts without a near-tie in their answer
+            # (see test_batching_drafts: batch rounding may flip one on the random model).
+            stable = [PROMPTS[0], PROMPTS[2]]
+            with concurrent.futures.ThreadPoolExecutor(4) as pool:
+                together = list(pool.map(lambda p: greedy(spec, p, 80), stable * 2))
+            assert together == [expected[0], expected[2]] * 2
+            with slot_request(SlotRequest(draft_max=0)):
+                greedy(spec, REPETITIVE)
+            assert "draft_n" not in spec.last_timings
 
 
 def test_llama_cpp_python_call_and_draft(plain: Llama, tiny_model_path: Path) -> None:
@@ -101,9 +101,8 @@ def test_llama_cpp_python_call_and_draft(plain: Llama, tiny_model_path: Path) ->
 
 
 def test_incompatible_vocab_is_refused(tiny_model_path: Path, tiny_bert_path: Path) -> None:
-    with DraftModel(tiny_bert_path) as draft:
-        with pytest.raises(DraftModelError, match="vocab"):
-            Llama(str(tiny_model_path), n_ctx=256, n_threads=1, draft_model=draft)
+    with DraftModel(tiny_bert_path) as draft, pytest.raises(DraftModelError, match="vocab"):
+        Llama(str(tiny_model_path), n_ctx=256, n_threads=1, draft_model=draft)
 
 
 def test_one_open_llama_at_a_time(tiny_model_path: Path) -> None:
@@ -135,11 +134,11 @@ def test_bad_arguments(tiny_model_path: Path, tmp_path: Path) -> None:
 def test_min_pred_tokens(plain: Llama, tiny_model_path: Path) -> None:
     """A proposal shorter than min_pred_tokens is not tried: with the minimum at the maximum, every drafting step
     tries all of them (the adaptive length never goes below it)."""
-    with DraftModel(tiny_model_path, num_pred_tokens=4, min_pred_tokens=4) as draft:
-        with Llama(str(tiny_model_path), n_ctx=512, n_threads=1, draft_model=draft) as spec:
-            assert greedy(spec, REPETITIVE) == greedy(plain, REPETITIVE)
-            timings = spec.last_timings
-            assert timings["draft_steps"] > 0 and timings["draft_n"] == 4 * timings["draft_steps"]
+    draft = DraftModel(tiny_model_path, num_pred_tokens=4, min_pred_tokens=4)
+    with draft, Llama(str(tiny_model_path), n_ctx=512, n_threads=1, draft_model=draft) as spec:
+        assert greedy(spec, REPETITIVE) == greedy(plain, REPETITIVE)
+        timings = spec.last_timings
+        assert timings["draft_steps"] > 0 and timings["draft_n"] == 4 * timings["draft_steps"]
 
 
 @pytest.mark.slow

@@ -160,7 +160,7 @@ def write_tiny_bert(
                     writer.add_array(key, value)
                 else:
                     writer.add_key_value(key, value, value_type)
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(SEED)
 
         def rand(*shape: int, std: float = 0.2) -> np.ndarray:
             return (rng.standard_normal(shape) * std).astype(np.float32)

@@ -257,19 +257,32 @@ def _speculative_flags(args: argparse.Namespace, configs: list[Any], has_config_
         raise UsageError(f"--spec-draft-threads must be in 1..1024, got {args.threads_draft}")
     if args.gpu_layers_draft is not None and args.gpu_layers_draft < -1:
         raise UsageError(f"--spec-draft-ngl must be >= -1, got {args.gpu_layers_draft}")
-    from llamarcp.draft_model import DraftModel
+    from llamarcp._core import Model
+    from llamarcp.draft_model import DraftModel, check_compatible
     from llamarcp.errors import LlamaError
+    from llamarcp.models import default_model_path
 
+    draft = None
     try:
-        configs[0].llama_kwargs["draft_model"] = DraftModel(
+        draft = DraftModel(
             args.model_draft,
             num_pred_tokens=n_max,
             min_pred_tokens=n_min,
             n_threads=args.threads_draft,
             n_gpu_layers=args.gpu_layers_draft or 0,
         )
+        target = configs[0].model or default_model_path()
+        if os.path.isfile(target):  # a missing target is reported when it loads, under its own flag
+            target_vocab = Model(target, vocab_only=True)
+            try:
+                check_compatible(target_vocab, draft.model)  # refused at startup, before the model loads
+            finally:
+                target_vocab.close()
     except (LlamaError, OSError) as exc:
+        if draft is not None:
+            draft.close()
         raise UsageError(f"--model-draft {args.model_draft}: {exc}") from None
+    configs[0].llama_kwargs["draft_model"] = draft
 
 
 def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> tuple[ServerSettings, dict[str, Any]]:
