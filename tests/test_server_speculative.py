@@ -87,8 +87,7 @@ def test_draft_model_server(servers: tuple[Server, Server], tiny_model_path: Pat
             assert complete(spec, prompt) == complete(plain, prompt)
         after = scrape(spec)
         drafted = (
-            after["llamacpp:spec_decode_num_draft_tokens_total"]
-            - before["llamacpp:spec_decode_num_draft_tokens_total"]
+            after["llamacpp:spec_decode_num_draft_tokens_total"] - before["llamacpp:spec_decode_num_draft_tokens_total"]
         )
         accepted = (
             after["llamacpp:spec_decode_num_accepted_tokens_total"]
