@@ -317,6 +317,7 @@ class Scheduler(SlotControls):
             plain = self._slots[seq_id].job
             if plain is not None and plain.drafting is not None:
                 plain.drafting.control.observe_plain(seconds)
+                engine.plain_rate_hint = plain.drafting.control.plain_rate
 
     def _recover(self, rc: int, entries: list[tuple[int, int, int, bool]]) -> None:
         """A failed decode: drop what it may have stored, fail the sequences it carried (never the process)."""
@@ -433,6 +434,7 @@ class Scheduler(SlotControls):
             engine.model.check_tokens,
             seq_id=target.seq_id,
             has_media=job.media is not None,
+            plain_rate=engine.plain_rate_hint,
         )
         job.n_prompt_eval = len(job.todo)
         target.job = job

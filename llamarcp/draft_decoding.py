@@ -55,7 +55,7 @@ def greedy_with_drafts(engine: Engine, draft_model: Any, limit: int, outcome: Ou
     ngrams = prompt_lookup_index(draft_model, input_ids)
     min_drafts = int(getattr(draft_model, "min_pred_tokens", 0))
     own_drafts = getattr(draft_model, "draft", None)  # llamarcp.draft_model.DraftModel: `draft(history, n, seq)`
-    control = DraftControl(max_drafts, min_drafts)  # drafts tried in the next batch (adapts to their acceptance)
+    control = DraftControl(max_drafts, min_drafts, engine.plain_rate_hint)  # drafts in the next batch (adaptive)
     out = -1  # the output row whose logits predict the next token
     outcome["finish_reason"] = "length"
     outcome["drafted"] = outcome["accepted"] = 0
@@ -122,4 +122,5 @@ def greedy_with_drafts(engine: Engine, draft_model: Any, limit: int, outcome: Ou
             control.adapt(len(drafts), accepted, time.perf_counter() - started)
         else:
             control.observe_plain(time.perf_counter() - started)
+            engine.plain_rate_hint = control.plain_rate
         out = accepted

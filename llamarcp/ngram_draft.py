@@ -79,13 +79,15 @@ class NgramIndex:
 class DraftControl:
     """How many drafts one sequence tries per step, from what drafting has paid so far.
 
-    The length doubles (from the drafts tried) after a fully accepted run and drops to one more than the accepted
-    count after a miss.
-    Every `WINDOW` drafting steps are judged: by time once plain steps of the same sequence have been measured
-    (tokens per second with drafts against without: on a CPU, verifying k drafts costs far more than 1/k of a
-    step), before that by acceptance (at least half). A window that did not pay pauses drafting (the pause
-    doubles after each failed probe, so drafts that never pay cost a few probe steps in a long answer); the
-    plain rate is measured with `MEASURE` plain steps after the first window and again every `REFRESH` windows.
+    The length doubles (from the drafts tried) after a fully accepted run that beat the plain rate, and drops to
+    one more than the accepted count after a miss.
+    Every `WINDOW` drafting steps are judged: by time once the rate of plain steps is known (tokens per second
+    with drafts, a draft model's own decodes included, against without: on a CPU, verifying k drafts costs far
+    more than 1/k of a step), before that by acceptance (at least half). The plain rate starts from the engine's
+    last one (`plain_rate`, so a new request is judged by time from its first window), is measured with
+    `MEASURE` plain steps after the first paid window and again every `REFRESH` windows. A window running below
+    `EARLY` of the plain rate is judged at once. A window that did not pay pauses drafting (the pause doubles
+    after each failed probe, so drafts that never pay cost a few probe steps in a long answer).
     """
 
     WINDOW = 3
@@ -94,12 +96,13 @@ class DraftControl:
     MEASURE = 2
     REFRESH = 8
     MIN_RATE = 0.5
+    EARLY = 0.5
     PAUSE = 32
     MAX_PAUSE = 1024
     #: Weight of the newest step in the moving average of plain tokens per second.
     EMA = 0.3
 
-    def __init__(self, n_max: int, n_min: int = 0) -> None:
+    def __init__(self, n_max: int, n_min: int = 0, plain_rate: float | None = None) -> None:
         self.n_max = n_max
         #: Never fewer drafts per drafting step (a shorter proposal is not tried: the server's --spec-draft-n-min).
         self.n_min = min(n_min, n_max)
@@ -107,7 +110,8 @@ class DraftControl:
         self.window = self.WINDOW
         self.pause = self.PAUSE
         self.paused_for = 0
-        self.plain_rate: float | None = None
+        self.plain_rate = plain_rate
+        self.measured = False  # plain steps of this sequence seen (not only the engine's earlier rate)
         self.windows = 0
         self.window_steps = 0
         self.window_drafted = 0
@@ -133,21 +137,29 @@ class DraftControl:
     def observe_plain(self, seconds: float) -> None:
         """A step of this sequence without drafts took `seconds` (one token)."""
         if seconds > 0:
+            self.measured = True
             rate = 1.0 / seconds
             self.plain_rate = rate if self.plain_rate is None else self.plain_rate + self.EMA * (rate - self.plain_rate)
 
     def adapt(self, drafted: int, accepted: int, seconds: float = 0.0) -> None:
         """After a verification step: `accepted` of `drafted` were right, in `seconds` (the totals count them as
         they are verified, so a sequence that ends mid-step has them too)."""
-        # Grow from what was tried: a short proposal that was right says little about a long one.
-        self.n = min(self.n_max, max(2, 2 * drafted)) if accepted == drafted else max(1, accepted + 1)
+        # Grow from what was tried (a short proposal that was right says little about a long one), and only while
+        # drafting beats plain steps: each draft costs about the same, so a step that was right but slower says
+        # longer ones would be slower still (a draft model as slow as the target).
+        faster = self.plain_rate is None or seconds <= 0 or (accepted + 1) / seconds >= self.plain_rate
+        if accepted < drafted:
+            self.n = max(1, accepted + 1)
+        else:
+            self.n = min(self.n_max, max(2, 2 * drafted) if faster else max(1, drafted))
         self.n = max(self.n, self.n_min)
         self.window_steps += 1
         self.window_drafted += drafted
         self.window_accepted += accepted
         self.window_tokens += accepted + 1
         self.window_seconds += seconds
-        if self.window_steps < self.window:
+        early = self.plain_rate is not None and self.window_tokens < self.EARLY * self.plain_rate * self.window_seconds
+        if self.window_steps < self.window and not early:
             return
         self.window = self.WINDOW
         self.windows += 1
@@ -157,7 +169,7 @@ class DraftControl:
             paid = self.window_accepted >= self.MIN_RATE * self.window_drafted
         if paid:
             self.pause = self.PAUSE
-            if self.plain_rate is None or self.windows % self.REFRESH == 0:
+            if not self.measured or self.windows % self.REFRESH == 0:
                 self.paused_for = self.MEASURE
         else:
             self.paused_for = self.pause
@@ -197,6 +209,7 @@ class JobDrafts:
         check: Any,
         seq_id: int = 0,
         has_media: bool = False,
+        plain_rate: float | None = None,
     ) -> JobDrafts | None:
         """Drafting for a request whose chain ends in greedy (temperature 0; biases, penalties, grammar are fine:
         every row is sampled in order as without drafts), when a draft model is set and `draft_max` allows.
@@ -213,7 +226,7 @@ class JobDrafts:
         if ngrams is None and has_media:
             return None
         n_min = int(getattr(draft_model, "min_pred_tokens", 0))
-        return cls(DraftControl(n_max, n_min), draft_model, ngrams, check, seq_id)
+        return cls(DraftControl(n_max, n_min, plain_rate), draft_model, ngrams, check, seq_id)
 
     def propose(self, history: Sequence[int], n: int) -> list[int]:
         """Set and return this step's drafts (at most `n`)."""

@@ -182,6 +182,44 @@ def test_draft_control_measures_plain_steps_first() -> None:
     assert control.budget() == 8
 
 
+def test_draft_control_starts_from_the_engines_plain_rate() -> None:
+    """With the plain rate known from earlier requests, the first window is judged by time; drafts that are all
+    right but slower than plain steps (a draft model as slow as the target) do not grow, and a window far below
+    the plain rate is judged at once."""
+    control = DraftControl(8, plain_rate=100.0)  # 10 ms per plain token
+    for _ in range(DraftControl.WINDOW):
+        assert control.budget() == 2
+        control.tried(2)
+        control.adapt(2, 2, 0.04)  # 3 tokens in 40 ms: 75 tokens/s, all accepted, but slower: no growth
+    assert [control.budget() for _ in range(DraftControl.PAUSE)] == [0] * DraftControl.PAUSE
+    assert control.budget() == 1
+
+    control = DraftControl(8, plain_rate=100.0)
+    control.tried(2)
+    control.adapt(2, 0, 0.05)  # 1 token in 50 ms: under half the plain rate, judged now
+    assert control.budget() == 0
+
+    control = DraftControl(8, plain_rate=100.0)
+    control.tried(2)
+    control.adapt(2, 2, 0.015)  # 3 tokens in 15 ms: faster than plain, the length doubles
+    assert control.budget() == 4
+    control.tried(4)
+    control.adapt(4, 4, 0.02)
+    control.tried(8)
+    control.adapt(8, 8, 0.03)
+    # A paid window; this sequence's own plain steps are measured before drafting on.
+    assert [control.budget() for _ in range(DraftControl.MEASURE)] == [0] * DraftControl.MEASURE
+    assert control.budget() == 8
+
+
+def test_draft_control_minimum() -> None:
+    control = DraftControl(8, n_min=3)
+    assert control.budget() == 3
+    control.tried(3)
+    control.adapt(3, 0, 0.01)
+    assert control.budget() == 3  # not below the minimum after a miss
+
+
 def test_one_sequence_drafts_are_counted(tiny_model_path: Path) -> None:
     """The one-sequence engine (n_parallel=1) reports drafts, accepted drafts and verification steps too."""
     with Llama(str(tiny_model_path), n_ctx=512, n_threads=1, draft_model=LlamaPromptLookupDecoding()) as spec:
