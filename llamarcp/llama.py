@@ -214,7 +214,7 @@ class Llama(ModelFacts, LoraMethods, Reranking, StateMethods, LlamaCppApiMixin, 
             self._engine = loading.open_engine(self._model, self._init_args, self, is_closing=lambda: turns.closing)
             if n_parallel > 1:
                 self._scheduler = Scheduler(self._engine, self._turns, n_parallel, draft_model=draft_model)
-            if hasattr(draft_model, "attach"):  # llamarcp.draft_model.DraftModel: vocab checked, its own context
+            if hasattr(draft_model, "attach") and not self.embedding:  # llamarcp.draft_model.DraftModel
                 draft_model.attach(self, self._model, self._engine.n_ctx, n_parallel)
             if logits_all and not self.embedding:  # an embedding context outputs embeddings, not logits
                 self._engine.keep_all_logits()

@@ -100,6 +100,9 @@ def test_draft_model_server(servers: tuple[Server, Server], tiny_model_path: Pat
         before_off = scrape(spec)["llamacpp:spec_decode_num_draft_tokens_total"]
         assert complete(spec, REPETITIVE, **{"speculative.n_max": 0}) == complete(plain, REPETITIVE)
         assert scrape(spec)["llamacpp:spec_decode_num_draft_tokens_total"] == before_off
+        # The server's embedding context of the same model does not take the draft model (it does not generate).
+        embedded = spec.post("/v1/embeddings", {"input": "hello"})
+        assert embedded.status_code == 200 and embedded.json()["data"][0]["embedding"]
 
 
 @pytest.mark.parametrize(
