@@ -100,6 +100,29 @@ def test_llama_cpp_python_call_and_draft(plain: Llama, tiny_model_path: Path) ->
             assert draft.draft(prompt, 0) == []
 
 
+def test_draft_sequences_follow_any_history(plain: Llama, tiny_model_path: Path) -> None:
+    """Each draft sequence keeps the common prefix of what it holds and the new history and decodes the rest:
+    after histories that grow, shrink and branch, in two sequences at once, its drafts are what the same model
+    proposes from scratch."""
+    rng = np.random.default_rng(3)
+    base = plain.tokenize(REPETITIVE.encode())
+    with DraftModel(tiny_model_path, num_pred_tokens=4) as draft, DraftModel(tiny_model_path) as fresh:
+        llm = Llama(str(tiny_model_path), n_ctx=256, n_threads=1, n_parallel=2, draft_model=draft)
+        reference = Llama(str(tiny_model_path), n_ctx=256, n_threads=1, draft_model=fresh)
+        with llm, reference:
+            histories = [list(base), list(base[:5])]
+            for _ in range(12):
+                for seq_id, history in enumerate(histories):
+                    cut = int(rng.integers(1, len(history) + 1))
+                    extra = rng.integers(3, 1000, size=int(rng.integers(0, 6))).tolist()
+                    history[:] = [*history[:cut], *extra][:200]
+                    fresh.sequence(0)._reset()
+                    drafts = draft.draft(history, 4, seq_id)
+                    assert drafts == fresh.draft(history, 4)
+                    decoded = drafts[:-1] if len(drafts) == 4 else drafts  # the last draft is not decoded yet
+                    assert draft.sequence(seq_id).tokens == history + decoded
+
+
 def test_incompatible_vocab_is_refused(tiny_model_path: Path, tiny_bert_path: Path) -> None:
     with DraftModel(tiny_bert_path) as draft, pytest.raises(DraftModelError, match="vocab"):
         Llama(str(tiny_model_path), n_ctx=256, n_threads=1, draft_model=draft)
