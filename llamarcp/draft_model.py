@@ -3,7 +3,7 @@
 `DraftModel(path)` loads the small model once. Attached to a `Llama` (`Llama(..., draft_model=DraftModel(path))`,
 or the server's `--model-draft PATH`) it checks that both vocabs agree (as llama.cpp's
 `common_speculative_are_compatible`) and gets its own context with one sequence per target sequence (one for a
-plain `Llama`, one per slot with `n_parallel`), each of the target's per-sequence context size, so its memory is
+plain `Llama`, one per slot with `n_parallel`) and as many KV cells as the target's context, so its memory is
 bounded by the target's. A `DraftSequence` keeps what its KV holds; asked for drafts after a history it keeps
 the common prefix (the accepted tokens), removes the rest, decodes what is new and then proposes up to `n`
 tokens by greedy decoding of the small model. The target verifies them (llamarcp.draft_decoding,
@@ -119,9 +119,11 @@ class DraftModel(LlamaDraftModel):
 
     # -- attaching to a target --------------------------------------------------------------------------------
 
-    def attach(self, llama: Llama, target: Model, n_ctx_seq: int, n_seq: int) -> None:
-        """Check the vocabs and make a context of `n_seq` sequences of `n_ctx_seq` tokens for `llama`'s use.
-        A DraftModel serves one open Llama at a time (a closed one's context is replaced)."""
+    def attach(self, llama: Llama, target: Model, n_ctx_seq: int, n_seq: int, cells: int | None = None) -> None:
+        """Check the vocabs and make a context of `n_seq` sequences of up to `n_ctx_seq` tokens for `llama`'s use,
+        `cells` KV cells in all (the target's: `n_seq * n_ctx_seq`, or fewer when its slots share one cache; a
+        draft sequence that finds no room drafts nothing that step). A DraftModel serves one open Llama at a time
+        (a closed one's context is replaced)."""
         with self._lock:
             owner = self._owner() if self._owner is not None else None
             if owner is not None and owner is not llama and not owner.closed:
@@ -134,7 +136,7 @@ class DraftModel(LlamaDraftModel):
             self._close_context()
             n_batch = CATCH_UP_BATCH
             params = context_params(
-                n_ctx=n_ctx_seq * n_seq,
+                n_ctx=cells or n_ctx_seq * n_seq,
                 n_batch=n_batch,
                 n_ubatch=n_batch,
                 n_threads=self.n_threads or llama.n_threads,

@@ -215,7 +215,7 @@ class Llama(ModelFacts, LoraMethods, Reranking, StateMethods, LlamaCppApiMixin, 
             if n_parallel > 1:
                 self._scheduler = Scheduler(self._engine, self._turns, n_parallel, draft_model=draft_model)
             if hasattr(draft_model, "attach") and not self.embedding:  # llamarcp.draft_model.DraftModel
-                draft_model.attach(self, self._model, self._engine.n_ctx, n_parallel)
+                draft_model.attach(self, self._model, self._engine.n_ctx, n_parallel, self._engine.ctx.n_ctx())
             if logits_all and not self.embedding:  # an embedding context outputs embeddings, not logits
                 self._engine.keep_all_logits()
             if lora_path is not None:

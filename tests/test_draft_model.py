@@ -5,6 +5,7 @@ its drafts accepted, drafts are counted, and a draft model that cannot serve the
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,24 @@ def test_draft_sequences_follow_any_history(plain: Llama, tiny_model_path: Path)
                     assert drafts == fresh.draft(history, 4)
                     decoded = drafts[:-1] if len(drafts) == 4 else drafts  # the last draft is not decoded yet
                     assert draft.sequence(seq_id).tokens == history + decoded
+
+
+def test_draft_context_is_bounded_by_the_targets(plain: Llama, tiny_model_path: Path) -> None:
+    """As many KV cells as the target's context: n_parallel x n_ctx, or n_ctx when the slots share one cache."""
+    for kv_unified, cells in ((False, 2 * 256), (True, 256)):
+        draft = DraftModel(tiny_model_path)
+        llm = Llama(
+            str(tiny_model_path), n_ctx=256, n_threads=1, n_parallel=2, kv_unified=kv_unified, draft_model=draft
+        )
+        with draft, llm:
+            assert draft._ctx is not None and draft._ctx.n_ctx() == cells
+            assert len(draft._sequences) == 2
+            assert greedy(llm, REPETITIVE) == greedy(plain, REPETITIVE)
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:  # two long answers: the shared cache fills up
+                answers = list(
+                    pool.map(functools.partial(llm, max_tokens=200, temperature=0), [REPETITIVE, PROMPTS[2]])
+                )
+            assert all(a["choices"][0]["finish_reason"] in ("length", "stop") for a in answers)
 
 
 def test_incompatible_vocab_is_refused(tiny_model_path: Path, tiny_bert_path: Path) -> None:
