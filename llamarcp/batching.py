@@ -470,6 +470,7 @@ class Scheduler(SlotControls):
         budget = self.engine.n_batch
         entries: list[tuple[int, int, int, bool]] = []
         self._planned_next.clear()
+        together: list[tuple[JobDrafts, Sequence[int], int]] = []  # slots drafting with one shared draft model
         for slot in self._slots:
             job = slot.job
             if job is not None and job.next_token is not None and budget > 0:
@@ -482,10 +483,19 @@ class Scheduler(SlotControls):
                     drafting.current = []
                     room = min(budget, self.engine.n_ctx - len(slot.tokens) - 2, job.max_tokens - job.n_generated - 1)
                     n = min(drafting.control.budget(), room)
+                    if n > 0 and drafting.drafts_together:
+                        together.append((drafting, job.history, n))
+                        budget -= n  # reserved; what is not drafted is given back below
+                        continue
                     drafts = drafting.propose(job.history, n) if n > 0 else []
                     pos = len(slot.tokens) + 1
                     entries.extend((d, pos + i, slot.seq_id, True) for i, d in enumerate(drafts))
                     budget -= len(drafts)
+        JobDrafts.propose_together(together)
+        for drafting, _history, n in together:
+            pos = len(self._slots[drafting.seq_id].tokens) + 1
+            entries.extend((d, pos + i, drafting.seq_id, True) for i, d in enumerate(drafting.current))
+            budget += n - len(drafting.current)
         for slot in sorted((s for s in self._slots if s.job is not None and s.job.todo), key=lambda s: s.last_used):
             if budget <= 0:
                 break

@@ -181,7 +181,73 @@ class DraftModel(LlamaDraftModel):
 
     def draft(self, history: Sequence[int], n: int, seq_id: int = 0) -> list[int]:
         """Up to `n` greedy tokens of the draft model after `history` (its sequence `seq_id`)."""
-        return self.sequence(seq_id).propose(history, n)
+        return self.draft_many([(seq_id, history, n)])[0]
+
+    def draft_many(self, requests: Sequence[tuple[int, Sequence[int], int]]) -> list[list[int]]:
+        """Drafts for several sequences at once, `(seq_id, history, n)` each: their new history tokens go into
+        shared batches, then one decode per draft position serves all of them (the batching scheduler's slots
+        draft together). A proposal shorter than `min_pred_tokens` comes back empty."""
+        results: list[list[int]] = [[] for _ in requests]
+        if self._ctx is None or self._ctx.closed:
+            raise DraftModelError(f"draft model {self.model_path} is not attached to an open Llama (or was closed)")
+        with self._lock:
+            active: list[tuple[int, DraftSequence, int]] = []
+            catch_up: list[tuple[int, int, int, bool]] = []
+            last: list[tuple[int, int, int, bool]] = []
+            for index, (seq_id, history, n) in enumerate(requests):
+                n = min(n, self.num_pred_tokens, self.n_ctx_seq - len(history))
+                if n <= 0 or not history:
+                    continue
+                seq = self.sequence(seq_id)
+                seq.follow(history)
+                pending = history[len(seq.tokens) :]  # at least the last token (decoded again for its logits)
+                pos = len(seq.tokens)
+                catch_up += [(t, pos + i, seq_id, False) for i, t in enumerate(pending[:-1])]
+                last.append((pending[-1], pos + len(pending) - 1, seq_id, True))
+                seq.tokens.extend(pending)  # taken back by `_reset` if a decode fails
+                active.append((index, seq, n))
+            if not active:
+                return results
+            try:
+                for start in range(0, len(catch_up), CATCH_UP_BATCH):
+                    self._decode(catch_up[start : start + CATCH_UP_BATCH])
+                self._decode(last)
+                self._greedy(active, results)
+            except LlamaError:  # a failed draft costs this step its drafts, never a request
+                for _index, seq, _n in active:
+                    seq._reset()
+                return [[] for _ in requests]
+        return [drafts if len(drafts) >= self.min_pred_tokens else [] for drafts in results]
+
+    def _decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
+        assert self._ctx is not None and self._batch is not None
+        if entries:
+            rc = int(get_lib().llama_decode(self._ctx.ptr, self._batch.fill_entries(entries)))
+            if rc != 0:
+                raise LlamaError(f"the draft model's llama_decode returned {rc}")
+
+    def _greedy(self, active: list[tuple[int, DraftSequence, int]], results: list[list[int]]) -> None:
+        """Greedy tokens for every active sequence; logits row i belongs to active[i] (the last decode)."""
+        import numpy as np
+
+        assert self._ctx is not None
+        lib = get_lib()
+        ctx_ptr, vocab, n_vocab, limit = self._ctx.ptr, self.model.vocab, self.model.n_vocab, self.target_n_vocab
+        while active:
+            going: list[tuple[int, DraftSequence, int]] = []
+            entries: list[tuple[int, int, int, bool]] = []
+            for row, (index, seq, n) in enumerate(active):
+                logits = ffi.buffer(lib.llama_get_logits_ith(ctx_ptr, row), 4 * n_vocab)
+                token = int(np.argmax(np.frombuffer(logits, dtype=np.float32)))
+                if token >= limit or lib.llama_vocab_is_eog(vocab, token):
+                    continue  # the target cannot take it / the draft model would stop here
+                results[index].append(token)
+                if len(results[index]) < n:
+                    entries.append((token, len(seq.tokens), seq.seq_id, True))
+                    seq.tokens.append(token)
+                    going.append((index, seq, n))
+            self._decode(entries)
+            active = going
 
     def __call__(self, input_ids: Any, /, **kwargs: Any) -> Any:
         import numpy as np
@@ -204,9 +270,16 @@ class DraftSequence:
             get_lib().llama_memory_seq_rm(ctx.memory, self.seq_id, -1, -1)
         self.tokens = []
 
-    def _keep(self, n: int) -> None:
-        """Keep the first `n` tokens of the KV; start over where the memory cannot drop just the rest (a
-        recurrent model) or a sliding window has dropped positions the kept prefix still needs."""
+    def follow(self, history: Sequence[int]) -> None:
+        """Keep the longest prefix of what the KV holds that `history` shares, but not its last token (decoded
+        again for fresh logits); start over where the memory cannot drop just the rest (a recurrent model) or a
+        sliding window has dropped positions the kept prefix still needs."""
+        shared = 0
+        for a, b in zip(self.tokens, history):
+            if a != b:
+                break
+            shared += 1
+        n = min(shared, len(history) - 1)
         owner = self.owner
         assert owner._ctx is not None
         lib = get_lib()
@@ -218,58 +291,3 @@ class DraftSequence:
         n_swa = owner.model.n_swa()
         if n > 0 and n_swa > 0 and int(lib.llama_memory_seq_pos_min(memory, self.seq_id)) > max(0, n - n_swa):
             self._reset()
-
-    def _decode(self, tokens: Sequence[int]) -> None:
-        """Append `tokens`; the last one outputs logits (row -1)."""
-        owner = self.owner
-        assert owner._ctx is not None and owner._batch is not None
-        lib = get_lib()
-        for start in range(0, len(tokens), CATCH_UP_BATCH):
-            chunk = tokens[start : start + CATCH_UP_BATCH]
-            batch = owner._batch.fill(chunk, len(self.tokens), self.seq_id, logits_last=True)
-            rc = int(lib.llama_decode(owner._ctx.ptr, batch))
-            if rc != 0:
-                lib.llama_memory_seq_rm(owner._ctx.memory, self.seq_id, len(self.tokens), -1)
-                raise LlamaError(f"the draft model's llama_decode returned {rc}")
-            self.tokens.extend(chunk)
-
-    def propose(self, history: Sequence[int], n: int) -> list[int]:
-        owner = self.owner
-        if owner._ctx is None or owner._ctx.closed or n <= 0:
-            return []
-        n = min(n, owner.num_pred_tokens, owner.n_ctx_seq - len(history))
-        if n <= 0 or not history:
-            return []
-        with owner._lock:
-            shared = 0
-            for a, b in zip(self.tokens, history):
-                if a != b:
-                    break
-                shared += 1
-            self._keep(min(shared, len(history) - 1))  # the last history token is decoded again for its logits
-            try:
-                self._decode(history[len(self.tokens) :])
-                drafts = self._greedy(n)
-            except LlamaError:
-                self._reset()  # a failed draft costs this step its drafts, never the request
-                return []
-        return drafts if len(drafts) >= owner.min_pred_tokens else []
-
-    def _greedy(self, n: int) -> list[int]:
-        owner = self.owner
-        assert owner._ctx is not None
-        lib = get_lib()
-        ctx_ptr, vocab = owner._ctx.ptr, owner.model.vocab
-        n_vocab, limit = owner.model.n_vocab, owner.target_n_vocab
-        import numpy as np
-
-        drafts: list[int] = []
-        while True:
-            row = np.frombuffer(ffi.buffer(lib.llama_get_logits_ith(ctx_ptr, -1), 4 * n_vocab), dtype=np.float32)
-            token = int(np.argmax(row))
-            if token >= limit or lib.llama_vocab_is_eog(vocab, token):
-                return drafts  # the target cannot take it / the draft model would stop here
-            drafts.append(token)
-            if len(drafts) >= n:
-                return drafts
-            self._decode((token,))

@@ -253,6 +253,37 @@ class JobDrafts:
         self.seconds = time.perf_counter() - started
         return self.current
 
+    @property
+    def drafts_together(self) -> bool:
+        """Its drafts come from a model that drafts for several sequences in one decode per position
+        (llamarcp.draft_model.DraftModel.draft_many): the scheduler asks for all of them at once."""
+        return self.ngrams is None and not self.failed and hasattr(self.draft_model, "draft_many")
+
+    @staticmethod
+    def propose_together(requests: Sequence[tuple[JobDrafts, Sequence[int], int]]) -> None:
+        """Set this step's drafts of several requests sharing one draft model, `(drafting, history, n)` each;
+        each is charged an equal share of the time."""
+        if not requests:
+            return
+        started = time.perf_counter()
+        model = requests[0][0].draft_model
+        try:
+            proposals = model.draft_many([(d.seq_id, history, n) for d, history, n in requests])
+        except Exception:  # a draft model's failure costs its requests the speed-up, not the answers
+            proposals = [[] for _ in requests]
+            for d, _history, _n in requests:
+                d.failed = True
+        share = (time.perf_counter() - started) / len(requests)
+        for (d, _history, n), drafts in zip(requests, proposals):
+            d.current = []
+            try:
+                d.check(drafts)
+            except Exception:
+                d.failed = True
+                drafts = []
+            d.current = list(drafts[:n]) if len(drafts) >= d.min_n else []
+            d.seconds = share
+
     def extend(self, token: int) -> None:
         if self.ngrams is not None:
             self.ngrams.extend((token,))

@@ -122,6 +122,13 @@ def test_draft_sequences_follow_any_history(plain: Llama, tiny_model_path: Path)
                     assert drafts == fresh.draft(history, 4)
                     decoded = drafts[:-1] if len(drafts) == 4 else drafts  # the last draft is not decoded yet
                     assert draft.sequence(seq_id).tokens == history + decoded
+                # Both sequences drafted together (the scheduler's slots): one decode per draft position.
+                together = draft.draft_many([(0, histories[0], 4), (1, histories[1], 3)])
+                fresh.sequence(0)._reset()
+                alone = [fresh.draft(histories[0], 4)]
+                fresh.sequence(0)._reset()
+                alone.append(fresh.draft(histories[1], 3))
+                assert together == alone
 
 
 def test_draft_context_is_bounded_by_the_targets(plain: Llama, tiny_model_path: Path) -> None:
