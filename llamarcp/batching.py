@@ -106,7 +106,8 @@ class Scheduler(SlotControls):
     ) -> None:
         self.engine = engine
         #: Speculative decoding of greedy requests (llamarcp.ngram_draft): a `LlamaPromptLookupDecoding` uses an
-        #: incremental n-gram index; any other draft model is called with the history.
+        #: incremental n-gram index, a `DraftModel` (llamarcp.draft_model) one draft sequence per slot, all slots
+        #: drafted together; any other draft model is called with the history.
         self.draft_model = draft_model
         self.turns = turns
         self.n_parallel = n_parallel
