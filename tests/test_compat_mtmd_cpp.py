@@ -84,6 +84,29 @@ def test_a_llama_cpp_python_program_runs_unchanged(tiny_model_path: Path, mmproj
     assert first["logits"] != second["logits"]  # another image: other logits
 
 
+@pytest.mark.parametrize("release", ["oldest", "middle"])
+def test_the_program_runs_on_other_releases_of_the_window(
+    release: str, tiny_model_path: Path, mmproj: Path, images: list[Path]
+) -> None:
+    """The same program on b8672 (the bitmap helpers return the bitmap: no `_wrapper` there) and b10068 (a wrapper
+    struct without `opt`), through the tables of that release (ci/setup.sh builds both with libmtmd)."""
+    import build_lib
+
+    carrier = build_lib.release_carrier(release)
+    try:
+        lib_dir = build_lib.build(build_lib.ensure_source(carrier), allow_build=False, libraries=["mtmd"])
+    except build_lib.BuildError as exc:
+        pytest.fail(f"{exc}: run `bash ci/setup.sh` (it builds the oldest and middle releases with libmtmd)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LLAMARCP_LIB_PATH": str(lib_dir)}
+    env.pop("LLAMA_CPP_LIB_PATH", None)
+    args = [tiny_model_path, mmproj, 64, 64, images[0], images[1]]
+    done = run([sys.executable, str(EXAMPLE), *map(str, args)], timeout=300, cwd=ROOT, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, second = json.loads(done.stdout.strip().splitlines()[-1])["rows"]
+    assert [c[0] for c in first["chunks"]] == ["text", "image", "text"] and first["chunks"][1][1] == MLP_IMAGE_TOKENS
+    assert first["n_past"] == first["n_tokens"] and first["logits"] != second["logits"]
+
+
 def test_the_crash_inputs_are_python_errors(
     tiny_model_path: Path, mmproj: Path, images: list[Path], tmp_path: Path
 ) -> None:
