@@ -155,6 +155,23 @@ def test_python_level_wrappers_and_null_arguments(tiny_model_path: Path, mmproj:
                 mtmd_module.mtmd_helper_eval_chunks(mctx, None, chunks, 0, 0, 32, True, ctypes.byref(n_past))
             with pytest.raises(ValueError, match="n_batch=0 is outside 1..32"):
                 mtmd_module.mtmd_helper_eval_chunks(mctx, llm.ctx, chunks, 0, 0, 0, True, ctypes.byref(n_past))
+            text = mtmd_module.mtmd_input_text()
+            text.text, text.text_len = b"<__media__>", 11
+            with pytest.raises(ValueError, match="'output' is NULL"):  # a SIGSEGV in libmtmd
+                mtmd_module.mtmd_tokenize(mctx, None, ctypes.byref(text), None, 0)
+            with pytest.raises(ValueError, match=r"bitmaps\[0\] is NULL"):
+                mtmd_module.mtmd_tokenize(mctx, chunks, ctypes.byref(text), (ctypes.c_void_p * 1)(), 1)
+            with pytest.raises(ctypes_face.BufferTooSmallError, match="holds 12 bytes but a 40x30 RGB bitmap reads"):
+                mtmd_module.mtmd_bitmap_init(40, 30, (ctypes.c_uint8 * 12)())  # a SIGSEGV in libmtmd
+            with pytest.raises(ValueError, match="0x30 bitmap is empty"):
+                mtmd_module.mtmd_bitmap_init(0, 30, (ctypes.c_uint8 * 12)())
+            pixels = (ctypes.c_uint8 * (40 * 30 * 3))(*([200] * (40 * 30 * 3)))
+            bitmap = mtmd_module.mtmd_bitmap_init(40, 30, pixels)
+            assert mtmd_module.mtmd_tokenize(mctx, chunks, ctypes.byref(text), (ctypes.c_void_p * 1)(bitmap), 1) == 0
+            image = mtmd_module.mtmd_input_chunks_get(chunks, 0)
+            assert mtmd_module.mtmd_input_chunk_get_type(image) == mtmd_module.MTMD_INPUT_CHUNK_TYPE_IMAGE
+            assert mtmd_module.mtmd_input_chunk_get_n_tokens(image) == MLP_IMAGE_TOKENS
+            mtmd_module.mtmd_bitmap_free(bitmap)
             mtmd_module.mtmd_input_chunks_free(chunks)
         finally:
             mtmd_module.mtmd_free(mctx)

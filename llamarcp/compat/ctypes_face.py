@@ -251,8 +251,16 @@ def _check_grammar(args: tuple[Any, ...]) -> None:
         check_grammar(text, root)
 
 
+_BYREF = type(ctypes.byref(ctypes.c_int()))
+
+
 def _address(value: Any) -> int | None:
-    """The address a pointer argument carries (an int, a ctypes pointer or c_void_p, a cffi pointer); None: NULL."""
+    """The address a pointer argument carries (an int, a ctypes pointer, c_void_p, `byref(...)`, a ctypes array or
+    struct, a cffi pointer); None: NULL."""
+    if isinstance(value, _BYREF):
+        return ctypes.addressof(value._obj)  # type: ignore[attr-defined]  # CArgObject keeps what it points to
+    if isinstance(value, (ctypes.Array, ctypes.Structure, ctypes.Union)):
+        return ctypes.addressof(value)
     if isinstance(value, ctypes._Pointer):
         return ctypes.cast(value, ctypes.c_void_p).value
     address = getattr(value, "value", value)
@@ -287,9 +295,7 @@ def _mtmd_eval_guard(function: str, n_batch_at: int) -> Callable[[tuple[Any, ...
 
         if len(args) <= n_batch_at:
             return  # ctypes reports the missing arguments
-        for index, name in ((0, "ctx"), (1, "lctx"), (2, "chunk")):
-            if _address(args[index]) is None:
-                raise ValueError(f"{function}(): {name!r} is NULL")
+        _check_not_null(function, args, ("ctx", "lctx", "chunk"))
         n_batch = getattr(args[n_batch_at], "value", args[n_batch_at])
         if not isinstance(n_batch, int):
             return
@@ -330,6 +336,42 @@ def _check_non_causal_images(function: str, lib: Any, args: tuple[Any, ...], lct
             )
 
 
+def _check_not_null(function: str, args: tuple[Any, ...], names: tuple[str, ...]) -> None:
+    for index, name in enumerate(names):
+        if name and index < len(args) and _address(args[index]) is None:
+            raise ValueError(f"{function}(): {name!r} is NULL")
+
+
+def _check_tokenize(args: tuple[Any, ...]) -> None:
+    """`mtmd_tokenize(ctx, output, text, bitmaps, n_bitmaps)`: libmtmd dereferences each of them."""
+    _check_not_null("mtmd_tokenize", args, ("ctx", "output", "text"))
+    if len(args) > 4 and isinstance(args[3], ctypes.Array):
+        count = getattr(args[4], "value", args[4])
+        for i in range(min(count, len(args[3])) if isinstance(count, int) else 0):
+            if _address(args[3][i]) is None:
+                raise ValueError(f"mtmd_tokenize(): bitmaps[{i}] is NULL")
+
+
+def _check_bitmap_init(args: tuple[Any, ...]) -> None:
+    """`mtmd_bitmap_init(nx, ny, data)` copies nx * ny * 3 bytes (RGB) from `data`."""
+    if len(args) < 3:
+        return
+    nx, ny = (getattr(a, "value", a) for a in args[:2])
+    if not isinstance(nx, int) or not isinstance(ny, int):
+        return
+    from llamarcp.validate.media import MAX_IMAGE_PIXELS
+
+    if nx < 1 or ny < 1 or nx * ny > MAX_IMAGE_PIXELS:
+        raise ValueError(f"mtmd_bitmap_init(): a {nx}x{ny} bitmap is empty or above MAX_IMAGE_PIXELS")
+    capacity = _capacity(args[2])
+    if capacity is None and _address(args[2]) is None:
+        raise ValueError("mtmd_bitmap_init(): 'data' is NULL")
+    if capacity is not None and capacity < nx * ny * 3:
+        raise BufferTooSmallError(
+            f"mtmd_bitmap_init(): 'data' holds {capacity} bytes but a {nx}x{ny} RGB bitmap reads {nx * ny * 3}"
+        )
+
+
 def _check_token(function: str, names: tuple[str, str], vocab: Any, token: Any) -> None:
     """A token id llama.cpp would index its vocab with: in range, or a ValueError naming it (never an abort)."""
     address = _address(vocab)
@@ -367,6 +409,8 @@ GUARDS = {
     "llama_new_context_with_model": _check_context,
     "llama_sampler_init_grammar": _check_grammar,
     "mtmd_init_from_file": _check_mmproj_file,
+    "mtmd_tokenize": _check_tokenize,
+    "mtmd_bitmap_init": _check_bitmap_init,
     "mtmd_helper_eval_chunks": _mtmd_eval_guard("mtmd_helper_eval_chunks", 5),
     "mtmd_helper_eval_chunk_single": _mtmd_eval_guard("mtmd_helper_eval_chunk_single", 5),
     "mtmd_helper_decode_image_chunk": _mtmd_eval_guard("mtmd_helper_decode_image_chunk", 6),
