@@ -71,6 +71,20 @@ def ensure_toolchain(cmake_args: list[str] | None = None, install: bool = True, 
     return Toolchain(lib_dir, bench, commit, lcp_lib_dir, lcp_commit)
 
 
+def lcp_mtmd_lib_dir(install: bool = True) -> Path:
+    """libllama + libmtmd of the llama.cpp llama-cpp-python 0.3.36 vendors (its `mtmd_cpp` ctypes describe that
+    tree's mtmd.h), built with the default flags; reused from build_lib.py's cache."""
+    from llamarcp._pin import KNOWN_CARRIERS
+
+    no_build = [] if install else ["--no-build"]
+    tree = _build_lib(["--print-source", "--carrier", LCP_VERSION, *no_build], install)
+    lib_dir = _build_lib(["--source", str(tree), "--mtmd", *no_build], install)
+    commit = str(json.loads((lib_dir / "llamarcp-build.json").read_text())["commit"])
+    if not KNOWN_CARRIERS[LCP_VERSION].commit.startswith(commit) or not any(lib_dir.glob("libmtmd.*")):
+        raise BenchmarkError(f"{lib_dir} is not a libmtmd build of llama-cpp-python {LCP_VERSION}'s llama.cpp")
+    return lib_dir
+
+
 def _build_lib(argv: list[str], install: bool) -> Path:
     """Run build_lib.py; the path it prints last."""
     proc = subprocess.run([sys.executable, str(ROOT / "build_lib.py"), *argv], cwd=ROOT, capture_output=True, text=True)

@@ -7,11 +7,16 @@ end-of-generation tokens banned on both sides so each produces exactly 32 tokens
   model load and image file decode are outside the measured span);
 - llamarcp: the same span (`last_timings`: encode + prefill, then 32 tokens) of a `create_chat_completion` on a
   fresh Llama (so the image is encoded, not cached), and the whole call besides (template compiled for the new
-  Llama, image checks, image file decode and preprocessing included).
+  Llama, image checks, image file decode and preprocessing included);
+- llama-cpp-python 0.3.36 (its venv, benchmarks/contenders.py) on libllama + libmtmd built from the llama.cpp it
+  vendors: the whole `create_chat_completion` of a fresh Llama with a `Llava15ChatHandler` subclass carrying
+  gemma's prompt format (the usual way to give it a format; the GGUF has no chat template for
+  `MTMDChatHandler`), in a fresh process per round. Its handler creates the mtmd context inside that first call.
 
-    flock /tmp/llamarcp-heavy.lock python benchmarks/multimodal.py [--rounds 5] [--threads 2]
+    flock /tmp/llamarcp-heavy.lock python benchmarks/multimodal.py [--rounds 5] [--threads 2] [--no-lcp]
 
-Needs `python build_lib.py --mtmd --tools llama-mtmd-cli`. Writes benchmarks/multimodal.json.
+Needs `python build_lib.py --mtmd --tools llama-mtmd-cli` (and, for llama-cpp-python, its venv and
+`build_lib.py --source <its tree> --mtmd`, both made on first use). Writes benchmarks/multimodal.json.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ PROMPT = "Describe the image."
 
 
 def _load(name: str) -> Any:
+    if str(ROOT / "tests") not in sys.path:
+        sys.path.append(str(ROOT / "tests"))  # tiny_mmproj imports tiny_model's writer
     spec = importlib.util.spec_from_file_location(f"_bench_{name}", ROOT / "tests" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -118,13 +125,79 @@ def run_llamarcp(model: Path, mmproj: Path, image: Path, threads: int) -> dict[s
     }
 
 
+#: Run by llama-cpp-python's interpreter (argv: model, mmproj, image URL, threads, prompt, n_predict).
+LCP_CHILD = r"""
+import json, sys, time
+from llama_cpp import Llama
+from llama_cpp.llama_chat_format import Llava15ChatHandler
+
+
+class Gemma3ChatHandler(Llava15ChatHandler):
+    DEFAULT_SYSTEM_MESSAGE = None
+    CHAT_FORMAT = (
+        "{% for message in messages %}"
+        "{% if message.role == 'user' %}<start_of_turn>user\n"
+        "{% if message.content is string %}{{ message.content }}{% else %}"
+        "{% for content in message.content %}"
+        "{% if content.type == 'image_url' %}{{ content.image_url.url }}{% endif %}"
+        "{% endfor %}"
+        "{% for content in message.content %}"
+        "{% if content.type == 'text' %}{{ content.text }}{% endif %}"
+        "{% endfor %}{% endif %}<end_of_turn>\n{% endif %}"
+        "{% if message.role == 'assistant' %}<start_of_turn>model\n{{ message.content }}<end_of_turn>\n{% endif %}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+    )
+
+
+model, mmproj, image_url, threads, prompt, n_predict = sys.argv[1:7]
+llm = Llama(
+    model_path=model,
+    chat_handler=Gemma3ChatHandler(clip_model_path=mmproj, verbose=False),
+    n_ctx=1024,
+    n_threads=int(threads),
+    n_threads_batch=int(threads),
+    verbose=False,
+)
+banned = {t: float("-inf") for t in {llm.token_eos(), *llm.tokenize(b"<end_of_turn>", add_bos=False, special=True)}}
+parts = [{"type": "image_url", "image_url": {"url": image_url}}, {"type": "text", "text": prompt}]
+messages = [{"role": "user", "content": parts}]
+started = time.perf_counter()
+reply = llm.create_chat_completion(messages=messages, max_tokens=int(n_predict), temperature=0, logit_bias=banned)
+call_ms = (time.perf_counter() - started) * 1e3
+print(json.dumps({"call_ms": call_ms, "prompt_tokens": reply["usage"]["prompt_tokens"],
+                  "completion_tokens": reply["usage"]["completion_tokens"]}))
+"""
+
+
+def run_llama_cpp_python(
+    python: Path, lib_dir: Path, model: Path, mmproj: Path, image: Path, threads: int
+) -> dict[str, float]:
+    import os
+
+    from contenders import WORK_DIR
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LLAMARCP_LIB_PATH")}
+    env.update(LLAMA_CPP_LIB_PATH=str(lib_dir), MTMD_CPP_LIB=str(lib_dir))
+    argv = [str(python), "-c", LCP_CHILD, str(model), str(mmproj), image.as_uri(), str(threads), PROMPT]
+    # cwd: not the repository root, where ./llamarcp would sit beside llama-cpp-python's own package
+    proc = subprocess.run([*argv, str(N_PREDICT)], capture_output=True, text=True, timeout=300, env=env, cwd=WORK_DIR)
+    if proc.returncode != 0:
+        raise RuntimeError(f"llama-cpp-python failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["completion_tokens"] == N_PREDICT, out
+    return {"call_ms": out["call_ms"], "prompt_tokens": float(out["prompt_tokens"])}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "multimodal.json"))
+    parser.add_argument("--no-lcp", action="store_true", help="leave llama-cpp-python 0.3.36 out")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
     from llamarcp import _cache, _lib, lib
     from llamarcp.models import default_model_path
 
@@ -138,21 +211,42 @@ def main(argv: list[str] | None = None) -> int:
     image = work / "image.png"
     image.write_bytes(_load("media_files").png(256, 192, seed=1))
     rows: dict[str, list[dict[str, float]]] = {"llama-mtmd-cli": [], "llamarcp": []}
-    run_mtmd_cli(cli, model, mmproj, image, args.threads)  # warm the page cache for both
+    lcp: tuple[Path, Path] | None = None
+    if not args.no_lcp:
+        import contenders
+
+        lcp = (contenders.ensure_llama_cpp_python(), contenders.lcp_mtmd_lib_dir())
+        rows["llama-cpp-python"] = []
+    run_mtmd_cli(cli, model, mmproj, image, args.threads)  # warm the page cache for all
     run_llamarcp(model, mmproj, image, args.threads)
+    if lcp is not None:
+        run_llama_cpp_python(*lcp, model, mmproj, image, args.threads)
     for _ in range(args.rounds):
         rows["llama-mtmd-cli"].append(run_mtmd_cli(cli, model, mmproj, image, args.threads))
         rows["llamarcp"].append(run_llamarcp(model, mmproj, image, args.threads))
-    median = {k: statistics.median(r["total_ms"] for r in v) for k, v in rows.items()}
+        if lcp is not None:
+            rows["llama-cpp-python"].append(run_llama_cpp_python(*lcp, model, mmproj, image, args.threads))
+    median = {k: statistics.median(r["total_ms"] for r in v) for k, v in rows.items() if k != "llama-cpp-python"}
     median["llamarcp (whole call)"] = statistics.median(r["call_ms"] for r in rows["llamarcp"])
     ratio = median["llama-mtmd-cli"] / median["llamarcp"]
-    result = {
+    result: dict[str, Any] = {
         "rounds": rows,
         "median_total_ms": median,
         "speed_vs_llama_mtmd_cli": ratio,
         "threads": args.threads,
         "library": str(loaded),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    if lcp is not None:
+        median["llama-cpp-python (whole call)"] = statistics.median(r["call_ms"] for r in rows["llama-cpp-python"])
+        result["speed_vs_llama_cpp_python"] = median["llama-cpp-python (whole call)"] / median["llamarcp (whole call)"]
+        result["llama_cpp_python_library"] = str(lcp[1])
+    # the fastest round of each: on a shared machine the least disturbed one (the medians are the headline)
+    result["min_ms"] = {
+        "llama-mtmd-cli": min(r["total_ms"] for r in rows["llama-mtmd-cli"]),
+        "llamarcp": min(r["total_ms"] for r in rows["llamarcp"]),
+        "llamarcp (whole call)": min(r["call_ms"] for r in rows["llamarcp"]),
+        **({"llama-cpp-python (whole call)": min(r["call_ms"] for r in rows["llama-cpp-python"])} if lcp else {}),
     }
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"gemma-3-270m + random gemma3 projector, {args.threads} threads, image + prefill + {N_PREDICT} tokens:")
@@ -162,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         f"  llamarcp speed / llama-mtmd-cli = {ratio:.2f}x (same span); whole call: "
         f"{median['llama-mtmd-cli'] / median['llamarcp (whole call)']:.2f}x"
     )
+    if lcp is not None:
+        print(f"  llamarcp speed / llama-cpp-python = {result['speed_vs_llama_cpp_python']:.2f}x (whole call each)")
+    print("  fastest rounds: " + ", ".join(f"{name} {value:.1f} ms" for name, value in result["min_ms"].items()))
     return 0
 
 

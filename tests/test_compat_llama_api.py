@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hub_cache import fake_hub_cache
 
 import llamarcp
 from llamarcp import Llama
@@ -209,24 +209,11 @@ def test_openai_v1_types(llm: Llama) -> None:
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == result.choices[0].message.content
 
 
-def _fake_hub_cache(root: Path, model: Path, repo: str, files: dict[str, Path]) -> None:
-    """The layout huggingface_hub keeps: models--owner--name/{refs/main, snapshots/<commit>/<files>}."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    base = root / ("models--" + repo.replace("/", "--"))
-    (base / "refs").mkdir(parents=True)
-    (base / "refs" / "main").write_text(commit)
-    for name, source in files.items():
-        target = base / "snapshots" / commit / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
-
-
 def test_from_pretrained_offline_from_the_hub_cache(tiny_model_path: Path, tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
     readme.write_text("tiny")
-    _fake_hub_cache(
+    fake_hub_cache(
         tmp_path / "hub",
-        tiny_model_path,
         "someone/tiny-GGUF",
         {"tiny-Q8_0.gguf": tiny_model_path, "README.md": readme, "sub/other.bin": readme},
     )

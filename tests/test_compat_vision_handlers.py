@@ -10,12 +10,12 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hub_cache import fake_hub_cache
 from media_files import png
 from procs import run
 from tiny_mmproj import MLP_IMAGE_TOKENS, write_tiny_mmproj
@@ -110,25 +110,13 @@ def test_llama_with_a_chat_handler_answers_about_images(name: str, tiny_model_pa
         )
 
 
-def _fake_hub_cache(root: Path, repo: str, files: dict[str, Path]) -> None:
-    """The layout huggingface_hub keeps: models--owner--name/{refs/main, snapshots/<commit>/<files>}."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    base = root / ("models--" + repo.replace("/", "--"))
-    (base / "refs").mkdir(parents=True)
-    (base / "refs" / "main").write_text(commit)
-    for name, source in files.items():
-        target = base / "snapshots" / commit / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
-
-
 def test_llama_cpp_python_code_runs_unchanged_after_install(
     tiny_model_path: Path, mmproj: Path, tmp_path: Path
 ) -> None:
     """llama-cpp-python's README recipe, verbatim apart from paths, in a fresh process."""
     image = tmp_path / "picture.png"
     image.write_bytes(png(12, 12, seed=4))
-    _fake_hub_cache(tmp_path / "hub", "someone/tiny-vision", {"mmproj-tiny-f32.gguf": mmproj})
+    fake_hub_cache(tmp_path / "hub", "someone/tiny-vision", {"mmproj-tiny-f32.gguf": mmproj})
     code = f"""
 import base64, json
 import llamarcp

@@ -114,12 +114,22 @@ def write_tiny_mmproj(
         else:
             values[key] = (value, values[key][1] if key in values else gguf.GGUFValueType.UINT32)
 
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), "clip")
-    try:
-        writer.add_name(f"llamarcp tiny random {projector} projector")
+    return _write_projector(out_path, f"llamarcp tiny random {projector} projector", values, tensors, omit)
+
+
+def _write_projector(
+    out_path: str | os.PathLike[str],
+    name: str,
+    values: Mapping[str, tuple[Any, Any]],
+    tensors: Mapping[str, Any],
+    omit: tuple[str, ...],
+) -> Path:
+    """Write a `clip` GGUF of these keys (value, gguf type) and tensors, less `omit`, atomically; its path."""
+    import gguf
+    from tiny_model import _gguf_file  # the tiny models' writer: a temp file renamed into place
+
+    with _gguf_file(out_path, "clip") as writer:
+        writer.add_name(name)
         writer.add_file_type(gguf.LlamaFileType.ALL_F32)
         for key, (value, value_type) in values.items():
             if key in omit:
@@ -128,30 +138,10 @@ def write_tiny_mmproj(
                 writer.add_array(key, value)
             else:
                 writer.add_key_value(key, value, value_type)
-        for name, array in tensors.items():
-            if name not in omit:
-                writer.add_tensor(name, array)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
-    os.replace(tmp, out)
-    return out
-
-
-def _main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out")
-    parser.add_argument("--projector", default="mlp", choices=("mlp", "gemma3"))
-    parser.add_argument("--n-embd-text", type=int, default=64)
-    args = parser.parse_args(argv)
-    print(write_tiny_mmproj(args.out, args.projector, args.n_embd_text))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())
+        for tensor_name, array in tensors.items():
+            if tensor_name not in omit:
+                writer.add_tensor(tensor_name, array)
+    return Path(out_path)
 
 
 #: The audio projector: Qwen2-Audio's (`qwen2a`): a whisper encoder and one linear layer.
@@ -197,35 +187,30 @@ def write_tiny_audio_mmproj(
         tensors[blk + "ffn_up.bias"] = rand(f, std=0.02)
         tensors[blk + "ffn_down.weight"] = rand(e, f, std=1 / np.sqrt(f))
         tensors[blk + "ffn_down.bias"] = rand(e, std=0.02)
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), "clip")
-    try:
-        writer.add_name("llamarcp tiny random qwen2a audio projector")
-        writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-        u32 = gguf.GGUFValueType.UINT32
-        values: dict[str, tuple[Any, Any]] = {
-            "clip.has_audio_encoder": (True, gguf.GGUFValueType.BOOL),
-            "clip.projector_type": ("qwen2a", gguf.GGUFValueType.STRING),
-            "clip.audio.num_mel_bins": (N_MEL, u32),
-            "clip.audio.embedding_length": (e, u32),
-            "clip.audio.feed_forward_length": (f, u32),
-            "clip.audio.block_count": (N_LAYER, u32),
-            "clip.audio.projection_dim": (n_embd_text, u32),
-            "clip.audio.attention.head_count": (N_HEAD, u32),
-            "clip.audio.attention.layer_norm_epsilon": (1e-5, gguf.GGUFValueType.FLOAT32),
-        }
-        for key, (value, value_type) in values.items():
-            if key not in omit:
-                writer.add_key_value(key, value, value_type)
-        for name, array in tensors.items():
-            if name not in omit:
-                writer.add_tensor(name, array)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
-    os.replace(tmp, out)
-    return out
+    u32 = gguf.GGUFValueType.UINT32
+    values: dict[str, tuple[Any, Any]] = {
+        "clip.has_audio_encoder": (True, gguf.GGUFValueType.BOOL),
+        "clip.projector_type": ("qwen2a", gguf.GGUFValueType.STRING),
+        "clip.audio.num_mel_bins": (N_MEL, u32),
+        "clip.audio.embedding_length": (e, u32),
+        "clip.audio.feed_forward_length": (f, u32),
+        "clip.audio.block_count": (N_LAYER, u32),
+        "clip.audio.projection_dim": (n_embd_text, u32),
+        "clip.audio.attention.head_count": (N_HEAD, u32),
+        "clip.audio.attention.layer_norm_epsilon": (1e-5, gguf.GGUFValueType.FLOAT32),
+    }
+    return _write_projector(out_path, "llamarcp tiny random qwen2a audio projector", values, tensors, omit)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out")
+    parser.add_argument("--projector", default="mlp", choices=("mlp", "gemma3"))
+    parser.add_argument("--n-embd-text", type=int, default=64)
+    args = parser.parse_args(argv)
+    print(write_tiny_mmproj(args.out, args.projector, args.n_embd_text))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

@@ -251,11 +251,130 @@ def _check_grammar(args: tuple[Any, ...]) -> None:
         check_grammar(text, root)
 
 
+_BYREF = type(ctypes.byref(ctypes.c_int()))
+
+
+def _address(value: Any) -> int | None:
+    """The address a pointer argument carries (an int, a ctypes pointer, c_void_p, `byref(...)`, a ctypes array or
+    struct, a cffi pointer); None: NULL."""
+    if isinstance(value, _BYREF):
+        return ctypes.addressof(value._obj)  # type: ignore[attr-defined]  # CArgObject keeps what it points to
+    if isinstance(value, (ctypes.Array, ctypes.Structure, ctypes.Union)):
+        return ctypes.addressof(value)
+    if isinstance(value, ctypes._Pointer):
+        return ctypes.cast(value, ctypes.c_void_p).value
+    address = getattr(value, "value", value)
+    if not isinstance(address, int):
+        address = _from_cffi(value, ctypes.c_void_p)
+    return address if isinstance(address, int) and address else None
+
+
+def _check_mmproj_file(args: tuple[Any, ...]) -> None:
+    """`mtmd_init_from_file(path, model, params)`: the projector is parsed first, as llamarcp's own loader does
+    (libmtmd crashes on a broken one); its output width must match the text model's."""
+    from llamarcp import _backend
+    from llamarcp._ffi import ffi
+    from llamarcp.validate.mmproj import check_mmproj
+
+    path = _text(args[0]) if args else None
+    if path is None or len(args) < 2:
+        return  # ctypes reports what is missing or of the wrong type
+    model = _address(args[1])
+    if model is None:
+        raise ValueError("mtmd_init_from_file(): 'text_model' is NULL")
+    check_mmproj(path, int(_backend.get_lib().llama_model_n_embd_inp(ffi.cast("struct llama_model *", model))))
+
+
+def _mtmd_eval_guard(function: str, n_batch_at: int) -> Callable[[tuple[Any, ...]], None]:
+    """`mtmd_helper_eval_chunks` and its kin: contexts and chunks not NULL, and n_batch within the llama
+    context's (libmtmd aborts the process on a larger one)."""
+
+    def check(args: tuple[Any, ...]) -> None:
+        from llamarcp import _backend
+        from llamarcp._ffi import ffi
+
+        if len(args) <= n_batch_at:
+            return  # ctypes reports the missing arguments
+        _check_not_null(function, args, ("ctx", "lctx", "chunk"))
+        n_batch = getattr(args[n_batch_at], "value", args[n_batch_at])
+        if not isinstance(n_batch, int):
+            return
+        lib = _backend.get_lib()
+        lctx = ffi.cast("struct llama_context *", _address(args[1]))
+        limit = int(lib.llama_n_batch(lctx))
+        if not 1 <= n_batch <= limit:
+            raise ValueError(
+                f"{function}(): n_batch={n_batch} is outside 1..{limit} (the llama context's n_batch): "
+                "libmtmd would abort the process"
+            )
+        _check_non_causal_images(function, lib, args, lctx)
+
+    return check
+
+
+def _check_non_causal_images(function: str, lib: Any, args: tuple[Any, ...], lctx: Any) -> None:
+    """An image decoded with non-causal attention (gemma3) must fit one ubatch, or llama.cpp aborts."""
+    from llamarcp import _adapt
+    from llamarcp._ffi import ffi
+
+    mctx = ffi.cast("mtmd_context *", _address(args[0]))
+    given = ffi.cast("void *", _address(args[2]))
+    if function == "mtmd_helper_eval_chunks":
+        chunks = ffi.cast("mtmd_input_chunks *", given)
+        items = [lib.mtmd_input_chunks_get(chunks, i) for i in range(lib.mtmd_input_chunks_size(chunks))]
+    else:
+        items = [ffi.cast("mtmd_input_chunk *", given)]
+    n_ubatch = int(lib.llama_n_ubatch(lctx))
+    for chunk in items:
+        if lib.mtmd_input_chunk_get_type(chunk) == lib.MTMD_INPUT_CHUNK_TYPE_TEXT:
+            continue
+        n_tokens = int(lib.mtmd_input_chunk_get_n_tokens(chunk))
+        if n_tokens > n_ubatch and _adapt.mtmd_non_causal(lib, mctx, chunk):
+            raise ValueError(
+                f"{function}(): an image of {n_tokens} tokens is decoded with non-causal attention and needs "
+                f"n_ubatch >= {n_tokens} (the llama context has {n_ubatch}): llama.cpp would abort the process"
+            )
+
+
+def _check_not_null(function: str, args: tuple[Any, ...], names: tuple[str, ...]) -> None:
+    for index, name in enumerate(names):
+        if name and index < len(args) and _address(args[index]) is None:
+            raise ValueError(f"{function}(): {name!r} is NULL")
+
+
+def _check_tokenize(args: tuple[Any, ...]) -> None:
+    """`mtmd_tokenize(ctx, output, text, bitmaps, n_bitmaps)`: libmtmd dereferences each of them."""
+    _check_not_null("mtmd_tokenize", args, ("ctx", "output", "text"))
+    if len(args) > 4 and isinstance(args[3], ctypes.Array):
+        count = getattr(args[4], "value", args[4])
+        for i in range(min(count, len(args[3])) if isinstance(count, int) else 0):
+            if _address(args[3][i]) is None:
+                raise ValueError(f"mtmd_tokenize(): bitmaps[{i}] is NULL")
+
+
+def _check_bitmap_init(args: tuple[Any, ...]) -> None:
+    """`mtmd_bitmap_init(nx, ny, data)` copies nx * ny * 3 bytes (RGB) from `data`."""
+    if len(args) < 3:
+        return
+    nx, ny = (getattr(a, "value", a) for a in args[:2])
+    if not isinstance(nx, int) or not isinstance(ny, int):
+        return
+    from llamarcp.validate.media import MAX_IMAGE_PIXELS
+
+    if nx < 1 or ny < 1 or nx * ny > MAX_IMAGE_PIXELS:
+        raise ValueError(f"mtmd_bitmap_init(): a {nx}x{ny} bitmap is empty or above MAX_IMAGE_PIXELS")
+    capacity = _capacity(args[2])
+    if capacity is None and _address(args[2]) is None:
+        raise ValueError("mtmd_bitmap_init(): 'data' is NULL")
+    if capacity is not None and capacity < nx * ny * 3:
+        raise BufferTooSmallError(
+            f"mtmd_bitmap_init(): 'data' holds {capacity} bytes but a {nx}x{ny} RGB bitmap reads {nx * ny * 3}"
+        )
+
+
 def _check_token(function: str, names: tuple[str, str], vocab: Any, token: Any) -> None:
     """A token id llama.cpp would index its vocab with: in range, or a ValueError naming it (never an abort)."""
-    address = getattr(vocab, "value", vocab)
-    if not isinstance(address, int):
-        address = _from_cffi(vocab, ctypes.c_void_p)
+    address = _address(vocab)
     if not address:
         raise ValueError(f"{function}(): {names[0]!r} is NULL")
     token = getattr(token, "value", token)
@@ -289,6 +408,12 @@ GUARDS = {
     "llama_init_from_model": _check_context,
     "llama_new_context_with_model": _check_context,
     "llama_sampler_init_grammar": _check_grammar,
+    "mtmd_init_from_file": _check_mmproj_file,
+    "mtmd_tokenize": _check_tokenize,
+    "mtmd_bitmap_init": _check_bitmap_init,
+    "mtmd_helper_eval_chunks": _mtmd_eval_guard("mtmd_helper_eval_chunks", 5),
+    "mtmd_helper_eval_chunk_single": _mtmd_eval_guard("mtmd_helper_eval_chunk_single", 5),
+    "mtmd_helper_decode_image_chunk": _mtmd_eval_guard("mtmd_helper_decode_image_chunk", 6),
 }
 
 

@@ -253,13 +253,19 @@ class Llava15ChatHandler:
         **kwargs: Any,
     ) -> Any:
         projector = llama.load_projector(self.clip_model_path, use_gpu=self.use_gpu)
-        text = self.render_prompt(messages, projector.marker)
         allow_files = kwargs.pop("allow_local_media", True)  # the server says False
+        prompt, stops = self._media_prompt(llama, projector, messages, allow_files, kwargs)
+        return self._complete(llama, prompt, stops, functions, function_call, tools, tool_choice, stream, stop,
+                              response_format, grammar, logprobs, top_logprobs, kwargs)  # fmt: skip
+
+    def _media_prompt(
+        self, llama: Any, projector: Any, messages: list[Any], allow_files: bool, kwargs: dict[str, Any]
+    ) -> tuple[Any, list[str]]:
+        """The prompt (text and media) of `messages` in this handler's format, and the stop strings it adds."""
+        text = self.render_prompt(messages, projector.marker)
         media = [load_media(url, allow_files=allow_files) for url in self.get_image_urls(messages)]
         check_request_images([check_image(m.data) for m in media])
-        prompt = llama.media_prompt(text, media, add_bos=True)
-        return self._complete(llama, prompt, [], functions, function_call, tools, tool_choice, stream, stop,
-                              response_format, grammar, logprobs, top_logprobs, kwargs)  # fmt: skip
+        return llama.media_prompt(text, media, add_bos=True), []
 
     def _complete(
         self,
@@ -348,34 +354,16 @@ class MTMDChatHandler(Llava15ChatHandler):
     def __init__(self, clip_model_path: str, verbose: bool = True, use_gpu: bool = True) -> None:
         super().__init__(clip_model_path, verbose=verbose, use_gpu=use_gpu)
 
-    def __call__(  # type: ignore[override]
-        self,
-        *,
-        llama: Any,
-        messages: list[Any],
-        functions: Any = None,
-        function_call: Any = None,
-        tools: Any = None,
-        tool_choice: Any = None,
-        stream: bool = False,
-        stop: str | list[str] | None = None,
-        response_format: Any = None,
-        grammar: Any = None,
-        logprobs: bool | None = None,
-        top_logprobs: int | None = None,
-        **kwargs: Any,
-    ) -> Any:
+    def _media_prompt(
+        self, llama: Any, projector: Any, messages: list[Any], allow_files: bool, kwargs: dict[str, Any]
+    ) -> tuple[Any, list[str]]:
         from llamarcp.chat.completion import chat_formatter, render_chat_prompt
 
-        projector = llama.load_projector(self.clip_model_path, use_gpu=self.use_gpu)
-        allow_files = kwargs.pop("allow_local_media", True)
         marked, media = split_media_messages(messages, projector.marker, allow_files=allow_files)
         formatter = chat_formatter(llama)
         text = render_chat_prompt(formatter, marked, None, kwargs.pop("template_kwargs", None))
         bos = formatter.bos_token
-        prompt = llama.media_prompt(text, media, add_bos=not (bos and text.startswith(bos)))
-        return self._complete(llama, prompt, list(formatter.stop), functions, function_call, tools, tool_choice,
-                              stream, stop, response_format, grammar, logprobs, top_logprobs, kwargs)  # fmt: skip
+        return llama.media_prompt(text, media, add_bos=not (bos and text.startswith(bos))), list(formatter.stop)
 
 
 class Gemma4ChatHandler(MTMDChatHandler):
