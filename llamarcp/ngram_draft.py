@@ -195,6 +195,7 @@ class JobDrafts:
         #: A shorter proposal is not tried (the server's --spec-draft-n-min).
         self.min_n = int(getattr(draft_model, "min_pred_tokens", 0))
         self.current: list[int] = []
+        self.step_accepted = 0
         self.failed = False
         #: Time spent proposing this step's drafts (a draft model decodes): charged to the step that verifies them.
         self.seconds = 0.0
@@ -260,21 +261,24 @@ class JobDrafts:
         return self.ngrams is None and not self.failed and hasattr(self.draft_model, "draft_many")
 
     @staticmethod
-    def propose_together(requests: Sequence[tuple[JobDrafts, Sequence[int], int]]) -> None:
-        """Set this step's drafts of several requests sharing one draft model, `(drafting, history, n)` each;
-        each is charged an equal share of the time."""
+    def propose_together(
+        requests: Sequence[tuple[JobDrafts, Sequence[int], int, int]],
+    ) -> tuple[list[tuple[int, int, int, bool]], int]:
+        """Set this step's drafts of several requests sharing one draft model, `(drafting, history, n, cached)`
+        each, whose sequence holds `cached` tokens (the next one is in the step already); each is charged an
+        equal share of the time. Returns the batch entries of the drafts and how many of the `n`s went unused."""
         if not requests:
-            return
+            return [], 0
         started = time.perf_counter()
         model = requests[0][0].draft_model
         try:
-            proposals = model.draft_many([(d.seq_id, history, n) for d, history, n in requests])
+            proposals = model.draft_many([(d.seq_id, history, n) for d, history, n, _cached in requests])
         except Exception:  # a draft model's failure costs its requests the speed-up, not the answers
             proposals = [[] for _ in requests]
-            for d, _history, _n in requests:
+            for d, *_ in requests:
                 d.failed = True
         share = (time.perf_counter() - started) / len(requests)
-        for (d, _history, n), drafts in zip(requests, proposals):
+        for (d, _history, n, _cached), drafts in zip(requests, proposals):
             d.current = []
             try:
                 d.check(drafts)
@@ -283,6 +287,31 @@ class JobDrafts:
                 drafts = []
             d.current = list(drafts[:n]) if len(drafts) >= d.min_n else []
             d.seconds = share
+        entries = [
+            (token, cached + 1 + i, d.seq_id, True)
+            for d, _history, _n, cached in requests
+            for i, token in enumerate(d.current)
+        ]
+        return entries, sum(n for _d, _history, n, _cached in requests) - len(entries)
+
+    def begin_step(self) -> None:
+        """The step verifying `current` is decoded (its totals count the drafts now)."""
+        self.control.tried(len(self.current))
+        self.step_accepted = 0
+
+    def accept(self) -> None:
+        self.control.accepted += 1
+        self.step_accepted += 1
+
+    def end_step(self, seconds: float) -> bool:
+        """The verification step took `seconds` (drafting added): adapt; True when drafts were rejected."""
+        self.control.adapt(len(self.current), self.step_accepted, seconds + self.seconds)
+        return self.step_accepted < len(self.current)
+
+    def plain_step(self, seconds: float) -> float | None:
+        """A step of this request without drafts took `seconds`; returns the plain rate (the engine's hint)."""
+        self.control.observe_plain(seconds)
+        return self.control.plain_rate
 
     def extend(self, token: int) -> None:
         if self.ngrams is not None:
