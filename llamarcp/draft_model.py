@@ -176,7 +176,9 @@ class DraftModel(LlamaDraftModel):
 
     def sequence(self, seq_id: int) -> DraftSequence:
         if not self._sequences:
-            raise DraftModelError(f"draft model {self.model_path} is not attached to an open Llama")
+            raise DraftModelError(
+                f"draft model {self.model_path} is not attached to an open Llama (pass it as Llama(draft_model=...))"
+            )
         return self._sequences[seq_id]
 
     def draft(self, history: Sequence[int], n: int, seq_id: int = 0) -> list[int]:
@@ -189,7 +191,10 @@ class DraftModel(LlamaDraftModel):
         draft together). A proposal shorter than `min_pred_tokens` comes back empty."""
         results: list[list[int]] = [[] for _ in requests]
         if self._ctx is None or self._ctx.closed:
-            raise DraftModelError(f"draft model {self.model_path} is not attached to an open Llama (or was closed)")
+            raise DraftModelError(
+                f"draft model {self.model_path} is not attached to an open Llama (pass it as Llama(draft_model=...)) "
+                "or was closed"
+            )
         with self._lock:
             active: list[tuple[int, DraftSequence, int]] = []
             catch_up: list[tuple[int, int, int, bool]] = []
