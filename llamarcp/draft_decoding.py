@@ -54,7 +54,8 @@ def greedy_with_drafts(engine: Engine, draft_model: Any, limit: int, outcome: Ou
     n_generated = 0
     ngrams = prompt_lookup_index(draft_model, input_ids)
     min_drafts = int(getattr(draft_model, "min_pred_tokens", 0))
-    own_drafts = getattr(draft_model, "draft", None)  # llamarcp.draft_model.DraftModel: `draft(history, n, seq)`
+    # llamarcp.draft_model.DraftModel: `draft(history, n, seq)` drafts up to the room left, from its own cache
+    own_drafts = draft_model.draft if hasattr(draft_model, "draft_many") else None
     control = DraftControl(max_drafts, min_drafts, engine.plain_rate_hint)  # drafts in the next batch (adaptive)
     out = -1  # the output row whose logits predict the next token
     outcome["finish_reason"] = "length"
@@ -79,6 +80,7 @@ def greedy_with_drafts(engine: Engine, draft_model: Any, limit: int, outcome: Ou
             drafts = ngrams.propose(min(room, draft_model.num_pred_tokens))
         elif room > 0 and own_drafts is not None:
             drafts = own_drafts([*input_ids, token], room, 0)
+            started += getattr(draft_model, "catch_up_seconds", 0.0)  # reading new history: not the drafts' cost
         elif room > 0:
             proposed = draft_model(np.asarray([*input_ids, token], dtype=np.intc))
             drafts = [int(t) for t in np.asarray(proposed).reshape(-1)[:room]]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -116,6 +117,9 @@ class DraftModel(LlamaDraftModel):
         self._lock = threading.Lock()
         self.n_ctx_seq = 0
         self.target_n_vocab = self.model.n_vocab
+        #: Time the last `draft_many` spent reading history it had not seen (a new prompt, the tokens of a pause):
+        #: a cost of following the request, not of the drafts, so the draft control does not count it.
+        self.catch_up_seconds = 0.0
 
     # -- attaching to a target --------------------------------------------------------------------------------
 
@@ -195,6 +199,7 @@ class DraftModel(LlamaDraftModel):
                 f"draft model {self.model_path} is not attached to an open Llama (pass it as Llama(draft_model=...)) "
                 "or was closed"
             )
+        self.catch_up_seconds = 0.0
         with self._lock:
             active: list[tuple[int, DraftSequence, int]] = []
             catch_up: list[tuple[int, int, int, bool]] = []
@@ -214,8 +219,10 @@ class DraftModel(LlamaDraftModel):
             if not active:
                 return results
             try:
+                started = time.perf_counter()
                 for start in range(0, len(catch_up), CATCH_UP_BATCH):
                     self._decode(catch_up[start : start + CATCH_UP_BATCH])
+                self.catch_up_seconds = time.perf_counter() - started
                 self._decode(last)
                 self._greedy(active, results)
             except LlamaError:  # a failed draft costs this step its drafts, never a request

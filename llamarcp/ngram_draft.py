@@ -237,21 +237,17 @@ class JobDrafts:
             self.current = self.ngrams.propose(n)
         elif not self.failed:
             try:
-                own = getattr(self.draft_model, "draft", None)
-                if own is not None:
-                    drafts = own(history, n, self.seq_id)
-                else:
-                    import numpy as np
+                import numpy as np
 
-                    proposed = self.draft_model(np.asarray(history, dtype=np.intc))
-                    drafts = [int(t) for t in np.asarray(proposed).reshape(-1)[:n]]
+                proposed = self.draft_model(np.asarray(history, dtype=np.intc))
+                drafts = [int(t) for t in np.asarray(proposed).reshape(-1)[:n]]
                 self.check(drafts)
                 self.current = drafts
             except Exception:  # a draft model's failure costs its request the speed-up, not the answer
                 self.failed = True
         if len(self.current) < self.min_n:
             self.current = []
-        self.seconds = time.perf_counter() - started
+        self.seconds = max(0.0, time.perf_counter() - started - getattr(self.draft_model, "catch_up_seconds", 0.0))
         return self.current
 
     @property
@@ -277,7 +273,7 @@ class JobDrafts:
             proposals = [[] for _ in requests]
             for d, *_ in requests:
                 d.failed = True
-        share = (time.perf_counter() - started) / len(requests)
+        share = max(0.0, time.perf_counter() - started - getattr(model, "catch_up_seconds", 0.0)) / len(requests)
         for (d, _history, n, _cached), drafts in zip(requests, proposals):
             d.current = []
             try:
