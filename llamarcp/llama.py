@@ -214,8 +214,6 @@ class Llama(ModelFacts, LoraMethods, Reranking, StateMethods, LlamaCppApiMixin, 
             self._engine = loading.open_engine(self._model, self._init_args, self, is_closing=lambda: turns.closing)
             if n_parallel > 1:
                 self._scheduler = Scheduler(self._engine, self._turns, n_parallel, draft_model=draft_model)
-            if hasattr(draft_model, "attach") and not self.embedding:  # llamarcp.draft_model.DraftModel
-                draft_model.attach(self, self._model, self._engine.n_ctx, n_parallel, self._engine.ctx.n_ctx())
             if logits_all and not self.embedding:  # an embedding context outputs embeddings, not logits
                 self._engine.keep_all_logits()
             if lora_path is not None:
@@ -223,6 +221,8 @@ class Llama(ModelFacts, LoraMethods, Reranking, StateMethods, LlamaCppApiMixin, 
                 self._lora_adapters().register(self._lora, float(lora_scale), applied=True)
             if mmproj is not None:
                 self.load_projector(mmproj)
+            if hasattr(draft_model, "attach") and not self.embedding:  # a DraftModel; last: a failed Llama never has it
+                draft_model.attach(self, self._model, self._engine.n_ctx, n_parallel, self._engine.ctx.n_ctx())
         except BaseException:
             self._model.close()
             raise
