@@ -106,7 +106,8 @@ class Scheduler(SlotControls):
     ) -> None:
         self.engine = engine
         #: Speculative decoding of greedy requests (llamarcp.ngram_draft): a `LlamaPromptLookupDecoding` uses an
-        #: incremental n-gram index; any other draft model is called with the history.
+        #: incremental n-gram index, a `DraftModel` (llamarcp.draft_model) one draft sequence per slot, all slots
+        #: drafted together; any other draft model is called with the history.
         self.draft_model = draft_model
         self.turns = turns
         self.n_parallel = n_parallel
@@ -280,13 +281,9 @@ class Scheduler(SlotControls):
             self._recover(rc, entries)
             return
         engine.stats.add_decode(len({e[2] for e in entries}))
-        drafting: dict[int, _Job] = {}
-        for seq_id in self._planned_next:
-            planned = self._slots[seq_id].job
-            if planned is not None and planned.drafting is not None and planned.drafting.current:
-                drafting[seq_id] = planned
+        planned = {seq_id: self._slots[seq_id].job for seq_id in self._planned_next}
+        drafting = {i: j for i, j in planned.items() if j is not None and j.drafting is not None and j.drafting.current}
         seen: set[int] = set()
-        accepted: dict[int, int] = dict.fromkeys(drafting, 0)
         rejected: set[int] = set()
         for index, (token, _pos, seq_id, wants_logits) in enumerate(entries):
             slot = self._slots[seq_id]
@@ -294,29 +291,25 @@ class Scheduler(SlotControls):
             if job is not None:
                 assert job.drafting is not None
                 if seq_id not in seen:  # the sampled token that the drafts follow
-                    job.drafting.control.tried(len(job.drafting.current))
+                    job.drafting.begin_step()
                 elif seq_id in rejected or slot.job is not job or job.next_token != token:
                     rejected.add(seq_id)  # greedy picked another token here (or the request ended)
                     continue
                 else:  # the draft is the token greedy decoding picked: it is decoded already
                     job.next_token = None
-                    job.drafting.control.accepted += 1
-                    accepted[seq_id] += 1
+                    job.drafting.accept()
             seen.add(seq_id)
             slot.tokens.append(token)
             if wants_logits and slot.job is not None:
                 self._sample_or_fail(slot, index)
         seconds = time.perf_counter() - started
         for seq_id, job in drafting.items():
-            assert job.drafting is not None
-            n_drafts = len(job.drafting.current)
-            job.drafting.control.adapt(n_drafts, accepted[seq_id], seconds)
-            if accepted[seq_id] < n_drafts:  # drop the rejected drafts' KV
+            if job.drafting is not None and job.drafting.end_step(seconds):  # drop the rejected drafts' KV
                 lib.llama_memory_seq_rm(engine.memory, seq_id, len(self._slots[seq_id].tokens), -1)
         for seq_id in self._planned_next - drafting.keys():  # a plain step of a drafting request: its yardstick
             plain = self._slots[seq_id].job
             if plain is not None and plain.drafting is not None:
-                plain.drafting.control.observe_plain(seconds)
+                engine.plain_rate_hint = plain.drafting.plain_step(seconds)
 
     def _recover(self, rc: int, entries: list[tuple[int, int, int, bool]]) -> None:
         """A failed decode: drop what it may have stored, fail the sequences it carried (never the process)."""
@@ -426,7 +419,14 @@ class Scheduler(SlotControls):
         job.todo = list(prompt[len(target.tokens) :])
         job.history = list(history)
         job.drafting = JobDrafts.create(
-            self.draft_model, job.chain.names, job.placement.draft_max, job.history, engine.model.check_tokens
+            self.draft_model,
+            job.chain.names,
+            job.placement.draft_max,
+            job.history,
+            engine.model.check_tokens,
+            seq_id=target.seq_id,
+            has_media=job.media is not None,
+            plain_rate=engine.plain_rate_hint,
         )
         job.n_prompt_eval = len(job.todo)
         target.job = job
@@ -462,6 +462,7 @@ class Scheduler(SlotControls):
         budget = self.engine.n_batch
         entries: list[tuple[int, int, int, bool]] = []
         self._planned_next.clear()
+        together: list[tuple[JobDrafts, Sequence[int], int, int]] = []  # slots drafting with one draft model
         for slot in self._slots:
             job = slot.job
             if job is not None and job.next_token is not None and budget > 0:
@@ -474,10 +475,16 @@ class Scheduler(SlotControls):
                     drafting.current = []
                     room = min(budget, self.engine.n_ctx - len(slot.tokens) - 2, job.max_tokens - job.n_generated - 1)
                     n = min(drafting.control.budget(), room)
+                    if n > 0 and drafting.drafts_together:
+                        together.append((drafting, job.history, n, len(slot.tokens)))
+                        budget -= n  # reserved; what is not drafted is given back below
+                        continue
                     drafts = drafting.propose(job.history, n) if n > 0 else []
                     pos = len(slot.tokens) + 1
                     entries.extend((d, pos + i, slot.seq_id, True) for i, d in enumerate(drafts))
                     budget -= len(drafts)
+        drafted, unused = JobDrafts.propose_together(together)
+        entries, budget = entries + drafted, budget + unused
         for slot in sorted((s for s in self._slots if s.job is not None and s.job.todo), key=lambda s: s.last_used):
             if budget <= 0:
                 break

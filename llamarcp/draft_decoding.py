@@ -1,6 +1,7 @@
 """Speculative decoding with a draft model: several greedy tokens per `llama_decode` when the drafts are right.
 
-After each sampled token the draft model (e.g. `LlamaPromptLookupDecoding`) proposes the tokens that probably
+After each sampled token the draft model (`LlamaPromptLookupDecoding`, or a small model with the same vocab:
+llamarcp.draft_model.DraftModel) proposes the tokens that probably
 follow. The sampled token and all drafts go into one batch that outputs logits at every position; the target
 model's argmax at position i is compared with draft i, and the run of agreeing drafts is kept (each is exactly
 the token plain greedy decoding would have picked there). The first disagreement is already the next token,
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from llamarcp._backend import get_lib
 from llamarcp._ffi import ffi
 from llamarcp.errors import DECODE_NO_KV_SLOT, check_decode
-from llamarcp.ngram_draft import DraftControl
+from llamarcp.ngram_draft import DraftControl, prompt_lookup_index
 
 if TYPE_CHECKING:
     from llamarcp.engine import Engine, Outcome, Step
@@ -51,7 +52,11 @@ def greedy_with_drafts(engine: Engine, draft_model: Any, limit: int, outcome: Ou
         return token, piece if piece is not None else token_to_piece(token), None
 
     n_generated = 0
-    control = DraftControl(max_drafts)  # drafts tried in the next batch (adapts to how often they are right)
+    ngrams = prompt_lookup_index(draft_model, input_ids)
+    min_drafts = int(getattr(draft_model, "min_pred_tokens", 0))
+    # llamarcp.draft_model.DraftModel: `draft(history, n, seq)` drafts up to the room left, from its own cache
+    own_drafts = draft_model.draft if hasattr(draft_model, "draft_many") else None
+    control = DraftControl(max_drafts, min_drafts, engine.plain_rate_hint)  # drafts in the next batch (adaptive)
     out = -1  # the output row whose logits predict the next token
     outcome["finish_reason"] = "length"
     outcome["drafted"] = outcome["accepted"] = 0
@@ -64,16 +69,25 @@ def greedy_with_drafts(engine: Engine, draft_model: Any, limit: int, outcome: Ou
             return
         n_generated += 1
         yield step(token)
+        if ngrams is not None:
+            ngrams.extend((token,))
         if n_generated >= limit or len(input_ids) >= n_ctx:
             return  # no room to decode this token; finish_reason stays "length"
         room = min(control.budget(), n_ctx - len(input_ids) - 1, limit - n_generated)
         drafts: list[int] = []
-        if room > 0:
+        started = time.perf_counter()  # drafting counts: a draft model's own decodes are part of the price
+        if room > 0 and ngrams is not None:
+            drafts = ngrams.propose(min(room, draft_model.num_pred_tokens))
+        elif room > 0 and own_drafts is not None:
+            drafts = own_drafts([*input_ids, token], room, 0)
+            started += getattr(draft_model, "catch_up_seconds", 0.0)  # reading new history: not the drafts' cost
+        elif room > 0:
             proposed = draft_model(np.asarray([*input_ids, token], dtype=np.intc))
             drafts = [int(t) for t in np.asarray(proposed).reshape(-1)[:room]]
             model.check_tokens(drafts)  # a draft model's bug must not reach llama_decode as an invalid id
+        if len(drafts) < min_drafts:
+            drafts = []
         tokens = [token, *drafts]
-        started = time.perf_counter()
         b = batch.fill(tokens, len(input_ids), 0, logits_last=False)
         ffi.memmove(b.logits, b"\x01" * len(tokens), len(tokens))  # logits at every position, to verify drafts
         rc = decode(ctx_ptr, b)
@@ -98,6 +112,8 @@ def greedy_with_drafts(engine: Engine, draft_model: Any, limit: int, outcome: Ou
             accepted += 1
             n_generated += 1
             yield step(draft)
+            if ngrams is not None:
+                ngrams.extend((draft,))
             if n_generated >= limit:
                 break
         outcome["drafted"] += len(drafts)
@@ -108,4 +124,5 @@ def greedy_with_drafts(engine: Engine, draft_model: Any, limit: int, outcome: Ou
             control.adapt(len(drafts), accepted, time.perf_counter() - started)
         else:
             control.observe_plain(time.perf_counter() - started)
+            engine.plain_rate_hint = control.plain_rate
         out = accepted

@@ -91,6 +91,8 @@ class Engine:
         #: Tokens the last prompt evaluation actually decoded (the rest came from the reused prefix).
         self.n_prompt_tokens_evaluated = 0
         self.last_timings: dict[str, float] = {}
+        #: Tokens/s of plain greedy steps seen by speculative decoding (llamarcp.ngram_draft): where new ones start.
+        self.plain_rate_hint: float | None = None
         #: Totals over every generation of this context (the server's /metrics).
         self.stats = GenerationStats()
         #: Hot-swappable LoRA adapters (`Llama.add_lora`; llamarcp.lora), None until one is loaded.

@@ -59,6 +59,10 @@ class ModelLoadError(LlamaError, ValueError):
     """llama.cpp could not load a model file: not GGUF, truncated, unsupported architecture, ..."""
 
 
+class DraftModelError(LlamaError, ValueError):
+    """A draft model that cannot serve a target: its vocab differs, or it already serves another Llama."""
+
+
 class LoraAdapterError(ModelLoadError):
     """A LoRA adapter could not be loaded for this model, or llama.cpp refused to apply it."""
 

@@ -221,6 +221,8 @@ class Llama(ModelFacts, LoraMethods, Reranking, StateMethods, LlamaCppApiMixin, 
                 self._lora_adapters().register(self._lora, float(lora_scale), applied=True)
             if mmproj is not None:
                 self.load_projector(mmproj)
+            if hasattr(draft_model, "attach") and not self.embedding:  # a DraftModel; last: a failed Llama never has it
+                draft_model.attach(self, self._model, self._engine.n_ctx, n_parallel, self._engine.ctx.n_ctx())
         except BaseException:
             self._model.close()
             raise

@@ -108,15 +108,39 @@ def test_draft_max_per_request(tiny_model_path: Path) -> None:
         assert spec.last_timings["draft_n"] == spec.last_timings["draft_steps"]  # one draft per step at most
 
 
+def _consensus_lookup(ids: list[int], size: int, n: int) -> list[int]:
+    """Prompt lookup's proposal, cut where the latest earlier occurrence of the same n-gram went on differently
+    (a brute-force reference for NgramIndex)."""
+    proposal = LlamaPromptLookupDecoding.find_candidate_pred_tokens(np.asarray(ids), size, n).tolist()
+    total = len(ids)
+    for k in range(min(size, total - 1), 0, -1):
+        starts = [s for s in range(total - k) if ids[s : s + k] == ids[total - k :]]
+        if not starts:
+            continue
+        latest = starts[-1] + k
+        for i, token in enumerate(proposal):
+            if latest + i < total and ids[latest + i] != token:
+                return proposal[:i]
+        return proposal
+    return proposal
+
+
 def test_ngram_index_matches_prompt_lookup() -> None:
     rng = np.random.default_rng(0)
-    for _ in range(200):
+    for _ in range(300):
         ids = rng.integers(0, 6, size=int(rng.integers(1, 40))).tolist()
         size, n = int(rng.integers(1, 4)), int(rng.integers(1, 8))
-        expected = LlamaPromptLookupDecoding.find_candidate_pred_tokens(np.asarray(ids), size, n).tolist()
         index = NgramIndex(size, ids[: len(ids) // 2])
         index.extend(ids[len(ids) // 2 :])
-        assert index.propose(n) == expected
+        assert index.propose(n) == _consensus_lookup(ids, size, n)
+    # Rows that differ by a counter: the counter is not drafted, the text around it is.
+    row = [7, 8, 9]  # `{"id": ` ... `, "name"` in a JSON array
+    history = [*row, 1, 5, *row, 2, 5, *row]
+    assert NgramIndex(2, history).propose(4) == []  # 1 then 2 after `8 9`: no agreement on the next token
+    assert NgramIndex(2, [*history, 1]).propose(4) == [5, 7, 8, 9]  # `9 1` seen once: its continuation
+    assert NgramIndex(2, [*history, 3]).propose(4) == []  # a new counter value: nothing to look up
+    index = NgramIndex(2, [1, 2, 3, 4, 1, 2, 3, 4, 1, 2])
+    assert index.propose(5) == [3, 4, 1, 2, 3]  # repeated text: every occurrence agrees
 
 
 def test_draft_control_adapts() -> None:
@@ -156,6 +180,44 @@ def test_draft_control_measures_plain_steps_first() -> None:
         control.adapt(control.n, control.n, 0.01)
     assert [control.budget() for _ in range(DraftControl.MEASURE)] == [0] * DraftControl.MEASURE
     assert control.budget() == 8
+
+
+def test_draft_control_starts_from_the_engines_plain_rate() -> None:
+    """With the plain rate known from earlier requests, the first window is judged by time; drafts that are all
+    right but slower than plain steps (a draft model as slow as the target) do not grow, and a window far below
+    the plain rate is judged at once."""
+    control = DraftControl(8, plain_rate=100.0)  # 10 ms per plain token
+    for _ in range(DraftControl.WINDOW):
+        assert control.budget() == 2
+        control.tried(2)
+        control.adapt(2, 2, 0.04)  # 3 tokens in 40 ms: 75 tokens/s, all accepted, but slower: no growth
+    assert [control.budget() for _ in range(DraftControl.PAUSE)] == [0] * DraftControl.PAUSE
+    assert control.budget() == 1
+
+    control = DraftControl(8, plain_rate=100.0)
+    control.tried(2)
+    control.adapt(2, 0, 0.05)  # 1 token in 50 ms: under half the plain rate, judged now
+    assert control.budget() == 0
+
+    control = DraftControl(8, plain_rate=100.0)
+    control.tried(2)
+    control.adapt(2, 2, 0.015)  # 3 tokens in 15 ms: faster than plain, the length doubles
+    assert control.budget() == 4
+    control.tried(4)
+    control.adapt(4, 4, 0.02)
+    control.tried(8)
+    control.adapt(8, 8, 0.03)
+    # A paid window; this sequence's own plain steps are measured before drafting on.
+    assert [control.budget() for _ in range(DraftControl.MEASURE)] == [0] * DraftControl.MEASURE
+    assert control.budget() == 8
+
+
+def test_draft_control_minimum() -> None:
+    control = DraftControl(8, n_min=3)
+    assert control.budget() == 3
+    control.tried(3)
+    control.adapt(3, 0, 0.01)
+    assert control.budget() == 3  # not below the minimum after a miss
 
 
 def test_one_sequence_drafts_are_counted(tiny_model_path: Path) -> None:

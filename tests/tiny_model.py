@@ -66,8 +66,9 @@ def _gguf_file(out_path: str | os.PathLike[str], arch: str) -> Iterator[Any]:
     os.replace(tmp, out)
 
 
-def write_tiny_model(out_path: str | os.PathLike[str], vocab_path: str | os.PathLike[str]) -> Path:
-    """Write the tiny model to `out_path` (atomically: a temp file renamed into place) and return the path."""
+def write_tiny_model(out_path: str | os.PathLike[str], vocab_path: str | os.PathLike[str], seed: int = SEED) -> Path:
+    """Write the tiny model to `out_path` (atomically: a temp file renamed into place) and return the path;
+    another `seed` gives other random weights with the same vocab (a draft model for speculative tests)."""
     import gguf
     import numpy as np
 
@@ -99,7 +100,7 @@ def write_tiny_model(out_path: str | os.PathLike[str], vocab_path: str | os.Path
             else:
                 writer.add_key_value(key, value, value_type)
 
-        rng = np.random.default_rng(SEED)
+        rng = np.random.default_rng(seed)
 
         def rand(*shape: int, std: float) -> np.ndarray:
             return (rng.standard_normal(shape) * std).astype(np.float32)

@@ -113,13 +113,57 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--spec-type",
-        choices=["ngram-simple"],
+        choices=["ngram-simple", "draft-simple"],
         help="speculative decoding of greedy requests: ngram-simple drafts from the prompt and the answer so far "
-        "(prompt lookup); the draft length adapts to how many drafts are accepted (default: off)",
+        "(prompt lookup), draft-simple from the --model-draft model (implied by --model-draft); the draft length "
+        "adapts to how many drafts are accepted (default: off)",
     )
-    p.add_argument("--spec-draft-n-max", type=int, metavar="N", help="most draft tokens per step (default 10; 1..256)")
+    p.add_argument(
+        "--spec-draft-n-max",
+        "--draft-max",
+        "--draft-n",
+        "--draft",
+        type=int,
+        metavar="N",
+        help="most draft tokens per step (default 10 for ngram-simple, 8 for a draft model; 1..256)",
+    )
+    p.add_argument(
+        "--spec-draft-n-min",
+        "--draft-min",
+        "--draft-n-min",
+        type=int,
+        metavar="N",
+        help="a proposal shorter than N tokens is not tried (default 0)",
+    )
     p.add_argument(
         "--spec-ngram-simple-size-n", type=int, metavar="N", help="longest n-gram looked up (default 2; 1..16)"
+    )
+    p.add_argument(
+        "--spec-draft-model",
+        "-md",
+        "--model-draft",
+        dest="model_draft",
+        metavar="FNAME",
+        help="draft model for speculative decoding: a small GGUF with the same vocab as the model (checked at load)",
+    )
+    p.add_argument(
+        "--spec-draft-threads",
+        "-td",
+        "--threads-draft",
+        dest="threads_draft",
+        type=int,
+        metavar="N",
+        help="threads of the draft model (default: same as --threads)",
+    )
+    p.add_argument(
+        "--spec-draft-ngl",
+        "-ngld",
+        "--gpu-layers-draft",
+        "--n-gpu-layers-draft",
+        dest="gpu_layers_draft",
+        type=int,
+        metavar="N",
+        help="draft model layers to offload to the GPU (default 0)",
     )
     p.add_argument(
         "--lora",
@@ -175,6 +219,72 @@ def _command_line_settings(args: argparse.Namespace) -> dict[str, Any]:
     return given
 
 
+def _speculative_flags(args: argparse.Namespace, configs: list[Any], has_config_file: bool) -> None:
+    """--spec-type / --model-draft and their sizes -> each config's `draft_model` (llama-server's names)."""
+    spec_type = args.spec_type or ("draft-simple" if args.model_draft else None)
+    sizes = (args.spec_draft_n_max, args.spec_draft_n_min, args.spec_ngram_simple_size_n)
+    draft_only = (args.threads_draft, args.gpu_layers_draft)
+    if spec_type is None:
+        if any(v is not None for v in (*sizes, *draft_only)):
+            raise UsageError("--spec-draft-n-max / --spec-draft-n-min / --spec-ngram-simple-size-n need --spec-type")
+        return
+    n_max = args.spec_draft_n_max if args.spec_draft_n_max is not None else (10 if spec_type == "ngram-simple" else 8)
+    n_min = args.spec_draft_n_min if args.spec_draft_n_min is not None else 0
+    if not 1 <= n_max <= 256:
+        raise UsageError(f"--spec-draft-n-max must be in 1..256, got {n_max}")
+    if not 0 <= n_min <= n_max:
+        raise UsageError(f"--spec-draft-n-min must be in 0..--spec-draft-n-max ({n_max}), got {n_min}")
+    if spec_type == "ngram-simple":
+        if args.model_draft or any(v is not None for v in draft_only):
+            raise UsageError("--model-draft / --spec-draft-threads / --spec-draft-ngl need --spec-type draft-simple")
+        size_n = 2 if args.spec_ngram_simple_size_n is None else args.spec_ngram_simple_size_n
+        if not 1 <= size_n <= 16:
+            raise UsageError(f"--spec-ngram-simple-size-n must be in 1..16, got {size_n}")
+        from llamarcp.compat.speculative import LlamaPromptLookupDecoding
+
+        for config in configs:
+            lookup = LlamaPromptLookupDecoding(size_n, n_max)
+            lookup.min_pred_tokens = n_min  # type: ignore[attr-defined]  # read by the engines (llamarcp.ngram_draft)
+            config.llama_kwargs["draft_model"] = lookup
+        return
+    if not args.model_draft:
+        raise UsageError("--spec-type draft-simple needs --model-draft FNAME")
+    if args.spec_ngram_simple_size_n is not None:
+        raise UsageError("--spec-ngram-simple-size-n is for --spec-type ngram-simple")
+    if has_config_file:
+        raise UsageError("--model-draft serves one model; not with --config_file")
+    if args.threads_draft is not None and not 1 <= args.threads_draft <= 1024:
+        raise UsageError(f"--spec-draft-threads must be in 1..1024, got {args.threads_draft}")
+    if args.gpu_layers_draft is not None and args.gpu_layers_draft < -1:
+        raise UsageError(f"--spec-draft-ngl must be >= -1, got {args.gpu_layers_draft}")
+    from llamarcp._core import Model
+    from llamarcp.draft_model import DraftModel, check_compatible
+    from llamarcp.errors import LlamaError
+    from llamarcp.models import default_model_path
+
+    draft = None
+    try:
+        draft = DraftModel(
+            args.model_draft,
+            num_pred_tokens=n_max,
+            min_pred_tokens=n_min,
+            n_threads=args.threads_draft,
+            n_gpu_layers=args.gpu_layers_draft or 0,
+        )
+        target = configs[0].model or default_model_path()
+        if os.path.isfile(target):  # a missing target is reported when it loads, under its own flag
+            target_vocab = Model(target, vocab_only=True)
+            try:
+                check_compatible(target_vocab, draft.model)  # refused at startup, before the model loads
+            finally:
+                target_vocab.close()
+    except (LlamaError, OSError) as exc:
+        if draft is not None:
+            draft.close()
+        raise UsageError(f"--model-draft {args.model_draft}: {exc}") from None
+    configs[0].llama_kwargs["draft_model"] = draft
+
+
 def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> tuple[ServerSettings, dict[str, Any]]:
     """ServerSettings and the listener's options (host, port, TLS, keep-alive) from parsed flags + environment."""
     environ = dict(os.environ) if environ is None else environ
@@ -216,17 +326,7 @@ def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
         if config_file:
             raise UsageError("--lora/--lora-scaled serve one model; not with --config_file")
         configs[0].lora_adapters = adapters
-    if args.spec_type or args.spec_draft_n_max is not None or args.spec_ngram_simple_size_n is not None:
-        if not args.spec_type:
-            raise UsageError("--spec-draft-n-max / --spec-ngram-simple-size-n need --spec-type ngram-simple")
-        n_max = 10 if args.spec_draft_n_max is None else args.spec_draft_n_max
-        size_n = 2 if args.spec_ngram_simple_size_n is None else args.spec_ngram_simple_size_n
-        if not 1 <= n_max <= 256 or not 1 <= size_n <= 16:
-            raise UsageError("--spec-draft-n-max must be in 1..256 and --spec-ngram-simple-size-n in 1..16")
-        from llamarcp.compat.speculative import LlamaPromptLookupDecoding
-
-        for config in configs:
-            config.llama_kwargs["draft_model"] = LlamaPromptLookupDecoding(size_n, n_max)
+    _speculative_flags(args, configs, bool(config_file))
     if args.kv_unified:
         for config in configs:
             config.llama_kwargs["kv_unified"] = True
