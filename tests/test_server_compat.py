@@ -69,6 +69,17 @@ def test_conflicting_pair_is_an_error(argv: list[str], fragment: str) -> None:
     assert fragment in str(info.value)
 
 
+def test_prompt_lookup_draft_model_setting() -> None:
+    from llamarcp.compat.speculative import LlamaPromptLookupDecoding
+
+    settings, _ = _resolve(["--draft_model", "prompt-lookup-decoding", "--draft_model_num_pred_tokens", "7"])
+    draft = settings.model_configs()[0].llama_kwargs["draft_model"]
+    assert isinstance(draft, LlamaPromptLookupDecoding) and draft.num_pred_tokens == 7
+    (config,) = _resolve(["--draft_model", "prompt-lookup-decoding"])[0].model_configs()
+    assert config.llama_kwargs["draft_model"].num_pred_tokens == 10  # llama-cpp-python's default
+    assert "draft_model" not in _resolve(["--draft_model_num_pred_tokens", "5"])[0].model_configs()[0].llama_kwargs
+
+
 def test_the_same_value_twice_is_no_conflict() -> None:
     settings, _ = _resolve(["-c", "1024", "--n_ctx", "1024"])
     assert settings.model_configs()[0].n_ctx == 1024
@@ -96,7 +107,13 @@ def test_environment_variables_any_case_and_precedence() -> None:
         (["--kv_overrides", "a=int:1"], {}, "kv_overrides is not supported"),
         (["--chat_format", "llava-1-5"], {}, "needs a projector"),
         (["--hf_model_repo_id", "x/y"], {}, "HuggingFace"),
-        (["--draft_model", "prompt-lookup-decoding"], {}, "speculative decoding"),
+        (["--draft_model", "eagle"], {}, "draft_model must be 'prompt-lookup-decoding'"),
+        (["--draft_model", "prompt-lookup-decoding", "--draft_model_num_pred_tokens", "0"], {}, "in 1..256"),
+        (
+            ["--draft_model", "prompt-lookup-decoding", "--spec-type", "ngram-simple"],
+            {},
+            "set the same thing",
+        ),
         (["--yarn_ext_factor", "0.5"], {}, "YaRN"),
         (["--rope_scaling_type", "1"], {}, "RoPE scaling"),
         (["--vocab_only", "true"], {}, "vocab-only"),

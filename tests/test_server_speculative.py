@@ -76,6 +76,17 @@ def test_off_per_request(servers: tuple[Server, Server]) -> None:
     )
 
 
+def test_llama_cpp_python_draft_model_setting(
+    servers: tuple[Server, Server], tiny_model_path: Path, tmp_path: Path
+) -> None:
+    """llama-cpp-python's `--draft_model prompt-lookup-decoding` serves prompt lookup: same answers, drafts counted."""
+    plain, _ = servers
+    argv = (*_args(tiny_model_path), "--draft_model", "prompt-lookup-decoding", "--draft_model_num_pred_tokens", "4")
+    for lookup in start_server(tmp_path, *argv):
+        assert complete(lookup, REPETITIVE) == complete(plain, REPETITIVE)
+        assert scrape(lookup)["llamacpp:spec_decode_num_draft_tokens_total"] > 0
+
+
 def test_draft_model_server(servers: tuple[Server, Server], tiny_model_path: Path, tmp_path: Path) -> None:
     """`--model-draft` with the target itself as the draft model (full acceptance) and two slots: the same
     greedy answers, concurrent requests included, and its drafts in /metrics."""

@@ -228,6 +228,8 @@ def _speculative_flags(args: argparse.Namespace, configs: list[Any], has_config_
         if any(v is not None for v in (*sizes, *draft_only)):
             raise UsageError("--spec-draft-n-max / --spec-draft-n-min / --spec-ngram-simple-size-n need --spec-type")
         return
+    if any("draft_model" in config.llama_kwargs for config in configs):
+        raise UsageError("--spec-type / --model-draft and llama-cpp-python's draft_model set the same thing; give one")
     n_max = args.spec_draft_n_max if args.spec_draft_n_max is not None else (10 if spec_type == "ngram-simple" else 8)
     n_min = args.spec_draft_n_min if args.spec_draft_n_min is not None else 0
     if not 1 <= n_max <= 256:

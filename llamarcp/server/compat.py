@@ -80,8 +80,8 @@ def _str(value: Any) -> str:
 
 
 #: How a name is handled: "llama" = passed to Llama() under the same name, "model:<attr>" = a ModelConfig field,
-#: "server:<attr>" = a server field, "noop" = accepted (warned about when not at its default), "refuse" = an error
-#: unless left at its default.
+#: "server:<attr>" = a server field, "draft" = the prompt-lookup draft model (read together), "noop" = accepted
+#: (warned about when not at its default), "refuse" = an error unless left at its default.
 @dataclass(frozen=True)
 class Field:
     name: str
@@ -152,8 +152,8 @@ MODEL_FIELDS: dict[str, Field] = {
         _f("hf_tokenizer_config_path", _str, "refuse", why="HuggingFace tokenizers are not supported"),
         _f("hf_pretrained_model_name_or_path", _str, "refuse", why="HuggingFace tokenizers are not supported"),
         _f("hf_model_repo_id", _str, "refuse", why="downloading from the HuggingFace Hub is not supported"),
-        _f("draft_model", _str, "refuse", why="speculative decoding is not supported"),
-        _f("draft_model_num_pred_tokens", _int, "noop", default=10, why="only used with draft_model"),
+        _f("draft_model", _str, "draft"),
+        _f("draft_model_num_pred_tokens", _int, "draft", default=10),
         _f("type_k", _int, "llama"),
         _f("type_v", _int, "llama"),
         _f("verbose", parse_bool, "model:verbose"),
@@ -327,15 +327,40 @@ def model_config(values: Mapping[str, Any], where: str = "") -> ModelConfig:
                 log.warning("%s%s=%r has no effect in llamarcp: %s", prefix, name, value, spec.why)
         elif spec.target == "llama":
             config.llama_kwargs[name] = value
+        elif spec.target == "draft":
+            pass  # read together below
         else:
             attr = spec.target.split(":", 1)[1]
             setattr(config, attr, value)
+    _draft_model(config, values, prefix)
     if config.n_threads is not None and config.n_threads <= 0:  # llama-cpp-python: -1 = all cores
         config.n_threads = None
     if config.seed is not None and config.seed < 0:
         config.seed = None
     config.__post_init__()  # a multimodal chat_format becomes its handler's name
     return config
+
+
+#: llama-cpp-python's server knows one `draft_model` method, by this name.
+PROMPT_LOOKUP_DECODING = "prompt-lookup-decoding"
+
+
+def _draft_model(config: ModelConfig, values: Mapping[str, Any], prefix: str) -> None:
+    """`draft_model="prompt-lookup-decoding"` (+ `draft_model_num_pred_tokens`) -> LlamaPromptLookupDecoding."""
+    method = values.get("draft_model")
+    n_pred = values.get("draft_model_num_pred_tokens", 10)
+    if method is None:
+        if n_pred != 10:
+            log.warning("%sdraft_model_num_pred_tokens=%r has no effect without draft_model", prefix, n_pred)
+        return
+    if method != PROMPT_LOOKUP_DECODING:
+        raise CompatError(f"{prefix}draft_model must be {PROMPT_LOOKUP_DECODING!r} (llama-cpp-python's one method), "
+                          f"got {method!r}; a draft model file is --model-draft")
+    if not 1 <= n_pred <= 256:
+        raise CompatError(f"{prefix}draft_model_num_pred_tokens must be in 1..256, got {n_pred}")
+    from llamarcp.compat.speculative import LlamaPromptLookupDecoding
+
+    config.llama_kwargs["draft_model"] = LlamaPromptLookupDecoding(num_pred_tokens=n_pred)
 
 
 #: The server fields (llama-cpp-python's and llamarcp's) that ServerSettings takes under the same name; host, port,
