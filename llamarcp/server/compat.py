@@ -354,8 +354,10 @@ def _draft_model(config: ModelConfig, values: Mapping[str, Any], prefix: str) ->
             log.warning("%sdraft_model_num_pred_tokens=%r has no effect without draft_model", prefix, n_pred)
         return
     if method != PROMPT_LOOKUP_DECODING:
-        raise CompatError(f"{prefix}draft_model must be {PROMPT_LOOKUP_DECODING!r} (llama-cpp-python's one method), "
-                          f"got {method!r}; a draft model file is --model-draft")
+        raise CompatError(
+            f"{prefix}draft_model must be {PROMPT_LOOKUP_DECODING!r} (llama-cpp-python's one method), "
+            f"got {method!r}; a draft model file is --model-draft"
+        )
     if not 1 <= n_pred <= 256:
         raise CompatError(f"{prefix}draft_model_num_pred_tokens must be in 1..256, got {n_pred}")
     from llamarcp.compat.speculative import LlamaPromptLookupDecoding
