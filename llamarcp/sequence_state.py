@@ -5,35 +5,50 @@ sequence (`llama_state_seq_get_data`). With `n_parallel > 1` the work runs on th
 between two decode steps, on an idle slot only (`SlotBusyError` otherwise); with one sequence it takes the
 context's turn.
 
-Files are llama.cpp's own per-sequence format, byte for byte what `llama_state_seq_save_file` (and so
-llama-server's `/slots?action=save`) writes: u32 magic 'ggsq', u32 version, u32 token count, the int32 tokens,
-then the state. They are written atomically (a new temporary file beside the target, fsynced, renamed over it)
-and never through a symlink or onto anything but a regular file; reading opens without following symlinks,
-checks the header, the token ids and the size before llama.cpp sees the state, and llama.cpp's own checks
-(architecture, layer count, types) refuse a state of another model shape.
+Files (`write_sequence_file`, `read_sequence_file`) hold llama.cpp's own per-sequence format, byte for byte
+what `llama_state_seq_save_file` (and so llama-server's `/slots?action=save`) writes: u32 magic 'ggsq', u32
+version, u32 token count, the int32 tokens, then the state. By default that is wrapped in `llamarcp.state`'s
+checked container (sha256 over the file, the model's identity, kind "sequence"), so a flipped bit, a truncated
+copy or a file of another model is refused before llama.cpp reads it; a bare sequence file (llama-server's, or
+saved with FORMAT_LLAMA_CPP for llama-server) is still read, checked as far as its format allows. Files are
+written atomically (state.write_replacing: a temporary file beside the target, fsynced, renamed over it) and
+never through a symlink or onto anything but a regular file; reading opens without following symlinks, checks
+the header, the token ids and the size before llama.cpp sees the state, and llama.cpp's own checks
+(architecture, layer count, types) refuse a bare state of another model shape.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from llamarcp._backend import capture_log, get_lib
 from llamarcp._ffi import ffi
 from llamarcp.errors import LlamaError, StateError
+from llamarcp.state import (
+    FILE_MAGIC,
+    KIND_SEQUENCE,
+    checked_file_parts,
+    read_regular_file,
+    verified_payload,
+    write_replacing,
+)
 
 if TYPE_CHECKING:
+    from llamarcp._core import Model
     from llamarcp.llama import Llama
 
 __all__ = [
+    "FORMATS",
+    "FORMAT_LLAMARCP",
+    "FORMAT_LLAMA_CPP",
     "SequenceSnapshot",
     "SlotBusyError",
+    "SlotFile",
     "erase_sequence",
     "read_sequence_file",
     "restore_sequence",
@@ -179,12 +194,30 @@ def sequence_states(llama: Llama) -> list[dict[str, Any]]:
 
 # -- files ----------------------------------------------------------------------------------------------------
 
+#: The formats a slot file may have: llamarcp's checked container (state.py), or llama.cpp's bare sequence file.
+FORMAT_LLAMARCP = "llamarcp"
+FORMAT_LLAMA_CPP = "llama.cpp"
+FORMATS = (FORMAT_LLAMARCP, FORMAT_LLAMA_CPP)
+#: What the checked container adds around the sequence file, at most (header, digest, metadata).
+_CONTAINER_OVERHEAD = 1 << 17
 
-def write_sequence_file(path: str | os.PathLike[str], snapshot: SequenceSnapshot) -> int:
-    """Write `snapshot` in llama.cpp's sequence file format, atomically; returns the bytes written.
+
+def _sequence_parts(snapshot: SequenceSnapshot) -> list[bytes]:
+    header = _HEADER.pack(_MAGIC, _VERSION, len(snapshot.tokens))
+    return [header, struct.pack(f"<{len(snapshot.tokens)}i", *snapshot.tokens), snapshot.data]
+
+
+def write_sequence_file(
+    path: str | os.PathLike[str], snapshot: SequenceSnapshot, model: Model, file_format: str = FORMAT_LLAMARCP
+) -> int:
+    """Write `snapshot` atomically (state.write_replacing); returns the bytes written. FORMAT_LLAMARCP wraps the
+    sequence file in llamarcp's state container (sha256, model identity); FORMAT_LLAMA_CPP writes the bare
+    sequence file llama-server reads.
 
     The target must be a regular file or not exist; a symlink, directory, device or FIFO there is refused
     (StateError), so a save never writes through a link or replaces something that is not a slot file."""
+    if file_format not in FORMATS:
+        raise ValueError(f"file_format must be one of {', '.join(FORMATS)}, got {file_format!r}")
     target = Path(path)
     try:
         info = os.lstat(target)
@@ -193,66 +226,52 @@ def write_sequence_file(path: str | os.PathLike[str], snapshot: SequenceSnapshot
     if info is not None and not stat.S_ISREG(info.st_mode):
         kind = "a symlink" if stat.S_ISLNK(info.st_mode) else "not a regular file"
         raise StateError(f"will not save to {path}: it is {kind}")
-    header = _HEADER.pack(_MAGIC, _VERSION, len(snapshot.tokens))
-    body = struct.pack(f"<{len(snapshot.tokens)}i", *snapshot.tokens)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(header)
-            handle.write(body)
-            handle.write(snapshot.data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except OSError as exc:
-        raise StateError(f"could not save the slot to {path}: {exc}") from exc
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return snapshot.n_bytes
+    parts: list[Any] = _sequence_parts(snapshot)
+    if file_format == FORMAT_LLAMARCP:
+        parts = checked_file_parts(model, KIND_SEQUENCE, len(snapshot.tokens), parts)
+    write_replacing(target, path, parts, noun="slot")
+    return sum(len(part) for part in parts)
 
 
-def read_sequence_file(path: str | os.PathLike[str], max_tokens: int, max_bytes: int) -> SequenceSnapshot:
-    """Read a sequence file (llama.cpp's format) without following symlinks; StateError for a file that is
-    not one, holds more than `max_tokens` tokens or is larger than `max_bytes`."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise StateError(
-            f"cannot open the slot file {path}: {exc.strerror or exc} (symlinks are not followed)"
-        ) from exc
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise StateError(f"{path} is not a regular file")
-        if info.st_size > max_bytes:
-            raise StateError(f"{path} is {info.st_size} bytes; a slot file of this model is at most {max_bytes}")
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            raw = handle.read(max_bytes + 1)
-    except OSError as exc:
-        raise StateError(f"cannot read the slot file {path}: {exc}") from exc
-    finally:
-        os.close(fd)
-    if len(raw) < _HEADER.size:
-        raise StateError(f"{path} is not a llama.cpp sequence file (too short)")
-    magic, version, n_tokens = _HEADER.unpack_from(raw)
+class SlotFile(NamedTuple):
+    snapshot: SequenceSnapshot
+    file_format: str  # FORMAT_LLAMARCP or FORMAT_LLAMA_CPP
+    n_bytes: int  # the file's size
+
+
+def read_sequence_file(path: str | os.PathLike[str], model: Model, max_tokens: int, max_bytes: int) -> SlotFile:
+    """Read a slot file without following symlinks.
+
+    A llamarcp file is refused unless its sha256 and model identity match (a flipped bit, a truncated copy, a
+    file of another model: StateError naming the problem). A bare llama.cpp sequence file (llama-server's) has
+    no checksum: its header, size, token count and token ids are checked here, its state by llama.cpp."""
+    data = read_regular_file(
+        path,
+        (FILE_MAGIC, _HEADER.pack(_MAGIC, _VERSION, 0)[:4]),
+        noun="slot file",
+        follow_symlinks=False,
+        max_bytes=max_bytes + _CONTAINER_OVERHEAD,
+    )
+    if data.startswith(FILE_MAGIC):
+        payload = bytes(verified_payload(model, data, path, KIND_SEQUENCE, noun="slot file"))
+        file_format = FORMAT_LLAMARCP
+    else:
+        payload, file_format = data, FORMAT_LLAMA_CPP
+    if len(payload) < _HEADER.size:
+        raise StateError(f"{path} is not a slot file (it starts with {bytes(data[:8])!r})")
+    magic, version, n_tokens = _HEADER.unpack_from(payload)
     if magic != _MAGIC:
-        raise StateError(f"{path} is not a llama.cpp sequence file (magic {magic:#x})")
+        raise StateError(f"{path} is not a slot file (it starts with {bytes(data[:8])!r})")
     if version != _VERSION:
         raise StateError(f"{path} is sequence file version {version}; this llama.cpp reads version {_VERSION}")
+    if len(payload) > max_bytes:
+        raise StateError(f"{path} holds {len(payload)} bytes of state; a slot of this model holds at most {max_bytes}")
     if n_tokens > max_tokens:
         raise StateError(f"{path} holds {n_tokens} tokens; a slot of this server holds at most {max_tokens}")
     end = _HEADER.size + 4 * n_tokens
-    if len(raw) < end:
+    if len(payload) < end:
         raise StateError(f"{path} is truncated: {n_tokens} tokens announced")
-    tokens = list(struct.unpack_from(f"<{n_tokens}i", raw, _HEADER.size))
-    return SequenceSnapshot(tokens, raw[end:])
+    if n_tokens and len(payload) == end:
+        raise StateError(f"{path} is truncated: it holds {n_tokens} tokens but no state")
+    tokens = list(struct.unpack_from(f"<{n_tokens}i", payload, _HEADER.size))
+    return SlotFile(SequenceSnapshot(tokens, payload[end:]), file_format, len(data))
