@@ -238,9 +238,11 @@ def test_kv_unified_server(tiny_model_path: Path, tmp_path: Path) -> None:
     servers = start_server(tmp_path, *args)
     unified = next(servers)
     try:
-        assert unified.health()["slots"]["kv_cells"] == 256
+        health = unified.health()["slots"]
+        assert health["kv_cells"] == 256 and health["kv_cache_mib"] > 0
         props = httpx.get(unified.url + "/props", timeout=10).json()
         assert props["kv_unified"] is True and props["kv_cells"] == 256 and props["total_slots"] == 3
+        assert props["kv_cache_mib"] == health["kv_cache_mib"]
         body = {"prompt": PROMPT, "max_tokens": 120, "temperature": 0, "ignore_eos": True}
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
             answers = list(pool.map(lambda _: unified.post("/v1/completions", body).json(), range(3)))
