@@ -33,16 +33,15 @@ ROUTES: list[tuple[str, str, Any]] = [
     ("POST", "/v1/completions", {"model": "tiny", "prompt": "Hi", "max_tokens": 2, "lora": [{"id": 0, "scale": 1}]}),
 ]
 #: Served with the key only by a reranker / FIM model: here they must still refuse a request without the key.
+RERANK_PATHS = ("/v1/rerank", "/rerank", "/reranking", "/v1/reranking")
 KEYED_ELSEWHERE: list[tuple[str, str, Any]] = [
-    ("POST", path, {"query": "q", "documents": ["d"]}) for path in ("/v1/rerank", "/rerank", "/reranking", "/v1/reranking")
+    ("POST", path, {"query": "q", "documents": ["d"]}) for path in RERANK_PATHS
 ] + [("POST", "/infill", {"input_prefix": "def f(", "input_suffix": ")"})]
 PUBLIC = {"/health"}
 
 
 @pytest.fixture(scope="module")
-def server(
-    tiny_model_path: Path, tiny_model_writer: Any, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
+def server(tiny_model_path: Path, tiny_model_writer: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("api-key")
     lora = tiny_model_writer.write_tiny_lora(tmp / "lora.gguf")
     args = ("--model", str(tiny_model_path), "--alias", "tiny", "-t", "1", "-c", "256", "-np", "2", "--metrics")
