@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from llamarcp._backend import capture_log, get_lib
 from llamarcp._ffi import ffi
-from llamarcp.errors import LlamaError, StateError
+from llamarcp.errors import LlamaError, StateError, TokenizeError
 from llamarcp.state import (
     FILE_MAGIC,
     KIND_SEQUENCE,
@@ -67,10 +67,17 @@ class SlotBusyError(LlamaError):
     """The slot runs a request; save, restore and erase wait for an idle slot."""
 
 
+#: llama.cpp (b11549 among others) starts the in-memory state of a sequence (`llama_state_seq_get_data`) with
+#: this u32 and the sequence id, and checks them in `llama_state_seq_set_data`; its sequence files do not carry
+#: them. Whether the loaded library does is seen in the state it hands out, not assumed from its release.
+_SEQ_DATA_MAGIC = 0xAF143CD8
+_SEQ_DATA_HEAD = struct.Struct("<Ii")
+
+
 @dataclass
 class SequenceSnapshot:
     tokens: list[int]
-    #: llama.cpp's serialized state of the sequence (as `llama_state_seq_get_data` writes it).
+    #: llama.cpp's serialized state of the sequence as its sequence files hold it (what follows the tokens).
     data: bytes
 
     @property
@@ -115,14 +122,12 @@ def snapshot_sequence(llama: Llama, seq_id: int) -> SequenceSnapshot:
     """The tokens and KV state of sequence `seq_id`."""
 
     def take(engine: Any, slot: Any) -> SequenceSnapshot:
-        lib = get_lib()
         tokens = list(slot.tokens if slot is not None else engine.input_ids)
-        size = int(lib.llama_state_seq_get_size(engine.ctx.ptr, seq_id))
-        buf = ffi.new("uint8_t[]", max(size, 1))
-        written = int(lib.llama_state_seq_get_data(engine.ctx.ptr, buf, size, seq_id))
-        if written <= 0 and tokens:
+        blob = _get_seq_data(engine, seq_id)
+        if not blob and tokens:
             raise StateError(f"llama_state_seq_get_data wrote nothing for slot {seq_id}")
-        return SequenceSnapshot(tokens, ffi.buffer(buf, written)[:])
+        head = _SEQ_DATA_HEAD.pack(_SEQ_DATA_MAGIC, seq_id)
+        return SequenceSnapshot(tokens, blob[len(head) :] if blob.startswith(head) else blob)
 
     result: SequenceSnapshot = _on_sequence(llama, seq_id, take)
     return result
@@ -135,7 +140,10 @@ def restore_sequence(llama: Llama, seq_id: int, snapshot: SequenceSnapshot) -> N
     n_ctx = int(llama.n_ctx)
     if len(tokens) > n_ctx:
         raise StateError(f"the state holds {len(tokens)} tokens; a slot of this server holds at most {n_ctx}")
-    llama._model.check_tokens(tokens)
+    try:
+        llama._model.check_tokens(tokens)
+    except TokenizeError as exc:
+        raise StateError(f"the state holds {exc}") from None
     data = snapshot.data
 
     def put(engine: Any, slot: Any) -> None:
@@ -150,9 +158,11 @@ def restore_sequence(llama: Llama, seq_id: int, snapshot: SequenceSnapshot) -> N
                 engine.kept_logits.keep_only(0)
         if not tokens:
             return
+        head = _SEQ_DATA_HEAD.pack(_SEQ_DATA_MAGIC, seq_id)
+        blob = head + data if _get_seq_data(engine, seq_id).startswith(head) else data  # as the library hands out
         with capture_log() as log:
             read = int(
-                lib.llama_state_seq_set_data(engine.ctx.ptr, ffi.from_buffer("uint8_t[]", data), len(data), seq_id)
+                lib.llama_state_seq_set_data(engine.ctx.ptr, ffi.from_buffer("uint8_t[]", blob), len(blob), seq_id)
             )
         n_mem = int(lib.llama_memory_seq_pos_max(memory, seq_id)) + 1
         if read == 0 or n_mem != len(tokens):
@@ -167,6 +177,15 @@ def restore_sequence(llama: Llama, seq_id: int, snapshot: SequenceSnapshot) -> N
             engine.input_ids = tokens
 
     _on_sequence(llama, seq_id, put)
+
+
+def _get_seq_data(engine: Any, seq_id: int) -> bytes:
+    """`llama_state_seq_get_data` of one sequence, as the library writes it."""
+    lib = get_lib()
+    size = int(lib.llama_state_seq_get_size(engine.ctx.ptr, seq_id))
+    buf = ffi.new("uint8_t[]", max(size, 1))
+    written = int(lib.llama_state_seq_get_data(engine.ctx.ptr, buf, size, seq_id))
+    return ffi.buffer(buf, max(written, 0))[:]
 
 
 def erase_sequence(llama: Llama, seq_id: int) -> int:
@@ -274,4 +293,27 @@ def read_sequence_file(path: str | os.PathLike[str], model: Model, max_tokens: i
     if n_tokens and len(payload) == end:
         raise StateError(f"{path} is truncated: it holds {n_tokens} tokens but no state")
     tokens = list(struct.unpack_from(f"<{n_tokens}i", payload, _HEADER.size))
+    if file_format == FORMAT_LLAMA_CPP and tokens[:1] == [_LLAMA_SERVER_TOKENS]:
+        tokens = _llama_server_tokens(tokens, path)
     return SlotFile(SequenceSnapshot(tokens, payload[end:]), file_format, len(data))
+
+
+#: llama-server (b11549) stores its slot's tokens packed where llama.cpp keeps the token list: -1 (its marker),
+#: u32 version 1, u32 count, the tokens, u32 count of media chunks, the chunks (tools/server/server-common.cpp).
+_LLAMA_SERVER_TOKENS = -1
+_LLAMA_SERVER_TOKENS_VERSION = 1
+
+
+def _llama_server_tokens(packed: list[int], path: str | os.PathLike[str]) -> list[int]:
+    """The token ids of llama-server's packed slot tokens; StateError for what llamarcp cannot restore."""
+    if len(packed) < 4 or packed[1] != _LLAMA_SERVER_TOKENS_VERSION:
+        raise StateError(f"{path} is a llama-server slot file of an unknown layout (version {packed[1:2]})")
+    count = packed[2]
+    if not 0 <= count <= len(packed) - 4:
+        raise StateError(f"{path} is a damaged llama-server slot file: {count} tokens announced")
+    n_media = packed[3 + count]
+    if n_media != 0:
+        raise StateError(f"{path} holds {n_media} image/audio chunks of llama-server; llamarcp restores text slots")
+    if len(packed) != 4 + count:
+        raise StateError(f"{path} is a damaged llama-server slot file: data after its tokens")
+    return packed[3 : 3 + count]
