@@ -168,6 +168,8 @@ def restore_sequence(llama: Llama, seq_id: int, snapshot: SequenceSnapshot) -> N
         if read == 0 or n_mem != len(tokens):
             lib.llama_memory_seq_rm(memory, seq_id, -1, -1)
             reason = log.reason(2) if read == 0 else f": it holds {n_mem} positions for {len(tokens)} tokens"
+            if "n_stream mismatch" in reason:  # llamarcp's slots share one KV stream, as llama-server's with -kvu
+                reason += " (saved where each slot had its own KV stream: llama-server -np N>1 without -kvu)"
             raise StateError(f"llama.cpp could not restore the state into slot {seq_id}{reason}")
         if slot is not None:
             slot.tokens = tokens
