@@ -90,8 +90,9 @@ def embed_tokens(
     results: list[Any] = []
     embed_batch = Batch(engine.n_batch, n_seq_max, parent=ctx)
     what = "llama_encode" if encoder_only else "llama_decode"
-    # With two or more sequence ids, the last one carries the padding rows and the others the texts.
-    packed = n_seq_max > 1 and not one_per_decode
+    # With two or more sequence ids, the last one carries the padding rows and the others the texts. A reranker's
+    # context runs flash attention (rank() below), which rounds a packed text differently: one text per decode.
+    packed = n_seq_max > 1 and not one_per_decode and pooling != lib.LLAMA_POOLING_TYPE_RANK
     n_texts_max = n_seq_max - 1 if packed else 1
     pad_seq = n_seq_max - 1 if packed else None
     pad_token = max(model.token_bos(), 0)
