@@ -224,13 +224,17 @@ def _on_log(level: int, text: Any, _user_data: Any) -> None:
 
 
 def _record(thread: int, level: int, message: str) -> None:
-    """Keep a warning/error line for `last_log_errors()` and the thread's captures (caller holds _log_lock)."""
+    """Keep a warning/error line for `last_log_errors()` and the thread's captures, and any line for captures
+    that keep every level (caller holds _log_lock)."""
     line = message.strip()
-    if level < logging.WARNING or not line:
+    if not line:
         return
-    _recent_errors.append(line)
+    problem = level >= logging.WARNING
+    if problem:
+        _recent_errors.append(line)
     for capture in _captures.get(thread, ()):
-        capture.lines.append(line)
+        if problem or capture.all_levels:
+            capture.lines.append(line)
 
 
 def _emit(level: int, message: str) -> None:
@@ -242,10 +246,11 @@ def _emit(level: int, message: str) -> None:
 class LogCapture:
     """Warning/error lines llama.cpp logged on one thread during a `capture_log()` block (oldest first)."""
 
-    __slots__ = ("lines",)
+    __slots__ = ("all_levels", "lines")
 
-    def __init__(self) -> None:
+    def __init__(self, all_levels: bool = False) -> None:
         self.lines: list[str] = []
+        self.all_levels = all_levels  # info and debug lines too
 
     def reason(self, last: int = 3, prefix: str = ": ") -> str:
         """The last `last` lines joined for an exception message ("" when llama.cpp said nothing)."""
@@ -253,9 +258,10 @@ class LogCapture:
 
 
 @contextlib.contextmanager
-def capture_log() -> Iterator[LogCapture]:
-    """Collect what llama.cpp logs (warnings and errors) on this thread while the block runs."""
-    capture = LogCapture()
+def capture_log(all_levels: bool = False) -> Iterator[LogCapture]:
+    """Collect what llama.cpp logs (warnings and errors; every line with `all_levels`) on this thread while the
+    block runs."""
+    capture = LogCapture(all_levels)
     thread = threading.get_ident()
     with _log_lock:
         _captures.setdefault(thread, []).append(capture)

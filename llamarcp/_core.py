@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import sys
 import threading
 from array import array
@@ -35,6 +36,8 @@ from llamarcp import _adapt, _guard
 from llamarcp._ffi import ffi
 
 GGUF_MAGIC = b"GGUF"
+#: llama.cpp's account of a context's KV (or recurrent) memory, one line per cache (two with sliding windows).
+_KV_SIZE = re.compile(r"^llama_(?:kv_cache|memory_recurrent): size = +([0-9.]+) MiB")
 
 
 def release_freed_memory() -> None:
@@ -297,10 +300,12 @@ class Context(Managed):
         lib = model._lib
         self._lib = lib
         check_context_params(params)
-        with capture_log() as log:
+        with capture_log() as log, capture_log(all_levels=True) as full_log:
             ptr = lib.llama_init_from_model(model.ptr, params)
         if ptr == ffi.NULL:
             raise ContextCreationError(f"llama_init_from_model failed{log.reason()}")
+        #: The KV cache's size in MiB as llama.cpp reports it (its only account of it; 0.0 without KV memory).
+        self.kv_cache_mib = sum(float(m) for line in full_log.lines for m in _KV_SIZE.findall(line))
         super().__init__(ptr, parent=model)
         self.model = model
         try:  # the first context of the process: the by-value results that need one are probed before use

@@ -10,7 +10,7 @@ for (a BERT trained on 128 positions reads out of bounds past them).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from llamarcp._backend import get_lib
@@ -74,8 +74,11 @@ def embed(
     return embed_tokens(engine, all_tokens, normalize=normalize), sum(len(t) for t in all_tokens)
 
 
-def embed_tokens(engine: Engine, all_tokens: Sequence[list[int]], *, normalize: bool = False) -> list[Any]:
-    """`embed` for token lists that already fit `max_input_tokens` (rerank pairs are built as tokens)."""
+def embed_tokens(
+    engine: Engine, all_tokens: Sequence[list[int]], *, normalize: bool = False, one_per_decode: bool = False
+) -> list[Any]:
+    """`embed` for token lists that already fit `max_input_tokens` (rerank pairs are built as tokens).
+    `one_per_decode` decodes each text alone (no padding rows; what `rank` does, see there)."""
     lib = get_lib()
     model, ctx = engine.model, engine.ctx
     n_seq_max = ctx.n_seq_max()
@@ -87,9 +90,11 @@ def embed_tokens(engine: Engine, all_tokens: Sequence[list[int]], *, normalize: 
     results: list[Any] = []
     embed_batch = Batch(engine.n_batch, n_seq_max, parent=ctx)
     what = "llama_encode" if encoder_only else "llama_decode"
-    # With two or more sequence ids, the last one carries the padding rows and the others the texts.
-    n_texts_max = n_seq_max - 1 if n_seq_max > 1 else 1
-    pad_seq = n_seq_max - 1 if n_seq_max > 1 else None
+    # With two or more sequence ids, the last one carries the padding rows and the others the texts. A reranker's
+    # context runs flash attention (rank() below), which rounds a packed text differently: one text per decode.
+    packed = n_seq_max > 1 and not one_per_decode and pooling != lib.LLAMA_POOLING_TYPE_RANK
+    n_texts_max = n_seq_max - 1 if packed else 1
+    pad_seq = n_seq_max - 1 if packed else None
     pad_token = max(model.token_bos(), 0)
     per_token = pooling == lib.LLAMA_POOLING_TYPE_NONE
     try:
@@ -175,28 +180,29 @@ def rerank_tokens(engine: Engine, query: str, document: str) -> list[int]:
     """The tokens a reranker reads for one (query, document) pair, as llama-server builds them: the model's
     `rerank` chat template with {query}/{document} filled in, else BOS query EOS SEP document EOS (per the
     vocab's add-BOS/EOS/SEP flags)."""
+    return _pair_tokens(engine, query)(document)
+
+
+def _pair_tokens(engine: Engine, query: str) -> Callable[[str], list[int]]:
+    """`rerank_tokens` for one query and many documents (the query is tokenized once)."""
     model = engine.model
     lib = get_lib()
     template = model.chat_template("rerank")
     if template is not None:
-        prompt = template.replace("{query}", query).replace("{document}", document)
-        return model.tokenize(prompt, add_special=False, parse_special=True)
+        with_query = template.replace("{query}", query)
+        return lambda document: model.tokenize(
+            with_query.replace("{document}", document), add_special=False, parse_special=True
+        )
     vocab = model.vocab
     eos = model.token_eos()
     if eos < 0:
         eos = int(lib.llama_vocab_sep(vocab))
-    tokens: list[int] = []
-    if lib.llama_vocab_get_add_bos(vocab):
-        tokens.append(model.token_bos())
-    tokens += model.tokenize(query, add_special=False, parse_special=False)
-    if lib.llama_vocab_get_add_eos(vocab):
-        tokens.append(eos)
+    add_eos = [eos] if lib.llama_vocab_get_add_eos(vocab) else []
+    head: list[int] = [model.token_bos()] if lib.llama_vocab_get_add_bos(vocab) else []
+    head += model.tokenize(query, add_special=False, parse_special=False) + add_eos
     if lib.llama_vocab_get_add_sep(vocab):
-        tokens.append(int(lib.llama_vocab_sep(vocab)))
-    tokens += model.tokenize(document, add_special=False, parse_special=False)
-    if lib.llama_vocab_get_add_eos(vocab):
-        tokens.append(eos)
-    return tokens
+        head.append(int(lib.llama_vocab_sep(vocab)))
+    return lambda document: head + model.tokenize(document, add_special=False, parse_special=False) + add_eos
 
 
 def rank(engine: Engine, query: str, documents: Sequence[str], *, truncate: bool = True) -> tuple[list[float], int]:
@@ -210,9 +216,10 @@ def rank(engine: Engine, query: str, documents: Sequence[str], *, truncate: bool
     if not isinstance(query, str) or not all(isinstance(d, str) for d in documents):
         raise TypeError("rank() takes a query string and a list of document strings")
     limit = max_input_tokens(engine)
+    pair_tokens = _pair_tokens(engine, query)
     pairs = []
     for document in documents:
-        tokens = rerank_tokens(engine, query, document)
+        tokens = pair_tokens(document)
         if len(tokens) > limit:
             if not truncate:
                 raise PromptTooLongError(len(tokens), limit)
@@ -220,7 +227,10 @@ def rank(engine: Engine, query: str, documents: Sequence[str], *, truncate: bool
         if not tokens:
             raise ValueError("cannot rank an empty query and document (no tokens)")
         pairs.append(tokens)
-    rows = embed_tokens(engine, pairs) if pairs else []
+    # One pair per decode: a cross-encoder attends over the whole batch, so packing pairs costs attention over
+    # rows it masks out (the 88-token pairs of benchmarks/rerank.py ranked 2x faster one by one than 8 to a
+    # batch), and a pair alone is scored the same whatever else was asked, flash attention on or off.
+    rows = embed_tokens(engine, pairs, one_per_decode=True) if pairs else []
     return [float(row[0]) for row in rows], sum(len(t) for t in pairs)
 
 

@@ -444,9 +444,11 @@ def context_params(
     set_fields(params, "struct llama_context_params", sizes)  # each checked against its C type first
     params.kv_unified = True  # every sequence may use the whole n_ctx (embedding batches)
     params.embeddings = bool(embedding)
-    if flash_attn is None and embedding:
+    rank = fields.get("pooling_type") == lib.LLAMA_POOLING_TYPE_RANK
+    if flash_attn is None and embedding and not rank:
         # Flash attention accumulates over every KV cell, masked ones of other sequences included, so a batched
         # text would round differently from the same text alone (llamarcp.embeddings): off unless asked for.
+        # A reranker scores one pair per decode (embeddings.rank), so it keeps llama.cpp's default (auto).
         params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
     elif flash_attn is None:
         params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_AUTO

@@ -102,6 +102,12 @@ class ModelFacts:
         with self._turns.using():
             return int(self._engine_or_raise().ctx.n_ctx())
 
+    def kv_cache_mib(self) -> float:
+        """Size of the context's KV cache in MiB, as llama.cpp logs it when it creates the context (the
+        sliding-window and full-attention caches together): the figure to compare with llama-server's."""
+        with self._turns.using():
+            return float(self._engine_or_raise().ctx.kv_cache_mib)
+
     @property
     def generation_stats(self) -> StatsSnapshot:
         """Totals over every generation of this Llama: prompt tokens decoded / reused from the cache, generated

@@ -5,35 +5,50 @@ sequence (`llama_state_seq_get_data`). With `n_parallel > 1` the work runs on th
 between two decode steps, on an idle slot only (`SlotBusyError` otherwise); with one sequence it takes the
 context's turn.
 
-Files are llama.cpp's own per-sequence format, byte for byte what `llama_state_seq_save_file` (and so
-llama-server's `/slots?action=save`) writes: u32 magic 'ggsq', u32 version, u32 token count, the int32 tokens,
-then the state. They are written atomically (a new temporary file beside the target, fsynced, renamed over it)
-and never through a symlink or onto anything but a regular file; reading opens without following symlinks,
-checks the header, the token ids and the size before llama.cpp sees the state, and llama.cpp's own checks
-(architecture, layer count, types) refuse a state of another model shape.
+Files (`write_sequence_file`, `read_sequence_file`) hold llama.cpp's own per-sequence format, byte for byte
+what `llama_state_seq_save_file` (and so llama-server's `/slots?action=save`) writes: u32 magic 'ggsq', u32
+version, u32 token count, the int32 tokens, then the state. By default that is wrapped in `llamarcp.state`'s
+checked container (sha256 over the file, the model's identity, kind "sequence"), so a flipped bit, a truncated
+copy or a file of another model is refused before llama.cpp reads it; a bare sequence file (llama-server's, or
+saved with FORMAT_LLAMA_CPP for llama-server) is still read, checked as far as its format allows. Files are
+written atomically (state.write_replacing: a temporary file beside the target, fsynced, renamed over it) and
+never through a symlink or onto anything but a regular file; reading opens without following symlinks, checks
+the header, the token ids and the size before llama.cpp sees the state, and llama.cpp's own checks
+(architecture, layer count, types) refuse a bare state of another model shape.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from llamarcp._backend import capture_log, get_lib
 from llamarcp._ffi import ffi
-from llamarcp.errors import LlamaError, StateError
+from llamarcp.errors import LlamaError, StateError, TokenizeError
+from llamarcp.state import (
+    FILE_MAGIC,
+    KIND_SEQUENCE,
+    checked_file_parts,
+    read_regular_file,
+    verified_payload,
+    write_replacing,
+)
 
 if TYPE_CHECKING:
+    from llamarcp._core import Model
     from llamarcp.llama import Llama
 
 __all__ = [
+    "FORMATS",
+    "FORMAT_LLAMARCP",
+    "FORMAT_LLAMA_CPP",
     "SequenceSnapshot",
     "SlotBusyError",
+    "SlotFile",
     "erase_sequence",
     "read_sequence_file",
     "restore_sequence",
@@ -52,10 +67,17 @@ class SlotBusyError(LlamaError):
     """The slot runs a request; save, restore and erase wait for an idle slot."""
 
 
+#: llama.cpp (b11549 among others) starts the in-memory state of a sequence (`llama_state_seq_get_data`) with
+#: this u32 and the sequence id, and checks them in `llama_state_seq_set_data`; its sequence files do not carry
+#: them. Whether the loaded library does is seen in the state it hands out, not assumed from its release.
+_SEQ_DATA_MAGIC = 0xAF143CD8
+_SEQ_DATA_HEAD = struct.Struct("<Ii")
+
+
 @dataclass
 class SequenceSnapshot:
     tokens: list[int]
-    #: llama.cpp's serialized state of the sequence (as `llama_state_seq_get_data` writes it).
+    #: llama.cpp's serialized state of the sequence as its sequence files hold it (what follows the tokens).
     data: bytes
 
     @property
@@ -100,14 +122,12 @@ def snapshot_sequence(llama: Llama, seq_id: int) -> SequenceSnapshot:
     """The tokens and KV state of sequence `seq_id`."""
 
     def take(engine: Any, slot: Any) -> SequenceSnapshot:
-        lib = get_lib()
         tokens = list(slot.tokens if slot is not None else engine.input_ids)
-        size = int(lib.llama_state_seq_get_size(engine.ctx.ptr, seq_id))
-        buf = ffi.new("uint8_t[]", max(size, 1))
-        written = int(lib.llama_state_seq_get_data(engine.ctx.ptr, buf, size, seq_id))
-        if written <= 0 and tokens:
+        blob = _get_seq_data(engine, seq_id)
+        if not blob and tokens:
             raise StateError(f"llama_state_seq_get_data wrote nothing for slot {seq_id}")
-        return SequenceSnapshot(tokens, ffi.buffer(buf, written)[:])
+        head = _SEQ_DATA_HEAD.pack(_SEQ_DATA_MAGIC, seq_id)
+        return SequenceSnapshot(tokens, blob[len(head) :] if blob.startswith(head) else blob)
 
     result: SequenceSnapshot = _on_sequence(llama, seq_id, take)
     return result
@@ -120,7 +140,10 @@ def restore_sequence(llama: Llama, seq_id: int, snapshot: SequenceSnapshot) -> N
     n_ctx = int(llama.n_ctx)
     if len(tokens) > n_ctx:
         raise StateError(f"the state holds {len(tokens)} tokens; a slot of this server holds at most {n_ctx}")
-    llama._model.check_tokens(tokens)
+    try:
+        llama._model.check_tokens(tokens)
+    except TokenizeError as exc:
+        raise StateError(f"the state holds {exc}") from None
     data = snapshot.data
 
     def put(engine: Any, slot: Any) -> None:
@@ -135,14 +158,18 @@ def restore_sequence(llama: Llama, seq_id: int, snapshot: SequenceSnapshot) -> N
                 engine.kept_logits.keep_only(0)
         if not tokens:
             return
+        head = _SEQ_DATA_HEAD.pack(_SEQ_DATA_MAGIC, seq_id)
+        blob = head + data if _get_seq_data(engine, seq_id).startswith(head) else data  # as the library hands out
         with capture_log() as log:
             read = int(
-                lib.llama_state_seq_set_data(engine.ctx.ptr, ffi.from_buffer("uint8_t[]", data), len(data), seq_id)
+                lib.llama_state_seq_set_data(engine.ctx.ptr, ffi.from_buffer("uint8_t[]", blob), len(blob), seq_id)
             )
         n_mem = int(lib.llama_memory_seq_pos_max(memory, seq_id)) + 1
         if read == 0 or n_mem != len(tokens):
             lib.llama_memory_seq_rm(memory, seq_id, -1, -1)
             reason = log.reason(2) if read == 0 else f": it holds {n_mem} positions for {len(tokens)} tokens"
+            if "n_stream mismatch" in reason:  # llamarcp's slots share one KV stream, as llama-server's with -kvu
+                reason += " (saved where each slot had its own KV stream: llama-server -np N>1 without -kvu)"
             raise StateError(f"llama.cpp could not restore the state into slot {seq_id}{reason}")
         if slot is not None:
             slot.tokens = tokens
@@ -152,6 +179,15 @@ def restore_sequence(llama: Llama, seq_id: int, snapshot: SequenceSnapshot) -> N
             engine.input_ids = tokens
 
     _on_sequence(llama, seq_id, put)
+
+
+def _get_seq_data(engine: Any, seq_id: int) -> bytes:
+    """`llama_state_seq_get_data` of one sequence, as the library writes it."""
+    lib = get_lib()
+    size = int(lib.llama_state_seq_get_size(engine.ctx.ptr, seq_id))
+    buf = ffi.new("uint8_t[]", max(size, 1))
+    written = int(lib.llama_state_seq_get_data(engine.ctx.ptr, buf, size, seq_id))
+    return ffi.buffer(buf, max(written, 0))[:]
 
 
 def erase_sequence(llama: Llama, seq_id: int) -> int:
@@ -179,12 +215,30 @@ def sequence_states(llama: Llama) -> list[dict[str, Any]]:
 
 # -- files ----------------------------------------------------------------------------------------------------
 
+#: The formats a slot file may have: llamarcp's checked container (state.py), or llama.cpp's bare sequence file.
+FORMAT_LLAMARCP = "llamarcp"
+FORMAT_LLAMA_CPP = "llama.cpp"
+FORMATS = (FORMAT_LLAMARCP, FORMAT_LLAMA_CPP)
+#: What the checked container adds around the sequence file, at most (header, digest, metadata).
+_CONTAINER_OVERHEAD = 1 << 17
 
-def write_sequence_file(path: str | os.PathLike[str], snapshot: SequenceSnapshot) -> int:
-    """Write `snapshot` in llama.cpp's sequence file format, atomically; returns the bytes written.
+
+def _sequence_parts(snapshot: SequenceSnapshot) -> list[bytes]:
+    header = _HEADER.pack(_MAGIC, _VERSION, len(snapshot.tokens))
+    return [header, struct.pack(f"<{len(snapshot.tokens)}i", *snapshot.tokens), snapshot.data]
+
+
+def write_sequence_file(
+    path: str | os.PathLike[str], snapshot: SequenceSnapshot, model: Model, file_format: str = FORMAT_LLAMARCP
+) -> int:
+    """Write `snapshot` atomically (state.write_replacing); returns the bytes written. FORMAT_LLAMARCP wraps the
+    sequence file in llamarcp's state container (sha256, model identity); FORMAT_LLAMA_CPP writes the bare
+    sequence file llama-server reads.
 
     The target must be a regular file or not exist; a symlink, directory, device or FIFO there is refused
     (StateError), so a save never writes through a link or replaces something that is not a slot file."""
+    if file_format not in FORMATS:
+        raise ValueError(f"file_format must be one of {', '.join(FORMATS)}, got {file_format!r}")
     target = Path(path)
     try:
         info = os.lstat(target)
@@ -193,66 +247,75 @@ def write_sequence_file(path: str | os.PathLike[str], snapshot: SequenceSnapshot
     if info is not None and not stat.S_ISREG(info.st_mode):
         kind = "a symlink" if stat.S_ISLNK(info.st_mode) else "not a regular file"
         raise StateError(f"will not save to {path}: it is {kind}")
-    header = _HEADER.pack(_MAGIC, _VERSION, len(snapshot.tokens))
-    body = struct.pack(f"<{len(snapshot.tokens)}i", *snapshot.tokens)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(header)
-            handle.write(body)
-            handle.write(snapshot.data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except OSError as exc:
-        raise StateError(f"could not save the slot to {path}: {exc}") from exc
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return snapshot.n_bytes
+    parts: list[Any] = _sequence_parts(snapshot)
+    if file_format == FORMAT_LLAMARCP:
+        parts = checked_file_parts(model, KIND_SEQUENCE, len(snapshot.tokens), parts)
+    write_replacing(target, path, parts, noun="slot")
+    return sum(len(part) for part in parts)
 
 
-def read_sequence_file(path: str | os.PathLike[str], max_tokens: int, max_bytes: int) -> SequenceSnapshot:
-    """Read a sequence file (llama.cpp's format) without following symlinks; StateError for a file that is
-    not one, holds more than `max_tokens` tokens or is larger than `max_bytes`."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise StateError(
-            f"cannot open the slot file {path}: {exc.strerror or exc} (symlinks are not followed)"
-        ) from exc
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise StateError(f"{path} is not a regular file")
-        if info.st_size > max_bytes:
-            raise StateError(f"{path} is {info.st_size} bytes; a slot file of this model is at most {max_bytes}")
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            raw = handle.read(max_bytes + 1)
-    except OSError as exc:
-        raise StateError(f"cannot read the slot file {path}: {exc}") from exc
-    finally:
-        os.close(fd)
-    if len(raw) < _HEADER.size:
-        raise StateError(f"{path} is not a llama.cpp sequence file (too short)")
-    magic, version, n_tokens = _HEADER.unpack_from(raw)
+class SlotFile(NamedTuple):
+    snapshot: SequenceSnapshot
+    file_format: str  # FORMAT_LLAMARCP or FORMAT_LLAMA_CPP
+    n_bytes: int  # the file's size
+
+
+def read_sequence_file(path: str | os.PathLike[str], model: Model, max_tokens: int, max_bytes: int) -> SlotFile:
+    """Read a slot file without following symlinks.
+
+    A llamarcp file is refused unless its sha256 and model identity match (a flipped bit, a truncated copy, a
+    file of another model: StateError naming the problem). A bare llama.cpp sequence file (llama-server's) has
+    no checksum: its header, size, token count and token ids are checked here, its state by llama.cpp."""
+    data = read_regular_file(
+        path,
+        (FILE_MAGIC, _HEADER.pack(_MAGIC, _VERSION, 0)[:4]),
+        noun="slot file",
+        follow_symlinks=False,
+        max_bytes=max_bytes + _CONTAINER_OVERHEAD,
+    )
+    if data.startswith(FILE_MAGIC):
+        payload = bytes(verified_payload(model, data, path, KIND_SEQUENCE, noun="slot file"))
+        file_format = FORMAT_LLAMARCP
+    else:
+        payload, file_format = data, FORMAT_LLAMA_CPP
+    if len(payload) < _HEADER.size:
+        raise StateError(f"{path} is not a slot file (it starts with {bytes(data[:8])!r})")
+    magic, version, n_tokens = _HEADER.unpack_from(payload)
     if magic != _MAGIC:
-        raise StateError(f"{path} is not a llama.cpp sequence file (magic {magic:#x})")
+        raise StateError(f"{path} is not a slot file (it starts with {bytes(data[:8])!r})")
     if version != _VERSION:
         raise StateError(f"{path} is sequence file version {version}; this llama.cpp reads version {_VERSION}")
+    if len(payload) > max_bytes:
+        raise StateError(f"{path} holds {len(payload)} bytes of state; a slot of this model holds at most {max_bytes}")
     if n_tokens > max_tokens:
         raise StateError(f"{path} holds {n_tokens} tokens; a slot of this server holds at most {max_tokens}")
     end = _HEADER.size + 4 * n_tokens
-    if len(raw) < end:
+    if len(payload) < end:
         raise StateError(f"{path} is truncated: {n_tokens} tokens announced")
-    tokens = list(struct.unpack_from(f"<{n_tokens}i", raw, _HEADER.size))
-    return SequenceSnapshot(tokens, raw[end:])
+    if n_tokens and len(payload) == end:
+        raise StateError(f"{path} is truncated: it holds {n_tokens} tokens but no state")
+    tokens = list(struct.unpack_from(f"<{n_tokens}i", payload, _HEADER.size))
+    if file_format == FORMAT_LLAMA_CPP and tokens[:1] == [_LLAMA_SERVER_TOKENS]:
+        tokens = _llama_server_tokens(tokens, path)
+    return SlotFile(SequenceSnapshot(tokens, payload[end:]), file_format, len(data))
+
+
+#: llama-server (b11549) stores its slot's tokens packed where llama.cpp keeps the token list: -1 (its marker),
+#: u32 version 1, u32 count, the tokens, u32 count of media chunks, the chunks (tools/server/server-common.cpp).
+_LLAMA_SERVER_TOKENS = -1
+_LLAMA_SERVER_TOKENS_VERSION = 1
+
+
+def _llama_server_tokens(packed: list[int], path: str | os.PathLike[str]) -> list[int]:
+    """The token ids of llama-server's packed slot tokens; StateError for what llamarcp cannot restore."""
+    if len(packed) < 4 or packed[1] != _LLAMA_SERVER_TOKENS_VERSION:
+        raise StateError(f"{path} is a llama-server slot file of an unknown layout (version {packed[1:2]})")
+    count = packed[2]
+    if not 0 <= count <= len(packed) - 4:
+        raise StateError(f"{path} is a damaged llama-server slot file: {count} tokens announced")
+    n_media = packed[3 + count]
+    if n_media != 0:
+        raise StateError(f"{path} holds {n_media} image/audio chunks of llama-server; llamarcp restores text slots")
+    if len(packed) != 4 + count:
+        raise StateError(f"{path} is a damaged llama-server slot file: data after its tokens")
+    return packed[3 : 3 + count]

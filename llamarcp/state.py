@@ -3,8 +3,12 @@
 A session file carries its own integrity check, so a copy cannot lose it:
 
     b"LLAMARCP", u32 format (1), u32 metadata size, sha256 of everything else in the file (32 bytes),
-    metadata (JSON: the model's identity, the token count, the payload size),
+    metadata (JSON: the model's identity, the token count, the payload size, and `kind` unless a session),
     payload: a llama.cpp session, byte for byte what `llama_state_save_file` writes (magic, version, tokens, state)
+
+The server's slot files (`llamarcp.sequence_state`) are the same container around one sequence's state (`kind`
+"sequence", payload byte for byte what `llama_state_seq_save_file` writes); `checked_file_parts`,
+`verified_payload`, `read_regular_file` and `write_replacing` serve both.
 
 Loading refuses a file whose checksum, model or llama.cpp session version differs, then checks that every
 restored token id is in the vocab and that the memory holds exactly the restored tokens; a refused file leaves the
@@ -38,18 +42,25 @@ from llamarcp._ffi import ffi
 from llamarcp.errors import StateError, StateFileNotFoundError
 
 if TYPE_CHECKING:
+    from llamarcp._core import Model
     from llamarcp.engine import Engine
 
 __all__ = [
     "FILE_FORMAT",
     "FILE_MAGIC",
+    "KIND_SEQUENCE",
+    "KIND_SESSION",
     "SIDECAR_SUFFIX",
     "LlamaState",
     "StateFileWarning",
+    "checked_file_parts",
     "load",
     "load_file",
+    "read_regular_file",
     "save",
     "save_file",
+    "verified_payload",
+    "write_replacing",
 ]
 
 #: The first bytes of a state file written by `save_file`, then its format version (u32).
@@ -59,6 +70,9 @@ FILE_FORMAT = 1
 SIDECAR_SUFFIX = ".llamarcp.json"
 _DIGEST_SIZE = 32
 _MAX_META_SIZE = 1 << 16
+#: What a state file holds (its metadata's `kind`; files without one are sessions).
+KIND_SESSION = "session"
+KIND_SEQUENCE = "sequence"
 
 
 class StateFileWarning(UserWarning):
@@ -131,24 +145,31 @@ def save_file(engine: Engine, path: str | os.PathLike[str]) -> None:
         raise StateError(f"could not save the session to {path}: llama_state_get_data wrote nothing")
     session_head = struct.pack("<III", int(lib.LLAMA_SESSION_MAGIC), int(lib.LLAMA_SESSION_VERSION), len(tokens))
     parts = [session_head, struct.pack(f"<{len(tokens)}i", *tokens), ffi.buffer(buf, written)]
-    meta = {"n_tokens": len(tokens), "payload_size": sum(len(part) for part in parts)}
-    meta.update(model_identity(engine))
+    write_replacing(target, path, checked_file_parts(engine.model, KIND_SESSION, len(tokens), parts))
+
+
+def checked_file_parts(model: Model, kind: str, n_tokens: int, payload: list[Any]) -> list[Any]:
+    """The parts of a state file (module docstring) holding `payload` (bytes-like parts), in writing order."""
+    meta: dict[str, Any] = {"n_tokens": n_tokens, "payload_size": sum(len(part) for part in payload)}
+    if kind != KIND_SESSION:
+        meta["kind"] = kind
+    meta.update(identity_of(model))
     meta_bytes = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
     head = FILE_MAGIC + struct.pack("<II", FILE_FORMAT, len(meta_bytes))
     digest = hashlib.sha256(head)
-    for part in (meta_bytes, *parts):
+    for part in (meta_bytes, *payload):
         digest.update(part)
-    _write_replacing(target, path, [head, digest.digest(), meta_bytes, *parts])
+    return [head, digest.digest(), meta_bytes, *payload]
 
 
 def load_file(engine: Engine, path: str | os.PathLike[str]) -> None:
     """Restore a session file written by `save_file` (or, with a warning, by llama.cpp's tools or an older
     llamarcp: files without the embedded checksum) into this context."""
     session_magic = struct.pack("<I", int(get_lib().LLAMA_SESSION_MAGIC))
-    data = _read_regular_file(path, (FILE_MAGIC, session_magic))  # unreadable: the context stays as it is
+    data = read_regular_file(path, (FILE_MAGIC, session_magic))  # unreadable: the context stays as it is
     try:
         if data.startswith(FILE_MAGIC):
-            payload = _verified_payload(engine, data, path)
+            payload = verified_payload(engine.model, data, path)
         elif data.startswith(session_magic):
             payload = memoryview(data)
             _check_legacy(engine, data, path)
@@ -172,7 +193,11 @@ def load_file(engine: Engine, path: str | os.PathLike[str]) -> None:
 
 def model_identity(engine: Engine) -> dict[str, Any]:
     """What a session file records of its model, so it is not loaded into another model."""
-    model = engine.model
+    return identity_of(engine.model)
+
+
+def identity_of(model: Model) -> dict[str, Any]:
+    """`model_identity` of a model."""
     return {
         "model_description": model.description(),
         "n_vocab": model.n_vocab,
@@ -250,15 +275,16 @@ def _kind_of(mode: int, where: Path) -> str:
     return f"{where} is {what}"
 
 
-def _write_replacing(target: Path, path: str | os.PathLike[str], parts: list[Any]) -> None:
+def write_replacing(target: Path, path: str | os.PathLike[str], parts: list[Any], noun: str = "session") -> None:
     """Write `parts` to a new file beside `target`, fsync it and rename it onto `target` (a regular file or a
-    new name): a full disk or a crash mid-write leaves the previous file whole."""
+    new name): a full disk or a crash mid-write leaves the previous file whole. The temporary file's name
+    starts with a dot."""
     tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)  # umask applies
     except OSError as exc:
         raise StateError(
-            f"could not save the session to {path}: cannot create a file in {target.parent}: {exc.strerror or exc}"
+            f"could not save the {noun} to {path}: cannot create a file in {target.parent}: {exc.strerror or exc}"
         ) from exc
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -270,7 +296,7 @@ def _write_replacing(target: Path, path: str | os.PathLike[str], parts: list[Any
         os.replace(tmp, target)
         _fsync_dir(target.parent)
     except OSError as exc:
-        raise StateError(f"could not save the session to {path}: {exc.strerror or exc}") from exc
+        raise StateError(f"could not save the {noun} to {path}: {exc.strerror or exc}") from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -288,67 +314,87 @@ def _keep_owner_and_mode(target: Path, tmp: Path) -> None:
             os.chown(tmp, info.st_uid, info.st_gid)
 
 
-def _read_regular_file(path: str | os.PathLike[str], magics: tuple[bytes, ...]) -> bytes:
+def read_regular_file(
+    path: str | os.PathLike[str],
+    magics: tuple[bytes, ...],
+    *,
+    noun: str = "session",
+    follow_symlinks: bool = True,
+    max_bytes: int | None = None,
+) -> bytes:
     """The bytes of a regular file starting with one of `magics` (else only its first bytes, so a wrong file is
-    refused without reading it all); a FIFO, device or directory is refused without reading (or blocking)."""
+    refused without reading it all); a FIFO, device or directory is refused without reading (or blocking), so
+    is a symlink unless `follow_symlinks`, and a file larger than `max_bytes`."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__} {path!r}")
     if os.fspath(path) in ("", b""):
-        raise StateError("could not load the session '': the path is empty")
+        raise StateError(f"could not load the {noun} '': the path is empty")
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    if not follow_symlinks:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
         fd = os.open(path, flags)
     except FileNotFoundError as exc:
-        raise StateFileNotFoundError(f"session file not found: {path}") from exc
+        raise StateFileNotFoundError(f"{noun} file not found: {path}") from exc
     except OSError as exc:
-        raise StateError(f"could not load the session {path}: {exc.strerror or exc}") from exc
+        hint = " (symlinks are not followed)" if not follow_symlinks else ""
+        raise StateError(f"could not load the {noun} {path}: {exc.strerror or exc}{hint}") from exc
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise StateError(f"could not load the session {path}: {_kind_of(info.st_mode, Path(path))}")
+            raise StateError(f"could not load the {noun} {path}: {_kind_of(info.st_mode, Path(path))}")
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise StateError(f"could not load the {noun} {path}: {info.st_size} bytes, more than {max_bytes}")
         with os.fdopen(os.dup(fd), "rb") as handle:
             head = handle.read(max(len(magic) for magic in magics))
-            return head + handle.read() if head.startswith(magics) else head
+            if not head.startswith(magics):
+                return head
+            return head + (handle.read() if max_bytes is None else handle.read(max_bytes + 1 - len(head)))
     except OSError as exc:
-        raise StateError(f"could not load the session {path}: {exc.strerror or exc}") from exc
+        raise StateError(f"could not load the {noun} {path}: {exc.strerror or exc}") from exc
     finally:
         os.close(fd)
 
 
-def _verified_payload(engine: Engine, data: bytes, path: str | os.PathLike[str]) -> memoryview:
-    """The llama.cpp session inside a llamarcp state file, once its checksum and model identity match."""
+def verified_payload(
+    model: Model, data: bytes, path: str | os.PathLike[str], kind: str = KIND_SESSION, noun: str = "session"
+) -> memoryview:
+    """The payload of a llamarcp state file of `kind`, once its checksum and model identity match."""
     fixed = len(FILE_MAGIC) + 8
     if len(data) < fixed + _DIGEST_SIZE:
-        raise StateError(f"the session {path} is corrupt: truncated header")
+        raise StateError(f"the {noun} {path} is corrupt: truncated header")
     file_format, meta_size = struct.unpack_from("<II", data, len(FILE_MAGIC))
     if file_format != FILE_FORMAT:
         raise StateError(
-            f"the session {path} has format {file_format}; this llamarcp reads format {FILE_FORMAT} (or is it corrupt?)"
+            f"the {noun} {path} has format {file_format}; this llamarcp reads format {FILE_FORMAT} (or is it corrupt?)"
         )
     meta_start = fixed + _DIGEST_SIZE
     if meta_size > _MAX_META_SIZE or meta_start + meta_size > len(data):
-        raise StateError(f"the session {path} is corrupt: its header claims {meta_size} bytes of metadata")
+        raise StateError(f"the {noun} {path} is corrupt: its header claims {meta_size} bytes of metadata")
     view = memoryview(data)
     digest = hashlib.sha256(view[:fixed])
     digest.update(view[meta_start:])
     if digest.digest() != data[fixed:meta_start]:
-        raise StateError(f"the session {path} is corrupt: its sha256 does not match the checksum it carries")
+        raise StateError(f"the {noun} {path} is corrupt: its sha256 does not match the checksum it carries")
     try:
         meta = json.loads(bytes(view[meta_start : meta_start + meta_size]))
         payload_size = int(meta["payload_size"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise StateError(f"the session {path} has unreadable metadata: {exc}") from exc
+        found = meta.get("kind", KIND_SESSION)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise StateError(f"the {noun} {path} has unreadable metadata: {exc}") from exc
+    if found != kind:
+        raise StateError(f"{path} holds a {found} state, not a {kind} state (is it the other kind of file?)")
     payload = view[meta_start + meta_size :]
     if payload_size != len(payload):
-        raise StateError(f"the session {path} is corrupt: {len(payload)} bytes of state, {payload_size} expected")
-    _check_identity(engine, meta, path)
+        raise StateError(f"the {noun} {path} is corrupt: {len(payload)} bytes of state, {payload_size} expected")
+    _check_identity(model, meta, path, noun)
     return payload
 
 
-def _check_identity(engine: Engine, meta: dict[str, Any], path: str | os.PathLike[str]) -> None:
-    for key, value in model_identity(engine).items():
+def _check_identity(model: Model, meta: dict[str, Any], path: str | os.PathLike[str], noun: str = "session") -> None:
+    for key, value in identity_of(model).items():
         if key in meta and meta[key] != value:
-            raise StateError(f"the session {path} belongs to another model ({key} {meta[key]!r} != {value!r})")
+            raise StateError(f"the {noun} {path} belongs to another model ({key} {meta[key]!r} != {value!r})")
 
 
 def _check_legacy(engine: Engine, data: bytes, path: str | os.PathLike[str]) -> None:
@@ -370,7 +416,7 @@ def _check_legacy(engine: Engine, data: bytes, path: str | os.PathLike[str]) -> 
         raise StateError(f"the session's sidecar {sidecar} is unreadable: {exc}") from exc
     if hashlib.sha256(data).hexdigest() != expected:
         raise StateError(f"the session {path} is corrupt: its sha256 differs from its sidecar {sidecar.name}")
-    _check_identity(engine, meta, path)
+    _check_identity(engine.model, meta, path)
     warnings.warn(
         f"{path} is in the older format checked by a sidecar file; save it again to embed the checksum",
         StateFileWarning,

@@ -31,9 +31,11 @@ def test_cells_are_shared(tiny_model_path: Path, caplog: pytest.LogCaptureFixtur
             llm = Llama(str(tiny_model_path), n_ctx=256, n_parallel=4, n_threads=1, kv_unified=unified)
         with llm:
             sizes[unified] = llm.kv_cells()
+            mib = llm.kv_cache_mib()
             assert llm.n_ctx == 256  # each sequence may still hold n_ctx tokens
-        logged = re.search(r"llama_kv_cache: size = .*\(\s*(\d+) cells", caplog.text)
-        assert logged is not None and int(logged.group(1)) == sizes[unified]
+        logged = re.search(r"llama_kv_cache: size = +([0-9.]+) MiB \(\s*(\d+) cells", caplog.text)
+        assert logged is not None and int(logged.group(2)) == sizes[unified]
+        assert mib == float(logged.group(1)) > 0  # llama.cpp's own account of the buffer
     assert sizes == {False: 1024, True: 256}
     with pytest.raises(TypeError, match="kv_unified"):
         Llama(str(tiny_model_path), n_ctx=64, n_parallel=2, kv_unified="yes")  # type: ignore[arg-type]
@@ -56,3 +58,19 @@ def test_full_shared_cache(tiny_model_path: Path) -> None:
         assert any(n == 100 for _, _, n in together) and any(n < 100 for _, _, n in together)
         assert sum(state["n_tokens"] for state in llm._scheduler.slot_states()) <= 256  # type: ignore[union-attr]
         assert greedy(llm, PROMPTS[0], 100)[1:] == ("length", 100)  # and it keeps serving
+
+
+@pytest.mark.slow
+def test_sliding_window_cache_like_llama_server(default_model_path: Path) -> None:
+    # gemma-3's windowed layers: llama-server keeps them to their window (swa_full off), which is what
+    # llamarcp's server does by default; with swa_full the cache is as large as for full attention.
+    sizes = {}
+    for swa_full in (True, False):
+        with Llama(
+            str(default_model_path), n_ctx=4096, n_parallel=4, n_threads=1, kv_unified=True, swa_full=swa_full
+        ) as llm:
+            sizes[swa_full] = llm.kv_cache_mib()
+            assert llm.kv_cells() == 4096
+    # 12 MiB for the 3 full-attention layers either way; the 15 windowed layers: 4 x 512 + 512 cells instead of
+    # 4096 (measured on llama-server b11549 -np 4 -c 4096 -kvu: 12.00 + 37.50 MiB, benchmarks/kv_memory.py).
+    assert sizes == {True: 72.0, False: 49.5}

@@ -130,29 +130,36 @@ BERT_VOCAB_FILE = "ggml-vocab-bert-bge.gguf"
 
 
 def write_tiny_bert(
-    out_path: str | os.PathLike[str], vocab_path: str | os.PathLike[str], pooling: int = 1, classifier: bool = False
+    out_path: str | os.PathLike[str],
+    vocab_path: str | os.PathLike[str],
+    pooling: int = 1,
+    classifier: bool = False,
+    shape: tuple[int, int, int, int, int] = (N_EMBD, N_LAYER, N_HEAD, N_FF, 128),
+    f16: bool = False,
 ) -> Path:
     """A tiny random BERT (non-causal, no KV cache) with the real bge WordPiece vocab, for embedding tests.
 
     `classifier=True` adds a cross-encoder head (llama.cpp's src/models/bert.cpp: `cls` dense + tanh,
-    `cls.output` to one score) and rank pooling: a tiny reranker."""
+    `cls.output` to one score) and rank pooling: a tiny reranker. `shape` is (n_embd, n_layer, n_head, n_ff,
+    trained positions) and `f16` stores the matrices in F16 (as published rerankers are): benchmarks/rerank.py
+    writes one of MiniLM-L6's shape (384, 6, 12, 1536, 512)."""
     import gguf
     import numpy as np
 
     reader = gguf.GGUFReader(str(vocab_path))
     n_vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
-    n_ctx_train = 128
+    n_embd, n_layer, n_head, n_ff, n_ctx_train = shape
     with _gguf_file(out_path, "bert") as writer:
         writer.add_name("llamarcp tiny random bert")
         writer.add_context_length(n_ctx_train)
-        writer.add_embedding_length(N_EMBD)
-        writer.add_block_count(N_LAYER)
-        writer.add_feed_forward_length(N_FF)
-        writer.add_head_count(N_HEAD)
+        writer.add_embedding_length(n_embd)
+        writer.add_block_count(n_layer)
+        writer.add_feed_forward_length(n_ff)
+        writer.add_head_count(n_head)
         writer.add_layer_norm_eps(1e-12)
         writer.add_causal_attention(False)
         writer.add_pooling_type(gguf.PoolingType.RANK if classifier else gguf.PoolingType(pooling))
-        writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+        writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if f16 else gguf.LlamaFileType.ALL_F32)
         for key, field in reader.fields.items():
             if key.startswith("tokenizer."):
                 value, value_type = field.contents(), field.types[0]
@@ -163,31 +170,32 @@ def write_tiny_bert(
         rng = np.random.default_rng(SEED)
 
         def rand(*shape: int, std: float = 0.2) -> np.ndarray:
-            return (rng.standard_normal(shape) * std).astype(np.float32)
+            matrix = f16 and len(shape) == 2 and shape[0] > 2  # token_types stays F32: llama.cpp adds its row as is
+            return (rng.standard_normal(shape) * std).astype(np.float16 if matrix else np.float32)
 
-        ones, zeros = np.ones(N_EMBD, dtype=np.float32), np.zeros(N_EMBD, dtype=np.float32)
-        writer.add_tensor("token_embd.weight", rand(n_vocab, N_EMBD, std=1.0))
-        writer.add_tensor("token_types.weight", rand(2, N_EMBD))
-        writer.add_tensor("position_embd.weight", rand(n_ctx_train, N_EMBD))
+        ones, zeros = np.ones(n_embd, dtype=np.float32), np.zeros(n_embd, dtype=np.float32)
+        writer.add_tensor("token_embd.weight", rand(n_vocab, n_embd, std=1.0))
+        writer.add_tensor("token_types.weight", rand(2, n_embd))
+        writer.add_tensor("position_embd.weight", rand(n_ctx_train, n_embd))
         writer.add_tensor("token_embd_norm.weight", ones)
         writer.add_tensor("token_embd_norm.bias", zeros)
-        for layer in range(N_LAYER):
+        for layer in range(n_layer):
             prefix = f"blk.{layer}."
             for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
-                writer.add_tensor(prefix + name + ".weight", rand(N_EMBD, N_EMBD))
-                writer.add_tensor(prefix + name + ".bias", rand(N_EMBD, std=0.02))
+                writer.add_tensor(prefix + name + ".weight", rand(n_embd, n_embd))
+                writer.add_tensor(prefix + name + ".bias", rand(n_embd, std=0.02))
             writer.add_tensor(prefix + "attn_output_norm.weight", ones)
             writer.add_tensor(prefix + "attn_output_norm.bias", zeros)
-            writer.add_tensor(prefix + "ffn_up.weight", rand(N_FF, N_EMBD))
-            writer.add_tensor(prefix + "ffn_up.bias", rand(N_FF, std=0.02))
-            writer.add_tensor(prefix + "ffn_down.weight", rand(N_EMBD, N_FF))
-            writer.add_tensor(prefix + "ffn_down.bias", rand(N_EMBD, std=0.02))
+            writer.add_tensor(prefix + "ffn_up.weight", rand(n_ff, n_embd))
+            writer.add_tensor(prefix + "ffn_up.bias", rand(n_ff, std=0.02))
+            writer.add_tensor(prefix + "ffn_down.weight", rand(n_embd, n_ff))
+            writer.add_tensor(prefix + "ffn_down.bias", rand(n_embd, std=0.02))
             writer.add_tensor(prefix + "layer_output_norm.weight", ones)
             writer.add_tensor(prefix + "layer_output_norm.bias", zeros)
         if classifier:
-            writer.add_tensor("cls.weight", rand(N_EMBD, N_EMBD))
-            writer.add_tensor("cls.bias", rand(N_EMBD, std=0.02))
-            writer.add_tensor("cls.output.weight", rand(1, N_EMBD, std=1.0))
+            writer.add_tensor("cls.weight", rand(n_embd, n_embd))
+            writer.add_tensor("cls.bias", rand(n_embd, std=0.02))
+            writer.add_tensor("cls.output.weight", rand(1, n_embd, std=1.0))
             writer.add_tensor("cls.output.bias", np.zeros(1, dtype=np.float32))
     return Path(out_path)
 

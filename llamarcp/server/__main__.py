@@ -112,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
         "memory for -np N -c C) instead of N x ctx-size; when it is full, idle prefix caches go first",
     )
     p.add_argument(
+        "--swa-full",
+        action="store_true",
+        default=None,
+        help="full-size KV cache for sliding-window layers (gemma 2/3...). Default, as llama-server: those layers "
+        "keep only their window (less memory; a prefix the window has left is decoded again); kept full anyway "
+        "while speculative decoding rolls back rejected drafts",
+    )
+    p.add_argument(
         "--spec-type",
         choices=["ngram-simple", "draft-simple"],
         help="speculative decoding of greedy requests: ngram-simple drafts from the prompt and the answer so far "
@@ -340,6 +348,9 @@ def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
     if args.n_parallel is not None:  # a server-wide choice, also for the models of a config file
         for config in configs:
             config.n_parallel = args.n_parallel
+    for config in configs:  # llama-server's KV memory: windowed layers keep their window only (see --swa-full)
+        drafting = config.llama_kwargs.get("draft_model") is not None
+        config.llama_kwargs.setdefault("swa_full", bool(args.swa_full) or drafting)
 
     def pick(flag_value: Any, name: str, default: Any) -> Any:
         return flag_value if flag_value is not None else server_values.get(name, default)

@@ -134,7 +134,7 @@ class EmbeddingBatcher:
             self._in_flight = [w for w, _ in chosen]
             self._abort_if_nobody_listens()
             try:
-                rows, counts = await self.runner.call(self._embed, texts)
+                rows, counts = await self.runner.compute(self._embed, texts)
             except Exception as exc:
                 if len(chosen) > 1:  # find the request it belongs to: retry each on its own
                     for waiting, _ in chosen:

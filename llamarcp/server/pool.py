@@ -175,6 +175,7 @@ class ModelEntry:
         kv_cells = getattr(self.llama, "kv_cells", None)
         if self.loaded and kv_cells is not None:
             counts["kv_cells"] = kv_cells()  # all slots together (--kv-unified: shared)
+            counts["kv_cache_mib"] = self.llama.kv_cache_mib()
         return counts
 
     def end_of_generation_tokens(self) -> frozenset[int]:

@@ -65,7 +65,7 @@ def add_rerank_routes(app: FastAPI, dispatcher: Dispatcher, require_key: Callabl
 
         async with pool.unslotted(entry):
             try:
-                scores, count = await runner.call(run)
+                scores, count = await runner.compute(run)
                 runner.stats.served += 1
             except BaseException:
                 runner.stats.failed += 1

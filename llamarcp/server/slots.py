@@ -1,11 +1,14 @@
 """llama-server's slot routes: `GET /slots` (each slot's state; `--no-slots` turns it off) and
 `POST /slots/{id}?action=save|restore|erase` (with `--slot-save-path DIR`).
 
-A slot's KV cache is saved to / restored from `DIR/<filename>` in llama.cpp's sequence file format
-(`llamarcp.sequence_state`), so files move between llamarcp and llama-server. The file name is a plain name
-inside DIR: path separators, `..`, a leading dot (the temporary files' prefix) and control characters are
-refused (400), a symlink or non-regular file at the name is refused, and restoring never follows a symlink.
-Only an idle slot is saved, restored or erased (409 while it runs a request).
+A slot's KV cache is saved to `DIR/<filename>` in `llamarcp.state`'s checked container around llama.cpp's
+sequence file (`llamarcp.sequence_state`): a file with a flipped bit, cut short or saved by another model is
+refused with a 400 naming the problem and never reaches llama.cpp. A save with `"format": "llama.cpp"` writes
+the bare sequence file llama-server reads, and a restore accepts llama-server's bare files too (checked as far
+as that format allows; the answer's `format` says which it read). The file name is a plain name inside DIR:
+path separators, `..`, a leading dot (the temporary files' prefix) and control characters are refused (400), a
+symlink or non-regular file at the name is refused, and restoring never follows a symlink. Only an idle slot is
+saved, restored or erased (409 while it runs a request).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from fastapi import Body, Depends, FastAPI, Query
 
 from llamarcp.errors import StateError
 from llamarcp.sequence_state import (
+    FORMAT_LLAMARCP,
+    FORMATS,
     SlotBusyError,
     erase_sequence,
     read_sequence_file,
@@ -129,7 +134,7 @@ def add_slot_routes(
         entry = pool.resolve(model)
         _check_slot(entry, id_slot)
         body = body or {}
-        unknown = sorted(set(body) - {"filename"})
+        unknown = sorted(set(body) - {"filename", "format"})
         if unknown:
             raise ApiError(400, f"'{unknown[0]}' is not supported by this route", param=unknown[0])
         started = time.perf_counter()
@@ -143,11 +148,16 @@ def add_slot_routes(
             raise ApiError(400, "action must be save, restore or erase", param="action")
         filename = body.get("filename")
         path = slot_file(directory, filename)
+        file_format = body.get("format", FORMAT_LLAMARCP)
+        if action != "save" and "format" in body:
+            raise ApiError(400, "format is only read by action=save (restore detects it)", param="format")
+        if file_format not in FORMATS:
+            raise ApiError(400, f"format must be one of {', '.join(map(repr, FORMATS))}", param="format")
         if action == "save":
 
             def save(llama: Any) -> tuple[int, int]:
                 snapshot = snapshot_sequence(llama, id_slot)
-                return len(snapshot.tokens), write_sequence_file(path, snapshot)
+                return len(snapshot.tokens), write_sequence_file(path, snapshot, llama._model, file_format)
 
             try:
                 n_saved, n_written = await dispatcher.on_model(entry, save)
@@ -159,19 +169,20 @@ def add_slot_routes(
                 "filename": filename,
                 "n_saved": n_saved,
                 "n_written": n_written,
+                "format": file_format,
                 "timings": {"save_ms": elapsed},
             }
 
-        def restore(llama: Any) -> tuple[int, int]:
+        def restore(llama: Any) -> tuple[int, int, str]:
             key = entry.model_id
             if key not in limits:
                 limits[key] = sequence_file_limit(llama)
-            snapshot = read_sequence_file(path, int(llama.n_ctx), limits[key])
-            restore_sequence(llama, id_slot, snapshot)
-            return len(snapshot.tokens), snapshot.n_bytes
+            read = read_sequence_file(path, llama._model, int(llama.n_ctx), limits[key])
+            restore_sequence(llama, id_slot, read.snapshot)
+            return len(read.snapshot.tokens), read.n_bytes, read.file_format
 
         try:
-            n_restored, n_read = await dispatcher.on_model(entry, restore)
+            n_restored, n_read, read_format = await dispatcher.on_model(entry, restore)
         except (SlotBusyError, StateError, FileNotFoundError) as exc:
             raise _slot_error(exc, filename) from None
         elapsed = (time.perf_counter() - started) * 1e3
@@ -180,5 +191,6 @@ def add_slot_routes(
             "filename": filename,
             "n_restored": n_restored,
             "n_read": n_read,
+            "format": read_format,
             "timings": {"restore_ms": elapsed},
         }
