@@ -33,7 +33,12 @@ def test_llama_cpp_python_command_line_is_accepted() -> None:
     assert model.n_threads is None  # -1 = all cores, llamarcp's default
     assert model.verbose is False
     assert model.chat_template_kwargs == {"enable_thinking": False}
-    assert model.llama_kwargs == {"embedding": False, "use_mmap": True, "tensor_split": [0.5, 0.5]}
+    assert model.llama_kwargs == {
+        "embedding": False,
+        "use_mmap": True,
+        "tensor_split": [0.5, 0.5],
+        "swa_full": False,  # llama-server's KV memory: windowed layers keep their window (--swa-full)
+    }
     assert settings.api_key == "k" and settings.interrupt_requests is True
     assert listener["port"] == 8000 and listener["host"] == "127.0.0.1"
 
@@ -130,7 +135,7 @@ def test_bad_or_unsupported_settings_are_refused(argv: list[str], env: dict[str,
 def test_no_op_settings_are_accepted_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     argv = ["--cache", "true", "--logits_all", "false", "--yarn_ext_factor", "-1.0", "--rope_scaling_type", "-1"]
     settings, _ = _resolve(argv)
-    assert settings.model_configs()[0].llama_kwargs == {}
+    assert settings.model_configs()[0].llama_kwargs == {"swa_full": False}  # the server's default, not a setting
     assert "cache=True has no effect" in caplog.text and "logits_all=False has no effect" in caplog.text
     assert "yarn" not in caplog.text  # left at its default: nothing to say
 
@@ -156,7 +161,7 @@ def test_json_config_file(tmp_path: Path) -> None:
     alpha, beta = settings.model_configs()
     assert alpha.model == str(tmp_path / "a.gguf")  # not in the working directory: beside the config file
     assert (alpha.alias, alpha.n_ctx, alpha.chat_format) == ("alpha", 256, "chatml")
-    assert (beta.alias, beta.n_threads, beta.llama_kwargs) == ("beta", 2, {"embedding": True})
+    assert (beta.alias, beta.n_threads, beta.llama_kwargs) == ("beta", 2, {"embedding": True, "swa_full": False})
     assert settings.api_key == "sk-file" and settings.max_loaded_models == 2
     assert listener["host"] == "0.0.0.0" and listener["port"] == 9999  # the command line overrides the file
 
