@@ -38,7 +38,8 @@ MAX_VOCAB_SIZE_DIFFERENCE = 128
 CHECK_START_TOKEN_ID = 5
 #: Most draft tokens per step a DraftModel may be asked for.
 MAX_PRED_TOKENS = 256
-#: Tokens decoded per llama_decode when the draft model catches up with a history (a new prompt).
+#: Tokens decoded per llama_decode when the draft model catches up with a history (a new prompt); llama.cpp lowers
+#: it to the context's size.
 CATCH_UP_BATCH = 512
 
 
@@ -150,7 +151,8 @@ class DraftModel(LlamaDraftModel):
                 flash_attn=None,
             )
             self._ctx = Context(self.model, params)
-            self._batch = Batch(n_batch, 1, parent=self._ctx)
+            # llama.cpp lowers n_batch to n_ctx and asserts that a decode fits it: batches are the context's size.
+            self._batch = Batch(self._ctx.n_batch(), 1, parent=self._ctx)
             self.n_ctx_seq = n_ctx_seq
             self.target_n_vocab = target.n_vocab
             self._sequences = [DraftSequence(self, seq_id) for seq_id in range(n_seq)]
@@ -220,8 +222,10 @@ class DraftModel(LlamaDraftModel):
                 return results
             try:
                 started = time.perf_counter()
-                for start in range(0, len(catch_up), CATCH_UP_BATCH):
-                    self._decode(catch_up[start : start + CATCH_UP_BATCH])
+                assert self._batch is not None
+                step = self._batch.capacity
+                for start in range(0, len(catch_up), step):
+                    self._decode(catch_up[start : start + step])
                 self.catch_up_seconds = time.perf_counter() - started
                 self._decode(last)
                 self._greedy(active, results)

@@ -149,6 +149,19 @@ def test_draft_context_is_bounded_by_the_targets(plain: Llama, tiny_model_path: 
             assert all(a["choices"][0]["finish_reason"] in ("length", "stop") for a in answers)
 
 
+def test_catch_up_larger_than_the_context_batch_is_no_abort(tiny_model_path: Path) -> None:
+    """Two slots catching up 280 tokens at once in a 256-cell draft context: llama.cpp lowers n_batch to 256 and
+    asserts a decode fits it (SIGABRT before the fix); now the catch-up is cut to the context's batch and the
+    step that finds no room drafts nothing."""
+    draft = DraftModel(tiny_model_path)
+    llm = Llama(str(tiny_model_path), n_ctx=256, n_threads=1, n_parallel=2, kv_unified=True, draft_model=draft)
+    with draft, llm:
+        assert draft._batch is not None and draft._batch.capacity <= 256
+        histories = [[(i * 7 + k) % 50 + 10 for i in range(140)] for k in (1, 2)]
+        assert draft.draft_many([(0, histories[0], 4), (1, histories[1], 4)]) == [[], []]
+        assert len(draft.draft(histories[0][:20], 3, 0)) <= 3  # the context still drafts afterwards
+
+
 def test_incompatible_vocab_is_refused(tiny_model_path: Path, tiny_bert_path: Path) -> None:
     with DraftModel(tiny_bert_path) as draft, pytest.raises(DraftModelError, match="vocab"):
         Llama(str(tiny_model_path), n_ctx=256, n_threads=1, draft_model=draft)
