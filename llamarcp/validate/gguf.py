@@ -4,7 +4,8 @@ llama.cpp's GGUF parser (ggml/src/gguf.cpp) rejects malformed files cleanly, but
 the values: `GGML_ASSERT(n_layer > 0 && n_layer <= LLAMA_MAX_LAYERS)` and the expert-count asserts in
 `llama_model_base::load_hparams`, an unknown `rope.scaling.type` string, and at the first decode
 `GGML_ASSERT(eps >= 0.0f)` of the norm kernels all abort the process; so do a vocab with a repeated token text
-(`llama_vocab::load`), an unknown `pooling_type`, and an integer-typed weight (SIGSEGV in the first decode).
+(`llama_vocab::load`), an unknown `pooling_type`, an integer-typed weight (SIGSEGV in the first decode), and a
+norm/bias/scale weight that is not F32 (SIGABRT in ggml's CPU add/mul at the first decode).
 `check_gguf_hparams` reads the header, key/value section and tensor infos (tensor data is never touched) and
 raises `ModelLoadError` naming the offending key or tensor.
 
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from llamarcp.errors import ModelLoadError
+from llamarcp.validate.gguf_roles import f32_role
 
 __all__ = [
     "MAX_EXPERTS",
@@ -347,12 +349,15 @@ def _check_enum_key(kv: dict[str, Any], name: str, enum: str, refuse: Any) -> No
 
 def _check_tensor_types(header: GGUFHeader, path: str | os.PathLike[str]) -> None:
     """Weights must have a ggml type llama.cpp computes with: an integer type (I8..I64) where a float or
-    quantized weight is expected reaches kernels that do not support it (SIGSEGV in the first decode)."""
+    quantized weight is expected reaches kernels that do not support it (SIGSEGV in the first decode), and a
+    norm, bias, scale or other element-wise weight (`gguf_roles.f32_role`) that is not F32 makes ggml's CPU
+    binary ops abort (SIGABRT in the first decode)."""
     from llamarcp.validate.params import ggml_type_names
 
     types = ggml_type_names()
     integer_names = ("GGML_TYPE_I8", "GGML_TYPE_I16", "GGML_TYPE_I32", "GGML_TYPE_I64")
     integer = {value for value, name in types.items() if name in integer_names}
+    f32 = next(value for value, name in types.items() if name == "GGML_TYPE_F32")
     for name, tensor_type in header.tensors:
         if tensor_type not in types:
             raise ModelLoadError(f"could not load {path}: tensor {name!r} has unknown ggml type {tensor_type}")
@@ -360,6 +365,17 @@ def _check_tensor_types(header: GGUFHeader, path: str | os.PathLike[str]) -> Non
             raise ModelLoadError(
                 f"could not load {path}: tensor {name!r} has integer type {types[tensor_type]}, not a weight type"
             )
+        op = f32_role(name)
+        if op is not None and tensor_type != f32:
+            raise ModelLoadError(
+                f"could not load {path}: tensor {name!r} has type {_short(types[tensor_type])} but must be F32: "
+                f"llama.cpp applies it to F32 activations with GGML_OP_{op}, and ggml's CPU kernels abort the "
+                "process on any other type (rule: element-wise weights are F32, see llamarcp.validate.gguf_roles)"
+            )
+
+
+def _short(type_name: str) -> str:
+    return type_name.removeprefix("GGML_TYPE_")
 
 
 def _check_experts(kv: dict[str, Any], key: Any, refuse: Any, layers: int) -> None:
