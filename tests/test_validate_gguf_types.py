@@ -102,6 +102,16 @@ def test_the_refused_file_aborts_llama_cpp_without_the_check(bases: dict, tmp_pa
     assert "'token_types.weight' has type F16 but must be F32" in results[0]["message"]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("arch", "tensor", "ggml_type"), [(*case, TYPES[i % 3]) for i, case in enumerate(CRASHING)])
+def test_every_refused_role_really_aborts_llama_cpp(
+    bases: dict, tmp_path: Path, arch: str, tensor: str, ggml_type: str
+) -> None:
+    """The rule refuses nothing llama.cpp runs: each refused case of CRASHING kills a child without the check."""
+    code, results = _child("--no-validate", _retyped(bases, tmp_path, arch, tensor, ggml_type))
+    assert code == -signal.SIGABRT, results
+
+
 def test_matrices_and_lookup_tables_in_any_type_still_run(bases: dict, tmp_path: Path) -> None:
     """The rule refuses no layout llama.cpp runs: F16/BF16/Q8_0 matrices and embedding tables decode (in a child,
     so a wrong rule fails the test instead of the test runner)."""
@@ -111,7 +121,8 @@ def test_matrices_and_lookup_tables_in_any_type_still_run(bases: dict, tmp_path:
     assert [r["error"] for r in results] == [None] * len(paths), results
 
 
-def test_draft_model_and_server_load_refuse_it_too(bases: dict, tmp_path: Path) -> None:
+def test_draft_model_server_and_ctypes_face_refuse_it_too(bases: dict, tmp_path: Path) -> None:
+    from llamarcp.compat import lowlevel
     from llamarcp.draft_model import DraftModel
     from llamarcp.server.pool import ModelEntry
     from llamarcp.server.settings import ModelConfig
@@ -122,6 +133,8 @@ def test_draft_model_and_server_load_refuse_it_too(bases: dict, tmp_path: Path) 
     entry = ModelEntry(ModelConfig(model=str(path), n_ctx=64, n_parallel=1), max_queue=1)
     with pytest.raises(ModelLoadError, match="'blk.0.attn_norm.weight' has type BF16"):
         entry.load()
+    with pytest.raises(ModelLoadError, match="'blk.0.attn_norm.weight' has type BF16"):  # llama-cpp-python's low level
+        lowlevel.llama_model_load_from_file(str(path).encode(), lowlevel.llama_model_default_params())
 
 
 @pytest.mark.slow
