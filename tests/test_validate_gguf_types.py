@@ -24,7 +24,7 @@ from procs import run
 from tiny_model import VOCAB_FILE, retype_tensors, write_tiny_gemma3
 
 from llamarcp.errors import ModelLoadError
-from llamarcp.validate.gguf import check_gguf_hparams
+from llamarcp.validate.gguf import ACTIVATION_ONLY_TYPES, check_gguf_hparams
 from llamarcp.validate.gguf_roles import F32_ROLES, F32_SUFFIXES, f32_role
 from llamarcp.validate.params import ggml_type_names
 
@@ -184,8 +184,9 @@ def _header(tensors: list[tuple[str, int]]) -> bytes:
 _FLOAT_AND_QUANT = sorted(
     value
     for value, name in ggml_type_names().items()
-    if not name.startswith(("GGML_TYPE_I", "GGML_TYPE_COUNT")) or name.startswith("GGML_TYPE_IQ")
+    if (not name.startswith("GGML_TYPE_I") or name.startswith("GGML_TYPE_IQ")) and name not in ACTIVATION_ONLY_TYPES
 )
+_ACTIVATION_ONLY = [value for value, name in ggml_type_names().items() if name in ACTIVATION_ONLY_TYPES]
 _F32 = next(value for value, name in ggml_type_names().items() if name == "GGML_TYPE_F32")
 _STEMS = sorted(F32_ROLES)
 
@@ -230,3 +231,30 @@ def test_matrix_weights_take_any_type_but_their_bias_and_scale_do_not(
     else:
         with pytest.raises(ModelLoadError, match=f"GGML_OP_{F32_SUFFIXES[suffix]}"):
             check_gguf_hparams(path)
+
+
+@pytest.mark.parametrize("name", ["token_embd.weight", "blk.3.attn_q.weight", "output.weight", "output_norm.weight"])
+def test_activation_only_types_are_refused_for_every_tensor(tmp_path: Path, name: str) -> None:
+    assert len(_ACTIVATION_ONLY) == 2  # Q8_1, Q8_K
+    for ggml_type in _ACTIVATION_ONLY:
+        path = tmp_path / "m.gguf"
+        path.write_bytes(_header([(name, ggml_type)]))
+        with pytest.raises(ModelLoadError, match=rf"'{re.escape(name)}' has type Q8_[1K], an activation-side type"):
+            check_gguf_hparams(path)
+
+
+@pytest.mark.slow
+def test_a_q8_k_matrix_crashes_llama_cpp_without_the_check(llama_cpp_source: Path, tmp_path: Path) -> None:
+    """Q8_K has no CPU dot product: a Q8_K attn_q (a bert of width 256, whole Q8_K blocks) is a SIGSEGV in the
+    first decode without llamarcp's check, a ModelLoadError with it."""
+    from tiny_model import BERT_VOCAB_FILE, write_tiny_bert
+
+    base = write_tiny_bert(
+        tmp_path / "bert256.gguf", llama_cpp_source / "models" / BERT_VOCAB_FILE, shape=(256, 1, 4, 256, 64)
+    )
+    path = retype_tensors(base, tmp_path / "q8k.gguf", {"blk.0.attn_q.weight": "Q8_K"})
+    code, _ = _child("--no-validate", path)
+    assert code == -signal.SIGSEGV
+    code, results = _child(path)
+    assert code == 0 and results[0]["error"] == "ModelLoadError"
+    assert "'blk.0.attn_q.weight' has type Q8_K" in results[0]["message"]

@@ -255,7 +255,8 @@ def write_tiny_gemma3(out_path: str | os.PathLike[str], vocab_path: str | os.Pat
 
 def retype_tensors(src_path: str | os.PathLike[str], out_path: str | os.PathLike[str], types: dict[str, str]) -> Path:
     """Copy a GGUF with the tensors named in `types` stored in another ggml type ("F16", "BF16", "Q8_0", ...):
-    the keys are kept, each listed tensor is dequantized to F32 and converted with the `gguf` package."""
+    the keys are kept, each listed tensor is dequantized to F32 and converted with the `gguf` package (a type
+    it cannot quantize to, such as Q8_K, is written as zero blocks)."""
     import gguf
     import numpy as np
     from gguf import quants
@@ -283,7 +284,12 @@ def retype_tensors(src_path: str | os.PathLike[str], out_path: str | os.PathLike
             elif kind == gguf.GGMLQuantizationType.F16:
                 writer.add_tensor(tensor.name, data.astype(np.float16))
             else:
-                writer.add_tensor(tensor.name, quants.quantize(data, kind), raw_dtype=kind)
+                try:
+                    blocks = quants.quantize(data, kind)
+                except NotImplementedError:  # no quantizer in `gguf` (Q8_K): zero blocks of the type's size
+                    block, size = gguf.GGML_QUANT_SIZES[kind]
+                    blocks = np.zeros((*data.shape[:-1], data.shape[-1] // block * size), dtype=np.uint8)
+                writer.add_tensor(tensor.name, blocks, raw_dtype=kind)
     return Path(out_path)
 
 
