@@ -200,6 +200,99 @@ def write_tiny_bert(
     return Path(out_path)
 
 
+def write_tiny_gemma3(out_path: str | os.PathLike[str], vocab_path: str | os.PathLike[str], seed: int = SEED) -> Path:
+    """A tiny random gemma3 (sliding-window attention, q/k norms, post-attention and post-FFN norms) with the
+    llama SentencePiece vocab: llama.cpp's src/models/gemma3.cpp graph on a model that loads in milliseconds."""
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(str(vocab_path))
+    n_vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
+    n_head, n_head_kv, head_dim = 2, 1, 32  # head_dim 32: the q/k norms hold whole Q8_0 blocks
+    with _gguf_file(out_path, "gemma3") as writer:
+        writer.add_name("llamarcp tiny random gemma3")
+        writer.add_context_length(N_CTX_TRAIN)
+        writer.add_embedding_length(N_EMBD)
+        writer.add_block_count(N_LAYER)
+        writer.add_feed_forward_length(N_FF)
+        writer.add_head_count(n_head)
+        writer.add_head_count_kv(n_head_kv)
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+        writer.add_layer_norm_rms_eps(1e-6)
+        writer.add_sliding_window(32)
+        writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+        for key in _TOKENIZER_KEYS:
+            field = reader.fields.get(key)
+            if field is not None:
+                value, value_type = field.contents(), field.types[0]
+                if value_type == gguf.GGUFValueType.ARRAY:
+                    writer.add_array(key, value)
+                else:
+                    writer.add_key_value(key, value, value_type)
+        rng = np.random.default_rng(seed)
+
+        def rand(*shape: int, std: float = 0.125) -> np.ndarray:
+            return (rng.standard_normal(shape) * std).astype(np.float32)
+
+        writer.add_tensor("token_embd.weight", rand(n_vocab, N_EMBD, std=0.5))
+        writer.add_tensor("output_norm.weight", rand(N_EMBD, std=0.1))
+        for layer in range(N_LAYER):
+            prefix = f"blk.{layer}."
+            for norm, width in (("attn_norm", N_EMBD), ("attn_q_norm", head_dim), ("attn_k_norm", head_dim)):
+                writer.add_tensor(prefix + norm + ".weight", rand(width, std=0.1))
+            writer.add_tensor(prefix + "attn_q.weight", rand(n_head * head_dim, N_EMBD))
+            writer.add_tensor(prefix + "attn_k.weight", rand(n_head_kv * head_dim, N_EMBD))
+            writer.add_tensor(prefix + "attn_v.weight", rand(n_head_kv * head_dim, N_EMBD))
+            writer.add_tensor(prefix + "attn_output.weight", rand(N_EMBD, n_head * head_dim))
+            for norm in ("post_attention_norm", "ffn_norm", "post_ffw_norm"):
+                writer.add_tensor(prefix + norm + ".weight", rand(N_EMBD, std=0.1))
+            writer.add_tensor(prefix + "ffn_gate.weight", rand(N_FF, N_EMBD))
+            writer.add_tensor(prefix + "ffn_up.weight", rand(N_FF, N_EMBD))
+            writer.add_tensor(prefix + "ffn_down.weight", rand(N_EMBD, N_FF))
+    return Path(out_path)
+
+
+def retype_tensors(src_path: str | os.PathLike[str], out_path: str | os.PathLike[str], types: dict[str, str]) -> Path:
+    """Copy a GGUF with the tensors named in `types` stored in another ggml type ("F16", "BF16", "Q8_0", ...):
+    the keys are kept, each listed tensor is dequantized to F32 and converted with the `gguf` package (a type
+    it cannot quantize to, such as Q8_K, is written as zero blocks)."""
+    import gguf
+    import numpy as np
+    from gguf import quants
+
+    reader = gguf.GGUFReader(str(src_path))
+    arch = reader.fields["general.architecture"].contents()
+    with _gguf_file(out_path, arch) as writer:
+        for key, field in reader.fields.items():
+            if key.startswith("GGUF.") or key == "general.architecture":
+                continue
+            value, value_type = field.contents(), field.types[0]
+            if value_type == gguf.GGUFValueType.ARRAY:
+                writer.add_array(key, value)
+            else:
+                writer.add_key_value(key, value, value_type)
+        for tensor in reader.tensors:
+            target = types.get(tensor.name)
+            if target is None:
+                writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
+                continue
+            data = quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
+            kind = gguf.GGMLQuantizationType[target]
+            if kind == gguf.GGMLQuantizationType.F32:
+                writer.add_tensor(tensor.name, data)
+            elif kind == gguf.GGMLQuantizationType.F16:
+                writer.add_tensor(tensor.name, data.astype(np.float16))
+            else:
+                try:
+                    blocks = quants.quantize(data, kind)
+                except NotImplementedError:  # no quantizer in `gguf` (Q8_K): zero blocks of the type's size
+                    block, size = gguf.GGML_QUANT_SIZES[kind]
+                    blocks = np.zeros((*data.shape[:-1], data.shape[-1] // block * size), dtype=np.uint8)
+                writer.add_tensor(tensor.name, blocks, raw_dtype=kind)
+    return Path(out_path)
+
+
 def write_tiny_lora(out_path: str | os.PathLike[str], rank: int = 4, seed: int = 7, n_in: int = N_EMBD) -> Path:
     """A random LoRA adapter for the tiny model's attn_q/attn_v of every layer (n_in != N_EMBD: a wrong one)."""
     import numpy as np

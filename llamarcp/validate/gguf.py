@@ -4,7 +4,9 @@ llama.cpp's GGUF parser (ggml/src/gguf.cpp) rejects malformed files cleanly, but
 the values: `GGML_ASSERT(n_layer > 0 && n_layer <= LLAMA_MAX_LAYERS)` and the expert-count asserts in
 `llama_model_base::load_hparams`, an unknown `rope.scaling.type` string, and at the first decode
 `GGML_ASSERT(eps >= 0.0f)` of the norm kernels all abort the process; so do a vocab with a repeated token text
-(`llama_vocab::load`), an unknown `pooling_type`, and an integer-typed weight (SIGSEGV in the first decode).
+(`llama_vocab::load`), an unknown `pooling_type`, an integer-typed weight (SIGSEGV in the first decode), and a
+norm/bias/scale weight that is not F32 (SIGABRT in ggml's CPU add/mul at the first decode), or any tensor in
+Q8_1/Q8_K (SIGSEGV: no CPU kernel takes them as a weight).
 `check_gguf_hparams` reads the header, key/value section and tensor infos (tensor data is never touched) and
 raises `ModelLoadError` naming the offending key or tensor.
 
@@ -23,8 +25,10 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from llamarcp.errors import ModelLoadError
+from llamarcp.validate.gguf_roles import f32_role
 
 __all__ = [
+    "ACTIVATION_ONLY_TYPES",
     "MAX_EXPERTS",
     "MAX_KEY_BYTES",
     "MAX_LAYERS",
@@ -38,6 +42,10 @@ __all__ = [
 MAX_LAYERS = 512
 #: llama.cpp's LLAMA_MAX_EXPERTS (src/llama-hparams.h): `expert_count` above it aborts the loader.
 MAX_EXPERTS = 1024
+#: ggml types that exist only as the other operand of a quantized dot product (Q8_1 for Q4_1/Q5_1, Q8_K for the
+#: k-quants): ggml-cpu.c gives them no `vec_dot` and ggml.c no `to_float`, so as a weight any matrix product
+#: or row lookup crashes. Refused for every tensor.
+ACTIVATION_ONLY_TYPES = ("GGML_TYPE_Q8_1", "GGML_TYPE_Q8_K")
 #: Longest key accepted (gguf.cpp has no limit; real keys are under 100 bytes).
 MAX_KEY_BYTES = 64 * 1024
 #: Numeric arrays up to this length are decoded (per-layer hyperparameters); longer ones are only skipped.
@@ -347,12 +355,16 @@ def _check_enum_key(kv: dict[str, Any], name: str, enum: str, refuse: Any) -> No
 
 def _check_tensor_types(header: GGUFHeader, path: str | os.PathLike[str]) -> None:
     """Weights must have a ggml type llama.cpp computes with: an integer type (I8..I64) where a float or
-    quantized weight is expected reaches kernels that do not support it (SIGSEGV in the first decode)."""
+    quantized weight is expected reaches kernels that do not support it (SIGSEGV in the first decode), and a
+    norm, bias, scale or other element-wise weight (`gguf_roles.f32_role`) that is not F32 makes ggml's CPU
+    binary ops abort (SIGABRT in the first decode)."""
     from llamarcp.validate.params import ggml_type_names
 
     types = ggml_type_names()
     integer_names = ("GGML_TYPE_I8", "GGML_TYPE_I16", "GGML_TYPE_I32", "GGML_TYPE_I64")
     integer = {value for value, name in types.items() if name in integer_names}
+    f32 = next(value for value, name in types.items() if name == "GGML_TYPE_F32")
+    no_kernel = {value for value, name in types.items() if name in ACTIVATION_ONLY_TYPES}
     for name, tensor_type in header.tensors:
         if tensor_type not in types:
             raise ModelLoadError(f"could not load {path}: tensor {name!r} has unknown ggml type {tensor_type}")
@@ -360,6 +372,23 @@ def _check_tensor_types(header: GGUFHeader, path: str | os.PathLike[str]) -> Non
             raise ModelLoadError(
                 f"could not load {path}: tensor {name!r} has integer type {types[tensor_type]}, not a weight type"
             )
+        if tensor_type in no_kernel:
+            raise ModelLoadError(
+                f"could not load {path}: tensor {name!r} has type {_short(types[tensor_type])}, an activation-side "
+                "type ggml's CPU backend can neither multiply nor dequantize (SIGSEGV/SIGABRT at the first decode); "
+                "store weights as F32, F16, BF16 or a weight quantization such as Q8_0 or Q4_K"
+            )
+        op = f32_role(name)
+        if op is not None and tensor_type != f32:
+            raise ModelLoadError(
+                f"could not load {path}: tensor {name!r} has type {_short(types[tensor_type])} but must be F32: "
+                f"llama.cpp applies it to F32 activations with GGML_OP_{op}, and ggml's CPU kernels abort the "
+                "process on any other type (rule: element-wise weights are F32, see llamarcp.validate.gguf_roles)"
+            )
+
+
+def _short(type_name: str) -> str:
+    return type_name.removeprefix("GGML_TYPE_")
 
 
 def _check_experts(kv: dict[str, Any], key: Any, refuse: Any, layers: int) -> None:
