@@ -42,19 +42,24 @@ PROMPTS = {"code": PROMPT, "json": JSON_PROMPT}
 
 
 def truncated_gemma(blocks: int) -> Path:
-    """gemma-3-270m with only its first `blocks` transformer blocks (`block_count` rewritten, every other key,
-    the vocab and the tokenizer copied), written once into the benchmark work dir with the gguf package."""
-    import gguf
-
+    """gemma-3-270m cut to its first `blocks` transformer blocks, written once into the benchmark work dir."""
     source = gemma_model_path()
     path = WORK_DIR / "models" / f"{source.stem}-first{blocks}.gguf"
-    if path.is_file():
-        return path
+    if not path.is_file():
+        truncate_model(source, blocks, path)
+    return path
+
+
+def truncate_model(source: Path, blocks: int, path: Path) -> None:
+    """Write `source` with only its first `blocks` transformer blocks to `path` with the gguf package:
+    `<arch>.block_count` rewritten, every other key (the vocab and the tokenizer too) and tensor copied."""
+    import gguf
+
     reader = gguf.GGUFReader(source)
     arch = reader.fields["general.architecture"].contents()
     total = int(reader.fields[f"{arch}.block_count"].contents())
     if not 1 <= blocks < total:
-        raise SystemExit(f"gemma-firstN: N must be in 1..{total - 1}, got {blocks}")
+        raise SystemExit(f"{source.name} has {total} blocks: keep 1..{total - 1}, not {blocks}")
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     writer = gguf.GGUFWriter(partial, arch)
@@ -75,7 +80,6 @@ def truncated_gemma(blocks: int) -> Path:
         writer.write_tensor_data(t.data, tensor_endianess=reader.endianess)
     writer.close()
     partial.replace(path)
-    return path
 
 
 def model_path(name: str) -> Path:
