@@ -149,8 +149,10 @@ def server_specs(args: argparse.Namespace, model: Path, server_bin: Path | None)
 def run_model(args: argparse.Namespace, key: str, model: Path, specs: list[serving.ServerSpec],
               env: dict[str, str], log: Any) -> dict[str, Any]:  # fmt: skip
     result: dict[str, Any] = {"label": MODEL_LABELS[key], "path": str(model), "notes": [], "servers": {}}
-    cells = {p: {n: {"rounds": [], "texts": [], "drafted": 0.0, "accepted": 0.0, "errors": []} for n in CONTENDERS}
-             for p in args.prompts}  # fmt: skip
+    cells: dict[str, dict[str, dict[str, Any]]] = {
+        p: {n: {"rounds": [], "texts": [], "drafted": 0.0, "accepted": 0.0, "errors": []} for n in CONTENDERS}
+        for p in args.prompts
+    }
     servers: dict[str, serving.Server] = {}
     try:
         for spec in specs:
