@@ -263,9 +263,12 @@ def render(results: dict[str, Any]) -> str:
         for name, by in model.get("prompts", {}).items():
             texts = by[LLAMARCP_PLAIN]["texts"]
             if texts:
-                lines.append(f"- {key} {name}: llamarcp's greedy text (plain = ngram-simple: "
-                             f"{_yes(model['identical'][name][f'{LLAMARCP_SPEC} = {LLAMARCP_PLAIN}'])}): "
-                             f"`{_show(texts[0])}`")  # fmt: skip
+                spec_same = model["identical"][name][f"{LLAMARCP_SPEC} = {LLAMARCP_PLAIN}"]
+                server_same = same_text(by[LLAMARCP_PLAIN], by[SERVER_PLAIN])
+                lines.append(
+                    f"- {key} {name}: llamarcp's greedy text (plain = ngram-simple: {_yes(spec_same)}; = "
+                    f"llama-server's: {_yes(server_same)}): `{_show(texts[0])}`"
+                )
         for note in model.get("notes", []):
             lines.append(f"- note: {report._one_line(note)}")
         for name, by in model.get("prompts", {}).items():
