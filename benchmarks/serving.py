@@ -4,6 +4,8 @@ slot, all on the same pinned libllama, on 127.0.0.1 only.
     python benchmarks/serving.py            # tiny + gemma, 1/4/8/16 clients, 3 rounds; RESULTS.md, serving.png/.json
     python benchmarks/serving.py --smoke    # tiny model, 2 clients, 1 round, into benchmarks/.work/serving-smoke/
     python benchmarks/serving.py --prepare  # build llama-server from the pin (once, cached by build_lib.py)
+    python benchmarks/serving.py --speculative [--smoke]  # one streaming client, --spec-type ngram-simple on/off
+                                            # (benchmarks/serving_speculative.py; its own options, see --help)
 
 Each client sends its requests one after the other (non-streamed `/v1/completions`, temperature 0, every request
 its own prompt); all clients start together. Aggregate tokens/s is the completion tokens of all requests over the
@@ -690,6 +692,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    raw = sys.argv[1:] if argv is None else argv
+    if "--speculative" in raw:
+        import serving_speculative
+
+        return serving_speculative.main([a for a in raw if a != "--speculative"])
     args = parse_args(argv)
     started = time.perf_counter()
 

@@ -144,3 +144,33 @@ def test_smoke_run_produces_sane_numbers_and_files(tmp_path: Path) -> None:
     markdown = (tmp_path / "RESULTS.md").read_text()
     assert "| llamarcp / llama-bench |" in markdown and "tiny random llama" in markdown
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_truncated_model_keeps_vocab_and_drafts_for_its_source(tmp_path: Path, tiny_model_path: Path) -> None:
+    # benchmarks/draft_decoding.py's bad draft model (gemma cut to its first blocks), here on the tiny model.
+    import gguf
+
+    from llamarcp import Llama
+    from llamarcp.draft_model import DraftModel
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    draft_decoding = _load("draft_decoding")
+    out = tmp_path / "first1.gguf"
+    draft_decoding.truncate_model(tiny_model_path, 1, out)
+    source, cut = gguf.GGUFReader(tiny_model_path), gguf.GGUFReader(out)
+    arch = source.fields["general.architecture"].contents()
+    assert source.fields[f"{arch}.block_count"].contents() > 1
+    assert cut.fields[f"{arch}.block_count"].contents() == 1
+    assert not any(t.name.startswith("blk.1.") for t in cut.tensors)
+    assert cut.fields["tokenizer.ggml.tokens"].contents() == source.fields["tokenizer.ggml.tokens"].contents()
+    with pytest.raises(SystemExit, match="keep 1"):
+        draft_decoding.truncate_model(tiny_model_path, 0, tmp_path / "none.gguf")
+    prompt = "one two three one two three one two"
+    with Llama(str(tiny_model_path), n_ctx=128, verbose=False) as plain:
+        expected = plain(prompt, max_tokens=12, temperature=0)["choices"][0]["text"]
+    draft = DraftModel(out, num_pred_tokens=4)  # loads, and the vocab check against its source passes
+    try:
+        with Llama(str(tiny_model_path), n_ctx=128, verbose=False, draft_model=draft) as spec:
+            assert spec(prompt, max_tokens=12, temperature=0)["choices"][0]["text"] == expected
+    finally:
+        draft.close()

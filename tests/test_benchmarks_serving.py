@@ -2,8 +2,10 @@
 
 The smoke run starts llamarcp's server twice on the tiny model (`--parallel 2` and one slot), sends 2 clients x 2
 requests to each and checks what it wrote: sane numbers (finite, positive, p50 <= p95), the RESULTS.md block,
-the chart, and that every greedy completion of the parallel server equals the one-slot server's. It builds and
-installs nothing (llama-server is not part of the smoke run) and asserts no timing.
+the chart, and that every greedy completion of the parallel server equals the one-slot server's. The speculative
+mode's smoke run (`--speculative --smoke`) streams both prompts to llamarcp without and with `--spec-type
+ngram-simple` and checks the texts agree. They build and install nothing (llama-server is not part of a smoke run)
+and assert no timing.
 """
 
 from __future__ import annotations
@@ -123,3 +125,54 @@ def test_smoke_run_measures_and_writes_its_files(tmp_path: Path) -> None:
     text = (tmp_path / "RESULTS.md").read_text()
     assert serving.SERVING_BEGIN in text and serving.SERVING_END in text
     assert (tmp_path / "serving.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+serving_speculative = _load("serving_speculative")
+
+
+def test_speculative_text_check_needs_one_text_over_all_rounds() -> None:
+    def cell(*texts: str) -> dict[str, Any]:
+        return {"texts": list(texts)}
+
+    assert serving_speculative.same_text(cell("a", "a"), cell("a")) is True
+    assert serving_speculative.same_text(cell("a", "b"), cell("a", "b")) is False  # rounds must agree too
+    assert serving_speculative.same_text(cell("a"), cell("b")) is False
+    assert serving_speculative.same_text(cell(), cell("a")) is None
+    key = f"{serving_speculative.LLAMARCP_SPEC} = {serving_speculative.LLAMARCP_PLAIN}"
+    results = {"models": {"gemma": {"identical": {"code": {key: True}, "json": {key: False}}}}}
+    assert serving_speculative.llamarcp_mismatches(results) == ["gemma/json"]
+
+
+def test_speculative_bad_arguments_are_refused() -> None:
+    for argv in (["--prompts", "nope"], ["--prompts", ""], ["--reps", "-1"], ["--model", "other"]):
+        with pytest.raises(SystemExit):
+            serving_speculative.parse_args(argv)
+
+
+def test_speculative_smoke_run_streams_both_servers_with_the_same_text(tmp_path: Path) -> None:
+    # Through serving.py's own entry point, as the README documents it.
+    argv = [sys.executable, str(ROOT / "benchmarks" / "serving.py"), "--speculative", "--smoke", "--out", str(tmp_path)]
+    proc = run(argv, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((tmp_path / "serving-speculative.json").read_text())
+    tiny = results["models"]["tiny"]
+    assert tiny["notes"] == []
+    assert set(tiny["servers"]) == {serving_speculative.LLAMARCP_PLAIN, serving_speculative.LLAMARCP_SPEC}
+    assert "--spec-type ngram-simple" in tiny["servers"][serving_speculative.LLAMARCP_SPEC]
+    for prompt in ("code", "json"):
+        by = tiny["prompts"][prompt]
+        for name in (serving_speculative.LLAMARCP_PLAIN, serving_speculative.LLAMARCP_SPEC):
+            cell = by[name]
+            assert cell["errors"] == []
+            (rate,) = cell["rounds"]
+            assert math.isfinite(rate) and rate > 0
+            (text,) = cell["texts"]
+            assert text
+            assert cell["accepted"] <= cell["drafted"]
+        assert by[serving_speculative.LLAMARCP_PLAIN]["texts"] == by[serving_speculative.LLAMARCP_SPEC]["texts"]
+        assert tiny["identical"][prompt][f"{serving_speculative.LLAMARCP_SPEC} = {serving_speculative.LLAMARCP_PLAIN}"]
+        assert by[serving_speculative.SERVER_PLAIN]["rounds"] == [None]  # llama-server is not part of the smoke run
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert serving_speculative.BEGIN in text and serving_speculative.END in text
+    assert "| tiny random llama (2M, F32) | code | llamarcp |" in text
+    assert "distinct text(s)" in proc.stdout  # the greedy texts are printed
