@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from llamarcp._backend import get_lib
 from llamarcp._ffi import ffi
 from llamarcp.errors import DECODE_NO_KV_SLOT, check_decode
-from llamarcp.ngram_draft import DraftControl, prompt_lookup_index
+from llamarcp.ngram_draft import DraftControl, carried_pause, prompt_lookup_index, remember_pause
 
 if TYPE_CHECKING:
     from llamarcp.engine import Engine, Outcome, Step
@@ -56,7 +56,8 @@ def greedy_with_drafts(engine: Engine, draft_model: Any, limit: int, outcome: Ou
     min_drafts = int(getattr(draft_model, "min_pred_tokens", 0))
     # llamarcp.draft_model.DraftModel: `draft(history, n, seq)` drafts up to the room left, from its own cache
     own_drafts = draft_model.draft if hasattr(draft_model, "draft_many") else None
-    control = DraftControl(max_drafts, min_drafts, engine.plain_rate_hint)  # drafts in the next batch (adaptive)
+    paused = carried_pause(draft_model) if ngrams is None else 0  # a draft model that did not pay lately
+    control = DraftControl(max_drafts, min_drafts, engine.plain_rate_hint, paused)  # drafts per step (adaptive)
     out = -1  # the output row whose logits predict the next token
     outcome["finish_reason"] = "length"
     outcome["drafted"] = outcome["accepted"] = 0
@@ -122,6 +123,8 @@ def greedy_with_drafts(engine: Engine, draft_model: Any, limit: int, outcome: Ou
             engine.truncate(len(input_ids) - (len(drafts) - accepted))
         if drafts:
             control.adapt(len(drafts), accepted, time.perf_counter() - started)
+            if ngrams is None:
+                remember_pause(draft_model, control)
         else:
             control.observe_plain(time.perf_counter() - started)
             engine.plain_rate_hint = control.plain_rate

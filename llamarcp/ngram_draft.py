@@ -13,11 +13,31 @@ second against its own plain steps), so drafting never costs much where it does 
 
 from __future__ import annotations
 
+import contextlib
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["DraftControl", "JobDrafts", "NgramIndex", "prompt_lookup_index"]
+__all__ = ["DraftControl", "JobDrafts", "NgramIndex", "carried_pause", "prompt_lookup_index", "remember_pause"]
+
+#: Draft model -> the pause its next request starts with. A model's drafts that did not pay in one request seldom
+#: pay in the next (unlike prompt lookup, whose worth depends on the prompt): without this every request would pay
+#: the draft model's prompt pass and a first window again.
+_PAUSES: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+
+def carried_pause(draft_model: Any) -> int:
+    """Plain steps a new request of `draft_model` starts with (0 while its drafts paid or were never judged)."""
+    try:
+        return _PAUSES.get(draft_model, 0)
+    except TypeError:  # not weakly referenceable / not hashable: nothing is carried
+        return 0
+
+
+def remember_pause(draft_model: Any, control: DraftControl) -> None:
+    with contextlib.suppress(TypeError):  # not weakly referenceable / not hashable: nothing is carried
+        _PAUSES[draft_model] = control.carried_pause()
 
 
 def prompt_lookup_index(draft_model: Any, history: Sequence[int]) -> NgramIndex | None:
@@ -102,7 +122,7 @@ class DraftControl:
     #: Weight of the newest step in the moving average of plain tokens per second.
     EMA = 0.3
 
-    def __init__(self, n_max: int, n_min: int = 0, plain_rate: float | None = None) -> None:
+    def __init__(self, n_max: int, n_min: int = 0, plain_rate: float | None = None, paused: int = 0) -> None:
         self.n_max = n_max
         #: Never fewer drafts per drafting step (a shorter proposal is not tried: the server's --spec-draft-n-min).
         self.n_min = min(n_min, n_max)
@@ -122,6 +142,17 @@ class DraftControl:
         self.drafted = 0
         self.accepted = 0
         self.steps = 0
+        self._carry = 0
+        if paused > 0:  # a draft model whose drafts did not pay in the last request: start with its pause
+            self.paused_for = paused
+            self.pause = min(self.MAX_PAUSE, 2 * paused)
+            self.n, self.window = max(1, self.n_min), self.PROBE
+
+    def carried_pause(self) -> int:
+        """The pause a next request with the same draft model starts with: the last one served after a window
+        that did not pay because its drafts were mostly wrong (a trait of the two models; drafts that were right
+        but slow may pay under another load, so they carry nothing), 0 once a window paid or none was judged."""
+        return self._carry
 
     def budget(self) -> int:
         """Drafts to try in the next step (0: a plain step, while paused or measuring)."""
@@ -167,6 +198,7 @@ class DraftControl:
             paid = self.window_tokens / self.window_seconds >= self.plain_rate
         else:
             paid = self.window_accepted >= self.MIN_RATE * self.window_drafted
+        self._carry = 0 if paid or self.window_accepted >= self.MIN_RATE * self.window_drafted else self.pause
         if paid:
             self.pause = self.PAUSE
             if not self.measured or self.windows % self.REFRESH == 0:
@@ -227,7 +259,8 @@ class JobDrafts:
         if ngrams is None and has_media:
             return None
         n_min = int(getattr(draft_model, "min_pred_tokens", 0))
-        return cls(DraftControl(n_max, n_min, plain_rate), draft_model, ngrams, check, seq_id)
+        paused = carried_pause(draft_model) if ngrams is None else 0
+        return cls(DraftControl(n_max, n_min, plain_rate, paused), draft_model, ngrams, check, seq_id)
 
     def propose(self, history: Sequence[int], n: int) -> list[int]:
         """Set and return this step's drafts (at most `n`)."""
@@ -302,6 +335,8 @@ class JobDrafts:
     def end_step(self, seconds: float) -> bool:
         """The verification step took `seconds` (drafting added): adapt; True when drafts were rejected."""
         self.control.adapt(len(self.current), self.step_accepted, seconds + self.seconds)
+        if self.ngrams is None:
+            remember_pause(self.draft_model, self.control)
         return self.step_accepted < len(self.current)
 
     def plain_step(self, seconds: float) -> float | None:

@@ -231,3 +231,25 @@ def test_one_sequence_drafts_are_counted(tiny_model_path: Path) -> None:
         timings["draft_accepted_n"],
         timings["draft_steps"],
     )
+
+
+def test_draft_control_carries_a_pause_to_the_next_request() -> None:
+    """A draft model whose drafts did not pay starts its next request paused (with the pause it last served);
+    a paid window clears it."""
+    control = DraftControl(8, plain_rate=100.0)
+    assert control.carried_pause() == 0  # nothing judged yet
+    control.tried(2)
+    control.adapt(2, 0, 0.05)  # far below the plain rate: judged at once, paused
+    assert control.carried_pause() == DraftControl.PAUSE
+    nxt = DraftControl(8, plain_rate=100.0, paused=control.carried_pause())
+    assert [nxt.budget() for _ in range(DraftControl.PAUSE)] == [0] * DraftControl.PAUSE
+    assert nxt.budget() == 1  # then a small probe
+    nxt.tried(1)
+    nxt.adapt(1, 0, 0.05)
+    assert nxt.carried_pause() == 2 * DraftControl.PAUSE  # the failed probe doubles it
+    nxt.paused_for = 0
+    for _ in range(DraftControl.PROBE):
+        nxt.tried(1)
+        nxt.adapt(1, 1, 0.005)  # 2 tokens in 5 ms: it pays now
+    assert nxt.carried_pause() == 0
+

@@ -84,6 +84,28 @@ def test_other_draft_model_keeps_greedy_output(
             assert "draft_n" not in spec.last_timings
 
 
+@pytest.mark.parametrize("n_parallel", [1, 2])
+def test_a_draft_model_that_did_not_pay_starts_the_next_request_paused(
+    plain: Llama, tiny_model_path: Path, other_weights: Path, n_parallel: int
+) -> None:
+    """Both engines read the pause carried by the draft model (llamarcp.ngram_draft.carried_pause): within it a
+    request drafts nothing, so a draft model that does not pay costs no prompt pass and no first window again."""
+    from llamarcp.ngram_draft import DraftControl, carried_pause, remember_pause
+
+    draft = DraftModel(other_weights)
+    with draft, Llama(str(tiny_model_path), n_ctx=512, n_threads=1, n_parallel=n_parallel, draft_model=draft) as spec:
+        failed = DraftControl(8, plain_rate=1e6)
+        failed.tried(2)
+        failed.adapt(2, 0, 1.0)  # as a request whose drafts did not pay would leave it
+        remember_pause(draft, failed)
+        assert carried_pause(draft) == DraftControl.PAUSE
+        assert greedy(spec, REPETITIVE, DraftControl.PAUSE - 4) == greedy(plain, REPETITIVE, DraftControl.PAUSE - 4)
+        assert spec.last_timings.get("draft_n", 0) == 0
+        remember_pause(draft, DraftControl(8))  # a control that was never judged carries nothing
+        assert greedy(spec, REPETITIVE, 24) == greedy(plain, REPETITIVE, 24)
+        assert spec.last_timings["draft_n"] > 0
+
+
 def test_llama_cpp_python_call_and_draft(plain: Llama, tiny_model_path: Path) -> None:
     """`draft_model(input_ids)` (llama-cpp-python's LlamaDraftModel) proposes the draft model's greedy tokens."""
     prompt = plain.tokenize(REPETITIVE.encode())
