@@ -252,4 +252,3 @@ def test_draft_control_carries_a_pause_to_the_next_request() -> None:
         nxt.tried(1)
         nxt.adapt(1, 1, 0.005)  # 2 tokens in 5 ms: it pays now
     assert nxt.carried_pause() == 0
-
