@@ -7,6 +7,8 @@ re-running the benchmark refreshes the numbers without losing the notes on what 
 from __future__ import annotations
 
 import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +253,28 @@ def _failure_lines(results: dict[str, Any]) -> list[str]:
 def _one_line(text: str, limit: int = 400) -> str:
     flat = " ".join(str(text).split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def replace_block(path: Path, block: str, begin: str, end: str, heading: str) -> None:
+    """Replace the `begin` ... `end` block of `path` (the hand-written text around it stays), or append `heading`
+    and the block (`block` starts with `begin` and ends with `end` and a newline)."""
+    text = path.read_text() if path.exists() else ""
+    start, stop = text.find(begin), text.find(end)
+    if start != -1 and stop > start:
+        path.write_text(text[:start] + block + text[stop + len(end) + 1 :])
+        return
+    sep = "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
+    path.write_text(f"{text}{sep}{heading}\n\n{block}")
+
+
+def timed_log() -> Callable[[str], None]:
+    """A `log(msg)` that prefixes the seconds since it was made (the benchmarks' progress lines)."""
+    started = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - started:6.1f}s] {msg}", flush=True)
+
+    return log
 
 
 def write_markdown(results: dict[str, Any], path: Path, title: str) -> None:

@@ -18,7 +18,6 @@ import argparse
 import datetime as dt
 import http.client
 import json
-import os
 import random
 import signal
 import sys
@@ -262,14 +261,7 @@ def _cell(cell: dict[str, Any]) -> str:
 
 
 def write_markdown(results: dict[str, Any], path: Path) -> None:
-    block = render(results)
-    text = path.read_text() if path.exists() else ""
-    start, end = text.find(BEGIN), text.find(END)
-    if start != -1 and end > start:
-        path.write_text(text[:start] + block + text[end + len(END) + 1 :])
-        return
-    sep = "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
-    path.write_text(f"{text}{sep}{TITLE}\n\n{block}")
+    report.replace_block(path, render(results), BEGIN, END, TITLE)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -312,20 +304,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    started = time.perf_counter()
-
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - started:6.1f}s] {msg}", flush=True)
-
+    log = report.timed_log()
     import run  # the machine description
 
-    if args.no_llama_server:
-        (lib_dir, commit), server_bin = serving.pinned_lib_dir(), None
-    else:
-        lib_dir, commit = serving.ensure_llama_server(install=not args.no_install)
-        server_bin = lib_dir.parent / "bin"
-    env = dict(os.environ, LLAMARCP_LIB_PATH=str(lib_dir))
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    lib_dir, commit, server_bin, env = serving.server_environment(not args.no_llama_server, not args.no_install)
     meta = run.machine_meta()
     meta.update(
         reps=args.reps, threads=args.threads, n_batch=args.n_batch, slots=args.slots, docs=args.docs,

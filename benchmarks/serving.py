@@ -523,14 +523,7 @@ def report_ratio(r: dict[str, float] | None) -> str:
 
 def write_markdown(results: dict[str, Any], path: Path) -> None:
     """Replace the serving block of `path` (everything else stays as it is), or append a Serving section."""
-    block = render(results)
-    text = path.read_text() if path.exists() else ""
-    start, end = text.find(SERVING_BEGIN), text.find(SERVING_END)
-    if start != -1 and end > start:
-        path.write_text(text[:start] + block + text[end + len(SERVING_END) + 1 :])
-        return
-    sep = "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
-    path.write_text(f"{text}{sep}{SERVING_TITLE}\n\n{block}")
+    report.replace_block(path, render(results), SERVING_BEGIN, SERVING_END, SERVING_TITLE)
 
 
 def write_chart(results: dict[str, Any], path: Path) -> None:
@@ -621,6 +614,19 @@ def pinned_lib_dir(cmake_args: list[str] | None = None) -> tuple[Path, str]:
     lib_dir = Path(proc.stdout.strip().splitlines()[-1]).resolve()
     stamp = json.loads((lib_dir / "llamarcp-build.json").read_text())
     return lib_dir, str(stamp["commit"])
+
+
+def server_environment(with_llama_server: bool, install: bool) -> tuple[Path, str, Path | None, dict[str, str]]:
+    """The pinned library's folder and commit, llama-server's bin folder (built from the same tree when asked
+    for, else None) and the environment that makes llamarcp (run from this checkout) load that library."""
+    if with_llama_server:
+        lib_dir, commit = ensure_llama_server(install=install)
+        server_bin: Path | None = lib_dir.parent / "bin"
+    else:
+        (lib_dir, commit), server_bin = pinned_lib_dir(), None
+    env = dict(os.environ, LLAMARCP_LIB_PATH=str(lib_dir))
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return lib_dir, commit, server_bin, env
 
 
 def default_repack(env: dict[str, str]) -> bool:
