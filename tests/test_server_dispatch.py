@@ -57,7 +57,10 @@ def _data(lines: Iterator[str]) -> Iterator[str]:
 
 def test_health_reports_the_slots(parallel_server: Server) -> None:
     health = parallel_server.wait_idle()
-    assert health["slots"] == {"total": PARALLEL, "in_use": 0, "running": 0, "queued": 0, "kv_cells": PARALLEL * 2048}
+    slots = dict(health["slots"])
+    kv_mib = slots.pop("kv_cache_mib")  # llama.cpp's KV buffer size (what llama-server logs), see test_kv_unified
+    assert isinstance(kv_mib, float) and kv_mib > 0
+    assert slots == {"total": PARALLEL, "in_use": 0, "running": 0, "queued": 0, "kv_cells": PARALLEL * 2048}
     assert health["queue"]["slots"] == PARALLEL
 
 
