@@ -7,7 +7,7 @@ thread that starts the generation (`in_slot`).
 """
 
 from collections.abc import Callable, Iterator
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -17,7 +17,12 @@ from llamarcp.server.errors import ApiError
 from llamarcp.server.pool import ModelEntry
 from llamarcp.server.routes_lora import lora_overrides
 
-__all__ = ["LlamaServerOptions", "call_in_slot", "generation_options", "in_slot", "slot_options"]
+if TYPE_CHECKING:
+    from fastapi import Request
+
+    from llamarcp.server.dispatch import Dispatcher, StreamEncoder
+
+__all__ = ["LlamaServerOptions", "call_in_slot", "generate_in_slot", "generation_options", "in_slot", "slot_options"]
 
 T = TypeVar("T")
 
@@ -122,3 +127,23 @@ def in_slot(options: SlotRequest, make: Callable[[], Iterator[T]]) -> Iterator[T
 def call_in_slot(options: SlotRequest, job: Callable[[], T]) -> T:
     with slot_request(options):
         return job()
+
+
+async def generate_in_slot(
+    dispatcher: "Dispatcher",
+    request: "Request",
+    entry: ModelEntry,
+    options: SlotRequest,
+    generation: Callable[..., Any],
+    *,
+    stream: bool,
+    encoder: "StreamEncoder | None" = None,
+) -> Any:
+    """One generation placed by `options`: streamed as server-sent events (shaped by `encoder`, OpenAI's chunks by
+    default) when `stream`, else run to completion and its result returned (stopped early when the client leaves).
+    `generation(**extra)` starts it with `stream=True` or with `stopping_criteria=`."""
+    if stream:
+        return await dispatcher.run_stream(entry, lambda: in_slot(options, lambda: generation(stream=True)), encoder)
+    return await dispatcher.run_blocking(
+        request, entry, lambda stop: call_in_slot(options, lambda: generation(stopping_criteria=stop))
+    )

@@ -26,9 +26,8 @@ from llamarcp.server.errors import ApiError
 from llamarcp.server.params import max_tokens_for, refuse_unknown_fields
 from llamarcp.server.request_options import (
     LlamaServerOptions,
-    call_in_slot,
     chat_kwargs,
-    in_slot,
+    generate_in_slot,
     slot_options,
 )
 from llamarcp.server.schemas import INT32_MAX, MAX_STOP_CHARS, MAX_STOP_STRINGS
@@ -388,22 +387,16 @@ def add_anthropic_routes(app: FastAPI, dispatcher: Dispatcher, require_key: Call
             )
 
         slot = slot_options(body, entry)
-        if body.stream:
-            return await dispatcher.run_stream(
-                entry,
-                lambda: in_slot(
-                    slot, lambda: create_chat_completion(entry.llama, openai_messages, stream=True, **kwargs())
-                ),
-                AnthropicEncoder(message_id, entry.model_id),
-            )
-        result = await dispatcher.run_blocking(
+        result = await generate_in_slot(
+            dispatcher,
             request,
             entry,
-            lambda stop: call_in_slot(
-                slot, lambda: create_chat_completion(entry.llama, openai_messages, stopping_criteria=stop, **kwargs())
-            ),
+            slot,
+            lambda **extra: create_chat_completion(entry.llama, openai_messages, **extra, **kwargs()),
+            stream=bool(body.stream),
+            encoder=AnthropicEncoder(message_id, entry.model_id),
         )
-        return JSONResponse(to_anthropic_message(result, message_id))
+        return result if body.stream else JSONResponse(to_anthropic_message(result, message_id))
 
     @app.post("/v1/messages/count_tokens", dependencies=guarded)
     async def count_tokens(body: CountTokensRequest) -> dict[str, Any]:

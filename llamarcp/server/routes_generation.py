@@ -13,7 +13,7 @@ from llamarcp.chat import create_chat_completion
 from llamarcp.server.dispatch import Dispatcher
 from llamarcp.server.errors import ApiError
 from llamarcp.server.params import max_tokens_for, refuse_unknown_fields, sampling
-from llamarcp.server.request_options import call_in_slot, ignore_eos_bias, in_slot, slot_options
+from llamarcp.server.request_options import generate_in_slot, ignore_eos_bias, slot_options
 from llamarcp.server.schemas import ChatCompletionRequest, CompletionRequest
 
 __all__ = ["add_generation_routes"]
@@ -65,18 +65,15 @@ def add_generation_routes(app: FastAPI, dispatcher: Dispatcher, require_key: Cal
                 n=body.n,
             )
 
-        if body.stream:
-            return await dispatcher.run_stream(
-                entry, lambda: in_slot(slot, lambda: entry.llama.create_completion(prompt, stream=True, **kwargs()))
-            )
-        result = await dispatcher.run_blocking(
+        result = await generate_in_slot(
+            dispatcher,
             request,
             entry,
-            lambda stop: call_in_slot(
-                slot, lambda: entry.llama.create_completion(prompt, stopping_criteria=stop, **kwargs())
-            ),
+            slot,
+            lambda **extra: entry.llama.create_completion(prompt, **extra, **kwargs()),
+            stream=bool(body.stream),
         )
-        return JSONResponse(result)
+        return result if body.stream else JSONResponse(result)
 
     @app.post("/v1/chat/completions", dependencies=guarded)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
@@ -117,16 +114,12 @@ def add_generation_routes(app: FastAPI, dispatcher: Dispatcher, require_key: Cal
             )
 
         messages = body.messages
-        if body.stream:
-            return await dispatcher.run_stream(
-                entry,
-                lambda: in_slot(slot, lambda: create_chat_completion(entry.llama, messages, stream=True, **kwargs())),
-            )
-        result = await dispatcher.run_blocking(
+        result = await generate_in_slot(
+            dispatcher,
             request,
             entry,
-            lambda stop: call_in_slot(
-                slot, lambda: create_chat_completion(entry.llama, messages, stopping_criteria=stop, **kwargs())
-            ),
+            slot,
+            lambda **extra: create_chat_completion(entry.llama, messages, **extra, **kwargs()),
+            stream=bool(body.stream),
         )
-        return JSONResponse(result)
+        return result if body.stream else JSONResponse(result)

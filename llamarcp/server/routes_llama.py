@@ -19,7 +19,7 @@ from llamarcp.server.dispatch import Dispatcher, StreamEncoder
 from llamarcp.server.errors import ApiError
 from llamarcp.server.params import max_tokens_for, refuse_unknown_fields, sampling
 from llamarcp.server.pool import ModelEntry
-from llamarcp.server.request_options import call_in_slot, ignore_eos_bias, in_slot, slot_options
+from llamarcp.server.request_options import generate_in_slot, ignore_eos_bias, slot_options
 from llamarcp.server.schemas import INT32_MAX, _Request
 from llamarcp.server.settings import ServerSettings
 
@@ -227,19 +227,17 @@ def add_llama_routes(
                 options["logit_bias"] = {**(options.get("logit_bias") or {}), **ignore_eos_bias(entry)}
             return dict(options, max_tokens=max_tokens, model=entry.model_id)
 
-        if body.stream:
-            return await dispatcher.run_stream(
-                entry,
-                lambda: in_slot(slot, lambda: entry.llama.create_completion(prompt, stream=True, **kwargs())),
-                _InfillEncoder(len(prompt)),
-            )
-        result = await dispatcher.run_blocking(
+        result = await generate_in_slot(
+            dispatcher,
             request,
             entry,
-            lambda stop: call_in_slot(
-                slot, lambda: entry.llama.create_completion(prompt, stopping_criteria=stop, **kwargs())
-            ),
+            slot,
+            lambda **extra: entry.llama.create_completion(prompt, **extra, **kwargs()),
+            stream=bool(body.stream),
+            encoder=_InfillEncoder(len(prompt)),
         )
+        if body.stream:
+            return result
         choice = result["choices"][0]
         return {
             "index": 0,

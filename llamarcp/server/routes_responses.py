@@ -26,9 +26,8 @@ from llamarcp.server.errors import ApiError
 from llamarcp.server.params import max_tokens_for, refuse_unknown_fields
 from llamarcp.server.request_options import (
     LlamaServerOptions,
-    call_in_slot,
     chat_kwargs,
-    in_slot,
+    generate_in_slot,
     slot_options,
 )
 from llamarcp.server.schemas import INT32_MAX
@@ -463,20 +462,16 @@ def add_responses_routes(app: FastAPI, dispatcher: Dispatcher, require_key: Call
                 template_kwargs=template_kwargs,
             )
 
-        if body.stream:
-            return await dispatcher.run_stream(
-                entry,
-                lambda: in_slot(slot, lambda: create_chat_completion(entry.llama, messages, stream=True, **kwargs())),
-                ResponsesEncoder(shape),
-            )
-        result = await dispatcher.run_blocking(
+        result = await generate_in_slot(
+            dispatcher,
             request,
             entry,
-            lambda stop: call_in_slot(
-                slot, lambda: create_chat_completion(entry.llama, messages, stopping_criteria=stop, **kwargs())
-            ),
+            slot,
+            lambda **extra: create_chat_completion(entry.llama, messages, **extra, **kwargs()),
+            stream=bool(body.stream),
+            encoder=ResponsesEncoder(shape),
         )
-        return JSONResponse(to_response(result, shape))
+        return result if body.stream else JSONResponse(to_response(result, shape))
 
     async def input_tokens(body: InputTokensRequest) -> dict[str, Any]:
         refuse_unknown_fields(body)
