@@ -9,13 +9,13 @@ thread that starts the generation (`in_slot`).
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from llamarcp.llama import MAX_PARALLEL
 from llamarcp.placement import SlotRequest, slot_request
 from llamarcp.server.errors import ApiError
 from llamarcp.server.pool import ModelEntry
 from llamarcp.server.routes_lora import lora_overrides
+from llamarcp.server.schemas import LlamaServerFields
 
 if TYPE_CHECKING:
     from fastapi import Request
@@ -27,23 +27,10 @@ __all__ = ["LlamaServerOptions", "call_in_slot", "generate_in_slot", "generation
 T = TypeVar("T")
 
 
-class LlamaServerOptions(BaseModel):
+class LlamaServerOptions(LlamaServerFields):
     seed: int | None = Field(None, description="sampling seed (-1 or null: the server's)")
-    ignore_eos: bool = Field(False, description="llama.cpp extension: never end at an end-of-generation token")
-    cache_prompt: bool = Field(True, description="llama.cpp extension: reuse the longest cached prefix of the prompt")
-    id_slot: int = Field(-1, ge=-1, lt=MAX_PARALLEL, description="llama.cpp extension: run in this slot (-1: any)")
     chat_template_kwargs: dict[str, Any] | None = Field(
         None, description="llama.cpp extension: extra chat template variables, e.g. {'enable_thinking': false}"
-    )
-    speculative_n_max: int | None = Field(
-        None,
-        alias="speculative.n_max",
-        ge=0,
-        le=256,
-        description="llama.cpp extension: most draft tokens per step for speculative decoding (0: off)",
-    )
-    lora: list[Any] | None = Field(
-        None, description="llama.cpp extension: [{id, scale}] LoRA scales for this request (others: the defaults)"
     )
     reasoning_format: Literal["auto", "deepseek", "none"] = Field(
         "auto", description="llama.cpp extension: split <think> reasoning into its own field ('none': keep it)"

@@ -54,7 +54,26 @@ class _Body(BaseModel):
         return data
 
 
-class _Request(_Body):
+class LlamaServerFields(BaseModel):
+    """llama-server's per-request generation fields, the same on every generating route (OpenAI's, Anthropic's,
+    the Responses API's and llama.cpp's own)."""
+
+    ignore_eos: bool = Field(False, description="llama.cpp extension: never end at an end-of-generation token")
+    cache_prompt: bool = Field(True, description="llama.cpp extension: reuse the longest cached prefix of the prompt")
+    id_slot: int = Field(-1, ge=-1, le=MAX_SLOT_ID, description="llama.cpp extension: run in this slot (-1: any)")
+    speculative_n_max: int | None = Field(
+        None,
+        alias="speculative.n_max",
+        ge=0,
+        le=256,
+        description="llama.cpp extension: most draft tokens per step for speculative decoding (0: off)",
+    )
+    lora: list[Any] | None = Field(
+        None, description="llama.cpp extension: [{id, scale}] LoRA scales for this request (others: the defaults)"
+    )
+
+
+class _Request(_Body, LlamaServerFields):
     max_tokens: int | None = None
     min_tokens: int = Field(0, ge=0, le=INT32_MAX, description="llama-cpp-python: no end of text before this many")
     temperature: float = Field(0.8, ge=0.0, le=2.0)
@@ -77,19 +96,6 @@ class _Request(_Body):
         None, description="llama-cpp-python: 'tokens' makes logit_bias keys text, biasing each of its tokens"
     )
     grammar: str | None = Field(None, description="llama.cpp extension: GBNF grammar constraining the output")
-    ignore_eos: bool = Field(False, description="llama.cpp extension: never end at an end-of-generation token")
-    cache_prompt: bool = Field(True, description="llama.cpp extension: reuse the longest cached prefix of the prompt")
-    id_slot: int = Field(-1, ge=-1, le=MAX_SLOT_ID, description="llama.cpp extension: run in this slot (-1: any)")
-    speculative_n_max: int | None = Field(
-        None,
-        alias="speculative.n_max",
-        ge=0,
-        le=256,
-        description="llama.cpp extension: most draft tokens per step for speculative decoding (0: off)",
-    )
-    lora: list[Any] | None = Field(
-        None, description="llama.cpp extension: [{id, scale}] LoRA scales for this request (others: the defaults)"
-    )
     n_probs: int = Field(
         0, ge=0, le=MAX_N_PROBS, description="llama.cpp extension: the top-n log-probabilities of each token"
     )
